@@ -1,0 +1,414 @@
+#!/usr/bin/env bun
+/**
+ * caching-proxy: the command line, the Hono app, and serving under Bun or Node.
+ * The HTTP side only: every caching rule lives in cache.ts.
+ */
+import { request as httpRequest, Agent as HttpAgent, type IncomingMessage } from "node:http"
+import { request as httpsRequest, Agent as HttpsAgent } from "node:https"
+import { homedir } from "node:os"
+import { join, resolve } from "node:path"
+import { Readable } from "node:stream"
+import { defineCommand, parseArgs, renderUsage } from "citty"
+import { Hono, type Context } from "hono"
+import { answer, Cache, hopByHopFilter, OriginError, type Forward } from "./cache.ts"
+import packageJson from "./package.json" with { type: "json" }
+
+// ───────────────────────────── options ─────────────────────────────
+
+export interface ProxyOptions {
+  port: number
+  /** Address to listen on. @default "127.0.0.1" */
+  host: string
+  /** The origin's base URL, with no trailing slash: request paths are appended to it. */
+  origin: string
+  cacheDir: string
+  /** Default lifetime for responses without freshness information. @default 300 s */
+  ttlSeconds: number
+  /** How long to wait for the origin's response headers. @default 30 s */
+  timeoutSeconds: number
+  quiet: boolean
+  memorySize: number
+  maxSize: number
+  maxEntrySize: number
+  forceTtlSeconds: number
+  ignoreQuery: string[]
+  offline: boolean
+  shareCookies: boolean
+}
+
+/** A flag the user got wrong: printed as one line, exit code 2. */
+export class UsageError extends Error {}
+
+const args = {
+  port: { type: "string", description: "Port to listen on (0: any free port)", default: "3000" },
+  host: { type: "string", description: "Address to listen on (0.0.0.0 to accept other machines)", default: "127.0.0.1" },
+  origin: { type: "string", description: "Origin URL to forward to, e.g. https://api.example.com/v2" },
+  "cache-dir": { type: "string", description: "Cache directory (default: $XDG_CACHE_HOME/caching-proxy or ~/.cache/caching-proxy)" },
+  "clear-cache": { type: "boolean", description: "Empty the cache directory and exit" },
+  ttl: { type: "string", description: "Seconds to keep responses that carry no freshness information (0: do not)", default: "300" },
+  timeout: { type: "string", description: "Seconds to wait for the origin's response headers", default: "30" },
+  "memory-size": { type: "string", description: "Bytes of responses kept in memory (k, M, G suffixes)", default: "64M" },
+  "max-size": { type: "string", description: "Bytes the disk cache may hold", default: "1G" },
+  "max-entry-size": { type: "string", description: "Larger responses are passed through, not stored", default: "100M" },
+  "force-ttl": { type: "string", description: "Development: store every cacheable-status GET for this many seconds, whatever its headers say", default: "0" },
+  "ignore-query": { type: "string", description: "Development: comma-separated query parameters left out of the cache key" },
+  offline: { type: "boolean", description: "Development: answer only from the cache, never contact the origin" },
+  "share-cookies": { type: "boolean", description: "Store responses that set cookies and serve them to every client" },
+  quiet: { type: "boolean", description: "Do not log each request" },
+  help: { type: "boolean", description: "Show this help", alias: "h" },
+  version: { type: "boolean", description: "Show the version", alias: "v" },
+} as const
+
+const main = defineCommand({
+  meta: { name: "caching-proxy", version: packageJson.version, description: "A caching HTTP reverse proxy for one origin" },
+  args,
+})
+
+type Args = ReturnType<typeof parseArgs<typeof args>>
+
+const SIZE = /^(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?$/i
+const SIZE_UNITS: Record<string, number> = { "": 1, b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }
+
+function parseSize(name: string, value: string): number {
+  const match = SIZE.exec(value.trim())
+  if (!match) throw new UsageError(`--${name} must be a size such as 1048576, 64M or 1G (got "${value}")`)
+  const unit = (match[2] ?? "").charAt(0).toLowerCase()
+  return Math.floor(Number(match[1]) * (SIZE_UNITS[unit] ?? 1))
+}
+
+function parseSeconds(name: string, value: string): number {
+  if (!/^\d+(\.\d+)?$/.test(value.trim())) throw new UsageError(`--${name} must be a number of seconds, 0 or more (got "${value}")`)
+  return Number(value)
+}
+
+function parsePort(value: string): number {
+  const port = Number(value)
+  if (!/^\d+$/.test(value.trim()) || port > 65535) throw new UsageError(`--port must be 0-65535 (got "${value}")`)
+  return port
+}
+
+function parseOrigin(value: string | undefined): string {
+  if (value === undefined || value === "") throw new UsageError(`--origin is required, e.g. --origin https://api.example.com`)
+  let url: URL
+  try {
+    url = new URL(value)
+  } catch {
+    throw new UsageError(`--origin must be an http or https URL (got "${value}")`)
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:")
+    throw new UsageError(`--origin must be an http or https URL (got "${value}")`)
+  if (url.search || url.hash || url.username || url.password)
+    throw new UsageError(`--origin must not have a query, fragment or credentials (got "${value}")`)
+  return url.href.replace(/\/+$/, "")
+}
+
+function defaultCacheDir(): string {
+  const base = process.env.XDG_CACHE_HOME || join(homedir(), ".cache")
+  return join(base, "caching-proxy")
+}
+
+const KNOWN_FLAGS = new Set(
+  Object.entries(args).flatMap(([name, def]) => [
+    name,
+    ...("alias" in def ? [def.alias] : []),
+    ...(def.type === "boolean" ? [`no-${name}`] : []),
+  ]),
+)
+
+/** Refuses what citty would let through: unknown flags, positionals, string flags with no value. */
+function checkRawArgs(rawArgs: string[]): void {
+  for (const [index, arg] of rawArgs.entries()) {
+    if (arg === "--") throw new UsageError(`unexpected "--"`)
+    if (!arg.startsWith("-")) {
+      const previous = rawArgs[index - 1]
+      const flag = previous?.replace(/^-+/, "")
+      const takesValue = previous?.startsWith("-") && !previous.includes("=") && flag && args[flag as keyof typeof args]?.type === "string"
+      if (!takesValue) throw new UsageError(`unexpected argument "${arg}" (flags start with --; see --help)`)
+      continue
+    }
+    const name = arg.replace(/^-+/, "").split("=", 1)[0] ?? ""
+    if (!KNOWN_FLAGS.has(name)) throw new UsageError(`unknown flag "${arg}" (see --help)`)
+  }
+}
+
+/** Converts and validates the parsed flags. */
+export function parseOptions(parsed: Args): ProxyOptions {
+  for (const [name, def] of Object.entries(args)) {
+    if (def.type === "string" && parsed[name] === "") throw new UsageError(`--${name} needs a value`)
+  }
+  return {
+    port: parsePort(parsed.port),
+    host: parsed.host,
+    origin: parsed["clear-cache"] ? "" : parseOrigin(parsed.origin),
+    cacheDir: resolve(parsed["cache-dir"] ?? defaultCacheDir()),
+    ttlSeconds: parseSeconds("ttl", parsed.ttl),
+    timeoutSeconds: parseSeconds("timeout", parsed.timeout) || 30,
+    quiet: Boolean(parsed.quiet),
+    memorySize: parseSize("memory-size", parsed["memory-size"]),
+    maxSize: parseSize("max-size", parsed["max-size"]),
+    maxEntrySize: parseSize("max-entry-size", parsed["max-entry-size"]),
+    forceTtlSeconds: parseSeconds("force-ttl", parsed["force-ttl"]),
+    ignoreQuery: (parsed["ignore-query"] ?? "").split(",").map((name) => name.trim()).filter(Boolean),
+    offline: Boolean(parsed.offline),
+    shareCookies: Boolean(parsed["share-cookies"]),
+  }
+}
+
+// ───────────────────────────── the runtime seam ─────────────────────────────
+
+interface Listener {
+  port: number
+  /** Stops accepting; resolves when requests in flight have finished. */
+  stop(): Promise<void>
+}
+
+/** What differs between Bun and Node, chosen once at start-up. */
+interface Runtime {
+  /** Sends one request to the origin, bytes untouched: no decompression, no redirects followed. */
+  fetch(target: string, method: string, headers: Headers, body: ReadableStream<Uint8Array> | null, timeoutMs: number): Promise<Response>
+  listen(app: Hono, host: string, port: number, idleTimeoutSeconds: number): Promise<Listener>
+  /** The client's address, for X-Forwarded-For. */
+  clientAddress(c: Context): string | undefined
+  /** The request-target as the client sent it (path and query), as raw as the runtime keeps it. */
+  requestTarget(c: Context): string
+}
+
+/** Aborts the origin request if its headers have not come within `timeoutMs`. */
+async function withTimeout(timeoutMs: number, send: (signal: AbortSignal) => Promise<Response>): Promise<Response> {
+  const controller = new AbortController()
+  const timer = setTimeout(() => controller.abort(), timeoutMs)
+  try {
+    return await send(controller.signal)
+  } catch (error) {
+    if (controller.signal.aborted) throw new OriginError(504, `the origin did not answer within ${timeoutMs / 1000} s`)
+    throw new OriginError(502, `the origin is unreachable (${(error as Error).message})`)
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+/** The path and query of a URL or request-target, whatever authority it names. */
+function pathAndQuery(target: string): string {
+  if (target.startsWith("/")) return target
+  const authorityStart = target.indexOf("://")
+  const pathStart = authorityStart === -1 ? -1 : target.indexOf("/", authorityStart + 3)
+  return pathStart === -1 ? "/" : target.slice(pathStart)
+}
+
+const bunRuntime: Runtime = {
+  fetch: (target, method, headers, body, timeoutMs) =>
+    withTimeout(timeoutMs, (signal) =>
+      fetch(target, { method, headers, body, signal, redirect: "manual", decompress: false } as RequestInit),
+    ),
+  async listen(app, host, port, idleTimeoutSeconds) {
+    const server = Bun.serve({
+      hostname: host,
+      port,
+      fetch: app.fetch,
+      idleTimeout: idleTimeoutSeconds,
+      // Uploads stream to the origin; the origin decides what it accepts.
+      maxRequestBodySize: Number.MAX_SAFE_INTEGER,
+    })
+    return { port: server.port ?? port, stop: () => server.stop() }
+  },
+  clientAddress: (c) => (c.env as { requestIP?: (r: Request) => { address: string } | null })?.requestIP?.(c.req.raw)?.address,
+  requestTarget: (c) => pathAndQuery(c.req.raw.url),
+}
+
+const keepAlive = { keepAlive: true }
+const agents = { "http:": new HttpAgent(keepAlive), "https:": new HttpsAgent(keepAlive) }
+
+/** Node's global fetch always decompresses, so the Node leg speaks node:http directly. */
+function nodeFetch(target: string, method: string, headers: Headers, body: ReadableStream<Uint8Array> | null, signal: AbortSignal) {
+  const url = new URL(target)
+  const send = url.protocol === "https:" ? httpsRequest : httpRequest
+  return new Promise<Response>((resolvePromise, reject) => {
+    const outgoing = send(url, { method, headers: Object.fromEntries(headers), agent: agents[url.protocol as "http:"], signal }, (incoming) =>
+      resolvePromise(toResponse(incoming, method)),
+    )
+    outgoing.on("error", reject)
+    if (body) Readable.fromWeb(body as import("node:stream/web").ReadableStream).on("error", reject).pipe(outgoing)
+    else outgoing.end()
+  })
+}
+
+function toResponse(incoming: IncomingMessage, method: string): Response {
+  const headers = new Headers()
+  const raw = incoming.rawHeaders
+  for (let i = 0; i < raw.length; i += 2) headers.append(raw[i] as string, raw[i + 1] as string)
+  const status = incoming.statusCode ?? 502
+  const hasBody = method !== "HEAD" && status !== 204 && status !== 304
+  const body = hasBody ? (Readable.toWeb(incoming) as ReadableStream<Uint8Array>) : null
+  if (!hasBody) incoming.resume()
+  return new Response(body, { status, statusText: incoming.statusMessage, headers })
+}
+
+const nodeRuntime: Runtime = {
+  fetch: (target, method, headers, body, timeoutMs) =>
+    withTimeout(timeoutMs, (signal) => nodeFetch(target, method, headers, body, signal)),
+  async listen(app, host, port) {
+    const { serve } = await import("@hono/node-server")
+    return new Promise((resolvePromise, reject) => {
+      const server = serve({ fetch: app.fetch, hostname: host, port }, (info) =>
+        resolvePromise({
+          port: info.port,
+          stop: () =>
+            new Promise<void>((done) => {
+              server.close(() => done())
+              ;(server as import("node:http").Server).closeIdleConnections?.()
+            }),
+        }),
+      )
+      server.once("error", reject)
+    })
+  },
+  clientAddress: (c) => (c.env as { incoming?: IncomingMessage })?.incoming?.socket.remoteAddress,
+  requestTarget: (c) => pathAndQuery((c.env as { incoming?: IncomingMessage })?.incoming?.url ?? c.req.raw.url),
+}
+
+const runtime: Runtime = typeof Bun !== "undefined" ? bunRuntime : nodeRuntime
+
+// ───────────────────────────── the app ─────────────────────────────
+
+const VIA = "1.1 caching-proxy"
+const URLS_AND_PATHS = /(GET )?\S*\/\S*/g
+
+/** The headers sent to the origin: the client's, less hop-by-hop, plus the forwarding fields. */
+function forwardedHeaders(incoming: Headers, clientAddress: string | undefined): Headers {
+  const isHopByHop = hopByHopFilter(incoming)
+  const headers = new Headers()
+  for (const [name, value] of incoming) {
+    // Host is the origin's, set from the target URL; the client's goes in X-Forwarded-Host.
+    if (!isHopByHop(name) && name !== "host") headers.append(name, value)
+  }
+  if (clientAddress) {
+    const chain = incoming.get("x-forwarded-for")
+    headers.set("x-forwarded-for", chain ? `${chain}, ${clientAddress}` : clientAddress)
+  }
+  if (!headers.has("x-forwarded-proto")) headers.set("x-forwarded-proto", "http")
+  const host = incoming.get("host")
+  if (host && !headers.has("x-forwarded-host")) headers.set("x-forwarded-host", host)
+  headers.append("via", VIA)
+  return headers
+}
+
+/** Builds the proxy as a Hono app (tests and embedders serve it themselves). */
+export function createProxy(options: ProxyOptions, log: (line: string) => void = console.log) {
+  const warned = new Set<string>()
+  const warn = (message: string) => {
+    // Log a kind of store failure once, not once per request: keys and paths vary, kinds do not.
+    const kind = message.replace(URLS_AND_PATHS, "…")
+    if (warned.has(kind)) return
+    warned.add(kind)
+    console.error(`caching-proxy: ${message}`)
+  }
+  const cache = new Cache({
+    dir: options.cacheDir,
+    memoryBytes: options.memorySize,
+    maxBytes: options.maxSize,
+    maxEntryBytes: options.maxEntrySize,
+    defaultTtlMs: options.ttlSeconds * 1000,
+    forceTtlMs: options.forceTtlSeconds * 1000,
+    shareCookies: options.shareCookies,
+    ignoreQuery: options.ignoreQuery,
+    offline: options.offline,
+    warn,
+  })
+  const timeoutMs = options.timeoutSeconds * 1000
+  const app = new Hono()
+
+  app.all("*", async (c) => {
+    const started = performance.now()
+    const request = c.req.raw
+    // Hono routes HEAD as GET; the method we forward is the client's.
+    const method = request.method
+    const path = runtime.requestTarget(c)
+    const target = options.origin + path
+    const body = method === "GET" || method === "HEAD" ? null : request.body
+    const forward: Forward = (headers) => runtime.fetch(target, method, headers, body, timeoutMs)
+    const response = await cache.respond(method, forwardedHeaders(request.headers, runtime.clientAddress(c)), target, forward)
+    response.headers.append("via", VIA)
+    if (!options.quiet) log(`${method} ${path} ${response.status} ${response.headers.get("x-cache")} ${(performance.now() - started).toFixed(1)}ms`)
+    return response
+  })
+
+  app.onError((error, c) => {
+    const status = error instanceof OriginError ? error.status : 502
+    if (!(error instanceof OriginError)) console.error(`caching-proxy: ${c.req.method} ${c.req.path}: ${error.stack ?? error}`)
+    if (!options.quiet) log(`${c.req.method} ${c.req.path} ${status} MISS`)
+    return answer(status, `${error instanceof OriginError ? error.message : "the proxy failed to forward this request"}\n`, "fwd=uri-miss; detail=origin-error")
+  })
+
+  return { app, cache }
+}
+
+/** Serves the app on the current runtime. */
+export function serve(app: Hono, options: Pick<ProxyOptions, "host" | "port" | "timeoutSeconds">): Promise<Listener> {
+  // Bun closes idle connections after 10 s by default: wait at least as long as the origin may.
+  const idleTimeoutSeconds = Math.min(255, Math.ceil(options.timeoutSeconds) + 10)
+  return runtime.listen(app, options.host, options.port, idleTimeoutSeconds)
+}
+
+// ───────────────────────────── the command ─────────────────────────────
+
+// Requests in flight get this long to finish after SIGINT/SIGTERM.
+const SHUTDOWN_GRACE_MS = 5000
+
+async function run(rawArgs: string[]): Promise<number> {
+  checkRawArgs(rawArgs)
+  const parsed = parseArgs<typeof args>(rawArgs, args)
+  if (parsed.help) {
+    console.log(await renderUsage(main))
+    return 0
+  }
+  if (parsed.version) {
+    console.log(packageJson.version)
+    return 0
+  }
+  const options = parseOptions(parsed)
+  if (parsed["clear-cache"]) {
+    await Cache.clear(options.cacheDir)
+    console.log(`caching-proxy: cleared ${options.cacheDir}`)
+    return 0
+  }
+  const { app, cache } = createProxy(options)
+  let listener: Listener
+  try {
+    listener = await serve(app, options)
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code
+    const reason = code === "EADDRINUSE" ? "is already in use" : `cannot be used (${(error as Error).message})`
+    console.error(`caching-proxy: port ${options.port} on ${options.host} ${reason}`)
+    return 1
+  }
+  console.log(`caching-proxy listening on http://${options.host}:${listener.port}, forwarding to ${options.origin}, cache in ${options.cacheDir}`)
+  await shutdownSignal()
+  cache.close()
+  await Promise.race([listener.stop(), sleep(SHUTDOWN_GRACE_MS)])
+  return 0
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((done) => setTimeout(done, ms).unref?.())
+}
+
+function shutdownSignal(): Promise<void> {
+  return new Promise((done) => {
+    process.once("SIGINT", () => done())
+    process.once("SIGTERM", () => done())
+  })
+}
+
+if (import.meta.main) {
+  run(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    (error) => {
+      if (error instanceof UsageError) {
+        console.error(`caching-proxy: ${error.message}`)
+        process.exit(2)
+      }
+      console.error(`caching-proxy: ${(error as Error).message}`)
+      process.exit(1)
+    },
+  )
+}
