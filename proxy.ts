@@ -158,8 +158,8 @@ export function parseOptions(parsed: Args): ProxyOptions {
 
 interface Listener {
   port: number
-  /** Stops accepting; resolves when requests in flight have finished. */
-  stop(): Promise<void>
+  /** Stops accepting; resolves when requests in flight have finished (at once when forced). */
+  stop(force?: boolean): Promise<void>
 }
 
 /** What differs between Bun and Node, chosen once at start-up. */
@@ -209,7 +209,7 @@ const bunRuntime: Runtime = {
       // Uploads stream to the origin; the origin decides what it accepts.
       maxRequestBodySize: Number.MAX_SAFE_INTEGER,
     })
-    return { port: server.port ?? port, stop: () => server.stop() }
+    return { port: server.port ?? port, stop: (force) => server.stop(force) }
   },
   clientAddress: (c) => (c.env as { requestIP?: (r: Request) => { address: string } | null })?.requestIP?.(c.req.raw)?.address,
   requestTarget: (c) => pathAndQuery(c.req.raw.url),
@@ -252,10 +252,12 @@ const nodeRuntime: Runtime = {
       const server = serve({ fetch: app.fetch, hostname: host, port }, (info) =>
         resolvePromise({
           port: info.port,
-          stop: () =>
+          stop: (force) =>
             new Promise<void>((done) => {
-              server.close(() => done())
-              ;(server as import("node:http").Server).closeIdleConnections?.()
+              const http = server as import("node:http").Server
+              http.close(() => done())
+              if (force) http.closeAllConnections()
+              else http.closeIdleConnections()
             }),
         }),
       )
