@@ -1065,6 +1065,10 @@ export class Cache {
     const vary = varySelection(names, lookup.headers)
     const variantId = sha256(lookup.key + "\n" + JSON.stringify(vary))
     const meta = describeResponse(response.status, response.headers, directives, vary, requestTime, responseTime, 0, this.config)
+    if (isUselessToStore(meta)) {
+      release()
+      return relay(response, `${cacheStatus}; detail=stale-on-arrival`)
+    }
     let pending: PendingWrite
     try {
       pending = await this.store.begin(lookup.key, variantId)
@@ -1216,6 +1220,12 @@ export class Cache {
     }
     this.generation = generation
   }
+}
+
+/** Stale on arrival with no validator and no stale-* window: it could never be used. */
+function isUselessToStore(meta: EntryMeta): boolean {
+  const usable = meta.freshMs - meta.initialAgeMs > 0 || meta.etag !== null || meta.lastModified !== null
+  return !usable && meta.staleWhileRevalidateMs === 0 && meta.staleIfErrorMs === 0
 }
 
 /** Coalescing waits on another client's request: only for requests that would accept its answer. */

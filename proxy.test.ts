@@ -19,15 +19,22 @@ function tempDir(): string {
   return mkdtempSync(join(tmpdir(), "caching-proxy-test-"))
 }
 
+/** What the origin saw of one request (Bun recycles Request objects once answered). */
+interface SeenRequest {
+  method: string
+  url: string
+  headers: Headers
+}
+
 /** A real origin on port 0 that records every request it sees. */
 function startOrigin(respond: (req: Request, n: number) => Response | Promise<Response>) {
-  const requests: Request[] = []
+  const requests: SeenRequest[] = []
   const server = Bun.serve({
     hostname: "127.0.0.1",
     port: 0,
     idleTimeout: 0,
     fetch(req) {
-      requests.push(req)
+      requests.push({ method: req.method, url: req.url, headers: new Headers(req.headers) })
       return respond(req, requests.length)
     },
   })
@@ -128,3 +135,271 @@ function portOf(url: string): number {
 }
 
 const get = (url: string, headers: Record<string, string> = {}) => fetch(url, { headers })
+
+// ───────────────────────────── the command line ─────────────────────────────
+
+const CLI = [BUN, join(import.meta.dir, "proxy.ts")]
+
+describe("CLI", () => {
+  test.each([
+    [["--port", "abc", "--origin", "http://127.0.0.1:1"], '--port must be 0-65535 (got "abc")'],
+    [["--port", "70000", "--origin", "http://127.0.0.1:1"], "--port must be 0-65535"],
+    [["--port", "--origin", "http://127.0.0.1:1"], "--port"],
+    [[], "--origin is required"],
+    [["--origin", "not a url"], "--origin must be an http or https URL"],
+    [["--origin", "ftp://example.com"], "--origin must be an http or https URL"],
+    [["--origin", "http://127.0.0.1:1", "--bogus"], 'unknown flag "--bogus"'],
+    [["--origin", "http://127.0.0.1:1", "stray"], 'unexpected argument "stray"'],
+    [["--origin", "http://127.0.0.1:1", "--ttl=-5"], "--ttl must be a number of seconds"],
+    [["--origin", "http://127.0.0.1:1", "--max-size", "lots"], "--max-size must be a size"],
+  ])("%j is refused with one line and exit code 2", async (args, message) => {
+    const { stdout, stderr, code } = await runCli([...CLI, ...args])
+    expect(code).toBe(2)
+    expect(stderr).toContain(message)
+    expect(stderr.trim().split("\n")).toHaveLength(1)
+    expect(stderr).not.toContain("    at ")
+    expect(stdout).toBe("")
+  })
+
+  test("--help lists every flag and exits 0; --version prints the version", async () => {
+    const help = await runCli([...CLI, "--help"])
+    expect(help.code).toBe(0)
+    for (const flag of ["--port", "--origin", "--cache-dir", "--clear-cache", "--ttl", "--timeout", "--quiet", "--memory-size", "--max-size", "--max-entry-size", "--offline", "--force-ttl", "--ignore-query", "--share-cookies"]) {
+      expect(help.stdout).toContain(flag)
+    }
+    const version = await runCli([...CLI, "--version"])
+    expect(version.code).toBe(0)
+    expect(version.stdout.trim()).toBe(JSON.parse(readFileSync(join(import.meta.dir, "package.json"), "utf8")).version)
+  })
+
+  test("a port already in use: one line, exit code 1", async () => {
+    await using origin = startOrigin(() => new Response("x"))
+    await using first = await startProxy({ origin: origin.url })
+    const { stderr, code } = await runCli([...CLI, "--port", String(portOf(first.url)), "--origin", origin.url, "--cache-dir", tempDir()])
+    expect(code).toBe(1)
+    expect(stderr.trim()).toMatch(/^caching-proxy: port \d+ on 127.0.0.1 is already in use$/)
+  })
+
+  test("says where it listens, what it forwards to and where the cache is; logs one line per request", async () => {
+    await using origin = startOrigin(() => new Response("x", { headers: { "cache-control": "max-age=60" } }))
+    const dir = tempDir()
+    await using proxy = await startCli([...CLI, "--port", "0", "--origin", origin.url, "--cache-dir", dir])
+    expect(proxy.lines[0]).toMatch(new RegExp(`listening on http://127.0.0.1:\\d+, forwarding to ${origin.url.replace(/\/$/, "")}, cache in ${dir}`))
+    await (await get(`${proxy.url}logged?x=1`)).text()
+    await (await get(`${proxy.url}logged?x=1`)).text()
+    await Bun.sleep(50)
+    expect(proxy.lines.filter((l) => l.startsWith("GET /logged?x=1 200 MISS "))).toHaveLength(1)
+    expect(proxy.lines.filter((l) => /^GET \/logged\?x=1 200 HIT \d+(\.\d+)?ms$/.test(l))).toHaveLength(1)
+  })
+
+  test("--quiet logs no requests", async () => {
+    await using origin = startOrigin(() => new Response("x"))
+    await using proxy = await startCli([...CLI, "--port", "0", "--quiet", "--origin", origin.url, "--cache-dir", tempDir()])
+    await (await get(`${proxy.url}q`)).text()
+    await Bun.sleep(50)
+    expect(proxy.lines.filter((l) => l.includes("/q"))).toHaveLength(0)
+  })
+
+  test("the cache lives in $XDG_CACHE_HOME/caching-proxy by default", async () => {
+    await using origin = startOrigin(() => new Response("x"))
+    const xdg = tempDir()
+    await using proxy = await startCli([...CLI, "--port", "0", "--origin", origin.url], { XDG_CACHE_HOME: xdg })
+    expect(proxy.lines[0]).toContain(`cache in ${join(xdg, "caching-proxy")}`)
+    await (await get(`${proxy.url}xdg`)).text()
+    expect(existsSync(join(xdg, "caching-proxy", "v1"))).toBe(true)
+  })
+
+  test("SIGTERM: requests in flight finish, then exit 0", async () => {
+    await using origin = startOrigin(async () => {
+      await Bun.sleep(500)
+      return new Response("slow but whole")
+    })
+    const proxy = await startCli([...CLI, "--port", "0", "--quiet", "--origin", origin.url, "--cache-dir", tempDir()])
+    const pending = get(`${proxy.url}slow`)
+    await Bun.sleep(150)
+    proxy.child.kill("SIGTERM")
+    const response = await pending
+    expect(await response.text()).toBe("slow but whole")
+    expect(await proxy.child.exited).toBe(0)
+  })
+})
+
+// ───────────────────────────── forwarding ─────────────────────────────
+
+describe("forwarding (RFC 9110 §7.6)", () => {
+  test.each(["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])("%s is forwarded with its body", async (method) => {
+    await using origin = startOrigin(async (req) => new Response(`${req.method} ${await req.text()}`))
+    await using proxy = await startProxy({ origin: origin.url })
+    const hasBody = method !== "GET" && method !== "OPTIONS"
+    const response = await fetch(`${proxy.url}m`, { method, body: hasBody ? "payload" : undefined })
+    expect(await response.text()).toBe(`${method} ${hasBody ? "payload" : ""}`)
+    expect(origin.requests[0]?.method).toBe(method)
+  })
+
+  test("a large request body streams through whole", async () => {
+    await using origin = startOrigin(async (req) => new Response(new Bun.CryptoHasher("sha256").update(await req.arrayBuffer()).digest("hex")))
+    await using proxy = await startProxy({ origin: origin.url })
+    const body = new Uint8Array(8 << 20).map((_, i) => i % 251)
+    const response = await fetch(`${proxy.url}upload`, { method: "POST", body })
+    expect(await response.text()).toBe(new Bun.CryptoHasher("sha256").update(body).digest("hex"))
+  })
+
+  test("path and query reach the origin byte for byte, after the origin's base path", async () => {
+    await using origin = startOrigin((req) => new Response(req.url))
+    await using proxy = await startProxy({ origin: `${origin.url}v2` })
+    const raw = await rawRequest(portOf(proxy.url), "GET /a%2Fb/%7Ec?q=%41%20b&x=1+2&&y HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    expect(raw).toStartWith("HTTP/1.1 200")
+    expect(new URL(origin.requests[0]!.url).pathname + new URL(origin.requests[0]!.url).search).toBe("/v2/a%2Fb/%7Ec?q=%41%20b&x=1+2&&y")
+  })
+
+  test("an absolute-form target or a forged Host never changes where the proxy connects", async () => {
+    await using origin = startOrigin((req) => new Response(`origin saw ${new URL(req.url).pathname}`))
+    await using proxy = await startProxy({ origin: origin.url })
+    const absolute = await rawRequest(portOf(proxy.url), "GET http://example.invalid/abs HTTP/1.1\r\nHost: example.invalid\r\nConnection: close\r\n\r\n")
+    expect(absolute).toContain("origin saw /abs")
+    const forged = await rawRequest(portOf(proxy.url), "GET /forged HTTP/1.1\r\nHost: 10.0.0.1:9\r\nConnection: close\r\n\r\n")
+    expect(forged).toContain("origin saw /forged")
+    expect(origin.requests).toHaveLength(2)
+    expect(origin.requests[1]?.headers.get("host")).toBe(new URL(origin.url).host)
+    expect(origin.requests[1]?.headers.get("x-forwarded-host")).toBe("10.0.0.1:9")
+  })
+
+  test("hop-by-hop fields and those named in Connection are dropped both ways; forwarding fields are added", async () => {
+    await using origin = startOrigin(() =>
+      new Response("ok", { headers: { connection: "x-origin-hop", "x-origin-hop": "1", "keep-alive": "timeout=5", "x-end-to-end": "1" } }),
+    )
+    await using proxy = await startProxy({ origin: origin.url })
+    const raw = await rawRequest(
+      portOf(proxy.url),
+      "GET /hop HTTP/1.1\r\nHost: client.example\r\nConnection: close, x-client-hop\r\nX-Client-Hop: 1\r\nTE: trailers\r\nX-Kept: yes\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n",
+    )
+    const seen = origin.requests[0]!.headers
+    expect(seen.get("x-client-hop")).toBeNull()
+    expect(seen.get("te")).toBeNull()
+    expect(seen.get("x-kept")).toBe("yes")
+    expect(seen.get("x-forwarded-for")).toBe("203.0.113.9, 127.0.0.1")
+    expect(seen.get("x-forwarded-proto")).toBe("http")
+    expect(seen.get("x-forwarded-host")).toBe("client.example")
+    expect(seen.get("via")).toBe("1.1 caching-proxy")
+    const head = raw.toLowerCase()
+    expect(head).not.toContain("x-origin-hop")
+    expect(head).not.toContain("keep-alive: timeout=5")
+    expect(head).toContain("x-end-to-end: 1")
+    expect(head).toContain("via: 1.1 caching-proxy")
+  })
+
+  test("redirects are passed on, not followed", async () => {
+    await using origin = startOrigin(() => new Response(null, { status: 302, headers: { location: "/elsewhere" } }))
+    await using proxy = await startProxy({ origin: origin.url })
+    const response = await fetch(`${proxy.url}old`, { redirect: "manual" })
+    expect(response.status).toBe(302)
+    expect(response.headers.get("location")).toBe("/elsewhere")
+    expect(origin.requests).toHaveLength(1)
+  })
+
+  test("status, several Set-Cookie fields and compressed bytes arrive as the origin sent them", async () => {
+    const gzipped = gzipSync("a compressed body ".repeat(100))
+    await using origin = startOrigin(() => {
+      const headers = new Headers({ "content-encoding": "gzip", "content-type": "text/plain", "cache-control": "max-age=60" })
+      headers.append("set-cookie", "a=1; Path=/")
+      headers.append("set-cookie", "b=2; Path=/")
+      return new Response(gzipped, { status: 203, headers })
+    })
+    await using proxy = await startProxy({ origin: origin.url, shareCookies: true })
+    for (const expected of ["MISS", "HIT"]) {
+      const response = await fetch(`${proxy.url}gz`, { decompress: false } as RequestInit)
+      expect(response.status).toBe(203)
+      expect(response.headers.get("x-cache")).toBe(expected)
+      expect(response.headers.getSetCookie()).toEqual(["a=1; Path=/", "b=2; Path=/"])
+      expect(response.headers.get("content-encoding")).toBe("gzip")
+      expect(new Uint8Array(await response.arrayBuffer())).toEqual(new Uint8Array(gzipped))
+    }
+  })
+
+  test("a client that did not ask for compression gets the origin's bytes and encoding, never a false length", async () => {
+    const gzipped = gzipSync("x".repeat(5000))
+    await using origin = startOrigin(() => new Response(gzipped, { headers: { "content-encoding": "gzip" } }))
+    await using proxy = await startProxy({ origin: origin.url })
+    const raw = await rawRequest(portOf(proxy.url), "GET /z HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    const [head, ...rest] = raw.split("\r\n\r\n")
+    const body = rest.join("\r\n\r\n")
+    expect(head!.toLowerCase()).toContain("content-encoding: gzip")
+    const length = /content-length: (\d+)/i.exec(head!)
+    if (length) expect(Number(length[1])).toBe(gzipped.length)
+    if (length) expect(Buffer.from(body, "latin1")).toEqual(Buffer.from(gzipped))
+  })
+})
+
+// ───────────────────────────── caching and errors ─────────────────────────────
+
+describe("caching", () => {
+  test("a GET is a MISS, then a HIT; the cache survives a restart", async () => {
+    await using origin = startOrigin((_, n) => new Response(`body ${n}`))
+    const cacheDir = tempDir()
+    {
+      await using proxy = await startProxy({ origin: origin.url, cacheDir })
+      const miss = await get(`${proxy.url}products`)
+      expect(miss.headers.get("x-cache")).toBe("MISS")
+      expect(await miss.text()).toBe("body 1")
+      const hit = await get(`${proxy.url}products`)
+      expect(hit.headers.get("x-cache")).toBe("HIT")
+      expect(await hit.text()).toBe("body 1")
+    }
+    await using restarted = await startProxy({ origin: origin.url, cacheDir })
+    const hit = await get(`${restarted.url}products`)
+    expect(hit.headers.get("x-cache")).toBe("HIT")
+    expect(await hit.text()).toBe("body 1")
+    expect(origin.count("/products")).toBe(1)
+  })
+
+  test("no-store and private responses are not stored", async () => {
+    await using origin = startOrigin((req) => new Response("x", { headers: { "cache-control": new URL(req.url).pathname.slice(1) } }))
+    await using proxy = await startProxy({ origin: origin.url })
+    for (const path of ["no-store", "private"]) {
+      await (await get(`${proxy.url}${path}`)).text()
+      expect((await get(`${proxy.url}${path}`)).headers.get("x-cache")).toBe("MISS")
+      expect(origin.count(`/${path}`)).toBe(2)
+    }
+  })
+
+  test("--ttl 0 turns the default lifetime off", async () => {
+    await using origin = startOrigin(() => new Response("plain"))
+    await using proxy = await startProxy({ origin: origin.url, ttlSeconds: 0 })
+    await (await get(`${proxy.url}plain`)).text()
+    expect((await get(`${proxy.url}plain`)).headers.get("x-cache")).toBe("MISS")
+  })
+})
+
+describe("errors", () => {
+  test("an unreachable origin gives 502 with a one-line body", async () => {
+    const closed = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response() })
+    const url = closed.url.href
+    closed.stop(true)
+    await using proxy = await startProxy({ origin: url })
+    const response = await get(`${proxy.url}down`)
+    expect(response.status).toBe(502)
+    expect((await response.text()).trim().split("\n")).toHaveLength(1)
+  })
+
+  test("an origin slower than --timeout gives 504", async () => {
+    await using origin = startOrigin(async () => {
+      await Bun.sleep(3000)
+      return new Response("late")
+    })
+    await using proxy = await startProxy({ origin: origin.url, timeoutSeconds: 1 })
+    const response = await get(`${proxy.url}slow`)
+    expect(response.status).toBe(504)
+    expect(await response.text()).toContain("did not answer within 1 s")
+  })
+
+  test("an origin slower than Bun's 10 s idle timeout still gets its answer to the client", async () => {
+    await using origin = startOrigin(async () => {
+      await Bun.sleep(11_000)
+      return new Response("worth the wait")
+    })
+    await using proxy = await startProxy({ origin: origin.url })
+    const response = await get(`${proxy.url}very-slow`)
+    expect(response.status).toBe(200)
+    expect(await response.text()).toBe("worth the wait")
+  }, 20_000)
+})

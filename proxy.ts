@@ -1,13 +1,14 @@
-#!/usr/bin/env bun
 /**
  * caching-proxy: the command line, the Hono app, and serving under Bun or Node.
  * The HTTP side only: every caching rule lives in cache.ts.
  */
 import { request as httpRequest, Agent as HttpAgent, type IncomingMessage } from "node:http"
 import { request as httpsRequest, Agent as HttpsAgent } from "node:https"
+import { realpathSync } from "node:fs"
 import { homedir } from "node:os"
 import { join, resolve } from "node:path"
 import { Readable } from "node:stream"
+import { fileURLToPath } from "node:url"
 import { defineCommand, parseArgs, renderUsage } from "citty"
 import { Hono, type Context } from "hono"
 import { answer, Cache, hopByHopFilter, OriginError, type Forward } from "./cache.ts"
@@ -401,7 +402,15 @@ function shutdownSignal(): Promise<void> {
   })
 }
 
-if (import.meta.main) {
+/** True when this file is the program, not a module imported by tests or embedders. */
+function isEntryPoint(): boolean {
+  if (typeof Bun !== "undefined") return import.meta.main
+  // Node runs the bundle in dist/, often through the symlink npm puts in node_modules/.bin.
+  const script = process.argv[1]
+  return script !== undefined && realpathSync(script) === fileURLToPath(import.meta.url)
+}
+
+if (isEntryPoint()) {
   run(process.argv.slice(2)).then(
     (code) => process.exit(code),
     (error) => {
