@@ -82,8 +82,8 @@ async function startProxy(options: Partial<ProxyOptions> & { origin: string }) {
 }
 
 /** A child process running the CLI; resolves once it says where it listens. */
-async function startCli(command: string[], env: Record<string, string> = {}) {
-  const child = Bun.spawn(command, { stdout: "pipe", stderr: "pipe", env: { ...process.env, ...env } })
+async function startCli(command: string[], env: Record<string, string | undefined> = {}, cwd?: string) {
+  const child = Bun.spawn(command, { stdout: "pipe", stderr: "pipe", env: { ...process.env, ...env }, cwd })
   const reader = child.stdout.getReader()
   let output = ""
   const decoder = new TextDecoder()
@@ -112,9 +112,9 @@ async function startCli(command: string[], env: Record<string, string> = {}) {
   }
 }
 
-/** Runs the CLI to completion. */
-async function runCli(command: string[]) {
-  const child = Bun.spawn(command, { stdout: "pipe", stderr: "pipe" })
+/** Runs the CLI (or any command) to completion. */
+async function runCli(command: string[], cwd?: string) {
+  const child = Bun.spawn(command, { stdout: "pipe", stderr: "pipe", cwd })
   const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited])
   return { stdout, stderr, code }
 }
@@ -402,4 +402,120 @@ describe("errors", () => {
     expect(response.status).toBe(200)
     expect(await response.text()).toBe("worth the wait")
   }, 20_000)
+})
+
+// ───────────────────────────── every way to run it ─────────────────────────────
+
+/** MISS, HIT, HIT after a restart, MISS after --clear-cache: through a command that runs the CLI. */
+async function endToEnd(command: string[], cwd?: string) {
+  await using origin = startOrigin((_, n) => new Response(`product ${n}`, { headers: { "cache-control": "max-age=600" } }))
+  const cacheDir = tempDir()
+  const start = () => startCli([...command, "--port", "0", "--quiet", "--origin", origin.url, "--cache-dir", cacheDir], {}, cwd)
+  const expectAnswer = async (url: string, body: string, xCache: string) => {
+    const response = await get(`${url}products`)
+    expect(await response.text()).toBe(body)
+    expect(response.headers.get("x-cache")).toBe(xCache)
+  }
+  {
+    await using proxy = await start()
+    await expectAnswer(proxy.url, "product 1", "MISS")
+    await expectAnswer(proxy.url, "product 1", "HIT")
+  }
+  {
+    await using proxy = await start()
+    await expectAnswer(proxy.url, "product 1", "HIT")
+  }
+  const cleared = await runCli([...command, "--clear-cache", "--cache-dir", cacheDir], cwd)
+  expect(cleared.code).toBe(0)
+  {
+    await using proxy = await start()
+    await expectAnswer(proxy.url, "product 2", "MISS")
+  }
+  expect(origin.count("/products")).toBe(2)
+}
+
+/** Runs a package.json script with npm, as a user would. */
+async function npmRun(script: string) {
+  const result = await runCli(["npm", "run", "--silent", script], import.meta.dir)
+  if (result.code !== 0) throw new Error(`npm run ${script} failed: ${result.stderr}`)
+}
+
+describe("runtimes and packaging", () => {
+  test("under Bun, from source", () => endToEnd(CLI))
+
+  test("--clear-cache does not break a proxy running on the same cache", async () => {
+    await using origin = startOrigin((_, n) => new Response(`v${n}`, { headers: { "cache-control": "max-age=600" } }))
+    const cacheDir = tempDir()
+    await using proxy = await startCli([...CLI, "--port", "0", "--quiet", "--origin", origin.url, "--cache-dir", cacheDir])
+    expect(await (await get(`${proxy.url}c`)).text()).toBe("v1")
+    expect((await runCli([...CLI, "--clear-cache", "--cache-dir", cacheDir])).code).toBe(0)
+    await Bun.sleep(1500) // the running proxy looks for a clear once a second
+    const afterClear = await get(`${proxy.url}c`)
+    expect(await afterClear.text()).toBe("v2")
+    expect(afterClear.headers.get("x-cache")).toBe("MISS")
+    const hit = await get(`${proxy.url}c`)
+    expect(await hit.text()).toBe("v2")
+    expect(hit.headers.get("x-cache")).toBe("HIT")
+  })
+
+  describe("under Node (the bundle npm installs)", () => {
+    beforeAll(() => npmRun("build:js"), 60_000)
+    const NODE_CLI = ["node", join(import.meta.dir, "dist", "cli.js")]
+
+    test("MISS, HIT, restart, clear", () => endToEnd(NODE_CLI))
+
+    test("bytes, Set-Cookie and bad flags behave as under Bun", async () => {
+      const gzipped = gzipSync("node leg ".repeat(200))
+      await using origin = startOrigin(() => {
+        const headers = new Headers({ "content-encoding": "gzip", "cache-control": "max-age=60" })
+        headers.append("set-cookie", "a=1")
+        headers.append("set-cookie", "b=2")
+        return new Response(gzipped, { headers })
+      })
+      await using proxy = await startCli([...NODE_CLI, "--port", "0", "--quiet", "--share-cookies", "--origin", origin.url, "--cache-dir", tempDir()])
+      for (const expected of ["MISS", "HIT"]) {
+        const response = await fetch(`${proxy.url}gz`, { decompress: false } as RequestInit)
+        expect(response.headers.get("x-cache")).toBe(expected)
+        expect(response.headers.getSetCookie()).toEqual(["a=1", "b=2"])
+        expect(new Uint8Array(await response.arrayBuffer())).toEqual(new Uint8Array(gzipped))
+      }
+      const bad = await runCli([...NODE_CLI, "--port", "x", "--origin", origin.url])
+      expect(bad.code).toBe(2)
+      expect(bad.stderr.trim()).toBe('caching-proxy: --port must be 0-65535 (got "x")')
+    })
+  })
+
+  describe("the standalone binary", () => {
+    const BINARY = join(import.meta.dir, "dist", "caching-proxy")
+    beforeAll(() => npmRun("build"), 120_000)
+
+    test("MISS, HIT, restart, clear", () => endToEnd([BINARY]))
+
+    test("ignores a .env and a bunfig.toml in the working directory", async () => {
+      await using origin = startOrigin(() => new Response("x"))
+      const cwd = tempDir()
+      const home = tempDir()
+      writeFileSync(join(cwd, ".env"), `XDG_CACHE_HOME=${join(cwd, "from-dotenv")}\n`)
+      writeFileSync(join(cwd, "preload.ts"), `require("node:fs").writeFileSync(${JSON.stringify(join(cwd, "preloaded"))}, "")\n`)
+      writeFileSync(join(cwd, "bunfig.toml"), `preload = ["./preload.ts"]\n`)
+      await using proxy = await startCli([BINARY, "--port", "0", "--origin", origin.url], { XDG_CACHE_HOME: undefined, HOME: home }, cwd)
+      expect(proxy.lines[0]).toContain(`cache in ${join(home, ".cache", "caching-proxy")}`)
+      expect(existsSync(join(cwd, "preloaded"))).toBe(false)
+    })
+  })
+
+  describe("a packed package installed into an empty folder", () => {
+    const folder = tempDir()
+    beforeAll(async () => {
+      const packed = await runCli(["npm", "pack", "--silent", "--pack-destination", folder], import.meta.dir)
+      if (packed.code !== 0) throw new Error(`npm pack failed: ${packed.stderr}`)
+      const tarball = join(folder, packed.stdout.trim().split("\n").pop()!)
+      writeFileSync(join(folder, "package.json"), "{}")
+      const installed = await runCli(["npm", "install", "--no-audit", "--no-fund", "--prefer-offline", tarball], folder)
+      if (installed.code !== 0) throw new Error(`npm install failed: ${installed.stderr}`)
+    }, 120_000)
+
+    test("npx caching-proxy (Node)", () => endToEnd(["npx", "--no-install", "caching-proxy"], folder), 60_000)
+    test("bunx --bun caching-proxy (Bun)", () => endToEnd([join(import.meta.dir, "node_modules", ".bin", "bunx"), "--bun", "caching-proxy"], folder), 60_000)
+  })
 })
