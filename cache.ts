@@ -52,7 +52,10 @@ export class OriginError extends Error {
   }
 }
 
-/** Sends the request to the origin with these headers (the HTTP side owns the connection). */
+/**
+ * Sends the request to the origin with these request headers (the client's, or the cache's
+ * conditional version of them); the HTTP side drops hop-by-hop fields and owns the connection.
+ */
 export type Forward = (headers: Headers) => Promise<Response>
 
 // ───────────────────────────── Cache-Control parsing ─────────────────────────────
@@ -890,8 +893,8 @@ export class Cache {
   }
 
   /**
-   * Answers a request. `headers` are the ones to forward (hop-by-hop fields already dropped);
-   * `forward` sends them to the origin. The response carries X-Cache and Cache-Status.
+   * Answers a request with the client's `headers`; `forward` sends (possibly conditional) headers
+   * to the origin. The response carries X-Cache and Cache-Status.
    */
   async respond(method: string, headers: Headers, target: string, forward: Forward): Promise<Response> {
     if (method !== "GET" && method !== "HEAD") return this.respondUncached(method, target, headers, forward)

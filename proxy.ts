@@ -328,8 +328,10 @@ export function createProxy(options: ProxyOptions, log: (line: string) => void =
     const path = runtime.requestTarget(c)
     const target = options.origin + path
     const body = method === "GET" || method === "HEAD" ? null : request.body
-    const forward: Forward = (headers) => runtime.fetch(target, method, headers, body, timeoutMs)
-    const response = await cache.respond(method, forwardedHeaders(request.headers, runtime.clientAddress(c)), target, forward)
+    // Built only when the origin is asked: a hit copies no headers.
+    const forward: Forward = (headers) =>
+      runtime.fetch(target, method, forwardedHeaders(headers, runtime.clientAddress(c)), body, timeoutMs)
+    const response = await cache.respond(method, request.headers, target, forward)
     response.headers.append("via", VIA)
     if (!options.quiet) log(`${method} ${path} ${response.status} ${response.headers.get("x-cache")} ${(performance.now() - started).toFixed(1)}ms`)
     return response
