@@ -14,7 +14,7 @@
 import { createHash, randomBytes } from "node:crypto"
 import { createReadStream } from "node:fs"
 import * as fs from "node:fs/promises"
-import { join } from "node:path"
+import { dirname, join } from "node:path"
 import { Readable } from "node:stream"
 
 // ───────────────────────────── configuration ─────────────────────────────
@@ -486,9 +486,13 @@ export interface Variant {
   meta: EntryMeta
   /** sha256 of key + Vary selection: the variant's file name stem. */
   id: string
+  /** Where its meta lives: the disk store's name for it. */
+  metaPath: string
   bodyFile: string
   /** The body, when it is small enough to live in memory. */
   body: Uint8Array | null
+  /** The stored headers, built once on first use: a hit copies them, which is cheaper. */
+  headers?: Headers
 }
 
 /** What lives on disk next to the body: the meta, plus what ties it to its key and body. */
@@ -516,6 +520,8 @@ export class FileStore {
   /** meta path → bytes on disk (meta + body), in least-recently-used order. */
   private readonly lru = new Map<string, { bytes: number; key: string }>()
   private totalBytes = 0
+  /** The meta path last moved to the most-recently-used end. */
+  private mostRecent: string | undefined
   private readonly scanned: Promise<void>
   onEvict: (key: string) => void = () => {}
 
@@ -573,12 +579,15 @@ export class FileStore {
   private async readVariant(dir: string, name: string, key: string): Promise<Variant | undefined> {
     const metaPath = join(dir, name)
     try {
-      const meta = JSON.parse(await fs.readFile(metaPath, "utf8")) as MetaFile
+      const text = await fs.readFile(metaPath, "utf8")
+      const meta = JSON.parse(text) as MetaFile
       const bodyStat = await fs.stat(join(dir, meta.bodyFile))
       if (meta.format !== 1 || meta.key !== key || bodyStat.size !== meta.size) throw new Error("mismatch")
-      this.touch(metaPath)
+      // Indexed with its key: the start-up scan knows only paths, and evicting an entry must
+      // also drop it from the memory tier (which would otherwise serve a deleted file).
+      this.touch(metaPath, key, text.length + meta.size)
       const { format: _format, key: _key, bodyFile, ...entry } = meta
-      return { meta: entry, id: name.slice(0, -META_SUFFIX.length), bodyFile: join(dir, bodyFile), body: null }
+      return { meta: entry, id: name.slice(0, -META_SUFFIX.length), metaPath, bodyFile: join(dir, bodyFile), body: null }
     } catch (error) {
       this.warn(`discarding a broken cache entry ${metaPath}: ${(error as Error).message}`)
       await this.removeVariantFiles(metaPath)
@@ -654,7 +663,7 @@ export class FileStore {
     if (previousBody && previousBody !== bodyName) await fs.rm(join(dir, previousBody), { force: true })
     this.account(metaPath, key, text.length + meta.size)
     await this.evict()
-    return { meta, id: variantId, bodyFile: join(dir, bodyName), body: null }
+    return { meta, id: variantId, metaPath, bodyFile: join(dir, bodyName), body: null }
   }
 
   private async bodyNameOf(metaPath: string): Promise<string | undefined> {
@@ -689,11 +698,20 @@ export class FileStore {
     await fs.rm(trash, { recursive: true, force: true })
   }
 
-  private touch(metaPath: string): void {
+  /**
+   * Records a use of a variant served from memory: without it, the disk's LRU order would see
+   * only writes and evict the entries read most.
+   */
+  used(variant: Variant): void {
+    const { metaPath } = variant
+    // The hottest entry is already last: no reordering and no utimes on each of its hits.
+    if (metaPath === this.mostRecent) return
     const entry = this.lru.get(metaPath)
-    if (!entry) return
-    this.lru.delete(metaPath)
-    this.lru.set(metaPath, entry)
+    if (entry) this.touch(metaPath, entry.key, entry.bytes)
+  }
+
+  private touch(metaPath: string, key: string, bytes: number): void {
+    this.account(metaPath, key, bytes)
     const now = new Date()
     // The LRU order survives restarts through mtime; losing one update is harmless.
     fs.utimes(metaPath, now, now).catch(() => {})
@@ -703,6 +721,7 @@ export class FileStore {
     this.forget(metaPath)
     this.lru.set(metaPath, { bytes, key })
     this.totalBytes += bytes
+    this.mostRecent = metaPath
   }
 
   private forget(metaPath: string): void {
@@ -904,7 +923,8 @@ export class Cache {
       headers,
       directives: parseCacheControl(headers.get("cache-control")),
     }
-    const variant = selectVariant(await this.variants(lookup.key), headers)
+    // The memory tier answers synchronously: a hit awaits nothing.
+    const variant = selectVariant(this.memory.get(lookup.key) ?? (await this.variants(lookup.key)), headers)
     const now = Date.now()
     if (this.config.offline) {
       return variant ? this.fromCache(variant, lookup, now, "hit; detail=offline") : answer(504, "not in the cache (offline mode)\n", "detail=offline")
@@ -1033,7 +1053,7 @@ export class Cache {
     const headers = mergeHeaders(stale.meta.headers, response.headers)
     const directives = parseCacheControl(headers.get("cache-control"))
     const meta = describeResponse(stale.meta.status, headers, directives, stale.meta.vary, requestTime, responseTime, stale.meta.size, this.config)
-    let variant: Variant = { ...stale, meta }
+    let variant: Variant = { ...stale, meta, headers: undefined }
     try {
       variant = { ...(await this.store.updateMeta(lookup.key, stale, meta)), body: stale.body }
       this.remember(lookup.key, variant)
@@ -1201,7 +1221,8 @@ export class Cache {
   /** A response from a stored variant, RFC 9111 §4 (Age per §5.1, conditionals per §4.3.2). */
   private fromCache(variant: Variant, lookup: Lookup, now: number, cacheStatus: string): Response {
     const { meta } = variant
-    const headers = new Headers(meta.headers)
+    variant.headers ??= new Headers(meta.headers)
+    const headers = new Headers(variant.headers)
     headers.set("age", String(Math.floor(currentAgeMs(meta, now) / 1000)))
     headers.set("x-cache", "HIT")
     headers.set("cache-status", `${CACHE_NAME}; ${cacheStatus}; ttl=${Math.round(ttlMs(meta, now) / 1000)}`)
@@ -1209,6 +1230,7 @@ export class Cache {
       for (const name of NOT_IN_304) headers.delete(name)
       return new Response(null, { status: 304, headers })
     }
+    this.store.used(variant)
     const hasBody = lookup.method !== "HEAD" && meta.size > 0 && !NULL_BODY_STATUS.has(meta.status)
     const body = hasBody ? (variant.body ?? files.responseBody(variant.bodyFile)) : null
     return new Response(body, { status: meta.status, headers })
