@@ -14,7 +14,7 @@
 import { createHash, randomBytes } from "node:crypto"
 import { createReadStream } from "node:fs"
 import * as fs from "node:fs/promises"
-import { dirname, join } from "node:path"
+import { join } from "node:path"
 import { Readable } from "node:stream"
 
 // ───────────────────────────── configuration ─────────────────────────────
@@ -38,6 +38,8 @@ export interface CacheConfig {
   ignoreQuery: string[]
   /** Answer only from the cache; never contact the origin. */
   offline: boolean
+  /** How long a request waits for another one's answer to the same key. @default the --timeout */
+  coalesceWaitMs: number
   /** Logs a store failure (once per kind); the proxy keeps going. */
   warn: (message: string) => void
 }
@@ -966,7 +968,9 @@ export class Cache {
   private async coalesced(lookup: Lookup, stale: Variant | undefined, forward: Forward): Promise<Response> {
     const pending = this.inFlight.get(lookup.key)
     if (!pending) return this.fetch(lookup, stale, forward, this.lead(lookup.key))
-    await pending
+    // A leader whose client never reads its body would hold its waiters forever: they wait
+    // at most as long as the origin may take to answer, then go themselves.
+    await waitAtMost(pending, this.config.coalesceWaitMs)
     const now = Date.now()
     const stored = selectVariant(await this.variants(lookup.key), lookup.headers)
     if (stored && usability(stored.meta, lookup.directives, now) === "fresh") {
@@ -1337,6 +1341,13 @@ export function answer(status: number, text: string, cacheStatus: string): Respo
     status,
     headers: { "content-type": "text/plain; charset=utf-8", "x-cache": "MISS", "cache-status": `${CACHE_NAME}; ${cacheStatus}` },
   })
+}
+
+/** Resolves when `promise` settles or `ms` have passed, whichever comes first. */
+function waitAtMost(promise: Promise<void>, ms: number): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
 }
 
 function concat(chunks: Uint8Array[], size: number): Uint8Array {

@@ -315,6 +315,7 @@ export function createProxy(options: ProxyOptions, log: (line: string) => void =
     shareCookies: options.shareCookies,
     ignoreQuery: options.ignoreQuery,
     offline: options.offline,
+    coalesceWaitMs: options.timeoutSeconds * 1000,
     warn,
   })
   const timeoutMs = options.timeoutSeconds * 1000
