@@ -925,8 +925,12 @@ export class Cache {
       headers,
       directives: parseCacheControl(headers.get("cache-control")),
     }
-    // The memory tier answers synchronously: a hit awaits nothing.
-    const variant = selectVariant(this.memory.get(lookup.key) ?? (await this.variants(lookup.key)), headers)
+    // The memory tier answers synchronously: a hit from memory awaits nothing.
+    let variant = selectVariant(this.memory.get(lookup.key) ?? (await this.variants(lookup.key)), headers)
+    if (variant && !(await this.isWhole(variant))) {
+      this.memory.delete(lookup.key)
+      variant = selectVariant(await this.variants(lookup.key), headers)
+    }
     const now = Date.now()
     if (this.config.offline) {
       return variant ? this.fromCache(variant, lookup, now, "hit; detail=offline") : answer(504, "not in the cache (offline mode)\n", "detail=offline")
@@ -944,6 +948,16 @@ export class Cache {
     if (lookup.directives.has("only-if-cached")) return answer(504, "not in the cache (only-if-cached)\n", "detail=only-if-cached")
     if (method === "HEAD" || !isCoalescable(lookup)) return this.fetch(lookup, variant, forward)
     return this.coalesced(lookup, variant, forward)
+  }
+
+  /**
+   * A body served from its file must still be there, as long as its meta says: another process
+   * may have cleared the cache, or someone removed files by hand. One stat, for large hits only.
+   */
+  private async isWhole(variant: Variant): Promise<boolean> {
+    if (variant.body || variant.meta.size === 0) return true
+    const stat = await fs.stat(variant.bodyFile).catch(() => undefined)
+    return stat?.size === variant.meta.size
   }
 
   /** Methods the cache does not answer: forwarded, and unsafe ones invalidate (RFC 9111 §4.4). */

@@ -4,11 +4,14 @@
  * and as the compiled binary). Assertions are on what the client got and what the origin saw.
  */
 import { afterAll, beforeAll, describe, expect, setSystemTime, test } from "bun:test"
-import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync, readFileSync, existsSync } from "node:fs"
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, utimesSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { connect } from "node:net"
+import { once } from "node:events"
+import { createServer as createHttpServer } from "node:http"
+import { connect, createServer, type Socket } from "node:net"
 import { gzipSync } from "node:zlib"
+import { Cache } from "./cache.ts"
 import { createProxy, serve, type ProxyOptions } from "./proxy.ts"
 
 // ───────────────────────────── helpers ─────────────────────────────
@@ -135,6 +138,131 @@ function portOf(url: string): number {
 }
 
 const get = (url: string, headers: Record<string, string> = {}) => fetch(url, { headers })
+
+// ───────────────────────────── storage helpers ─────────────────────────────
+
+
+/** A temporary directory removed at the end of the test (for caches that outlive one proxy). */
+function ownedDir() {
+  const path = tempDir()
+  return { path, [Symbol.dispose]: () => rmSync(path, { recursive: true, force: true }) }
+}
+
+/** Every file under the cache's `v1` tree, with its size. */
+function storedFiles(cacheDir: string): { path: string; size: number }[] {
+  const root = join(cacheDir, "v1")
+  if (!existsSync(root)) return []
+  return (readdirSync(root, { recursive: true }) as string[])
+    .map((name) => join(root, name))
+    .filter((path) => statSync(path).isFile())
+    .map((path) => ({ path, size: statSync(path).size }))
+}
+
+const bodyFiles = (cacheDir: string) => storedFiles(cacheDir).filter((f) => f.path.endsWith(".body"))
+const metaFiles = (cacheDir: string) => storedFiles(cacheDir).filter((f) => f.path.endsWith(".meta"))
+
+/** Waits for what the proxy does after a response is over (cleanup, a poll); fails if it never happens. */
+async function eventually(check: () => boolean | Promise<boolean>, withinMs = 3000): Promise<void> {
+  const deadline = Date.now() + withinMs
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`still not true after ${withinMs} ms: ${check}`)
+    await Bun.sleep(25)
+  }
+}
+
+/** Asks the proxy without letting it go to the origin: true when the URL is answered from the cache. */
+async function isCached(url: string): Promise<boolean> {
+  const response = await get(url, { "cache-control": "only-if-cached" })
+  await response.arrayBuffer()
+  return response.status === 200 && response.headers.get("x-cache") === "HIT"
+}
+
+/** sha256 of a body, read chunk by chunk: the test never holds a large body whole. */
+async function sha256Of(body: ReadableStream<Uint8Array> | null): Promise<{ hex: string; bytes: number }> {
+  const hasher = new Bun.CryptoHasher("sha256")
+  let bytes = 0
+  for await (const chunk of body ?? []) {
+    hasher.update(chunk)
+    bytes += chunk.byteLength
+  }
+  return { hex: hasher.digest("hex"), bytes }
+}
+
+/** Chunk `i` of a generated body: distinct per index, so a dropped or repeated chunk shows. */
+function generatedChunk(i: number, size: number): Uint8Array {
+  const chunk = new Uint8Array(size)
+  for (let offset = 0; offset < size; offset += 4096) chunk.fill((i * 31 + offset / 4096) & 0xff, offset, offset + 4096)
+  new DataView(chunk.buffer).setUint32(0, i)
+  return chunk
+}
+
+/** A body of `count` generated chunks, produced as the reader pulls; `delayMs` between chunks. */
+function generatedBody(count: number, size: number, events: { cancelled: boolean } = { cancelled: false }, delayMs = 0) {
+  let i = 0
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      if (delayMs) await Bun.sleep(delayMs)
+      if (i === count) return controller.close()
+      controller.enqueue(generatedChunk(i++, size))
+    },
+    cancel() {
+      events.cancelled = true
+    },
+  })
+}
+
+function expectedSha256(count: number, size: number): string {
+  const hasher = new Bun.CryptoHasher("sha256")
+  for (let i = 0; i < count; i++) hasher.update(generatedChunk(i, size))
+  return hasher.digest("hex")
+}
+
+/** An origin that speaks raw HTTP on a socket, for answers Bun.serve will not give (short bodies). */
+async function startRawOrigin(answer: (socket: Socket, n: number) => void) {
+  let n = 0
+  const server = createServer((socket) => {
+    socket.once("data", () => answer(socket, ++n))
+    socket.on("error", () => {}) // the proxy may hang up first; nothing to check there
+  })
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+  const { port } = server.address() as { port: number }
+  return {
+    url: `http://127.0.0.1:${port}/`,
+    requests: () => n,
+    [Symbol.asyncDispose]: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  }
+}
+
+/**
+ * An origin that streams `count` generated chunks under a Content-Length. Bun.serve drops the
+ * Content-Length of a streamed body and sends it chunked, so this one speaks node:http.
+ */
+async function startStreamingOrigin(count: number, size: number) {
+  let requests = 0
+  const server = createHttpServer(async (_, res) => {
+    requests++
+    res.writeHead(200, { "content-length": String(count * size), "cache-control": "max-age=600" })
+    for (let i = 0; i < count && !res.destroyed; i++) {
+      if (!res.write(generatedChunk(i, size))) await Promise.race([once(res, "drain"), once(res, "close")])
+    }
+    res.end()
+  })
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+  const { port } = server.address() as { port: number }
+  return {
+    url: `http://127.0.0.1:${port}/`,
+    requests: () => requests,
+    [Symbol.asyncDispose]: () => {
+      server.closeAllConnections()
+      return new Promise<void>((resolve) => server.close(() => resolve()))
+    },
+  }
+}
+
+const KB = 1024
+const MB = 1024 * KB
+
+// ───────────────────────────── storage ─────────────────────────────
 
 // ───────────────────────────── the command line ─────────────────────────────
 
@@ -517,5 +645,382 @@ describe("runtimes and packaging", () => {
 
     test("npx caching-proxy (Node)", () => endToEnd(["npx", "--no-install", "caching-proxy"], folder), 60_000)
     test("bunx --bun caching-proxy (Bun)", () => endToEnd([join(import.meta.dir, "node_modules", ".bin", "bunx"), "--bun", "caching-proxy"], folder), 60_000)
+  })
+})
+
+// ───────────────────────────── storage: memory, disk, bounds, coalescing, integrity ─────────────────────────────
+
+describe("persistence", () => {
+  test("an entry stored by one proxy is served by the next one started on the same directory", async () => {
+    await using origin = startOrigin(() => new Response("persisted", { headers: { "cache-control": "max-age=600" } }))
+    using dir = ownedDir()
+    {
+      await using first = await startProxy({ origin: origin.url, cacheDir: dir.path })
+      expect(await (await get(`${first.url}a`)).text()).toBe("persisted")
+    }
+    await using second = await startProxy({ origin: origin.url, cacheDir: dir.path })
+    const response = await get(`${second.url}a`)
+    expect(await response.text()).toBe("persisted")
+    expect(response.headers.get("x-cache")).toBe("HIT")
+    expect(origin.count("/a")).toBe(1)
+  })
+})
+
+describe("memory tier", () => {
+  test("a small entry is served from memory: removing its file on disk does not affect the hit", async () => {
+    await using origin = startOrigin(() => new Response("small body", { headers: { "cache-control": "max-age=600" } }))
+    await using proxy = await startProxy({ origin: origin.url })
+    await (await get(`${proxy.url}a`)).text()
+    const [body] = bodyFiles(proxy.cacheDir)
+    rmSync(body!.path)
+    const response = await get(`${proxy.url}a`)
+    expect(await response.text()).toBe("small body")
+    expect(response.headers.get("x-cache")).toBe("HIT")
+    expect(origin.count("/a")).toBe(1)
+  })
+
+  test("with a one-byte memory tier, hits come from disk", async () => {
+    await using origin = startOrigin(() => new Response("from disk", { headers: { "cache-control": "max-age=600" } }))
+    await using proxy = await startProxy({ origin: origin.url, memorySize: 1 })
+    await (await get(`${proxy.url}a`)).text()
+    const hit = await get(`${proxy.url}a`)
+    expect(await hit.text()).toBe("from disk")
+    expect(hit.headers.get("x-cache")).toBe("HIT")
+    expect(origin.count("/a")).toBe(1)
+  })
+
+  test("with a one-byte memory tier, an entry whose body file is gone is fetched again, not served", async () => {
+    await using origin = startOrigin((_, n) => new Response(`body ${n}`, { headers: { "cache-control": "max-age=600" } }))
+    await using proxy = await startProxy({ origin: origin.url, memorySize: 1 })
+    await (await get(`${proxy.url}a`)).text()
+    rmSync(bodyFiles(proxy.cacheDir)[0]!.path)
+    const response = await get(`${proxy.url}a`)
+    expect(await response.text()).toBe("body 2")
+    expect(response.headers.get("x-cache")).toBe("MISS")
+  })
+
+  test("a large entry the memory tier knows is not served once its file is gone", async () => {
+    const large = (n: number) => String(n).repeat(2 << 20) // over the 1 MiB kept in memory
+    await using origin = startOrigin((_, n) => new Response(large(n), { headers: { "cache-control": "max-age=600" } }))
+    await using proxy = await startProxy({ origin: origin.url })
+    await (await get(`${proxy.url}large`)).text()
+    expect((await get(`${proxy.url}large`)).headers.get("x-cache")).toBe("HIT")
+    rmSync(bodyFiles(proxy.cacheDir)[0]!.path)
+    const response = await get(`${proxy.url}large`)
+    expect(response.headers.get("x-cache")).toBe("MISS")
+    expect(await response.text()).toBe(large(2))
+  })
+})
+
+describe("disk bound (--max-size)", () => {
+  const ENTRY = 10 * KB
+  // Room for three 10 KB bodies with their metas (a meta is well under 1 KB), not four.
+  const MAX_SIZE = 3 * (ENTRY + 1 * KB)
+  const tenKb = (req: Request) =>
+    new Response(new URL(req.url).pathname.slice(1).repeat(ENTRY), { headers: { "cache-control": "max-age=600" } })
+  const stored = (cacheDir: string) => storedFiles(cacheDir).reduce((sum, f) => sum + f.size, 0)
+
+  test("storing six 10 KB entries where three fit evicts the least recently used", async () => {
+    await using origin = startOrigin(tenKb)
+    await using proxy = await startProxy({ origin: origin.url, maxSize: MAX_SIZE })
+    for (const path of "abcdef") await (await get(`${proxy.url}${path}`)).text()
+    expect(stored(proxy.cacheDir)).toBeLessThanOrEqual(MAX_SIZE)
+    const cached = []
+    for (const path of "abcdef") if (await isCached(`${proxy.url}${path}`)) cached.push(path)
+    expect(cached.join("")).toBe("def")
+    for (const path of "abcdef") expect(origin.count(`/${path}`)).toBe(1)
+  })
+
+  test("an entry read recently survives eviction; the one read least recently goes", async () => {
+    await using origin = startOrigin(tenKb)
+    await using proxy = await startProxy({ origin: origin.url, maxSize: MAX_SIZE })
+    for (const path of "abc") await (await get(`${proxy.url}${path}`)).text()
+    const hit = await get(`${proxy.url}a`)
+    expect(hit.headers.get("x-cache")).toBe("HIT")
+    await hit.text()
+    await (await get(`${proxy.url}d`)).text()
+    const cached = []
+    for (const path of "abcd") if (await isCached(`${proxy.url}${path}`)) cached.push(path)
+    expect(cached.join("")).toBe("acd")
+    expect(stored(proxy.cacheDir)).toBeLessThanOrEqual(MAX_SIZE)
+  })
+
+  test("an entry read recently survives eviction with a one-byte memory tier too", async () => {
+    await using origin = startOrigin(tenKb)
+    await using proxy = await startProxy({ origin: origin.url, maxSize: MAX_SIZE, memorySize: 1 })
+    for (const path of "abc") await (await get(`${proxy.url}${path}`)).text()
+    await (await get(`${proxy.url}a`)).text()
+    await (await get(`${proxy.url}d`)).text()
+    const cached = []
+    for (const path of "abcd") if (await isCached(`${proxy.url}${path}`)) cached.push(path)
+    expect(cached.join("")).toBe("acd")
+  })
+
+  test("a proxy restarted with a smaller --max-size evicts down to it, oldest first, once its scan is done", async () => {
+    await using origin = startOrigin(tenKb)
+    using dir = ownedDir()
+    {
+      await using first = await startProxy({ origin: origin.url, cacheDir: dir.path })
+      for (const path of "abcdef") {
+        await (await get(`${first.url}${path}`)).text()
+        await Bun.sleep(5) // distinct mtimes: the scan orders entries by them
+      }
+    }
+    expect(metaFiles(dir.path)).toHaveLength(6)
+    await using second = await startProxy({ origin: origin.url, cacheDir: dir.path, maxSize: MAX_SIZE })
+    await second.cache.store.ready()
+    expect(stored(dir.path)).toBeLessThanOrEqual(MAX_SIZE)
+    const cached = []
+    for (const path of "abcdef") if (await isCached(`${second.url}${path}`)) cached.push(path)
+    expect(cached.join("")).toBe("def")
+  })
+
+  test("after a restart, an evicted large entry is not served from its deleted file", async () => {
+    const LARGE = 2 * MB // larger than what the memory tier keeps bodies for: served from its file
+    await using origin = startOrigin((req) => {
+      const path = new URL(req.url).pathname.slice(1)
+      return new Response(path.repeat(path === "big" ? LARGE / 3 : ENTRY), { headers: { "cache-control": "max-age=600" } })
+    })
+    using dir = ownedDir()
+    {
+      await using first = await startProxy({ origin: origin.url, cacheDir: dir.path })
+      await (await get(`${first.url}big`)).text()
+    }
+    await using second = await startProxy({ origin: origin.url, cacheDir: dir.path, maxSize: LARGE + MAX_SIZE })
+    await second.cache.store.ready()
+    expect((await get(`${second.url}big`)).headers.get("x-cache")).toBe("HIT") // now known in memory
+    for (const path of "abcd") await (await get(`${second.url}${path}`)).text()
+    for (const path of "abcd") await (await get(`${second.url}${path}x`)).text() // pushes "big" out
+    const response = await get(`${second.url}big`)
+    const text = await response.text()
+    expect(text).toBe("big".repeat(LARGE / 3))
+    expect(stored(dir.path)).toBeLessThanOrEqual(LARGE + MAX_SIZE)
+  })
+})
+
+describe("--max-entry-size", () => {
+  const MAX_ENTRY = 64 * KB
+  const BODY_CHUNKS = 4 // four 64 KB chunks: four times the limit
+
+  test("a larger body with Content-Length is relayed whole and not stored", async () => {
+    await using origin = await startStreamingOrigin(BODY_CHUNKS, MAX_ENTRY)
+    await using proxy = await startProxy({ origin: origin.url, maxEntrySize: MAX_ENTRY })
+    const first = await get(`${proxy.url}big`)
+    expect(first.headers.get("cache-status")).toContain("detail=too-large")
+    expect(await sha256Of(first.body)).toEqual({ hex: expectedSha256(BODY_CHUNKS, MAX_ENTRY), bytes: BODY_CHUNKS * MAX_ENTRY })
+    const second = await get(`${proxy.url}big`)
+    expect(second.headers.get("x-cache")).toBe("MISS")
+    await second.arrayBuffer()
+    expect(origin.requests()).toBe(2)
+    expect(storedFiles(proxy.cacheDir)).toEqual([]) // refused on its Content-Length: not even begun
+  })
+
+  test("a larger chunked body (no Content-Length) is relayed whole and not stored", async () => {
+    await using origin = startOrigin(
+      () => new Response(generatedBody(BODY_CHUNKS, MAX_ENTRY), { headers: { "cache-control": "max-age=600" } }),
+    )
+    await using proxy = await startProxy({ origin: origin.url, maxEntrySize: MAX_ENTRY })
+    const first = await get(`${proxy.url}big`)
+    expect(first.headers.get("content-length")).toBeNull()
+    expect(await sha256Of(first.body)).toEqual({ hex: expectedSha256(BODY_CHUNKS, MAX_ENTRY), bytes: BODY_CHUNKS * MAX_ENTRY })
+    const second = await get(`${proxy.url}big`)
+    expect(second.headers.get("x-cache")).toBe("MISS")
+    expect(await sha256Of(second.body)).toEqual({ hex: expectedSha256(BODY_CHUNKS, MAX_ENTRY), bytes: BODY_CHUNKS * MAX_ENTRY })
+    expect(origin.count("/big")).toBe(2)
+    await eventually(() => storedFiles(proxy.cacheDir).length === 0)
+  })
+
+  test("a body of exactly the limit is stored", async () => {
+    await using origin = startOrigin(() => new Response(generatedBody(1, MAX_ENTRY), { headers: { "cache-control": "max-age=600" } }))
+    await using proxy = await startProxy({ origin: origin.url, maxEntrySize: MAX_ENTRY })
+    await (await get(`${proxy.url}edge`)).arrayBuffer()
+    const second = await get(`${proxy.url}edge`)
+    expect(second.headers.get("x-cache")).toBe("HIT")
+    expect(await sha256Of(second.body)).toEqual({ hex: expectedSha256(1, MAX_ENTRY), bytes: MAX_ENTRY })
+  })
+})
+
+describe("coalescing", () => {
+  test("50 concurrent requests for one cold URL make one origin request; the others are hits", async () => {
+    await using origin = startOrigin(async () => {
+      await Bun.sleep(300)
+      return new Response("the one answer", { headers: { "cache-control": "max-age=600" } })
+    })
+    await using proxy = await startProxy({ origin: origin.url })
+    const responses = await Promise.all(Array.from({ length: 50 }, () => get(`${proxy.url}cold`)))
+    const bodies = await Promise.all(responses.map((r) => r.text()))
+    expect(origin.count("/cold")).toBe(1)
+    expect(responses.map((r) => r.status)).toEqual(Array(50).fill(200))
+    expect(new Set(bodies)).toEqual(new Set(["the one answer"]))
+    const hits = responses.filter((r) => r.headers.get("x-cache") === "HIT").length
+    expect(hits).toBe(49)
+  })
+
+  test("a response that may not be stored releases the waiters: each goes to the origin itself", async () => {
+    await using origin = startOrigin(async (_, n) => {
+      await Bun.sleep(300)
+      return new Response(`answer ${n}`, { headers: { "cache-control": "no-store" } })
+    })
+    await using proxy = await startProxy({ origin: origin.url })
+    const responses = await Promise.all(Array.from({ length: 10 }, () => get(`${proxy.url}private`)))
+    const bodies = await Promise.all(responses.map((r) => r.text()))
+    expect(origin.count("/private")).toBe(10)
+    expect(responses.map((r) => r.status)).toEqual(Array(10).fill(200))
+    expect(new Set(bodies).size).toBe(10)
+    for (const body of bodies) expect(body).toMatch(/^answer \d+$/)
+    expect(responses.every((r) => r.headers.get("x-cache") === "MISS")).toBe(true)
+  })
+
+  test("concurrent requests with different values of a Vary'd header each get their own body", async () => {
+    await using origin = startOrigin(async (req) => {
+      await Bun.sleep(300)
+      return new Response(`in ${req.headers.get("accept-language")}`, {
+        headers: { "cache-control": "max-age=600", vary: "Accept-Language" },
+      })
+    })
+    await using proxy = await startProxy({ origin: origin.url })
+    const languages = ["en", "fr", "de", "en", "fr", "de", "en", "fr", "de"]
+    const responses = await Promise.all(languages.map((lang) => get(`${proxy.url}page`, { "accept-language": lang })))
+    const bodies = await Promise.all(responses.map((r) => r.text()))
+    expect(bodies).toEqual(languages.map((lang) => `in ${lang}`))
+    for (const lang of ["en", "fr", "de"]) {
+      const again = await get(`${proxy.url}page`, { "accept-language": lang })
+      expect(await again.text()).toBe(`in ${lang}`)
+      expect(again.headers.get("x-cache")).toBe("HIT")
+    }
+  })
+})
+
+describe("a large streamed body", () => {
+  const CHUNK = 1 * MB
+  const CHUNKS = 64
+
+  test("64 MB pass through with identical bytes, are stored, and come back identical from the file", async () => {
+    await using origin = await startStreamingOrigin(CHUNKS, CHUNK)
+    await using proxy = await startProxy({ origin: origin.url })
+    const expected = { hex: expectedSha256(CHUNKS, CHUNK), bytes: CHUNKS * CHUNK }
+    const first = await get(`${proxy.url}large`)
+    expect(first.headers.get("x-cache")).toBe("MISS")
+    expect(await sha256Of(first.body)).toEqual(expected)
+    expect(bodyFiles(proxy.cacheDir).map((f) => f.size)).toEqual([CHUNKS * CHUNK])
+    const second = await get(`${proxy.url}large`)
+    expect(second.headers.get("x-cache")).toBe("HIT")
+    expect(second.headers.get("content-length")).toBe(String(CHUNKS * CHUNK))
+    expect(await sha256Of(second.body)).toEqual(expected)
+    expect(origin.requests()).toBe(1)
+  })
+})
+
+describe("integrity", () => {
+  test("a body shorter than its Content-Length (origin hangs up) is not stored", async () => {
+    await using origin = await startRawOrigin((socket) => {
+      socket.write("HTTP/1.1 200 OK\r\ncontent-length: 100000\r\ncache-control: max-age=600\r\n\r\n")
+      socket.end("x".repeat(5000))
+    })
+    await using proxy = await startProxy({ origin: origin.url })
+    // The client sees the connection close, before or after the headers: never a whole response.
+    const cutShort = async () => (await (await get(`${proxy.url}short`)).arrayBuffer()).byteLength
+    await expect(cutShort()).rejects.toThrow()
+    await expect(cutShort()).rejects.toThrow()
+    expect(origin.requests()).toBe(2)
+    await eventually(() => storedFiles(proxy.cacheDir).length === 0)
+  })
+
+  test("a client that hangs up mid-body leaves nothing stored", async () => {
+    const events = { cancelled: false }
+    await using origin = startOrigin((_, n) =>
+      n === 1
+        ? new Response(generatedBody(320, 64 * KB, events, 10), {
+            headers: { "cache-control": "max-age=600", "content-length": String(320 * 64 * KB) },
+          })
+        : new Response("second", { headers: { "cache-control": "max-age=600" } }),
+    )
+    await using proxy = await startProxy({ origin: origin.url })
+    const controller = new AbortController()
+    const response = await fetch(`${proxy.url}slow`, { signal: controller.signal })
+    const reader = response.body!.getReader()
+    expect((await reader.read()).done).toBe(false)
+    controller.abort()
+    await reader.cancel().catch(() => undefined)
+    await eventually(() => storedFiles(proxy.cacheDir).length === 0 && events.cancelled)
+    const second = await get(`${proxy.url}slow`)
+    expect(second.headers.get("x-cache")).toBe("MISS")
+    expect(await second.text()).toBe("second")
+  })
+
+  test("a truncated body file found at start-up is discarded, never served", async () => {
+    await using origin = startOrigin((_, n) => new Response(`version ${n}`.repeat(100), { headers: { "cache-control": "max-age=600" } }))
+    using dir = ownedDir()
+    {
+      await using first = await startProxy({ origin: origin.url, cacheDir: dir.path })
+      await (await get(`${first.url}a`)).text()
+    }
+    const [broken] = bodyFiles(dir.path)
+    truncateSync(broken!.path, 10)
+    await using second = await startProxy({ origin: origin.url, cacheDir: dir.path })
+    const response = await get(`${second.url}a`)
+    expect(response.headers.get("x-cache")).toBe("MISS")
+    expect(await response.text()).toBe("version 2".repeat(100))
+    expect(existsSync(broken!.path)).toBe(false)
+    expect(bodyFiles(dir.path).map((f) => f.size)).toEqual(["version 2".length * 100])
+  })
+
+  test("a meta file of garbage found at start-up is discarded, never served", async () => {
+    await using origin = startOrigin((_, n) => new Response(`version ${n}`, { headers: { "cache-control": "max-age=600" } }))
+    using dir = ownedDir()
+    {
+      await using first = await startProxy({ origin: origin.url, cacheDir: dir.path })
+      await (await get(`${first.url}a`)).text()
+    }
+    const [meta] = metaFiles(dir.path)
+    const [body] = bodyFiles(dir.path)
+    writeFileSync(meta!.path, "{ not json")
+    // With its meta unreadable the body is an orphan, removed once older than a minute (younger,
+    // it could be a write between its rename and its meta's).
+    const twoMinutesAgo = new Date(Date.now() - 120_000)
+    utimesSync(body!.path, twoMinutesAgo, twoMinutesAgo)
+    await using second = await startProxy({ origin: origin.url, cacheDir: dir.path })
+    const response = await get(`${second.url}a`)
+    expect(response.headers.get("x-cache")).toBe("MISS")
+    expect(await response.text()).toBe("version 2")
+    expect(readFileSync(meta!.path, "utf8")).not.toBe("{ not json")
+    expect(existsSync(body!.path)).toBe(false)
+    const hit = await get(`${second.url}a`)
+    expect(hit.headers.get("x-cache")).toBe("HIT")
+    expect(await hit.text()).toBe("version 2")
+  })
+
+  test("Cache.clear on a running proxy's directory: the proxy keeps working, then stores again", async () => {
+    await using origin = startOrigin((_, n) => new Response(`version ${n}`, { headers: { "cache-control": "max-age=600" } }))
+    await using proxy = await startProxy({ origin: origin.url })
+    await (await get(`${proxy.url}a`)).text()
+    expect((await get(`${proxy.url}a`)).headers.get("x-cache")).toBe("HIT")
+    await Cache.clear(proxy.cacheDir)
+    expect(storedFiles(proxy.cacheDir)).toEqual([])
+    // The proxy looks at the generation file once a second, then forgets what memory holds.
+    await eventually(async () => !(await isCached(`${proxy.url}a`)), 2500)
+    const miss = await get(`${proxy.url}a`)
+    expect(miss.headers.get("x-cache")).toBe("MISS")
+    expect(await miss.text()).toBe("version 2")
+    const hit = await get(`${proxy.url}a`)
+    expect(hit.headers.get("x-cache")).toBe("HIT")
+    expect(await hit.text()).toBe("version 2")
+    expect(metaFiles(proxy.cacheDir)).toHaveLength(1)
+  })
+})
+
+describe("a cache directory that cannot be written", () => {
+  test("requests still get the origin's answer, a MISS each time", async () => {
+    await using origin = startOrigin((_, n) => new Response(`answer ${n}`, { headers: { "cache-control": "max-age=600" } }))
+    using dir = ownedDir()
+    const notADirectory = join(dir.path, "file")
+    writeFileSync(notADirectory, "")
+    await using proxy = await startProxy({ origin: origin.url, cacheDir: join(notADirectory, "cache") })
+    for (const n of [1, 2, 3]) {
+      const response = await get(`${proxy.url}a`)
+      expect(response.status).toBe(200)
+      expect(response.headers.get("x-cache")).toBe("MISS")
+      expect(await response.text()).toBe(`answer ${n}`)
+    }
   })
 })
