@@ -14,7 +14,7 @@
 import { createHash, randomBytes } from "node:crypto"
 import { createReadStream } from "node:fs"
 import * as fs from "node:fs/promises"
-import { join } from "node:path"
+import { basename, join } from "node:path"
 import { Readable } from "node:stream"
 
 // ───────────────────────────── configuration ─────────────────────────────
@@ -571,7 +571,7 @@ export class FileStore {
       if (!name.endsWith(META_SUFFIX)) continue
       const variant = await this.readVariant(dir, name, key)
       if (!variant) continue
-      referenced.add(variant.bodyFile)
+      referenced.add(basename(variant.bodyFile))
       variants.push(variant)
     }
     await this.removeOrphans(dir, names, referenced)
@@ -679,7 +679,8 @@ export class FileStore {
   /** Deletes every variant stored under a key. */
   async delete(key: string): Promise<void> {
     const dir = this.keyDir(key)
-    for (const [metaPath, entry] of this.lru) if (entry.key === key) this.forget(metaPath)
+    const names = await fs.readdir(dir).catch(() => [] as string[])
+    for (const name of names) if (name.endsWith(META_SUFFIX)) this.forget(join(dir, name))
     await fs.rm(dir, { recursive: true, force: true })
   }
 

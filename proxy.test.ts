@@ -664,6 +664,26 @@ describe("persistence", () => {
     expect(response.headers.get("x-cache")).toBe("HIT")
     expect(origin.count("/a")).toBe(1)
   })
+
+  test("entries written long ago are served after a restart, small and large alike", async () => {
+    const large = "L".repeat(2 << 20)
+    await using origin = startOrigin((req) => new Response(req.url.endsWith("large") ? large : "small", { headers: { "cache-control": "max-age=86400" } }))
+    using dir = ownedDir()
+    {
+      await using first = await startProxy({ origin: origin.url, cacheDir: dir.path })
+      await (await get(`${first.url}small`)).text()
+      await (await get(`${first.url}large`)).text()
+    }
+    const anHourAgo = new Date(Date.now() - 3600_000)
+    for (const file of storedFiles(dir.path)) utimesSync(file.path, anHourAgo, anHourAgo)
+    await using second = await startProxy({ origin: origin.url, cacheDir: dir.path })
+    for (const [path, body] of [["small", "small"], ["large", large], ["large", large]] as const) {
+      const response = await get(`${second.url}${path}`)
+      expect(response.headers.get("x-cache")).toBe("HIT")
+      expect(await response.text()).toBe(body)
+    }
+    expect(origin.requests).toHaveLength(2)
+  })
 })
 
 describe("memory tier", () => {
