@@ -510,6 +510,7 @@ const BODY_SUFFIX = ".body"
 const TEMP_SUFFIX = ".tmp"
 // A body no meta refers to, older than this, is left over from a crash: safe to remove.
 const ORPHAN_AGE_MS = 60_000
+const PERSIST_LRU_EVERY_MS = 60_000
 
 /**
  * The disk store. Layout: `<dir>/v1/<2 hex>/<sha256(key)>/<variant>.meta` (JSON) beside
@@ -520,7 +521,7 @@ const ORPHAN_AGE_MS = 60_000
 export class FileStore {
   readonly root: string
   /** meta path → bytes on disk (meta + body), in least-recently-used order. */
-  private readonly lru = new Map<string, { bytes: number; key: string }>()
+  private readonly lru = new Map<string, { bytes: number; key: string; persistedAt: number }>()
   private totalBytes = 0
   /** The meta path last moved to the most-recently-used end. */
   private mostRecent: string | undefined
@@ -714,15 +715,18 @@ export class FileStore {
   }
 
   private touch(metaPath: string, key: string, bytes: number): void {
-    this.account(metaPath, key, bytes)
-    const now = new Date()
-    // The LRU order survives restarts through mtime; losing one update is harmless.
-    fs.utimes(metaPath, now, now).catch(() => {})
+    const persistedAt = this.lru.get(metaPath)?.persistedAt ?? 0
+    const now = Date.now()
+    // The LRU order survives restarts through mtime, written at most once a minute per entry
+    // so that hits cost no syscall; losing one update is harmless.
+    const stale = now - persistedAt > PERSIST_LRU_EVERY_MS
+    this.account(metaPath, key, bytes, stale ? now : persistedAt)
+    if (stale) fs.utimes(metaPath, now / 1000, now / 1000).catch(() => {})
   }
 
-  private account(metaPath: string, key: string, bytes: number): void {
+  private account(metaPath: string, key: string, bytes: number, persistedAt = Date.now()): void {
     this.forget(metaPath)
-    this.lru.set(metaPath, { bytes, key })
+    this.lru.set(metaPath, { bytes, key, persistedAt })
     this.totalBytes += bytes
     this.mostRecent = metaPath
   }
@@ -753,7 +757,7 @@ export class FileStore {
 
   /** Indexes what is on disk: sizes and mtimes only, oldest first. Leftover temp files go. */
   private async scan(): Promise<void> {
-    const found: { metaPath: string; bytes: number; mtimeMs: number }[] = []
+    const found: ScannedMeta[] = []
     const shards = await fs.readdir(this.root).catch(() => [] as string[])
     for (const shard of shards) {
       const keyDirs = await fs.readdir(join(this.root, shard)).catch(() => [] as string[])
@@ -764,29 +768,37 @@ export class FileStore {
     const recent = [...this.lru]
     this.lru.clear()
     this.totalBytes = 0
-    for (const { metaPath, bytes } of found) this.account(metaPath, "", bytes)
-    for (const [metaPath, entry] of recent) this.account(metaPath, entry.key, entry.bytes)
+    for (const { metaPath, bytes, mtimeMs } of found) this.account(metaPath, "", bytes, mtimeMs)
+    for (const [metaPath, entry] of recent) this.account(metaPath, entry.key, entry.bytes, entry.persistedAt)
     await this.evict()
   }
 
-  private async scanKeyDir(dir: string, found: { metaPath: string; bytes: number; mtimeMs: number }[]) {
+  /** One key's directory: each meta with its size plus its body's, and its mtime. */
+  private async scanKeyDir(dir: string, found: ScannedMeta[]): Promise<void> {
     const names = await fs.readdir(dir).catch(() => [] as string[])
-    const sizes = new Map<string, number>()
-    const metas: { name: string; mtimeMs: number; size: number }[] = []
-    for (const name of names) {
-      const path = join(dir, name)
-      const stat = await fs.stat(path).catch(() => undefined)
+    const stats = await Promise.all(names.map((name) => fs.stat(join(dir, name)).catch(() => undefined)))
+    const bodyBytes = new Map<string, number>() // variant id → bytes of its body file(s)
+    const metas: { name: string; size: number; mtimeMs: number }[] = []
+    for (const [index, name] of names.entries()) {
+      const stat = stats[index]
       if (!stat) continue
+      const variantId = name.slice(0, name.indexOf("."))
       if (name.endsWith(TEMP_SUFFIX)) {
-        if (Date.now() - stat.mtimeMs > ORPHAN_AGE_MS) await fs.rm(path, { force: true })
-      } else if (name.endsWith(META_SUFFIX)) metas.push({ name, mtimeMs: stat.mtimeMs, size: stat.size })
-      else sizes.set(name.slice(0, name.indexOf(".")), (sizes.get(name.slice(0, name.indexOf("."))) ?? 0) + stat.size)
+        if (Date.now() - stat.mtimeMs > ORPHAN_AGE_MS) await fs.rm(join(dir, name), { force: true })
+      } else if (name.endsWith(META_SUFFIX)) metas.push({ name, size: stat.size, mtimeMs: stat.mtimeMs })
+      else bodyBytes.set(variantId, (bodyBytes.get(variantId) ?? 0) + stat.size)
     }
-    for (const meta of metas) {
-      const variantId = meta.name.slice(0, -META_SUFFIX.length)
-      found.push({ metaPath: join(dir, meta.name), bytes: meta.size + (sizes.get(variantId) ?? 0), mtimeMs: meta.mtimeMs })
+    for (const { name, size, mtimeMs } of metas) {
+      const variantId = name.slice(0, -META_SUFFIX.length)
+      found.push({ metaPath: join(dir, name), bytes: size + (bodyBytes.get(variantId) ?? 0), mtimeMs })
     }
   }
+}
+
+interface ScannedMeta {
+  metaPath: string
+  bytes: number
+  mtimeMs: number
 }
 
 /** Written by `clear`: a running proxy that sees it change drops what it holds in memory. */
