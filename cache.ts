@@ -1042,12 +1042,14 @@ export class Cache {
   ): Promise<Response> {
     try {
       const requestTime = Date.now()
+      const fwd = await this.forwardReason(lookup, stale, requestTime)
       let response: Response
       try {
         response = await forward(stale ? withValidators(lookup.headers, stale.meta) : lookup.headers)
       } catch (error) {
         if (stale && error instanceof OriginError && mayServeStaleOnError(stale.meta, lookup.directives, Date.now(), true)) {
-          return this.fromCache(stale, lookup, Date.now(), "hit; fwd=stale; detail=origin-unreachable")
+          release() // nothing will be stored: requests waiting on this one may go
+          return this.fromCache(stale, lookup, Date.now(), `hit; fwd=${fwd}; detail=origin-unreachable`)
         }
         // RFC 9111 §5.2.2.2: a must-revalidate entry that cannot be validated gives 504.
         if (stale && error instanceof OriginError) throw new OriginError(504, error.message)
@@ -1055,16 +1057,16 @@ export class Cache {
       }
       const responseTime = Date.now()
       if (stale && response.status === 304) {
-        if (validates(response.headers, stale.meta)) return this.revalidated(lookup, stale, response, requestTime, responseTime, release)
+        if (validates(response.headers, stale.meta)) return this.revalidated(lookup, stale, response, requestTime, responseTime, fwd, release)
         // RFC 9111 §4.3.4: a 304 for another representation updates nothing: ask again, plainly.
         return this.fetch(lookup, undefined, forward, release)
       }
       // RFC 5861 §4: stale-if-error stands in for a 5xx from the origin.
       if (stale && response.status >= 500 && mayServeStaleOnError(stale.meta, lookup.directives, responseTime, false)) {
+        release() // nothing will be stored: requests waiting on this one may go
         await response.body?.cancel()
-        return this.fromCache(stale, lookup, responseTime, `hit; fwd=stale; fwd-status=${response.status}; detail=stale-if-error`)
+        return this.fromCache(stale, lookup, responseTime, `hit; fwd=${fwd}; fwd-status=${response.status}; detail=stale-if-error`)
       }
-      const fwd = stale ? "stale" : lookup.directives.has("no-cache") ? "request" : "uri-miss"
       return await this.storeAndRelay(lookup, response, requestTime, responseTime, `fwd=${fwd}; fwd-status=${response.status}`, release)
     } catch (error) {
       release()
@@ -1079,6 +1081,7 @@ export class Cache {
     response: Response,
     requestTime: number,
     responseTime: number,
+    fwd: string,
     release: () => void,
   ): Promise<Response> {
     const headers = mergeHeaders(stale.meta.headers, response.headers)
@@ -1093,7 +1096,17 @@ export class Cache {
     } finally {
       release()
     }
-    return this.fromCache(variant, lookup, Date.now(), "hit; fwd=stale; fwd-status=304")
+    return this.fromCache(variant, lookup, Date.now(), `hit; fwd=${fwd}; fwd-status=304`)
+  }
+
+  /**
+   * Why a request goes to the origin, for Cache-Status `fwd` (RFC 9211 §2.2): the response it
+   * would have used was stale, or fresh but refused by the request's directives; or none matched.
+   */
+  private async forwardReason(lookup: Lookup, selected: Variant | undefined, now: number): Promise<string> {
+    if (selected) return ttlMs(selected.meta, now) > 0 && !selected.meta.noCache ? "request" : "stale"
+    // RFC 9211 §2.2: vary-miss when responses are stored for the URI, none for these request headers.
+    return (await this.variants(lookup.key)).length > 0 ? "vary-miss" : "uri-miss"
   }
 
   /** Relays an origin response; when it may be stored, writes it to the store as it streams. */
