@@ -86,7 +86,8 @@ async function startProxy(options: Partial<ProxyOptions> & { origin: string }) {
 
 /** A child process running the CLI; resolves once it says where it listens. */
 async function startCli(command: string[], env: Record<string, string | undefined> = {}, cwd?: string) {
-  const child = Bun.spawn(command, { stdout: "pipe", stderr: "pipe", env: { ...process.env, ...env }, cwd })
+  // Its own process group: npx and bunx run the proxy as a grandchild, which must go too.
+  const child = Bun.spawn(command, { stdout: "pipe", stderr: "pipe", env: { ...process.env, ...env }, cwd, detached: true })
   const reader = child.stdout.getReader()
   let output = ""
   const decoder = new TextDecoder()
@@ -109,7 +110,11 @@ async function startCli(command: string[], env: Record<string, string | undefine
     child,
     lines,
     [Symbol.asyncDispose]: async () => {
-      child.kill()
+      try {
+        process.kill(-child.pid, "SIGTERM")
+      } catch {
+        // the group is gone already: the test stopped the proxy itself
+      }
       await child.exited
     },
   }
