@@ -285,6 +285,8 @@ describe("CLI", () => {
     [["--origin", "http://127.0.0.1:1", "stray"], 'unexpected argument "stray"'],
     [["--origin", "http://127.0.0.1:1", "--ttl=-5"], "--ttl must be a number of seconds"],
     [["--origin", "http://127.0.0.1:1", "--max-size", "lots"], "--max-size must be a size"],
+    [["--origin", "http://127.0.0.1:1", "--timeout", "0"], "--timeout must be a number of seconds, more than 0"],
+    [["--origin", "http://127.0.0.1:1", "--no-such=1"], 'unknown flag "--no-such=1"'],
   ])("%j is refused with one line and exit code 2", async (args, message) => {
     const { stdout, stderr, code } = await runCli([...CLI, ...args])
     expect(code).toBe(2)

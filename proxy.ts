@@ -77,9 +77,11 @@ function parseSize(name: string, value: string): number {
   return Math.floor(Number(match[1]) * (SIZE_UNITS[unit] ?? 1))
 }
 
-function parseSeconds(name: string, value: string): number {
-  if (!/^\d+(\.\d+)?$/.test(value.trim())) throw new UsageError(`--${name} must be a number of seconds, 0 or more (got "${value}")`)
-  return Number(value)
+function parseSeconds(name: string, value: string, least: "zero" | "positive" = "zero"): number {
+  const seconds = Number(value)
+  const valid = /^\d+(\.\d+)?$/.test(value.trim()) && (least === "zero" || seconds > 0)
+  if (!valid) throw new UsageError(`--${name} must be a number of seconds, ${least === "zero" ? "0 or more" : "more than 0"} (got "${value}")`)
+  return seconds
 }
 
 function parsePort(value: string): number {
@@ -108,27 +110,29 @@ function defaultCacheDir(): string {
   return join(base, "caching-proxy")
 }
 
-const KNOWN_FLAGS = new Set(
+/** Every spelling citty accepts for each flag: its name, its alias, and `--no-` for booleans. */
+const FLAG_TYPES = new Map<string, string>(
   Object.entries(args).flatMap(([name, def]) => [
-    name,
-    ...("alias" in def ? [def.alias] : []),
-    ...(def.type === "boolean" ? [`no-${name}`] : []),
+    [name, def.type],
+    ...("alias" in def ? [[def.alias, def.type] as [string, string]] : []),
+    ...(def.type === "boolean" ? [[`no-${name}`, def.type] as [string, string]] : []),
   ]),
 )
 
-/** Refuses what citty would let through: unknown flags, positionals, string flags with no value. */
+/** Refuses what citty would let through: unknown flags and stray arguments. */
 function checkRawArgs(rawArgs: string[]): void {
-  for (const [index, arg] of rawArgs.entries()) {
-    if (arg === "--") throw new UsageError(`unexpected "--"`)
-    if (!arg.startsWith("-")) {
-      const previous = rawArgs[index - 1]
-      const flag = previous?.replace(/^-+/, "")
-      const takesValue = previous?.startsWith("-") && !previous.includes("=") && flag && args[flag as keyof typeof args]?.type === "string"
-      if (!takesValue) throw new UsageError(`unexpected argument "${arg}" (flags start with --; see --help)`)
+  let expectsValue = false
+  for (const arg of rawArgs) {
+    if (expectsValue && !arg.startsWith("--")) {
+      expectsValue = false
       continue
     }
-    const name = arg.replace(/^-+/, "").split("=", 1)[0] ?? ""
-    if (!KNOWN_FLAGS.has(name)) throw new UsageError(`unknown flag "${arg}" (see --help)`)
+    if (!arg.startsWith("-") || arg === "-" || arg === "--")
+      throw new UsageError(`unexpected argument "${arg}" (flags start with --; see --help)`)
+    const [name = "", value] = arg.replace(/^--?/, "").split(/=(.*)/s)
+    const type = FLAG_TYPES.get(name)
+    if (!type) throw new UsageError(`unknown flag "${arg}" (see --help)`)
+    expectsValue = type === "string" && value === undefined
   }
 }
 
@@ -143,7 +147,7 @@ export function parseOptions(parsed: Args): ProxyOptions {
     origin: parsed["clear-cache"] ? "" : parseOrigin(parsed.origin),
     cacheDir: resolve(parsed["cache-dir"] ?? defaultCacheDir()),
     ttlSeconds: parseSeconds("ttl", parsed.ttl),
-    timeoutSeconds: parseSeconds("timeout", parsed.timeout) || 30,
+    timeoutSeconds: parseSeconds("timeout", parsed.timeout, "positive"),
     quiet: Boolean(parsed.quiet),
     memorySize: parseSize("memory-size", parsed["memory-size"]),
     maxSize: parseSize("max-size", parsed["max-size"]),
@@ -340,7 +344,7 @@ export function createProxy(options: ProxyOptions, log: (line: string) => void =
 
   app.onError((error, c) => {
     const status = error instanceof OriginError ? error.status : 502
-    if (!(error instanceof OriginError)) console.error(`caching-proxy: ${c.req.method} ${c.req.path}: ${error.stack ?? error}`)
+    if (!(error instanceof OriginError)) console.error(`caching-proxy: ${c.req.method} ${c.req.path} failed: ${error.message}`)
     if (!options.quiet) log(`${c.req.method} ${c.req.path} ${status} MISS`)
     return answer(status, `${error instanceof OriginError ? error.message : "the proxy failed to forward this request"}\n`, "fwd=uri-miss; detail=origin-error")
   })
