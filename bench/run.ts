@@ -1,0 +1,693 @@
+/**
+ * caching-proxy benchmark: `bun bench/run.ts` (or `npm run bench`). Not part of the test suite.
+ *
+ * Starts its own origin (bench/origin.ts), ceiling (bench/ceiling.ts) and proxy, sends traffic to
+ * 127.0.0.1 only, prints a Markdown table of proxy vs reference figures with PASS/FAIL against the
+ * targets, writes it to bench/results.md, and stops everything it started, on error and on Ctrl-C too.
+ *
+ * Environment:
+ *   BENCH_DURATION   length of each wrk run, as wrk takes it (10s, 1m) or plain seconds. Default 10s.
+ *   BENCH_REPEATS    wrk runs per figure; the median is reported. Default 3.
+ *   BENCH_PROXY_CMD  command that starts the proxy; the proxy flags are appended. It must exec the
+ *                    server itself (no wrapping shell): its pid is the one whose memory is sampled.
+ *                    Default: `<this bun> <repo>/proxy.ts`.
+ *
+ * Servers run pinned to CPU 0, wrk and this driver to CPU 1 (when taskset exists and there are two
+ * CPUs), so client and server do not steal each other's cycles and the figures repeat.
+ */
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { availableParallelism, cpus, tmpdir } from "node:os"
+import { join } from "node:path"
+import type { Subprocess } from "bun"
+
+// ───────────────────────────── settings ─────────────────────────────
+
+const BENCH_DIR = import.meta.dir
+const REPO_DIR = join(BENCH_DIR, "..")
+const KIB = 1024
+const MIB = 1024 * KIB
+
+const WRK_THREADS = 1
+const WRK_CONNECTIONS = 50
+/** Unmeasured wrk run before each target's measured runs: warms the JIT and the connection paths. */
+const WARMUP_SECONDS = 1
+const SERVER_CPU = "0"
+const CLIENT_CPU = "1"
+
+const COALESCE_CLIENTS = 200
+const BIG_BYTES = 512 * MIB
+/** Big enough to store /big, so the HIT run really is served from the cache. */
+const BIG_PROXY_FLAGS = ["--max-entry-size", String(1024 * MIB), "--max-size", String(2048 * MIB)]
+const RSS_SAMPLE_MS = 50
+
+const STARTUP_TIMEOUT_MS = 15_000
+const REQUEST_TIMEOUT_MS = 30_000
+const DOWNLOAD_TIMEOUT_MS = 180_000
+/** Time left to the phases that are not wrk runs: startups, coalescing, three 512 MiB downloads. */
+const FIXED_BUDGET_SECONDS = 300
+
+interface Config {
+  durationSeconds: number
+  repeats: number
+  proxyCommand: string[]
+  /** Whether taskset exists and there are two CPUs to pin servers and clients apart. */
+  pin: boolean
+}
+
+function readConfig(): Config {
+  const durationSeconds = parseDuration(process.env.BENCH_DURATION ?? "10s")
+  const repeats = Number(process.env.BENCH_REPEATS ?? "3")
+  if (!Number.isInteger(repeats) || repeats < 1) throw new BenchError(`BENCH_REPEATS must be a whole number ≥ 1 (got "${process.env.BENCH_REPEATS}")`)
+  const override = process.env.BENCH_PROXY_CMD?.trim()
+  const proxyCommand = override ? override.split(/\s+/) : [process.execPath, join(REPO_DIR, "proxy.ts")]
+  if (!override && !existsSync(proxyCommand[1]!)) throw new BenchError(`${proxyCommand[1]} does not exist (set BENCH_PROXY_CMD to bench another proxy)`)
+  const pin = Bun.which("taskset") !== null && availableParallelism() >= 2
+  return { durationSeconds, repeats, proxyCommand, pin }
+}
+
+/** wrk's duration syntax (s, m, h suffixes) plus a bare number of seconds. */
+function parseDuration(text: string): number {
+  const match = /^(\d+(?:\.\d+)?)\s*(s|m|h)?$/i.exec(text.trim())
+  if (!match) throw new BenchError(`BENCH_DURATION must look like 10s, 1m or 10 (got "${text}")`)
+  const seconds = Number(match[1]) * ({ s: 1, m: 60, h: 3600 }[(match[2] ?? "s").toLowerCase()] ?? 1)
+  // wrk rounds its -d to whole seconds; keep the driver's timeouts in step with what wrk does.
+  if (seconds < 1) throw new BenchError(`BENCH_DURATION must be at least 1s (got "${text}")`)
+  return Math.round(seconds)
+}
+
+/** A failure worth one line to the user, not a stack trace. */
+class BenchError extends Error {}
+
+// ───────────────────────────── child processes ─────────────────────────────
+
+/** Every process and temp dir we started, so that every way out can clean them up. */
+const children = new Set<Subprocess>()
+const tempDirs = new Set<string>()
+
+interface Server {
+  name: string
+  process: Subprocess<"ignore", "pipe", "pipe">
+  /** Every `http://127.0.0.1:NNNN` in its ready line, in order. */
+  urls: string[]
+  /** Set when it exits while still needed: a crash to report, not a stop we asked for. */
+  crashed?: string
+  stopRequested?: boolean
+  stderrTail: () => string
+}
+
+let config: Config
+
+function pinned(cpu: string, argv: string[]): string[] {
+  return config.pin ? ["taskset", "-c", cpu, ...argv] : argv
+}
+
+/** Every child goes through here, so that none can start once cleanUp has taken its list. */
+function spawnChild(cpu: string, argv: string[]): Subprocess<"ignore", "pipe", "pipe"> {
+  if (stopping) throw new BenchError("stopping")
+  const child = Bun.spawn(pinned(cpu, argv), { cwd: REPO_DIR, stdin: "ignore", stdout: "pipe", stderr: "pipe" })
+  children.add(child)
+  return child
+}
+
+/** Starts a server pinned to SERVER_CPU and waits for the stdout line naming its address(es). */
+async function startServer(name: string, argv: string[]): Promise<Server> {
+  const child = spawnChild(SERVER_CPU, argv)
+  const server: Server = { name, process: child, urls: [], stderrTail: keepTail(child.stderr) }
+  void child.exited.then((code) => {
+    children.delete(child)
+    if (!stopping && !server.stopRequested) server.crashed = `${name} exited with code ${code}${child.signalCode ? ` (${child.signalCode})` : ""}`
+  })
+  const line = await readReadyLine(server)
+  server.urls = [...line.matchAll(/http:\/\/127\.0\.0\.1:(\d+)/g)].map((match) => match[0])
+  return server
+}
+
+/** The first stdout line that names an address; stdout keeps being drained after it so the child never blocks on a full pipe. */
+async function readReadyLine(server: Server): Promise<string> {
+  const reader = server.process.stdout.getReader()
+  const decoder = new TextDecoder()
+  let buffered = ""
+  const deadline = Date.now() + STARTUP_TIMEOUT_MS
+  while (Date.now() < deadline) {
+    const chunk = await Promise.race([reader.read(), Bun.sleep(deadline - Date.now()).then(() => null)])
+    if (chunk === null) break
+    if (chunk.done) throw new BenchError(`${server.name} exited before listening: ${server.stderrTail() || "(no stderr)"}`)
+    buffered += decoder.decode(chunk.value, { stream: true })
+    const line = buffered.split("\n").find((candidate) => /http:\/\/127\.0\.0\.1:\d+/.test(candidate))
+    if (line !== undefined) {
+      void drain(reader)
+      return line
+    }
+  }
+  throw new BenchError(`${server.name} did not print its address within ${STARTUP_TIMEOUT_MS / 1000} s: ${server.stderrTail() || "(no stderr)"}`)
+}
+
+async function drain(reader: { read(): Promise<{ done: boolean }> }): Promise<void> {
+  try {
+    while (!(await reader.read()).done) {}
+  } catch {
+    // The child is gone; nothing left to drain.
+  }
+}
+
+/** Reads a stream to its end in the background, keeping its last few KiB for error messages. */
+function keepTail(stream: ReadableStream<Uint8Array>, limit = 4 * KIB): () => string {
+  let tail = ""
+  void (async () => {
+    const decoder = new TextDecoder()
+    try {
+      for await (const chunk of stream) tail = (tail + decoder.decode(chunk, { stream: true })).slice(-limit)
+    } catch {
+      // The child is gone; keep what we have.
+    }
+  })()
+  return () => tail.trim()
+}
+
+function assertRunning(server: Server): void {
+  if (server.crashed) throw new BenchError(`${server.crashed}: ${server.stderrTail() || "(no stderr)"}`)
+}
+
+function makeTempDir(prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), `caching-proxy-bench-${prefix}-`))
+  tempDirs.add(dir)
+  return dir
+}
+
+async function startProxy(originUrl: string, extraFlags: string[] = []): Promise<Server> {
+  const flags = ["--port", "0", "--origin", originUrl, "--cache-dir", makeTempDir("cache"), "--quiet", ...extraFlags]
+  return startServer("proxy", [...config.proxyCommand, ...flags])
+}
+
+/** Stops one server and waits for it, so the next phase has the CPU and the memory to itself. */
+async function stopServer(server: Server): Promise<void> {
+  server.stopRequested = true
+  await stopProcesses([server.process])
+}
+
+let stopping = false
+
+async function stopProcesses(processes: Subprocess[]): Promise<void> {
+  for (const child of processes) child.kill("SIGTERM")
+  const allExited = Promise.all(processes.map((child) => child.exited))
+  await Promise.race([allExited, Bun.sleep(2000)])
+  for (const child of processes) if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL")
+  await Promise.race([allExited, Bun.sleep(1000)])
+}
+
+async function cleanUp(): Promise<void> {
+  stopping = true
+  await stopProcesses([...children])
+  removeTempDirs()
+}
+
+function removeTempDirs(): void {
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true })
+  tempDirs.clear()
+}
+
+/** Whatever ends the run, children and temp dirs (a stored 512 MiB body among them) must not outlive it. */
+function installExitHandlers(): void {
+  const exitAfterCleanUp = (code: number, message?: string) => {
+    if (message) console.error(message)
+    void cleanUp().finally(() => process.exit(code))
+  }
+  process.on("SIGINT", () => exitAfterCleanUp(130, "\nbench: interrupted, stopping servers"))
+  process.on("SIGTERM", () => exitAfterCleanUp(143))
+  // Last resort if something exits without going through cleanUp: nothing async can run here.
+  process.on("exit", () => {
+    for (const child of children) child.kill("SIGKILL")
+    removeTempDirs()
+  })
+}
+
+/** Bounds the run: wrk runs themselves, plus FIXED_BUDGET_SECONDS for everything else. */
+function startWatchdog(): void {
+  const wrkRuns = 6 * (config.repeats + 1)
+  const budgetSeconds = wrkRuns * (config.durationSeconds + 5) + FIXED_BUDGET_SECONDS
+  setTimeout(() => {
+    console.error(`bench: gave up after ${budgetSeconds} s (time budget exceeded); stopping servers`)
+    void cleanUp().finally(() => process.exit(1))
+  }, budgetSeconds * 1000).unref()
+}
+
+/** Moves this driver (every thread, fetch's included) to the client CPU, next to wrk and away from the servers. */
+function pinSelf(): void {
+  if (config.pin) Bun.spawnSync(["taskset", "-a", "-p", "-c", CLIENT_CPU, String(process.pid)], { stdout: "ignore" })
+}
+
+// ───────────────────────────── wrk ─────────────────────────────
+
+interface WrkRun {
+  requestsPerSecond: number
+  p50Ms: number
+  p99Ms: number
+  /** Socket errors, timeouts and non-2xx/3xx answers. */
+  errors: number
+}
+
+interface WrkSummary extends WrkRun {
+  runs: number
+}
+
+interface WrkOutput {
+  requests: number
+  duration_us: number
+  p50_us: number
+  p99_us: number
+  errors: Record<"connect" | "read" | "write" | "status" | "timeout", number>
+}
+
+async function runWrk(url: string, seconds: number): Promise<WrkRun> {
+  const argv = ["wrk", `-t${WRK_THREADS}`, `-c${WRK_CONNECTIONS}`, `-d${seconds}s`, "--timeout", "5s", "-s", join(BENCH_DIR, "latency.lua"), url]
+  const child = spawnChild(CLIENT_CPU, argv)
+  const killer = setTimeout(() => child.kill("SIGKILL"), (seconds + 15) * 1000)
+  const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited])
+  clearTimeout(killer)
+  children.delete(child)
+  const line = stdout.split("\n").find((candidate) => candidate.startsWith("BENCH_RESULT "))
+  if (code !== 0 || line === undefined) throw new BenchError(`wrk ${url} failed (exit ${code}): ${(stderr || stdout).trim().slice(-500)}`)
+  const output = JSON.parse(line.slice("BENCH_RESULT ".length)) as WrkOutput
+  return {
+    requestsPerSecond: output.requests / (output.duration_us / 1e6),
+    p50Ms: output.p50_us / 1000,
+    p99Ms: output.p99_us / 1000,
+    errors: Object.values(output.errors).reduce((sum, count) => sum + count, 0),
+  }
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  const middle = Math.floor(sorted.length / 2)
+  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2
+}
+
+function summarize(runs: WrkRun[]): WrkSummary {
+  return {
+    requestsPerSecond: median(runs.map((run) => run.requestsPerSecond)),
+    p50Ms: median(runs.map((run) => run.p50Ms)),
+    p99Ms: median(runs.map((run) => run.p99Ms)),
+    errors: runs.reduce((sum, run) => sum + run.errors, 0),
+    runs: runs.length,
+  }
+}
+
+/**
+ * wrk against two URLs, runs interleaved (a, b, a, b, ...) so that drift in the machine's
+ * speed during the run lands on both sides of the comparison alike.
+ */
+async function compareWithWrk(proxyUrl: string, referenceUrl: string): Promise<[WrkSummary, WrkSummary]> {
+  await runWrk(proxyUrl, WARMUP_SECONDS)
+  await runWrk(referenceUrl, WARMUP_SECONDS)
+  const proxyRuns: WrkRun[] = []
+  const referenceRuns: WrkRun[] = []
+  for (let run = 0; run < config.repeats; run++) {
+    proxyRuns.push(await runWrk(proxyUrl, config.durationSeconds))
+    referenceRuns.push(await runWrk(referenceUrl, config.durationSeconds))
+  }
+  return [summarize(proxyRuns), summarize(referenceRuns)]
+}
+
+// ───────────────────────────── report ─────────────────────────────
+
+type Verdict = "PASS" | "FAIL" | "INFO" | "ERROR"
+
+interface Row {
+  measure: string
+  proxy: string
+  reference: string
+  ratio: string
+  target: string
+  verdict: Verdict
+}
+
+/** Raw figures behind the ratios, for the second table. */
+interface RawRow {
+  target: string
+  summary: WrkSummary
+}
+
+interface Report {
+  rows: Row[]
+  raw: RawRow[]
+  /** Anything surprising seen on the way: wrong X-Cache, errors, stderr from the proxy. */
+  notes: string[]
+}
+
+const report: Report = { rows: [], raw: [], notes: [] }
+
+const formatRate = (rps: number) => `${Math.round(rps).toLocaleString("en-US")} req/s`
+const formatMs = (ms: number) => `${ms.toFixed(2)} ms`
+const formatSpeed = (mibPerSecond: number) => `${Math.round(mibPerSecond).toLocaleString("en-US")} MiB/s`
+const formatMib = (bytes: number) => `${(bytes / MIB).toFixed(1)} MiB`
+
+/** A row comparing proxy/reference against a bound on their ratio. */
+function ratioRow(measure: string, proxy: number, reference: number, format: (value: number) => string, bound: "≥" | "≤", factor: number): Row {
+  const ratio = proxy / reference
+  const pass = bound === "≥" ? ratio >= factor : ratio <= factor
+  return {
+    measure,
+    proxy: format(proxy),
+    reference: format(reference),
+    ratio: `${ratio.toFixed(2)}×`,
+    target: `${bound} ${factor}×`,
+    verdict: Number.isFinite(ratio) && pass ? "PASS" : "FAIL",
+  }
+}
+
+function errorRows(measures: string[], error: unknown): Row[] {
+  const message = error instanceof Error ? error.message : String(error)
+  report.notes.push(`${measures[0]}: ${message}`)
+  return measures.map((measure) => ({ measure, proxy: "—", reference: "—", ratio: "—", target: "—", verdict: "ERROR" }))
+}
+
+function markdownTable(header: string[], rows: string[][]): string {
+  const escape = (cell: string) => cell.replaceAll("|", "\\|")
+  return [header, header.map(() => "---"), ...rows].map((cells) => `| ${cells.map(escape).join(" | ")} |`).join("\n")
+}
+
+function renderReport(): string {
+  const main = markdownTable(
+    ["Measure", "Proxy", "Reference", "Ratio", "Target", "Result"],
+    report.rows.map((row) => [row.measure, row.proxy, row.reference, row.ratio, row.target, row.verdict]),
+  )
+  const raw = markdownTable(
+    ["wrk target", "req/s", "p50", "p99", "errors", "runs"],
+    report.raw.map(({ target, summary }) => [target, formatRate(summary.requestsPerSecond), formatMs(summary.p50Ms), formatMs(summary.p99Ms), String(summary.errors), String(summary.runs)]),
+  )
+  const notes = report.notes.length ? `\n\nNotes:\n\n${report.notes.map((note) => `- ${note}`).join("\n")}` : ""
+  return `${main}\n\nwrk figures (median of each target's runs; -t${WRK_THREADS} -c${WRK_CONNECTIONS} -d${config.durationSeconds}s):\n\n${raw}${notes}\n`
+}
+
+/** How to repeat this run: the BENCH_* variables that were set, then the command. */
+function commandLine(): string {
+  const env = Object.entries(process.env)
+    .filter(([name]) => name.startsWith("BENCH_"))
+    .map(([name, value]) => `${name}=${/\s/.test(value ?? "") ? `'${value}'` : value}`)
+  return [...env, "bun bench/run.ts", ...process.argv.slice(2)].join(" ")
+}
+
+function writeResults(table: string): void {
+  const machine = `${cpus()[0]?.model.trim() ?? "unknown CPU"}, ${availableParallelism()} CPUs, bun ${Bun.version}`
+  const pinning = config.pin ? `servers pinned to CPU ${SERVER_CPU}, wrk and the driver to CPU ${CLIENT_CPU}` : "no CPU pinning (taskset missing or a single CPU)"
+  const text = [
+    "# caching-proxy benchmark results",
+    "",
+    `- Date: ${new Date().toISOString()}`,
+    `- Command: \`${commandLine()}\``,
+    `- Proxy: \`${config.proxyCommand.join(" ")}\``,
+    `- Machine: ${machine}; ${pinning}`,
+    "",
+    table,
+  ].join("\n")
+  writeFileSync(join(BENCH_DIR, "results.md"), text)
+}
+
+// ───────────────────────────── HTTP helpers ─────────────────────────────
+
+interface Fetched {
+  status: number
+  xCache: string | null
+  body: string
+}
+
+async function get(url: string): Promise<Fetched> {
+  const response = await fetch(url, { signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) })
+  return { status: response.status, xCache: response.headers.get("x-cache"), body: await response.text() }
+}
+
+/** GETs until the proxy answers from its cache, so wrk measures HITs and not the first MISS. */
+async function warmUntilHit(url: string): Promise<void> {
+  for (let attempt = 0; attempt < 10; attempt++) {
+    const { status, xCache } = await get(url)
+    if (status === 200 && xCache === "HIT") return
+    await Bun.sleep(100)
+  }
+  report.notes.push(`${url} never answered X-Cache: HIT after 10 GETs; its "HIT" figures measure something else`)
+}
+
+/** The proxy must hand out the same bytes as the ceiling, or the comparison is meaningless. */
+async function checkSameBody(proxyUrl: string, referenceUrl: string): Promise<void> {
+  const [proxied, reference] = await Promise.all([get(proxyUrl), get(referenceUrl)])
+  if (proxied.body !== reference.body) report.notes.push(`${proxyUrl} answered a different body than ${referenceUrl} (${proxied.body.length} vs ${reference.body.length} bytes)`)
+}
+
+function noteWrkErrors(target: string, summary: WrkSummary): void {
+  if (summary.errors > 0) report.notes.push(`wrk counted ${summary.errors} errors (socket errors, timeouts or non-2xx) against ${target}`)
+}
+
+// ───────────────────────────── phases ─────────────────────────────
+
+interface Servers {
+  originUrl: string
+  bigOriginUrl: string
+  ceilingUrl: string
+  proxy: Server
+  proxyUrl: string
+}
+
+/** HIT throughput and p99 for one body size, proxy against the ceiling. */
+async function benchHit(servers: Servers, path: string, label: string, throughputFactor: number): Promise<void> {
+  const measures = [`HIT ${label} throughput vs ceiling`, `HIT ${label} p99 latency vs ceiling`]
+  try {
+    const proxyUrl = servers.proxyUrl + path
+    const ceilingUrl = servers.ceilingUrl + path
+    await warmUntilHit(proxyUrl)
+    await checkSameBody(proxyUrl, ceilingUrl)
+    const [proxy, ceiling] = await compareWithWrk(proxyUrl, ceilingUrl)
+    assertRunning(servers.proxy)
+    const after = await get(proxyUrl)
+    if (after.xCache !== "HIT") report.notes.push(`${proxyUrl} answered X-Cache: ${after.xCache} after the HIT runs`)
+    report.raw.push({ target: `proxy ${path} (HIT)`, summary: proxy }, { target: `ceiling ${path}`, summary: ceiling })
+    noteWrkErrors(`proxy ${path}`, proxy)
+    report.rows.push(
+      ratioRow(measures[0]!, proxy.requestsPerSecond, ceiling.requestsPerSecond, formatRate, "≥", throughputFactor),
+      ratioRow(measures[1]!, proxy.p99Ms, ceiling.p99Ms, formatMs, "≤", 1.5),
+    )
+  } catch (error) {
+    report.rows.push(...errorRows(measures, error))
+  }
+}
+
+/** The MISS path: a no-store body fetched from the origin on every request, proxy against the origin itself. */
+async function benchMiss(servers: Servers): Promise<void> {
+  const measures = ["MISS no-store 1 KiB throughput vs direct origin", "MISS no-store 1 KiB p99 latency vs direct origin"]
+  try {
+    const proxyUrl = `${servers.proxyUrl}/nostore-1k`
+    const originUrl = `${servers.originUrl}/nostore-1k`
+    const first = await get(proxyUrl)
+    const second = await get(proxyUrl)
+    if (first.status !== 200 || second.xCache === "HIT") report.notes.push(`${proxyUrl} answered ${second.status} X-Cache: ${second.xCache}; a no-store response must not be served from the cache`)
+    const [proxy, origin] = await compareWithWrk(proxyUrl, originUrl)
+    assertRunning(servers.proxy)
+    report.raw.push({ target: "proxy /nostore-1k (MISS)", summary: proxy }, { target: "origin /nostore-1k", summary: origin })
+    noteWrkErrors("proxy /nostore-1k", proxy)
+    report.rows.push(
+      ratioRow(measures[0]!, proxy.requestsPerSecond, origin.requestsPerSecond, formatRate, "≥", 0.4),
+      ratioRow(measures[1]!, proxy.p99Ms, origin.p99Ms, formatMs, "≤", 2),
+    )
+  } catch (error) {
+    report.rows.push(...errorRows(measures, error))
+  }
+}
+
+/** Many clients miss on one cold URL at once: the proxy should send the origin one request, not one per client. */
+async function benchCoalescing(servers: Servers): Promise<void> {
+  const measures = [`Coalescing: origin requests for ${COALESCE_CLIENTS} concurrent cold GETs`, `Coalescing: ${COALESCE_CLIENTS} answers are 200 with the same body`]
+  try {
+    const id = crypto.randomUUID()
+    const started = performance.now()
+    const answers = await Promise.all(Array.from({ length: COALESCE_CLIENTS }, () => get(`${servers.proxyUrl}/slow-cold/${id}`)))
+    const elapsedMs = performance.now() - started
+    const { count } = JSON.parse((await get(`${servers.originUrl}/count/${id}`)).body) as { count: number }
+    const ok = answers.filter((answer) => answer.status === 200 && answer.body === answers[0]!.body).length
+    const xCaches = countBy(answers.map((answer) => answer.xCache ?? "none"))
+    report.notes.push(`Coalescing: ${COALESCE_CLIENTS} GETs took ${elapsedMs.toFixed(0)} ms (origin answers after 200 ms); X-Cache: ${xCaches}`)
+    report.rows.push(
+      { measure: measures[0]!, proxy: String(count), reference: "—", ratio: "—", target: "= 1", verdict: count === 1 ? "PASS" : "FAIL" },
+      { measure: measures[1]!, proxy: `${ok}/${COALESCE_CLIENTS}`, reference: "—", ratio: "—", target: `${COALESCE_CLIENTS}/${COALESCE_CLIENTS}`, verdict: ok === COALESCE_CLIENTS ? "PASS" : "FAIL" },
+    )
+  } catch (error) {
+    report.rows.push(...errorRows(measures, error))
+  }
+}
+
+function countBy(values: string[]): string {
+  const counts = new Map<string, number>()
+  for (const value of values) counts.set(value, (counts.get(value) ?? 0) + 1)
+  return [...counts].map(([value, count]) => `${value}×${count}`).join(", ")
+}
+
+interface Download {
+  bytes: number
+  mibPerSecond: number
+  xCache: string | null
+  contentLength: string | null
+  /** Highest VmRSS of the sampled process during the download, over its VmRSS just before. */
+  rssRiseBytes?: number
+  baselineRssBytes?: number
+}
+
+/** VmRSS of a process in bytes, from /proc (Linux only). */
+function readRss(pid: number): number {
+  const match = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))
+  if (!match) throw new BenchError(`no VmRSS in /proc/${pid}/status`)
+  return Number(match[1]) * KIB
+}
+
+/**
+ * Downloads url, counting and discarding the bytes. With a pid, samples that process's RSS
+ * every RSS_SAMPLE_MS meanwhile: a proxy that buffers the body shows it here.
+ */
+async function download(url: string, pid?: number): Promise<Download> {
+  const baseline = pid === undefined ? 0 : readRss(pid)
+  let peak = baseline
+  const sampler = pid === undefined ? undefined : setInterval(() => (peak = Math.max(peak, readRss(pid))), RSS_SAMPLE_MS)
+  try {
+    const started = performance.now()
+    const response = await fetch(url, { signal: AbortSignal.timeout(DOWNLOAD_TIMEOUT_MS) })
+    if (response.status !== 200 || !response.body) throw new BenchError(`GET ${url} answered ${response.status}`)
+    let bytes = 0
+    for await (const chunk of response.body) bytes += chunk.byteLength
+    const seconds = (performance.now() - started) / 1000
+    if (pid !== undefined) peak = Math.max(peak, readRss(pid))
+    if (bytes !== BIG_BYTES) throw new BenchError(`GET ${url} returned ${bytes} bytes, expected ${BIG_BYTES}`)
+    return {
+      bytes,
+      mibPerSecond: bytes / MIB / seconds,
+      xCache: response.headers.get("x-cache"),
+      contentLength: response.headers.get("content-length"),
+      ...(pid === undefined ? {} : { rssRiseBytes: peak - baseline, baselineRssBytes: baseline }),
+    }
+  } finally {
+    clearInterval(sampler)
+  }
+}
+
+/** 512 MiB through a proxy allowed to store it: direct, then MISS, then HIT, with the proxy's memory watched. */
+async function benchBig(bigOriginUrl: string): Promise<void> {
+  const measures = ["512 MiB MISS throughput vs direct origin", "512 MiB HIT throughput vs direct origin", "512 MiB MISS proxy RSS rise", "512 MiB HIT proxy RSS rise"]
+  let proxy: Server | undefined
+  try {
+    // Unmeasured first pass: warms this driver's read loop and the origin, so that the reference
+    // is not a cold-JIT figure. (The proxy gets no such pass: it would fill the cache before the MISS.)
+    await download(`${bigOriginUrl}/big`)
+    const direct = await download(`${bigOriginUrl}/big`)
+    if (direct.contentLength !== String(BIG_BYTES)) report.notes.push(`origin /big came without Content-Length ${BIG_BYTES} (got ${direct.contentLength})`)
+    proxy = await startProxy(bigOriginUrl, BIG_PROXY_FLAGS)
+    const pid = proxy.process.pid
+    const proxyUrl = `${proxy.urls[0]}/big`
+    const miss = await download(proxyUrl, pid)
+    assertRunning(proxy)
+    if (miss.xCache !== "MISS") report.notes.push(`first GET /big through the proxy answered X-Cache: ${miss.xCache}, expected MISS`)
+    if (miss.contentLength !== String(BIG_BYTES)) report.notes.push(`/big through the proxy (MISS) came without Content-Length (got ${miss.contentLength})`)
+    let hit = await download(proxyUrl, pid)
+    if (hit.xCache !== "HIT") {
+      // The proxy may commit the stored body a moment after the MISS finished: give it one more chance.
+      report.notes.push(`second GET /big through the proxy answered X-Cache: ${hit.xCache}; retried after 2 s`)
+      await Bun.sleep(2000)
+      hit = await download(proxyUrl, pid)
+      if (hit.xCache !== "HIT") report.notes.push(`third GET /big answered X-Cache: ${hit.xCache} too: the "HIT" figures below are not cache hits`)
+    }
+    if (hit.contentLength !== String(BIG_BYTES)) report.notes.push(`/big through the proxy (HIT) came without Content-Length (got ${hit.contentLength})`)
+    assertRunning(proxy)
+    report.rows.push(
+      ratioRow(measures[0]!, miss.mibPerSecond, direct.mibPerSecond, formatSpeed, "≥", 0.5),
+      ratioRow(measures[1]!, hit.mibPerSecond, direct.mibPerSecond, formatSpeed, "≥", 1.5),
+      rssRow(measures[2]!, miss, 64 * MIB),
+      rssRow(measures[3]!, hit),
+    )
+  } catch (error) {
+    report.rows.push(...errorRows(measures, error))
+  } finally {
+    if (proxy) {
+      noteProxyStderr(proxy)
+      await stopServer(proxy)
+    }
+  }
+}
+
+/** With a limit: PASS/FAIL against it. Without: reported for information only. */
+function rssRow(measure: string, result: Download, limitBytes?: number): Row {
+  const rise = result.rssRiseBytes ?? NaN
+  return {
+    measure,
+    proxy: `+${formatMib(rise)}`,
+    reference: `baseline ${formatMib(result.baselineRssBytes ?? NaN)}`,
+    ratio: "—",
+    target: limitBytes === undefined ? "(info)" : `≤ ${formatMib(limitBytes)}`,
+    verdict: limitBytes === undefined ? "INFO" : rise <= limitBytes ? "PASS" : "FAIL",
+  }
+}
+
+// ───────────────────────────── main ─────────────────────────────
+
+/** Progress on stderr; also where an interrupted run stops going through its phases. */
+function announce(phase: string): void {
+  if (stopping) throw new BenchError("stopping")
+  console.error(`bench: ${phase}`)
+}
+
+function noteProxyStderr(proxy: Server): void {
+  const tail = proxy.stderrTail()
+  if (tail) report.notes.push(`the proxy wrote to stderr: ${tail.split("\n").slice(-5).join(" ⏎ ")}`)
+}
+
+async function main(): Promise<void> {
+  if (Bun.which("wrk") === null) throw new BenchError("wrk not found on PATH; install it (Debian/Ubuntu: apt-get install -y wrk) and run again")
+  config = readConfig()
+  installExitHandlers()
+  startWatchdog()
+  pinSelf()
+
+  const origin = await startServer("origin", [process.execPath, join(BENCH_DIR, "origin.ts")])
+  const ceiling = await startServer("ceiling", [process.execPath, join(BENCH_DIR, "ceiling.ts")])
+  const [originUrl, bigOriginUrl] = origin.urls
+  const ceilingUrl = ceiling.urls[0]
+  if (!originUrl || !bigOriginUrl || !ceilingUrl) throw new BenchError("origin or ceiling printed an unexpected ready line")
+
+  const proxy = await startProxy(originUrl)
+  const proxyUrl = proxy.urls[0]
+  if (!proxyUrl) throw new BenchError("the proxy's ready line names no http://127.0.0.1:PORT address")
+  const servers: Servers = { originUrl, bigOriginUrl, ceilingUrl, proxy, proxyUrl }
+  console.error(`bench: origin ${originUrl} (big ${bigOriginUrl}), ceiling ${ceilingUrl}, proxy ${proxyUrl}; ${config.repeats}× ${config.durationSeconds}s per figure`)
+
+  announce("HIT 1 KiB")
+  await benchHit(servers, "/1k", "1 KiB", 0.85)
+  announce("HIT 64 KiB")
+  await benchHit(servers, "/64k", "64 KiB", 0.95)
+  announce("MISS no-store")
+  await benchMiss(servers)
+  announce("coalescing")
+  await benchCoalescing(servers)
+  noteProxyStderr(proxy)
+  // The 512 MiB part gets a proxy of its own (bigger limits, fresh cache, fresh RSS baseline).
+  await stopServer(proxy)
+  await stopServer(ceiling)
+  announce("512 MiB body")
+  await benchBig(bigOriginUrl)
+
+  if (stopping) return // interrupted: the phases above failed for that reason, not the proxy's
+  const table = renderReport()
+  console.log(table)
+  writeResults(table)
+  console.error("bench: wrote bench/results.md")
+}
+
+/** Exit code: 1 when a phase could not run at all (FAILs are results, not errors). */
+async function run(): Promise<number> {
+  try {
+    await main()
+    return report.rows.some((row) => row.verdict === "ERROR") ? 1 : 0
+  } catch (error) {
+    if (!stopping) console.error(error instanceof BenchError ? `bench: ${error.message}` : error)
+    return 1
+  }
+}
+
+const exitCode = await run()
+// After a signal or the watchdog, their handler is already cleaning up and exits on its own.
+if (!stopping) {
+  await cleanUp()
+  process.exit(exitCode)
+}
