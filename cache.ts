@@ -903,6 +903,8 @@ export class Cache {
   private readonly memoryBodyLimit: number
   /** key → settles when the request under way for it has stored its response, or given up. */
   private readonly inFlight = new Map<string, Promise<void>>()
+  /** Keys whose last response could not be stored: requests for them skip coalescing. */
+  private readonly passes = new PassList()
   private readonly generationTimer: ReturnType<typeof setInterval>
   private generation: string | undefined
 
@@ -959,7 +961,7 @@ export class Cache {
     }
     // RFC 9111 §5.2.1.7: only-if-cached never goes to the origin; 504 when nothing fits.
     if (lookup.directives.has("only-if-cached")) return answer(504, "not in the cache (only-if-cached)\n", "detail=only-if-cached")
-    if (method === "HEAD" || !isCoalescable(lookup)) return this.fetch(lookup, variant, forward)
+    if (method === "HEAD" || !isCoalescable(lookup) || this.passes.has(lookup.key, now)) return this.fetch(lookup, variant, forward)
     return this.coalesced(lookup, variant, forward)
   }
 
@@ -1125,6 +1127,7 @@ export class Cache {
         : notStorableReason(lookup.headers, lookup.directives, response.status, response.headers, directives, this.config) ??
           this.tooLarge(response.headers)
     if (reason) {
+      if (!REQUEST_REASONS.has(reason)) this.passes.add(lookup.key, responseTime)
       release()
       return relay(response, `${cacheStatus}; detail=${reason}`)
     }
@@ -1297,6 +1300,35 @@ function isUselessToStore(meta: EntryMeta): boolean {
   return !usable && meta.staleWhileRevalidateMs === 0 && meta.staleIfErrorMs === 0
 }
 
+// Reasons not to store that belong to the request, not to the URL's responses.
+const REQUEST_REASONS = new Set(["head", "request-no-store", "authorization"])
+// How long a key whose response could not be stored skips coalescing (Varnish's hit-for-miss).
+const PASS_MS = 120_000
+const MAX_PASSES = 10_000
+
+/**
+ * Keys whose last response could not be stored, for a while: their requests go straight to the
+ * origin instead of queueing behind one another (a no-store API would otherwise pay a round
+ * trip of waiting on every concurrent request). Bounded; the oldest are forgotten first.
+ */
+class PassList {
+  private readonly until = new Map<string, number>()
+
+  add(key: string, now: number): void {
+    this.until.delete(key)
+    this.until.set(key, now + PASS_MS)
+    if (this.until.size > MAX_PASSES) this.until.delete(this.until.keys().next().value as string)
+  }
+
+  has(key: string, now: number): boolean {
+    const until = this.until.get(key)
+    if (until === undefined) return false
+    if (until > now) return true
+    this.until.delete(key)
+    return false
+  }
+}
+
 /** Coalescing waits on another client's request: only for requests that would accept its answer. */
 function isCoalescable(lookup: Lookup): boolean {
   return !lookup.directives.has("no-cache") && !lookup.directives.has("no-store") && !lookup.headers.has("range")
@@ -1367,12 +1399,15 @@ function sameOriginReferences(target: string, headers: Headers): string[] {
 
 /** The origin's response for the client, hop-by-hop fields dropped, with our two status fields. */
 export function relay(response: Response, cacheStatus: string): Response {
-  const isHopByHop = hopByHopFilter(response.headers)
-  const headers = new Headers()
-  for (const [name, value] of response.headers) if (!isHopByHop(name)) headers.append(name, value)
+  // Edited in place: a new Response around the origin's body would cost Bun its native
+  // pass-through of the body (about an eighth of the no-store MISS throughput).
+  const { headers } = response
+  const isHopByHop = hopByHopFilter(headers)
+  const dropped = [...headers.keys()].filter(isHopByHop)
+  for (const name of dropped) headers.delete(name)
   headers.set("x-cache", "MISS")
   headers.set("cache-status", `${CACHE_NAME}; ${cacheStatus}`)
-  return new Response(response.body, { status: response.status, statusText: response.statusText, headers })
+  return response
 }
 
 /** A short answer of our own (errors, only-if-cached, offline). */

@@ -1690,6 +1690,24 @@ describe("coalescing", () => {
     expect(hits).toBe(49)
   })
 
+  test("once a URL's response could not be stored, concurrent requests for it go to the origin together", async () => {
+    // The origin answers "together" only when all five requests are with it at once.
+    const arrived: (() => void)[] = []
+    await using origin = startOrigin(async (_, n) => {
+      if (n === 1) return new Response("first", { headers: { "cache-control": "no-store" } })
+      const together = new Promise<string>((resolve) => {
+        arrived.push(() => resolve("together"))
+        setTimeout(() => resolve("alone"), 3000)
+      })
+      if (arrived.length === 5) for (const release of arrived) release()
+      return new Response(await together, { headers: { "cache-control": "no-store" } })
+    })
+    await using proxy = await startProxy({ origin: origin.url })
+    await (await get(`${proxy.url}api`)).text()
+    const bodies = await Promise.all(Array.from({ length: 5 }, async () => (await get(`${proxy.url}api`)).text()))
+    expect(bodies).toEqual(Array(5).fill("together"))
+  })
+
   test("a response that may not be stored releases the waiters: each goes to the origin itself", async () => {
     await using origin = startOrigin(async (_, n) => {
       await Bun.sleep(300)
