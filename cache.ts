@@ -441,40 +441,34 @@ interface FileSink {
   close(): Promise<void>
 }
 
-/** The few file operations that differ between Bun and Node. Chosen once, at start-up. */
+/**
+ * Writes go through node:fs under both runtimes: its writes run off the event loop, so disk and
+ * network overlap. Measured on a 512 MiB MISS, Bun's FileSink (which writes on the event loop
+ * once its buffer fills) reached a third of the throughput.
+ */
+async function createSink(path: string): Promise<FileSink> {
+  const handle = await fs.open(path, "w")
+  return {
+    async write(chunk) {
+      await handle.write(chunk)
+    },
+    close: () => handle.close(),
+  }
+}
+
+/** The file reads that differ between Bun and Node. Chosen once, at start-up. */
 interface FileApi {
-  createSink(path: string): Promise<FileSink>
   readBytes(path: string): Promise<Uint8Array>
   /** A response body read from the file: Bun.file lets Bun.serve use sendfile. */
   responseBody(path: string): Blob | ReadableStream<Uint8Array>
 }
 
 const bunFiles: FileApi = {
-  async createSink(path) {
-    const sink = Bun.file(path).writer({ highWaterMark: 1 << 20 })
-    return {
-      async write(chunk) {
-        sink.write(chunk)
-      },
-      async close() {
-        await sink.end()
-      },
-    }
-  },
   readBytes: (path) => Bun.file(path).bytes(),
   responseBody: (path) => Bun.file(path),
 }
 
 const nodeFiles: FileApi = {
-  async createSink(path) {
-    const handle = await fs.open(path, "w")
-    return {
-      async write(chunk) {
-        await handle.write(chunk)
-      },
-      close: () => handle.close(),
-    }
-  },
   readBytes: async (path) => new Uint8Array(await fs.readFile(path)),
   responseBody: (path) => Readable.toWeb(createReadStream(path)) as ReadableStream<Uint8Array>,
 }
@@ -623,7 +617,7 @@ export class FileStore {
     const writeId = randomBytes(6).toString("hex")
     const bodyName = `${variantId}.${writeId}${BODY_SUFFIX}`
     const tempBody = join(dir, bodyName + TEMP_SUFFIX)
-    const sink = await files.createSink(tempBody)
+    const sink = await createSink(tempBody)
     let size = 0
     const abort = async () => {
       await sink.close().catch(() => {}) // the file is removed next; a close error changes nothing
