@@ -43,8 +43,8 @@ const RSS_SAMPLE_MS = 50
 const STARTUP_TIMEOUT_MS = 15_000
 const REQUEST_TIMEOUT_MS = 30_000
 const DOWNLOAD_TIMEOUT_MS = 180_000
-/** Time left to the phases that are not wrk runs: startups, coalescing, three 512 MiB downloads. */
-const FIXED_BUDGET_SECONDS = 300
+/** Time left to the phases that are not wrk runs: startups, coalescing, three 512 MiB downloads, filling a 100,000-entry cache. */
+const FIXED_BUDGET_SECONDS = 480
 
 interface Config {
   durationSeconds: number
@@ -620,6 +620,77 @@ function rssRow(measure: string, result: Download, limitBytes?: number): Row {
   }
 }
 
+/**
+ * Start-up on a cache of STARTUP_ENTRIES entries (written through the proxy's own FileStore) against
+ * start-up on an empty one: the time to the ready line, and to the first HIT of a stored entry.
+ * The store indexes sizes in the background and reads an entry only when it is asked for.
+ */
+async function benchStartup(originUrl: string): Promise<void> {
+  const measures = [`Start-up to listening, ${STARTUP_ENTRIES.toLocaleString("en-US")} entries vs empty cache`, `Start-up to first HIT, ${STARTUP_ENTRIES.toLocaleString("en-US")} entries vs empty cache`]
+  try {
+    const fullDir = makeTempDir("startup")
+    await fillCache(fullDir, originUrl, STARTUP_ENTRIES)
+    const emptyDir = makeTempDir("startup-empty")
+    await fillCache(emptyDir, originUrl, 1)
+    const times = { full: [] as StartupTime[], empty: [] as StartupTime[] }
+    for (let i = 0; i < config.repeats; i++) {
+      times.empty.push(await timeStartup(originUrl, emptyDir))
+      times.full.push(await timeStartup(originUrl, fullDir))
+    }
+    const medianOf = (runs: StartupTime[], pick: (t: StartupTime) => number) => median(runs.map(pick))
+    report.rows.push(
+      ratioRow(measures[0]!, medianOf(times.full, (t) => t.listeningMs), medianOf(times.empty, (t) => t.listeningMs), formatMs, "≤", 1.5),
+      ratioRow(measures[1]!, medianOf(times.full, (t) => t.firstHitMs), medianOf(times.empty, (t) => t.firstHitMs), formatMs, "≤", 1.5),
+    )
+  } catch (error) {
+    report.rows.push(...errorRows(measures, error))
+  }
+}
+
+const STARTUP_ENTRIES = 100_000
+const FILL_CONCURRENCY = 64
+
+interface StartupTime {
+  listeningMs: number
+  firstHitMs: number
+}
+
+/** Writes `count` small entries, /entry/0 … /entry/N-1, as the proxy itself would store them. */
+async function fillCache(dir: string, originUrl: string, count: number): Promise<void> {
+  const { FileStore } = await import("../cache.ts")
+  const store = new FileStore(dir, Number.MAX_SAFE_INTEGER, (message) => console.error(`bench: ${message}`))
+  await store.ready()
+  const body = new TextEncoder().encode("x".repeat(512))
+  const now = Date.now()
+  let next = 0
+  const worker = async () => {
+    for (let i = next++; i < count; i = next++) {
+      const key = `GET ${originUrl}/entry/${i}`
+      const pending = await store.begin(key, "v")
+      await pending.write(body)
+      await pending.commit({
+        status: 200, headers: [["content-type", "text/plain"]], vary: {}, responseTime: now, initialAgeMs: 0,
+        freshMs: 24 * 3600_000, staleWhileRevalidateMs: 0, staleIfErrorMs: 0, mustRevalidate: false, noCache: false,
+        etag: null, lastModified: null, size: body.byteLength,
+      })
+    }
+  }
+  await Promise.all(Array.from({ length: FILL_CONCURRENCY }, worker))
+}
+
+async function timeStartup(originUrl: string, cacheDir: string): Promise<StartupTime> {
+  const started = performance.now()
+  const server = await startServer("proxy", [...config.proxyCommand, "--port", "0", "--origin", originUrl, "--cache-dir", cacheDir, "--quiet"])
+  const listeningMs = performance.now() - started
+  try {
+    const hit = await get(`${server.urls[0]}/entry/0`)
+    if (hit.xCache !== "HIT") throw new BenchError(`/entry/0 on a filled cache answered X-Cache: ${hit.xCache}, expected HIT`)
+    return { listeningMs, firstHitMs: performance.now() - started }
+  } finally {
+    await stopServer(server)
+  }
+}
+
 // ───────────────────────────── main ─────────────────────────────
 
 /** Progress on stderr; also where an interrupted run stops going through its phases. */
@@ -666,6 +737,8 @@ async function main(): Promise<void> {
   await stopServer(ceiling)
   announce("512 MiB body")
   await benchBig(bigOriginUrl)
+  announce(`start-up with ${STARTUP_ENTRIES.toLocaleString("en-US")} entries`)
+  await benchStartup(originUrl)
 
   if (stopping) return // interrupted: the phases above failed for that reason, not the proxy's
   const table = renderReport()
