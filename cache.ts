@@ -487,8 +487,8 @@ export interface Variant {
   bodyFile: string
   /** The body, when it is small enough to live in memory. */
   body: Uint8Array | null
-  /** The stored headers, built once on first use: a hit copies them, which is cheaper. */
-  headers?: Headers
+  /** The headers of its last hit; `new Response` copies them, so hits in the same second share them. */
+  hit?: { age: number; ttl: number; cacheStatus: string; headers: Headers }
 }
 
 /** What lives on disk next to the body: the meta, plus what ties it to its key and body. */
@@ -812,14 +812,19 @@ export interface PendingWrite {
 export class MemoryTier {
   private readonly entries = new Map<string, { variants: Variant[]; bytes: number }>()
   private totalBytes = 0
+  private newest: string | undefined
 
   constructor(private readonly maxBytes: number) {}
 
   get(key: string): Variant[] | undefined {
     const entry = this.entries.get(key)
     if (!entry) return undefined
-    this.entries.delete(key)
-    this.entries.set(key, entry)
+    // Moved to the most-recently-used end, unless it is there already (a hot key's usual case).
+    if (key !== this.newest) {
+      this.entries.delete(key)
+      this.entries.set(key, entry)
+      this.newest = key
+    }
     return entry.variants
   }
 
@@ -936,7 +941,7 @@ export class Cache {
     }
     // The memory tier answers synchronously: a hit from memory awaits nothing.
     let variant = selectVariant(this.memory.get(lookup.key) ?? (await this.variants(lookup.key)), headers)
-    if (variant && !(await this.isWhole(variant))) {
+    if (variant && !variant.body && variant.meta.size > 0 && !(await this.isFileWhole(variant))) {
       this.memory.delete(lookup.key)
       variant = selectVariant(await this.variants(lookup.key), headers)
     }
@@ -963,8 +968,7 @@ export class Cache {
    * A body served from its file must still be there, as long as its meta says: another process
    * may have cleared the cache, or someone removed files by hand. One stat, for large hits only.
    */
-  private async isWhole(variant: Variant): Promise<boolean> {
-    if (variant.body || variant.meta.size === 0) return true
+  private async isFileWhole(variant: Variant): Promise<boolean> {
     const stat = await fs.stat(variant.bodyFile).catch(() => undefined)
     return stat?.size === variant.meta.size
   }
@@ -1083,7 +1087,7 @@ export class Cache {
     const headers = mergeHeaders(stale.meta.headers, response.headers)
     const directives = parseCacheControl(headers.get("cache-control"))
     const meta = describeResponse(stale.meta.status, headers, directives, stale.meta.vary, requestTime, responseTime, stale.meta.size, this.config)
-    let variant: Variant = { ...stale, meta, headers: undefined }
+    let variant: Variant = { ...stale, meta, hit: undefined }
     try {
       variant = { ...(await this.store.updateMeta(lookup.key, stale, meta)), body: stale.body }
       this.remember(lookup.key, variant)
@@ -1262,14 +1266,11 @@ export class Cache {
   /** A response from a stored variant, RFC 9111 §4 (Age per §5.1, conditionals per §4.3.2). */
   private fromCache(variant: Variant, lookup: Lookup, now: number, cacheStatus: string): Response {
     const { meta } = variant
-    variant.headers ??= new Headers(meta.headers)
-    const headers = new Headers(variant.headers)
-    headers.set("age", String(Math.floor(currentAgeMs(meta, now) / 1000)))
-    headers.set("x-cache", "HIT")
-    headers.set("cache-status", `${CACHE_NAME}; ${cacheStatus}; ttl=${Math.round(ttlMs(meta, now) / 1000)}`)
+    const headers = hitHeaders(variant, now, cacheStatus)
     if (meta.status === 200 && isNotModified(lookup.headers, meta)) {
-      for (const name of NOT_IN_304) headers.delete(name)
-      return new Response(null, { status: 304, headers })
+      const notModified = new Headers(headers)
+      for (const name of NOT_IN_304) notModified.delete(name)
+      return new Response(null, { status: 304, headers: notModified })
     }
     this.store.used(variant)
     const hasBody = lookup.method !== "HEAD" && meta.size > 0 && !NULL_BODY_STATUS.has(meta.status)
@@ -1321,6 +1322,23 @@ class PassList {
     this.until.delete(key)
     return false
   }
+}
+
+/**
+ * A hit's headers: the stored fields plus Age (RFC 9111 §5.1), X-Cache and Cache-Status
+ * (RFC 9211). Both numbers change once a second, so most hits reuse the last ones built.
+ */
+function hitHeaders(variant: Variant, now: number, cacheStatus: string): Headers {
+  const age = Math.floor(currentAgeMs(variant.meta, now) / 1000)
+  const ttl = Math.round(ttlMs(variant.meta, now) / 1000)
+  const last = variant.hit
+  if (last && last.age === age && last.ttl === ttl && last.cacheStatus === cacheStatus) return last.headers
+  const headers = new Headers(variant.meta.headers)
+  headers.set("age", String(age))
+  headers.set("x-cache", "HIT")
+  headers.set("cache-status", `${CACHE_NAME}; ${cacheStatus}; ttl=${ttl}`)
+  variant.hit = { age, ttl, cacheStatus, headers }
+  return headers
 }
 
 /** Coalescing waits on another client's request: only for requests that would accept its answer. */

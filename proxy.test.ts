@@ -1761,6 +1761,36 @@ describe("a large streamed body", () => {
     expect(await sha256Of(second.body)).toEqual(expected)
     expect(origin.requests()).toBe(1)
   })
+
+  test.each(["max-age=600", "no-store"])("a client that stops reading slows the origin down; nothing piles up in the proxy (%s)", async (cacheControl) => {
+    const total = 256 * MB
+    let produced = 0
+    await using origin = startOrigin(() =>
+      new Response(
+        new ReadableStream({
+          pull(controller) {
+            if (produced >= total) return controller.close()
+            produced += CHUNK
+            controller.enqueue(new Uint8Array(CHUNK))
+          },
+        }),
+        { headers: { "cache-control": cacheControl } },
+      ),
+    )
+    await using proxy = await startProxy({ origin: origin.url, maxEntrySize: 1 << 30 })
+    // A raw socket, paused after the first bytes: what a slow client looks like to the proxy.
+    const socket = connect(portOf(proxy.url), "127.0.0.1", () => socket.write("GET /slow-reader HTTP/1.1\r\nHost: x\r\n\r\n"))
+    let received = 0
+    await new Promise<void>((resolve) => socket.once("data", (chunk) => ((received += chunk.length), socket.pause(), resolve())))
+    await Bun.sleep(500)
+    // Socket buffers on both sides hold a few MB; a proxy that buffered would have read it all.
+    expect(produced).toBeLessThan(48 * MB)
+    socket.on("data", (chunk) => (received += chunk.length))
+    socket.resume()
+    await eventually(() => received > total, 10_000)
+    socket.destroy()
+    expect(produced).toBe(total)
+  })
 })
 
 describe("integrity", () => {
