@@ -871,6 +871,8 @@ function variantBytes(variant: Variant): number {
 
 /** Cache-Status (RFC 9211) names us by this. */
 const CACHE_NAME = "caching-proxy"
+/** RFC 9110 §7.6.3: a proxy adds itself to Via, on requests and responses alike. */
+export const VIA = "1.1 caching-proxy"
 // Bodies up to this size are held in memory (if the memory tier has room); larger ones are
 // served from their file, which Bun sends with sendfile.
 const MEMORY_BODY_LIMIT_BYTES = 1 << 20
@@ -929,9 +931,10 @@ export class Cache {
 
   /**
    * Answers a request with the client's `headers`; `forward` sends (possibly conditional) headers
-   * to the origin. The response carries X-Cache and Cache-Status.
+   * to the origin. The response carries Via, X-Cache and Cache-Status. A hit from memory is
+   * answered synchronously: no promise for Bun.serve to wait on.
    */
-  async respond(method: string, headers: Headers, target: string, forward: Forward): Promise<Response> {
+  respond(method: string, headers: Headers, target: string, forward: Forward): Response | Promise<Response> {
     if (method !== "GET" && method !== "HEAD") return this.respondUncached(method, target, headers, forward)
     const lookup: Lookup = {
       key: cacheKey(target, this.ignoreQuery),
@@ -939,12 +942,24 @@ export class Cache {
       headers,
       directives: parseCacheControl(headers.get("cache-control")),
     }
-    // The memory tier answers synchronously: a hit from memory awaits nothing.
-    let variant = selectVariant(this.memory.get(lookup.key) ?? (await this.variants(lookup.key)), headers)
+    const known = this.memory.get(lookup.key)
+    const variant = known && selectVariant(known, headers)
+    if (known && (!variant || variant.body || variant.meta.size === 0)) return this.decide(lookup, variant, forward)
+    return this.respondFromDisk(lookup, forward)
+  }
+
+  /** The key is not in memory, or its body is in a file that must still be whole. */
+  private async respondFromDisk(lookup: Lookup, forward: Forward): Promise<Response> {
+    let variant = selectVariant(this.memory.get(lookup.key) ?? (await this.variants(lookup.key)), lookup.headers)
     if (variant && !variant.body && variant.meta.size > 0 && !(await this.isFileWhole(variant))) {
       this.memory.delete(lookup.key)
-      variant = selectVariant(await this.variants(lookup.key), headers)
+      variant = selectVariant(await this.variants(lookup.key), lookup.headers)
     }
+    return this.decide(lookup, variant, forward)
+  }
+
+  /** Serves the selected variant, or goes to the origin: RFC 9111 §4 and §5.2.1. */
+  private decide(lookup: Lookup, variant: Variant | undefined, forward: Forward): Response | Promise<Response> {
     const now = Date.now()
     if (this.config.offline) {
       return variant ? this.fromCache(variant, lookup, now, "hit; detail=offline") : answer(504, "not in the cache (offline mode)\n", "detail=offline")
@@ -960,7 +975,7 @@ export class Cache {
     }
     // RFC 9111 §5.2.1.7: only-if-cached never goes to the origin; 504 when nothing fits.
     if (lookup.directives.has("only-if-cached")) return answer(504, "not in the cache (only-if-cached)\n", "detail=only-if-cached")
-    if (method === "HEAD" || !isCoalescable(lookup) || this.passes.has(lookup.key, now)) return this.fetch(lookup, variant, forward)
+    if (lookup.method === "HEAD" || !isCoalescable(lookup) || this.passes.has(lookup.key, now)) return this.fetch(lookup, variant, forward)
     return this.coalesced(lookup, variant, forward)
   }
 
@@ -1334,6 +1349,7 @@ function hitHeaders(variant: Variant, now: number, cacheStatus: string): Headers
   const last = variant.hit
   if (last && last.age === age && last.ttl === ttl && last.cacheStatus === cacheStatus) return last.headers
   const headers = new Headers(variant.meta.headers)
+  headers.append("via", VIA)
   headers.set("age", String(age))
   headers.set("x-cache", "HIT")
   headers.set("cache-status", `${CACHE_NAME}; ${cacheStatus}; ttl=${ttl}`)
@@ -1417,6 +1433,7 @@ export function relay(response: Response, cacheStatus: string): Response {
   const isHopByHop = hopByHopFilter(headers)
   const dropped = [...headers.keys()].filter(isHopByHop)
   for (const name of dropped) headers.delete(name)
+  headers.append("via", VIA)
   headers.set("x-cache", "MISS")
   headers.set("cache-status", `${CACHE_NAME}; ${cacheStatus}`)
   return response
@@ -1426,7 +1443,7 @@ export function relay(response: Response, cacheStatus: string): Response {
 export function answer(status: number, text: string, cacheStatus: string): Response {
   return new Response(text, {
     status,
-    headers: { "content-type": "text/plain; charset=utf-8", "x-cache": "MISS", "cache-status": `${CACHE_NAME}; ${cacheStatus}` },
+    headers: { "content-type": "text/plain; charset=utf-8", via: VIA, "x-cache": "MISS", "cache-status": `${CACHE_NAME}; ${cacheStatus}` },
   })
 }
 

@@ -11,7 +11,7 @@ import { Readable } from "node:stream"
 import { fileURLToPath } from "node:url"
 import { defineCommand, parseArgs, renderUsage } from "citty"
 import { Hono, type Context } from "hono"
-import { answer, Cache, hopByHopFilter, OriginError, type Forward } from "./cache.ts"
+import { answer, Cache, hopByHopFilter, OriginError, VIA, type Forward } from "./cache.ts"
 import packageJson from "./package.json" with { type: "json" }
 
 // ───────────────────────────── options ─────────────────────────────
@@ -277,7 +277,6 @@ const runtime: Runtime = typeof Bun !== "undefined" ? bunRuntime : nodeRuntime
 
 // ───────────────────────────── the app ─────────────────────────────
 
-const VIA = "1.1 caching-proxy"
 const URLS_AND_PATHS = /(GET )?\S*\/\S*/g
 
 /** The headers sent to the origin: the client's, less hop-by-hop, plus the forwarding fields. */
@@ -325,8 +324,8 @@ export function createProxy(options: ProxyOptions, log: (line: string) => void =
   const timeoutMs = options.timeoutSeconds * 1000
   const app = new Hono()
 
-  app.all("*", async (c) => {
-    const started = performance.now()
+  app.all("*", (c) => {
+    const started = options.quiet ? 0 : performance.now()
     const request = c.req.raw
     // Hono routes HEAD as GET; the method we forward is the client's.
     const method = request.method
@@ -336,11 +335,16 @@ export function createProxy(options: ProxyOptions, log: (line: string) => void =
     // Built only when the origin is asked: a hit copies no headers.
     const forward: Forward = (headers) =>
       runtime.fetch(target, method, forwardedHeaders(headers, runtime.clientAddress(c)), body, timeoutMs)
-    const response = await cache.respond(method, request.headers, target, forward)
-    response.headers.append("via", VIA)
-    if (!options.quiet) log(`${method} ${path} ${response.status} ${response.headers.get("x-cache")} ${(performance.now() - started).toFixed(1)}ms`)
-    return response
+    const response = cache.respond(method, request.headers, target, forward)
+    return options.quiet ? response : logged(response, method, path, started)
   })
+
+  /** Logs one line once the response (headers) is ready: method, path, status, X-Cache, ms. */
+  async function logged(response: Response | Promise<Response>, method: string, path: string, started: number) {
+    const ready = await response
+    log(`${method} ${path} ${ready.status} ${ready.headers.get("x-cache")} ${(performance.now() - started).toFixed(1)}ms`)
+    return ready
+  }
 
   app.onError((error, c) => {
     const status = error instanceof OriginError ? error.status : 502
