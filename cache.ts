@@ -883,6 +883,8 @@ const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS", "TRACE"])
 const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304])
 // RFC 9110 §15.4.5: a 304 carries the validators and caching fields, not the representation's.
 const NOT_IN_304 = new Set(["content-length", "content-type", "content-encoding", "content-range", "content-language"])
+// What a client's body stream fails with when the origin's does.
+const ORIGIN_BODY_FAILED = "the origin's body was cut short"
 // Conditional request fields the cache replaces with its own validators when it revalidates.
 const CLIENT_VALIDATORS = ["if-none-match", "if-modified-since"]
 
@@ -1223,8 +1225,10 @@ export class Cache {
         pull: async (controller) => {
           const chunk = await reader.read().catch((error: unknown) => ({ error }))
           if ("error" in chunk) {
-            abort("the origin's body failed")
-            controller.error(chunk.error)
+            abort(`the origin's body failed (${(chunk.error as Error).message})`)
+            // The client must see the body fail too (a cut, not a clean end); this error is
+            // already logged above, so it carries no stack for the server to print again.
+            controller.error(ORIGIN_BODY_FAILED)
             return
           }
           if (chunk.done) {

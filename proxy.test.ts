@@ -287,6 +287,7 @@ describe("CLI", () => {
     [["--origin", "http://127.0.0.1:1", "--max-size", "lots"], "--max-size must be a size"],
     [["--origin", "http://127.0.0.1:1", "--timeout", "0"], "--timeout must be a number of seconds, more than 0"],
     [["--origin", "http://127.0.0.1:1", "--no-such=1"], 'unknown flag "--no-such=1"'],
+    [["--port", "1", "--port", "2", "--origin", "http://127.0.0.1:1"], "--port is given more than once"],
   ])("%j is refused with one line and exit code 2", async (args, message) => {
     const { stdout, stderr, code } = await runCli([...CLI, ...args])
     expect(code).toBe(2)
@@ -325,6 +326,21 @@ describe("CLI", () => {
     await Bun.sleep(50)
     expect(proxy.lines.filter((l) => l.startsWith("GET /logged?x=1 200 MISS "))).toHaveLength(1)
     expect(proxy.lines.filter((l) => /^GET \/logged\?x=1 200 HIT \d+(\.\d+)?ms$/.test(l))).toHaveLength(1)
+  })
+
+  test("CACHING_PROXY_* environment variables stand in for flags the command line leaves out", async () => {
+    await using origin = startOrigin(() => new Response("from env"))
+    const cacheDir = tempDir()
+    await using proxy = await startCli([...CLI, "--port", "0"], {
+      CACHING_PROXY_ORIGIN: origin.url,
+      CACHING_PROXY_CACHE_DIR: cacheDir,
+      CACHING_PROXY_PORT: "not used: --port is on the command line",
+      CACHING_PROXY_QUIET: "1",
+    })
+    expect(proxy.lines[0]).toContain(`cache in ${cacheDir}`)
+    expect(await (await get(`${proxy.url}env`)).text()).toBe("from env")
+    await Bun.sleep(50)
+    expect(proxy.lines.filter((l) => l.includes("/env"))).toHaveLength(0)
   })
 
   test("--quiet logs no requests", async () => {

@@ -119,8 +119,28 @@ const FLAG_TYPES = new Map<string, string>(
   ]),
 )
 
-/** Refuses what citty would let through: unknown flags and stray arguments. */
+/** The flag an argument names ("--port=1" and "--no-quiet" included), or undefined for a value. */
+function flagName(arg: string): string | undefined {
+  return arg.startsWith("-") ? arg.replace(/^--?(no-)?/, "").split("=", 1)[0] : undefined
+}
+
+/**
+ * CACHING_PROXY_<FLAG> (e.g. CACHING_PROXY_ORIGIN, CACHING_PROXY_MAX_SIZE) for each setting flag
+ * the command line leaves out; the command line wins. Booleans take 1/true/yes.
+ */
+function flagsFromEnvironment(commandLine: string[], env: NodeJS.ProcessEnv): string[] {
+  const given = new Set(commandLine.map(flagName))
+  return Object.entries(args).flatMap(([name, def]) => {
+    const value = env[`CACHING_PROXY_${name.toUpperCase().replaceAll("-", "_")}`]
+    if (value === undefined || given.has(name) || name === "help" || name === "version") return []
+    if (def.type === "boolean") return /^(1|true|yes)$/i.test(value) ? [`--${name}`] : []
+    return [`--${name}=${value}`]
+  })
+}
+
+/** Refuses what citty would let through: unknown flags, flags given twice, stray arguments. */
 function checkRawArgs(rawArgs: string[]): void {
+  const seen = new Set<string>()
   let expectsValue = false
   for (const arg of rawArgs) {
     if (expectsValue && !arg.startsWith("--")) {
@@ -132,6 +152,9 @@ function checkRawArgs(rawArgs: string[]): void {
     const [name = "", value] = arg.replace(/^--?/, "").split(/=(.*)/s)
     const type = FLAG_TYPES.get(name)
     if (!type) throw new UsageError(`unknown flag "${arg}" (see --help)`)
+    const flag = flagName(arg) ?? name
+    if (seen.has(flag)) throw new UsageError(`--${flag} is given more than once`)
+    seen.add(flag)
     expectsValue = type === "string" && value === undefined
   }
 }
@@ -368,8 +391,9 @@ export function serve(app: Hono, options: Pick<ProxyOptions, "host" | "port" | "
 // Requests in flight get this long to finish after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE_MS = 5000
 
-async function run(rawArgs: string[]): Promise<number> {
-  checkRawArgs(rawArgs)
+async function run(commandLine: string[]): Promise<number> {
+  checkRawArgs(commandLine)
+  const rawArgs = [...flagsFromEnvironment(commandLine, process.env), ...commandLine]
   const parsed = parseArgs<typeof args>(rawArgs, args)
   if (parsed.help) {
     console.log(await renderUsage(main))
