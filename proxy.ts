@@ -251,9 +251,14 @@ function nodeFetch(target: string, method: string, headers: Headers, body: Reada
   const url = new URL(target)
   const send = url.protocol === "https:" ? httpsRequest : httpRequest
   return new Promise<Response>((resolvePromise, reject) => {
-    const outgoing = send(url, { method, headers: Object.fromEntries(headers), agent: agents[url.protocol as "http:"], signal }, (incoming) =>
-      resolvePromise(toResponse(incoming, method)),
-    )
+    const outgoing = send(url, { method, headers: Object.fromEntries(headers), agent: agents[url.protocol as "http:"], signal }, (incoming) => {
+      try {
+        resolvePromise(toResponse(incoming, method))
+      } catch (error) {
+        incoming.destroy() // a status `Response` refuses (outside 200-599): a 502, not a crash
+        reject(error)
+      }
+    })
     outgoing.on("error", reject)
     if (body) Readable.fromWeb(body as import("node:stream/web").ReadableStream).on("error", reject).pipe(outgoing)
     else outgoing.end()
