@@ -1059,7 +1059,7 @@ export class Cache {
   ): Promise<Response> {
     try {
       const requestTime = Date.now()
-      const fwd = await this.forwardReason(lookup, stale, requestTime)
+      const fwd = this.forwardReason(lookup, stale, requestTime)
       let response: Response
       try {
         response = await forward(stale ? withValidators(lookup.headers, stale.meta) : lookup.headers)
@@ -1120,10 +1120,11 @@ export class Cache {
    * Why a request goes to the origin, for Cache-Status `fwd` (RFC 9211 §2.2): the response it
    * would have used was stale, or fresh but refused by the request's directives; or none matched.
    */
-  private async forwardReason(lookup: Lookup, selected: Variant | undefined, now: number): Promise<string> {
+  private forwardReason(lookup: Lookup, selected: Variant | undefined, now: number): string {
     if (selected) return ttlMs(selected.meta, now) > 0 && !selected.meta.noCache ? "request" : "stale"
-    // RFC 9211 §2.2: vary-miss when responses are stored for the URI, none for these request headers.
-    return (await this.variants(lookup.key)).length > 0 ? "vary-miss" : "uri-miss"
+    // RFC 9211 §2.2: vary-miss when responses are stored for the URI, none for these request
+    // headers. The lookup just put the key's variants in memory.
+    return (this.memory.get(lookup.key)?.length ?? 0) > 0 ? "vary-miss" : "uri-miss"
   }
 
   /** Relays an origin response; when it may be stored, writes it to the store as it streams. */
