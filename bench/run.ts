@@ -223,7 +223,8 @@ function installExitHandlers(): void {
 
 /** Bounds the run: wrk runs themselves, plus FIXED_BUDGET_SECONDS for everything else. */
 function startWatchdog(): void {
-  const wrkRuns = 6 * (config.repeats + 1)
+  // Four comparisons (HIT 1 KiB, HIT 64 KiB, MISS vs origin, MISS vs forwarder), two targets each.
+  const wrkRuns = 8 * (config.repeats + 1)
   const budgetSeconds = wrkRuns * (config.durationSeconds + 5) + FIXED_BUDGET_SECONDS
   setTimeout(() => {
     console.error(`bench: gave up after ${budgetSeconds} s (time budget exceeded); stopping servers`)
@@ -491,6 +492,29 @@ async function benchMiss(servers: Servers): Promise<void> {
   }
 }
 
+/**
+ * The same MISS against a bare fetch forwarder (bench/forwarder.ts): how much of the gap to the
+ * origin is the proxy's own work, and how much is Bun's fetch, which every Bun proxy pays.
+ */
+async function benchMissAgainstForwarder(servers: Servers): Promise<void> {
+  const measures = ["MISS no-store 1 KiB throughput vs bare fetch forwarder", "MISS no-store 1 KiB p99 latency vs bare fetch forwarder"]
+  let forwarder: Server | undefined
+  try {
+    forwarder = await startServer("forwarder", [process.execPath, join(BENCH_DIR, "forwarder.ts"), servers.originUrl])
+    const [proxy, bare] = await compareWithWrk(`${servers.proxyUrl}/nostore-1k`, `${forwarder.urls[0]}/nostore-1k`)
+    assertRunning(servers.proxy)
+    report.raw.push({ target: "forwarder /nostore-1k", summary: bare })
+    report.rows.push(
+      { ...ratioRow(measures[0]!, proxy.requestsPerSecond, bare.requestsPerSecond, formatRate, "≥", 0.85), target: "(info)", verdict: "INFO" },
+      { ...ratioRow(measures[1]!, proxy.p99Ms, bare.p99Ms, formatMs, "≤", 1.5), target: "(info)", verdict: "INFO" },
+    )
+  } catch (error) {
+    report.rows.push(...errorRows(measures, error))
+  } finally {
+    if (forwarder) await stopServer(forwarder)
+  }
+}
+
 /** Many clients miss on one cold URL at once: the proxy should send the origin one request, not one per client. */
 async function benchCoalescing(servers: Servers): Promise<void> {
   const measures = [`Coalescing: origin requests for ${COALESCE_CLIENTS} concurrent cold GETs`, `Coalescing: ${COALESCE_CLIENTS} answers are 200 with the same body`]
@@ -729,6 +753,7 @@ async function main(): Promise<void> {
   await benchHit(servers, "/64k", "64 KiB", 0.95)
   announce("MISS no-store")
   await benchMiss(servers)
+  await benchMissAgainstForwarder(servers)
   announce("coalescing")
   await benchCoalescing(servers)
   noteProxyStderr(proxy)
