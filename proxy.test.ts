@@ -1739,6 +1739,25 @@ describe("coalescing", () => {
     expect(responses.every((r) => r.headers.get("x-cache") === "MISS")).toBe(true)
   })
 
+  test("20 concurrent requests for one stale entry send one revalidation; all are answered from the cache", async () => {
+    await using origin = startOrigin(async (req, n) => {
+      if (n === 1) return new Response("stored", { headers: { etag: '"v1"', "cache-control": "max-age=0" } })
+      await Bun.sleep(200)
+      return new Response(null, { status: 304, headers: { etag: '"v1"', "cache-control": "max-age=600" } })
+    })
+    await using proxy = await startProxy({ origin: origin.url })
+    await (await get(`${proxy.url}r`)).text()
+    const answers = await Promise.all(
+      Array.from({ length: 20 }, async () => {
+        const response = await get(`${proxy.url}r`)
+        return `${response.headers.get("x-cache")} ${await response.text()}`
+      }),
+    )
+    expect(answers).toEqual(Array(20).fill("HIT stored"))
+    expect(origin.requests).toHaveLength(2)
+    expect(origin.requests[1]!.headers.get("if-none-match")).toBe('"v1"')
+  })
+
   test("concurrent requests with different values of a Vary'd header each get their own body", async () => {
     await using origin = startOrigin(async (req) => {
       await Bun.sleep(300)
@@ -1886,6 +1905,28 @@ describe("integrity", () => {
     const hit = await get(`${second.url}a`)
     expect(hit.headers.get("x-cache")).toBe("HIT")
     expect(await hit.text()).toBe("version 2")
+  })
+
+  test("what a crash mid-write leaves (temporary files) is removed at start-up; complete entries stay", async () => {
+    await using origin = startOrigin(() => new Response("whole", { headers: { "cache-control": "max-age=600" } }))
+    using dir = ownedDir()
+    {
+      await using first = await startProxy({ origin: origin.url, cacheDir: dir.path })
+      await (await get(`${first.url}a`)).text()
+    }
+    const keyDir = join(metaFiles(dir.path)[0]!.path, "..")
+    const leftovers = [join(keyDir, "abc.123.body.tmp"), join(keyDir, "abc.meta.456.tmp")]
+    const twoMinutesAgo = new Date(Date.now() - 120_000)
+    for (const path of leftovers) {
+      writeFileSync(path, "half written")
+      utimesSync(path, twoMinutesAgo, twoMinutesAgo)
+    }
+    await using second = await startProxy({ origin: origin.url, cacheDir: dir.path })
+    await second.cache.store.ready()
+    for (const path of leftovers) expect(existsSync(path)).toBe(false)
+    const hit = await get(`${second.url}a`)
+    expect(hit.headers.get("x-cache")).toBe("HIT")
+    expect(await hit.text()).toBe("whole")
   })
 
   test("Cache.clear on a running proxy's directory: the proxy keeps working, then stores again", async () => {
