@@ -536,10 +536,6 @@ export class FileStore {
     return this.scanned
   }
 
-  get bytes(): number {
-    return this.totalBytes
-  }
-
   /** Forgets the index, after another process cleared the directory. */
   reset(): void {
     this.lru.clear()
@@ -851,10 +847,6 @@ export class MemoryTier {
   clear(): void {
     this.entries.clear()
     this.totalBytes = 0
-  }
-
-  get bytes(): number {
-    return this.totalBytes
   }
 }
 
