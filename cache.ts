@@ -826,7 +826,7 @@ export class MemoryTier {
 
   set(key: string, variants: Variant[]): void {
     this.delete(key)
-    const bytes = key.length + variants.reduce((sum, v) => sum + variantBytes(v), 0)
+    const bytes = KEY_OVERHEAD_BYTES + key.length + variants.reduce((sum, v) => sum + variantBytes(v), 0)
     if (bytes > this.maxBytes) return
     this.entries.set(key, { variants, bytes })
     this.totalBytes += bytes
@@ -850,7 +850,9 @@ export class MemoryTier {
   }
 }
 
-// Rough bytes a variant's meta takes in memory.
+// Rough bytes a key's map entry and a variant's meta take in memory: a URL remembered as
+// uncacheable still costs something against --memory-size.
+const KEY_OVERHEAD_BYTES = 128
 const META_OVERHEAD_BYTES = 256
 
 function variantBytes(variant: Variant): number {
