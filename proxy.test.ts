@@ -323,7 +323,7 @@ describe("CLI", () => {
     expect(proxy.lines[0]).toMatch(new RegExp(`listening on http://127.0.0.1:\\d+, forwarding to ${origin.url.replace(/\/$/, "")}, cache in ${dir}`))
     await (await get(`${proxy.url}logged?x=1`)).text()
     await (await get(`${proxy.url}logged?x=1`)).text()
-    await Bun.sleep(50)
+    await eventually(() => proxy.lines.filter((l) => l.startsWith("GET /logged?x=1 ")).length === 2)
     expect(proxy.lines.filter((l) => l.startsWith("GET /logged?x=1 200 MISS "))).toHaveLength(1)
     expect(proxy.lines.filter((l) => /^GET \/logged\?x=1 200 HIT \d+(\.\d+)?ms$/.test(l))).toHaveLength(1)
   })
@@ -339,7 +339,7 @@ describe("CLI", () => {
     })
     expect(proxy.lines[0]).toContain(`cache in ${cacheDir}`)
     expect(await (await get(`${proxy.url}env`)).text()).toBe("from env")
-    await Bun.sleep(50)
+    await Bun.sleep(200) // time for a log line to arrive, were one written
     expect(proxy.lines.filter((l) => l.includes("/env"))).toHaveLength(0)
   })
 
@@ -347,7 +347,7 @@ describe("CLI", () => {
     await using origin = startOrigin(() => new Response("x"))
     await using proxy = await startCli([...CLI, "--port", "0", "--quiet", "--origin", origin.url, "--cache-dir", tempDir()])
     await (await get(`${proxy.url}q`)).text()
-    await Bun.sleep(50)
+    await Bun.sleep(200) // time for a log line to arrive, were one written
     expect(proxy.lines.filter((l) => l.includes("/q"))).toHaveLength(0)
   })
 
