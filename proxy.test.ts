@@ -422,7 +422,7 @@ describe("forwarding (RFC 9110 §7.6)", () => {
     await using proxy = await startProxy({ origin: origin.url })
     const raw = await rawRequest(
       portOf(proxy.url),
-      "GET /hop HTTP/1.1\r\nHost: client.example\r\nConnection: close, x-client-hop\r\nX-Client-Hop: 1\r\nTE: trailers\r\nX-Kept: yes\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n",
+      "GET /hop HTTP/1.1\r\nHost: client.example\r\nConnection: close, x-client-hop\r\nX-Client-Hop: 1\r\nTE: trailers\r\nX-Kept: yes\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Host: forged.example\r\nX-Forwarded-Proto: gopher\r\n\r\n",
     )
     const seen = origin.requests[0]!.headers
     expect(seen.get("x-client-hop")).toBeNull()
@@ -430,7 +430,7 @@ describe("forwarding (RFC 9110 §7.6)", () => {
     expect(seen.get("x-kept")).toBe("yes")
     expect(seen.get("x-forwarded-for")).toBe("203.0.113.9, 127.0.0.1")
     expect(seen.get("x-forwarded-proto")).toBe("http")
-    expect(seen.get("x-forwarded-host")).toBe("client.example")
+    expect(seen.get("x-forwarded-host")).toBe("client.example") // never the client's forged one
     expect(seen.get("via")).toBe("1.1 caching-proxy")
     const head = raw.toLowerCase()
     expect(head).not.toContain("x-origin-hop")

@@ -319,9 +319,12 @@ function forwardedHeaders(incoming: Headers, clientAddress: string | undefined):
     const chain = incoming.get("x-forwarded-for")
     headers.set("x-forwarded-for", chain ? `${chain}, ${clientAddress}` : clientAddress)
   }
-  if (!headers.has("x-forwarded-proto")) headers.set("x-forwarded-proto", "http")
+  // Ours, never the client's: an origin that builds links from a forged X-Forwarded-Host would
+  // have the cache hand them to every client (cache poisoning).
+  headers.set("x-forwarded-proto", "http")
   const host = incoming.get("host")
-  if (host && !headers.has("x-forwarded-host")) headers.set("x-forwarded-host", host)
+  if (host) headers.set("x-forwarded-host", host)
+  else headers.delete("x-forwarded-host")
   headers.append("via", VIA)
   return headers
 }
