@@ -1137,7 +1137,9 @@ export class Cache {
         : notStorableReason(lookup.headers, lookup.directives, response.status, response.headers, directives, this.config) ??
           this.tooLarge(response.headers)
     if (reason) {
-      if (!REQUEST_REASONS.has(reason)) this.passes.add(lookup.key, responseTime)
+      // A 206 or 304 answers this request's Range or conditions, not the URL's cacheability.
+      const aboutTheUrl = !REQUEST_REASONS.has(reason) && response.status !== 206 && response.status !== 304
+      if (aboutTheUrl) this.passes.add(lookup.key, responseTime)
       release()
       return relay(response, `${cacheStatus}; detail=${reason}`)
     }
