@@ -62,7 +62,10 @@ export type Forward = (headers: Headers) => Promise<Response>
 
 // ───────────────────────────── Cache-Control parsing ─────────────────────────────
 
-export type Directives = Map<string, string | true>
+export type Directives = ReadonlyMap<string, string | true>
+
+// Most requests carry no Cache-Control: they share one empty set of directives.
+const NO_DIRECTIVES: Directives = new Map()
 
 const DELTA_SECONDS = /^\d+$/
 // RFC 9111 §1.2.2: a delta-seconds too large to represent is taken as 2^31.
@@ -70,8 +73,8 @@ const MAX_DELTA_SECONDS = 2147483648
 
 /** Splits a Cache-Control value into lower-cased directives; values are unquoted. */
 export function parseCacheControl(value: string | null): Directives {
-  const directives: Directives = new Map()
-  if (!value) return directives
+  if (!value) return NO_DIRECTIVES
+  const directives = new Map<string, string | true>()
   for (const part of splitList(value)) {
     const eq = part.indexOf("=")
     const name = (eq === -1 ? part : part.slice(0, eq)).trim().toLowerCase()
