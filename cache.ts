@@ -520,6 +520,9 @@ export class FileStore {
   /** meta path → bytes on disk (meta + body), in least-recently-used order. */
   private readonly lru = new Map<string, { bytes: number; key: string; persistedAt: number }>()
   private totalBytes = 0
+  /** Key directories seen by the scan or made since: where entries may be. */
+  private readonly knownDirs = new Set<string>()
+  private scanDone = false
   /** The meta path last moved to the most-recently-used end. */
   private mostRecent: string | undefined
   private readonly scanned: Promise<void>
@@ -542,6 +545,7 @@ export class FileStore {
   /** Forgets the index, after another process cleared the directory. */
   reset(): void {
     this.lru.clear()
+    this.knownDirs.clear()
     this.totalBytes = 0
   }
 
@@ -550,9 +554,16 @@ export class FileStore {
     return join(this.root, hash.slice(0, 2), hash)
   }
 
+  /** False only when the key surely has nothing on disk: the scan is done and never saw it. */
+  private mayHold(dir: string): boolean {
+    return !this.scanDone || this.knownDirs.has(dir)
+  }
+
   /** Every complete variant stored under a key; broken ones are deleted, never returned. */
   async load(key: string): Promise<Variant[]> {
     const dir = this.keyDir(key)
+    // A cold URL costs no syscall once the scan has listed every key directory.
+    if (!this.mayHold(dir)) return []
     let names: string[]
     try {
       names = await fs.readdir(dir)
@@ -612,6 +623,7 @@ export class FileStore {
    */
   async begin(key: string, variantId: string): Promise<PendingWrite> {
     const dir = this.keyDir(key)
+    this.knownDirs.add(dir)
     await fs.mkdir(dir, { recursive: true })
     const writeId = randomBytes(6).toString("hex")
     const bodyName = `${variantId}.${writeId}${BODY_SUFFIX}`
@@ -754,8 +766,13 @@ export class FileStore {
     const shards = await fs.readdir(this.root).catch(() => [] as string[])
     for (const shard of shards) {
       const keyDirs = await fs.readdir(join(this.root, shard)).catch(() => [] as string[])
-      for (const keyDir of keyDirs) await this.scanKeyDir(join(this.root, shard, keyDir), found)
+      for (const keyDir of keyDirs) {
+        const dir = join(this.root, shard, keyDir)
+        this.knownDirs.add(dir)
+        await this.scanKeyDir(dir, found)
+      }
     }
+    this.scanDone = true
     found.sort((a, b) => a.mtimeMs - b.mtimeMs)
     // Entries written or read while the scan ran are the most recent: they stay at the end.
     const recent = [...this.lru]
