@@ -922,6 +922,18 @@ describe("RFC 9111 §4.2 freshness", () => {
     expect(origin.count("/f")).toBe(2)
   })
 
+  test("§4.2.3: a Date in the past counts as age (apparent age), even without an Age header", async () => {
+    setSystemTime(new Date().setMilliseconds(0))
+    await using origin = startOrigin((_, n) =>
+      new Response(`v${n}`, { headers: { date: new Date(Date.now() - 50_000).toUTCString(), "cache-control": "max-age=60" } }),
+    )
+    await using proxy = await startProxy({ origin: origin.url })
+    await getAfter(proxy.url, 0)
+    expect(await getAfter(proxy.url, 9)).toMatchObject({ body: "v1", xCache: "HIT", age: "59" })
+    expect(await getAfter(proxy.url, 2)).toMatchObject({ body: "v2", xCache: "MISS" })
+    expect(origin.count("/f")).toBe(2)
+  })
+
   test("§5.1: a hit carries Age: the seconds since it was stored, plus the origin's Age", async () => {
     setSystemTime(new Date().setMilliseconds(0))
     await using origin = startOrigin((req) => new Response("x", {
@@ -1041,13 +1053,15 @@ describe("RFC 9111 §4.3 validation", () => {
     expect(origin.requests[2]?.headers.get("if-none-match")).toBe('"v1"')
   })
 
-  test("§5.2.2.2: a stale must-revalidate entry is not served when the origin is down: 504", async () => {
+  test.each(["must-revalidate", "proxy-revalidate"])("§5.2.2.2, §5.2.2.8: a %s entry is used while fresh; stale with the origin down, it gives 504", async (directive) => {
     setSystemTime(new Date().setMilliseconds(0))
-    await using origin = startOrigin(() => new Response("v1", { headers: { date: new Date().toUTCString(), "cache-control": "max-age=60, must-revalidate" } }))
+    await using origin = startOrigin(() => new Response("v1", { headers: { date: new Date().toUTCString(), "cache-control": `max-age=60, ${directive}` } }))
     await using proxy = await startProxy({ origin: origin.url })
     await (await get(`${proxy.url}mr`)).text()
+    setSystemTime(Date.now() + 30_000)
+    expect((await get(`${proxy.url}mr`)).headers.get("x-cache")).toBe("HIT")
     await origin[Symbol.asyncDispose]()
-    setSystemTime(Date.now() + 61_000)
+    setSystemTime(Date.now() + 31_000)
     const res = await get(`${proxy.url}mr`)
     expect(res.status).toBe(504)
     expect(res.headers.get("x-cache")).toBe("MISS")
