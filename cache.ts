@@ -1410,8 +1410,11 @@ function validates(headers: Headers, meta: EntryMeta): boolean {
   return lastModified === null || meta.lastModified === null || lastModified === meta.lastModified
 }
 
+const WEAK_PREFIX = /^W\//
+
+/** RFC 9110 §8.8.3.2: the weak comparison ignores the W/ prefix. */
 function weakEtag(tag: string): string {
-  return tag.trim().replace(/^W\//, "")
+  return tag.trim().replace(WEAK_PREFIX, "")
 }
 
 /** RFC 9110 §13.1.2 and §13.1.3, as RFC 9111 §4.3.2 has a cache evaluate them. */
