@@ -11,6 +11,7 @@ import { Readable } from "node:stream"
 import { fileURLToPath } from "node:url"
 import { defineCommand, parseArgs, renderUsage } from "citty"
 import { Hono, type Context } from "hono"
+import { LinearRouter } from "hono/router/linear-router"
 import { answer, Cache, hopByHopFilter, OriginError, VIA, type Forward } from "./cache.ts"
 import packageJson from "./package.json" with { type: "json" }
 
@@ -353,7 +354,10 @@ export function createProxy(options: ProxyOptions, log: (line: string) => void =
     warn,
   })
   const timeoutMs = options.timeoutSeconds * 1000
-  const app = new Hono()
+  // One catch-all route: the router needs no path, so Hono is spared parsing the URL for it
+  // (the path we forward comes from the runtime, untouched), and the linear router is the
+  // cheapest for a single route. About 2 % of a hit.
+  const app = new Hono({ router: new LinearRouter(), getPath: () => "/" })
 
   app.all("*", (c) => {
     const started = options.quiet ? 0 : performance.now()
@@ -379,8 +383,9 @@ export function createProxy(options: ProxyOptions, log: (line: string) => void =
 
   app.onError((error, c) => {
     const status = error instanceof OriginError ? error.status : 502
-    if (!(error instanceof OriginError)) console.error(`caching-proxy: ${c.req.method} ${c.req.path} failed: ${error.message}`)
-    if (!options.quiet) log(`${c.req.method} ${c.req.path} ${status} MISS`)
+    const path = runtime.requestTarget(c)
+    if (!(error instanceof OriginError)) console.error(`caching-proxy: ${c.req.method} ${path} failed: ${error.message}`)
+    if (!options.quiet) log(`${c.req.method} ${path} ${status} MISS`)
     return answer(status, `${error instanceof OriginError ? error.message : "the proxy failed to forward this request"}\n`, "fwd=uri-miss; detail=origin-error")
   })
 
