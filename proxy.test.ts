@@ -300,6 +300,7 @@ describe("CLI", () => {
   test("--help lists every flag and exits 0; --version prints the version", async () => {
     const help = await runCli([...CLI, "--help"])
     expect(help.code).toBe(0)
+    expect(help.stdout).not.toContain("\x1b[") // no colour codes into a pipe
     for (const flag of ["--port", "--origin", "--cache-dir", "--clear-cache", "--ttl", "--timeout", "--quiet", "--memory-size", "--max-size", "--max-entry-size", "--offline", "--force-ttl", "--ignore-query", "--share-cookies"]) {
       expect(help.stdout).toContain(flag)
     }

@@ -9,6 +9,7 @@ import { homedir } from "node:os"
 import { join, resolve } from "node:path"
 import { Readable } from "node:stream"
 import { fileURLToPath } from "node:url"
+import { stripVTControlCharacters } from "node:util"
 import { defineCommand, parseArgs, renderUsage } from "citty"
 import { Hono, type Context } from "hono"
 import { LinearRouter } from "hono/router/linear-router"
@@ -409,7 +410,9 @@ async function run(commandLine: string[]): Promise<number> {
   const rawArgs = [...flagsFromEnvironment(commandLine, process.env), ...commandLine]
   const parsed = parseArgs<typeof args>(rawArgs, args)
   if (parsed.help) {
-    console.log(await renderUsage(main))
+    const usage = await renderUsage(main)
+    // citty colours its help even into a pipe or a file: keep the colours for a terminal only.
+    console.log(process.stdout.isTTY ? usage : stripVTControlCharacters(usage))
     return 0
   }
   if (parsed.version) {
