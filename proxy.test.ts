@@ -11,7 +11,8 @@ import { once } from "node:events"
 import { createServer as createHttpServer } from "node:http"
 import { connect, createServer, type Socket } from "node:net"
 import { gzipSync } from "node:zlib"
-import { Cache } from "./cache.ts"
+import type { WarnKind } from "./cache.ts"
+import { bunFiles, FileStore } from "./cache/file-store.ts"
 import { createProxy, serve, type ProxyOptions } from "./proxy.ts"
 
 // ───────────────────────────── helpers ─────────────────────────────
@@ -70,15 +71,18 @@ async function startProxy(options: Partial<ProxyOptions> & { origin: string }) {
   const ownDir = options.cacheDir === undefined
   const cacheDir = options.cacheDir ?? tempDir()
   const full: ProxyOptions = { ...DEFAULTS, ...options, cacheDir, origin: options.origin.replace(/\/+$/, "") }
-  const { app, cache } = createProxy(full)
+  const warnings: { kind: WarnKind; detail: string }[] = []
+  const { app, cache } = createProxy(full, { warn: (kind, detail) => warnings.push({ kind, detail }) })
   const listener = await serve(app, full)
   return {
     url: `http://127.0.0.1:${listener.port}/`,
     cacheDir,
     cache,
+    /** What the proxy reported and carried on after. */
+    warnings,
     [Symbol.asyncDispose]: async () => {
-      cache.close()
       await listener.stop(true)
+      await cache.close()
       if (ownDir) rmSync(cacheDir, { recursive: true, force: true })
     },
   }
@@ -1944,12 +1948,15 @@ describe("integrity", () => {
     expect(await hit.text()).toBe("whole")
   })
 
-  test("Cache.clear on a running proxy's directory: the proxy keeps working, then stores again", async () => {
+  test("clearing a running proxy's directory: the proxy keeps working, then stores again", async () => {
     await using origin = startOrigin((_, n) => new Response(`version ${n}`, { headers: { "cache-control": "max-age=600" } }))
     await using proxy = await startProxy({ origin: origin.url })
     await (await get(`${proxy.url}a`)).text()
     expect((await get(`${proxy.url}a`)).headers.get("x-cache")).toBe("HIT")
-    await Cache.clear(proxy.cacheDir)
+    // Another process clearing the same directory, as `--clear-cache` does.
+    const other = new FileStore({ dir: proxy.cacheDir, maxBytes: 1 << 30, files: bunFiles, warn: () => {} })
+    await other.clear()
+    await other.close()
     expect(storedFiles(proxy.cacheDir)).toEqual([])
     // The proxy looks at the generation file once a second, then forgets what memory holds.
     await eventually(async () => !(await isCached(`${proxy.url}a`)), 2500)

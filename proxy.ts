@@ -13,8 +13,13 @@ import { stripVTControlCharacters } from "node:util"
 import { defineCommand, parseArgs, renderUsage } from "citty"
 import { Hono, type Context } from "hono"
 import { LinearRouter } from "hono/router/linear-router"
-import { answer, Cache, hopByHopFilter, OriginError, VIA, type Forward } from "./cache.ts"
+import { answer, Cache, type Forward, OriginError, type Store, VIA, type Warn } from "./cache.ts"
+import { bunFiles, type FileApi, FileStore, nodeFiles } from "./cache/file-store.ts"
+import { MemoryStore } from "./cache/memory-store.ts"
+import { hopByHopFilter } from "./cache/policy.ts"
+import { MEMORY_BODY_LIMIT_BYTES, TieredStore } from "./cache/tiered-store.ts"
 import packageJson from "./package.json" with { type: "json" }
+import { createWarn } from "./proxy/log.ts"
 
 // ───────────────────────────── options ─────────────────────────────
 
@@ -201,6 +206,8 @@ interface Runtime {
   clientAddress(c: Context): string | undefined
   /** The request-target as the client sent it (path and query), as raw as the runtime keeps it. */
   requestTarget(c: Context): string
+  /** How the file store reads bodies. */
+  files: FileApi
 }
 
 /** Aborts the origin request if its headers have not come within `timeoutMs`. */
@@ -243,6 +250,7 @@ const bunRuntime: Runtime = {
   },
   clientAddress: (c) => (c.env as { requestIP?: (r: Request) => { address: string } | null })?.requestIP?.(c.req.raw)?.address,
   requestTarget: (c) => pathAndQuery(c.req.raw.url),
+  files: bunFiles,
 }
 
 const keepAlive = { keepAlive: true }
@@ -301,13 +309,12 @@ const nodeRuntime: Runtime = {
   },
   clientAddress: (c) => (c.env as { incoming?: IncomingMessage })?.incoming?.socket.remoteAddress,
   requestTarget: (c) => pathAndQuery((c.env as { incoming?: IncomingMessage })?.incoming?.url ?? c.req.raw.url),
+  files: nodeFiles,
 }
 
 const runtime: Runtime = typeof Bun !== "undefined" ? bunRuntime : nodeRuntime
 
 // ───────────────────────────── the app ─────────────────────────────
-
-const URLS_AND_PATHS = /(GET )?\S*\/\S*/g
 
 /** The headers sent to the origin: the client's, less hop-by-hop, plus the forwarding fields. */
 function forwardedHeaders(incoming: Headers, clientAddress: string | undefined): Headers {
@@ -331,20 +338,30 @@ function forwardedHeaders(incoming: Headers, clientAddress: string | undefined):
   return headers
 }
 
+/** Where the proxy's messages go: tests and embedders pass their own. */
+export interface ProxyOutput {
+  /** One line per request (unless quiet). @default console.log */
+  log: (line: string) => void
+  /** Failures the proxy carries on after. @default each kind to stderr, at most once a minute */
+  warn: Warn
+}
+
+/** The disk store under --cache-dir. */
+function fileStore(options: Pick<ProxyOptions, "cacheDir" | "maxSize">, warn: Warn): FileStore {
+  return new FileStore({ dir: options.cacheDir, maxBytes: options.maxSize, files: runtime.files, warn })
+}
+
+/** The store the cache holds: memory (--memory-size) in front of the disk (--max-size). */
+function createStore(options: ProxyOptions, warn: Warn): Store {
+  const memory = new MemoryStore({ maxBytes: options.memorySize })
+  const memoryBodyLimit = Math.min(MEMORY_BODY_LIMIT_BYTES, options.memorySize / 8)
+  return new TieredStore(memory, fileStore(options, warn), { memoryBodyLimit })
+}
+
 /** Builds the proxy as a Hono app (tests and embedders serve it themselves). */
-export function createProxy(options: ProxyOptions, log: (line: string) => void = console.log) {
-  const warned = new Set<string>()
-  const warn = (message: string) => {
-    // Log a kind of store failure once, not once per request: keys and paths vary, kinds do not.
-    const kind = message.replace(URLS_AND_PATHS, "…")
-    if (warned.has(kind)) return
-    warned.add(kind)
-    console.error(`caching-proxy: ${message}`)
-  }
-  const cache = new Cache({
-    dir: options.cacheDir,
-    memoryBytes: options.memorySize,
-    maxBytes: options.maxSize,
+export function createProxy(options: ProxyOptions, output: Partial<ProxyOutput> = {}) {
+  const { log = console.log, warn = createWarn() } = output
+  const cache = new Cache(createStore(options, warn), {
     maxEntryBytes: options.maxEntrySize,
     defaultTtlMs: options.ttlSeconds * 1000,
     forceTtlMs: options.forceTtlSeconds * 1000,
@@ -385,7 +402,7 @@ export function createProxy(options: ProxyOptions, log: (line: string) => void =
   app.onError((error, c) => {
     const status = error instanceof OriginError ? error.status : 502
     const path = runtime.requestTarget(c)
-    if (!(error instanceof OriginError)) console.error(`caching-proxy: ${c.req.method} ${path} failed: ${error.message}`)
+    if (!(error instanceof OriginError)) warn("proxy", `${c.req.method} ${path} failed: ${error.message}`)
     if (!options.quiet) log(`${c.req.method} ${path} ${status} MISS`)
     return answer(status, `${error instanceof OriginError ? error.message : "the proxy failed to forward this request"}\n`, "fwd=uri-miss; detail=origin-error")
   })
@@ -421,7 +438,9 @@ async function run(commandLine: string[]): Promise<number> {
   }
   const options = parseOptions(parsed)
   if (parsed["clear-cache"]) {
-    await Cache.clear(options.cacheDir)
+    const store = fileStore(options, createWarn())
+    await store.clear()
+    await store.close()
     console.log(`caching-proxy: cleared ${options.cacheDir}`)
     return 0
   }
@@ -437,8 +456,7 @@ async function run(commandLine: string[]): Promise<number> {
   }
   console.log(`caching-proxy listening on http://${options.host}:${listener.port}, forwarding to ${options.origin}, cache in ${options.cacheDir}`)
   await shutdownSignal()
-  cache.close()
-  await Promise.race([listener.stop(), sleep(SHUTDOWN_GRACE_MS)])
+  await Promise.race([listener.stop().then(() => cache.close()), sleep(SHUTDOWN_GRACE_MS)])
   return 0
 }
 

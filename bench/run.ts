@@ -681,25 +681,29 @@ interface StartupTime {
 
 /** Writes `count` small entries, /entry/0 … /entry/N-1, as the proxy itself would store them. */
 async function fillCache(dir: string, originUrl: string, count: number): Promise<void> {
-  const { FileStore } = await import("../cache.ts")
-  const store = new FileStore(dir, Number.MAX_SAFE_INTEGER, (message) => console.error(`bench: ${message}`))
+  const { FileStore, bunFiles } = await import("../cache/file-store.ts")
+  const store = new FileStore({
+    dir,
+    maxBytes: Number.MAX_SAFE_INTEGER,
+    files: bunFiles,
+    warn: (kind, detail) => console.error(`bench: ${kind}: ${detail}`),
+  })
   await store.ready()
   const body = new TextEncoder().encode("x".repeat(512))
   const now = Date.now()
+  const meta = {
+    status: 200, headers: [["content-type", "text/plain"]] as [string, string][], vary: {}, responseTime: now,
+    deleteAt: now + 24 * 3600_000, initialAgeMs: 0, freshMs: 24 * 3600_000, staleWhileRevalidateMs: 0, staleIfErrorMs: 0,
+    mustRevalidate: false, noCache: false, etag: null, lastModified: null,
+  }
   let next = 0
   const worker = async () => {
     for (let i = next++; i < count; i = next++) {
-      const key = `GET ${originUrl}/entry/${i}`
-      const pending = await store.begin(key, "v")
-      await pending.write(body)
-      await pending.commit({
-        status: 200, headers: [["content-type", "text/plain"]], vary: {}, responseTime: now, initialAgeMs: 0,
-        freshMs: 24 * 3600_000, staleWhileRevalidateMs: 0, staleIfErrorMs: 0, mustRevalidate: false, noCache: false,
-        etag: null, lastModified: null, size: body.byteLength,
-      })
+      await store.put(`GET ${originUrl}/entry/${i}`, meta, new Response(body).body as ReadableStream<Uint8Array>)
     }
   }
   await Promise.all(Array.from({ length: FILL_CONCURRENCY }, worker))
+  await store.close()
 }
 
 async function timeStartup(originUrl: string, cacheDir: string): Promise<StartupTime> {

@@ -1,0 +1,187 @@
+/**
+ * The memory store: every key's variants with their bodies as bytes, least recently used first,
+ * bounded in bytes. In front of the file store (or Redis) it is the per-process L1; a hit from it
+ * is answered synchronously, with no promise for the server to wait on.
+ */
+import type { EntryMeta, ListOptions, Page, Store, Stored, TierStats } from "../cache.ts"
+import { selectVariant } from "./policy.ts"
+
+// Rough bytes a key's map entry and a variant's meta take in memory, counted against the bound
+// so that many small entries cannot outgrow it.
+const KEY_OVERHEAD_BYTES = 128
+const META_OVERHEAD_BYTES = 256
+const DEFAULT_PAGE_KEYS = 100
+
+interface KeyEntry {
+  variants: Stored[]
+  bytes: number
+}
+
+export interface MemoryStoreOptions {
+  /** Bytes the store may hold, bodies and metas together. */
+  maxBytes: number
+}
+
+export class MemoryStore implements Store {
+  readonly maxBytes: number
+  private readonly entries = new Map<string, KeyEntry>()
+  private totalBytes = 0
+  /** The key last moved to the most-recently-used end: a hot key's hits skip the reordering. */
+  private newest: string | undefined
+  private readonly dropListeners: ((key: string | null) => void)[] = []
+
+  constructor({ maxBytes }: MemoryStoreOptions) {
+    this.maxBytes = maxBytes
+  }
+
+  get(key: string, request: Headers): Stored | undefined {
+    const entry = this.entries.get(key)
+    if (!entry) return undefined
+    const stored = selectVariant(entry.variants, request)
+    if (!stored) return undefined
+    if (stored.meta.deleteAt <= Date.now()) {
+      this.forgetVariant(key, stored.meta.vary)
+      return undefined
+    }
+    this.moveToNewest(key, entry)
+    return stored
+  }
+
+  has(key: string): Promise<boolean> {
+    return Promise.resolve(this.entries.has(key))
+  }
+
+  /** Reads the body whole; one larger than the whole store is not kept. */
+  async put(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<void> {
+    const chunks: Uint8Array[] = []
+    let size = 0
+    for await (const chunk of body) {
+      size += chunk.byteLength
+      if (size > this.maxBytes) return // leaving the loop cancels the stream
+      chunks.push(chunk)
+    }
+    this.keep(key, meta, concat(chunks, size))
+  }
+
+  /** Holds a variant whose bytes are at hand, in place of the one with the same Vary selection. */
+  keep(key: string, meta: EntryMeta, body: Uint8Array): void {
+    const variants = this.entries.get(key)?.variants ?? []
+    const others = variants.filter((v) => !sameSelection(v.meta.vary, meta.vary))
+    this.set(key, [...others, { meta, size: body.byteLength, body }])
+  }
+
+  update(key: string, meta: EntryMeta): Promise<boolean> {
+    const variants = this.entries.get(key)?.variants ?? []
+    const current = variants.find((v) => sameSelection(v.meta.vary, meta.vary))
+    if (current) this.set(key, variants.map((v) => (v === current ? { ...current, meta } : v)))
+    return Promise.resolve(current !== undefined)
+  }
+
+  /** Forgets the variant stored for this Vary selection. */
+  forgetVariant(key: string, vary: EntryMeta["vary"]): void {
+    const variants = this.entries.get(key)?.variants
+    if (!variants) return
+    const others = variants.filter((v) => !sameSelection(v.meta.vary, vary))
+    if (others.length === variants.length) return
+    if (others.length) this.set(key, others)
+    else this.forget(key)
+  }
+
+  delete(key: string): Promise<void> {
+    this.forget(key)
+    return Promise.resolve()
+  }
+
+  /** Forgets a key at once (the tier behind dropped it). */
+  forget(key: string): void {
+    const entry = this.entries.get(key)
+    if (!entry) return
+    this.entries.delete(key)
+    this.totalBytes -= entry.bytes
+  }
+
+  clear(): Promise<void> {
+    this.forgetAll()
+    return Promise.resolve()
+  }
+
+  forgetAll(): void {
+    this.entries.clear()
+    this.totalBytes = 0
+  }
+
+  list({ prefix = "", cursor, limit = DEFAULT_PAGE_KEYS }: ListOptions = {}): Promise<Page> {
+    const keys = [...this.entries.keys()].filter((key) => key.startsWith(prefix) && (cursor === undefined || key > cursor)).sort()
+    const page = keys.slice(0, limit)
+    const entries = page.flatMap((key) =>
+      (this.entries.get(key)?.variants ?? []).map(({ meta, size }) => ({ key, meta, size })),
+    )
+    return Promise.resolve({ entries, cursor: keys.length > limit ? page.at(-1) : undefined })
+  }
+
+  stats(): Promise<TierStats[]> {
+    let entries = 0
+    for (const entry of this.entries.values()) entries += entry.variants.length
+    return Promise.resolve([{ tier: "memory", entries, bytes: this.totalBytes }])
+  }
+
+  used(key: string): void {
+    const entry = this.entries.get(key)
+    if (entry) this.moveToNewest(key, entry)
+  }
+
+  onDrop(listener: (key: string | null) => void): void {
+    this.dropListeners.push(listener)
+  }
+
+  ready(): Promise<void> {
+    return Promise.resolve()
+  }
+
+  close(): Promise<void> {
+    return Promise.resolve()
+  }
+
+  private moveToNewest(key: string, entry: KeyEntry): void {
+    if (key === this.newest) return
+    this.entries.delete(key)
+    this.entries.set(key, entry)
+    this.newest = key
+  }
+
+  private set(key: string, variants: Stored[]): void {
+    this.forget(key)
+    const bytes = KEY_OVERHEAD_BYTES + key.length + variants.reduce((sum, v) => sum + variantBytes(v), 0)
+    if (bytes > this.maxBytes) return
+    this.entries.set(key, { variants, bytes })
+    this.newest = key
+    this.totalBytes += bytes
+    for (const [oldest, entry] of this.entries) {
+      if (this.totalBytes <= this.maxBytes) break
+      this.forget(oldest)
+      for (const listener of this.dropListeners) listener(oldest)
+    }
+  }
+}
+
+/** Whether two Vary selections are the same (they are built with their names in one order). */
+export function sameSelection(a: EntryMeta["vary"], b: EntryMeta["vary"]): boolean {
+  return JSON.stringify(a) === JSON.stringify(b)
+}
+
+function variantBytes({ meta, size }: Stored): number {
+  let bytes = META_OVERHEAD_BYTES + size
+  for (const [name, value] of meta.headers) bytes += name.length + value.length
+  return bytes
+}
+
+export function concat(chunks: Uint8Array[], size: number): Uint8Array {
+  if (chunks.length === 1 && chunks[0]) return chunks[0]
+  const bytes = new Uint8Array(size)
+  let offset = 0
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset)
+    offset += chunk.byteLength
+  }
+  return bytes
+}

@@ -1,0 +1,454 @@
+/**
+ * The RFC 9111 shared-cache policy: every rule as a pure function over plain data, with `now`
+ * passed in. It knows nothing of files, memory or Redis: stores keep what it describes.
+ */
+import type { EntryMeta } from "../cache.ts"
+
+/** What the policy needs of the configuration. */
+export interface PolicyConfig {
+  /** Lifetime for responses with no freshness information (RFC 9111 §4.2.2); 0 = none. @default 300 s */
+  defaultTtlMs: number
+  /** Store every cacheable-status GET for this long, whatever its headers say; 0 = off. */
+  forceTtlMs: number
+  /** Store responses that carry Set-Cookie and share them with every client. @default false */
+  shareCookies: boolean
+}
+
+// ───────────────────────────── Cache-Control parsing ─────────────────────────────
+
+export type Directives = ReadonlyMap<string, string | true>
+
+// Most requests carry no Cache-Control: they share one empty set of directives.
+const NO_DIRECTIVES: Directives = new Map()
+
+const DELTA_SECONDS = /^\d+$/
+// RFC 9111 §1.2.2: a delta-seconds too large to represent is taken as 2^31.
+const MAX_DELTA_SECONDS = 2147483648
+
+/** Splits a Cache-Control value into lower-cased directives; values are unquoted. */
+export function parseCacheControl(value: string | null): Directives {
+  if (!value) return NO_DIRECTIVES
+  const directives = new Map<string, string | true>()
+  for (const part of splitList(value)) {
+    const eq = part.indexOf("=")
+    const name = (eq === -1 ? part : part.slice(0, eq)).trim().toLowerCase()
+    if (!name) continue
+    const raw = eq === -1 ? true : unquote(part.slice(eq + 1).trim())
+    const previous = directives.get(name)
+    // RFC 9111 §4.2.1: conflicting duplicates may make the response stale; we keep a marker
+    // that no delta-seconds parse accepts, so the lifetime becomes 0.
+    directives.set(name, previous !== undefined && previous !== raw ? "conflict" : raw)
+  }
+  return directives
+}
+
+/** Splits a comma-separated list, keeping commas inside quoted strings. */
+function splitList(value: string): string[] {
+  if (!value.includes('"')) return value.split(",")
+  const parts: string[] = []
+  let current = ""
+  let quoted = false
+  for (const ch of value) {
+    if (ch === '"') quoted = !quoted
+    if (ch === "," && !quoted) {
+      parts.push(current)
+      current = ""
+    } else current += ch
+  }
+  parts.push(current)
+  return parts
+}
+
+function unquote(value: string): string {
+  return value.length >= 2 && value.startsWith('"') && value.endsWith('"') ? value.slice(1, -1) : value
+}
+
+/**
+ * A delta-seconds directive in milliseconds: undefined when absent, 0 when malformed
+ * (RFC 9111 §4.2.1: an invalid freshness value makes the response stale).
+ */
+function deltaMs(directives: Directives, name: string): number | undefined {
+  const value = directives.get(name)
+  if (value === undefined) return undefined
+  if (value === true || !DELTA_SECONDS.test(value)) return 0
+  return Math.min(Number(value), MAX_DELTA_SECONDS) * 1000
+}
+
+/** Like deltaMs, but a bare directive (max-stale with no value) means "any amount". */
+function deltaOrAnyMs(directives: Directives, name: string): number | undefined {
+  return directives.get(name) === true ? Infinity : deltaMs(directives, name)
+}
+
+function parseHttpDate(value: string | null): number | undefined {
+  if (value === null) return undefined
+  const ms = Date.parse(value)
+  return Number.isNaN(ms) ? undefined : ms
+}
+
+// ───────────────────────────── the policy ─────────────────────────────
+
+
+// RFC 9110 §15.1: status codes that are heuristically cacheable (RFC 9111 §4.2.2).
+const HEURISTICALLY_CACHEABLE = new Set([200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501])
+// Status codes whose semantics we implement: what `must-understand` asks about (RFC 9111 §5.2.2.3).
+const UNDERSTOOD_STATUS = new Set([
+  200, 203, 204, 300, 301, 302, 303, 307, 308, 400, 403, 404, 405, 410, 414, 500, 501, 502, 503, 504,
+])
+// RFC 9111 §4.2.2: 10 % of the time since Last-Modified, capped (as Squid and others do) at a day.
+const LAST_MODIFIED_FRACTION = 0.1
+const HEURISTIC_CAP_MS = 24 * 3600 * 1000
+
+/** Why a response is not stored, or null when it may be. RFC 9111 §3. */
+export function notStorableReason(
+  requestHeaders: Headers,
+  requestDirectives: Directives,
+  status: number,
+  responseHeaders: Headers,
+  directives: Directives,
+  config: PolicyConfig,
+): string | null {
+  // RFC 9111 §3: only final responses; we do not combine partial content (§3.3), so 206 is
+  // never stored, and a 304 only updates what is stored (§4.3.4).
+  if (status < 200 || status === 206 || status === 304) return "status"
+  if (varyNames(responseHeaders) === "*") return "vary-star" // RFC 9111 §4.1: never matches
+  if (config.forceTtlMs > 0) return HEURISTICALLY_CACHEABLE.has(status) ? null : "status"
+  // RFC 9111 §5.2.1.5: a request's no-store forbids storing the response to it.
+  if (requestDirectives.has("no-store")) return "request-no-store"
+  if (directives.has("must-understand")) {
+    // RFC 9111 §5.2.2.3: must-understand overrides no-store when we know the status code.
+    if (!UNDERSTOOD_STATUS.has(status)) return "must-understand"
+  } else if (directives.has("no-store")) return "no-store"
+  // RFC 9111 §5.2.2.7: a shared cache never stores a private response (qualified or not).
+  if (directives.has("private")) return "private"
+  // RFC 9111 §3.5: a request with Authorization is stored only when the response allows it.
+  if (
+    requestHeaders.has("authorization") &&
+    !directives.has("public") &&
+    !directives.has("s-maxage") &&
+    !directives.has("must-revalidate")
+  )
+    return "authorization"
+  // Deviation (RFC 9111 §3 allows it): like nginx and Varnish, cookies set for one client are
+  // not handed to another unless --share-cookies says so.
+  if (!config.shareCookies && responseHeaders.has("set-cookie")) return "set-cookie"
+  const explicit =
+    directives.has("s-maxage") || directives.has("max-age") || responseHeaders.has("expires")
+  if (!explicit && !directives.has("public") && !HEURISTICALLY_CACHEABLE.has(status)) return "status"
+  return null
+}
+
+/** freshness_lifetime in ms, RFC 9111 §4.2.1 (shared cache) and §4.2.2 (heuristics). */
+export function freshnessLifetimeMs(
+  status: number,
+  headers: Headers,
+  directives: Directives,
+  responseTime: number,
+  config: PolicyConfig,
+): number {
+  if (config.forceTtlMs > 0) return config.forceTtlMs
+  const sMaxAge = deltaMs(directives, "s-maxage")
+  if (sMaxAge !== undefined) return sMaxAge
+  const maxAge = deltaMs(directives, "max-age")
+  if (maxAge !== undefined) return maxAge
+  const date = parseHttpDate(headers.get("date")) ?? responseTime
+  const expiresHeader = headers.get("expires")
+  if (expiresHeader !== null) {
+    // RFC 9111 §5.3: an invalid Expires (e.g. "0") means already expired.
+    const expires = parseHttpDate(expiresHeader)
+    return expires === undefined ? 0 : Math.max(0, expires - date)
+  }
+  if (!HEURISTICALLY_CACHEABLE.has(status) && !directives.has("public")) return 0
+  const lastModified = parseHttpDate(headers.get("last-modified"))
+  if (lastModified !== undefined && lastModified < date)
+    return Math.min((date - lastModified) * LAST_MODIFIED_FRACTION, HEURISTIC_CAP_MS)
+  // Deviation (RFC 9111 §4.2.2 leaves the heuristic to us): a plain API response with no
+  // freshness information at all lives for --ttl, so the common case is cached.
+  return config.defaultTtlMs
+}
+
+/** corrected_initial_age, RFC 9111 §4.2.3. */
+export function correctedInitialAgeMs(headers: Headers, requestTime: number, responseTime: number): number {
+  const date = parseHttpDate(headers.get("date"))
+  const apparentAge = date === undefined ? 0 : Math.max(0, responseTime - date)
+  // RFC 9111 §5.1: Age is a non-negative integer; anything else is ignored.
+  const ageText = headers.get("age")?.split(",")[0]?.trim()
+  const ageValue = ageText && DELTA_SECONDS.test(ageText) ? Math.min(Number(ageText), MAX_DELTA_SECONDS) * 1000 : 0
+  const correctedAgeValue = ageValue + (responseTime - requestTime)
+  return Math.max(apparentAge, correctedAgeValue)
+}
+
+/** current_age, RFC 9111 §4.2.3. */
+export function currentAgeMs(meta: EntryMeta, now: number): number {
+  return meta.initialAgeMs + Math.max(0, now - meta.responseTime)
+}
+
+/** Remaining freshness in ms (negative once stale), RFC 9111 §4.2. */
+export function ttlMs(meta: EntryMeta, now: number): number {
+  return meta.freshMs - currentAgeMs(meta, now)
+}
+
+/** Builds what we keep about a response, from the response and the request that caused it. */
+export function describeResponse(
+  status: number,
+  headers: Headers,
+  directives: Directives,
+  vary: Record<string, string | null>,
+  requestTime: number,
+  responseTime: number,
+  config: PolicyConfig,
+): EntryMeta {
+  const forced = config.forceTtlMs > 0
+  const policy = {
+    initialAgeMs: forced ? 0 : correctedInitialAgeMs(headers, requestTime, responseTime),
+    freshMs: freshnessLifetimeMs(status, headers, directives, responseTime, config),
+    staleWhileRevalidateMs: forced ? 0 : (deltaMs(directives, "stale-while-revalidate") ?? 0),
+    staleIfErrorMs: forced ? 0 : (deltaMs(directives, "stale-if-error") ?? 0),
+  }
+  return {
+    status,
+    headers: storableHeaderPairs(headers),
+    vary,
+    responseTime,
+    ...policy,
+    deleteAt: deleteAt(responseTime, policy),
+    mustRevalidate:
+      !forced &&
+      (directives.has("must-revalidate") || directives.has("proxy-revalidate") || directives.has("s-maxage")),
+    noCache: !forced && directives.has("no-cache"),
+    etag: headers.get("etag"),
+    lastModified: headers.get("last-modified"),
+  }
+}
+
+// How long a stale entry is kept: it can still be revalidated (a 304 instead of a body), serve
+// stale-if-error when the origin is down (RFC 9111 §4.2.4), a client's max-stale, or --offline.
+// Stores drop it after that even if their byte bound has room (Redis by its TTL).
+const STALE_RETENTION_MS = 7 * 24 * 3600 * 1000
+
+/** When an entry stops being of any use: fresh, then stale for the longest window that may use it. */
+function deleteAt(
+  responseTime: number,
+  policy: Pick<EntryMeta, "initialAgeMs" | "freshMs" | "staleWhileRevalidateMs" | "staleIfErrorMs">,
+): number {
+  const staleAt = responseTime + Math.max(0, policy.freshMs - policy.initialAgeMs)
+  return staleAt + Math.max(STALE_RETENTION_MS, policy.staleWhileRevalidateMs, policy.staleIfErrorMs)
+}
+
+/** The answer to "may this stored response be used for this request?", RFC 9111 §4.2 and §5.2.1. */
+export type Usability = "fresh" | "stale-allowed" | "stale-while-revalidate" | "validate"
+
+export function usability(meta: EntryMeta, request: Directives, now: number): Usability {
+  // RFC 9111 §5.2.1.4 and §5.2.2.4: no-cache on either side means validate first.
+  if (meta.noCache || request.has("no-cache")) return "validate"
+  const age = currentAgeMs(meta, now)
+  // RFC 9111 §5.2.1.1: the client wants nothing older than max-age.
+  const maxAge = deltaMs(request, "max-age")
+  if (maxAge !== undefined && age > maxAge) return "validate"
+  const remaining = meta.freshMs - age
+  // RFC 9111 §5.2.1.3: min-fresh asks for that much freshness left.
+  const minFresh = deltaMs(request, "min-fresh")
+  if (minFresh !== undefined && remaining < minFresh) return "validate"
+  if (remaining > 0) return "fresh"
+  // RFC 9111 §5.2.2.2: a stale must-revalidate response is never reused without validation,
+  // even when the request allows max-stale.
+  if (meta.mustRevalidate) return "validate"
+  const staleness = -remaining
+  // RFC 9111 §5.2.1.2: max-stale lets the client take a stale response.
+  const maxStale = deltaOrAnyMs(request, "max-stale")
+  if (maxStale !== undefined && staleness <= maxStale) return "stale-allowed"
+  // RFC 5861 §3: stale-while-revalidate serves at once and refreshes in the background.
+  if (staleness <= meta.staleWhileRevalidateMs) return "stale-while-revalidate"
+  return "validate"
+}
+
+/** May a stale entry stand in for an origin that failed? RFC 5861 §4 and RFC 9111 §4.2.4. */
+export function mayServeStaleOnError(
+  meta: EntryMeta,
+  request: Directives,
+  now: number,
+  originUnreachable: boolean,
+): boolean {
+  // RFC 9111 §5.2.2.2: must-revalidate forbids it; the answer is then an error (504).
+  if (meta.mustRevalidate || meta.noCache) return false
+  const staleness = -ttlMs(meta, now)
+  const window = Math.max(meta.staleIfErrorMs, deltaOrAnyMs(request, "stale-if-error") ?? 0)
+  if (staleness <= window) return true
+  // RFC 9111 §4.2.4: a disconnected cache may serve stale; an origin's 5xx is not disconnection.
+  return originUnreachable
+}
+
+// ───────────────────────────── headers ─────────────────────────────
+
+/** RFC 9110 §7.6.1: fields meaningful only for one connection, never stored or forwarded. */
+export const HOP_BY_HOP_HEADERS = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+])
+
+/** Whether a field is hop-by-hop, by the fixed list or because `Connection` names it. */
+export function hopByHopFilter(headers: Headers): (name: string) => boolean {
+  const connection = headers.get("connection")
+  if (!connection) return (name) => HOP_BY_HOP_HEADERS.has(name)
+  const named = new Set(connection.split(",").map((token) => token.trim().toLowerCase()))
+  return (name) => HOP_BY_HOP_HEADERS.has(name) || named.has(name)
+}
+
+function storableHeaderPairs(headers: Headers): [string, string][] {
+  const isHopByHop = hopByHopFilter(headers)
+  const pairs: [string, string][] = []
+  for (const [name, value] of headers) if (!isHopByHop(name)) pairs.push([name, value])
+  return pairs
+}
+
+// RFC 9111 §3.2: a 304 updates the stored fields, except those the stored body depends on.
+const NOT_UPDATED_BY_304 = new Set(["content-length", "content-encoding", "content-range"])
+
+/** The stored header pairs with a 304's fields laid over them, RFC 9111 §3.2 and §4.3.4. */
+export function mergeHeaders(stored: [string, string][], update: Headers): Headers {
+  const isHopByHop = hopByHopFilter(update)
+  const merged = new Headers()
+  const replaced = new Set<string>()
+  for (const [name] of update) if (!isHopByHop(name) && !NOT_UPDATED_BY_304.has(name)) replaced.add(name)
+  for (const [name, value] of stored) if (!replaced.has(name)) merged.append(name, value)
+  for (const [name, value] of update) if (replaced.has(name)) merged.append(name, value)
+  return merged
+}
+
+/** The Vary field's names, lower-cased and sorted; "*" when it holds a star. */
+export function varyNames(headers: Headers): string[] | "*" {
+  const vary = headers.get("vary")
+  if (!vary) return []
+  const names = [...new Set(vary.split(",").map((name) => name.trim().toLowerCase()).filter(Boolean))]
+  return names.includes("*") ? "*" : names.sort()
+}
+
+const WHITESPACE_RUN = /\s+/g
+
+/** RFC 9111 §4.1: values are compared after normalising white space around list members. */
+function normaliseVaryValue(value: string | null): string | null {
+  if (value === null) return null
+  return value
+    .split(",")
+    .map((member) => member.replace(WHITESPACE_RUN, " ").trim())
+    .join(",")
+}
+
+export function varySelection(names: string[], request: Headers): Record<string, string | null> {
+  const selection: Record<string, string | null> = {}
+  for (const name of names) selection[name] = normaliseVaryValue(request.get(name))
+  return selection
+}
+
+function matchesVary(vary: Record<string, string | null>, request: Headers): boolean {
+  for (const name in vary) if (normaliseVaryValue(request.get(name)) !== vary[name]) return false
+  return true
+}
+
+// ───────────────────────────── keys ─────────────────────────────
+
+/**
+ * The cache key: method + full target URL. HEAD is answered from GET's entries (RFC 9110
+ * §9.3.2), so both use the GET key. Query parameters named in `ignoreQuery` are left out.
+ */
+export function cacheKey(target: string, ignoreQuery: ReadonlySet<string>): string {
+  if (ignoreQuery.size === 0) return "GET " + target
+  const queryStart = target.indexOf("?")
+  if (queryStart === -1) return "GET " + target
+  const kept = target
+    .slice(queryStart + 1)
+    .split("&")
+    .filter((pair) => !ignoreQuery.has(decodeQueryName(pair)))
+  return "GET " + target.slice(0, queryStart) + (kept.length ? "?" + kept.join("&") : "")
+}
+
+function decodeQueryName(pair: string): string {
+  const name = pair.split("=", 1)[0] ?? ""
+  try {
+    return decodeURIComponent(name.replaceAll("+", " "))
+  } catch {
+    return name // not valid percent-encoding: compare it as written
+  }
+}
+
+/** Stale on arrival with no validator and no stale-* window: it could never be used. */
+export function isUselessToStore(meta: EntryMeta): boolean {
+  const usable = meta.freshMs - meta.initialAgeMs > 0 || meta.etag !== null || meta.lastModified !== null
+  return !usable && meta.staleWhileRevalidateMs === 0 && meta.staleIfErrorMs === 0
+}
+
+/** RFC 9111 §4.1: the most recent stored variant whose Vary selection matches the request. */
+export function selectVariant<T extends { meta: EntryMeta }>(variants: Iterable<T>, request: Headers): T | undefined {
+  let best: T | undefined
+  for (const variant of variants) {
+    if (!matchesVary(variant.meta.vary, request)) continue
+    if (!best || variant.meta.responseTime > best.meta.responseTime) best = variant
+  }
+  return best
+}
+
+// Conditional request fields the cache replaces with its own validators when it revalidates.
+const CLIENT_VALIDATORS = ["if-none-match", "if-modified-since"]
+
+/** RFC 9111 §4.3.1: the request with the stored validators in place of the client's. */
+export function withValidators(headers: Headers, meta: EntryMeta): Headers {
+  const conditional = new Headers(headers)
+  for (const name of CLIENT_VALIDATORS) conditional.delete(name)
+  if (meta.etag) conditional.set("if-none-match", meta.etag)
+  if (meta.lastModified) conditional.set("if-modified-since", meta.lastModified)
+  return conditional
+}
+
+/** RFC 9111 §4.3.4: does this 304 speak of the stored response? */
+export function validates(headers: Headers, meta: EntryMeta): boolean {
+  const etag = headers.get("etag")
+  if (etag !== null) return meta.etag !== null && weakEtag(etag) === weakEtag(meta.etag)
+  const lastModified = headers.get("last-modified")
+  return lastModified === null || meta.lastModified === null || lastModified === meta.lastModified
+}
+
+const WEAK_PREFIX = /^W\//
+
+/** RFC 9110 §8.8.3.2: the weak comparison ignores the W/ prefix. */
+function weakEtag(tag: string): string {
+  return tag.trim().replace(WEAK_PREFIX, "")
+}
+
+/** RFC 9110 §13.1.2 and §13.1.3, as RFC 9111 §4.3.2 has a cache evaluate them. */
+export function isNotModified(request: Headers, meta: EntryMeta): boolean {
+  const ifNoneMatch = request.get("if-none-match")
+  if (ifNoneMatch !== null) {
+    if (meta.etag === null) return false
+    if (ifNoneMatch.trim() === "*") return true
+    const stored = weakEtag(meta.etag)
+    return ifNoneMatch.split(",").some((tag) => weakEtag(tag) === stored)
+  }
+  const since = parseHttpDate(request.get("if-modified-since"))
+  if (since === undefined) return false
+  const modified = parseHttpDate(meta.lastModified) ?? parseHttpDate(new Headers(meta.headers).get("date"))
+  return modified !== undefined && modified <= since
+}
+
+/** Location and Content-Location that point into the same origin as the target. */
+export function sameOriginReferences(target: string, headers: Headers): string[] {
+  const origin = new URL(target).origin
+  const uris: string[] = []
+  for (const name of ["location", "content-location"]) {
+    const value = headers.get(name)
+    if (!value) continue
+    try {
+      const uri = new URL(value, target)
+      if (uri.origin === origin) uris.push(uri.href)
+    } catch {
+      continue // not a URI reference: nothing to invalidate
+    }
+  }
+  return uris
+}
+

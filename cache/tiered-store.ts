@@ -1,0 +1,107 @@
+/**
+ * The tiered store: the memory store in front of another store (the file store, later Redis).
+ * Reads try memory, then the store behind, and promote small bodies; writes, deletes and clears
+ * go to both. Memory holds nothing the store behind has not got: whatever that store drops on
+ * its own (eviction, another process's clear) is forgotten in memory too.
+ */
+import type { EntryMeta, ListOptions, MaybePromise, Page, Store, Stored, TierStats } from "../cache.ts"
+import { concat, type MemoryStore } from "./memory-store.ts"
+
+/** Bodies up to this size are held in memory; larger ones are served by the store behind (a file: sendfile). */
+export const MEMORY_BODY_LIMIT_BYTES = 1 << 20
+
+export interface TieredStoreOptions {
+  /** Bodies larger than this stay behind, never in memory. */
+  memoryBodyLimit: number
+}
+
+export class TieredStore implements Store {
+  constructor(
+    private readonly front: MemoryStore,
+    private readonly back: Store,
+    private readonly options: TieredStoreOptions,
+  ) {
+    back.onDrop((key) => (key === null ? front.forgetAll() : front.forget(key)))
+  }
+
+  get(key: string, request: Headers): MaybePromise<Stored | undefined> {
+    const hit = this.front.get(key, request)
+    if (hit) {
+      this.back.used(key, hit.meta)
+      return hit
+    }
+    const found = this.back.get(key, request)
+    return found instanceof Promise ? found.then((stored) => this.promote(key, stored)) : this.promote(key, found)
+  }
+
+  /** Keeps a small body found behind in memory, and answers with the bytes. */
+  private async promote(key: string, stored: Stored | undefined): Promise<Stored | undefined> {
+    if (!stored || stored.size > this.options.memoryBodyLimit) return stored
+    const body = stored.body instanceof Uint8Array ? stored.body : new Uint8Array(await new Response(stored.body).arrayBuffer())
+    this.front.keep(key, stored.meta, body)
+    return { meta: stored.meta, size: stored.size, body }
+  }
+
+  async has(key: string): Promise<boolean> {
+    return (await this.front.has(key)) || this.back.has(key)
+  }
+
+  /** Writes behind while collecting a small body's bytes; memory takes them once the write is whole. */
+  async put(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<void> {
+    const chunks: Uint8Array[] = []
+    let size = 0
+    const collect = new TransformStream<Uint8Array, Uint8Array>({
+      transform: (chunk, controller) => {
+        size += chunk.byteLength
+        if (size <= this.options.memoryBodyLimit) chunks.push(chunk)
+        controller.enqueue(chunk)
+      },
+    })
+    await this.back.put(key, meta, body.pipeThrough(collect))
+    if (size <= this.options.memoryBodyLimit) this.front.keep(key, meta, concat(chunks, size))
+    else this.front.forgetVariant(key, meta.vary) // an older, smaller body of it must not be served
+  }
+
+  async update(key: string, meta: EntryMeta): Promise<boolean> {
+    const updated = await this.back.update(key, meta)
+    if (updated) await this.front.update(key, meta)
+    else this.front.forgetVariant(key, meta.vary)
+    return updated
+  }
+
+  async delete(key: string): Promise<void> {
+    this.front.forget(key)
+    await this.back.delete(key)
+  }
+
+  async clear(): Promise<void> {
+    this.front.forgetAll()
+    await this.back.clear()
+  }
+
+  /** Memory holds nothing the store behind has not got: its listing is the whole. */
+  list(options?: ListOptions): Promise<Page> {
+    return this.back.list(options)
+  }
+
+  async stats(): Promise<TierStats[]> {
+    return [...(await this.front.stats()), ...(await this.back.stats())]
+  }
+
+  used(key: string, meta: EntryMeta): void {
+    this.front.used(key)
+    this.back.used(key, meta)
+  }
+
+  onDrop(listener: (key: string | null) => void): void {
+    this.back.onDrop(listener)
+  }
+
+  ready(): Promise<void> {
+    return this.back.ready()
+  }
+
+  close(): Promise<void> {
+    return this.back.close()
+  }
+}
