@@ -17,8 +17,8 @@
 import {
   cacheKey,
   currentAgeMs,
-  describeResponse,
   type Directives,
+  describeResponse,
   hopByHopFilter,
   isNotModified,
   isUselessToStore,
@@ -137,15 +137,7 @@ export interface Store {
 }
 
 /** What a caught failure that the proxy carries on after is reported as. */
-export type WarnKind =
-  | "store-read"
-  | "store-write"
-  | "store-delete"
-  | "broken-entry"
-  | "body-length"
-  | "origin-body"
-  | "refresh"
-  | "proxy"
+export type WarnKind = "store-read" | "store-write" | "store-delete" | "broken-entry" | "body-length" | "origin-body" | "refresh" | "proxy"
 
 /** Reports a failure the proxy carries on after: every `catch` that does not rethrow calls it. */
 export type Warn = (kind: WarnKind, detail: string) => void
@@ -275,14 +267,19 @@ export class Cache {
   }
 
   private async read(lookup: Lookup): Promise<Stored | undefined> {
-    return this.settleRead(lookup.key, Promise.resolve().then(() => this.store.get(lookup.key, lookup.headers)))
+    return this.settleRead(
+      lookup.key,
+      Promise.resolve().then(() => this.store.get(lookup.key, lookup.headers)),
+    )
   }
 
   /** Serves the stored response, or goes to the origin: RFC 9111 §4 and §5.2.1. */
   private decide(lookup: Lookup, stored: Stored | undefined, forward: Forward): Response | Promise<Response> {
     const now = Date.now()
     if (this.config.offline) {
-      return stored ? this.fromCache(stored, lookup, now, "hit; detail=offline") : answer(504, "not in the cache (offline mode)\n", "detail=offline")
+      return stored
+        ? this.fromCache(stored, lookup, now, "hit; detail=offline")
+        : answer(504, "not in the cache (offline mode)\n", "detail=offline")
     }
     if (stored) {
       const use = usability(stored.meta, lookup.directives, now)
@@ -334,7 +331,8 @@ export class Cache {
       discard(stale)
       const now = Date.now()
       const found = await this.read(lookup)
-      if (found && usability(found.meta, lookup.directives, now) === "fresh") return this.fromCache(found, lookup, now, "hit; detail=coalesced")
+      if (found && usability(found.meta, lookup.directives, now) === "fresh")
+        return this.fromCache(found, lookup, now, "hit; detail=coalesced")
       stale = found
     }
     // Not stored, or not for this client (Vary): this one goes to the origin by itself.
@@ -470,7 +468,11 @@ export class Cache {
    * keeps nothing. The client's body ends once the store has settled, so its next request finds
    * what was stored.
    */
-  private teeIntoStore(key: string, response: Response, meta: EntryMeta): { body: ReadableStream<Uint8Array> | null; stored: Promise<boolean> } {
+  private teeIntoStore(
+    key: string,
+    response: Response,
+    meta: EntryMeta,
+  ): { body: ReadableStream<Uint8Array> | null; stored: Promise<boolean> } {
     const expectedLength = response.headers.get("content-length")
     const feed = new TransformStream<Uint8Array, Uint8Array>()
     const writer = feed.writable.getWriter()
@@ -624,7 +626,7 @@ function discard(stored: Stored | undefined): void {
 }
 
 /** The origin's response for the client, hop-by-hop fields dropped, with our two status fields. */
-export function relay(response: Response, cacheStatus: string): Response {
+function relay(response: Response, cacheStatus: string): Response {
   // Edited in place: a new Response around the origin's body would cost Bun its native
   // pass-through of the body (about an eighth of the no-store MISS throughput).
   const { headers } = response

@@ -2,22 +2,23 @@
  * caching-proxy: the command line, the Hono app, and serving under Bun or Node.
  * The HTTP side only: every caching rule lives in cache.ts.
  */
-import { request as httpRequest, Agent as HttpAgent, type IncomingMessage } from "node:http"
-import { request as httpsRequest, Agent as HttpsAgent } from "node:https"
+
 import { realpathSync } from "node:fs"
+import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from "node:http"
+import { Agent as HttpsAgent, request as httpsRequest } from "node:https"
 import { homedir } from "node:os"
 import { join, resolve } from "node:path"
 import { Readable } from "node:stream"
 import { fileURLToPath } from "node:url"
 import { stripVTControlCharacters } from "node:util"
 import { defineCommand, parseArgs, renderUsage } from "citty"
-import { Hono, type Context } from "hono"
+import { type Context, Hono } from "hono"
 import { LinearRouter } from "hono/router/linear-router"
-import { answer, Cache, type Forward, OriginError, type Store, VIA, type Warn } from "./cache.ts"
 import { bunFiles, type FileApi, FileStore, nodeFiles } from "./cache/file-store.ts"
 import { MemoryStore } from "./cache/memory-store.ts"
 import { hopByHopFilter } from "./cache/policy.ts"
 import { MEMORY_BODY_LIMIT_BYTES, TieredStore } from "./cache/tiered-store.ts"
+import { answer, Cache, type Forward, OriginError, type Store, VIA, type Warn } from "./cache.ts"
 import packageJson from "./package.json" with { type: "json" }
 import { createWarn } from "./proxy/log.ts"
 
@@ -58,7 +59,11 @@ const args = {
   "memory-size": { type: "string", description: "Bytes of responses kept in memory (k, M, G suffixes)", default: "64M" },
   "max-size": { type: "string", description: "Bytes the disk cache may hold", default: "1G" },
   "max-entry-size": { type: "string", description: "Larger responses are passed through, not stored", default: "100M" },
-  "force-ttl": { type: "string", description: "Development: store every cacheable-status GET for this many seconds, whatever its headers say", default: "0" },
+  "force-ttl": {
+    type: "string",
+    description: "Development: store every cacheable-status GET for this many seconds, whatever its headers say",
+    default: "0",
+  },
   "ignore-query": { type: "string", description: "Development: comma-separated query parameters left out of the cache key" },
   offline: { type: "boolean", description: "Development: answer only from the cache, never contact the origin" },
   "share-cookies": { type: "boolean", description: "Store responses that set cookies and serve them to every client" },
@@ -87,7 +92,8 @@ function parseSize(name: string, value: string): number {
 function parseSeconds(name: string, value: string, least: "zero" | "positive" = "zero"): number {
   const seconds = Number(value)
   const valid = /^\d+(\.\d+)?$/.test(value.trim()) && (least === "zero" || seconds > 0)
-  if (!valid) throw new UsageError(`--${name} must be a number of seconds, ${least === "zero" ? "0 or more" : "more than 0"} (got "${value}")`)
+  if (!valid)
+    throw new UsageError(`--${name} must be a number of seconds, ${least === "zero" ? "0 or more" : "more than 0"} (got "${value}")`)
   return seconds
 }
 
@@ -105,8 +111,7 @@ function parseOrigin(value: string | undefined): string {
   } catch {
     throw new UsageError(`--origin must be an http or https URL (got "${value}")`)
   }
-  if (url.protocol !== "http:" && url.protocol !== "https:")
-    throw new UsageError(`--origin must be an http or https URL (got "${value}")`)
+  if (url.protocol !== "http:" && url.protocol !== "https:") throw new UsageError(`--origin must be an http or https URL (got "${value}")`)
   if (url.search || url.hash || url.username || url.password)
     throw new UsageError(`--origin must not have a query, fragment or credentials (got "${value}")`)
   return url.href.replace(/\/+$/, "")
@@ -183,7 +188,10 @@ export function parseOptions(parsed: Args): ProxyOptions {
     maxSize: parseSize("max-size", parsed["max-size"]),
     maxEntrySize: parseSize("max-entry-size", parsed["max-entry-size"]),
     forceTtlSeconds: parseSeconds("force-ttl", parsed["force-ttl"]),
-    ignoreQuery: (parsed["ignore-query"] ?? "").split(",").map((name) => name.trim()).filter(Boolean),
+    ignoreQuery: (parsed["ignore-query"] ?? "")
+      .split(",")
+      .map((name) => name.trim())
+      .filter(Boolean),
     offline: Boolean(parsed.offline),
     shareCookies: Boolean(parsed["share-cookies"]),
   }
@@ -261,16 +269,23 @@ function nodeFetch(target: string, method: string, headers: Headers, body: Reada
   const url = new URL(target)
   const send = url.protocol === "https:" ? httpsRequest : httpRequest
   return new Promise<Response>((resolvePromise, reject) => {
-    const outgoing = send(url, { method, headers: Object.fromEntries(headers), agent: agents[url.protocol as "http:"], signal }, (incoming) => {
-      try {
-        resolvePromise(toResponse(incoming, method))
-      } catch (error) {
-        incoming.destroy() // a status `Response` refuses (outside 200-599): a 502, not a crash
-        reject(error)
-      }
-    })
+    const outgoing = send(
+      url,
+      { method, headers: Object.fromEntries(headers), agent: agents[url.protocol as "http:"], signal },
+      (incoming) => {
+        try {
+          resolvePromise(toResponse(incoming, method))
+        } catch (error) {
+          incoming.destroy() // a status `Response` refuses (outside 200-599): a 502, not a crash
+          reject(error)
+        }
+      },
+    )
     outgoing.on("error", reject)
-    if (body) Readable.fromWeb(body as import("node:stream/web").ReadableStream).on("error", reject).pipe(outgoing)
+    if (body)
+      Readable.fromWeb(body as import("node:stream/web").ReadableStream)
+        .on("error", reject)
+        .pipe(outgoing)
     else outgoing.end()
   })
 }
@@ -287,8 +302,7 @@ function toResponse(incoming: IncomingMessage, method: string): Response {
 }
 
 const nodeRuntime: Runtime = {
-  fetch: (target, method, headers, body, timeoutMs) =>
-    withTimeout(timeoutMs, (signal) => nodeFetch(target, method, headers, body, signal)),
+  fetch: (target, method, headers, body, timeoutMs) => withTimeout(timeoutMs, (signal) => nodeFetch(target, method, headers, body, signal)),
   async listen(app, host, port) {
     const { serve } = await import("@hono/node-server")
     return new Promise((resolvePromise, reject) => {
@@ -404,7 +418,11 @@ export function createProxy(options: ProxyOptions, output: Partial<ProxyOutput> 
     const path = runtime.requestTarget(c)
     if (!(error instanceof OriginError)) warn("proxy", `${c.req.method} ${path} failed: ${error.message}`)
     if (!options.quiet) log(`${c.req.method} ${path} ${status} MISS`)
-    return answer(status, `${error instanceof OriginError ? error.message : "the proxy failed to forward this request"}\n`, "fwd=uri-miss; detail=origin-error")
+    return answer(
+      status,
+      `${error instanceof OriginError ? error.message : "the proxy failed to forward this request"}\n`,
+      "fwd=uri-miss; detail=origin-error",
+    )
   })
 
   return { app, cache }
@@ -454,7 +472,9 @@ async function run(commandLine: string[]): Promise<number> {
     console.error(`caching-proxy: port ${options.port} on ${options.host} ${reason}`)
     return 1
   }
-  console.log(`caching-proxy listening on http://${options.host}:${listener.port}, forwarding to ${options.origin}, cache in ${options.cacheDir}`)
+  console.log(
+    `caching-proxy listening on http://${options.host}:${listener.port}, forwarding to ${options.origin}, cache in ${options.cacheDir}`,
+  )
   await shutdownSignal()
   await Promise.race([listener.stop().then(() => cache.close()), sleep(SHUTDOWN_GRACE_MS)])
   return 0

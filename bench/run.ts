@@ -57,10 +57,12 @@ interface Config {
 function readConfig(): Config {
   const durationSeconds = parseDuration(process.env.BENCH_DURATION ?? "10s")
   const repeats = Number(process.env.BENCH_REPEATS ?? "3")
-  if (!Number.isInteger(repeats) || repeats < 1) throw new BenchError(`BENCH_REPEATS must be a whole number ≥ 1 (got "${process.env.BENCH_REPEATS}")`)
+  if (!Number.isInteger(repeats) || repeats < 1)
+    throw new BenchError(`BENCH_REPEATS must be a whole number ≥ 1 (got "${process.env.BENCH_REPEATS}")`)
   const override = process.env.BENCH_PROXY_CMD?.trim()
   const proxyCommand = override ? override.split(/\s+/) : [process.execPath, join(REPO_DIR, "proxy.ts")]
-  if (!override && !existsSync(proxyCommand[1]!)) throw new BenchError(`${proxyCommand[1]} does not exist (set BENCH_PROXY_CMD to bench another proxy)`)
+  if (!override && !existsSync(proxyCommand[1]!))
+    throw new BenchError(`${proxyCommand[1]} does not exist (set BENCH_PROXY_CMD to bench another proxy)`)
   const pin = Bun.which("taskset") !== null && availableParallelism() >= 2
   return { durationSeconds, repeats, proxyCommand, pin }
 }
@@ -115,7 +117,8 @@ async function startServer(name: string, argv: string[]): Promise<Server> {
   const server: Server = { name, process: child, urls: [], stderrTail: keepTail(child.stderr) }
   void child.exited.then((code) => {
     children.delete(child)
-    if (!stopping && !server.stopRequested) server.crashed = `${name} exited with code ${code}${child.signalCode ? ` (${child.signalCode})` : ""}`
+    if (!stopping && !server.stopRequested)
+      server.crashed = `${name} exited with code ${code}${child.signalCode ? ` (${child.signalCode})` : ""}`
   })
   const line = await readReadyLine(server)
   server.urls = [...line.matchAll(/http:\/\/127\.0\.0\.1:(\d+)/g)].map((match) => match[0])
@@ -139,7 +142,9 @@ async function readReadyLine(server: Server): Promise<string> {
       return line
     }
   }
-  throw new BenchError(`${server.name} did not print its address within ${STARTUP_TIMEOUT_MS / 1000} s: ${server.stderrTail() || "(no stderr)"}`)
+  throw new BenchError(
+    `${server.name} did not print its address within ${STARTUP_TIMEOUT_MS / 1000} s: ${server.stderrTail() || "(no stderr)"}`,
+  )
 }
 
 async function drain(reader: { read(): Promise<{ done: boolean }> }): Promise<void> {
@@ -260,7 +265,17 @@ interface WrkOutput {
 }
 
 async function runWrk(url: string, seconds: number): Promise<WrkRun> {
-  const argv = ["wrk", `-t${WRK_THREADS}`, `-c${WRK_CONNECTIONS}`, `-d${seconds}s`, "--timeout", "5s", "-s", join(BENCH_DIR, "latency.lua"), url]
+  const argv = [
+    "wrk",
+    `-t${WRK_THREADS}`,
+    `-c${WRK_CONNECTIONS}`,
+    `-d${seconds}s`,
+    "--timeout",
+    "5s",
+    "-s",
+    join(BENCH_DIR, "latency.lua"),
+    url,
+  ]
   const child = spawnChild(CLIENT_CPU, argv)
   const killer = setTimeout(() => child.kill("SIGKILL"), (seconds + 15) * 1000)
   const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited])
@@ -343,7 +358,14 @@ const formatSpeed = (mibPerSecond: number) => `${Math.round(mibPerSecond).toLoca
 const formatMib = (bytes: number) => `${(bytes / MIB).toFixed(1)} MiB`
 
 /** A row comparing proxy/reference against a bound on their ratio. */
-function ratioRow(measure: string, proxy: number, reference: number, format: (value: number) => string, bound: "≥" | "≤", factor: number): Row {
+function ratioRow(
+  measure: string,
+  proxy: number,
+  reference: number,
+  format: (value: number) => string,
+  bound: "≥" | "≤",
+  factor: number,
+): Row {
   const ratio = proxy / reference
   const pass = bound === "≥" ? ratio >= factor : ratio <= factor
   return {
@@ -363,8 +385,8 @@ function errorRows(measures: string[], error: unknown): Row[] {
 }
 
 function markdownTable(header: string[], rows: string[][]): string {
-  const escape = (cell: string) => cell.replaceAll("|", "\\|")
-  return [header, header.map(() => "---"), ...rows].map((cells) => `| ${cells.map(escape).join(" | ")} |`).join("\n")
+  const escapeCell = (cell: string) => cell.replaceAll("|", "\\|")
+  return [header, header.map(() => "---"), ...rows].map((cells) => `| ${cells.map(escapeCell).join(" | ")} |`).join("\n")
 }
 
 function renderReport(): string {
@@ -374,7 +396,14 @@ function renderReport(): string {
   )
   const raw = markdownTable(
     ["wrk target", "req/s", "p50", "p99", "errors", "runs"],
-    report.raw.map(({ target, summary }) => [target, formatRate(summary.requestsPerSecond), formatMs(summary.p50Ms), formatMs(summary.p99Ms), String(summary.errors), String(summary.runs)]),
+    report.raw.map(({ target, summary }) => [
+      target,
+      formatRate(summary.requestsPerSecond),
+      formatMs(summary.p50Ms),
+      formatMs(summary.p99Ms),
+      String(summary.errors),
+      String(summary.runs),
+    ]),
   )
   const notes = report.notes.length ? `\n\nNotes:\n\n${report.notes.map((note) => `- ${note}`).join("\n")}` : ""
   return `${main}\n\nwrk figures (median of each target's runs; -t${WRK_THREADS} -c${WRK_CONNECTIONS} -d${config.durationSeconds}s):\n\n${raw}${notes}\n`
@@ -390,7 +419,9 @@ function commandLine(): string {
 
 function writeResults(table: string): void {
   const machine = `${cpus()[0]?.model.trim() ?? "unknown CPU"}, ${availableParallelism()} CPUs, bun ${Bun.version}`
-  const pinning = config.pin ? `servers pinned to CPU ${SERVER_CPU}, wrk and the driver to CPU ${CLIENT_CPU}` : "no CPU pinning (taskset missing or a single CPU)"
+  const pinning = config.pin
+    ? `servers pinned to CPU ${SERVER_CPU}, wrk and the driver to CPU ${CLIENT_CPU}`
+    : "no CPU pinning (taskset missing or a single CPU)"
   const text = [
     "# caching-proxy benchmark results",
     "",
@@ -430,7 +461,10 @@ async function warmUntilHit(url: string): Promise<void> {
 /** The proxy must hand out the same bytes as the ceiling, or the comparison is meaningless. */
 async function checkSameBody(proxyUrl: string, referenceUrl: string): Promise<void> {
   const [proxied, reference] = await Promise.all([get(proxyUrl), get(referenceUrl)])
-  if (proxied.body !== reference.body) report.notes.push(`${proxyUrl} answered a different body than ${referenceUrl} (${proxied.body.length} vs ${reference.body.length} bytes)`)
+  if (proxied.body !== reference.body)
+    report.notes.push(
+      `${proxyUrl} answered a different body than ${referenceUrl} (${proxied.body.length} vs ${reference.body.length} bytes)`,
+    )
 }
 
 function noteWrkErrors(target: string, summary: WrkSummary): void {
@@ -478,7 +512,10 @@ async function benchMiss(servers: Servers): Promise<void> {
     const originUrl = `${servers.originUrl}/nostore-1k`
     const first = await get(proxyUrl)
     const second = await get(proxyUrl)
-    if (first.status !== 200 || second.xCache === "HIT") report.notes.push(`${proxyUrl} answered ${second.status} X-Cache: ${second.xCache}; a no-store response must not be served from the cache`)
+    if (first.status !== 200 || second.xCache === "HIT")
+      report.notes.push(
+        `${proxyUrl} answered ${second.status} X-Cache: ${second.xCache}; a no-store response must not be served from the cache`,
+      )
     const [proxy, origin] = await compareWithWrk(proxyUrl, originUrl)
     assertRunning(servers.proxy)
     report.raw.push({ target: "proxy /nostore-1k (MISS)", summary: proxy }, { target: "origin /nostore-1k", summary: origin })
@@ -505,7 +542,11 @@ async function benchMissAgainstForwarder(servers: Servers): Promise<void> {
     assertRunning(servers.proxy)
     report.raw.push({ target: "forwarder /nostore-1k", summary: bare })
     report.rows.push(
-      { ...ratioRow(measures[0]!, proxy.requestsPerSecond, bare.requestsPerSecond, formatRate, "≥", 0.85), target: "(info)", verdict: "INFO" },
+      {
+        ...ratioRow(measures[0]!, proxy.requestsPerSecond, bare.requestsPerSecond, formatRate, "≥", 0.85),
+        target: "(info)",
+        verdict: "INFO",
+      },
       { ...ratioRow(measures[1]!, proxy.p99Ms, bare.p99Ms, formatMs, "≤", 1.5), target: "(info)", verdict: "INFO" },
     )
   } catch (error) {
@@ -517,7 +558,10 @@ async function benchMissAgainstForwarder(servers: Servers): Promise<void> {
 
 /** Many clients miss on one cold URL at once: the proxy should send the origin one request, not one per client. */
 async function benchCoalescing(servers: Servers): Promise<void> {
-  const measures = [`Coalescing: origin requests for ${COALESCE_CLIENTS} concurrent cold GETs`, `Coalescing: ${COALESCE_CLIENTS} answers are 200 with the same body`]
+  const measures = [
+    `Coalescing: origin requests for ${COALESCE_CLIENTS} concurrent cold GETs`,
+    `Coalescing: ${COALESCE_CLIENTS} answers are 200 with the same body`,
+  ]
   try {
     const id = crypto.randomUUID()
     const started = performance.now()
@@ -526,10 +570,19 @@ async function benchCoalescing(servers: Servers): Promise<void> {
     const { count } = JSON.parse((await get(`${servers.originUrl}/count/${id}`)).body) as { count: number }
     const ok = answers.filter((answer) => answer.status === 200 && answer.body === answers[0]!.body).length
     const xCaches = countBy(answers.map((answer) => answer.xCache ?? "none"))
-    report.notes.push(`Coalescing: ${COALESCE_CLIENTS} GETs took ${elapsedMs.toFixed(0)} ms (origin answers after 200 ms); X-Cache: ${xCaches}`)
+    report.notes.push(
+      `Coalescing: ${COALESCE_CLIENTS} GETs took ${elapsedMs.toFixed(0)} ms (origin answers after 200 ms); X-Cache: ${xCaches}`,
+    )
     report.rows.push(
       { measure: measures[0]!, proxy: String(count), reference: "—", ratio: "—", target: "= 1", verdict: count === 1 ? "PASS" : "FAIL" },
-      { measure: measures[1]!, proxy: `${ok}/${COALESCE_CLIENTS}`, reference: "—", ratio: "—", target: `${COALESCE_CLIENTS}/${COALESCE_CLIENTS}`, verdict: ok === COALESCE_CLIENTS ? "PASS" : "FAIL" },
+      {
+        measure: measures[1]!,
+        proxy: `${ok}/${COALESCE_CLIENTS}`,
+        reference: "—",
+        ratio: "—",
+        target: `${COALESCE_CLIENTS}/${COALESCE_CLIENTS}`,
+        verdict: ok === COALESCE_CLIENTS ? "PASS" : "FAIL",
+      },
     )
   } catch (error) {
     report.rows.push(...errorRows(measures, error))
@@ -590,30 +643,39 @@ async function download(url: string, pid?: number): Promise<Download> {
 
 /** 512 MiB through a proxy allowed to store it: direct, then MISS, then HIT, with the proxy's memory watched. */
 async function benchBig(bigOriginUrl: string): Promise<void> {
-  const measures = ["512 MiB MISS throughput vs direct origin", "512 MiB HIT throughput vs direct origin", "512 MiB MISS proxy RSS rise", "512 MiB HIT proxy RSS rise"]
+  const measures = [
+    "512 MiB MISS throughput vs direct origin",
+    "512 MiB HIT throughput vs direct origin",
+    "512 MiB MISS proxy RSS rise",
+    "512 MiB HIT proxy RSS rise",
+  ]
   let proxy: Server | undefined
   try {
     // Unmeasured first pass: warms this driver's read loop and the origin, so that the reference
     // is not a cold-JIT figure. (The proxy gets no such pass: it would fill the cache before the MISS.)
     await download(`${bigOriginUrl}/big`)
     const direct = await download(`${bigOriginUrl}/big`)
-    if (direct.contentLength !== String(BIG_BYTES)) report.notes.push(`origin /big came without Content-Length ${BIG_BYTES} (got ${direct.contentLength})`)
+    if (direct.contentLength !== String(BIG_BYTES))
+      report.notes.push(`origin /big came without Content-Length ${BIG_BYTES} (got ${direct.contentLength})`)
     proxy = await startProxy(bigOriginUrl, BIG_PROXY_FLAGS)
     const pid = proxy.process.pid
     const proxyUrl = `${proxy.urls[0]}/big`
     const miss = await download(proxyUrl, pid)
     assertRunning(proxy)
     if (miss.xCache !== "MISS") report.notes.push(`first GET /big through the proxy answered X-Cache: ${miss.xCache}, expected MISS`)
-    if (miss.contentLength !== String(BIG_BYTES)) report.notes.push(`/big through the proxy (MISS) came without Content-Length (got ${miss.contentLength})`)
+    if (miss.contentLength !== String(BIG_BYTES))
+      report.notes.push(`/big through the proxy (MISS) came without Content-Length (got ${miss.contentLength})`)
     let hit = await download(proxyUrl, pid)
     if (hit.xCache !== "HIT") {
       // The proxy may commit the stored body a moment after the MISS finished: give it one more chance.
       report.notes.push(`second GET /big through the proxy answered X-Cache: ${hit.xCache}; retried after 2 s`)
       await Bun.sleep(2000)
       hit = await download(proxyUrl, pid)
-      if (hit.xCache !== "HIT") report.notes.push(`third GET /big answered X-Cache: ${hit.xCache} too: the "HIT" figures below are not cache hits`)
+      if (hit.xCache !== "HIT")
+        report.notes.push(`third GET /big answered X-Cache: ${hit.xCache} too: the "HIT" figures below are not cache hits`)
     }
-    if (hit.contentLength !== String(BIG_BYTES)) report.notes.push(`/big through the proxy (HIT) came without Content-Length (got ${hit.contentLength})`)
+    if (hit.contentLength !== String(BIG_BYTES))
+      report.notes.push(`/big through the proxy (HIT) came without Content-Length (got ${hit.contentLength})`)
     assertRunning(proxy)
     report.rows.push(
       ratioRow(measures[0]!, miss.mibPerSecond, direct.mibPerSecond, formatSpeed, "≥", 0.5),
@@ -650,7 +712,10 @@ function rssRow(measure: string, result: Download, limitBytes?: number): Row {
  * The store indexes sizes in the background and reads an entry only when it is asked for.
  */
 async function benchStartup(originUrl: string): Promise<void> {
-  const measures = [`Start-up to listening, ${STARTUP_ENTRIES.toLocaleString("en-US")} entries vs empty cache`, `Start-up to first HIT, ${STARTUP_ENTRIES.toLocaleString("en-US")} entries vs empty cache`]
+  const measures = [
+    `Start-up to listening, ${STARTUP_ENTRIES.toLocaleString("en-US")} entries vs empty cache`,
+    `Start-up to first HIT, ${STARTUP_ENTRIES.toLocaleString("en-US")} entries vs empty cache`,
+  ]
   try {
     const fullDir = makeTempDir("startup")
     await fillCache(fullDir, originUrl, STARTUP_ENTRIES)
@@ -663,8 +728,22 @@ async function benchStartup(originUrl: string): Promise<void> {
     }
     const medianOf = (runs: StartupTime[], pick: (t: StartupTime) => number) => median(runs.map(pick))
     report.rows.push(
-      ratioRow(measures[0]!, medianOf(times.full, (t) => t.listeningMs), medianOf(times.empty, (t) => t.listeningMs), formatMs, "≤", 1.5),
-      ratioRow(measures[1]!, medianOf(times.full, (t) => t.firstHitMs), medianOf(times.empty, (t) => t.firstHitMs), formatMs, "≤", 1.5),
+      ratioRow(
+        measures[0]!,
+        medianOf(times.full, (t) => t.listeningMs),
+        medianOf(times.empty, (t) => t.listeningMs),
+        formatMs,
+        "≤",
+        1.5,
+      ),
+      ratioRow(
+        measures[1]!,
+        medianOf(times.full, (t) => t.firstHitMs),
+        medianOf(times.empty, (t) => t.firstHitMs),
+        formatMs,
+        "≤",
+        1.5,
+      ),
     )
   } catch (error) {
     report.rows.push(...errorRows(measures, error))
@@ -692,9 +771,19 @@ async function fillCache(dir: string, originUrl: string, count: number): Promise
   const body = new TextEncoder().encode("x".repeat(512))
   const now = Date.now()
   const meta = {
-    status: 200, headers: [["content-type", "text/plain"]] as [string, string][], vary: {}, responseTime: now,
-    deleteAt: now + 24 * 3600_000, initialAgeMs: 0, freshMs: 24 * 3600_000, staleWhileRevalidateMs: 0, staleIfErrorMs: 0,
-    mustRevalidate: false, noCache: false, etag: null, lastModified: null,
+    status: 200,
+    headers: [["content-type", "text/plain"]] as [string, string][],
+    vary: {},
+    responseTime: now,
+    deleteAt: now + 24 * 3600_000,
+    initialAgeMs: 0,
+    freshMs: 24 * 3600_000,
+    staleWhileRevalidateMs: 0,
+    staleIfErrorMs: 0,
+    mustRevalidate: false,
+    noCache: false,
+    etag: null,
+    lastModified: null,
   }
   let next = 0
   const worker = async () => {
@@ -708,7 +797,16 @@ async function fillCache(dir: string, originUrl: string, count: number): Promise
 
 async function timeStartup(originUrl: string, cacheDir: string): Promise<StartupTime> {
   const started = performance.now()
-  const server = await startServer("proxy", [...config.proxyCommand, "--port", "0", "--origin", originUrl, "--cache-dir", cacheDir, "--quiet"])
+  const server = await startServer("proxy", [
+    ...config.proxyCommand,
+    "--port",
+    "0",
+    "--origin",
+    originUrl,
+    "--cache-dir",
+    cacheDir,
+    "--quiet",
+  ])
   const listeningMs = performance.now() - started
   try {
     const hit = await get(`${server.urls[0]}/entry/0`)
@@ -733,7 +831,8 @@ function noteProxyStderr(proxy: Server): void {
 }
 
 async function main(): Promise<void> {
-  if (Bun.which("wrk") === null) throw new BenchError("wrk not found on PATH; install it (Debian/Ubuntu: apt-get install -y wrk) and run again")
+  if (Bun.which("wrk") === null)
+    throw new BenchError("wrk not found on PATH; install it (Debian/Ubuntu: apt-get install -y wrk) and run again")
   config = readConfig()
   installExitHandlers()
   startWatchdog()
@@ -749,7 +848,9 @@ async function main(): Promise<void> {
   const proxyUrl = proxy.urls[0]
   if (!proxyUrl) throw new BenchError("the proxy's ready line names no http://127.0.0.1:PORT address")
   const servers: Servers = { originUrl, bigOriginUrl, ceilingUrl, proxy, proxyUrl }
-  console.error(`bench: origin ${originUrl} (big ${bigOriginUrl}), ceiling ${ceilingUrl}, proxy ${proxyUrl}; ${config.repeats}× ${config.durationSeconds}s per figure`)
+  console.error(
+    `bench: origin ${originUrl} (big ${bigOriginUrl}), ceiling ${ceilingUrl}, proxy ${proxyUrl}; ${config.repeats}× ${config.durationSeconds}s per figure`,
+  )
 
   announce("HIT 1 KiB")
   await benchHit(servers, "/1k", "1 KiB", 0.85)

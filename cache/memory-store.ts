@@ -73,7 +73,11 @@ export class MemoryStore implements Store {
   update(key: string, meta: EntryMeta): Promise<boolean> {
     const variants = this.entries.get(key)?.variants ?? []
     const current = variants.find((v) => sameSelection(v.meta.vary, meta.vary))
-    if (current) this.set(key, variants.map((v) => (v === current ? { ...current, meta } : v)))
+    if (current)
+      this.set(
+        key,
+        variants.map((v) => (v === current ? { ...current, meta } : v)),
+      )
     return Promise.resolve(current !== undefined)
   }
 
@@ -113,9 +117,7 @@ export class MemoryStore implements Store {
   list({ prefix = "", cursor, limit = DEFAULT_PAGE_KEYS }: ListOptions = {}): Promise<Page> {
     const keys = [...this.entries.keys()].filter((key) => key.startsWith(prefix) && (cursor === undefined || key > cursor)).sort()
     const page = keys.slice(0, limit)
-    const entries = page.flatMap((key) =>
-      (this.entries.get(key)?.variants ?? []).map(({ meta, size }) => ({ key, meta, size })),
-    )
+    const entries = page.flatMap((key) => (this.entries.get(key)?.variants ?? []).map(({ meta, size }) => ({ key, meta, size })))
     return Promise.resolve({ entries, cursor: keys.length > limit ? page.at(-1) : undefined })
   }
 
@@ -156,7 +158,7 @@ export class MemoryStore implements Store {
     this.entries.set(key, { variants, bytes })
     this.newest = key
     this.totalBytes += bytes
-    for (const [oldest, entry] of this.entries) {
+    for (const oldest of this.entries.keys()) {
       if (this.totalBytes <= this.maxBytes) break
       this.forget(oldest)
       for (const listener of this.dropListeners) listener(oldest)
@@ -165,7 +167,7 @@ export class MemoryStore implements Store {
 }
 
 /** Whether two Vary selections are the same (they are built with their names in one order). */
-export function sameSelection(a: EntryMeta["vary"], b: EntryMeta["vary"]): boolean {
+function sameSelection(a: EntryMeta["vary"], b: EntryMeta["vary"]): boolean {
   return JSON.stringify(a) === JSON.stringify(b)
 }
 

@@ -87,13 +87,10 @@ function parseHttpDate(value: string | null): number | undefined {
 
 // ───────────────────────────── the policy ─────────────────────────────
 
-
 // RFC 9110 §15.1: status codes that are heuristically cacheable (RFC 9111 §4.2.2).
 const HEURISTICALLY_CACHEABLE = new Set([200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501])
 // Status codes whose semantics we implement: what `must-understand` asks about (RFC 9111 §5.2.2.3).
-const UNDERSTOOD_STATUS = new Set([
-  200, 203, 204, 300, 301, 302, 303, 307, 308, 400, 403, 404, 405, 410, 414, 500, 501, 502, 503, 504,
-])
+const UNDERSTOOD_STATUS = new Set([200, 203, 204, 300, 301, 302, 303, 307, 308, 400, 403, 404, 405, 410, 414, 500, 501, 502, 503, 504])
 // RFC 9111 §4.2.2: 10 % of the time since Last-Modified, capped (as Squid and others do) at a day.
 const LAST_MODIFIED_FRACTION = 0.1
 const HEURISTIC_CAP_MS = 24 * 3600 * 1000
@@ -121,24 +118,18 @@ export function notStorableReason(
   // RFC 9111 §5.2.2.7: a shared cache never stores a private response (qualified or not).
   if (directives.has("private")) return "private"
   // RFC 9111 §3.5: a request with Authorization is stored only when the response allows it.
-  if (
-    requestHeaders.has("authorization") &&
-    !directives.has("public") &&
-    !directives.has("s-maxage") &&
-    !directives.has("must-revalidate")
-  )
+  if (requestHeaders.has("authorization") && !directives.has("public") && !directives.has("s-maxage") && !directives.has("must-revalidate"))
     return "authorization"
   // Deviation (RFC 9111 §3 allows it): like nginx and Varnish, cookies set for one client are
   // not handed to another unless --share-cookies says so.
   if (!config.shareCookies && responseHeaders.has("set-cookie")) return "set-cookie"
-  const explicit =
-    directives.has("s-maxage") || directives.has("max-age") || responseHeaders.has("expires")
+  const explicit = directives.has("s-maxage") || directives.has("max-age") || responseHeaders.has("expires")
   if (!explicit && !directives.has("public") && !HEURISTICALLY_CACHEABLE.has(status)) return "status"
   return null
 }
 
 /** freshness_lifetime in ms, RFC 9111 §4.2.1 (shared cache) and §4.2.2 (heuristics). */
-export function freshnessLifetimeMs(
+function freshnessLifetimeMs(
   status: number,
   headers: Headers,
   directives: Directives,
@@ -159,15 +150,14 @@ export function freshnessLifetimeMs(
   }
   if (!HEURISTICALLY_CACHEABLE.has(status) && !directives.has("public")) return 0
   const lastModified = parseHttpDate(headers.get("last-modified"))
-  if (lastModified !== undefined && lastModified < date)
-    return Math.min((date - lastModified) * LAST_MODIFIED_FRACTION, HEURISTIC_CAP_MS)
+  if (lastModified !== undefined && lastModified < date) return Math.min((date - lastModified) * LAST_MODIFIED_FRACTION, HEURISTIC_CAP_MS)
   // Deviation (RFC 9111 §4.2.2 leaves the heuristic to us): a plain API response with no
   // freshness information at all lives for --ttl, so the common case is cached.
   return config.defaultTtlMs
 }
 
 /** corrected_initial_age, RFC 9111 §4.2.3. */
-export function correctedInitialAgeMs(headers: Headers, requestTime: number, responseTime: number): number {
+function correctedInitialAgeMs(headers: Headers, requestTime: number, responseTime: number): number {
   const date = parseHttpDate(headers.get("date"))
   const apparentAge = date === undefined ? 0 : Math.max(0, responseTime - date)
   // RFC 9111 §5.1: Age is a non-negative integer; anything else is ignored.
@@ -211,9 +201,7 @@ export function describeResponse(
     responseTime,
     ...policy,
     deleteAt: deleteAt(responseTime, policy),
-    mustRevalidate:
-      !forced &&
-      (directives.has("must-revalidate") || directives.has("proxy-revalidate") || directives.has("s-maxage")),
+    mustRevalidate: !forced && (directives.has("must-revalidate") || directives.has("proxy-revalidate") || directives.has("s-maxage")),
     noCache: !forced && directives.has("no-cache"),
     etag: headers.get("etag"),
     lastModified: headers.get("last-modified"),
@@ -262,12 +250,7 @@ export function usability(meta: EntryMeta, request: Directives, now: number): Us
 }
 
 /** May a stale entry stand in for an origin that failed? RFC 5861 §4 and RFC 9111 §4.2.4. */
-export function mayServeStaleOnError(
-  meta: EntryMeta,
-  request: Directives,
-  now: number,
-  originUnreachable: boolean,
-): boolean {
+export function mayServeStaleOnError(meta: EntryMeta, request: Directives, now: number, originUnreachable: boolean): boolean {
   // RFC 9111 §5.2.2.2: must-revalidate forbids it; the answer is then an error (504).
   if (meta.mustRevalidate || meta.noCache) return false
   const staleness = -ttlMs(meta, now)
@@ -280,7 +263,7 @@ export function mayServeStaleOnError(
 // ───────────────────────────── headers ─────────────────────────────
 
 /** RFC 9110 §7.6.1: fields meaningful only for one connection, never stored or forwarded. */
-export const HOP_BY_HOP_HEADERS = new Set([
+const HOP_BY_HOP_HEADERS = new Set([
   "connection",
   "keep-alive",
   "proxy-connection",
@@ -325,7 +308,14 @@ export function mergeHeaders(stored: [string, string][], update: Headers): Heade
 export function varyNames(headers: Headers): string[] | "*" {
   const vary = headers.get("vary")
   if (!vary) return []
-  const names = [...new Set(vary.split(",").map((name) => name.trim().toLowerCase()).filter(Boolean))]
+  const names = [
+    ...new Set(
+      vary
+        .split(",")
+        .map((name) => name.trim().toLowerCase())
+        .filter(Boolean),
+    ),
+  ]
   return names.includes("*") ? "*" : names.sort()
 }
 
@@ -358,14 +348,14 @@ function matchesVary(vary: Record<string, string | null>, request: Headers): boo
  * §9.3.2), so both use the GET key. Query parameters named in `ignoreQuery` are left out.
  */
 export function cacheKey(target: string, ignoreQuery: ReadonlySet<string>): string {
-  if (ignoreQuery.size === 0) return "GET " + target
+  if (ignoreQuery.size === 0) return `GET ${target}`
   const queryStart = target.indexOf("?")
-  if (queryStart === -1) return "GET " + target
+  if (queryStart === -1) return `GET ${target}`
   const kept = target
     .slice(queryStart + 1)
     .split("&")
     .filter((pair) => !ignoreQuery.has(decodeQueryName(pair)))
-  return "GET " + target.slice(0, queryStart) + (kept.length ? "?" + kept.join("&") : "")
+  return `GET ${target.slice(0, queryStart)}${kept.length ? `?${kept.join("&")}` : ""}`
 }
 
 function decodeQueryName(pair: string): string {
@@ -445,10 +435,7 @@ export function sameOriginReferences(target: string, headers: Headers): string[]
     try {
       const uri = new URL(value, target)
       if (uri.origin === origin) uris.push(uri.href)
-    } catch {
-      continue // not a URI reference: nothing to invalidate
-    }
+    } catch {}
   }
   return uris
 }
-
