@@ -116,8 +116,11 @@ export interface Store {
   get(key: string, request: Headers): MaybePromise<Stored | undefined>
   /** Whether any variant is stored under the key (RFC 9211 tells uri-miss from vary-miss by it). */
   has(key: string): Promise<boolean>
-  /** Stores a variant once its body has streamed in whole; rejects, leaving nothing, if the body fails. */
-  put(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<void>
+  /**
+   * Stores a variant once its body has streamed in whole: true when kept, false when it cannot fit
+   * the store's bound. Rejects, leaving nothing, if the body fails.
+   */
+  put(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<boolean>
   /** Replaces the meta of the stored variant with the same Vary selection, keeping its body (a 304). False when it is gone. */
   update(key: string, meta: EntryMeta): Promise<boolean>
   /** Removes every variant of the key. */
@@ -480,7 +483,7 @@ export class Cache {
     let size = 0
     const stored = this.track(
       this.store.put(key, meta, feed.readable).then(
-        () => true,
+        (kept) => kept,
         (error) => {
           if (feeding) this.config.warn("store-write", `${key}: ${(error as Error).message}`)
           feeding = false

@@ -141,7 +141,7 @@ export class FileStore implements Store {
     return (await this.readVariants(dir, key)).length > 0
   }
 
-  async put(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<void> {
+  async put(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<boolean> {
     const dir = this.keyDir(key)
     const variantId = sha256(`${key}\n${JSON.stringify(meta.vary)}`)
     const bodyName = `${variantId}.${randomBytes(6).toString("hex")}${BODY_SUFFIX}`
@@ -152,9 +152,15 @@ export class FileStore implements Store {
       await fs.mkdir(dir, { recursive: true })
       written = tempBody
       const size = await writeAll(body, tempBody)
+      // One entry that could never fit must not flush everything else on its way out.
+      if (size > this.maxBytes) {
+        await fs.rm(tempBody, { force: true })
+        return false
+      }
       await fs.rename(tempBody, join(dir, bodyName))
       written = join(dir, bodyName)
       await this.writeMeta(key, dir, variantId, bodyName, meta, size)
+      return true
     } catch (error) {
       // Whoever feeds the body must learn that nothing more is read.
       if (!body.locked) await body.cancel(error).catch(() => undefined) // the body itself failed: nothing left to cancel
@@ -276,12 +282,17 @@ export class FileStore implements Store {
     return variants
   }
 
-  private async readVariant(metaPath: string, key: string | undefined): Promise<DiskVariant | undefined> {
+  private async readVariant(metaPath: string, key: string | undefined, retried = false): Promise<DiskVariant | undefined> {
     try {
       const text = await fs.readFile(metaPath, "utf8")
       const file = JSON.parse(text) as MetaFile
       const bodyPath = join(metaPath, "..", file.bodyFile)
-      const bodyStat = await fs.stat(bodyPath)
+      const bodyStat = await fs.stat(bodyPath).catch(async (error) => {
+        // A put replaced the variant between our two reads (and removed the body we were told
+        // of): the new meta names the new body.
+        if (!retried && (await readMetaFile(metaPath))?.bodyFile !== file.bodyFile) throw new Replaced()
+        throw error
+      })
       if (file.format !== 1 || (key !== undefined && file.key !== key) || bodyStat.size !== file.size) throw new Error("mismatch")
       const { format: _format, key: storedKey, bodyFile: _bodyFile, size, ...fields } = file
       const meta: EntryMeta = { ...fields, deleteAt: fields.deleteAt ?? NEVER }
@@ -289,7 +300,8 @@ export class FileStore implements Store {
       this.metaPaths.set(meta, metaPath)
       return { key: storedKey, meta, size, metaPath, bodyPath, bytes: text.length + size }
     } catch (error) {
-      // Gone since the directory was read: another request replaced or removed it.
+      if (error instanceof Replaced) return this.readVariant(metaPath, key, true)
+      // Gone since the directory was read: another request removed it.
       if ((error as NodeJS.ErrnoException).code === "ENOENT" && !(await exists(metaPath))) return undefined
       this.warn("broken-entry", `discarding ${metaPath}: ${(error as Error).message}`)
       await this.removeVariant(metaPath)
@@ -411,7 +423,9 @@ export class FileStore implements Store {
 
   /** Another process's `clear` bumps the generation: forget the index, and tell the tiers in front. */
   private async checkGeneration(): Promise<void> {
+    const epoch = this.epoch
     const generation = await fs.readFile(join(this.dir, GENERATION_FILE), "utf8").catch(() => "") // none yet: never cleared
+    if (epoch !== this.epoch) return // our own clear ran meanwhile: what was read is out of date
     if (this.generation !== undefined && generation !== this.generation) {
       this.epoch++
       this.reset()
@@ -421,6 +435,9 @@ export class FileStore implements Store {
     this.generation = generation
   }
 }
+
+/** A variant's meta changed while it was read: read it again. */
+class Replaced extends Error {}
 
 interface ScannedMeta {
   metaPath: string

@@ -35,39 +35,41 @@ export class MemoryStore implements Store {
   }
 
   get(key: string, request: Headers): Stored | undefined {
-    const entry = this.entries.get(key)
-    if (!entry) return undefined
-    const stored = selectVariant(entry.variants, request)
-    if (!stored) return undefined
-    if (stored.meta.deleteAt <= Date.now()) {
-      this.forgetVariant(key, stored.meta.vary)
-      return undefined
+    const now = Date.now()
+    for (;;) {
+      const entry = this.entries.get(key)
+      const stored = entry && selectVariant(entry.variants, request)
+      if (!entry || !stored) return undefined
+      if (stored.meta.deleteAt > now) {
+        this.moveToNewest(key, entry)
+        return stored
+      }
+      this.forgetVariant(key, stored.meta.vary) // expired: an older variant may still match
     }
-    this.moveToNewest(key, entry)
-    return stored
   }
 
   has(key: string): Promise<boolean> {
-    return Promise.resolve(this.entries.has(key))
+    const now = Date.now()
+    return Promise.resolve(this.entries.get(key)?.variants.some((v) => v.meta.deleteAt > now) ?? false)
   }
 
   /** Reads the body whole; one larger than the whole store is not kept. */
-  async put(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<void> {
+  async put(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<boolean> {
     const chunks: Uint8Array[] = []
     let size = 0
     for await (const chunk of body) {
       size += chunk.byteLength
-      if (size > this.maxBytes) return // leaving the loop cancels the stream
+      if (size > this.maxBytes) return false // leaving the loop cancels the stream
       chunks.push(chunk)
     }
-    this.keep(key, meta, concat(chunks, size))
+    return this.keep(key, meta, concat(chunks, size))
   }
 
-  /** Holds a variant whose bytes are at hand, in place of the one with the same Vary selection. */
-  keep(key: string, meta: EntryMeta, body: Uint8Array): void {
+  /** Holds a variant whose bytes are at hand, in place of the one with the same Vary selection; false when it cannot fit. */
+  keep(key: string, meta: EntryMeta, body: Uint8Array): boolean {
     const variants = this.entries.get(key)?.variants ?? []
     const others = variants.filter((v) => !sameSelection(v.meta.vary, meta.vary))
-    this.set(key, [...others, { meta, size: body.byteLength, body }])
+    return this.set(key, [...others, { meta, size: body.byteLength, body }])
   }
 
   update(key: string, meta: EntryMeta): Promise<boolean> {
@@ -151,10 +153,10 @@ export class MemoryStore implements Store {
     this.newest = key
   }
 
-  private set(key: string, variants: Stored[]): void {
+  private set(key: string, variants: Stored[]): boolean {
     this.forget(key)
     const bytes = KEY_OVERHEAD_BYTES + key.length + variants.reduce((sum, v) => sum + variantBytes(v), 0)
-    if (bytes > this.maxBytes) return
+    if (bytes > this.maxBytes) return false
     this.entries.set(key, { variants, bytes })
     this.newest = key
     this.totalBytes += bytes
@@ -163,6 +165,7 @@ export class MemoryStore implements Store {
       this.forget(oldest)
       for (const listener of this.dropListeners) listener(oldest)
     }
+    return true
   }
 }
 

@@ -129,13 +129,7 @@ export function notStorableReason(
 }
 
 /** freshness_lifetime in ms, RFC 9111 §4.2.1 (shared cache) and §4.2.2 (heuristics). */
-function freshnessLifetimeMs(
-  status: number,
-  headers: Headers,
-  directives: Directives,
-  responseTime: number,
-  config: PolicyConfig,
-): number {
+function freshnessLifetimeMs(status: number, headers: Headers, directives: Directives, responseTime: number, config: PolicyConfig): number {
   if (config.forceTtlMs > 0) return config.forceTtlMs
   const sMaxAge = deltaMs(directives, "s-maxage")
   if (sMaxAge !== undefined) return sMaxAge

@@ -47,7 +47,7 @@ export class TieredStore implements Store {
   }
 
   /** Writes behind while collecting a small body's bytes; memory takes them once the write is whole. */
-  async put(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<void> {
+  async put(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<boolean> {
     const chunks: Uint8Array[] = []
     let size = 0
     const collect = new TransformStream<Uint8Array, Uint8Array>({
@@ -57,9 +57,11 @@ export class TieredStore implements Store {
         controller.enqueue(chunk)
       },
     })
-    await this.back.put(key, meta, body.pipeThrough(collect))
-    if (size <= this.options.memoryBodyLimit) this.front.keep(key, meta, concat(chunks, size))
-    else this.front.forgetVariant(key, meta.vary) // an older, smaller body of it must not be served
+    const kept = await this.back.put(key, meta, body.pipeThrough(collect))
+    if (kept && size <= this.options.memoryBodyLimit) this.front.keep(key, meta, concat(chunks, size))
+    // Memory must not answer with an older variant of the key where this newer one would match.
+    else this.front.forget(key)
+    return kept
   }
 
   async update(key: string, meta: EntryMeta): Promise<boolean> {

@@ -1,0 +1,663 @@
+/**
+ * The `Store` contract (cache.ts), run over every store: memory, files under Bun and under
+ * node:fs, and memory in front of files. Each `describe` is one store; each test is one rule of
+ * the contract, checked only through the `Store` interface, so any new store can join the list.
+ */
+import { afterAll, afterEach, describe, expect, setSystemTime, test } from "bun:test"
+import { existsSync, mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import type { EntryMeta, Store, Stored, TierStats, WarnKind } from "../cache.ts"
+import { bunFiles, type FileApi, FileStore, nodeFiles } from "./file-store.ts"
+import { MemoryStore } from "./memory-store.ts"
+import { TieredStore } from "./tiered-store.ts"
+
+// ───────────────────────────── helpers ─────────────────────────────
+
+const KiB = 1024
+const MiB = 1024 * KiB
+// Roomy enough for every test but the eviction one, which passes its own bound.
+const AMPLE_BYTES = 64 * MiB
+
+/** A store under test, what it warned about, and the tiers its byte bound applies to. */
+interface Fixture {
+  store: Store
+  warnings: string[]
+  /** The stats of the tier(s) that `maxBytes` bounds (for the tiered store, the back one). */
+  boundedStats(): Promise<TierStats[]>
+  [Symbol.asyncDispose](): Promise<void>
+}
+
+type MakeStore = (maxBytes: number) => Fixture
+
+/** A full EntryMeta, fresh for ten minutes, with the given fields changed. */
+function meta(overrides: Partial<EntryMeta> = {}): EntryMeta {
+  const now = Date.now()
+  return {
+    status: 200,
+    headers: [["content-type", "application/octet-stream"]],
+    vary: {},
+    responseTime: now,
+    deleteAt: now + 600_000,
+    initialAgeMs: 0,
+    freshMs: 600_000,
+    staleWhileRevalidateMs: 0,
+    staleIfErrorMs: 0,
+    mustRevalidate: false,
+    noCache: false,
+    etag: null,
+    lastModified: null,
+    ...overrides,
+  }
+}
+
+/**
+ * A body that hands out one chunk per pull and yields to the event loop between chunks, so
+ * that two puts in flight really interleave.
+ */
+function streamOf(...chunks: Uint8Array[]): ReadableStream<Uint8Array> {
+  let next = 0
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      await nextTask()
+      const chunk = chunks[next++]
+      if (chunk) controller.enqueue(chunk)
+      else controller.close()
+    },
+  })
+}
+
+/** A body that delivers its chunks, then fails: an origin that cut the response short. */
+function failingStreamOf(...chunks: Uint8Array[]): ReadableStream<Uint8Array> {
+  let next = 0
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      await nextTask()
+      const chunk = chunks[next++]
+      if (chunk) controller.enqueue(chunk)
+      else controller.error(new Error("the origin's body was cut short"))
+    },
+  })
+}
+
+/** Lets timers, I/O and other tasks run: a loop of synchronous hits would otherwise starve them. */
+function nextTask(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve))
+}
+
+function text(value: string): Uint8Array {
+  return new TextEncoder().encode(value)
+}
+
+/** `total` bytes of `byte`, in chunks of `chunkSize`. */
+function filled(byte: number, total: number, chunkSize = 16 * KiB): Uint8Array[] {
+  const chunks: Uint8Array[] = []
+  for (let offset = 0; offset < total; offset += chunkSize) chunks.push(new Uint8Array(Math.min(chunkSize, total - offset)).fill(byte))
+  return chunks
+}
+
+/** Deterministic noise (xorshift32): incompressible, and the same on every run. */
+function pseudoRandomBytes(length: number, seed = 0x9e3779b9): Uint8Array {
+  const bytes = new Uint8Array(length)
+  let state = seed >>> 0
+  for (let i = 0; i < length; i++) {
+    state ^= state << 13
+    state >>>= 0
+    state ^= state >>> 17
+    state ^= state << 5
+    state >>>= 0
+    bytes[i] = state & 0xff
+  }
+  return bytes
+}
+
+function chunked(bytes: Uint8Array, chunkSize: number): Uint8Array[] {
+  const chunks: Uint8Array[] = []
+  for (let offset = 0; offset < bytes.length; offset += chunkSize) chunks.push(bytes.subarray(offset, offset + chunkSize))
+  return chunks
+}
+
+function concat(chunks: Uint8Array[]): Uint8Array {
+  const whole = new Uint8Array(chunks.reduce((sum, chunk) => sum + chunk.length, 0))
+  let offset = 0
+  for (const chunk of chunks) {
+    whole.set(chunk, offset)
+    offset += chunk.length
+  }
+  return whole
+}
+
+/** A stored body read whole, whatever form the store gave it in. */
+function bytesOf(stored: Stored): Promise<Uint8Array> {
+  return new Response(stored.body).bytes()
+}
+
+/** Byte-for-byte equality, without printing megabytes when it fails. */
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && Buffer.from(a.buffer, a.byteOffset, a.length).equals(Buffer.from(b.buffer, b.byteOffset, b.length))
+}
+
+function request(headers: Record<string, string> = {}): Headers {
+  return new Headers(headers)
+}
+
+/** The body of what `get` finds, as text, or undefined on a miss. */
+async function textAt(store: Store, key: string, headers: Headers = request()): Promise<string | undefined> {
+  const stored = await store.get(key, headers)
+  return stored && new TextDecoder().decode(await bytesOf(stored))
+}
+
+async function putText(store: Store, key: string, body: string, overrides: Partial<EntryMeta> = {}): Promise<void> {
+  await store.put(key, meta(overrides), streamOf(text(body)))
+}
+
+/** Every page of a listing, following cursors until the last page. */
+async function allPages(store: Store, options: { prefix?: string; limit?: number }) {
+  const pages = [await store.list(options)]
+  for (let cursor = pages[0]!.cursor; cursor !== undefined; cursor = pages.at(-1)!.cursor) {
+    pages.push(await store.list({ ...options, cursor }))
+    // A listing that never ends would hang the suite: 100 pages is far more than any test makes.
+    if (pages.length > 100) throw new Error("the listing does not end")
+  }
+  return pages
+}
+
+function sum(tiers: TierStats[], field: "entries" | "bytes"): number {
+  return tiers.reduce((total, tier) => total + tier[field], 0)
+}
+
+/** Collects warnings instead of printing them: a healthy operation should leave none. */
+function warnInto(warnings: string[]) {
+  return (kind: WarnKind, detail: string) => {
+    warnings.push(`${kind}: ${detail}`)
+  }
+}
+
+// Every temporary directory the fixtures made: none may be left behind.
+const tempDirs: string[] = []
+
+function tempDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), "caching-proxy-test-"))
+  tempDirs.push(dir)
+  return dir
+}
+
+// setSystemTime is global: a test that fails half-way must not leave the clock moved.
+afterEach(() => {
+  setSystemTime()
+})
+
+afterAll(() => {
+  expect(tempDirs.filter((dir) => existsSync(dir))).toEqual([])
+})
+
+// ───────────────────────────── the stores ─────────────────────────────
+
+const memory: MakeStore = (maxBytes) => {
+  const store = new MemoryStore({ maxBytes })
+  return { store, warnings: [], boundedStats: () => store.stats(), [Symbol.asyncDispose]: () => store.close() }
+}
+
+function fileStore(files: FileApi): MakeStore {
+  return (maxBytes) => {
+    const dir = tempDir()
+    const warnings: string[] = []
+    const store = new FileStore({ dir, maxBytes, files, warn: warnInto(warnings) })
+    return {
+      store,
+      warnings,
+      boundedStats: () => store.stats(),
+      async [Symbol.asyncDispose]() {
+        await store.close()
+        rmSync(dir, { recursive: true, force: true })
+      },
+    }
+  }
+}
+
+// The byte bound goes to the disk tier; memory gets room for everything, so that what the
+// tiered store loses it loses because the back store dropped it.
+const tiered: MakeStore = (maxBytes) => {
+  const dir = tempDir()
+  const warnings: string[] = []
+  const back = new FileStore({ dir, maxBytes, files: bunFiles, warn: warnInto(warnings) })
+  const store = new TieredStore(new MemoryStore({ maxBytes: 1024 * MiB }), back, { memoryBodyLimit: 1 * MiB })
+  return {
+    store,
+    warnings,
+    boundedStats: () => back.stats(),
+    async [Symbol.asyncDispose]() {
+      await store.close()
+      rmSync(dir, { recursive: true, force: true })
+    },
+  }
+}
+
+// ───────────────────────────── the contract ─────────────────────────────
+
+function storeContract(name: string, makeStore: MakeStore) {
+  /** A ready store; `await using` closes it and removes its files. */
+  async function open(maxBytes = AMPLE_BYTES): Promise<Fixture> {
+    const fixture = makeStore(maxBytes)
+    try {
+      await fixture.store.ready()
+    } catch (error) {
+      // Not yet handed to `await using`: its directory is ours to remove.
+      await fixture[Symbol.asyncDispose]()
+      throw error
+    }
+    return fixture
+  }
+
+  describe(name, () => {
+    test("bodies and metas come back exactly as they were put", async () => {
+      await using fixture = await open()
+      const { store } = fixture
+
+      // Every byte value, so no text decoding or line-ending translation can hide.
+      const allByteValues = new Uint8Array(256 * 16).map((_, i) => i % 256)
+      const binaryMeta = meta({
+        status: 203,
+        headers: [
+          ["content-type", "application/octet-stream"],
+          ["set-cookie", "a=1; Path=/"],
+          ["set-cookie", "b=2; Path=/"],
+          ["x-note", "ünïcödé kept"],
+        ],
+        etag: '"v1"',
+        lastModified: "Wed, 21 Oct 2015 07:28:00 GMT",
+      })
+      await store.put("GET https://example.test/binary", binaryMeta, streamOf(...chunked(allByteValues, 1000)))
+      const binary = await store.get("GET https://example.test/binary", request())
+      expect(binary).toBeDefined()
+      expect(binary!.size).toBe(allByteValues.length)
+      expect(sameBytes(await bytesOf(binary!), allByteValues)).toBe(true)
+      // Two Set-Cookie pairs stay two pairs, in order.
+      expect(binary!.meta).toEqual(binaryMeta)
+
+      const emptyMeta = meta({ status: 204 })
+      await store.put("GET https://example.test/empty", emptyMeta, streamOf())
+      const empty = await store.get("GET https://example.test/empty", request())
+      expect(empty).toBeDefined()
+      expect(empty!.size).toBe(0)
+      expect((await bytesOf(empty!)).length).toBe(0)
+      expect(empty!.meta).toEqual(emptyMeta)
+
+      // Larger than the tiered store's memory body limit: it comes back from the back store.
+      const large = pseudoRandomBytes(3 * 1000 * 1000)
+      const largeMeta = meta()
+      await store.put("GET https://example.test/large", largeMeta, streamOf(...chunked(large, 64 * KiB)))
+      const stored = await store.get("GET https://example.test/large", request())
+      expect(stored).toBeDefined()
+      expect(stored!.size).toBe(large.length)
+      expect(sameBytes(await bytesOf(stored!), large)).toBe(true)
+      expect(stored!.meta).toEqual(largeMeta)
+
+      expect(fixture.warnings).toEqual([])
+    })
+
+    test("variants told apart by Vary live side by side under one key", async () => {
+      await using fixture = await open()
+      const { store } = fixture
+      const key = "GET https://example.test/greeting"
+      await putText(store, key, "hello", { vary: { "accept-language": "en" } })
+      await putText(store, key, "bonjour", { vary: { "accept-language": "fr" } })
+
+      expect(await textAt(store, key, request({ "accept-language": "en" }))).toBe("hello")
+      expect(await textAt(store, key, request({ "accept-language": "fr" }))).toBe("bonjour")
+      // A language nobody stored, or no language at all, is a vary-miss: the key is there, no variant fits.
+      expect(await store.get(key, request({ "accept-language": "de" }))).toBeUndefined()
+      expect(await store.get(key, request())).toBeUndefined()
+      expect(await store.has(key)).toBe(true)
+
+      // null records "the request had no such header": it matches exactly those requests.
+      await putText(store, key, "no language", { vary: { "accept-language": null } })
+      expect(await textAt(store, key, request())).toBe("no language")
+      expect(await textAt(store, key, request({ "accept-language": "en" }))).toBe("hello")
+      expect(await textAt(store, key, request({ "accept-language": "fr" }))).toBe("bonjour")
+
+      // Stored selections are normalised; a request's white space around commas does not matter.
+      await putText(store, key, "either", { vary: { "accept-language": "en,fr" } })
+      expect(await textAt(store, key, request({ "accept-language": "en ,  fr" }))).toBe("either")
+
+      expect(fixture.warnings).toEqual([])
+    })
+
+    test("when several variants match, the most recent response is returned", async () => {
+      await using fixture = await open()
+      const { store } = fixture
+      const key = "GET https://example.test/changed-vary"
+      // The origin changed its Vary: both selections fit a request that sends both headers.
+      const now = Date.now()
+      await putText(store, key, "newer", { vary: { "accept-encoding": "gzip" }, responseTime: now })
+      await putText(store, key, "older", { vary: { "accept-language": "en" }, responseTime: now - 10_000 })
+
+      expect(await textAt(store, key, request({ "accept-language": "en", "accept-encoding": "gzip" }))).toBe("newer")
+      expect(await textAt(store, key, request({ "accept-language": "en" }))).toBe("older")
+    })
+
+    test("the most recent matching variant wins, however large its body", async () => {
+      await using fixture = await open()
+      const { store } = fixture
+      const key = "GET https://example.test/changed-vary-large"
+      // Larger than the tiered store's memory body limit: a tier in front may hold only the older, small one.
+      const large = pseudoRandomBytes(2 * MiB)
+      const now = Date.now()
+      await putText(store, key, "older", { vary: { "accept-language": "en" }, responseTime: now - 10_000 })
+      await store.put(key, meta({ vary: { "accept-encoding": "gzip" }, responseTime: now }), streamOf(...chunked(large, 64 * KiB)))
+
+      const stored = await store.get(key, request({ "accept-language": "en", "accept-encoding": "gzip" }))
+      expect(stored?.size).toBe(large.length)
+      expect(sameBytes(await bytesOf(stored!), large)).toBe(true)
+      expect(await textAt(store, key, request({ "accept-language": "en" }))).toBe("older")
+    })
+
+    test("a put whose body fails rejects and leaves nothing, and never replaces what was there", async () => {
+      await using fixture = await open()
+      const { store } = fixture
+
+      const fresh = "GET https://example.test/cut-short"
+      await expect(store.put(fresh, meta(), failingStreamOf(text("half of "), text("a body")))).rejects.toThrow()
+      expect(await store.get(fresh, request())).toBeUndefined()
+      expect(await store.has(fresh)).toBe(false)
+
+      const existing = "GET https://example.test/kept"
+      const keptMeta = meta({ vary: { "accept-language": "en" }, etag: '"kept"' })
+      await store.put(existing, keptMeta, streamOf(text("the whole "), text("old body")))
+      const failing = store.put(
+        existing,
+        meta({ vary: { "accept-language": "en" }, etag: '"broken"', responseTime: Date.now() + 1000 }),
+        failingStreamOf(text("new "), text("but cut")),
+      )
+      await expect(failing).rejects.toThrow()
+      const stored = await store.get(existing, request({ "accept-language": "en" }))
+      expect(stored).toBeDefined()
+      expect(stored!.meta).toEqual(keptMeta)
+      expect(stored!.size).toBe("the whole old body".length)
+      expect(new TextDecoder().decode(await bytesOf(stored!))).toBe("the whole old body")
+    })
+
+    test("two puts of one variant at once leave one whole entry, never a mix", async () => {
+      await using fixture = await open()
+      const { store } = fixture
+      const key = "GET https://example.test/raced"
+      // Different lengths and bytes, so a mix of the two or a torn size cannot pass for either.
+      const first = concat(filled(0x41, 200 * KiB))
+      const second = concat(filled(0x42, 300 * KiB))
+      await Promise.all([
+        store.put(key, meta({ etag: '"first"' }), streamOf(...chunked(first, 16 * KiB))),
+        store.put(key, meta({ etag: '"second"' }), streamOf(...chunked(second, 16 * KiB))),
+      ])
+
+      const stored = await store.get(key, request())
+      expect(stored).toBeDefined()
+      const body = await bytesOf(stored!)
+      // The meta and the body must come from the same put.
+      const expected = stored!.meta.etag === '"first"' ? first : second
+      expect(stored!.size).toBe(expected.length)
+      expect(sameBytes(body, expected)).toBe(true)
+      // One variant, not two.
+      const page = await store.list({ prefix: key })
+      expect(page.entries.filter((entry) => entry.key === key)).toHaveLength(1)
+      expect(fixture.warnings).toEqual([])
+    })
+
+    test("reads while a variant is being replaced find the old entry or the new one, never nothing", async () => {
+      await using fixture = await open()
+      const { store } = fixture
+      const key = "GET https://example.test/replaced"
+      // Each write's body length is tied to its etag, so a meta paired with another write's body shows.
+      const lengthOf = (round: number) => 100 + round
+      const write = (round: number) =>
+        store.put(key, meta({ etag: `"${round}"` }), streamOf(new Uint8Array(lengthOf(round)).fill(round % 256)))
+      await write(0)
+
+      // The race is between a reader's steps and a writer's: many rounds make a bad interleaving
+      // likely, whatever the machine's speed. Nothing here depends on how long anything takes.
+      let writing = true
+      const problems = new Map<string, number>() // what went wrong → how often: one line each when it fails
+      const note = (problem: string) => problems.set(problem, (problems.get(problem) ?? 0) + 1)
+      const reader = async () => {
+        while (writing) {
+          const found = store.get(key, request())
+          // A hit answered at once never yields: the writer must get its turn.
+          if (!(found instanceof Promise)) await nextTask()
+          const stored = await found
+          if (!stored) note("miss")
+          else if (stored.size !== lengthOf(Number(stored.meta.etag?.slice(1, -1)))) note("a size that is not its meta's")
+        }
+      }
+      const readers = Array.from({ length: 8 }, reader)
+      try {
+        for (let round = 1; round <= 500; round++) await write(round)
+      } finally {
+        writing = false
+        await Promise.all(readers)
+      }
+
+      expect(Object.fromEntries(problems)).toEqual({})
+      expect((await store.get(key, request()))?.meta.etag).toBe('"500"')
+      expect(fixture.warnings).toEqual([])
+    })
+
+    test("update replaces a variant's meta and keeps its body; a missing variant is not updated", async () => {
+      await using fixture = await open()
+      const { store } = fixture
+      const key = "GET https://example.test/revalidated"
+      const vary = { "accept-language": "en" }
+      await putText(store, key, "the body", { vary, etag: '"v1"' })
+
+      // What a 304 brings: new headers and a new response time for the same representation.
+      const revalidated = meta({
+        vary,
+        etag: '"v1"',
+        headers: [
+          ["content-type", "text/plain"],
+          ["x-revalidated", "yes"],
+        ],
+        responseTime: Date.now() + 5000,
+        deleteAt: Date.now() + 900_000,
+      })
+      expect(await store.update(key, revalidated)).toBe(true)
+      const stored = await store.get(key, request({ "accept-language": "en" }))
+      expect(stored).toBeDefined()
+      expect(stored!.meta).toEqual(revalidated)
+      expect(stored!.size).toBe("the body".length)
+      expect(new TextDecoder().decode(await bytesOf(stored!))).toBe("the body")
+
+      // Another selection under the same key, or a key never stored: nothing to update, nothing made.
+      expect(await store.update(key, meta({ vary: { "accept-language": "fr" } }))).toBe(false)
+      expect(await store.get(key, request({ "accept-language": "fr" }))).toBeUndefined()
+      expect(await store.update("GET https://example.test/never-stored", meta())).toBe(false)
+      expect(await store.has("GET https://example.test/never-stored")).toBe(false)
+      expect(fixture.warnings).toEqual([])
+    })
+
+    test("delete removes every variant of a key and no other key", async () => {
+      await using fixture = await open()
+      const { store } = fixture
+      const key = "GET https://example.test/doomed"
+      const other = "GET https://example.test/doomed-not"
+      await putText(store, key, "en", { vary: { "accept-language": "en" } })
+      await putText(store, key, "fr", { vary: { "accept-language": "fr" } })
+      await putText(store, other, "stays")
+
+      await store.delete(key)
+      expect(await store.has(key)).toBe(false)
+      expect(await store.get(key, request({ "accept-language": "en" }))).toBeUndefined()
+      expect(await store.get(key, request({ "accept-language": "fr" }))).toBeUndefined()
+      expect((await store.list({ prefix: key })).entries.filter((entry) => entry.key === key)).toEqual([])
+      expect(await textAt(store, other)).toBe("stays")
+      // Deleting what is not there is no error.
+      await store.delete("GET https://example.test/never-stored")
+      expect(fixture.warnings).toEqual([])
+    })
+
+    test("clear removes everything", async () => {
+      await using fixture = await open()
+      const { store } = fixture
+      for (let i = 0; i < 5; i++) await putText(store, `GET https://example.test/clear/${i}`, `body ${i}`)
+      await putText(store, "GET https://example.test/clear/0", "fr", { vary: { "accept-language": "fr" } })
+
+      await store.clear()
+      expect(sum(await store.stats(), "entries")).toBe(0)
+      expect((await store.list()).entries).toEqual([])
+      expect(await store.has("GET https://example.test/clear/0")).toBe(false)
+      expect(await store.get("GET https://example.test/clear/1", request())).toBeUndefined()
+
+      // The store still works after being cleared.
+      await putText(store, "GET https://example.test/clear/after", "again")
+      expect(await textAt(store, "GET https://example.test/clear/after")).toBe("again")
+      expect(fixture.warnings).toEqual([])
+    })
+
+    test("an entry past its deleteAt is never returned", async () => {
+      await using fixture = await open()
+      const { store } = fixture
+
+      // Stored already expired (a response whose every window has passed).
+      const dead = "GET https://example.test/dead-on-arrival"
+      await putText(store, dead, "too late", { deleteAt: Date.now() - 1000 })
+      expect(await store.get(dead, request())).toBeUndefined()
+
+      // Alive when stored, expired once the clock passes deleteAt.
+      const start = Date.now()
+      const mortal = "GET https://example.test/mortal"
+      await putText(store, mortal, "alive", { deleteAt: start + 60_000 })
+      expect(await textAt(store, mortal)).toBe("alive")
+      setSystemTime(new Date(start + 120_000))
+      expect(await store.get(mortal, request())).toBeUndefined()
+    })
+
+    test("the byte bound evicts the least recently used entry and keeps the recently read", async () => {
+      // Room for three 10 KiB bodies with their metas, not four.
+      const bodyBytes = 10 * KiB
+      const maxBytes = 3 * (bodyBytes + 1 * KiB)
+      await using fixture = await open(maxBytes)
+      const { store } = fixture
+      const key = (name: string) => `GET https://example.test/lru/${name}`
+      const bodies = new Map(["a", "b", "c", "d"].map((name, i) => [name, pseudoRandomBytes(bodyBytes, i + 1)]))
+
+      // One clock step per operation, so "least recently used" has one answer whichever clock a store keeps.
+      let clock = Date.now()
+      const tick = () => {
+        clock += 1000
+        setSystemTime(new Date(clock))
+      }
+      for (const name of ["a", "b", "c"]) {
+        tick()
+        await store.put(key(name), meta(), streamOf(...chunked(bodies.get(name)!, 4 * KiB)))
+      }
+      tick()
+      const read = await store.get(key("a"), request())
+      expect(read).toBeDefined()
+      expect(sameBytes(await bytesOf(read!), bodies.get("a")!)).toBe(true)
+      tick()
+      await store.put(key("d"), meta(), streamOf(...chunked(bodies.get("d")!, 4 * KiB)))
+
+      expect(await store.has(key("b"))).toBe(false)
+      expect(await store.get(key("b"), request())).toBeUndefined()
+      for (const name of ["a", "c", "d"]) {
+        const stored = await store.get(key(name), request())
+        expect(stored, `${name} should still be stored`).toBeDefined()
+        expect(sameBytes(await bytesOf(stored!), bodies.get(name)!)).toBe(true)
+      }
+      expect(sum(await fixture.boundedStats(), "bytes")).toBeLessThanOrEqual(maxBytes)
+      expect(fixture.warnings).toEqual([])
+    })
+
+    test("an entry larger than the whole bound is not kept, and evicts nothing", async () => {
+      const bodyBytes = 10 * KiB
+      const maxBytes = 3 * (bodyBytes + 1 * KiB)
+      await using fixture = await open(maxBytes)
+      const { store } = fixture
+      const key = (name: string) => `GET https://example.test/oversized/${name}`
+      await store.put(key("a"), meta(), streamOf(pseudoRandomBytes(bodyBytes, 1)))
+      await store.put(key("b"), meta(), streamOf(pseudoRandomBytes(bodyBytes, 2)))
+
+      // Not a failure of the body: the put succeeds, there is just no room for what it brought.
+      await store.put(key("huge"), meta(), streamOf(...chunked(pseudoRandomBytes(4 * bodyBytes, 3), 4 * KiB)))
+
+      expect((await store.get(key("huge"), request()))?.size).toBeUndefined() // the size, not 40 KiB of body, when it fails
+      expect(await store.has(key("huge"))).toBe(false)
+      // One response that could never fit must not flush everything else on its way out.
+      expect(await store.has(key("a"))).toBe(true)
+      expect(await store.has(key("b"))).toBe(true)
+      expect(sum(await fixture.boundedStats(), "bytes")).toBeLessThanOrEqual(maxBytes)
+    })
+
+    test("list pages through every key once, each key with all its variants", async () => {
+      await using fixture = await open()
+      const { store } = fixture
+      const itemKey = (i: number) => `GET https://example.test/items/${String(i).padStart(2, "0")}`
+      const variantsOf = new Map<string, number>()
+      for (let i = 0; i < 25; i++) {
+        // Every fifth key has a second variant, to check variants are never split across pages.
+        await putText(store, itemKey(i), `item ${i}`, { vary: { "accept-language": "en" } })
+        variantsOf.set(itemKey(i), 1)
+        if (i % 5 === 0) {
+          await putText(store, itemKey(i), `article ${i}`, { vary: { "accept-language": "fr" } })
+          variantsOf.set(itemKey(i), 2)
+        }
+      }
+
+      const pages = await allPages(store, { limit: 10 })
+      expect(pages.map((page) => new Set(page.entries.map((entry) => entry.key)).size)).toEqual([10, 10, 5])
+      expect(pages.map((page) => page.cursor === undefined)).toEqual([false, false, true])
+      const seenOn = new Map<string, number>() // key → the page it was listed on
+      for (const [index, page] of pages.entries()) {
+        for (const entry of page.entries) {
+          // A key on two pages would be listed twice, or have its variants split.
+          expect(seenOn.get(entry.key) ?? index).toBe(index)
+          seenOn.set(entry.key, index)
+          // Each listed variant carries its own size, not its key's first variant's.
+          const body = `${entry.meta.vary["accept-language"] === "fr" ? "article" : "item"} ${Number(entry.key.slice(-2))}`
+          expect(entry.size).toBe(body.length)
+        }
+      }
+      expect([...seenOn.keys()].sort()).toEqual([...variantsOf.keys()].sort())
+      const listedVariants = new Map<string, number>()
+      for (const entry of pages.flatMap((page) => page.entries)) listedVariants.set(entry.key, (listedVariants.get(entry.key) ?? 0) + 1)
+      expect(Object.fromEntries(listedVariants)).toEqual(Object.fromEntries(variantsOf))
+
+      // A prefix lists only the keys that start with it.
+      await putText(store, "GET https://other.test/one", "1")
+      await putText(store, "GET https://other.test/two", "2")
+      const other = await allPages(store, { prefix: "GET https://other.test/", limit: 10 })
+      expect(other.flatMap((page) => page.entries.map((entry) => entry.key)).sort()).toEqual([
+        "GET https://other.test/one",
+        "GET https://other.test/two",
+      ])
+      const items = await allPages(store, { prefix: "GET https://example.test/items/1", limit: 10 })
+      expect(new Set(items.flatMap((page) => page.entries.map((entry) => entry.key)))).toEqual(
+        new Set(Array.from({ length: 10 }, (_, i) => itemKey(10 + i))),
+      )
+      expect(fixture.warnings).toEqual([])
+    })
+
+    test("stats count variants and their bytes in every tier", async () => {
+      await using fixture = await open()
+      const { store } = fixture
+      for (const tier of await store.stats()) expect(tier).toMatchObject({ entries: 0, bytes: 0 })
+
+      await putText(store, "GET https://example.test/stats/a", "first")
+      await putText(store, "GET https://example.test/stats/b", "english", { vary: { "accept-language": "en" } })
+      await putText(store, "GET https://example.test/stats/b", "french", { vary: { "accept-language": "fr" } })
+
+      const tiers = await store.stats()
+      expect(tiers.length).toBeGreaterThan(0)
+      for (const tier of tiers) {
+        expect(typeof tier.tier).toBe("string")
+        // Three variants of two keys: entries count variants. Every tier holds these small bodies.
+        expect(tier.entries).toBe(3)
+        expect(tier.bytes).toBeGreaterThan(0)
+      }
+      expect(fixture.warnings).toEqual([])
+    })
+  })
+}
+
+storeContract("MemoryStore", memory)
+storeContract("FileStore (Bun files)", fileStore(bunFiles))
+storeContract("FileStore (node:fs)", fileStore(nodeFiles))
+storeContract("TieredStore (memory in front of files)", tiered)
