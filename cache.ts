@@ -187,8 +187,6 @@ const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS", "TRACE"])
 const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304])
 // RFC 9110 §15.4.5: a 304 carries the validators and caching fields, not the representation's.
 const NOT_IN_304 = new Set(["content-length", "content-type", "content-encoding", "content-range", "content-language"])
-// What a client's body stream fails with when the origin's does.
-const ORIGIN_BODY_FAILED = "the origin's body was cut short"
 // Reasons not to store that belong to the request, not to the URL's responses.
 const REQUEST_REASONS = new Set(["head", "request-no-store", "authorization"])
 
@@ -511,9 +509,9 @@ export class Cache {
           const chunk = await reader.read().catch((error: unknown) => ({ error }))
           if ("error" in chunk) {
             stop("origin-body", `the origin's body failed (${(chunk.error as Error).message})`)
-            // The client must see the body fail too (a cut, not a clean end); this error is
-            // already reported above, so it carries no stack for the server to print again.
-            controller.error(ORIGIN_BODY_FAILED)
+            // The client must see the body fail too (a cut, not a clean end). The failure is
+            // reported above; with no reason given, the server has nothing to print again.
+            controller.error()
             return
           }
           if (chunk.done) {
