@@ -172,7 +172,7 @@ export class FileStore implements Store {
   async update(key: string, meta: EntryMeta): Promise<boolean> {
     const dir = this.keyDir(key)
     const variantId = sha256(`${key}\n${JSON.stringify(meta.vary)}`)
-    const current = await readMetaFile(join(dir, variantId + META_SUFFIX))
+    const current = await this.readMetaFile(join(dir, variantId + META_SUFFIX))
     if (!current) return false
     await this.writeMeta(key, dir, variantId, current.bodyFile, meta, current.size)
     return true
@@ -180,7 +180,7 @@ export class FileStore implements Store {
 
   async delete(key: string): Promise<void> {
     const dir = this.keyDir(key)
-    const names = await fs.readdir(dir).catch(() => [] as string[]) // no directory: nothing to delete
+    const names = await fs.readdir(dir).catch(this.ifMissing([] as string[], "listing a key to delete"))
     for (const name of names) if (name.endsWith(META_SUFFIX)) this.forget(join(dir, name))
     await fs.rm(dir, { recursive: true, force: true })
   }
@@ -209,9 +209,9 @@ export class FileStore implements Store {
   async list({ prefix = "", cursor, limit = DEFAULT_PAGE_KEYS }: ListOptions = {}): Promise<Page> {
     const entries: ListedEntry[] = []
     let keys = 0
-    for (const shard of await sortedNames(this.root)) {
+    for (const shard of await this.sortedNames(this.root)) {
       if (cursor !== undefined && shard < cursor.slice(0, 2)) continue
-      for (const keyDir of await sortedNames(join(this.root, shard))) {
+      for (const keyDir of await this.sortedNames(join(this.root, shard))) {
         const position = `${shard}/${keyDir}`
         if (cursor !== undefined && position <= cursor) continue
         const variants = (await this.readVariants(join(this.root, shard, keyDir))).filter((v) => v.key.startsWith(prefix))
@@ -261,12 +261,7 @@ export class FileStore implements Store {
    * expired ones are deleted, never returned; bodies no meta refers to are removed once old.
    */
   private async readVariants(dir: string, key?: string): Promise<DiskVariant[]> {
-    let names: string[]
-    try {
-      names = await fs.readdir(dir)
-    } catch {
-      return [] // no directory: nothing stored under this key
-    }
+    const names = await fs.readdir(dir).catch(this.ifMissing([] as string[], "reading a key"))
     const variants: DiskVariant[] = []
     const referenced = new Set<string>()
     const now = Date.now()
@@ -290,7 +285,7 @@ export class FileStore implements Store {
       const bodyStat = await fs.stat(bodyPath).catch(async (error) => {
         // A put replaced the variant between our two reads (and removed the body we were told
         // of): the new meta names the new body.
-        if (!retried && (await readMetaFile(metaPath))?.bodyFile !== file.bodyFile) throw new Replaced()
+        if (!retried && (await this.readMetaFile(metaPath))?.bodyFile !== file.bodyFile) throw new Replaced()
         throw error
       })
       if (file.format !== 1 || (key !== undefined && file.key !== key) || bodyStat.size !== file.size) throw new Error("mismatch")
@@ -314,7 +309,7 @@ export class FileStore implements Store {
     for (const name of names) {
       if (name.endsWith(META_SUFFIX) || referenced.has(name)) continue
       const path = join(dir, name)
-      const stat = await fs.stat(path).catch(() => undefined) // gone already: nothing to remove
+      const stat = await fs.stat(path).catch(this.ifMissing(undefined, "looking at a leftover file"))
       if (stat && now - stat.mtimeMs > ORPHAN_AGE_MS) await fs.rm(path, { force: true })
     }
   }
@@ -323,7 +318,7 @@ export class FileStore implements Store {
 
   private async writeMeta(key: string, dir: string, variantId: string, bodyName: string, meta: EntryMeta, size: number): Promise<void> {
     const metaPath = join(dir, variantId + META_SUFFIX)
-    const previousBody = (await readMetaFile(metaPath))?.bodyFile
+    const previousBody = (await this.readMetaFile(metaPath))?.bodyFile
     const file: MetaFile = { format: 1, key, bodyFile: bodyName, size, ...meta }
     const text = JSON.stringify(file)
     const tempMeta = `${metaPath}.${randomBytes(6).toString("hex")}${TEMP_SUFFIX}`
@@ -391,22 +386,70 @@ export class FileStore implements Store {
 
   private async removeVariant(metaPath: string): Promise<void> {
     this.forget(metaPath)
-    const bodyName = (await readMetaFile(metaPath))?.bodyFile
+    const bodyName = (await this.readMetaFile(metaPath))?.bodyFile
     await fs.rm(metaPath, { force: true })
     if (bodyName) await fs.rm(join(metaPath, "..", bodyName), { force: true })
   }
 
   // ───────────── start-up and other processes ─────────────
 
+  /** A directory's entries in name order; none when it does not exist. */
+  private async sortedNames(dir: string): Promise<string[]> {
+    return (await fs.readdir(dir).catch(this.ifMissing([] as string[], "listing the cache"))).sort()
+  }
+
+  /** One key's directory: each meta with its size plus its body's, and its mtime. */
+  private async scanKeyDir(dir: string, found: ScannedMeta[]): Promise<void> {
+    const names = await fs.readdir(dir).catch(this.ifMissing([] as string[], "indexing the cache"))
+    const stats = await Promise.all(names.map((name) => fs.stat(join(dir, name)).catch(this.ifMissing(undefined, "indexing the cache"))))
+    const bodyBytes = new Map<string, number>() // variant id → bytes of its body file(s)
+    const metas: { name: string; size: number; mtimeMs: number }[] = []
+    for (const [index, name] of names.entries()) {
+      const stat = stats[index]
+      if (!stat) continue
+      const variantId = name.slice(0, name.indexOf("."))
+      if (name.endsWith(TEMP_SUFFIX)) {
+        if (Date.now() - stat.mtimeMs > ORPHAN_AGE_MS) await fs.rm(join(dir, name), { force: true })
+      } else if (name.endsWith(META_SUFFIX)) metas.push({ name, size: stat.size, mtimeMs: stat.mtimeMs })
+      else bodyBytes.set(variantId, (bodyBytes.get(variantId) ?? 0) + stat.size)
+    }
+    for (const { name, size, mtimeMs } of metas) {
+      const variantId = name.slice(0, -META_SUFFIX.length)
+      found.push({ metaPath: join(dir, name), bytes: size + (bodyBytes.get(variantId) ?? 0), mtimeMs })
+    }
+  }
+
+  /** A variant's meta file; none when there is none (the common case when writing) or it is not JSON. */
+  private async readMetaFile(metaPath: string): Promise<MetaFile | undefined> {
+    const text = await fs.readFile(metaPath, "utf8").catch(this.ifMissing(undefined, "reading a meta"))
+    if (text === undefined) return undefined
+    try {
+      return JSON.parse(text) as MetaFile
+    } catch {
+      return undefined // not JSON: `readVariant` reports and discards it; a writer replaces it
+    }
+  }
+
+  /**
+   * A catch handler for a file operation whose target may be gone (removed meanwhile, or never
+   * made): that is no failure. Anything else (permissions, I/O) is reported; both give `fallback`.
+   */
+  private ifMissing<T>(fallback: T, doing: string): (error: unknown) => T {
+    return (error) => {
+      if (!isMissing(error)) this.warn("store-read", `${doing}: ${(error as Error).message}`)
+      return fallback
+    }
+  }
+
   /** Indexes what is on disk: sizes and mtimes only, oldest first. Leftover temp files go. */
   private async scan(): Promise<void> {
     const epoch = this.epoch
     const found: ScannedMeta[] = []
-    for (const shard of await sortedNames(this.root)) {
-      for (const keyDir of await sortedNames(join(this.root, shard))) {
+    for (const shard of await this.sortedNames(this.root)) {
+      for (const keyDir of await this.sortedNames(join(this.root, shard))) {
         const dir = join(this.root, shard, keyDir)
         this.knownDirs.add(dir)
-        await scanKeyDir(dir, found)
+        await this.scanKeyDir(dir, found)
       }
     }
     this.scanDone = true
@@ -424,7 +467,7 @@ export class FileStore implements Store {
   /** Another process's `clear` bumps the generation: forget the index, and tell the tiers in front. */
   private async checkGeneration(): Promise<void> {
     const epoch = this.epoch
-    const generation = await fs.readFile(join(this.dir, GENERATION_FILE), "utf8").catch(() => "") // none yet: never cleared
+    const generation = await fs.readFile(join(this.dir, GENERATION_FILE), "utf8").catch(this.ifMissing("", "reading the generation"))
     if (epoch !== this.epoch) return // our own clear ran meanwhile: what was read is out of date
     if (this.generation !== undefined && generation !== this.generation) {
       this.epoch++
@@ -436,6 +479,11 @@ export class FileStore implements Store {
   }
 }
 
+function isMissing(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException).code
+  return code === "ENOENT" || code === "ENOTDIR"
+}
+
 /** A variant's meta changed while it was read: read it again. */
 class Replaced extends Error {}
 
@@ -443,27 +491,6 @@ interface ScannedMeta {
   metaPath: string
   bytes: number
   mtimeMs: number
-}
-
-/** One key's directory: each meta with its size plus its body's, and its mtime. */
-async function scanKeyDir(dir: string, found: ScannedMeta[]): Promise<void> {
-  const names = await fs.readdir(dir).catch(() => [] as string[]) // removed meanwhile
-  const stats = await Promise.all(names.map((name) => fs.stat(join(dir, name)).catch(() => undefined)))
-  const bodyBytes = new Map<string, number>() // variant id → bytes of its body file(s)
-  const metas: { name: string; size: number; mtimeMs: number }[] = []
-  for (const [index, name] of names.entries()) {
-    const stat = stats[index]
-    if (!stat) continue
-    const variantId = name.slice(0, name.indexOf("."))
-    if (name.endsWith(TEMP_SUFFIX)) {
-      if (Date.now() - stat.mtimeMs > ORPHAN_AGE_MS) await fs.rm(join(dir, name), { force: true })
-    } else if (name.endsWith(META_SUFFIX)) metas.push({ name, size: stat.size, mtimeMs: stat.mtimeMs })
-    else bodyBytes.set(variantId, (bodyBytes.get(variantId) ?? 0) + stat.size)
-  }
-  for (const { name, size, mtimeMs } of metas) {
-    const variantId = name.slice(0, -META_SUFFIX.length)
-    found.push({ metaPath: join(dir, name), bytes: size + (bodyBytes.get(variantId) ?? 0), mtimeMs })
-  }
 }
 
 /** Writes a stream to a new file; resolves with its length. A failed write cancels the stream. */
@@ -479,18 +506,6 @@ async function writeAll(body: ReadableStream<Uint8Array>, path: string): Promise
     await handle.close()
   }
   return size
-}
-
-async function readMetaFile(metaPath: string): Promise<MetaFile | undefined> {
-  try {
-    return JSON.parse(await fs.readFile(metaPath, "utf8")) as MetaFile
-  } catch {
-    return undefined // no meta (the common case when writing) or a broken one being replaced
-  }
-}
-
-async function sortedNames(dir: string): Promise<string[]> {
-  return (await fs.readdir(dir).catch(() => [] as string[])).sort() // no directory: nothing in it
 }
 
 function exists(path: string): Promise<boolean> {

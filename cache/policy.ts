@@ -426,10 +426,9 @@ export function sameOriginReferences(target: string, headers: Headers): string[]
   for (const name of ["location", "content-location"]) {
     const value = headers.get(name)
     if (!value) continue
-    try {
-      const uri = new URL(value, target)
-      if (uri.origin === origin) uris.push(uri.href)
-    } catch {}
+    if (!URL.canParse(value, target)) continue // not a URI reference: nothing to invalidate
+    const uri = new URL(value, target)
+    if (uri.origin === origin) uris.push(uri.href)
   }
   return uris
 }
