@@ -761,6 +761,7 @@ interface StartupTime {
 /** Writes `count` small entries, /entry/0 … /entry/N-1, as the proxy itself would store them. */
 async function fillCache(dir: string, originUrl: string, count: number): Promise<void> {
   const { FileStore, bunFiles } = await import("../cache/file-store.ts")
+  const { describeResponse, parseCacheControl } = await import("../cache/policy.ts")
   const store = new FileStore({
     dir,
     maxBytes: Number.MAX_SAFE_INTEGER,
@@ -770,21 +771,10 @@ async function fillCache(dir: string, originUrl: string, count: number): Promise
   await store.ready()
   const body = new TextEncoder().encode("x".repeat(512))
   const now = Date.now()
-  const meta = {
-    status: 200,
-    headers: [["content-type", "text/plain"]] as [string, string][],
-    vary: {},
-    responseTime: now,
-    deleteAt: now + 24 * 3600_000,
-    initialAgeMs: 0,
-    freshMs: 24 * 3600_000,
-    staleWhileRevalidateMs: 0,
-    staleIfErrorMs: 0,
-    mustRevalidate: false,
-    noCache: false,
-    etag: null,
-    lastModified: null,
-  }
+  // Described by the policy from a day-long max-age, as the proxy would describe the origin's answer.
+  const headers = new Headers({ "content-type": "text/plain", "cache-control": "max-age=86400" })
+  const policy = { defaultTtlMs: 0, forceTtlMs: 0, shareCookies: false }
+  const meta = describeResponse(200, headers, parseCacheControl(headers.get("cache-control")), {}, now, now, policy)
   let next = 0
   const worker = async () => {
     for (let i = next++; i < count; i = next++) {

@@ -53,32 +53,24 @@ function meta(overrides: Partial<EntryMeta> = {}): EntryMeta {
 
 /**
  * A body that hands out one chunk per pull and yields to the event loop between chunks, so
- * that two puts in flight really interleave.
+ * that two puts in flight really interleave. It ends cleanly, or fails like an origin that cut
+ * the response short.
  */
-function streamOf(...chunks: Uint8Array[]): ReadableStream<Uint8Array> {
+function chunkedStream(chunks: Uint8Array[], end: "close" | "fail"): ReadableStream<Uint8Array> {
   let next = 0
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
       await nextTask()
       const chunk = chunks[next++]
       if (chunk) controller.enqueue(chunk)
-      else controller.close()
-    },
-  })
-}
-
-/** A body that delivers its chunks, then fails: an origin that cut the response short. */
-function failingStreamOf(...chunks: Uint8Array[]): ReadableStream<Uint8Array> {
-  let next = 0
-  return new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      await nextTask()
-      const chunk = chunks[next++]
-      if (chunk) controller.enqueue(chunk)
+      else if (end === "close") controller.close()
       else controller.error(new Error("the origin's body was cut short"))
     },
   })
 }
+
+const streamOf = (...chunks: Uint8Array[]) => chunkedStream(chunks, "close")
+const failingStreamOf = (...chunks: Uint8Array[]) => chunkedStream(chunks, "fail")
 
 /** Lets timers, I/O and other tasks run: a loop of synchronous hits would otherwise starve them. */
 function nextTask(): Promise<void> {
