@@ -3,10 +3,9 @@
  * port 0 (in-process through createProxy, or as a child process through the CLI, under Node,
  * and as the compiled binary). Assertions are on what the client got and what the origin saw.
  */
-import { afterEach, beforeAll, describe, expect, setSystemTime, test } from "bun:test"
-import { once } from "node:events"
+import { afterAll, afterEach, beforeAll, describe, expect, setSystemTime, test } from "bun:test"
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, utimesSync, writeFileSync } from "node:fs"
-import { createServer as createHttpServer } from "node:http"
+import { createServer as createHttpServer, type ServerResponse } from "node:http"
 import { connect, createServer, type Socket } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -19,8 +18,18 @@ import { createProxy, type ProxyOptions, serve } from "./proxy.ts"
 
 const BUN = process.execPath
 
-function tempDir(): string {
-  return mkdtempSync(join(tmpdir(), "caching-proxy-test-"))
+/** A temporary directory removed when it goes out of scope: `using dir = ownedDir()`. */
+function ownedDir() {
+  const path = mkdtempSync(join(tmpdir(), "caching-proxy-test-"))
+  return { path, [Symbol.dispose]: () => rmSync(path, { recursive: true, force: true }) }
+}
+
+// Every test starts on the real clock, whatever the one before did with it.
+afterEach(() => setSystemTime())
+
+/** Freezes the clock at a whole second, so Date headers and ages are exact; move it with `setSystemTime(Date.now() + ms)`. */
+function freezeClock() {
+  setSystemTime(new Date().setMilliseconds(0))
 }
 
 /** What the origin saw of one request (Bun recycles Request objects once answered). */
@@ -51,6 +60,11 @@ function startOrigin(respond: (req: Request, n: number) => Response | Promise<Re
   }
 }
 
+/** An origin answering `v<n>` (its n-th request) with these headers plus an exact Date. */
+function startDatedOrigin(headers: Record<string, string> = {}, status = 200) {
+  return startOrigin((_, n) => new Response(`v${n}`, { status, headers: { date: new Date().toUTCString(), ...headers } }))
+}
+
 const DEFAULTS: Omit<ProxyOptions, "origin" | "cacheDir"> = {
   port: 0,
   host: "127.0.0.1",
@@ -68,8 +82,8 @@ const DEFAULTS: Omit<ProxyOptions, "origin" | "cacheDir"> = {
 
 /** The real proxy, in-process, on port 0, with its own cache directory unless one is given. */
 async function startProxy(options: Partial<ProxyOptions> & { origin: string }) {
-  const ownDir = options.cacheDir === undefined
-  const cacheDir = options.cacheDir ?? tempDir()
+  const ownDir = options.cacheDir === undefined ? ownedDir() : undefined
+  const cacheDir = options.cacheDir ?? ownDir!.path
   const full: ProxyOptions = { ...DEFAULTS, ...options, cacheDir, origin: options.origin.replace(/\/+$/, "") }
   const warnings: { kind: WarnKind; detail: string }[] = []
   const { app, cache } = createProxy(full, { warn: (kind, detail) => warnings.push({ kind, detail }) })
@@ -83,7 +97,7 @@ async function startProxy(options: Partial<ProxyOptions> & { origin: string }) {
     [Symbol.asyncDispose]: async () => {
       await listener.stop(true)
       await cache.close()
-      if (ownDir) rmSync(cacheDir, { recursive: true, force: true })
+      ownDir?.[Symbol.dispose]()
     },
   }
 }
@@ -148,13 +162,21 @@ function portOf(url: string): number {
 
 const get = (url: string, headers: Record<string, string> = {}) => fetch(url, { headers })
 
-// ───────────────────────────── storage helpers ─────────────────────────────
-
-/** A temporary directory removed at the end of the test (for caches that outlive one proxy). */
-function ownedDir() {
-  const path = tempDir()
-  return { path, [Symbol.dispose]: () => rmSync(path, { recursive: true, force: true }) }
+/** What the client got, its body read: for `toMatchObject`. Redirects are the client's to follow, not this one's. */
+async function answer(url: string, headers: Record<string, string> = {}, init: RequestInit = {}) {
+  const res = await fetch(url, { headers, redirect: "manual", ...init })
+  const body = await res.text()
+  const header = (name: string) => res.headers.get(name)
+  return { status: res.status, body, xCache: header("x-cache"), cacheStatus: header("cache-status"), age: header("age") }
 }
+
+/** Asks the proxy without letting it go to the origin: true when the URL is answered from the cache. */
+async function isCached(url: string): Promise<boolean> {
+  const { status, xCache } = await answer(url, { "cache-control": "only-if-cached" })
+  return status === 200 && xCache === "HIT"
+}
+
+// ───────────────────────────── storage helpers ─────────────────────────────
 
 /** Every file under the cache's `v1` tree, with its size. */
 function storedFiles(cacheDir: string): { path: string; size: number }[] {
@@ -176,13 +198,6 @@ async function eventually(check: () => boolean | Promise<boolean>, withinMs = 30
     if (Date.now() > deadline) throw new Error(`still not true after ${withinMs} ms: ${check}`)
     await Bun.sleep(25)
   }
-}
-
-/** Asks the proxy without letting it go to the origin: true when the URL is answered from the cache. */
-async function isCached(url: string): Promise<boolean> {
-  const response = await get(url, { "cache-control": "only-if-cached" })
-  await response.arrayBuffer()
-  return response.status === 200 && response.headers.get("x-cache") === "HIT"
 }
 
 /** sha256 of a body, read chunk by chunk: the test never holds a large body whole. */
@@ -241,6 +256,17 @@ async function startRawOrigin(answer: (socket: Socket, n: number) => void) {
   }
 }
 
+/** Waits until `res` takes more (drain) or is gone (close, error), leaving no listener behind either way. */
+function drainOrClose(res: ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      for (const event of ["drain", "close", "error"]) res.off(event, done)
+      resolve()
+    }
+    for (const event of ["drain", "close", "error"]) res.once(event, done)
+  })
+}
+
 /**
  * An origin that streams `count` generated chunks under a Content-Length. Bun.serve drops the
  * Content-Length of a streamed body and sends it chunked, so this one speaks node:http.
@@ -251,7 +277,7 @@ async function startStreamingOrigin(count: number, size: number) {
     requests++
     res.writeHead(200, { "content-length": String(count * size), "cache-control": "max-age=600" })
     for (let i = 0; i < count && !res.destroyed; i++) {
-      if (!res.write(generatedChunk(i, size))) await Promise.race([once(res, "drain"), once(res, "close")])
+      if (!res.write(generatedChunk(i, size))) await drainOrClose(res)
     }
     res.end()
   })
@@ -269,8 +295,6 @@ async function startStreamingOrigin(count: number, size: number) {
 
 const KB = 1024
 const MB = 1024 * KB
-
-// ───────────────────────────── storage ─────────────────────────────
 
 // ───────────────────────────── the command line ─────────────────────────────
 
@@ -330,17 +354,18 @@ describe("CLI", () => {
   test("a port already in use: one line, exit code 1", async () => {
     await using origin = startOrigin(() => new Response("x"))
     await using first = await startProxy({ origin: origin.url })
-    const { stderr, code } = await runCli([...CLI, "--port", String(portOf(first.url)), "--origin", origin.url, "--cache-dir", tempDir()])
+    using dir = ownedDir()
+    const { stderr, code } = await runCli([...CLI, "--port", String(portOf(first.url)), "--origin", origin.url, "--cache-dir", dir.path])
     expect(code).toBe(1)
     expect(stderr.trim()).toMatch(/^caching-proxy: port \d+ on 127.0.0.1 is already in use$/)
   })
 
   test("says where it listens, what it forwards to and where the cache is; logs one line per request", async () => {
     await using origin = startOrigin(() => new Response("x", { headers: { "cache-control": "max-age=60" } }))
-    const dir = tempDir()
-    await using proxy = await startCli([...CLI, "--port", "0", "--origin", origin.url, "--cache-dir", dir])
+    using dir = ownedDir()
+    await using proxy = await startCli([...CLI, "--port", "0", "--origin", origin.url, "--cache-dir", dir.path])
     expect(proxy.lines[0]).toMatch(
-      new RegExp(`listening on http://127.0.0.1:\\d+, forwarding to ${origin.url.replace(/\/$/, "")}, cache in ${dir}`),
+      new RegExp(`listening on http://127.0.0.1:\\d+, forwarding to ${origin.url.replace(/\/$/, "")}, cache in ${dir.path}`),
     )
     await (await get(`${proxy.url}logged?x=1`)).text()
     await (await get(`${proxy.url}logged?x=1`)).text()
@@ -351,14 +376,14 @@ describe("CLI", () => {
 
   test("CACHING_PROXY_* environment variables stand in for flags the command line leaves out", async () => {
     await using origin = startOrigin(() => new Response("from env"))
-    const cacheDir = tempDir()
+    using cacheDir = ownedDir()
     await using proxy = await startCli([...CLI, "--port", "0"], {
       CACHING_PROXY_ORIGIN: origin.url,
-      CACHING_PROXY_CACHE_DIR: cacheDir,
+      CACHING_PROXY_CACHE_DIR: cacheDir.path,
       CACHING_PROXY_PORT: "not used: --port is on the command line",
       CACHING_PROXY_QUIET: "1",
     })
-    expect(proxy.lines[0]).toContain(`cache in ${cacheDir}`)
+    expect(proxy.lines[0]).toContain(`cache in ${cacheDir.path}`)
     expect(await (await get(`${proxy.url}env`)).text()).toBe("from env")
     await Bun.sleep(200) // time for a log line to arrive, were one written
     expect(proxy.lines.filter((l) => l.includes("/env"))).toHaveLength(0)
@@ -366,7 +391,8 @@ describe("CLI", () => {
 
   test("--quiet logs no requests", async () => {
     await using origin = startOrigin(() => new Response("x"))
-    await using proxy = await startCli([...CLI, "--port", "0", "--quiet", "--origin", origin.url, "--cache-dir", tempDir()])
+    using dir = ownedDir()
+    await using proxy = await startCli([...CLI, "--port", "0", "--quiet", "--origin", origin.url, "--cache-dir", dir.path])
     await (await get(`${proxy.url}q`)).text()
     await Bun.sleep(200) // time for a log line to arrive, were one written
     expect(proxy.lines.filter((l) => l.includes("/q"))).toHaveLength(0)
@@ -374,11 +400,11 @@ describe("CLI", () => {
 
   test("the cache lives in $XDG_CACHE_HOME/caching-proxy by default", async () => {
     await using origin = startOrigin(() => new Response("x"))
-    const xdg = tempDir()
-    await using proxy = await startCli([...CLI, "--port", "0", "--origin", origin.url], { XDG_CACHE_HOME: xdg })
-    expect(proxy.lines[0]).toContain(`cache in ${join(xdg, "caching-proxy")}`)
+    using xdg = ownedDir()
+    await using proxy = await startCli([...CLI, "--port", "0", "--origin", origin.url], { XDG_CACHE_HOME: xdg.path })
+    expect(proxy.lines[0]).toContain(`cache in ${join(xdg.path, "caching-proxy")}`)
     await (await get(`${proxy.url}xdg`)).text()
-    expect(existsSync(join(xdg, "caching-proxy", "v1"))).toBe(true)
+    expect(existsSync(join(xdg.path, "caching-proxy", "v1"))).toBe(true)
   })
 
   test("SIGTERM: requests in flight finish, then exit 0", async () => {
@@ -386,7 +412,8 @@ describe("CLI", () => {
       await Bun.sleep(500)
       return new Response("slow but whole")
     })
-    const proxy = await startCli([...CLI, "--port", "0", "--quiet", "--origin", origin.url, "--cache-dir", tempDir()])
+    using dir = ownedDir()
+    const proxy = await startCli([...CLI, "--port", "0", "--quiet", "--origin", origin.url, "--cache-dir", dir.path])
     const pending = get(`${proxy.url}slow`)
     await Bun.sleep(150)
     proxy.child.kill("SIGTERM")
@@ -510,45 +537,7 @@ describe("forwarding (RFC 9110 §7.6)", () => {
   })
 })
 
-// ───────────────────────────── caching and errors ─────────────────────────────
-
-describe("caching", () => {
-  test("a GET is a MISS, then a HIT; the cache survives a restart", async () => {
-    await using origin = startOrigin((_, n) => new Response(`body ${n}`))
-    const cacheDir = tempDir()
-    {
-      await using proxy = await startProxy({ origin: origin.url, cacheDir })
-      const miss = await get(`${proxy.url}products`)
-      expect(miss.headers.get("x-cache")).toBe("MISS")
-      expect(await miss.text()).toBe("body 1")
-      const hit = await get(`${proxy.url}products`)
-      expect(hit.headers.get("x-cache")).toBe("HIT")
-      expect(await hit.text()).toBe("body 1")
-    }
-    await using restarted = await startProxy({ origin: origin.url, cacheDir })
-    const hit = await get(`${restarted.url}products`)
-    expect(hit.headers.get("x-cache")).toBe("HIT")
-    expect(await hit.text()).toBe("body 1")
-    expect(origin.count("/products")).toBe(1)
-  })
-
-  test("no-store and private responses are not stored", async () => {
-    await using origin = startOrigin((req) => new Response("x", { headers: { "cache-control": new URL(req.url).pathname.slice(1) } }))
-    await using proxy = await startProxy({ origin: origin.url })
-    for (const path of ["no-store", "private"]) {
-      await (await get(`${proxy.url}${path}`)).text()
-      expect((await get(`${proxy.url}${path}`)).headers.get("x-cache")).toBe("MISS")
-      expect(origin.count(`/${path}`)).toBe(2)
-    }
-  })
-
-  test("--ttl 0 turns the default lifetime off", async () => {
-    await using origin = startOrigin(() => new Response("plain"))
-    await using proxy = await startProxy({ origin: origin.url, ttlSeconds: 0 })
-    await (await get(`${proxy.url}plain`)).text()
-    expect((await get(`${proxy.url}plain`)).headers.get("x-cache")).toBe("MISS")
-  })
-})
+// ───────────────────────────── errors ─────────────────────────────
 
 describe("errors", () => {
   test("an unreachable origin gives 502 with a one-line body", async () => {
@@ -589,8 +578,8 @@ describe("errors", () => {
 /** MISS, HIT, HIT after a restart, MISS after --clear-cache: through a command that runs the CLI. */
 async function endToEnd(command: string[], cwd?: string) {
   await using origin = startOrigin((_, n) => new Response(`product ${n}`, { headers: { "cache-control": "max-age=600" } }))
-  const cacheDir = tempDir()
-  const start = () => startCli([...command, "--port", "0", "--quiet", "--origin", origin.url, "--cache-dir", cacheDir], {}, cwd)
+  using cacheDir = ownedDir()
+  const start = () => startCli([...command, "--port", "0", "--quiet", "--origin", origin.url, "--cache-dir", cacheDir.path], {}, cwd)
   const expectAnswer = async (url: string, body: string, xCache: string) => {
     const response = await get(`${url}products`)
     expect(await response.text()).toBe(body)
@@ -605,7 +594,7 @@ async function endToEnd(command: string[], cwd?: string) {
     await using proxy = await start()
     await expectAnswer(proxy.url, "product 1", "HIT")
   }
-  const cleared = await runCli([...command, "--clear-cache", "--cache-dir", cacheDir], cwd)
+  const cleared = await runCli([...command, "--clear-cache", "--cache-dir", cacheDir.path], cwd)
   expect(cleared.code).toBe(0)
   {
     await using proxy = await start()
@@ -625,10 +614,10 @@ describe("runtimes and packaging", () => {
 
   test("--clear-cache does not break a proxy running on the same cache", async () => {
     await using origin = startOrigin((_, n) => new Response(`v${n}`, { headers: { "cache-control": "max-age=600" } }))
-    const cacheDir = tempDir()
-    await using proxy = await startCli([...CLI, "--port", "0", "--quiet", "--origin", origin.url, "--cache-dir", cacheDir])
+    using cacheDir = ownedDir()
+    await using proxy = await startCli([...CLI, "--port", "0", "--quiet", "--origin", origin.url, "--cache-dir", cacheDir.path])
     expect(await (await get(`${proxy.url}c`)).text()).toBe("v1")
-    expect((await runCli([...CLI, "--clear-cache", "--cache-dir", cacheDir])).code).toBe(0)
+    expect((await runCli([...CLI, "--clear-cache", "--cache-dir", cacheDir.path])).code).toBe(0)
     await Bun.sleep(1500) // the running proxy looks for a clear once a second
     const afterClear = await get(`${proxy.url}c`)
     expect(await afterClear.text()).toBe("v2")
@@ -652,6 +641,7 @@ describe("runtimes and packaging", () => {
         headers.append("set-cookie", "b=2")
         return new Response(gzipped, { headers })
       })
+      using dir = ownedDir()
       await using proxy = await startCli([
         ...NODE_CLI,
         "--port",
@@ -661,7 +651,7 @@ describe("runtimes and packaging", () => {
         "--origin",
         origin.url,
         "--cache-dir",
-        tempDir(),
+        dir.path,
       ])
       for (const expected of ["MISS", "HIT"]) {
         const response = await fetch(`${proxy.url}gz`, { decompress: false } as RequestInit)
@@ -683,44 +673,49 @@ describe("runtimes and packaging", () => {
 
     test("ignores a .env and a bunfig.toml in the working directory", async () => {
       await using origin = startOrigin(() => new Response("x"))
-      const cwd = tempDir()
-      const home = tempDir()
-      writeFileSync(join(cwd, ".env"), `XDG_CACHE_HOME=${join(cwd, "from-dotenv")}\n`)
-      writeFileSync(join(cwd, "preload.ts"), `require("node:fs").writeFileSync(${JSON.stringify(join(cwd, "preloaded"))}, "")\n`)
-      writeFileSync(join(cwd, "bunfig.toml"), `preload = ["./preload.ts"]\n`)
-      await using proxy = await startCli([BINARY, "--port", "0", "--origin", origin.url], { XDG_CACHE_HOME: undefined, HOME: home }, cwd)
-      expect(proxy.lines[0]).toContain(`cache in ${join(home, ".cache", "caching-proxy")}`)
-      expect(existsSync(join(cwd, "preloaded"))).toBe(false)
+      using cwd = ownedDir()
+      using home = ownedDir()
+      writeFileSync(join(cwd.path, ".env"), `XDG_CACHE_HOME=${join(cwd.path, "from-dotenv")}\n`)
+      writeFileSync(join(cwd.path, "preload.ts"), `require("node:fs").writeFileSync(${JSON.stringify(join(cwd.path, "preloaded"))}, "")\n`)
+      writeFileSync(join(cwd.path, "bunfig.toml"), `preload = ["./preload.ts"]\n`)
+      await using proxy = await startCli(
+        [BINARY, "--port", "0", "--origin", origin.url],
+        { XDG_CACHE_HOME: undefined, HOME: home.path },
+        cwd.path,
+      )
+      expect(proxy.lines[0]).toContain(`cache in ${join(home.path, ".cache", "caching-proxy")}`)
+      expect(existsSync(join(cwd.path, "preloaded"))).toBe(false)
     })
   })
 
   describe("a packed package installed into an empty folder", () => {
-    const folder = tempDir()
+    // Made in beforeAll, not while the tests are collected: a run that filters them out leaves no folder.
+    let folder = { path: "", [Symbol.dispose]: () => {} }
     beforeAll(async () => {
-      const packed = await runCli(["npm", "pack", "--silent", "--pack-destination", folder], import.meta.dir)
+      folder = ownedDir()
+      const packed = await runCli(["npm", "pack", "--silent", "--pack-destination", folder.path], import.meta.dir)
       if (packed.code !== 0) throw new Error(`npm pack failed: ${packed.stderr}`)
-      const tarball = join(folder, packed.stdout.trim().split("\n").pop()!)
-      writeFileSync(join(folder, "package.json"), "{}")
-      const installed = await runCli(["npm", "install", "--no-audit", "--no-fund", "--prefer-offline", tarball], folder)
+      const tarball = join(folder.path, packed.stdout.trim().split("\n").pop()!)
+      writeFileSync(join(folder.path, "package.json"), "{}")
+      const installed = await runCli(["npm", "install", "--no-audit", "--no-fund", "--prefer-offline", tarball], folder.path)
       if (installed.code !== 0) throw new Error(`npm install failed: ${installed.stderr}`)
     }, 120_000)
+    afterAll(() => folder[Symbol.dispose]())
 
-    test("npx caching-proxy (Node)", () => endToEnd(["npx", "--no-install", "caching-proxy"], folder), 60_000)
+    test("npx caching-proxy (Node)", () => endToEnd(["npx", "--no-install", "caching-proxy"], folder.path), 60_000)
     test(
       "bunx --bun caching-proxy (Bun)",
-      () => endToEnd([join(import.meta.dir, "node_modules", ".bin", "bunx"), "--bun", "caching-proxy"], folder),
+      () => endToEnd([join(import.meta.dir, "node_modules", ".bin", "bunx"), "--bun", "caching-proxy"], folder.path),
       60_000,
     )
   })
 })
 
 // ───────────────────────────── RFC 9111, RFC 5861, RFC 9211 ─────────────────────────────
-// Each test freezes the clock at a whole second (`setSystemTime(new Date().setMilliseconds(0))`),
-// so Date headers and ages are exact, and moves it with `setSystemTime(Date.now() + ms)`.
+// A test that moves the clock freezes it first (`freezeClock()`), so Date headers and ages are
+// exact, then moves it with `setSystemTime(Date.now() + ms)`; the top-level afterEach puts it back.
 
 describe("RFC 9111 §3 storing responses", () => {
-  afterEach(() => setSystemTime())
-
   test("§3: only a GET's response is stored; a POST's max-age is not reused", async () => {
     await using origin = startOrigin(() => new Response("made", { headers: { "cache-control": "max-age=60" } }))
     await using proxy = await startProxy({ origin: origin.url })
@@ -764,7 +759,7 @@ describe("RFC 9111 §3 storing responses", () => {
     expect(origin.count("/c")).toBe(3)
   })
 
-  test.each(["no-store", "no-store, max-age=60", "private, max-age=60", 'private="x-user", max-age=60'])(
+  test.each(["no-store", "no-store, max-age=60", "private", "private, max-age=60", 'private="x-user", max-age=60'])(
     "§5.2.2.5, §5.2.2.7: a response with Cache-Control: %s is not stored",
     async (cacheControl) => {
       await using origin = startOrigin((_, n) => new Response(`v${n}`, { headers: { "cache-control": cacheControl } }))
@@ -862,6 +857,7 @@ describe("RFC 9111 §3 storing responses", () => {
         expect(body).not.toHaveLength(100)
       }
       expect(requests).toBe(2)
+      expect(proxy.warnings.map((w) => w.kind)).toEqual(["origin-body", "origin-body"])
     } finally {
       await new Promise((closed) => server.close(closed))
     }
@@ -869,48 +865,37 @@ describe("RFC 9111 §3 storing responses", () => {
 })
 
 describe("RFC 9111 §4.2 freshness", () => {
-  afterEach(() => setSystemTime())
-
-  /** An origin answering /f with `v<n>` and these headers plus an exact Date. */
-  const dated = (headers: Record<string, string>, status = 200) =>
-    startOrigin((_, n) => new Response(`v${n}`, { status, headers: { date: new Date().toUTCString(), ...headers } }))
-
-  /** The body and X-Cache of a GET /f made `seconds` after the clock's current time. */
-  async function getAfter(proxyUrl: string, seconds: number) {
-    setSystemTime(Date.now() + seconds * 1000)
-    const res = await fetch(`${proxyUrl}f`, { redirect: "manual" })
-    return { body: await res.text(), xCache: res.headers.get("x-cache"), age: res.headers.get("age") }
-  }
-
   test("§4.2.1: s-maxage takes precedence over max-age", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
-    await using origin = dated({ "cache-control": "max-age=10, s-maxage=100" })
+    freezeClock()
+    await using origin = startDatedOrigin({ "cache-control": "max-age=10, s-maxage=100" })
     await using proxy = await startProxy({ origin: origin.url })
-    await getAfter(proxy.url, 0)
-    expect(await getAfter(proxy.url, 50)).toMatchObject({ body: "v1", xCache: "HIT" })
-    expect(await getAfter(proxy.url, 60)).toMatchObject({ body: "v2", xCache: "MISS" })
+    await answer(`${proxy.url}f`)
+    setSystemTime(Date.now() + 50_000)
+    expect(await answer(`${proxy.url}f`)).toMatchObject({ body: "v1", xCache: "HIT" })
+    setSystemTime(Date.now() + 60_000)
+    expect(await answer(`${proxy.url}f`)).toMatchObject({ body: "v2", xCache: "MISS" })
     expect(origin.count("/f")).toBe(2)
   })
 
   test("§4.2.1: max-age takes precedence over Expires", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
-    await using origin = dated({ "cache-control": "max-age=100", expires: new Date(Date.now() + 10_000).toUTCString() })
+    freezeClock()
+    await using origin = startDatedOrigin({ "cache-control": "max-age=100", expires: new Date(Date.now() + 10_000).toUTCString() })
     await using proxy = await startProxy({ origin: origin.url })
-    await getAfter(proxy.url, 0)
-    expect(await getAfter(proxy.url, 50)).toMatchObject({ body: "v1", xCache: "HIT" })
+    await answer(`${proxy.url}f`)
+    setSystemTime(Date.now() + 50_000)
+    expect(await answer(`${proxy.url}f`)).toMatchObject({ body: "v1", xCache: "HIT" })
     expect(origin.count("/f")).toBe(1)
   })
 
   test("§4.2.1: without max-age the lifetime is Expires minus Date", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
-    await using origin = startOrigin(
-      (_, n) =>
-        new Response(`v${n}`, { headers: { date: new Date().toUTCString(), expires: new Date(Date.now() + 100_000).toUTCString() } }),
-    )
+    freezeClock()
+    await using origin = startDatedOrigin({ expires: new Date(Date.now() + 100_000).toUTCString() })
     await using proxy = await startProxy({ origin: origin.url })
-    await getAfter(proxy.url, 0)
-    expect(await getAfter(proxy.url, 99)).toMatchObject({ body: "v1", xCache: "HIT" })
-    expect(await getAfter(proxy.url, 2)).toMatchObject({ body: "v2", xCache: "MISS" })
+    await answer(`${proxy.url}f`)
+    setSystemTime(Date.now() + 99_000)
+    expect(await answer(`${proxy.url}f`)).toMatchObject({ body: "v1", xCache: "HIT" })
+    setSystemTime(Date.now() + 2_000)
+    expect(await answer(`${proxy.url}f`)).toMatchObject({ body: "v2", xCache: "MISS" })
     expect(origin.count("/f")).toBe(2)
   })
 
@@ -919,22 +904,25 @@ describe("RFC 9111 §4.2 freshness", () => {
     ["conflicting duplicate max-age", { "cache-control": "max-age=60, max-age=120" }],
     ["a malformed max-age (abc)", { "cache-control": "max-age=abc" }],
   ])("§4.2.1, §5.3: %s makes the response stale at once", async (_, headers) => {
-    setSystemTime(new Date().setMilliseconds(0))
-    await using origin = dated(headers)
+    freezeClock()
+    await using origin = startDatedOrigin(headers)
     await using proxy = await startProxy({ origin: origin.url })
-    await getAfter(proxy.url, 0)
-    expect(await getAfter(proxy.url, 1)).toMatchObject({ body: "v2", xCache: "MISS" })
+    await answer(`${proxy.url}f`)
+    setSystemTime(Date.now() + 1_000)
+    expect(await answer(`${proxy.url}f`)).toMatchObject({ body: "v2", xCache: "MISS" })
     expect(origin.count("/f")).toBe(2)
   })
 
   test("§4.2.2: a 200 with only Last-Modified is fresh for 10 % of Date minus Last-Modified", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
+    freezeClock()
     const lastModified = new Date(Date.now() - 1000_000).toUTCString()
-    await using origin = dated({ "last-modified": lastModified })
+    await using origin = startDatedOrigin({ "last-modified": lastModified })
     await using proxy = await startProxy({ origin: origin.url })
-    await getAfter(proxy.url, 0)
-    expect(await getAfter(proxy.url, 99)).toMatchObject({ body: "v1", xCache: "HIT" })
-    expect(await getAfter(proxy.url, 2)).toMatchObject({ body: "v2", xCache: "MISS" })
+    await answer(`${proxy.url}f`)
+    setSystemTime(Date.now() + 99_000)
+    expect(await answer(`${proxy.url}f`)).toMatchObject({ body: "v1", xCache: "HIT" })
+    setSystemTime(Date.now() + 2_000)
+    expect(await answer(`${proxy.url}f`)).toMatchObject({ body: "v2", xCache: "MISS" })
     expect(origin.requests[1]?.headers.get("if-modified-since")).toBe(lastModified)
     expect(origin.count("/f")).toBe(2)
   })
@@ -943,57 +931,62 @@ describe("RFC 9111 §4.2 freshness", () => {
     [201, {}],
     [302, { location: "/elsewhere" }],
   ])("§4.2.2: a %d is not heuristically cacheable: with Last-Modified and no freshness it is not reused", async (status, headers) => {
-    setSystemTime(new Date().setMilliseconds(0))
-    await using origin = dated({ "last-modified": new Date(Date.now() - 1000_000).toUTCString(), ...headers }, status)
+    freezeClock()
+    await using origin = startDatedOrigin({ "last-modified": new Date(Date.now() - 1000_000).toUTCString(), ...headers }, status)
     await using proxy = await startProxy({ origin: origin.url })
-    await getAfter(proxy.url, 0)
-    expect(await getAfter(proxy.url, 1)).toMatchObject({ body: "v2", xCache: "MISS" })
+    await answer(`${proxy.url}f`)
+    setSystemTime(Date.now() + 1_000)
+    expect(await answer(`${proxy.url}f`)).toMatchObject({ body: "v2", xCache: "MISS" })
     expect(origin.count("/f")).toBe(2)
   })
 
   test("§4.2.2: a 200 with no freshness information lives for ttlSeconds", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
-    await using origin = dated({})
+    freezeClock()
+    await using origin = startDatedOrigin()
     await using proxy = await startProxy({ origin: origin.url, ttlSeconds: 300 })
-    await getAfter(proxy.url, 0)
-    expect(await getAfter(proxy.url, 299)).toMatchObject({ body: "v1", xCache: "HIT" })
-    expect(await getAfter(proxy.url, 2)).toMatchObject({ body: "v2", xCache: "MISS" })
+    await answer(`${proxy.url}f`)
+    setSystemTime(Date.now() + 299_000)
+    expect(await answer(`${proxy.url}f`)).toMatchObject({ body: "v1", xCache: "HIT" })
+    setSystemTime(Date.now() + 2_000)
+    expect(await answer(`${proxy.url}f`)).toMatchObject({ body: "v2", xCache: "MISS" })
     expect(origin.count("/f")).toBe(2)
   })
 
-  test("§4.2.2: ttlSeconds 0 turns the default lifetime off", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
-    await using origin = dated({})
+  test("§4.2.2: ttlSeconds 0 (--ttl 0) turns the default lifetime off", async () => {
+    freezeClock()
+    await using origin = startDatedOrigin()
     await using proxy = await startProxy({ origin: origin.url, ttlSeconds: 0 })
-    await getAfter(proxy.url, 0)
-    expect(await getAfter(proxy.url, 0)).toMatchObject({ body: "v2", xCache: "MISS" })
+    await answer(`${proxy.url}f`)
+    expect(await answer(`${proxy.url}f`)).toMatchObject({ body: "v2", xCache: "MISS" })
     expect(origin.count("/f")).toBe(2)
   })
 
   test("§4.2.3: the origin's Age uses up part of max-age", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
-    await using origin = dated({ "cache-control": "max-age=60", age: "50" })
+    freezeClock()
+    await using origin = startDatedOrigin({ "cache-control": "max-age=60", age: "50" })
     await using proxy = await startProxy({ origin: origin.url })
-    await getAfter(proxy.url, 0)
-    expect(await getAfter(proxy.url, 9)).toMatchObject({ body: "v1", xCache: "HIT", age: "59" })
-    expect(await getAfter(proxy.url, 2)).toMatchObject({ body: "v2", xCache: "MISS" })
+    await answer(`${proxy.url}f`)
+    setSystemTime(Date.now() + 9_000)
+    expect(await answer(`${proxy.url}f`)).toMatchObject({ body: "v1", xCache: "HIT", age: "59" })
+    setSystemTime(Date.now() + 2_000)
+    expect(await answer(`${proxy.url}f`)).toMatchObject({ body: "v2", xCache: "MISS" })
     expect(origin.count("/f")).toBe(2)
   })
 
   test("§4.2.3: a Date in the past counts as age (apparent age), even without an Age header", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
-    await using origin = startOrigin(
-      (_, n) => new Response(`v${n}`, { headers: { date: new Date(Date.now() - 50_000).toUTCString(), "cache-control": "max-age=60" } }),
-    )
+    freezeClock()
+    await using origin = startDatedOrigin({ date: new Date(Date.now() - 50_000).toUTCString(), "cache-control": "max-age=60" })
     await using proxy = await startProxy({ origin: origin.url })
-    await getAfter(proxy.url, 0)
-    expect(await getAfter(proxy.url, 9)).toMatchObject({ body: "v1", xCache: "HIT", age: "59" })
-    expect(await getAfter(proxy.url, 2)).toMatchObject({ body: "v2", xCache: "MISS" })
+    await answer(`${proxy.url}f`)
+    setSystemTime(Date.now() + 9_000)
+    expect(await answer(`${proxy.url}f`)).toMatchObject({ body: "v1", xCache: "HIT", age: "59" })
+    setSystemTime(Date.now() + 2_000)
+    expect(await answer(`${proxy.url}f`)).toMatchObject({ body: "v2", xCache: "MISS" })
     expect(origin.count("/f")).toBe(2)
   })
 
   test("§5.1: a hit carries Age: the seconds since it was stored, plus the origin's Age", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
+    freezeClock()
     await using origin = startOrigin(
       (req) =>
         new Response("x", {
@@ -1011,8 +1004,6 @@ describe("RFC 9111 §4.2 freshness", () => {
 })
 
 describe("RFC 9111 §4.1 Vary", () => {
-  afterEach(() => setSystemTime())
-
   const byLanguage = () =>
     startOrigin(
       (req) =>
@@ -1063,10 +1054,8 @@ describe("RFC 9111 §4.1 Vary", () => {
 })
 
 describe("RFC 9111 §4.3 validation", () => {
-  afterEach(() => setSystemTime())
-
   test("§4.3.1, §4.3.4: a stale entry with an ETag is revalidated with If-None-Match; the 304 freshens it and updates its fields", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
+    freezeClock()
     await using origin = startOrigin((_, n) =>
       n === 1
         ? new Response("v1", { headers: { date: new Date().toUTCString(), etag: '"v1"', "cache-control": "max-age=60" } })
@@ -1093,7 +1082,7 @@ describe("RFC 9111 §4.3 validation", () => {
   })
 
   test("§4.3.1: a stale entry with Last-Modified is revalidated with If-Modified-Since", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
+    freezeClock()
     const lastModified = new Date(Date.now() - 3600_000).toUTCString()
     await using origin = startOrigin((_, n) =>
       n === 1
@@ -1130,10 +1119,8 @@ describe("RFC 9111 §4.3 validation", () => {
   test.each(["must-revalidate", "proxy-revalidate"])(
     "§5.2.2.2, §5.2.2.8: a %s entry is used while fresh; stale with the origin down, it gives 504",
     async (directive) => {
-      setSystemTime(new Date().setMilliseconds(0))
-      await using origin = startOrigin(
-        () => new Response("v1", { headers: { date: new Date().toUTCString(), "cache-control": `max-age=60, ${directive}` } }),
-      )
+      freezeClock()
+      await using origin = startDatedOrigin({ "cache-control": `max-age=60, ${directive}` })
       await using proxy = await startProxy({ origin: origin.url })
       await (await get(`${proxy.url}mr`)).text()
       setSystemTime(Date.now() + 30_000)
@@ -1148,10 +1135,8 @@ describe("RFC 9111 §4.3 validation", () => {
   )
 
   test("§4.2.4: without must-revalidate, a stale entry is served when the origin is down", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
-    await using origin = startOrigin(
-      () => new Response("v1", { headers: { date: new Date().toUTCString(), "cache-control": "max-age=60" } }),
-    )
+    freezeClock()
+    await using origin = startDatedOrigin({ "cache-control": "max-age=60" })
     await using proxy = await startProxy({ origin: origin.url })
     await (await get(`${proxy.url}down`)).text()
     await origin[Symbol.asyncDispose]()
@@ -1197,96 +1182,85 @@ describe("RFC 9111 §4.3 validation", () => {
 })
 
 describe("RFC 9111 §5.2.1 request directives", () => {
-  afterEach(() => setSystemTime())
-
-  /** An origin answering `v<n>` with these directives and an exact Date. */
-  const dated = (cacheControl: string) =>
-    startOrigin((_, n) => new Response(`v${n}`, { headers: { date: new Date().toUTCString(), "cache-control": cacheControl } }))
-
-  async function fetchBody(url: string, cacheControl?: string) {
-    const res = await get(url, cacheControl ? { "cache-control": cacheControl } : {})
-    return { status: res.status, body: await res.text(), xCache: res.headers.get("x-cache"), cacheStatus: res.headers.get("cache-status") }
-  }
-
   test("§5.2.1.4: no-cache goes to the origin even for a fresh entry, and stores the new answer", async () => {
-    await using origin = dated("max-age=60")
+    await using origin = startDatedOrigin({ "cache-control": "max-age=60" })
     await using proxy = await startProxy({ origin: origin.url })
-    await fetchBody(`${proxy.url}d`)
-    expect(await fetchBody(`${proxy.url}d`, "no-cache")).toMatchObject({ body: "v2", xCache: "MISS" })
-    expect(await fetchBody(`${proxy.url}d`)).toMatchObject({ body: "v2", xCache: "HIT" })
+    await answer(`${proxy.url}d`)
+    expect(await answer(`${proxy.url}d`, { "cache-control": "no-cache" })).toMatchObject({ body: "v2", xCache: "MISS" })
+    expect(await answer(`${proxy.url}d`)).toMatchObject({ body: "v2", xCache: "HIT" })
     expect(origin.count("/d")).toBe(2)
   })
 
   test("§5.2.1.1: max-age=0 goes to the origin; max-age=N accepts an entry up to N seconds old", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
-    await using origin = dated("max-age=100")
+    freezeClock()
+    await using origin = startDatedOrigin({ "cache-control": "max-age=100" })
     await using proxy = await startProxy({ origin: origin.url })
-    await fetchBody(`${proxy.url}d`)
+    await answer(`${proxy.url}d`)
     setSystemTime(Date.now() + 30_000)
-    expect(await fetchBody(`${proxy.url}d`, "max-age=60")).toMatchObject({ body: "v1", xCache: "HIT" })
+    expect(await answer(`${proxy.url}d`, { "cache-control": "max-age=60" })).toMatchObject({ body: "v1", xCache: "HIT" })
     expect(origin.count("/d")).toBe(1)
-    expect(await fetchBody(`${proxy.url}d`, "max-age=20")).toMatchObject({ body: "v2", xCache: "MISS" })
+    expect(await answer(`${proxy.url}d`, { "cache-control": "max-age=20" })).toMatchObject({ body: "v2", xCache: "MISS" })
     expect(origin.count("/d")).toBe(2)
     // An age of exactly 0 s satisfies max-age=0 ("less than or equal to"): let one second pass.
     setSystemTime(Date.now() + 1_000)
-    expect(await fetchBody(`${proxy.url}d`, "max-age=0")).toMatchObject({ body: "v3", xCache: "MISS" })
+    expect(await answer(`${proxy.url}d`, { "cache-control": "max-age=0" })).toMatchObject({ body: "v3", xCache: "MISS" })
     expect(origin.count("/d")).toBe(3)
   })
 
   test("§5.2.1.2: max-stale serves a stale entry without contacting the origin, within its limit", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
-    await using origin = dated("max-age=60")
+    freezeClock()
+    await using origin = startDatedOrigin({ "cache-control": "max-age=60" })
     await using proxy = await startProxy({ origin: origin.url })
-    await fetchBody(`${proxy.url}d`)
+    await answer(`${proxy.url}d`)
     setSystemTime(Date.now() + 90_000)
-    expect(await fetchBody(`${proxy.url}d`, "max-stale=60")).toMatchObject({ body: "v1", xCache: "HIT" })
-    expect(await fetchBody(`${proxy.url}d`, "max-stale")).toMatchObject({ body: "v1", xCache: "HIT" })
+    expect(await answer(`${proxy.url}d`, { "cache-control": "max-stale=60" })).toMatchObject({ body: "v1", xCache: "HIT" })
+    expect(await answer(`${proxy.url}d`, { "cache-control": "max-stale" })).toMatchObject({ body: "v1", xCache: "HIT" })
     expect(origin.count("/d")).toBe(1)
-    expect(await fetchBody(`${proxy.url}d`, "max-stale=10")).toMatchObject({ body: "v2", xCache: "MISS" })
+    expect(await answer(`${proxy.url}d`, { "cache-control": "max-stale=10" })).toMatchObject({ body: "v2", xCache: "MISS" })
     expect(origin.count("/d")).toBe(2)
   })
 
   test("§5.2.1.2, §5.2.2.2: max-stale does not serve a stale must-revalidate entry", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
-    await using origin = dated("max-age=60, must-revalidate")
+    freezeClock()
+    await using origin = startDatedOrigin({ "cache-control": "max-age=60, must-revalidate" })
     await using proxy = await startProxy({ origin: origin.url })
-    await fetchBody(`${proxy.url}d`)
+    await answer(`${proxy.url}d`)
     setSystemTime(Date.now() + 90_000)
-    expect(await fetchBody(`${proxy.url}d`, "max-stale=600")).toMatchObject({ body: "v2", xCache: "MISS" })
+    expect(await answer(`${proxy.url}d`, { "cache-control": "max-stale=600" })).toMatchObject({ body: "v2", xCache: "MISS" })
     expect(origin.count("/d")).toBe(2)
   })
 
   test("§5.2.1.3: min-fresh asks for that much freshness left", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
-    await using origin = dated("max-age=60")
+    freezeClock()
+    await using origin = startDatedOrigin({ "cache-control": "max-age=60" })
     await using proxy = await startProxy({ origin: origin.url })
-    await fetchBody(`${proxy.url}d`)
+    await answer(`${proxy.url}d`)
     setSystemTime(Date.now() + 30_000)
-    expect(await fetchBody(`${proxy.url}d`, "min-fresh=20")).toMatchObject({ body: "v1", xCache: "HIT" })
+    expect(await answer(`${proxy.url}d`, { "cache-control": "min-fresh=20" })).toMatchObject({ body: "v1", xCache: "HIT" })
     expect(origin.count("/d")).toBe(1)
-    expect(await fetchBody(`${proxy.url}d`, "min-fresh=40")).toMatchObject({ body: "v2", xCache: "MISS" })
+    expect(await answer(`${proxy.url}d`, { "cache-control": "min-fresh=40" })).toMatchObject({ body: "v2", xCache: "MISS" })
     expect(origin.count("/d")).toBe(2)
   })
 
   test("§5.2.1.5: the response to a request with no-store is not stored", async () => {
-    await using origin = dated("max-age=60")
+    await using origin = startDatedOrigin({ "cache-control": "max-age=60" })
     await using proxy = await startProxy({ origin: origin.url })
-    const first = await fetchBody(`${proxy.url}d`, "no-store")
+    const first = await answer(`${proxy.url}d`, { "cache-control": "no-store" })
     expect(first.cacheStatus).toContain("detail=request-no-store")
-    expect(await fetchBody(`${proxy.url}d`)).toMatchObject({ body: "v2", xCache: "MISS" })
+    expect(await answer(`${proxy.url}d`)).toMatchObject({ body: "v2", xCache: "MISS" })
     expect(origin.count("/d")).toBe(2)
   })
 
   test("§5.2.1.7: only-if-cached answers 504 when nothing fitting is stored, 200 HIT when it is, and never reaches the origin", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
-    await using origin = dated("max-age=60")
+    freezeClock()
+    await using origin = startDatedOrigin({ "cache-control": "max-age=60" })
     await using proxy = await startProxy({ origin: origin.url })
-    expect(await fetchBody(`${proxy.url}d`, "only-if-cached")).toMatchObject({ status: 504, xCache: "MISS" })
+    expect(await answer(`${proxy.url}d`, { "cache-control": "only-if-cached" })).toMatchObject({ status: 504, xCache: "MISS" })
     expect(origin.count("/d")).toBe(0)
-    await fetchBody(`${proxy.url}d`)
-    expect(await fetchBody(`${proxy.url}d`, "only-if-cached")).toMatchObject({ status: 200, body: "v1", xCache: "HIT" })
+    await answer(`${proxy.url}d`)
+    expect(await answer(`${proxy.url}d`, { "cache-control": "only-if-cached" })).toMatchObject({ status: 200, body: "v1", xCache: "HIT" })
     setSystemTime(Date.now() + 61_000)
-    expect(await fetchBody(`${proxy.url}d`, "only-if-cached")).toMatchObject({ status: 504, xCache: "MISS" })
+    expect(await answer(`${proxy.url}d`, { "cache-control": "only-if-cached" })).toMatchObject({ status: 504, xCache: "MISS" })
     expect(origin.count("/d")).toBe(1)
   })
 })
@@ -1329,59 +1303,48 @@ describe("RFC 9111 §4.4 invalidation", () => {
         : new Response(null, { status, headers }),
     )
 
-  async function xCacheOf(url: string) {
-    const res = await get(url)
-    await res.text()
-    return res.headers.get("x-cache")
-  }
-
   test.each(["POST", "PUT", "PATCH", "DELETE"])("a 2xx to %s invalidates the stored GET of its target URI", async (method) => {
     await using o = origin(204)
     await using proxy = await startProxy({ origin: o.url })
-    expect(await xCacheOf(`${proxy.url}item`)).toBe("MISS")
-    expect(await xCacheOf(`${proxy.url}item`)).toBe("HIT")
+    expect((await answer(`${proxy.url}item`)).xCache).toBe("MISS")
+    expect((await answer(`${proxy.url}item`)).xCache).toBe("HIT")
     expect((await fetch(`${proxy.url}item`, { method, body: method === "DELETE" ? undefined : "x" })).status).toBe(204)
-    expect(await xCacheOf(`${proxy.url}item`)).toBe("MISS")
+    expect((await answer(`${proxy.url}item`)).xCache).toBe("MISS")
     expect(o.requests.filter((r) => r.method === "GET")).toHaveLength(2)
   })
 
   test("a 2xx also invalidates the same-origin URIs in Location and Content-Location", async () => {
     await using o = origin(201, { location: "/items/1", "content-location": "/items/2?full=1" })
     await using proxy = await startProxy({ origin: o.url })
-    for (const path of ["items/1", "items/2?full=1", "items/3"]) await xCacheOf(`${proxy.url}${path}`)
+    for (const path of ["items/1", "items/2?full=1", "items/3"]) await answer(`${proxy.url}${path}`)
     expect((await fetch(`${proxy.url}items`, { method: "POST", body: "x" })).status).toBe(201)
-    expect(await xCacheOf(`${proxy.url}items/1`)).toBe("MISS")
-    expect(await xCacheOf(`${proxy.url}items/2?full=1`)).toBe("MISS")
-    expect(await xCacheOf(`${proxy.url}items/3`)).toBe("HIT")
+    expect((await answer(`${proxy.url}items/1`)).xCache).toBe("MISS")
+    expect((await answer(`${proxy.url}items/2?full=1`)).xCache).toBe("MISS")
+    expect((await answer(`${proxy.url}items/3`)).xCache).toBe("HIT")
   })
 
   test.each([404, 500])("a %d to an unsafe method invalidates nothing", async (status) => {
     await using o = origin(status)
     await using proxy = await startProxy({ origin: o.url })
-    await xCacheOf(`${proxy.url}item`)
+    await answer(`${proxy.url}item`)
     expect((await fetch(`${proxy.url}item`, { method: "POST", body: "x" })).status).toBe(status)
-    expect(await xCacheOf(`${proxy.url}item`)).toBe("HIT")
+    expect((await answer(`${proxy.url}item`)).xCache).toBe("HIT")
     expect(o.count("/item")).toBe(2)
   })
 
   test("a Location on another origin invalidates nothing here", async () => {
     await using o = origin(201, { location: "http://other.example/items/1" })
     await using proxy = await startProxy({ origin: o.url })
-    await xCacheOf(`${proxy.url}items/1`)
+    await answer(`${proxy.url}items/1`)
     await (await fetch(`${proxy.url}items`, { method: "POST", body: "x" })).text()
-    expect(await xCacheOf(`${proxy.url}items/1`)).toBe("HIT")
+    expect((await answer(`${proxy.url}items/1`)).xCache).toBe("HIT")
   })
 })
 
 describe("RFC 5861 stale-while-revalidate and stale-if-error", () => {
-  afterEach(() => setSystemTime())
-
   test("§3: stale-while-revalidate serves the stale entry at once and refreshes it with one background request", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
-    await using origin = startOrigin(
-      (_, n) =>
-        new Response(`v${n}`, { headers: { date: new Date().toUTCString(), "cache-control": "max-age=60, stale-while-revalidate=60" } }),
-    )
+    freezeClock()
+    await using origin = startDatedOrigin({ "cache-control": "max-age=60, stale-while-revalidate=60" })
     await using proxy = await startProxy({ origin: origin.url })
     await (await get(`${proxy.url}swr`)).text()
     setSystemTime(Date.now() + 90_000)
@@ -1402,11 +1365,8 @@ describe("RFC 5861 stale-while-revalidate and stale-if-error", () => {
   })
 
   test("§3: past the stale-while-revalidate window the client waits for the origin", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
-    await using origin = startOrigin(
-      (_, n) =>
-        new Response(`v${n}`, { headers: { date: new Date().toUTCString(), "cache-control": "max-age=60, stale-while-revalidate=60" } }),
-    )
+    freezeClock()
+    await using origin = startDatedOrigin({ "cache-control": "max-age=60, stale-while-revalidate=60" })
     await using proxy = await startProxy({ origin: origin.url })
     await (await get(`${proxy.url}swr`)).text()
     setSystemTime(Date.now() + 121_000)
@@ -1417,7 +1377,7 @@ describe("RFC 5861 stale-while-revalidate and stale-if-error", () => {
   })
 
   test.each([500, 503])("§4: stale-if-error serves the stale entry when the origin answers %d, within its window", async (status) => {
-    setSystemTime(new Date().setMilliseconds(0))
+    freezeClock()
     await using origin = startOrigin((_, n) =>
       n === 1
         ? new Response("v1", { headers: { date: new Date().toUTCString(), "cache-control": "max-age=60, stale-if-error=60" } })
@@ -1440,10 +1400,8 @@ describe("RFC 5861 stale-while-revalidate and stale-if-error", () => {
   })
 
   test("§4: stale-if-error serves the stale entry when the origin is unreachable", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
-    await using origin = startOrigin(
-      () => new Response("v1", { headers: { date: new Date().toUTCString(), "cache-control": "max-age=60, stale-if-error=60" } }),
-    )
+    freezeClock()
+    await using origin = startDatedOrigin({ "cache-control": "max-age=60, stale-if-error=60" })
     await using proxy = await startProxy({ origin: origin.url })
     await (await get(`${proxy.url}sie`)).text()
     await origin[Symbol.asyncDispose]()
@@ -1456,100 +1414,125 @@ describe("RFC 5861 stale-while-revalidate and stale-if-error", () => {
 })
 
 describe("RFC 9211 Cache-Status", () => {
-  afterEach(() => setSystemTime())
-
-  const statusOf = async (url: string, init: RequestInit = {}) => {
-    const res = await fetch(url, init)
-    await res.text()
-    return `${res.headers.get("x-cache")} ${res.headers.get("cache-status")}`
-  }
-
   test("§2.1-§2.5: a stored miss (fwd, fwd-status, stored), then a hit with its ttl", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
-    await using origin = startOrigin(
-      () => new Response("x", { headers: { date: new Date().toUTCString(), "cache-control": "max-age=60" } }),
-    )
+    freezeClock()
+    await using origin = startDatedOrigin({ "cache-control": "max-age=60" })
     await using proxy = await startProxy({ origin: origin.url })
-    expect(await statusOf(`${proxy.url}cs`)).toBe("MISS caching-proxy; fwd=uri-miss; fwd-status=200; stored")
+    expect(await answer(`${proxy.url}cs`)).toMatchObject({
+      xCache: "MISS",
+      cacheStatus: "caching-proxy; fwd=uri-miss; fwd-status=200; stored",
+    })
     setSystemTime(Date.now() + 10_000)
-    expect(await statusOf(`${proxy.url}cs`)).toBe("HIT caching-proxy; hit; ttl=50")
+    expect(await answer(`${proxy.url}cs`)).toMatchObject({ xCache: "HIT", cacheStatus: "caching-proxy; hit; ttl=50" })
   })
 
   test("§2.2, §2.3: a stale entry revalidated by a 304 is fwd=stale with fwd-status=304 and X-Cache HIT", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
+    freezeClock()
     await using origin = startOrigin((_, n) =>
       n === 1
         ? new Response("v1", { headers: { date: new Date().toUTCString(), etag: '"v1"', "cache-control": "max-age=60" } })
         : new Response(null, { status: 304, headers: { date: new Date().toUTCString(), etag: '"v1"', "cache-control": "max-age=60" } }),
     )
     await using proxy = await startProxy({ origin: origin.url })
-    await statusOf(`${proxy.url}cs`)
+    await answer(`${proxy.url}cs`)
     setSystemTime(Date.now() + 61_000)
-    expect(await statusOf(`${proxy.url}cs`)).toBe("HIT caching-proxy; hit; fwd=stale; fwd-status=304; ttl=60")
+    expect(await answer(`${proxy.url}cs`)).toMatchObject({
+      xCache: "HIT",
+      cacheStatus: "caching-proxy; hit; fwd=stale; fwd-status=304; ttl=60",
+    })
   })
 
   test("§2.2: a stale entry replaced by a 200 is fwd=stale with X-Cache MISS", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
-    await using origin = startOrigin(
-      () => new Response("x", { headers: { date: new Date().toUTCString(), "cache-control": "max-age=60" } }),
-    )
+    freezeClock()
+    await using origin = startDatedOrigin({ "cache-control": "max-age=60" })
     await using proxy = await startProxy({ origin: origin.url })
-    await statusOf(`${proxy.url}cs`)
+    await answer(`${proxy.url}cs`)
     setSystemTime(Date.now() + 61_000)
-    expect(await statusOf(`${proxy.url}cs`)).toBe("MISS caching-proxy; fwd=stale; fwd-status=200; stored")
+    expect(await answer(`${proxy.url}cs`)).toMatchObject({
+      xCache: "MISS",
+      cacheStatus: "caching-proxy; fwd=stale; fwd-status=200; stored",
+    })
   })
 
   test("§2.2: fwd=vary-miss when the URL has stored variants but none matches; fwd=uri-miss when it has none", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
-    await using origin = startOrigin(
-      () => new Response("x", { headers: { date: new Date().toUTCString(), vary: "Accept-Language", "cache-control": "max-age=60" } }),
-    )
+    freezeClock()
+    await using origin = startDatedOrigin({ vary: "Accept-Language", "cache-control": "max-age=60" })
     await using proxy = await startProxy({ origin: origin.url })
-    expect(await statusOf(`${proxy.url}cs`, { headers: { "accept-language": "en" } })).toBe(
-      "MISS caching-proxy; fwd=uri-miss; fwd-status=200; stored",
-    )
-    expect(await statusOf(`${proxy.url}cs`, { headers: { "accept-language": "fr" } })).toBe(
-      "MISS caching-proxy; fwd=vary-miss; fwd-status=200; stored",
-    )
-    expect(await statusOf(`${proxy.url}cs`, { headers: { "accept-language": "fr" } })).toBe("HIT caching-proxy; hit; ttl=60")
+    expect(await answer(`${proxy.url}cs`, { "accept-language": "en" })).toMatchObject({
+      xCache: "MISS",
+      cacheStatus: "caching-proxy; fwd=uri-miss; fwd-status=200; stored",
+    })
+    expect(await answer(`${proxy.url}cs`, { "accept-language": "fr" })).toMatchObject({
+      xCache: "MISS",
+      cacheStatus: "caching-proxy; fwd=vary-miss; fwd-status=200; stored",
+    })
+    expect(await answer(`${proxy.url}cs`, { "accept-language": "fr" })).toMatchObject({
+      xCache: "HIT",
+      cacheStatus: "caching-proxy; hit; ttl=60",
+    })
     expect(origin.count("/cs")).toBe(2)
+  })
+
+  test("§2.2: fwd=vary-miss with a one-byte memory tier too: the variants stored on disk count, not only those in memory", async () => {
+    freezeClock()
+    await using origin = startDatedOrigin({ vary: "Accept-Language", "cache-control": "max-age=60" })
+    await using proxy = await startProxy({ origin: origin.url, memorySize: 1 })
+    expect(await answer(`${proxy.url}cs`, { "accept-language": "en" })).toMatchObject({
+      xCache: "MISS",
+      cacheStatus: "caching-proxy; fwd=uri-miss; fwd-status=200; stored",
+    })
+    expect(await answer(`${proxy.url}cs`, { "accept-language": "fr" })).toMatchObject({
+      xCache: "MISS",
+      cacheStatus: "caching-proxy; fwd=vary-miss; fwd-status=200; stored",
+    })
+    expect(await answer(`${proxy.url}cs`, { "accept-language": "en" })).toMatchObject({ body: "v1", xCache: "HIT" })
+    expect(origin.count("/cs")).toBe(2)
+    expect(proxy.warnings).toEqual([])
   })
 
   test("§2.2: fwd=request when the client's no-cache sent a fresh entry's request to the origin", async () => {
     await using origin = startOrigin(() => new Response("x", { headers: { "cache-control": "max-age=60" } }))
     await using proxy = await startProxy({ origin: origin.url })
-    await statusOf(`${proxy.url}cs`)
-    expect(await statusOf(`${proxy.url}cs`, { headers: { "cache-control": "no-cache" } })).toBe(
-      "MISS caching-proxy; fwd=request; fwd-status=200; stored",
-    )
+    await answer(`${proxy.url}cs`)
+    expect(await answer(`${proxy.url}cs`, { "cache-control": "no-cache" })).toMatchObject({
+      xCache: "MISS",
+      cacheStatus: "caching-proxy; fwd=request; fwd-status=200; stored",
+    })
   })
 
   test("§2.8: a response that is not stored says why in detail", async () => {
     await using origin = startOrigin(() => new Response("x", { headers: { "cache-control": "no-store" } }))
     await using proxy = await startProxy({ origin: origin.url })
-    expect(await statusOf(`${proxy.url}cs`)).toBe("MISS caching-proxy; fwd=uri-miss; fwd-status=200; detail=no-store")
+    expect(await answer(`${proxy.url}cs`)).toMatchObject({
+      xCache: "MISS",
+      cacheStatus: "caching-proxy; fwd=uri-miss; fwd-status=200; detail=no-store",
+    })
   })
 
   test("every response carries Cache-Status: other methods, only-if-cached, an unreachable origin", async () => {
     await using origin = startOrigin(() => new Response("x"))
     await using proxy = await startProxy({ origin: origin.url })
-    expect(await statusOf(`${proxy.url}cs`, { method: "POST", body: "x" })).toStartWith("MISS caching-proxy; fwd=method")
-    expect(await statusOf(`${proxy.url}none`, { headers: { "cache-control": "only-if-cached" } })).toStartWith("MISS caching-proxy; ")
+    expect(await answer(`${proxy.url}cs`, {}, { method: "POST", body: "x" })).toMatchObject({
+      xCache: "MISS",
+      cacheStatus: expect.stringMatching(/^caching-proxy; fwd=method/),
+    })
+    expect(await answer(`${proxy.url}none`, { "cache-control": "only-if-cached" })).toMatchObject({
+      xCache: "MISS",
+      cacheStatus: expect.stringMatching(/^caching-proxy; /),
+    })
     await origin[Symbol.asyncDispose]()
-    expect(await statusOf(`${proxy.url}down`)).toStartWith("MISS caching-proxy; ")
+    expect(await answer(`${proxy.url}down`)).toMatchObject({ xCache: "MISS", cacheStatus: expect.stringMatching(/^caching-proxy; /) })
   })
 })
 
 describe("overrides (development options)", () => {
-  afterEach(() => setSystemTime())
-
   test.each([
     ["no-store", { "cache-control": "no-store" }],
     ["private", { "cache-control": "private" }],
     ["Set-Cookie", { "set-cookie": "id=1" }],
   ])("forceTtlSeconds stores a %s response and serves it until the forced lifetime ends", async (_, headers) => {
-    setSystemTime(new Date().setMilliseconds(0))
-    await using origin = startOrigin((_, n) => new Response(`v${n}`, { headers: { date: new Date().toUTCString(), ...headers } }))
+    freezeClock()
+    await using origin = startDatedOrigin(headers)
     await using proxy = await startProxy({ origin: origin.url, forceTtlSeconds: 30 })
     await (await get(`${proxy.url}force`)).text()
     setSystemTime(Date.now() + 29_000)
@@ -1575,47 +1558,42 @@ describe("overrides (development options)", () => {
   })
 
   test("offline serves a stored entry, even stale, without contacting the origin, and 504 for anything else", async () => {
-    setSystemTime(new Date().setMilliseconds(0))
-    await using origin = startOrigin(
-      () => new Response("stored", { headers: { date: new Date().toUTCString(), "cache-control": "max-age=60" } }),
-    )
-    const cacheDir = tempDir()
-    try {
-      {
-        await using online = await startProxy({ origin: origin.url, cacheDir })
-        await (await get(`${online.url}off`)).text()
-      }
-      setSystemTime(Date.now() + 3600_000)
-      await using offline = await startProxy({ origin: origin.url, cacheDir, offline: true })
-      const stored = await get(`${offline.url}off`)
-      expect(stored.status).toBe(200)
-      expect(await stored.text()).toBe("stored")
-      expect(stored.headers.get("x-cache")).toBe("HIT")
-      const unknown = await get(`${offline.url}unknown`)
-      expect(unknown.status).toBe(504)
-      expect(unknown.headers.get("x-cache")).toBe("MISS")
-      expect(origin.requests).toHaveLength(1)
-    } finally {
-      rmSync(cacheDir, { recursive: true, force: true })
+    freezeClock()
+    await using origin = startDatedOrigin({ "cache-control": "max-age=60" })
+    using dir = ownedDir()
+    {
+      await using online = await startProxy({ origin: origin.url, cacheDir: dir.path })
+      await (await get(`${online.url}off`)).text()
     }
+    setSystemTime(Date.now() + 3600_000)
+    await using offline = await startProxy({ origin: origin.url, cacheDir: dir.path, offline: true })
+    const stored = await get(`${offline.url}off`)
+    expect(stored.status).toBe(200)
+    expect(await stored.text()).toBe("v1")
+    expect(stored.headers.get("x-cache")).toBe("HIT")
+    const unknown = await get(`${offline.url}unknown`)
+    expect(unknown.status).toBe(504)
+    expect(unknown.headers.get("x-cache")).toBe("MISS")
+    expect(origin.requests).toHaveLength(1)
   })
 })
 
 // ───────────────────────────── storage: memory, disk, bounds, coalescing, integrity ─────────────────────────────
 
 describe("persistence", () => {
-  test("an entry stored by one proxy is served by the next one started on the same directory", async () => {
-    await using origin = startOrigin(() => new Response("persisted", { headers: { "cache-control": "max-age=600" } }))
+  test("a GET is a MISS, then a HIT; the entry is served by the next proxy started on the same directory", async () => {
+    await using origin = startOrigin((_, n) => new Response(`body ${n}`)) // no Cache-Control: the default lifetime
     using dir = ownedDir()
     {
       await using first = await startProxy({ origin: origin.url, cacheDir: dir.path })
-      expect(await (await get(`${first.url}a`)).text()).toBe("persisted")
+      expect(await answer(`${first.url}products`)).toMatchObject({ status: 200, body: "body 1", xCache: "MISS" })
+      expect(await answer(`${first.url}products`)).toMatchObject({ status: 200, body: "body 1", xCache: "HIT" })
+      expect(first.warnings).toEqual([])
     }
     await using second = await startProxy({ origin: origin.url, cacheDir: dir.path })
-    const response = await get(`${second.url}a`)
-    expect(await response.text()).toBe("persisted")
-    expect(response.headers.get("x-cache")).toBe("HIT")
-    expect(origin.count("/a")).toBe(1)
+    expect(await answer(`${second.url}products`)).toMatchObject({ status: 200, body: "body 1", xCache: "HIT" })
+    expect(origin.count("/products")).toBe(1)
+    expect(second.warnings).toEqual([])
   })
 
   test("entries written long ago are served after a restart, small and large alike", async () => {
@@ -1676,6 +1654,7 @@ describe("memory tier", () => {
     const response = await get(`${proxy.url}a`)
     expect(await response.text()).toBe("body 2")
     expect(response.headers.get("x-cache")).toBe("MISS")
+    expect(proxy.warnings.map((w) => w.kind)).toEqual(["broken-entry"])
   })
 
   test("a large entry the memory tier knows is not served once its file is gone", async () => {
@@ -1688,6 +1667,7 @@ describe("memory tier", () => {
     const response = await get(`${proxy.url}large`)
     expect(response.headers.get("x-cache")).toBe("MISS")
     expect(await response.text()).toBe(large(2))
+    expect(proxy.warnings.map((w) => w.kind)).toEqual(["broken-entry"])
   })
 })
 
@@ -1807,6 +1787,7 @@ describe("--max-entry-size", () => {
     expect(await sha256Of(second.body)).toEqual({ hex: expectedSha256(BODY_CHUNKS, MAX_ENTRY), bytes: BODY_CHUNKS * MAX_ENTRY })
     expect(origin.count("/big")).toBe(2)
     await eventually(() => storedFiles(proxy.cacheDir).length === 0)
+    expect(proxy.warnings).toEqual([]) // too large to store is nothing wrong
   })
 
   test("a body of exactly the limit is stored", async () => {
@@ -1980,6 +1961,7 @@ describe("integrity", () => {
     await expect(cutShort()).rejects.toThrow()
     expect(origin.requests()).toBe(2)
     await eventually(() => storedFiles(proxy.cacheDir).length === 0)
+    expect(proxy.warnings.map((w) => w.kind)).toEqual(["origin-body", "origin-body"])
   })
 
   test("a client that hangs up mid-body leaves nothing stored", async () => {
@@ -2002,6 +1984,7 @@ describe("integrity", () => {
     const second = await get(`${proxy.url}slow`)
     expect(second.headers.get("x-cache")).toBe("MISS")
     expect(await second.text()).toBe("second")
+    expect(proxy.warnings).toEqual([]) // a client going away is nothing wrong
   })
 
   test("a truncated body file found at start-up is discarded, never served", async () => {
@@ -2019,6 +2002,7 @@ describe("integrity", () => {
     expect(await response.text()).toBe("version 2".repeat(100))
     expect(existsSync(broken!.path)).toBe(false)
     expect(bodyFiles(dir.path).map((f) => f.size)).toEqual(["version 2".length * 100])
+    expect(second.warnings.map((w) => w.kind)).toEqual(["broken-entry"])
   })
 
   test("a meta file of garbage found at start-up is discarded, never served", async () => {
@@ -2044,6 +2028,7 @@ describe("integrity", () => {
     const hit = await get(`${second.url}a`)
     expect(hit.headers.get("x-cache")).toBe("HIT")
     expect(await hit.text()).toBe("version 2")
+    expect(second.warnings.map((w) => w.kind)).toEqual(["broken-entry"])
   })
 
   test("what a crash mid-write leaves (temporary files) is removed at start-up; complete entries stay", async () => {
@@ -2091,7 +2076,7 @@ describe("integrity", () => {
 })
 
 describe("a cache directory that cannot be written", () => {
-  test("requests still get the origin's answer, a MISS each time", async () => {
+  test("requests still get the origin's answer, a MISS each time; each failed write is reported", async () => {
     await using origin = startOrigin((_, n) => new Response(`answer ${n}`, { headers: { "cache-control": "max-age=600" } }))
     using dir = ownedDir()
     const notADirectory = join(dir.path, "file")
@@ -2103,5 +2088,6 @@ describe("a cache directory that cannot be written", () => {
       expect(response.headers.get("x-cache")).toBe("MISS")
       expect(await response.text()).toBe(`answer ${n}`)
     }
+    expect(proxy.warnings.map((w) => w.kind)).toEqual(["store-write", "store-write", "store-write"])
   })
 })
