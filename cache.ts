@@ -267,6 +267,7 @@ export class Cache {
     })
   }
 
+  /** Reads the store again for this request: a waiter's or a background refresh's own copy. */
   private async read(lookup: Lookup): Promise<Stored | undefined> {
     return this.settleRead(
       lookup.key,

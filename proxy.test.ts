@@ -1621,6 +1621,31 @@ describe("persistence", () => {
     }
     expect(origin.requests).toHaveLength(2)
   })
+
+  test("an entry written before entries had a delete time (v1 meta without deleteAt) is still served", async () => {
+    await using origin = startOrigin((_, n) => new Response(`body ${n}`, { headers: { "cache-control": "max-age=600" } }))
+    using dir = ownedDir()
+    {
+      await using first = await startProxy({ origin: origin.url, cacheDir: dir.path })
+      await (await get(`${first.url}old`)).text()
+    }
+    const [meta] = metaFiles(dir.path)
+    const { deleteAt: _deleteAt, ...older } = JSON.parse(readFileSync(meta!.path, "utf8"))
+    writeFileSync(meta!.path, JSON.stringify(older))
+    await using second = await startProxy({ origin: origin.url, cacheDir: dir.path })
+    expect(await answer(`${second.url}old`)).toMatchObject({ status: 200, body: "body 1", xCache: "HIT" })
+    expect(second.warnings).toEqual([])
+  })
+
+  test("an entry is dropped once it has been stale for a week (its delete time), and fetched again", async () => {
+    freezeClock()
+    await using origin = startDatedOrigin({ "cache-control": "max-age=60" })
+    await using proxy = await startProxy({ origin: origin.url, memorySize: 1 })
+    expect(await answer(`${proxy.url}week`)).toMatchObject({ body: "v1", xCache: "MISS" })
+    setSystemTime(Date.now() + 60_000 + 7 * 24 * 3600_000 + 1000)
+    expect(await answer(`${proxy.url}week`, { "cache-control": "max-stale" })).toMatchObject({ body: "v2", xCache: "MISS" })
+    expect(metaFiles(proxy.cacheDir)).toHaveLength(1)
+  })
 })
 
 describe("memory tier", () => {
