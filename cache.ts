@@ -115,7 +115,7 @@ export interface Store {
   /** The most recent variant whose Vary selection matches the request; never one past `deleteAt`. */
   get(key: string, request: Headers): MaybePromise<Stored | undefined>
   /** Whether any variant is stored under the key (RFC 9211 tells uri-miss from vary-miss by it). */
-  has(key: string): Promise<boolean>
+  has(key: string): MaybePromise<boolean>
   /**
    * Stores a variant once its body has streamed in whole: true when kept, false when it cannot fit
    * the store's bound. Rejects, leaving nothing, if the body fails.
@@ -372,11 +372,14 @@ export class Cache {
    */
   private async fetchFromOrigin(lookup: Lookup, stale: Stored | undefined, forward: Forward): Promise<Exchange> {
     const requestTime = Date.now()
-    const fwd = await this.forwardReason(lookup.key, stale, requestTime)
+    // Asked while the origin answers: a miss waits for no store lookup of its own.
+    const reason = this.forwardReason(lookup.key, stale, requestTime)
     let response: Response
+    let fwd: string
     try {
       response = await forward(stale ? withValidators(lookup.headers, stale.meta) : lookup.headers)
     } catch (error) {
+      fwd = await reason
       if (stale && error instanceof OriginError && mayServeStaleOnError(stale.meta, lookup.directives, Date.now(), true)) {
         return notStored(this.fromCache(stale, lookup, Date.now(), `hit; fwd=${fwd}; detail=origin-unreachable`))
       }
@@ -385,6 +388,7 @@ export class Cache {
       if (stale && error instanceof OriginError) throw new OriginError(504, error.message)
       throw error
     }
+    fwd = typeof reason === "string" ? reason : await reason
     const responseTime = Date.now()
     if (stale && response.status === 304) {
       if (validates(response.headers, stale.meta)) return this.revalidated(lookup, stale, response, requestTime, responseTime, fwd)
@@ -427,14 +431,16 @@ export class Cache {
    * Why a request goes to the origin, for Cache-Status `fwd` (RFC 9211 §2.2): the response it
    * would have used was stale, or fresh but refused by the request's directives; or none matched.
    */
-  private async forwardReason(key: string, selected: Stored | undefined, now: number): Promise<string> {
+  private forwardReason(key: string, selected: Stored | undefined, now: number): MaybePromise<string> {
     if (selected) return ttlMs(selected.meta, now) > 0 && !selected.meta.noCache ? "request" : "stale"
     // RFC 9211 §2.2: vary-miss when responses are stored for the URI, none for these request headers.
-    const stored = await this.store.has(key).catch((error) => {
+    const missReason = (stored: boolean) => (stored ? "vary-miss" : "uri-miss")
+    const stored = this.store.has(key)
+    if (typeof stored === "boolean") return missReason(stored)
+    return stored.then(missReason, (error) => {
       this.config.warn("store-read", `${key}: ${(error as Error).message}`)
-      return false
+      return missReason(false)
     })
-    return stored ? "vary-miss" : "uri-miss"
   }
 
   /** Relays an origin response; when it may be stored, writes it to the store as it streams. */

@@ -98,6 +98,7 @@ export class FileStore implements Store {
   private readonly dropListeners: ((key: string | null) => void)[] = []
   private readonly scanned: Promise<void>
   private generation: string | undefined
+  private lastKeyDir = { key: "", dir: "" }
   private readonly generationTimer: ReturnType<typeof setInterval>
 
   constructor({ dir, maxBytes, files, warn }: FileStoreOptions) {
@@ -135,10 +136,10 @@ export class FileStore implements Store {
     return { meta: variant.meta, size: variant.size, body: this.files.responseBody(variant.bodyPath) }
   }
 
-  async has(key: string): Promise<boolean> {
+  has(key: string): MaybePromise<boolean> {
     const dir = this.keyDir(key)
     if (!this.mayHold(dir)) return false
-    return (await this.readVariants(dir, key)).length > 0
+    return this.readVariants(dir, key).then((variants) => variants.length > 0)
   }
 
   async put(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<boolean> {
@@ -247,8 +248,12 @@ export class FileStore implements Store {
   // ───────────── reading ─────────────
 
   private keyDir(key: string): string {
-    const hash = sha256(key)
-    return join(this.root, hash.slice(0, 2), hash)
+    // A miss asks get, then has, for one key: hash it once.
+    if (key !== this.lastKeyDir.key) {
+      const hash = sha256(key)
+      this.lastKeyDir = { key, dir: join(this.root, hash.slice(0, 2), hash) }
+    }
+    return this.lastKeyDir.dir
   }
 
   /** False only when the key surely has nothing on disk: the scan is done and never saw it. */

@@ -48,9 +48,9 @@ export class MemoryStore implements Store {
     }
   }
 
-  has(key: string): Promise<boolean> {
+  has(key: string): boolean {
     const now = Date.now()
-    return Promise.resolve(this.entries.get(key)?.variants.some((v) => v.meta.deleteAt > now) ?? false)
+    return this.entries.get(key)?.variants.some((v) => v.meta.deleteAt > now) ?? false
   }
 
   /** Reads the body whole; one larger than the whole store is not kept. */

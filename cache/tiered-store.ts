@@ -42,8 +42,8 @@ export class TieredStore implements Store {
     return { meta: stored.meta, size: stored.size, body }
   }
 
-  async has(key: string): Promise<boolean> {
-    return (await this.front.has(key)) || this.back.has(key)
+  has(key: string): MaybePromise<boolean> {
+    return this.front.has(key) || this.back.has(key)
   }
 
   /** Writes behind while collecting a small body's bytes; memory takes them once the write is whole. */
