@@ -170,6 +170,12 @@ async function answer(url: string, headers: Record<string, string> = {}, init: R
   return { status: res.status, body, xCache: header("x-cache"), cacheStatus: header("cache-status"), age: header("age") }
 }
 
+/** A cache left by an earlier run: each path stored through a proxy on `cacheDir`, which then stops. */
+async function storeThrough(originUrl: string, cacheDir: string, ...paths: string[]) {
+  await using proxy = await startProxy({ origin: originUrl, cacheDir })
+  for (const path of paths) await (await get(`${proxy.url}${path}`)).text()
+}
+
 /** Asks the proxy without letting it go to the origin: true when the URL is answered from the cache. */
 async function isCached(url: string): Promise<boolean> {
   const { status, xCache } = await answer(url, { "cache-control": "only-if-cached" })
@@ -1602,11 +1608,7 @@ describe("persistence", () => {
       (req) => new Response(req.url.endsWith("large") ? large : "small", { headers: { "cache-control": "max-age=86400" } }),
     )
     using dir = ownedDir()
-    {
-      await using first = await startProxy({ origin: origin.url, cacheDir: dir.path })
-      await (await get(`${first.url}small`)).text()
-      await (await get(`${first.url}large`)).text()
-    }
+    await storeThrough(origin.url, dir.path, "small", "large")
     const anHourAgo = new Date(Date.now() - 3600_000)
     for (const file of storedFiles(dir.path)) utimesSync(file.path, anHourAgo, anHourAgo)
     await using second = await startProxy({ origin: origin.url, cacheDir: dir.path })
@@ -1625,10 +1627,7 @@ describe("persistence", () => {
   test("an entry written before entries had a delete time (v1 meta without deleteAt) is still served", async () => {
     await using origin = startOrigin((_, n) => new Response(`body ${n}`, { headers: { "cache-control": "max-age=600" } }))
     using dir = ownedDir()
-    {
-      await using first = await startProxy({ origin: origin.url, cacheDir: dir.path })
-      await (await get(`${first.url}old`)).text()
-    }
+    await storeThrough(origin.url, dir.path, "old")
     const [meta] = metaFiles(dir.path)
     const { deleteAt: _deleteAt, ...older } = JSON.parse(readFileSync(meta!.path, "utf8"))
     writeFileSync(meta!.path, JSON.stringify(older))
@@ -1766,10 +1765,7 @@ describe("disk bound (--max-size)", () => {
       return new Response(path.repeat(path === "big" ? LARGE / 3 : ENTRY), { headers: { "cache-control": "max-age=600" } })
     })
     using dir = ownedDir()
-    {
-      await using first = await startProxy({ origin: origin.url, cacheDir: dir.path })
-      await (await get(`${first.url}big`)).text()
-    }
+    await storeThrough(origin.url, dir.path, "big")
     await using second = await startProxy({ origin: origin.url, cacheDir: dir.path, maxSize: LARGE + MAX_SIZE })
     await second.cache.store.ready()
     expect((await get(`${second.url}big`)).headers.get("x-cache")).toBe("HIT") // now known in memory
@@ -2015,10 +2011,7 @@ describe("integrity", () => {
   test("a truncated body file found at start-up is discarded, never served", async () => {
     await using origin = startOrigin((_, n) => new Response(`version ${n}`.repeat(100), { headers: { "cache-control": "max-age=600" } }))
     using dir = ownedDir()
-    {
-      await using first = await startProxy({ origin: origin.url, cacheDir: dir.path })
-      await (await get(`${first.url}a`)).text()
-    }
+    await storeThrough(origin.url, dir.path, "a")
     const [broken] = bodyFiles(dir.path)
     truncateSync(broken!.path, 10)
     await using second = await startProxy({ origin: origin.url, cacheDir: dir.path })
@@ -2033,10 +2026,7 @@ describe("integrity", () => {
   test("a meta file of garbage found at start-up is discarded, never served", async () => {
     await using origin = startOrigin((_, n) => new Response(`version ${n}`, { headers: { "cache-control": "max-age=600" } }))
     using dir = ownedDir()
-    {
-      await using first = await startProxy({ origin: origin.url, cacheDir: dir.path })
-      await (await get(`${first.url}a`)).text()
-    }
+    await storeThrough(origin.url, dir.path, "a")
     const [meta] = metaFiles(dir.path)
     const [body] = bodyFiles(dir.path)
     writeFileSync(meta!.path, "{ not json")
@@ -2059,10 +2049,7 @@ describe("integrity", () => {
   test("what a crash mid-write leaves (temporary files) is removed at start-up; complete entries stay", async () => {
     await using origin = startOrigin(() => new Response("whole", { headers: { "cache-control": "max-age=600" } }))
     using dir = ownedDir()
-    {
-      await using first = await startProxy({ origin: origin.url, cacheDir: dir.path })
-      await (await get(`${first.url}a`)).text()
-    }
+    await storeThrough(origin.url, dir.path, "a")
     const keyDir = join(metaFiles(dir.path)[0]!.path, "..")
     const leftovers = [join(keyDir, "abc.123.body.tmp"), join(keyDir, "abc.meta.456.tmp")]
     const twoMinutesAgo = new Date(Date.now() - 120_000)
