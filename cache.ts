@@ -20,6 +20,7 @@ import {
   type Directives,
   describeResponse,
   hopByHopFilter,
+  isFinalStatus,
   isNotModified,
   isUselessToStore,
   mayServeStaleOnError,
@@ -28,6 +29,7 @@ import {
   type PolicyConfig,
   parseCacheControl,
   sameOriginReferences,
+  sharedMeta,
   ttlMs,
   usability,
   validates,
@@ -134,13 +136,38 @@ export interface Store {
   used(key: string, meta: EntryMeta): void
   /** Calls `listener` when entries go without a call to this store (eviction, another process): a key, or null for all. */
   onDrop(listener: (key: string | null) => void): void
+  /**
+   * Claims fetching `key` from the origin for every process on this store: a function that ends
+   * the claim, or undefined when another process holds it (then `landed` waits for it). A store
+   * of one process grants every claim: the cache coalesces its own requests.
+   */
+  claim(key: string, ttlMs: number): Promise<(() => void) | undefined>
+  /** Resolves when the key's entry changes or the claim on it ends, or after `ms`. */
+  landed(key: string, ms: number): Promise<void>
   /** Resolves once the store answers from everything it holds (the disk scan; a connection). */
   ready(): Promise<void>
   close(): Promise<void>
 }
 
+/** Ends a claim of a store of one process: there is nothing to end. */
+const LOCAL_CLAIM = () => {}
+
+/** A claim in a store of one process: always granted, since the cache coalesces its own requests. */
+export function grantClaim(): Promise<() => void> {
+  return Promise.resolve(LOCAL_CLAIM)
+}
+
 /** What a caught failure that the proxy carries on after is reported as. */
-export type WarnKind = "store-read" | "store-write" | "store-delete" | "broken-entry" | "body-length" | "origin-body" | "refresh" | "proxy"
+export type WarnKind =
+  | "store-read"
+  | "store-write"
+  | "store-delete"
+  | "broken-entry"
+  | "body-length"
+  | "origin-body"
+  | "refresh"
+  | "store-connection"
+  | "proxy"
 
 /** Reports a failure the proxy carries on after: every `catch` that does not rethrow calls it. */
 export type Warn = (kind: WarnKind, detail: string) => void
@@ -188,7 +215,7 @@ const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304])
 // RFC 9110 §15.4.5: a 304 carries the validators and caching fields, not the representation's.
 const NOT_IN_304 = new Set(["content-length", "content-type", "content-encoding", "content-range", "content-language"])
 // Reasons not to store that belong to the request, not to the URL's responses.
-const REQUEST_REASONS = new Set(["head", "request-no-store", "authorization"])
+const REQUEST_REASONS = new Set(["head", "request-no-store", "authorization", "cookie"])
 
 interface Lookup {
   key: string
@@ -277,6 +304,8 @@ export class Cache {
 
   /** Serves the stored response, or goes to the origin: RFC 9111 §4 and §5.2.1. */
   private decide(lookup: Lookup, stored: Stored | undefined, forward: Forward): Response | Promise<Response> {
+    if (stored && !isFinalStatus(stored.meta.status))
+      return this.dropUnanswerable(lookup, stored).then(() => this.decide(lookup, undefined, forward))
     const now = Date.now()
     if (this.config.offline) {
       return stored
@@ -297,16 +326,26 @@ export class Cache {
       discard(stored)
       return answer(504, "not in the cache (only-if-cached)\n", "detail=only-if-cached")
     }
-    if (lookup.method === "HEAD" || !isCoalescable(lookup) || this.passes.has(lookup.key, now)) {
+    if (lookup.method === "HEAD" || !this.isCoalescable(lookup) || this.passes.has(lookup.key, now)) {
       return this.fetchFromOrigin(lookup, stored, forward).then(responseOf)
     }
     return this.coalesced(lookup, stored, forward)
   }
 
+  /**
+   * An entry stored by an earlier version, whose status no response can carry (RFC 9110 §15): it
+   * would fail every request until it expired, so it is deleted and the request is a miss.
+   */
+  private async dropUnanswerable(lookup: Lookup, stored: Stored): Promise<void> {
+    discard(stored)
+    this.config.warn("broken-entry", `${lookup.key}: deleting an entry with status ${stored.meta.status}, which no response can carry`)
+    await this.invalidate(lookup.key)
+  }
+
   /** Methods the cache does not answer: forwarded, and unsafe ones invalidate (RFC 9111 §4.4). */
   private async respondUncached(method: string, target: string, headers: Headers, forward: Forward): Promise<Response> {
     if (this.config.offline) return answer(504, "not in the cache (offline mode)\n", "detail=offline")
-    const response = await forward(headers)
+    const response = finalResponse(await forward(headers))
     // RFC 9111 §4.4: a non-error response to an unsafe method invalidates the target URI and
     // the same-origin URIs in Location and Content-Location.
     if (!SAFE_METHODS.has(method) && response.status < 400) {
@@ -343,7 +382,7 @@ export class Cache {
 
   /** Sends the request as the one in flight for its key, until its answer is stored or not. */
   private lead(lookup: Lookup, stale: Stored | undefined, forward: Forward): Promise<Response> {
-    const exchange = this.fetchFromOrigin(lookup, stale, forward)
+    const exchange = this.claimThenFetch(lookup, stale, forward)
     const stored = exchange.then(
       (e) => e.stored,
       () => false, // the client gets the error; waiters go themselves
@@ -354,9 +393,58 @@ export class Cache {
     return exchange.then(responseOf)
   }
 
-  /** RFC 5861 §3: one background refresh per key; its answer only updates the store. */
+  /**
+   * Goes to the origin holding the store's claim on the key, so that processes sharing the store
+   * send one request between them too; without the claim, waits for the holder's answer.
+   */
+  private async claimThenFetch(lookup: Lookup, stale: Stored | undefined, forward: Forward): Promise<Exchange> {
+    const release = await this.store.claim(lookup.key, this.config.coalesceWaitMs).catch((error) => {
+      this.config.warn("store-read", `claiming ${lookup.key}: ${(error as Error).message}`)
+      return () => {} // the store is away: this process fetches it, coalescing its own requests only
+    })
+    if (!release) return this.afterAnotherProcess(lookup, stale, forward)
+    try {
+      // Another process may have stored the answer between this request's read and its claim.
+      const landed = release === LOCAL_CLAIM ? undefined : await this.freshlyStored(lookup, stale)
+      if (landed) {
+        release()
+        return landed
+      }
+      const exchange = await this.fetchFromOrigin(lookup, stale, forward)
+      void exchange.stored.finally(release)
+      return exchange
+    } catch (error) {
+      release()
+      throw error
+    }
+  }
+
+  /** Another process is fetching the key: its stored answer serves this request, else this one goes itself. */
+  private async afterAnotherProcess(lookup: Lookup, stale: Stored | undefined, forward: Forward): Promise<Exchange> {
+    await this.store
+      .landed(lookup.key, this.config.coalesceWaitMs)
+      .catch((error) => this.config.warn("store-read", `waiting for ${lookup.key}: ${(error as Error).message}`))
+    return (await this.freshlyStored(lookup, stale)) ?? this.fetchFromOrigin(lookup, stale, forward)
+  }
+
+  /** A fresh entry that another process stored for this request meanwhile, as a coalesced hit. */
+  private async freshlyStored(lookup: Lookup, stale: Stored | undefined): Promise<Exchange | undefined> {
+    const found = await this.read(lookup)
+    const now = Date.now()
+    if (!found || usability(found.meta, lookup.directives, now) !== "fresh") {
+      discard(found)
+      return undefined
+    }
+    discard(stale)
+    return { response: this.fromCache(found, lookup, now, "hit; detail=coalesced"), stored: Promise.resolve(true) }
+  }
+
+  /**
+   * RFC 5861 §3: one background refresh per key; its answer only updates the store. It leads for
+   * the key with this request's headers, so only a request that may lead starts it.
+   */
   private refreshInBackground(lookup: Lookup, forward: Forward): void {
-    if (this.inFlight.has(lookup.key)) return
+    if (!this.isCoalescable(lookup) || this.inFlight.has(lookup.key)) return
     // Its own copy of the stale entry: the one at hand answers the client.
     this.read(lookup)
       .then((stale) => this.lead(lookup, stale, forward))
@@ -377,7 +465,7 @@ export class Cache {
     let response: Response
     let fwd: string
     try {
-      response = await forward(stale ? withValidators(lookup.headers, stale.meta) : lookup.headers)
+      response = finalResponse(await forward(stale ? withValidators(lookup.headers, stale.meta) : lookup.headers))
     } catch (error) {
       fwd = await reason
       if (stale && error instanceof OriginError && mayServeStaleOnError(stale.meta, lookup.directives, Date.now(), true)) {
@@ -418,7 +506,7 @@ export class Cache {
     const directives = parseCacheControl(headers.get("cache-control"))
     const meta = describeResponse(stale.meta.status, headers, directives, stale.meta.vary, requestTime, responseTime, this.config)
     const updated = await this.track(
-      this.store.update(lookup.key, meta).catch((error) => {
+      this.store.update(lookup.key, sharedMeta(meta, this.config)).catch((error) => {
         this.config.warn("store-write", `updating ${lookup.key}: ${(error as Error).message}`)
         return false
       }),
@@ -545,6 +633,17 @@ export class Cache {
     return { body, stored }
   }
 
+  /**
+   * Coalescing waits on another client's request: only for requests that would accept its
+   * answer. A request with Cookie neither waits nor leads (unless cookies are shared): its answer
+   * may be for that client alone and seldom stored, so others would wait on it for nothing.
+   */
+  private isCoalescable(lookup: Lookup): boolean {
+    const { directives, headers } = lookup
+    const personal = !this.config.shareCookies && headers.has("cookie")
+    return !personal && !directives.has("no-cache") && !directives.has("no-store") && !headers.has("range")
+  }
+
   /** Keeps a store operation in `writes` until it settles, so `close` can wait for it. */
   private track<T>(operation: Promise<T>): Promise<T> {
     this.writes.add(operation)
@@ -615,9 +714,15 @@ class PassList {
   }
 }
 
-/** Coalescing waits on another client's request: only for requests that would accept its answer. */
-function isCoalescable(lookup: Lookup): boolean {
-  return !lookup.directives.has("no-cache") && !lookup.directives.has("no-store") && !lookup.headers.has("range")
+/**
+ * The origin's response, when its status is one a response can carry. RFC 9110 §15: a status
+ * outside 100–599 is invalid (a 1xx is never final); `new Response` refuses it, so no hit could
+ * replay it and Node cannot even relay it: under both runtimes it is a 502, every time.
+ */
+function finalResponse(response: Response): Response {
+  if (isFinalStatus(response.status)) return response
+  response.body?.cancel().catch(() => undefined) // a body no one will read: nothing to lose
+  throw new OriginError(502, `the origin answered with status ${response.status}, which is not a final HTTP status (200-599)`)
 }
 
 function notStored(response: Response): Exchange {

@@ -3,9 +3,10 @@
  * The HTTP side only: every caching rule lives in cache.ts.
  */
 
-import { realpathSync } from "node:fs"
-import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from "node:http"
+import { mkdirSync, realpathSync, rmSync, writeFileSync } from "node:fs"
+import { createServer, Agent as HttpAgent, request as httpRequest, type IncomingMessage } from "node:http"
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https"
+import type { AddressInfo } from "node:net"
 import { homedir } from "node:os"
 import { join, resolve } from "node:path"
 import { Readable } from "node:stream"
@@ -16,7 +17,8 @@ import { type Context, Hono } from "hono"
 import { LinearRouter } from "hono/router/linear-router"
 import { bunFiles, type FileApi, FileStore, nodeFiles } from "./cache/file-store.ts"
 import { MemoryStore } from "./cache/memory-store.ts"
-import { hopByHopFilter } from "./cache/policy.ts"
+import { hopByHopFilter, isFinalStatus } from "./cache/policy.ts"
+import type { RedisTarget } from "./cache/redis-store.ts"
 import { MEMORY_BODY_LIMIT_BYTES, TieredStore } from "./cache/tiered-store.ts"
 import { answer, Cache, type Forward, OriginError, type Store, VIA, type Warn } from "./cache.ts"
 import packageJson from "./package.json" with { type: "json" }
@@ -28,6 +30,14 @@ export interface ProxyOptions {
   port: number
   /** Address to listen on. @default "127.0.0.1" */
   host: string
+  /**
+   * How clients reach the proxy, scheme and authority only (e.g. "https://cdn.example.com"): the
+   * origin is told it in X-Forwarded-Host, X-Forwarded-Proto and Forwarded.
+   * @default undefined: http://<host>:<the port listened on>
+   */
+  publicUrl: string | undefined
+  /** Keep the X-Forwarded-*, Forwarded and X-Real-IP fields a request carries. @default false */
+  trustForwarded: boolean
   /** The origin's base URL, with no trailing slash: request paths are appended to it. */
   origin: string
   cacheDir: string
@@ -43,7 +53,13 @@ export interface ProxyOptions {
   ignoreQuery: string[]
   offline: boolean
   shareCookies: boolean
+  /** Where entries live: the disk under cacheDir, or a Redis shared by every proxy on it. @default file */
+  store: StoreChoice
+  /** Namespaces every Redis key, so several caches can share one Redis. @default "caching-proxy" */
+  storePrefix: string
 }
+
+type StoreChoice = { kind: "file" } | { kind: "redis"; target: RedisTarget }
 
 /** A flag the user got wrong: printed as one line, exit code 2. */
 export class UsageError extends Error {}
@@ -51,6 +67,14 @@ export class UsageError extends Error {}
 const args = {
   port: { type: "string", description: "Port to listen on (0: any free port)", default: "3000" },
   host: { type: "string", description: "Address to listen on (0.0.0.0 to accept other machines)", default: "127.0.0.1" },
+  "public-url": {
+    type: "string",
+    description: "How clients reach the proxy, e.g. https://cdn.example.com, as the origin is told (default: http://<host>:<port>)",
+  },
+  "trust-forwarded": {
+    type: "boolean",
+    description: "Pass on the X-Forwarded-*, Forwarded and X-Real-IP fields clients send: only behind a proxy that sets them itself",
+  },
   origin: { type: "string", description: "Origin URL to forward to, e.g. https://api.example.com/v2" },
   "cache-dir": { type: "string", description: "Cache directory (default: $XDG_CACHE_HOME/caching-proxy or ~/.cache/caching-proxy)" },
   "clear-cache": { type: "boolean", description: "Empty the cache directory and exit" },
@@ -67,6 +91,12 @@ const args = {
   "ignore-query": { type: "string", description: "Development: comma-separated query parameters left out of the cache key" },
   offline: { type: "boolean", description: "Development: answer only from the cache, never contact the origin" },
   "share-cookies": { type: "boolean", description: "Store responses that set cookies and serve them to every client" },
+  store: {
+    type: "string",
+    description: "Where entries live: file (--cache-dir), redis://host:port[/db], rediss://… or redis-cluster://host:port,…",
+    default: "file",
+  },
+  "store-prefix": { type: "string", description: "Namespace of this cache's keys in Redis", default: "caching-proxy" },
   quiet: { type: "boolean", description: "Do not log each request" },
   help: { type: "boolean", description: "Show this help", alias: "h" },
   version: { type: "boolean", description: "Show the version", alias: "v" },
@@ -97,6 +127,16 @@ function parseSeconds(name: string, value: string, least: "zero" | "positive" = 
   return seconds
 }
 
+// Bun's and Node's timers fire at once when asked to wait more than 2^31-1 ms (about 24.8 days).
+const MAX_TIMER_MS = 2 ** 31 - 1
+
+function parseTimeout(value: string): number {
+  const seconds = parseSeconds("timeout", value, "positive")
+  if (seconds * 1000 > MAX_TIMER_MS)
+    throw new UsageError(`--timeout must be at most ${Math.floor(MAX_TIMER_MS / 1000)} seconds (got "${value}")`)
+  return seconds
+}
+
 function parsePort(value: string): number {
   const port = Number(value)
   if (!/^\d+$/.test(value.trim()) || port > 65535) throw new UsageError(`--port must be 0-65535 (got "${value}")`)
@@ -112,9 +152,49 @@ function parseOrigin(value: string | undefined): string {
     throw new UsageError(`--origin must be an http or https URL (got "${value}")`)
   }
   if (url.protocol !== "http:" && url.protocol !== "https:") throw new UsageError(`--origin must be an http or https URL (got "${value}")`)
-  if (url.search || url.hash || url.username || url.password)
+  // An empty query or fragment ("…/?", "…/#") leaves url.search and url.hash empty, yet would be
+  // glued to every request path: any ? or # is refused.
+  if (/[?#]/.test(value) || url.username || url.password)
     throw new UsageError(`--origin must not have a query, fragment or credentials (got "${value}")`)
   return url.href.replace(/\/+$/, "")
+}
+
+/** --public-url: a scheme and an authority, nothing else, since only those are told to the origin. */
+function parsePublicUrl(value: string | undefined): string | undefined {
+  if (value === undefined) return undefined
+  const url = URL.canParse(value) ? new URL(value) : undefined
+  const isBare = url && /^https?:$/.test(url.protocol) && url.pathname === "/" && !/[?#]/.test(value) && !url.username && !url.password
+  if (!isBare) throw new UsageError(`--public-url must be an http or https URL with no path, query or credentials (got "${value}")`)
+  return url.origin
+}
+
+function parseStore(value: string): StoreChoice {
+  if (value === "file") return { kind: "file" }
+  try {
+    return { kind: "redis", target: parseRedisUrl(value) }
+  } catch (error) {
+    throw new UsageError(`--store ${(error as Error).message}`)
+  }
+}
+
+/** A Redis store URL: one server as ioredis takes it, or a Cluster's seed nodes. */
+function parseRedisUrl(url: string): RedisTarget {
+  const usage = `must be file, redis://host:port[/db], rediss://… or redis-cluster://host:port[,host:port…] (got "${url}")`
+  if (url.startsWith("redis-cluster://")) {
+    const nodes = url.slice("redis-cluster://".length).split(",")
+    return {
+      cluster: nodes.map((node) => {
+        const match = /^([^:/@]+):(\d{1,5})$/.exec(node.trim())
+        if (!match || Number(match[2]) > 65535) throw new Error(usage)
+        return { host: match[1] as string, port: Number(match[2]) }
+      }),
+    }
+  }
+  if (!URL.canParse(url)) throw new Error(usage)
+  const { protocol, hostname, pathname, search, hash } = new URL(url)
+  const database = pathname === "" || pathname === "/" || /^\/\d+$/.test(pathname)
+  if ((protocol !== "redis:" && protocol !== "rediss:") || !hostname || !database || search || hash) throw new Error(usage)
+  return { single: url }
 }
 
 function defaultCacheDir(): string {
@@ -179,10 +259,12 @@ export function parseOptions(parsed: Args): ProxyOptions {
   return {
     port: parsePort(parsed.port),
     host: parsed.host,
+    publicUrl: parsePublicUrl(parsed["public-url"]),
+    trustForwarded: Boolean(parsed["trust-forwarded"]),
     origin: parsed["clear-cache"] ? "" : parseOrigin(parsed.origin),
     cacheDir: resolve(parsed["cache-dir"] ?? defaultCacheDir()),
     ttlSeconds: parseSeconds("ttl", parsed.ttl),
-    timeoutSeconds: parseSeconds("timeout", parsed.timeout, "positive"),
+    timeoutSeconds: parseTimeout(parsed.timeout),
     quiet: Boolean(parsed.quiet),
     memorySize: parseSize("memory-size", parsed["memory-size"]),
     maxSize: parseSize("max-size", parsed["max-size"]),
@@ -194,6 +276,8 @@ export function parseOptions(parsed: Args): ProxyOptions {
       .filter(Boolean),
     offline: Boolean(parsed.offline),
     shareCookies: Boolean(parsed["share-cookies"]),
+    store: parseStore(parsed.store),
+    storePrefix: parsed["store-prefix"],
   }
 }
 
@@ -209,9 +293,12 @@ interface Listener {
 interface Runtime {
   /** Sends one request to the origin, bytes untouched: no decompression, no redirects followed. */
   fetch(target: string, method: string, headers: Headers, body: ReadableStream<Uint8Array> | null, timeoutMs: number): Promise<Response>
-  listen(app: Hono, host: string, port: number, idleTimeoutSeconds: number): Promise<Listener>
+  /** Serves the app; what fails outside it (`warn`ed) is answered by `unsent`, never by the runtime. */
+  listen(app: Hono, host: string, port: number, idleTimeoutSeconds: number, warn: Warn): Promise<Listener>
   /** The client's address, for X-Forwarded-For. */
   clientAddress(c: Context): string | undefined
+  /** The port the request came in on: the one listened on. */
+  localPort(c: Context): number | undefined
   /** The request-target as the client sent it (path and query), as raw as the runtime keeps it. */
   requestTarget(c: Context): string
   /** How the file store reads bodies. */
@@ -226,6 +313,7 @@ async function withTimeout(timeoutMs: number, send: (signal: AbortSignal) => Pro
     return await send(controller.signal)
   } catch (error) {
     if (controller.signal.aborted) throw new OriginError(504, `the origin did not answer within ${timeoutMs / 1000} s`)
+    if (error instanceof OriginError) throw error
     throw new OriginError(502, `the origin is unreachable (${(error as Error).message})`)
   } finally {
     clearTimeout(timer)
@@ -240,12 +328,26 @@ function pathAndQuery(target: string): string {
   return pathStart === -1 ? "/" : target.slice(pathStart)
 }
 
+// RFC 9110 §15.2.2: a 101 hands the connection over to another protocol; we proxy HTTP only.
+const UPGRADE_REFUSED = "the origin switched protocols (101), and upgrades are not proxied"
+
+/**
+ * The answer to a request whose response failed where the app cannot catch it (Bun: a body that
+ * fails before its first byte is sent): a 502 with one line, never the runtime's own error page.
+ */
+function unsent(error: unknown, warn: Warn): Response {
+  warn("proxy", `a response could not be sent: ${error instanceof Error ? error.message : String(error)}`)
+  return answer(502, "the origin's answer could not be relayed\n", "detail=origin-error")
+}
+
 const bunRuntime: Runtime = {
   fetch: (target, method, headers, body, timeoutMs) =>
     withTimeout(timeoutMs, (signal) =>
-      fetch(target, { method, headers, body, signal, redirect: "manual", decompress: false } as RequestInit),
+      fetch(target, { method, headers, body, signal, redirect: "manual", decompress: false } as RequestInit).catch((error) => {
+        throw (error as { code?: string }).code === "UnrequestedUpgrade" ? new OriginError(502, UPGRADE_REFUSED) : error
+      }),
     ),
-  async listen(app, host, port, idleTimeoutSeconds) {
+  async listen(app, host, port, idleTimeoutSeconds, warn) {
     const server = Bun.serve({
       hostname: host,
       port,
@@ -253,10 +355,14 @@ const bunRuntime: Runtime = {
       idleTimeout: idleTimeoutSeconds,
       // Uploads stream to the origin; the origin decides what it accepts.
       maxRequestBodySize: Number.MAX_SAFE_INTEGER,
+      // Never Bun's development error page (50 KB of HTML naming the working directory). Not by
+      // `development: false`: Bun then shares the port with a second server (SO_REUSEPORT).
+      error: (error) => unsent(error, warn),
     })
     return { port: server.port ?? port, stop: (force) => server.stop(force) }
   },
   clientAddress: (c) => (c.env as { requestIP?: (r: Request) => { address: string } | null })?.requestIP?.(c.req.raw)?.address,
+  localPort: (c) => (c.env as { port?: number } | undefined)?.port,
   requestTarget: (c) => pathAndQuery(c.req.raw.url),
   files: bunFiles,
 }
@@ -276,12 +382,18 @@ function nodeFetch(target: string, method: string, headers: Headers, body: Reada
         try {
           resolvePromise(toResponse(incoming, method))
         } catch (error) {
-          incoming.destroy() // a status `Response` refuses (outside 200-599): a 502, not a crash
+          incoming.destroy() // an answer no `Response` can carry: a 502, not a crash
           reject(error)
         }
       },
     )
     outgoing.on("error", reject)
+    // Without this listener node:http drops the socket and neither answers nor fails: a client
+    // would wait forever.
+    outgoing.on("upgrade", (_, socket) => {
+      socket.destroy()
+      reject(new OriginError(502, UPGRADE_REFUSED))
+    })
     if (body)
       Readable.fromWeb(body as import("node:stream/web").ReadableStream)
         .on("error", reject)
@@ -295,33 +407,81 @@ function toResponse(incoming: IncomingMessage, method: string): Response {
   const raw = incoming.rawHeaders
   for (let i = 0; i < raw.length; i += 2) headers.append(raw[i] as string, raw[i + 1] as string)
   const status = incoming.statusCode ?? 502
+  // RFC 9110 §15: a final status is 200-599. The Response @hono/node-server puts in place checks
+  // it only once its body is read, too late for a 502: it is checked here.
+  if (!isFinalStatus(status))
+    throw new OriginError(502, `the origin answered with status ${status}, which is not a final HTTP status (200-599)`)
   const hasBody = method !== "HEAD" && status !== 204 && status !== 304
   const body = hasBody ? (Readable.toWeb(incoming) as ReadableStream<Uint8Array>) : null
   if (!hasBody) incoming.resume()
   return new Response(body, { status, statusText: incoming.statusMessage, headers })
 }
 
+/** A connection that can be closed at once: the client's, under Node. */
+interface Closable {
+  destroy(): void
+}
+
+/**
+ * Under Node, a MISS's body (the origin's, streaming) ends whole or cuts the connection short:
+ * @hono/node-server would end a failed body with "Error: …" as its last bytes, framed as if
+ * complete, and print the error. Hits are left as they are: from memory they are bytes, which the
+ * adapter sends whole with their length.
+ */
+function cutOnFailure(response: Response | Promise<Response>, connection: Closable, warn: Warn): Response | Promise<Response> {
+  const guarded = (ready: Response) =>
+    ready.headers.get("x-cache") === "MISS" && ready.body ? new Response(endOrCut(ready.body, connection, warn), ready) : ready
+  return response instanceof Promise ? response.then(guarded) : guarded(response)
+}
+
+/** The body as it comes; when it fails, the connection is closed, so the client sees it cut short. */
+function endOrCut(body: ReadableStream<Uint8Array>, connection: Closable, warn: Warn): ReadableStream<Uint8Array> {
+  const reader = body.getReader()
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        const chunk = await reader.read().catch((error: unknown) => ({ error }))
+        if (!("error" in chunk)) return chunk.done ? controller.close() : controller.enqueue(chunk.value)
+        // A failure with no reason was reported by the cache already, as it stopped storing.
+        if (chunk.error !== undefined) warn("origin-body", `the origin's body failed (${(chunk.error as Error).message})`)
+        // Left neither ended nor failed: closing the connection makes the adapter cancel it.
+        connection.destroy()
+      },
+      cancel: (reason) => reader.cancel(reason),
+    },
+    { highWaterMark: 0 },
+  )
+}
+
 const nodeRuntime: Runtime = {
   fetch: (target, method, headers, body, timeoutMs) => withTimeout(timeoutMs, (signal) => nodeFetch(target, method, headers, body, signal)),
-  async listen(app, host, port) {
-    const { serve } = await import("@hono/node-server")
+  async listen(app, host, port, _idleTimeoutSeconds, warn) {
+    const { getRequestListener, RequestError } = await import("@hono/node-server")
+    const handle = getRequestListener((request, env) => cutOnFailure(app.fetch(request, env), env.outgoing, warn), {
+      hostname: host,
+      // The server's own error handler, for what Hono's onError never sees: a request the adapter
+      // cannot read is a 400, anything else a 502, never its bare 500.
+      errorHandler: (error) =>
+        error instanceof RequestError ? answer(400, "the request cannot be read\n", "detail=bad-request") : unsent(error, warn),
+    })
+    const server = createServer(handle)
     return new Promise((resolvePromise, reject) => {
-      const server = serve({ fetch: app.fetch, hostname: host, port }, (info) =>
+      server.once("error", reject)
+      server.listen(port, host, () =>
         resolvePromise({
-          port: info.port,
+          port: (server.address() as AddressInfo).port,
           stop: (force) =>
             new Promise<void>((done) => {
-              const http = server as import("node:http").Server
-              http.close(() => done())
-              if (force) http.closeAllConnections()
-              else http.closeIdleConnections()
+              server.close(() => done())
+              if (force) server.closeAllConnections()
+              else server.closeIdleConnections()
             }),
         }),
       )
-      server.once("error", reject)
     })
   },
   clientAddress: (c) => (c.env as { incoming?: IncomingMessage })?.incoming?.socket.remoteAddress,
+  localPort: (c) => (c.env as { incoming?: IncomingMessage })?.incoming?.socket.localPort,
   requestTarget: (c) => pathAndQuery((c.env as { incoming?: IncomingMessage })?.incoming?.url ?? c.req.raw.url),
   files: nodeFiles,
 }
@@ -330,26 +490,92 @@ const runtime: Runtime = typeof Bun !== "undefined" ? bunRuntime : nodeRuntime
 
 // ───────────────────────────── the app ─────────────────────────────
 
-/** The headers sent to the origin: the client's, less hop-by-hop, plus the forwarding fields. */
-function forwardedHeaders(incoming: Headers, clientAddress: string | undefined): Headers {
+// A ".." that only the origin may see: behind an encoded slash or backslash, or with a
+// ;parameter (as Tomcat reads "..;"). An origin that resolved it would climb above its base path.
+const HIDDEN_DOT_DOT = /(?:^|[/\\]|%2f|%5c)(?:\.|%2e){2}(?:;[^/\\]*)?(?:$|[/\\]|%2f|%5c)/i
+const HIDDEN_DOT_DOT_REFUSED = "a .. segment behind an encoded separator or a ;parameter is refused\n"
+// What a path must hold to need resolving: most paths hold none of it.
+const MAY_CLIMB = /\\|%2f|%5c|(?:^|\/)(?:\.|%2e)/i
+
+/**
+ * The request's path and query with dot segments resolved against the root (RFC 3986 §5.2.4, as
+ * the WHATWG URL parser reads them: %2E is a dot, \ a slash), so that once appended to the
+ * origin's base path nothing climbs above it; undefined when a ".." hides from that reading.
+ * Bun.serve resolves the path so already; Node hands it over raw.
+ */
+function resolvedPath(pathAndQuery: string): string | undefined {
+  const queryStart = pathAndQuery.indexOf("?")
+  const path = queryStart === -1 ? pathAndQuery : pathAndQuery.slice(0, queryStart)
+  if (!MAY_CLIMB.test(path)) return pathAndQuery
+  const resolved = new URL(`http://root${path}`).pathname
+  if (HIDDEN_DOT_DOT.test(resolved)) return undefined
+  return queryStart === -1 ? resolved : resolved + pathAndQuery.slice(queryStart)
+}
+
+/**
+ * Fields by which proxies tell the origin who the client is and how it reached them, and those
+ * frameworks read as the request's host or URL. From a client they are forged, and none is in the
+ * cache key: an origin that built a page from one would have the cache serve it to everyone
+ * (cache poisoning). Dropped unless --trust-forwarded.
+ */
+const FORWARDING_FIELDS = new Set([
+  "forwarded",
+  "x-real-ip",
+  "x-client-ip",
+  "true-client-ip",
+  "cf-connecting-ip",
+  "fastly-client-ip",
+  "x-cluster-client-ip",
+  "x-host",
+  "x-original-host",
+  "x-original-url",
+  "x-rewrite-url",
+])
+
+function isForwardingField(name: string): boolean {
+  return name.startsWith("x-forwarded-") || FORWARDING_FIELDS.has(name)
+}
+
+/** What the forwarding fields say of one request: from its connection and our configuration only. */
+interface Hop {
+  /** The client's address, as the connection has it. */
+  client: string | undefined
+  /** How clients reach the proxy (--public-url, else the address it listens on). */
+  host: string
+  proto: string
+  /** --trust-forwarded: the request's own forwarding fields stay, and ours extend them. */
+  trustForwarded: boolean
+  /** Whether a body goes to the origin with the request. */
+  hasBody: boolean
+}
+
+/** The headers sent to the origin: the client's, less hop-by-hop and forwarding fields, plus ours. */
+function forwardedHeaders(incoming: Headers, hop: Hop): Headers {
   const isHopByHop = hopByHopFilter(incoming)
   const headers = new Headers()
   for (const [name, value] of incoming) {
-    // Host is the origin's, set from the target URL; the client's goes in X-Forwarded-Host.
-    if (!isHopByHop(name) && name !== "host") headers.append(name, value)
+    // Host is the origin's, set from the target URL.
+    if (isHopByHop(name) || name === "host" || (!hop.trustForwarded && isForwardingField(name))) continue
+    headers.append(name, value)
   }
-  if (clientAddress) {
-    const chain = incoming.get("x-forwarded-for")
-    headers.set("x-forwarded-for", chain ? `${chain}, ${clientAddress}` : clientAddress)
-  }
-  // Ours, never the client's: an origin that builds links from a forged X-Forwarded-Host would
-  // have the cache hand them to every client (cache poisoning).
-  headers.set("x-forwarded-proto", "http")
-  const host = incoming.get("host")
-  if (host) headers.set("x-forwarded-host", host)
-  else headers.delete("x-forwarded-host")
+  // RFC 9112 §6.3: a Content-Length with no body sent would have the origin read the start of
+  // the next request on the connection as this one's body (request smuggling).
+  if (!hop.hasBody) headers.delete("content-length")
+  // A client's fields are still here only under --trust-forwarded: ours then extend their lists
+  // (RFC 7239 §4), and the host and scheme the proxy in front was reached by stay.
+  if (hop.client) headers.append("x-forwarded-for", hop.client)
+  headers.append("forwarded", forwardedElement(hop))
+  if (!headers.has("x-forwarded-host")) headers.set("x-forwarded-host", hop.host)
+  if (!headers.has("x-forwarded-proto")) headers.set("x-forwarded-proto", hop.proto)
   headers.append("via", VIA)
   return headers
+}
+
+/** Our element of Forwarded (RFC 7239 §4): who connected to us, and how clients reach us. */
+function forwardedElement(hop: Hop): string {
+  // RFC 7239 §6: an IPv6 address is bracketed and quoted; §6.3: an address not known is "unknown".
+  const node = hop.client === undefined ? "unknown" : hop.client.includes(":") ? `"[${hop.client}]"` : hop.client
+  return `for=${node};host="${hop.host}";proto=${hop.proto}`
 }
 
 /** Where the proxy's messages go: tests and embedders pass their own. */
@@ -360,22 +586,35 @@ export interface ProxyOutput {
   warn: Warn
 }
 
-/** The disk store under --cache-dir. */
-function fileStore(options: Pick<ProxyOptions, "cacheDir" | "maxSize">, warn: Warn): FileStore {
-  return new FileStore({ dir: options.cacheDir, maxBytes: options.maxSize, files: runtime.files, warn })
+/** Where entries live, as the start line says it: a directory, or Redis with this cache's namespace. */
+function whereEntriesLive(options: ProxyOptions): string {
+  if (options.store.kind === "file") return options.cacheDir
+  const { target } = options.store
+  const where = "single" in target ? new URL(target.single).host : target.cluster.map(({ host, port }) => `${host}:${port}`).join(",")
+  return `Redis at ${where} (keys ${options.storePrefix}:*)`
 }
 
-/** The store the cache holds: memory (--memory-size) in front of the disk (--max-size). */
-function createStore(options: ProxyOptions, warn: Warn): Store {
+/** The store entries live in: the disk under --cache-dir, or Redis (its code loaded only then). */
+async function openStore(options: ProxyOptions, warn: Warn): Promise<Store> {
+  if (options.store.kind === "file") {
+    return new FileStore({ dir: options.cacheDir, maxBytes: options.maxSize, files: runtime.files, warn })
+  }
+  // A literal specifier: `bun build --compile` bundles it, and other runs never load ioredis.
+  const { RedisStore } = await import("./cache/redis-store.ts")
+  return new RedisStore({ target: options.store.target, prefix: options.storePrefix, warn })
+}
+
+/** What the cache holds: memory (--memory-size) in front of the store, per process. */
+async function createStore(options: ProxyOptions, warn: Warn): Promise<Store> {
   const memory = new MemoryStore({ maxBytes: options.memorySize })
   const memoryBodyLimit = Math.min(MEMORY_BODY_LIMIT_BYTES, options.memorySize / 8)
-  return new TieredStore(memory, fileStore(options, warn), { memoryBodyLimit })
+  return new TieredStore(memory, await openStore(options, warn), { memoryBodyLimit })
 }
 
 /** Builds the proxy as a Hono app (tests and embedders serve it themselves). */
-export function createProxy(options: ProxyOptions, output: Partial<ProxyOutput> = {}) {
+export async function createProxy(options: ProxyOptions, output: Partial<ProxyOutput> = {}) {
   const { log = console.log, warn = createWarn() } = output
-  const cache = new Cache(createStore(options, warn), {
+  const cache = new Cache(await createStore(options, warn), {
     maxEntryBytes: options.maxEntrySize,
     defaultTtlMs: options.ttlSeconds * 1000,
     forceTtlMs: options.forceTtlSeconds * 1000,
@@ -386,6 +625,16 @@ export function createProxy(options: ProxyOptions, output: Partial<ProxyOutput> 
     warn,
   })
   const timeoutMs = options.timeoutSeconds * 1000
+  const publicUrl = options.publicUrl === undefined ? undefined : new URL(options.publicUrl)
+  const listenHost = options.host.includes(":") ? `[${options.host}]` : options.host
+  /** The forwarding fields' facts about this request: never a value the request itself carries. */
+  const hop = (c: Context, hasBody: boolean): Hop => ({
+    client: runtime.clientAddress(c),
+    host: publicUrl?.host ?? `${listenHost}:${runtime.localPort(c)}`,
+    proto: publicUrl?.protocol.slice(0, -1) ?? "http",
+    trustForwarded: options.trustForwarded,
+    hasBody,
+  })
   // One catch-all route: the router needs no path, so Hono is spared parsing the URL for it
   // (the path we forward comes from the runtime, untouched), and the linear router is the
   // cheapest for a single route. About 2 % of a hit.
@@ -393,18 +642,24 @@ export function createProxy(options: ProxyOptions, output: Partial<ProxyOutput> 
 
   app.all("*", (c) => {
     const started = options.quiet ? 0 : performance.now()
-    const request = c.req.raw
     // Hono routes HEAD as GET; the method we forward is the client's.
-    const method = request.method
-    const path = runtime.requestTarget(c)
+    const method = c.req.raw.method
+    const requested = runtime.requestTarget(c)
+    const path = resolvedPath(requested)
+    const response = path === undefined ? answer(400, HIDDEN_DOT_DOT_REFUSED, "detail=bad-request") : respond(c, method, path)
+    return options.quiet ? response : logged(response, method, path ?? requested, started)
+  })
+
+  /** Answers from the cache, or from the origin at `options.origin + path`. */
+  function respond(c: Context, method: string, path: string): Response | Promise<Response> {
+    const request = c.req.raw
     const target = options.origin + path
+    // RFC 9110 §9.3.1, §9.3.2: content in a GET or HEAD has no defined meaning; none is forwarded.
     const body = method === "GET" || method === "HEAD" ? null : request.body
     // Built only when the origin is asked: a hit copies no headers.
-    const forward: Forward = (headers) =>
-      runtime.fetch(target, method, forwardedHeaders(headers, runtime.clientAddress(c)), body, timeoutMs)
-    const response = cache.respond(method, request.headers, target, forward)
-    return options.quiet ? response : logged(response, method, path, started)
-  })
+    const forward: Forward = (headers) => runtime.fetch(target, method, forwardedHeaders(headers, hop(c, body !== null)), body, timeoutMs)
+    return cache.respond(method, request.headers, target, forward)
+  }
 
   /** Logs one line once the response (headers) is ready: method, path, status, X-Cache, ms. */
   async function logged(response: Response | Promise<Response>, method: string, path: string, started: number) {
@@ -428,15 +683,36 @@ export function createProxy(options: ProxyOptions, output: Partial<ProxyOutput> 
   return { app, cache }
 }
 
-/** Serves the app on the current runtime. */
-export function serve(app: Hono, options: Pick<ProxyOptions, "host" | "port" | "timeoutSeconds">): Promise<Listener> {
+/** Serves the app on the current runtime; what fails outside the app is reported to `warn`. */
+export function serve(
+  app: Hono,
+  options: Pick<ProxyOptions, "host" | "port" | "timeoutSeconds">,
+  warn: Warn = createWarn(),
+): Promise<Listener> {
   // Bun closes idle connections after 10 s by default: wait at least as long as the origin may.
   const idleTimeoutSeconds = Math.min(255, Math.ceil(options.timeoutSeconds) + 10)
-  return runtime.listen(app, options.host, options.port, idleTimeoutSeconds)
+  return runtime.listen(app, options.host, options.port, idleTimeoutSeconds, warn)
+}
+
+/**
+ * Fails at start-up, not at the first store, when the cache directory cannot be written: creates
+ * it, then writes and removes a file in it.
+ */
+function checkCacheDir(dir: string): void {
+  const probe = join(dir, `.probe-${process.pid}`)
+  try {
+    mkdirSync(dir, { recursive: true })
+    writeFileSync(probe, "")
+    rmSync(probe)
+  } catch (error) {
+    throw new UsageError(`--cache-dir ${dir} cannot be written (${(error as Error).message})`)
+  }
 }
 
 // ───────────────────────────── the command ─────────────────────────────
 
+// How long start-up waits for Redis before listening without it.
+const STORE_CONNECT_WAIT_MS = 2000
 // Requests in flight get this long to finish after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE_MS = 5000
 
@@ -456,16 +732,22 @@ async function run(commandLine: string[]): Promise<number> {
   }
   const options = parseOptions(parsed)
   if (parsed["clear-cache"]) {
-    const store = fileStore(options, createWarn())
+    const store = await openStore(options, createWarn())
+    await store.ready()
     await store.clear()
     await store.close()
     console.log(`caching-proxy: cleared ${options.cacheDir}`)
     return 0
   }
-  const { app, cache } = createProxy(options)
+  if (options.store.kind === "file") checkCacheDir(options.cacheDir)
+  const warn = createWarn()
+  const { app, cache } = await createProxy(options, { warn })
+  // A shared store is worth a moment's wait: until Redis answers, requests would go to the origin
+  // uncoalesced. Past that moment the proxy starts anyway, uncached, and connects in the background.
+  if (options.store.kind === "redis") await Promise.race([cache.store.ready(), sleep(STORE_CONNECT_WAIT_MS)])
   let listener: Listener
   try {
-    listener = await serve(app, options)
+    listener = await serve(app, options, warn)
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code
     const reason = code === "EADDRINUSE" ? "is already in use" : `cannot be used (${(error as Error).message})`
@@ -473,7 +755,7 @@ async function run(commandLine: string[]): Promise<number> {
     return 1
   }
   console.log(
-    `caching-proxy listening on http://${options.host}:${listener.port}, forwarding to ${options.origin}, cache in ${options.cacheDir}`,
+    `caching-proxy listening on http://${options.host}:${listener.port}, forwarding to ${options.origin}, cache in ${whereEntriesLive(options)}`,
   )
   await shutdownSignal()
   await Promise.race([listener.stop().then(() => cache.close()), sleep(SHUTDOWN_GRACE_MS)])

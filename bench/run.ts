@@ -43,8 +43,8 @@ const RSS_SAMPLE_MS = 50
 const STARTUP_TIMEOUT_MS = 15_000
 const REQUEST_TIMEOUT_MS = 30_000
 const DOWNLOAD_TIMEOUT_MS = 180_000
-/** Time left to the phases that are not wrk runs: startups, coalescing, three 512 MiB downloads, filling a 100,000-entry cache. */
-const FIXED_BUDGET_SECONDS = 480
+/** Time left to the phases that are not wrk runs: startups, coalescing, four 512 MiB downloads, filling a 100,000-entry cache. */
+const FIXED_BUDGET_SECONDS = 600
 
 interface Config {
   durationSeconds: number
@@ -228,8 +228,9 @@ function installExitHandlers(): void {
 
 /** Bounds the run: wrk runs themselves, plus FIXED_BUDGET_SECONDS for everything else. */
 function startWatchdog(): void {
-  // Four comparisons (HIT 1 KiB, HIT 64 KiB, MISS vs origin, MISS vs forwarder), two targets each.
-  const wrkRuns = 8 * (config.repeats + 1)
+  // Six comparisons (HIT 1 KiB, HIT 64 KiB, MISS vs origin, MISS vs forwarder, the two Redis
+  // HITs), two targets each.
+  const wrkRuns = 12 * (config.repeats + 1)
   const budgetSeconds = wrkRuns * (config.durationSeconds + 5) + FIXED_BUDGET_SECONDS
   setTimeout(() => {
     console.error(`bench: gave up after ${budgetSeconds} s (time budget exceeded); stopping servers`)
@@ -807,6 +808,117 @@ async function timeStartup(originUrl: string, cacheDir: string): Promise<Startup
   }
 }
 
+// ───────────────────────────── Redis ─────────────────────────────
+
+interface RedisHandle {
+  url: string
+  port: number
+}
+
+/** A redis-server of the run's own, on a free port, without persistence, pinned with the servers. */
+async function startRedisServer(): Promise<RedisHandle> {
+  if (Bun.which("redis-server") === null) throw new BenchError("redis-server not found on PATH (apt-get install -y redis-server)")
+  const port = freePort()
+  const child = spawnChild(SERVER_CPU, ["redis-server", "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+  const deadline = Date.now() + STARTUP_TIMEOUT_MS
+  while ((await redisCli(port, "ping")) !== "PONG") {
+    if (child.exitCode !== null || Date.now() > deadline) throw new BenchError(`redis-server on port ${port} did not start`)
+    await Bun.sleep(20)
+  }
+  return { url: `redis://127.0.0.1:${port}`, port }
+}
+
+async function redisCli(port: number, ...args: string[]): Promise<string> {
+  const child = Bun.spawn(["redis-cli", "-p", String(port), ...args], { stdout: "pipe", stderr: "ignore" })
+  const [out] = await Promise.all([new Response(child.stdout).text(), child.exited])
+  return out.trim()
+}
+
+/** A port nothing listens on now (the kernel's choice for port 0, then released). */
+function freePort(): number {
+  const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } })
+  const { port } = probe
+  probe.stop(true)
+  return port
+}
+
+/**
+ * The shared store on Redis: a HIT read from Redis (the memory tier kept cold) against a bare
+ * server reading the same bytes from the same Redis; a HIT from the memory tier in front of Redis
+ * against the ceiling; coalescing across three proxies; and 512 MiB through Redis with the
+ * proxy's memory watched.
+ */
+async function benchRedis(originUrl: string, bigOriginUrl: string, ceilingUrl: string): Promise<void> {
+  const measures = [
+    "Redis: HIT 1 KiB, memory tier cold, vs a bare server reading Redis",
+    "Redis: HIT 1 KiB from the memory tier vs ceiling",
+    `Redis: origin requests for ${COALESCE_CLIENTS} cold GETs over 3 proxies`,
+    "Redis: 512 MiB MISS proxy RSS rise",
+  ]
+  const started: Server[] = []
+  try {
+    const redis = await startRedisServer()
+    const onRedis = ["--store", redis.url]
+    const cold = await startProxy(originUrl, [...onRedis, "--memory-size", "1"])
+    const warm = await startProxy(originUrl, onRedis)
+    const reader = await startServer("redis-reader", [process.execPath, join(BENCH_DIR, "redis-reader.ts"), redis.url])
+    started.push(cold, warm, reader)
+    const body = await get(`${originUrl}/1k`)
+    await redisCli(redis.port, "set", "bench:1k", body.body)
+    await warmUntilHit(`${cold.urls[0]}/1k`)
+    await warmUntilHit(`${warm.urls[0]}/1k`)
+    await checkSameBody(`${cold.urls[0]}/1k`, `${reader.urls[0]}/1k`)
+    const [fromRedis, bare] = await compareWithWrk(`${cold.urls[0]}/1k`, `${reader.urls[0]}/1k`)
+    const [fromMemory, ceiling] = await compareWithWrk(`${warm.urls[0]}/1k`, `${ceilingUrl}/1k`)
+    report.raw.push(
+      { target: "proxy on Redis, memory cold /1k (HIT)", summary: fromRedis },
+      { target: "redis-reader /1k", summary: bare },
+      { target: "proxy on Redis, memory warm /1k (HIT)", summary: fromMemory },
+      { target: "ceiling /1k (again)", summary: ceiling },
+    )
+    report.rows.push(
+      ratioRow(measures[0]!, fromRedis.requestsPerSecond, bare.requestsPerSecond, formatRate, "≥", 0.8),
+      ratioRow(measures[1]!, fromMemory.requestsPerSecond, ceiling.requestsPerSecond, formatRate, "≥", 0.85),
+    )
+    const third = await startProxy(originUrl, onRedis)
+    started.push(third)
+    const count = await coalescedOriginRequests(
+      [cold, warm, third].map((proxy) => proxy.urls[0]!),
+      originUrl,
+    )
+    report.rows.push({
+      measure: measures[2]!,
+      proxy: String(count),
+      reference: "—",
+      ratio: "—",
+      target: "= 1",
+      verdict: count === 1 ? "PASS" : "FAIL",
+    })
+    for (const server of started.splice(0)) await stopServer(server)
+    const big = await startProxy(bigOriginUrl, [...onRedis, ...BIG_PROXY_FLAGS])
+    started.push(big)
+    const miss = await download(`${big.urls[0]}/big`, big.process.pid)
+    report.rows.push(rssRow(measures[3]!, miss, 64 * MIB))
+    report.notes.push(`Redis after storing 512 MiB: used_memory ${await redisInfo(redis.port, "used_memory_human")}`)
+  } catch (error) {
+    report.rows.push(...errorRows(measures, error))
+  } finally {
+    for (const server of started) await stopServer(server)
+  }
+}
+
+/** 200 concurrent GETs for one cold URL, spread over the proxies: how many reached the origin. */
+async function coalescedOriginRequests(proxyUrls: string[], originUrl: string): Promise<number> {
+  const id = crypto.randomUUID()
+  await Promise.all(Array.from({ length: COALESCE_CLIENTS }, (_, i) => get(`${proxyUrls[i % proxyUrls.length]}/slow-cold/${id}`)))
+  return (JSON.parse((await get(`${originUrl}/count/${id}`)).body) as { count: number }).count
+}
+
+async function redisInfo(port: number, field: string): Promise<string> {
+  const info = await redisCli(port, "info", "memory")
+  return new RegExp(`^${field}:(.*)$`, "m").exec(info)?.[1]?.trim() ?? "unknown"
+}
+
 // ───────────────────────────── main ─────────────────────────────
 
 /** Progress on stderr; also where an interrupted run stops going through its phases. */
@@ -854,6 +966,8 @@ async function main(): Promise<void> {
   noteProxyStderr(proxy)
   // The 512 MiB part gets a proxy of its own (bigger limits, fresh cache, fresh RSS baseline).
   await stopServer(proxy)
+  announce("Redis store")
+  await benchRedis(originUrl, bigOriginUrl, ceilingUrl)
   await stopServer(ceiling)
   announce("512 MiB body")
   await benchBig(bigOriginUrl)

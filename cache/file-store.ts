@@ -6,14 +6,32 @@
  * A write goes body first, then meta, each under a temporary name renamed when whole, so a reader
  * sees a complete entry or none. Sizes are indexed in memory in LRU order by a scan that runs
  * after start-up (it stats files, never reads bodies); the order survives restarts through mtime.
+ *
+ * Nothing on disk is trusted: whoever can write the directory must not make the proxy serve, or
+ * delete, a file it was not given. Every field of a meta is checked; a body's name is the one its
+ * key and Vary selection give; links are never followed; a body is a regular file of the recorded
+ * size and digest; only the store's own file names are ever removed. Anything else is a broken
+ * entry: reported, removed, and a miss.
  */
 import { createHash, randomBytes } from "node:crypto"
-import { createReadStream } from "node:fs"
+import { constants, type Dirent, type Stats } from "node:fs"
 import * as fs from "node:fs/promises"
-import { basename, join } from "node:path"
+import { basename, dirname, join, relative } from "node:path"
 import { Readable } from "node:stream"
-import type { EntryMeta, ListedEntry, ListOptions, MaybePromise, Page, Store, Stored, TierStats, Warn } from "../cache.ts"
-import { selectVariant } from "./policy.ts"
+import {
+  type EntryMeta,
+  grantClaim,
+  type ListedEntry,
+  type ListOptions,
+  type MaybePromise,
+  type Page,
+  type Store,
+  type Stored,
+  type TierStats,
+  type Warn,
+} from "../cache.ts"
+import { isFinalStatus, selectVariant } from "./policy.ts"
+import { MEMORY_BODY_LIMIT_BYTES } from "./tiered-store.ts"
 
 // ───────────────────────────── the runtime seam ─────────────────────────────
 
@@ -24,16 +42,27 @@ import { selectVariant } from "./policy.ts"
  * once its buffer fills) reached a third of the throughput.
  */
 export interface FileApi {
-  /** A response body read from the file: Bun.file lets Bun.serve use sendfile. */
-  responseBody(path: string): Blob | ReadableStream<Uint8Array>
+  /**
+   * A large body for a response, from its file: `handle` is that file, opened without following
+   * links and checked. The body takes the handle over.
+   */
+  responseBody(path: string, handle: fs.FileHandle): Promise<Blob | ReadableStream<Uint8Array>>
 }
 
 export const bunFiles: FileApi = {
-  responseBody: (path) => Bun.file(path),
+  // Bun.file lets Bun.serve send by sendfile, but it opens the path again when it sends (given a
+  // descriptor instead, it never closes it): a file swapped in between the check and that moment
+  // is not seen. Streaming from the checked handle, as under Node, would close that window and
+  // cost sendfile on every large hit.
+  async responseBody(path, handle) {
+    await handle.close()
+    return Bun.file(path)
+  },
 }
 
 export const nodeFiles: FileApi = {
-  responseBody: (path) => Readable.toWeb(createReadStream(path)) as ReadableStream<Uint8Array>,
+  // Streams from the very file that was checked: a swap after the check changes nothing.
+  responseBody: async (_path, handle) => Readable.toWeb(handle.createReadStream({ start: 0 })) as ReadableStream<Uint8Array>,
 }
 
 // ───────────────────────────── the store ─────────────────────────────
@@ -44,29 +73,60 @@ interface MetaFile extends EntryMeta {
   key: string
   bodyFile: string
   size: number
+  /** The body's sha256, hex. Metas written before it was kept have none: their bodies are checked by size only. */
+  sha256?: string
+}
+
+/** What a meta says of its body. */
+interface BodyRecord {
+  bodyFile: string
+  size: number
+  sha256: string | undefined
 }
 
 /** A variant as found on disk. */
 interface DiskVariant extends ListedEntry {
   metaPath: string
   bodyPath: string
+  sha256: string | undefined
   /** Bytes on disk, meta and body. */
   bytes: number
 }
 
 const FORMAT_DIR = "v1"
 const META_SUFFIX = ".meta"
-const BODY_SUFFIX = ".body"
 const TEMP_SUFFIX = ".tmp"
+// The names the store gives: a shard is a key hash's first two hex digits, a key's directory the
+// hash, a meta `<variant id>.meta`, a body `<variant id>.<write id>.body`.
+const SHARD_NAME = /^[0-9a-f]{2}$/
+const KEY_DIR_NAME = /^[0-9a-f]{64}$/
+const META_NAME = /^[0-9a-f]{64}\.meta$/
+const BODY_NAME = /^([0-9a-f]{64})\.[0-9a-f]{12}\.body$/
+const SHA256_HEX = /^[0-9a-f]{64}$/
 /** Written by `clear`: a running proxy that sees it change forgets what it holds. */
 const GENERATION_FILE = "generation"
 const GENERATION_POLL_MS = 1000
-// A body no meta refers to, older than this, is left over from a crash: safe to remove.
-const ORPHAN_AGE_MS = 60_000
+const MAX_GENERATION_BYTES = 64
 const PERSIST_LRU_EVERY_MS = 60_000
 const DEFAULT_PAGE_KEYS = 100
 // Metas written before `deleteAt` existed have none: they are kept until evicted.
 const NEVER = Number.MAX_SAFE_INTEGER
+// Every read opens with these: a link is refused (ELOOP) rather than followed, and a FIFO in a
+// file's place cannot hang the open (it is then refused as no regular file).
+const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK
+// A meta is a few KiB (the runtimes bound the headers in it): a larger file is none of ours, and
+// is not read into memory.
+const MAX_META_BYTES = 1 << 20
+/**
+ * Bodies up to this size are read whole when found and checked against their digest: the memory
+ * tier in front reads them whole anyway, so the check costs no second read. Larger ones are
+ * served from their file (sendfile under Bun); see `verifyOnce`.
+ */
+const WHOLE_BODY_BYTES = MEMORY_BODY_LIMIT_BYTES
+// A large body is hashed this many bytes at a time.
+const HASH_SLICE_BYTES = 1 << 20
+// Reads of a key whose variant keeps changing under them (puts, evictions) before it is a miss.
+const MAX_READS = 10
 
 export interface FileStoreOptions {
   /** Root of the cache; entries live under `<dir>/v1`. */
@@ -85,7 +145,16 @@ export class FileStore implements Store {
   private readonly warn: Warn
   /** meta path → bytes on disk (meta + body), in least-recently-used order. */
   private readonly lru = new Map<string, { bytes: number; key: string; persistedAt: number }>()
+  /** Files no entry names (a failed write's, an earlier run's) that could not be removed yet: path → bytes. */
+  private readonly leftovers = new Map<string, number>()
+  /** Bytes of both maps above: what the bound applies to. */
   private totalBytes = 0
+  /** Meta path → the version of its large body last found whole (see `verifyOnce`). */
+  private readonly verified = new Map<string, string>()
+  /** Hashes of large bodies under way, by body version: concurrent first hits share one. */
+  private readonly verifying = new Map<string, Promise<string>>()
+  /** Files this process is writing that no meta names yet: no cleanup takes them. */
+  private readonly writing = new Set<string>()
   /** Key directories seen by the scan or made since: where entries may be. */
   private readonly knownDirs = new Set<string>()
   private scanDone = false
@@ -99,6 +168,8 @@ export class FileStore implements Store {
   private readonly scanned: Promise<void>
   private generation: string | undefined
   private lastKeyDir = { key: "", dir: "" }
+  /** `dir` with its links resolved, once: key directories must resolve under it. */
+  private realDir: Promise<string> | undefined
   private readonly generationTimer: ReturnType<typeof setInterval>
 
   constructor({ dir, maxBytes, files, warn }: FileStoreOptions) {
@@ -111,6 +182,13 @@ export class FileStore implements Store {
     this.generationTimer = setInterval(() => void this.checkGeneration(), GENERATION_POLL_MS)
     this.generationTimer.unref?.()
     void this.checkGeneration()
+  }
+
+  readonly claim = grantClaim
+
+  /** No other process holds claims here: nothing to wait for. */
+  landed(): Promise<void> {
+    return Promise.resolve()
   }
 
   ready(): Promise<void> {
@@ -126,63 +204,78 @@ export class FileStore implements Store {
     const dir = this.keyDir(key)
     // A cold URL costs no syscall once the scan has listed every key directory.
     if (!this.mayHold(dir)) return undefined
-    return this.getFrom(dir, key, request)
+    return this.getFrom(dir, request)
   }
 
-  private async getFrom(dir: string, key: string, request: Headers): Promise<Stored | undefined> {
-    const variant = selectVariant(await this.readVariants(dir, key), request)
-    if (!variant) return undefined
-    this.touch(variant.metaPath, key, variant.bytes)
-    return { meta: variant.meta, size: variant.size, body: this.files.responseBody(variant.bodyPath) }
+  private async getFrom(dir: string, request: Headers): Promise<Stored | undefined> {
+    // A body that went, or proved broken, after its meta was read: the key is read again.
+    for (let reads = 0; reads < MAX_READS; reads++) {
+      const variant = selectVariant(await this.readVariants(dir), request)
+      if (!variant) return undefined
+      const body = await this.openBody(variant)
+      if (body === undefined) continue
+      this.touch(variant.metaPath, variant.key, variant.bytes)
+      return { meta: variant.meta, size: variant.size, body }
+    }
+    return undefined
   }
 
   has(key: string): MaybePromise<boolean> {
     const dir = this.keyDir(key)
     if (!this.mayHold(dir)) return false
-    return this.readVariants(dir, key).then((variants) => variants.length > 0)
+    return this.readVariants(dir).then((variants) => variants.length > 0)
   }
 
   async put(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<boolean> {
     const dir = this.keyDir(key)
-    const variantId = sha256(`${key}\n${JSON.stringify(meta.vary)}`)
-    const bodyName = `${variantId}.${randomBytes(6).toString("hex")}${BODY_SUFFIX}`
-    const tempBody = join(dir, bodyName + TEMP_SUFFIX)
+    const variantId = variantIdOf(key, meta.vary)
+    const bodyFile = `${variantId}.${writeId()}.body`
+    const bodyPath = join(dir, bodyFile)
+    const tempBody = bodyPath + TEMP_SUFFIX
     let written: string | undefined
+    this.writing.add(tempBody).add(bodyPath)
     try {
-      this.knownDirs.add(dir)
-      await fs.mkdir(dir, { recursive: true })
+      await this.makeKeyDir(dir)
       written = tempBody
-      const size = await writeAll(body, tempBody)
+      const { size, sha256 } = await writeAll(body, tempBody)
       // One entry that could never fit must not flush everything else on its way out.
       if (size > this.maxBytes) {
-        await fs.rm(tempBody, { force: true })
+        await this.removeLeftover(tempBody)
         return false
       }
-      await fs.rename(tempBody, join(dir, bodyName))
-      written = join(dir, bodyName)
-      await this.writeMeta(key, dir, variantId, bodyName, meta, size)
+      await fs.rename(tempBody, bodyPath)
+      written = bodyPath
+      // Hashed as it streamed in: this version of a large body is not hashed again when served.
+      const version = size > WHOLE_BODY_BYTES ? versionOf(bodyPath, await fs.lstat(bodyPath)) : undefined
+      await this.writeMeta(key, dir, variantId, { bodyFile, size, sha256 }, meta, version)
       return true
     } catch (error) {
       // Whoever feeds the body must learn that nothing more is read.
       if (!body.locked) await body.cancel(error).catch(() => undefined) // the body itself failed: nothing left to cancel
-      if (written) await fs.rm(written, { force: true }).catch((rmError) => this.warn("store-write", `${rmError}`))
+      if (written) await this.removeLeftover(written)
       throw error
+    } finally {
+      this.writing.delete(tempBody)
+      this.writing.delete(bodyPath)
     }
   }
 
   async update(key: string, meta: EntryMeta): Promise<boolean> {
     const dir = this.keyDir(key)
-    const variantId = sha256(`${key}\n${JSON.stringify(meta.vary)}`)
-    const current = await this.readMetaFile(join(dir, variantId + META_SUFFIX))
+    const variantId = variantIdOf(key, meta.vary)
+    const metaPath = join(dir, variantId + META_SUFFIX)
+    const current = await this.loadMetaFile(metaPath).catch((error: unknown) => this.discardBroken(metaPath, error))
     if (!current) return false
-    await this.writeMeta(key, dir, variantId, current.bodyFile, meta, current.size)
+    const { bodyFile, size, sha256 } = current.file
+    await this.writeMeta(key, dir, variantId, { bodyFile, size, sha256 }, meta)
     return true
   }
 
   async delete(key: string): Promise<void> {
     const dir = this.keyDir(key)
     const names = await fs.readdir(dir).catch(this.ifMissing([] as string[], "listing a key to delete"))
-    for (const name of names) if (name.endsWith(META_SUFFIX)) this.forget(join(dir, name))
+    for (const name of names) this.forget(join(dir, name))
+    // A key directory that is a link: rm removes the link, never what it points to.
     await fs.rm(dir, { recursive: true, force: true })
   }
 
@@ -202,7 +295,7 @@ export class FileStore implements Store {
       throw error
     }
     this.generation = randomBytes(8).toString("hex")
-    await fs.writeFile(join(this.dir, GENERATION_FILE), this.generation)
+    await this.writeGeneration(this.generation)
     await fs.rm(trash, { recursive: true, force: true })
   }
 
@@ -210,9 +303,9 @@ export class FileStore implements Store {
   async list({ prefix = "", cursor, limit = DEFAULT_PAGE_KEYS }: ListOptions = {}): Promise<Page> {
     const entries: ListedEntry[] = []
     let keys = 0
-    for (const shard of await this.sortedNames(this.root)) {
+    for (const shard of await this.subdirectories(this.root, SHARD_NAME)) {
       if (cursor !== undefined && shard < cursor.slice(0, 2)) continue
-      for (const keyDir of await this.sortedNames(join(this.root, shard))) {
+      for (const keyDir of await this.subdirectories(join(this.root, shard), KEY_DIR_NAME)) {
         const position = `${shard}/${keyDir}`
         if (cursor !== undefined && position <= cursor) continue
         const variants = (await this.readVariants(join(this.root, shard, keyDir))).filter((v) => v.key.startsWith(prefix))
@@ -261,78 +354,225 @@ export class FileStore implements Store {
     return !this.scanDone || this.knownDirs.has(dir)
   }
 
-  /**
-   * Every complete, unexpired variant in a key's directory (of `key`, when given). Broken and
-   * expired ones are deleted, never returned; bodies no meta refers to are removed once old.
-   */
-  private async readVariants(dir: string, key?: string): Promise<DiskVariant[]> {
+  /** Every complete, unexpired variant in a key's directory. Broken and expired ones are removed, never returned. */
+  private async readVariants(dir: string): Promise<DiskVariant[]> {
     const names = await fs.readdir(dir).catch(this.ifMissing([] as string[], "reading a key"))
     const variants: DiskVariant[] = []
-    const referenced = new Set<string>()
     const now = Date.now()
     for (const name of names) {
-      if (!name.endsWith(META_SUFFIX)) continue
-      const variant = await this.readVariant(join(dir, name), key)
+      if (!META_NAME.test(name)) continue
+      const variant = await this.readVariant(join(dir, name))
       if (!variant) continue
-      referenced.add(basename(variant.bodyPath))
       if (variant.meta.deleteAt > now) variants.push(variant)
       else await this.removeVariant(variant.metaPath)
     }
-    await this.removeOrphans(dir, names, referenced)
     return variants
   }
 
-  private async readVariant(metaPath: string, key: string | undefined, retried = false): Promise<DiskVariant | undefined> {
+  /**
+   * One variant, its meta checked (`parseMetaFile`) and its body a regular file of the recorded
+   * size with no other name. A broken one is reported and removed. One that went meanwhile
+   * (evicted, deleted) is absent, and one whose meta a put replaced is read again: neither is
+   * reported.
+   */
+  private async readVariant(metaPath: string, reads = 1): Promise<DiskVariant | undefined> {
     try {
-      const text = await fs.readFile(metaPath, "utf8")
-      const file = JSON.parse(text) as MetaFile
-      const bodyPath = join(metaPath, "..", file.bodyFile)
-      const bodyStat = await fs.stat(bodyPath).catch(async (error) => {
-        // A put replaced the variant between our two reads (and removed the body we were told
-        // of): the new meta names the new body.
-        if (!retried && (await this.readMetaFile(metaPath))?.bodyFile !== file.bodyFile) throw new Replaced()
-        throw error
-      })
-      if (file.format !== 1 || (key !== undefined && file.key !== key) || bodyStat.size !== file.size) throw new Error("mismatch")
-      const { format: _format, key: storedKey, bodyFile: _bodyFile, size, ...fields } = file
-      const meta: EntryMeta = { ...fields, deleteAt: fields.deleteAt ?? NEVER }
-      this.index(metaPath, storedKey, text.length + size)
-      this.metaPaths.set(meta, metaPath)
-      return { key: storedKey, meta, size, metaPath, bodyPath, bytes: text.length + size }
+      return await this.loadVariant(metaPath)
     } catch (error) {
-      if (error instanceof Replaced) return this.readVariant(metaPath, key, true)
-      // Gone since the directory was read: another request removed it.
-      if ((error as NodeJS.ErrnoException).code === "ENOENT" && !(await exists(metaPath))) return undefined
-      this.warn("broken-entry", `discarding ${metaPath}: ${(error as Error).message}`)
-      await this.removeVariant(metaPath)
-      return undefined
+      if (error instanceof Replaced) return reads < MAX_READS ? this.readVariant(metaPath, reads + 1) : undefined
+      return this.discardBroken(metaPath, error)
     }
   }
 
-  private async removeOrphans(dir: string, names: string[], referenced: Set<string>): Promise<void> {
-    const now = Date.now()
-    for (const name of names) {
-      if (name.endsWith(META_SUFFIX) || referenced.has(name)) continue
-      const path = join(dir, name)
-      const stat = await fs.stat(path).catch(this.ifMissing(undefined, "looking at a leftover file"))
-      if (stat && now - stat.mtimeMs > ORPHAN_AGE_MS) await fs.rm(path, { force: true })
+  private async loadVariant(metaPath: string): Promise<DiskVariant | undefined> {
+    const found = await this.loadMetaFile(metaPath)
+    if (!found) return undefined // gone since the directory was read: removed by another request
+    const { file, metaBytes } = found
+    const bodyPath = join(dirname(metaPath), file.bodyFile)
+    const stat = await fs.lstat(bodyPath).catch(async (error: unknown) => {
+      // A put replaced the variant between our two reads (and removed the body we were told of).
+      if (isMissing(error) && (await this.namedBody(metaPath)) !== file.bodyFile) throw new Replaced()
+      throw new Broken(isMissing(error) ? "its body is missing" : `reading its body: ${(error as Error).message}`)
+    })
+    const problem = bodyProblem(stat, file.size)
+    if (problem) throw new Broken(problem)
+    const meta = entryMetaOf(file)
+    const bytes = metaBytes + file.size
+    this.index(metaPath, file.key, bytes)
+    this.metaPaths.set(meta, metaPath)
+    return { key: file.key, meta, size: file.size, sha256: file.sha256, metaPath, bodyPath, bytes }
+  }
+
+  /** A variant's meta file, checked; none when it is gone. Anything unusable is `Broken`. */
+  private async loadMetaFile(metaPath: string): Promise<{ file: MetaFile; metaBytes: number } | undefined> {
+    const bytes = await readSmallFile(metaPath, MAX_META_BYTES).catch((error: unknown) => {
+      if (isMissing(error)) return undefined
+      throw error instanceof Broken ? error : new Broken(`reading its meta: ${(error as Error).message}`)
+    })
+    if (bytes === undefined) return undefined
+    return { file: parseMetaFile(bytes.toString("utf8"), metaPath), metaBytes: bytes.byteLength }
+  }
+
+  /** The body file a variant's meta names now, however broken the rest of it; none when it is gone. */
+  private async namedBody(metaPath: string): Promise<string | undefined> {
+    const bytes = await readSmallFile(metaPath, MAX_META_BYTES).catch(this.ifMissing(undefined, "reading a meta"))
+    if (bytes === undefined) return undefined
+    try {
+      const file: unknown = JSON.parse(bytes.toString("utf8"))
+      return isRecord(file) && isString(file.bodyFile) ? file.bodyFile : undefined
+    } catch {
+      return undefined // not JSON: its reader reports and discards it
     }
+  }
+
+  /**
+   * The selected variant's body, from its file opened without following links, so that what is
+   * checked is what is read. Undefined when the body went after its meta was read (evicted,
+   * replaced) or is broken (reported, removed).
+   */
+  private async openBody(variant: DiskVariant): Promise<Stored["body"] | undefined> {
+    try {
+      return await this.readBody(variant)
+    } catch (error) {
+      const broken = error instanceof Broken ? error : new Broken(`reading its body: ${(error as Error).message}`)
+      return this.discardBroken(variant.metaPath, broken)
+    }
+  }
+
+  /** A small body read whole and checked against its digest; a large one checked (`verifyOnce`) and handed to the runtime. */
+  private async readBody(variant: DiskVariant): Promise<Stored["body"] | undefined> {
+    const handle = await fs.open(variant.bodyPath, READ_FLAGS).catch((error: unknown) => {
+      if (isMissing(error)) return undefined // removed since its meta was read: evicted or replaced
+      throw error
+    })
+    if (!handle) return undefined
+    let handedOver = false
+    try {
+      const stat = await handle.stat()
+      if (stat.nlink === 0) return undefined // removed since it was opened: evicted or replaced
+      const problem = bodyProblem(stat, variant.size)
+      if (problem) throw new Broken(problem)
+      if (variant.size <= WHOLE_BODY_BYTES) return await readWhole(handle, variant)
+      await this.verifyOnce(variant, handle, stat)
+      handedOver = true
+      return await this.files.responseBody(variant.bodyPath, handle)
+    } finally {
+      if (!handedOver) await handle.close()
+    }
+  }
+
+  /**
+   * A large body is hashed before this process first serves it, and again only once its file has
+   * changed: a body's version is its path, inode and ctime, which a write in place moves and utimes
+   * cannot set back. A body this process wrote was hashed as it streamed in. Concurrent first hits
+   * share one pass. Without a digest in the meta (an older entry) the size is all there is to check.
+   */
+  private async verifyOnce(variant: DiskVariant, handle: fs.FileHandle, stat: Stats): Promise<void> {
+    if (variant.sha256 === undefined) return
+    const version = versionOf(variant.bodyPath, stat)
+    if (this.verified.get(variant.metaPath) === version) return
+    let pass = this.verifying.get(version)
+    if (!pass) {
+      pass = hashFile(handle, variant.size).finally(() => this.verifying.delete(version))
+      this.verifying.set(version, pass)
+    }
+    if ((await pass) !== variant.sha256) throw new Broken("its body does not match its digest")
+    // Not for a variant evicted while it was hashed: nothing would forget it.
+    if (this.lru.has(variant.metaPath)) this.verified.set(variant.metaPath, version)
+  }
+
+  /** Reports a broken entry and removes it: a miss. Anything but a broken entry is rethrown. */
+  private async discardBroken(metaPath: string, error: unknown): Promise<undefined> {
+    if (!(error instanceof Broken)) throw error
+    this.warn("broken-entry", `discarding ${metaPath}: ${error.message}`)
+    await this.removeVariant(metaPath)
+    return undefined
   }
 
   // ───────────── writing ─────────────
 
-  private async writeMeta(key: string, dir: string, variantId: string, bodyName: string, meta: EntryMeta, size: number): Promise<void> {
+  /** Makes a key's directory, and refuses one reached through a link: no write lands outside the cache. */
+  private async makeKeyDir(dir: string): Promise<void> {
+    this.knownDirs.add(dir)
+    await fs.mkdir(dir, { recursive: true })
+    this.realDir ??= fs.realpath(this.dir)
+    const expected = join(await this.realDir, relative(this.dir, dir))
+    if ((await fs.realpath(dir)) !== expected) throw new Error(`${dir} leads out of the cache directory (a link): not writing there`)
+  }
+
+  /**
+   * Makes the meta naming `body` visible (a rename), then removes the variant's bodies it no
+   * longer names, and evicts down to the bound. `version`: a large body's, known whole.
+   */
+  private async writeMeta(key: string, dir: string, variantId: string, body: BodyRecord, meta: EntryMeta, version?: string): Promise<void> {
     const metaPath = join(dir, variantId + META_SUFFIX)
-    const previousBody = (await this.readMetaFile(metaPath))?.bodyFile
-    const file: MetaFile = { format: 1, key, bodyFile: bodyName, size, ...meta }
+    const file: MetaFile = { format: 1, key, ...body, ...meta }
     const text = JSON.stringify(file)
-    const tempMeta = `${metaPath}.${randomBytes(6).toString("hex")}${TEMP_SUFFIX}`
-    await fs.writeFile(tempMeta, text)
-    await fs.rename(tempMeta, metaPath)
-    if (previousBody && previousBody !== bodyName) await fs.rm(join(dir, previousBody), { force: true })
+    const tempMeta = `${metaPath}.${writeId()}${TEMP_SUFFIX}`
+    this.writing.add(tempMeta)
+    try {
+      await fs.writeFile(tempMeta, text, { flag: "wx" })
+      await fs.rename(tempMeta, metaPath)
+    } catch (error) {
+      // A full disk leaves a short temporary meta: it goes with the failed write, not at the next start.
+      await this.removeLeftover(tempMeta)
+      throw error
+    } finally {
+      this.writing.delete(tempMeta)
+    }
+    // Named by the meta now: a cleanup keeps the body for that.
+    this.writing.delete(join(dir, body.bodyFile))
     this.metaPaths.set(meta, metaPath)
-    this.account(metaPath, key, text.length + size)
+    this.account(metaPath, key, Buffer.byteLength(text) + body.size)
+    if (version) this.verified.set(metaPath, version)
+    await this.removeUnnamedBodies(dir, variantId)
     await this.evict()
+  }
+
+  /** Replaces the generation file by a rename: a link put in its place is replaced, never written through. */
+  private async writeGeneration(generation: string): Promise<void> {
+    const path = join(this.dir, GENERATION_FILE)
+    const temp = `${path}.${writeId()}${TEMP_SUFFIX}`
+    try {
+      await fs.writeFile(temp, generation, { flag: "wx" })
+      await fs.rename(temp, path)
+    } finally {
+      await fs.rm(temp, { force: true }) // gone after the rename; a failed write's is of no use
+    }
+  }
+
+  // ───────────── removing ─────────────
+
+  private async removeVariant(metaPath: string): Promise<void> {
+    this.forget(metaPath)
+    await removeOwnFile(metaPath)
+    await this.removeUnnamedBodies(dirname(metaPath), basename(metaPath, META_SUFFIX))
+  }
+
+  /**
+   * Removes the variant's bodies that its meta does not name and that no write under way will:
+   * the one a put replaced, or every one once the meta is gone. Only names of this store's own
+   * making are candidates, so nothing else, in the key's directory or outside it, is removed.
+   */
+  private async removeUnnamedBodies(dir: string, variantId: string): Promise<void> {
+    const names = await fs.readdir(dir).catch(this.ifMissing([] as string[], "listing a key's bodies"))
+    // Taken as listed: a write that ends from here on has renamed its meta, which is read below.
+    const candidates = names.filter((name) => variantOfBody(name) === variantId && !this.writing.has(join(dir, name)))
+    if (candidates.length === 0) return
+    const named = await this.namedBody(join(dir, variantId + META_SUFFIX))
+    for (const name of candidates) if (name !== named) await this.removeLeftover(join(dir, name))
+  }
+
+  /** Removes a file no entry names; one that will not go is reported, and counted against the bound until it goes. */
+  private async removeLeftover(path: string): Promise<void> {
+    try {
+      await removeOwnFile(path)
+      this.forget(path)
+    } catch (error) {
+      this.warn("store-delete", `removing ${path}: ${(error as Error).message}`)
+      const stat = await fs.lstat(path).catch(this.ifMissing(undefined, "sizing a leftover"))
+      if (stat) this.countLeftover(path, stat.size)
+    }
   }
 
   // ───────────── the LRU index ─────────────
@@ -355,83 +595,117 @@ export class FileStore implements Store {
     // so that hits cost no syscall; losing one update is harmless.
     const stale = now - persistedAt > PERSIST_LRU_EVERY_MS
     this.account(metaPath, key, bytes, stale ? now : persistedAt)
-    if (stale) fs.utimes(metaPath, now / 1000, now / 1000).catch((error) => this.warn("store-write", `recording a read: ${error}`))
+    if (!stale) return
+    fs.lutimes(metaPath, now / 1000, now / 1000).catch((error) => {
+      // An entry evicted or replaced since it was read has nothing left to record.
+      if (!isMissing(error)) this.warn("store-write", `recording a read: ${error}`)
+    })
   }
 
   private account(metaPath: string, key: string, bytes: number, persistedAt = Date.now()): void {
-    this.forget(metaPath)
+    this.unaccount(metaPath)
     this.lru.set(metaPath, { bytes, key, persistedAt })
     this.totalBytes += bytes
     this.mostRecent = metaPath
   }
 
-  private forget(metaPath: string): void {
+  /** Takes a variant out of the LRU order and the byte count, to put it back or because it is gone. */
+  private unaccount(metaPath: string): void {
     const entry = this.lru.get(metaPath)
     if (!entry) return
     this.lru.delete(metaPath)
     this.totalBytes -= entry.bytes
   }
 
+  private countLeftover(path: string, bytes: number): void {
+    this.totalBytes += bytes - (this.leftovers.get(path) ?? 0)
+    this.leftovers.set(path, bytes)
+  }
+
+  /** Stops counting a path that is gone: a variant's meta, or a leftover. */
+  private forget(path: string): void {
+    this.unaccount(path)
+    this.verified.delete(path)
+    const leftover = this.leftovers.get(path)
+    if (leftover === undefined) return
+    this.leftovers.delete(path)
+    this.totalBytes -= leftover
+  }
+
   private reset(): void {
     this.lru.clear()
+    this.leftovers.clear()
+    this.verified.clear()
     this.knownDirs.clear()
     this.totalBytes = 0
   }
 
-  /** Removes least-recently-used variants until the store is within its bound. */
+  /** Removes leftovers, then least-recently-used variants, until the store is within its bound. */
   private async evict(): Promise<void> {
+    if (this.totalBytes <= this.maxBytes) return
+    for (const path of [...this.leftovers.keys()]) {
+      if (this.totalBytes <= this.maxBytes) return
+      await this.removeLeftover(path)
+    }
     for (const [metaPath, entry] of this.lru) {
       if (this.totalBytes <= this.maxBytes) return
       this.forget(metaPath)
       // A key the start-up scan indexed but nobody read is in no tier in front.
       if (entry.key) for (const listener of this.dropListeners) listener(entry.key)
-      await this.removeVariant(metaPath)
+      // Reported, not thrown: the put that asked for room has stored its entry all the same.
+      await this.removeVariant(metaPath).catch((error) => this.warn("store-delete", `evicting ${metaPath}: ${(error as Error).message}`))
     }
-  }
-
-  private async removeVariant(metaPath: string): Promise<void> {
-    this.forget(metaPath)
-    const bodyName = (await this.readMetaFile(metaPath))?.bodyFile
-    await fs.rm(metaPath, { force: true })
-    if (bodyName) await fs.rm(join(metaPath, "..", bodyName), { force: true })
   }
 
   // ───────────── start-up and other processes ─────────────
 
-  /** A directory's entries in name order; none when it does not exist. */
-  private async sortedNames(dir: string): Promise<string[]> {
-    return (await fs.readdir(dir).catch(this.ifMissing([] as string[], "listing the cache"))).sort()
+  /** The directories in `dir` named as the store names them, in name order: a link or a stray file is never entered. */
+  private async subdirectories(dir: string, name: RegExp): Promise<string[]> {
+    const entries = await fs.readdir(dir, { withFileTypes: true }).catch(this.ifMissing([] as Dirent[], "listing the cache"))
+    return entries
+      .filter((entry) => entry.isDirectory() && name.test(entry.name))
+      .map((entry) => entry.name)
+      .sort()
   }
 
-  /** One key's directory: each meta with its size plus its body's, and its mtime. */
+  /**
+   * One key's directory: each meta with its size plus its body's, and its mtime. One proxy runs
+   * per directory, so a file that belongs to no entry and is not being written by this process
+   * was left by an earlier run (a crash, a full disk): it goes now, however recent.
+   */
   private async scanKeyDir(dir: string, found: ScannedMeta[]): Promise<void> {
-    const names = await fs.readdir(dir).catch(this.ifMissing([] as string[], "indexing the cache"))
-    const stats = await Promise.all(names.map((name) => fs.stat(join(dir, name)).catch(this.ifMissing(undefined, "indexing the cache"))))
-    const bodyBytes = new Map<string, number>() // variant id → bytes of its body file(s)
-    const metas: { name: string; size: number; mtimeMs: number }[] = []
+    const listed = await fs.readdir(dir).catch(this.ifMissing([] as string[], "indexing the cache"))
+    // Taken as listed: a write that ends from here on has renamed its meta, which is read below.
+    const names = listed.filter((name) => !this.writing.has(join(dir, name)))
+    const stats = await Promise.all(names.map((name) => fs.lstat(join(dir, name)).catch(this.ifMissing(undefined, "indexing the cache"))))
+    const metas = new Map<string, Stats>() // variant id → its meta
+    const bodies = new Map<string, { name: string; size: number }[]>() // variant id → its body files
+    const leftovers: string[] = []
     for (const [index, name] of names.entries()) {
       const stat = stats[index]
       if (!stat) continue
-      const variantId = name.slice(0, name.indexOf("."))
-      if (name.endsWith(TEMP_SUFFIX)) {
-        if (Date.now() - stat.mtimeMs > ORPHAN_AGE_MS) await fs.rm(join(dir, name), { force: true })
-      } else if (name.endsWith(META_SUFFIX)) metas.push({ name, size: stat.size, mtimeMs: stat.mtimeMs })
-      else bodyBytes.set(variantId, (bodyBytes.get(variantId) ?? 0) + stat.size)
+      const variantId = variantOfBody(name)
+      if (name.endsWith(TEMP_SUFFIX)) leftovers.push(name)
+      else if (META_NAME.test(name)) metas.set(name.slice(0, -META_SUFFIX.length), stat)
+      else if (variantId) bodies.set(variantId, [...(bodies.get(variantId) ?? []), { name, size: stat.size }])
+      // Any other name is none of the store's: neither counted nor removed.
     }
-    for (const { name, size, mtimeMs } of metas) {
-      const variantId = name.slice(0, -META_SUFFIX.length)
-      found.push({ metaPath: join(dir, name), bytes: size + (bodyBytes.get(variantId) ?? 0), mtimeMs })
+    const bodyBytes = new Map<string, number>() // variant id → bytes of the body its meta names
+    for (const [variantId, files] of bodies) {
+      // A lone body beside its meta is the one named (or the entry is broken, and its reader says so).
+      const named = metas.has(variantId) && files.length === 1 ? files[0]?.name : await this.namedBody(join(dir, variantId + META_SUFFIX))
+      for (const { name, size } of files) {
+        if (name === named) bodyBytes.set(variantId, size)
+        else leftovers.push(name)
+      }
     }
-  }
-
-  /** A variant's meta file; none when there is none (the common case when writing) or it is not JSON. */
-  private async readMetaFile(metaPath: string): Promise<MetaFile | undefined> {
-    const text = await fs.readFile(metaPath, "utf8").catch(this.ifMissing(undefined, "reading a meta"))
-    if (text === undefined) return undefined
-    try {
-      return JSON.parse(text) as MetaFile
-    } catch {
-      return undefined // not JSON: `readVariant` reports and discards it; a writer replaces it
+    for (const name of leftovers) await this.removeLeftover(join(dir, name))
+    for (const [variantId, stat] of metas) {
+      found.push({
+        metaPath: join(dir, variantId + META_SUFFIX),
+        bytes: stat.size + (bodyBytes.get(variantId) ?? 0),
+        mtimeMs: stat.mtimeMs,
+      })
     }
   }
 
@@ -446,12 +720,12 @@ export class FileStore implements Store {
     }
   }
 
-  /** Indexes what is on disk: sizes and mtimes only, oldest first. Leftover temp files go. */
+  /** Indexes what is on disk: sizes and mtimes only, oldest first. What an earlier run left goes. */
   private async scan(): Promise<void> {
     const epoch = this.epoch
     const found: ScannedMeta[] = []
-    for (const shard of await this.sortedNames(this.root)) {
-      for (const keyDir of await this.sortedNames(join(this.root, shard))) {
+    for (const shard of await this.subdirectories(this.root, SHARD_NAME)) {
+      for (const keyDir of await this.subdirectories(join(this.root, shard), KEY_DIR_NAME)) {
         const dir = join(this.root, shard, keyDir)
         this.knownDirs.add(dir)
         await this.scanKeyDir(dir, found)
@@ -462,8 +736,7 @@ export class FileStore implements Store {
     found.sort((a, b) => a.mtimeMs - b.mtimeMs)
     // Entries written or read while the scan ran are the most recent: they stay at the end.
     const recent = [...this.lru]
-    this.lru.clear()
-    this.totalBytes = 0
+    for (const [metaPath] of recent) this.unaccount(metaPath)
     for (const { metaPath, bytes, mtimeMs } of found) this.account(metaPath, "", bytes, mtimeMs)
     for (const [metaPath, entry] of recent) this.account(metaPath, entry.key, entry.bytes, entry.persistedAt)
     await this.evict()
@@ -472,7 +745,10 @@ export class FileStore implements Store {
   /** Another process's `clear` bumps the generation: forget the index, and tell the tiers in front. */
   private async checkGeneration(): Promise<void> {
     const epoch = this.epoch
-    const generation = await fs.readFile(join(this.dir, GENERATION_FILE), "utf8").catch(this.ifMissing("", "reading the generation"))
+    const generation = await readSmallFile(join(this.dir, GENERATION_FILE), MAX_GENERATION_BYTES).then(
+      (bytes) => bytes.toString("utf8"),
+      this.ifMissing("", "reading the generation"),
+    )
     if (epoch !== this.epoch) return // our own clear ran meanwhile: what was read is out of date
     if (this.generation !== undefined && generation !== this.generation) {
       this.epoch++
@@ -489,6 +765,9 @@ function isMissing(error: unknown): boolean {
   return code === "ENOENT" || code === "ENOTDIR"
 }
 
+/** An entry that cannot be served as it is on disk: the message says why. */
+class Broken extends Error {}
+
 /** A variant's meta changed while it was read: read it again. */
 class Replaced extends Error {}
 
@@ -498,26 +777,191 @@ interface ScannedMeta {
   mtimeMs: number
 }
 
-/** Writes a stream to a new file; resolves with its length. A failed write cancels the stream. */
-async function writeAll(body: ReadableStream<Uint8Array>, path: string): Promise<number> {
-  const handle = await fs.open(path, "w")
+// ───────────────────────────── what is on disk ─────────────────────────────
+
+const isString = (value: unknown): value is string => typeof value === "string"
+const isNumber = (value: unknown): value is number => typeof value === "number" // JSON has no NaN or Infinity
+const isBoolean = (value: unknown): value is boolean => typeof value === "boolean"
+const isByteCount = (value: unknown): boolean => Number.isSafeInteger(value) && (value as number) >= 0
+const isRecord = (value: unknown): value is Record<string, unknown> => typeof value === "object" && value !== null && !Array.isArray(value)
+
+// RFC 9110 §5.1: a field name is a token.
+const FIELD_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
+// RFC 9110 §5.5: a field value holds no CR, LF or NUL; and Headers takes bytes (up to U+00FF) only.
+const FIELD_VALUE_FORBIDDEN = /[\r\n\u0100-\uffff]/
+
+const isFieldValue = (value: unknown): boolean => isString(value) && !FIELD_VALUE_FORBIDDEN.test(value) && !value.includes("\0")
+const isFieldValueOrNull = (value: unknown): boolean => value === null || isFieldValue(value)
+
+function isHeaderList(value: unknown): boolean {
+  return (
+    Array.isArray(value) &&
+    value.every(
+      (pair) => Array.isArray(pair) && pair.length === 2 && isString(pair[0]) && FIELD_NAME.test(pair[0]) && isFieldValue(pair[1]),
+    )
+  )
+}
+
+function isVarySelection(value: unknown): boolean {
+  return isRecord(value) && Object.entries(value).every(([name, selected]) => FIELD_NAME.test(name) && isFieldValueOrNull(selected))
+}
+
+/**
+ * Each field a meta file holds and what it must be: what the store and the cache do with a meta
+ * (build headers and responses, compare times) must not fail on anything a file can say.
+ */
+const META_FIELDS: [keyof MetaFile, (value: unknown) => boolean, string][] = [
+  ["format", (value) => value === 1, "1"],
+  ["key", isString, "a string"],
+  ["bodyFile", isString, "a string"],
+  ["size", isByteCount, "a byte count"],
+  ["sha256", (value) => value === undefined || (isString(value) && SHA256_HEX.test(value)), "absent or 64 hex digits"],
+  ["status", (value) => Number.isInteger(value) && isFinalStatus(value as number), "an integer in 200-599"],
+  ["headers", isHeaderList, "a list of [name, value] pairs that a response can carry"],
+  ["vary", isVarySelection, "an object of header names to values or null"],
+  ["responseTime", isNumber, "a number"],
+  ["deleteAt", (value) => value === undefined || isNumber(value), "a number"],
+  ["initialAgeMs", isNumber, "a number"],
+  ["freshMs", isNumber, "a number"],
+  ["staleWhileRevalidateMs", isNumber, "a number"],
+  ["staleIfErrorMs", isNumber, "a number"],
+  ["mustRevalidate", isBoolean, "true or false"],
+  ["noCache", isBoolean, "true or false"],
+  // Sent back to the origin as If-None-Match and If-Modified-Since.
+  ["etag", isFieldValueOrNull, "a header value or null"],
+  ["lastModified", isFieldValueOrNull, "a header value or null"],
+]
+
+/**
+ * A meta file's content, every field checked. Its key and Vary selection must be those its path
+ * was named from, and its body file the name they give: a meta never points anywhere but at its
+ * own variant's body.
+ */
+function parseMetaFile(text: string, metaPath: string): MetaFile {
+  let file: unknown
+  try {
+    file = JSON.parse(text)
+  } catch {
+    throw new Broken("its meta is not JSON") // the parser's message would quote the file into the log
+  }
+  if (!isRecord(file)) throw new Broken("its meta is not a JSON object")
+  for (const [field, isValid, expected] of META_FIELDS) {
+    if (!isValid(file[field])) throw new Broken(`its ${field} is not ${expected}`)
+  }
+  const checked = file as unknown as MetaFile
+  if (sha256(checked.key) !== basename(dirname(metaPath))) throw new Broken("its key is not the one its directory is named for")
+  const variantId = variantIdOf(checked.key, checked.vary)
+  if (basename(metaPath) !== variantId + META_SUFFIX) throw new Broken("its key and Vary selection are not those its name was made from")
+  if (variantOfBody(checked.bodyFile) !== variantId) throw new Broken("its body file is not one of its variant's")
+  return checked
+}
+
+/** The EntryMeta a checked meta file holds: those fields only, whatever else the file has. */
+function entryMetaOf(file: MetaFile): EntryMeta {
+  return {
+    status: file.status,
+    headers: file.headers,
+    vary: file.vary,
+    responseTime: file.responseTime,
+    deleteAt: file.deleteAt ?? NEVER,
+    initialAgeMs: file.initialAgeMs,
+    freshMs: file.freshMs,
+    staleWhileRevalidateMs: file.staleWhileRevalidateMs,
+    staleIfErrorMs: file.staleIfErrorMs,
+    mustRevalidate: file.mustRevalidate,
+    noCache: file.noCache,
+    etag: file.etag,
+    lastModified: file.lastModified,
+  }
+}
+
+/**
+ * Why a body file cannot be served as this entry's, if it cannot. A link of either kind could
+ * make it any file the proxy can read: a symbolic one shows in lstat, a hard one as a second name.
+ */
+function bodyProblem(stat: Stats, size: number): string | undefined {
+  if (!stat.isFile()) return "its body is not a regular file"
+  if (stat.nlink > 1) return `its body has ${stat.nlink} names (a hard link)`
+  if (stat.size !== size) return `its body is ${stat.size} bytes, its meta says ${size}`
+  return undefined
+}
+
+/** A small body, read whole and checked against its length and, when the meta has it, its digest. */
+async function readWhole(handle: fs.FileHandle, variant: DiskVariant): Promise<Uint8Array> {
+  const bytes = await handle.readFile()
+  if (bytes.byteLength !== variant.size) throw new Broken(`its body is ${bytes.byteLength} bytes, its meta says ${variant.size}`)
+  if (variant.sha256 !== undefined && sha256(bytes) !== variant.sha256) throw new Broken("its body does not match its digest")
+  return bytes
+}
+
+/** sha256 of a file's first `size` bytes, read at explicit positions: the handle's own offset stays at the start. */
+async function hashFile(handle: fs.FileHandle, size: number): Promise<string> {
+  const hash = createHash("sha256")
+  const slice = Buffer.allocUnsafe(Math.min(size, HASH_SLICE_BYTES))
+  for (let position = 0; position < size; ) {
+    const { bytesRead } = await handle.read(slice, 0, Math.min(slice.byteLength, size - position), position)
+    if (bytesRead === 0) break // shorter than its meta says: the digest will not match
+    hash.update(slice.subarray(0, bytesRead))
+    position += bytesRead
+  }
+  return hash.digest("hex")
+}
+
+/** A small regular file's bytes, read without following a link; anything else is `Broken`. */
+async function readSmallFile(path: string, maxBytes: number): Promise<Buffer> {
+  const handle = await fs.open(path, READ_FLAGS)
+  try {
+    const stat = await handle.stat()
+    if (!stat.isFile()) throw new Broken(`${basename(path)} is not a regular file`)
+    if (stat.size > maxBytes) throw new Broken(`${basename(path)} is ${stat.size} bytes, more than ${maxBytes}`)
+    return await handle.readFile()
+  } finally {
+    await handle.close()
+  }
+}
+
+/**
+ * Removes one of the store's files. Recursively: a directory in a file's place is of no use
+ * either, and rm removes a link, never what it points to.
+ */
+function removeOwnFile(path: string): Promise<void> {
+  return fs.rm(path, { recursive: true, force: true })
+}
+
+/** Writes a stream to a new file; resolves with its length and sha256, taken as it streams. A failed write cancels the stream. */
+async function writeAll(body: ReadableStream<Uint8Array>, path: string): Promise<{ size: number; sha256: string }> {
+  // "wx": a file (or link) already there is refused, never written through.
+  const handle = await fs.open(path, "wx")
+  const hash = createHash("sha256")
   let size = 0
   try {
     for await (const chunk of body) {
       size += chunk.byteLength
+      hash.update(chunk)
       await handle.write(chunk)
     }
   } finally {
     await handle.close()
   }
-  return size
+  return { size, sha256: hash.digest("hex") }
 }
 
-function exists(path: string): Promise<boolean> {
-  return fs.access(path).then(
-    () => true,
-    () => false,
-  )
+/** A body file's version: a write in place moves its ctime, a replacement changes its inode. */
+function versionOf(path: string, stat: Stats): string {
+  return `${path}:${stat.ino}:${stat.ctimeMs}`
+}
+
+/** The variant id a body file's name starts with, if it is a name the store gives. */
+function variantOfBody(name: string): string | undefined {
+  return BODY_NAME.exec(name)?.[1]
+}
+
+function variantIdOf(key: string, vary: EntryMeta["vary"]): string {
+  return sha256(`${key}\n${JSON.stringify(vary)}`)
+}
+
+function writeId(): string {
+  return randomBytes(6).toString("hex")
 }
 
 /** Where a key's directory stands in the listing order: the list cursor after it. */
@@ -526,6 +970,6 @@ function positionOf(key: string): string {
   return `${hash.slice(0, 2)}/${hash}`
 }
 
-function sha256(text: string): string {
-  return createHash("sha256").update(text).digest("hex")
+function sha256(data: string | Uint8Array): string {
+  return createHash("sha256").update(data).digest("hex")
 }

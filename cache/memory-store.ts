@@ -3,7 +3,7 @@
  * bounded in bytes. In front of the file store (or Redis) it is the per-process L1; a hit from it
  * is answered synchronously, with no promise for the server to wait on.
  */
-import type { EntryMeta, ListOptions, Page, Store, Stored, TierStats } from "../cache.ts"
+import { type EntryMeta, grantClaim, type ListOptions, type Page, type Store, type Stored, type TierStats } from "../cache.ts"
 import { selectVariant } from "./policy.ts"
 
 // Rough bytes a key's map entry and a variant's meta take in memory, counted against the bound
@@ -136,6 +136,13 @@ export class MemoryStore implements Store {
 
   onDrop(listener: (key: string | null) => void): void {
     this.dropListeners.push(listener)
+  }
+
+  readonly claim = grantClaim
+
+  /** No other process holds claims here: nothing to wait for. */
+  landed(): Promise<void> {
+    return Promise.resolve()
   }
 
   ready(): Promise<void> {

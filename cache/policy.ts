@@ -104,9 +104,10 @@ export function notStorableReason(
   directives: Directives,
   config: PolicyConfig,
 ): string | null {
-  // RFC 9111 §3: only final responses; we do not combine partial content (§3.3), so 206 is
-  // never stored, and a 304 only updates what is stored (§4.3.4).
-  if (status < 200 || status === 206 || status === 304) return "status"
+  // RFC 9111 §3: only final responses (200–599: RFC 9110 §15 calls the rest invalid, and no
+  // response with such a status can be built to replay it); we do not combine partial content
+  // (§3.3), so 206 is never stored, and a 304 only updates what is stored (§4.3.4).
+  if (!isFinalStatus(status) || status === 206 || status === 304) return "status"
   if (varyNames(responseHeaders) === "*") return "vary-star" // RFC 9111 §4.1: never matches
   if (config.forceTtlMs > 0) return HEURISTICALLY_CACHEABLE.has(status) ? null : "status"
   // RFC 9111 §5.2.1.5: a request's no-store forbids storing the response to it.
@@ -120,12 +121,22 @@ export function notStorableReason(
   // RFC 9111 §3.5: a request with Authorization is stored only when the response allows it.
   if (requestHeaders.has("authorization") && !directives.has("public") && !directives.has("s-maxage") && !directives.has("must-revalidate"))
     return "authorization"
+  // Deviation (RFC 9111 §3 allows it): a response to a request with Cookie may have been made for
+  // that client alone, so it is stored only when it says a shared cache may keep it (public,
+  // s-maxage), or with --share-cookies. Unlike §3.5 for Authorization, must-revalidate is not
+  // enough: it speaks of staleness, not of sharing, and per-user pages often carry it.
+  if (!config.shareCookies && requestHeaders.has("cookie") && !directives.has("public") && !directives.has("s-maxage")) return "cookie"
   // Deviation (RFC 9111 §3 allows it): like nginx and Varnish, cookies set for one client are
   // not handed to another unless --share-cookies says so.
   if (!config.shareCookies && responseHeaders.has("set-cookie")) return "set-cookie"
   const explicit = directives.has("s-maxage") || directives.has("max-age") || responseHeaders.has("expires")
   if (!explicit && !directives.has("public") && !HEURISTICALLY_CACHEABLE.has(status)) return "status"
   return null
+}
+
+/** RFC 9110 §15: a final status is 200–599; 1xx are interim, and anything outside 100–599 is invalid. */
+export function isFinalStatus(status: number): boolean {
+  return status >= 200 && status <= 599
 }
 
 /** freshness_lifetime in ms, RFC 9111 §4.2.1 (shared cache) and §4.2.2 (heuristics). */
@@ -296,6 +307,17 @@ export function mergeHeaders(stored: [string, string][], update: Headers): Heade
   for (const [name, value] of stored) if (!replaced.has(name)) merged.append(name, value)
   for (const [name, value] of update) if (replaced.has(name)) merged.append(name, value)
   return merged
+}
+
+/**
+ * The meta kept for every client after a 304 updated it. Deviation (RFC 9111 §4.3.4 lays all
+ * of a 304's fields over the stored ones): its Set-Cookie is for the client that asked, as a
+ * 200's would be (notStorableReason), unless --share-cookies, or --force-ttl, which stores a
+ * 200's Set-Cookie too.
+ */
+export function sharedMeta(meta: EntryMeta, config: PolicyConfig): EntryMeta {
+  if (config.shareCookies || config.forceTtlMs > 0) return meta
+  return { ...meta, headers: meta.headers.filter(([name]) => name !== "set-cookie") }
 }
 
 /** The Vary field's names, lower-cased and sorted; "*" when it holds a star. */

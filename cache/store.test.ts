@@ -3,13 +3,16 @@
  * node:fs, and memory in front of files. Each `describe` is one store; each test is one rule of
  * the contract, checked only through the `Store` interface, so any new store can join the list.
  */
-import { afterAll, afterEach, describe, expect, setSystemTime, test } from "bun:test"
+import { afterAll, afterEach, beforeAll, describe, expect, setSystemTime, test } from "bun:test"
+import { randomUUID } from "node:crypto"
 import { existsSync, mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import type { EntryMeta, Store, Stored, TierStats, WarnKind } from "../cache.ts"
 import { bunFiles, type FileApi, FileStore, nodeFiles } from "./file-store.ts"
 import { MemoryStore } from "./memory-store.ts"
+import { startRedis, startRedisCluster } from "./redis-server.fixture.ts"
+import { RedisStore, type RedisTarget } from "./redis-store.ts"
 import { TieredStore } from "./tiered-store.ts"
 
 // ───────────────────────────── helpers ─────────────────────────────
@@ -225,9 +228,25 @@ const tiered: MakeStore = (maxBytes) => {
   }
 }
 
+let redis: Awaited<ReturnType<typeof startRedis>>
+let cluster: Awaited<ReturnType<typeof startRedisCluster>>
+
+/** A Redis store in a namespace of its own: the fixtures share one server, never their keys. */
+function redisStore(target: () => RedisTarget): MakeStore {
+  return () => {
+    const warnings: string[] = []
+    const store = new RedisStore({ target: target(), prefix: `test-${randomUUID()}`, warn: warnInto(warnings) })
+    return { store, warnings, boundedStats: () => store.stats(), [Symbol.asyncDispose]: () => store.close() }
+  }
+}
+
 // ───────────────────────────── the contract ─────────────────────────────
 
-function storeContract(name: string, makeStore: MakeStore) {
+/**
+ * The contract every store keeps. A store whose byte bound is its server's own (Redis's
+ * `maxmemory` with an approximate LRU) is not held to the exact eviction order: `boundedBy: "server"`.
+ */
+function storeContract(name: string, makeStore: MakeStore, { boundedBy = "store" }: { boundedBy?: "store" | "server" } = {}) {
   /** A ready store; `await using` closes it and removes its files. */
   async function open(maxBytes = AMPLE_BYTES): Promise<Fixture> {
     const fixture = makeStore(maxBytes)
@@ -521,62 +540,65 @@ function storeContract(name: string, makeStore: MakeStore) {
       expect(await store.get(mortal, request())).toBeUndefined()
     })
 
-    test("the byte bound evicts the least recently used entry and keeps the recently read", async () => {
-      // Room for three 10 KiB bodies with their metas, not four.
-      const bodyBytes = 10 * KiB
-      const maxBytes = 3 * (bodyBytes + 1 * KiB)
-      await using fixture = await open(maxBytes)
-      const { store } = fixture
-      const key = (name: string) => `GET https://example.test/lru/${name}`
-      const bodies = new Map(["a", "b", "c", "d"].map((name, i) => [name, pseudoRandomBytes(bodyBytes, i + 1)]))
+    // Redis evicts by its own maxmemory-policy, approximately: no exact order to check.
+    if (boundedBy === "store") {
+      test("the byte bound evicts the least recently used entry and keeps the recently read", async () => {
+        // Room for three 10 KiB bodies with their metas, not four.
+        const bodyBytes = 10 * KiB
+        const maxBytes = 3 * (bodyBytes + 1 * KiB)
+        await using fixture = await open(maxBytes)
+        const { store } = fixture
+        const key = (name: string) => `GET https://example.test/lru/${name}`
+        const bodies = new Map(["a", "b", "c", "d"].map((name, i) => [name, pseudoRandomBytes(bodyBytes, i + 1)]))
 
-      // One clock step per operation, so "least recently used" has one answer whichever clock a store keeps.
-      let clock = Date.now()
-      const tick = () => {
-        clock += 1000
-        setSystemTime(new Date(clock))
-      }
-      for (const name of ["a", "b", "c"]) {
+        // One clock step per operation, so "least recently used" has one answer whichever clock a store keeps.
+        let clock = Date.now()
+        const tick = () => {
+          clock += 1000
+          setSystemTime(new Date(clock))
+        }
+        for (const name of ["a", "b", "c"]) {
+          tick()
+          await store.put(key(name), meta(), streamOf(...chunked(bodies.get(name)!, 4 * KiB)))
+        }
         tick()
-        await store.put(key(name), meta(), streamOf(...chunked(bodies.get(name)!, 4 * KiB)))
-      }
-      tick()
-      const read = await store.get(key("a"), request())
-      expect(read).toBeDefined()
-      expect(sameBytes(await bytesOf(read!), bodies.get("a")!)).toBe(true)
-      tick()
-      await store.put(key("d"), meta(), streamOf(...chunked(bodies.get("d")!, 4 * KiB)))
+        const read = await store.get(key("a"), request())
+        expect(read).toBeDefined()
+        expect(sameBytes(await bytesOf(read!), bodies.get("a")!)).toBe(true)
+        tick()
+        await store.put(key("d"), meta(), streamOf(...chunked(bodies.get("d")!, 4 * KiB)))
 
-      expect(await store.has(key("b"))).toBe(false)
-      expect(await store.get(key("b"), request())).toBeUndefined()
-      for (const name of ["a", "c", "d"]) {
-        const stored = await store.get(key(name), request())
-        expect(stored, `${name} should still be stored`).toBeDefined()
-        expect(sameBytes(await bytesOf(stored!), bodies.get(name)!)).toBe(true)
-      }
-      expect(sum(await fixture.boundedStats(), "bytes")).toBeLessThanOrEqual(maxBytes)
-      expect(fixture.warnings).toEqual([])
-    })
+        expect(await store.has(key("b"))).toBe(false)
+        expect(await store.get(key("b"), request())).toBeUndefined()
+        for (const name of ["a", "c", "d"]) {
+          const stored = await store.get(key(name), request())
+          expect(stored, `${name} should still be stored`).toBeDefined()
+          expect(sameBytes(await bytesOf(stored!), bodies.get(name)!)).toBe(true)
+        }
+        expect(sum(await fixture.boundedStats(), "bytes")).toBeLessThanOrEqual(maxBytes)
+        expect(fixture.warnings).toEqual([])
+      })
 
-    test("an entry larger than the whole bound is not kept, and evicts nothing", async () => {
-      const bodyBytes = 10 * KiB
-      const maxBytes = 3 * (bodyBytes + 1 * KiB)
-      await using fixture = await open(maxBytes)
-      const { store } = fixture
-      const key = (name: string) => `GET https://example.test/oversized/${name}`
-      await store.put(key("a"), meta(), streamOf(pseudoRandomBytes(bodyBytes, 1)))
-      await store.put(key("b"), meta(), streamOf(pseudoRandomBytes(bodyBytes, 2)))
+      test("an entry larger than the whole bound is not kept, and evicts nothing", async () => {
+        const bodyBytes = 10 * KiB
+        const maxBytes = 3 * (bodyBytes + 1 * KiB)
+        await using fixture = await open(maxBytes)
+        const { store } = fixture
+        const key = (name: string) => `GET https://example.test/oversized/${name}`
+        await store.put(key("a"), meta(), streamOf(pseudoRandomBytes(bodyBytes, 1)))
+        await store.put(key("b"), meta(), streamOf(pseudoRandomBytes(bodyBytes, 2)))
 
-      // Not a failure of the body: the put succeeds, there is just no room for what it brought.
-      await store.put(key("huge"), meta(), streamOf(...chunked(pseudoRandomBytes(4 * bodyBytes, 3), 4 * KiB)))
+        // Not a failure of the body: the put succeeds, there is just no room for what it brought.
+        await store.put(key("huge"), meta(), streamOf(...chunked(pseudoRandomBytes(4 * bodyBytes, 3), 4 * KiB)))
 
-      expect((await store.get(key("huge"), request()))?.size).toBeUndefined() // the size, not 40 KiB of body, when it fails
-      expect(await store.has(key("huge"))).toBe(false)
-      // One response that could never fit must not flush everything else on its way out.
-      expect(await store.has(key("a"))).toBe(true)
-      expect(await store.has(key("b"))).toBe(true)
-      expect(sum(await fixture.boundedStats(), "bytes")).toBeLessThanOrEqual(maxBytes)
-    })
+        expect((await store.get(key("huge"), request()))?.size).toBeUndefined() // the size, not 40 KiB of body, when it fails
+        expect(await store.has(key("huge"))).toBe(false)
+        // One response that could never fit must not flush everything else on its way out.
+        expect(await store.has(key("a"))).toBe(true)
+        expect(await store.has(key("b"))).toBe(true)
+        expect(sum(await fixture.boundedStats(), "bytes")).toBeLessThanOrEqual(maxBytes)
+      })
+    }
 
     test("list pages through every key once, each key with all its variants", async () => {
       await using fixture = await open()
@@ -653,3 +675,24 @@ storeContract("MemoryStore", memory)
 storeContract("FileStore (Bun files)", fileStore(bunFiles))
 storeContract("FileStore (node:fs)", fileStore(nodeFiles))
 storeContract("TieredStore (memory in front of files)", tiered)
+// Real servers, started once for both Redis suites (and only for them).
+describe("on Redis", () => {
+  beforeAll(async () => {
+    ;[redis, cluster] = await Promise.all([startRedis(), startRedisCluster()])
+  }, 30_000)
+
+  afterAll(async () => {
+    await Promise.all([redis?.[Symbol.asyncDispose](), cluster?.[Symbol.asyncDispose]()])
+  })
+
+  storeContract(
+    "RedisStore (one server)",
+    redisStore(() => ({ single: redis.url })),
+    { boundedBy: "server" },
+  )
+  storeContract(
+    "RedisStore (a three-node Cluster)",
+    redisStore(() => ({ cluster: cluster.nodes })),
+    { boundedBy: "server" },
+  )
+})

@@ -99,6 +99,14 @@ export class TieredStore implements Store {
     this.back.onDrop(listener)
   }
 
+  claim(key: string, ttlMs: number): Promise<(() => void) | undefined> {
+    return this.back.claim(key, ttlMs)
+  }
+
+  landed(key: string, ms: number): Promise<void> {
+    return this.back.landed(key, ms)
+  }
+
   ready(): Promise<void> {
     return this.back.ready()
   }

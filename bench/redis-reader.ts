@@ -1,0 +1,26 @@
+/**
+ * Benchmark reference for a HIT served from Redis: a bare Bun.serve that reads the body from
+ * Redis on every request (with the same client the proxy uses) and answers with it. A proxy
+ * whose memory tier is cold cannot answer a Redis hit faster than this.
+ *
+ *   bun bench/redis-reader.ts <redis url>
+ *
+ * Answers GET /<key> with the bytes stored at Redis key `bench:<key>`. Prints one line,
+ * `redis-reader listening on http://127.0.0.1:NNNN`, once ready.
+ */
+import { Redis } from "ioredis"
+import { exitWhenOrphaned } from "./shared.ts"
+
+const redis = new Redis(process.argv[2] ?? "redis://127.0.0.1:6379")
+
+const server = Bun.serve({
+  hostname: "127.0.0.1",
+  port: 0,
+  async fetch(request) {
+    const body = await redis.getBuffer(`bench:${new URL(request.url).pathname.slice(1)}`)
+    if (!body) return new Response("not found\n", { status: 404 })
+    return new Response(body, { headers: { "Content-Type": "application/octet-stream", "Cache-Control": "max-age=3600" } })
+  },
+})
+console.log(`redis-reader listening on http://127.0.0.1:${server.port}`)
+exitWhenOrphaned()

@@ -1,0 +1,107 @@
+/**
+ * Real Redis servers for the tests: Debian's `redis-server`, on free loopback ports, without
+ * persistence, in temporary directories, stopped by process id. A missing `redis-server` is an
+ * error, not a skip: `.ci/run` installs it.
+ */
+import { mkdtempSync, rmSync } from "node:fs"
+import { createServer } from "node:net"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import type { Subprocess } from "bun"
+
+const STARTUP_TIMEOUT_MS = 10_000
+
+export interface RedisServer {
+  url: string
+  port: number
+  /** Kills the server (as a crash would); `start` brings it back on the same port, empty. */
+  kill(): Promise<void>
+  start(): Promise<void>
+  [Symbol.asyncDispose](): Promise<void>
+}
+
+/** One Redis server on a free port. */
+export async function startRedis(extraArgs: string[] = []): Promise<RedisServer> {
+  const port = await freePort()
+  const dir = mkdtempSync(join(tmpdir(), "caching-proxy-test-redis-"))
+  let process: Subprocess | undefined
+  const server: RedisServer = {
+    url: `redis://127.0.0.1:${port}`,
+    port,
+    async kill() {
+      process?.kill("SIGKILL")
+      await process?.exited
+      process = undefined
+    },
+    async start() {
+      process = spawnRedis(port, dir, extraArgs)
+      await untilAnswers(port, process)
+    },
+    async [Symbol.asyncDispose]() {
+      await server.kill()
+      rmSync(dir, { recursive: true, force: true })
+    },
+  }
+  await server.start()
+  return server
+}
+
+/** A Redis Cluster of three masters, no replicas. */
+export async function startRedisCluster() {
+  const nodes = await Promise.all([0, 1, 2].map(() => startRedis(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])))
+  const addresses = nodes.map((node) => `127.0.0.1:${node.port}`)
+  await run(["redis-cli", "--cluster", "create", ...addresses, "--cluster-replicas", "0", "--cluster-yes"])
+  for (const node of nodes)
+    await until(async () => (await run(["redis-cli", "-p", String(node.port), "cluster", "info"])).includes("cluster_state:ok"))
+  return {
+    url: `redis-cluster://${addresses.join(",")}`,
+    /** The seed nodes, as the store takes them. */
+    nodes: nodes.map((node) => ({ host: "127.0.0.1", port: node.port })),
+    servers: nodes,
+    async [Symbol.asyncDispose]() {
+      await Promise.all(nodes.map((node) => node[Symbol.asyncDispose]()))
+    },
+  }
+}
+
+function spawnRedis(port: number, dir: string, extraArgs: string[]): Subprocess {
+  const args = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir, ...extraArgs]
+  try {
+    return Bun.spawn(["redis-server", ...args], { stdout: "ignore", stderr: "pipe" })
+  } catch {
+    throw new Error("redis-server is not installed (apt-get install -y redis-server); the Redis tests need it")
+  }
+}
+
+async function untilAnswers(port: number, process: Subprocess): Promise<void> {
+  await until(async () => {
+    if (process.exitCode !== null) throw new Error(`redis-server on port ${port} exited with code ${process.exitCode}`)
+    return (await run(["redis-cli", "-p", String(port), "ping"])).trim() === "PONG"
+  })
+}
+
+async function until(check: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + STARTUP_TIMEOUT_MS
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`still not true after ${STARTUP_TIMEOUT_MS} ms: ${check}`)
+    await Bun.sleep(20)
+  }
+}
+
+async function run(command: string[]): Promise<string> {
+  const child = Bun.spawn(command, { stdout: "pipe", stderr: "pipe" })
+  const [stdout] = await Promise.all([new Response(child.stdout).text(), child.exited])
+  return stdout
+}
+
+/** A port nothing listens on now (the kernel's choice for port 0, then released). */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const probe = createServer()
+    probe.once("error", reject)
+    probe.listen(0, "127.0.0.1", () => {
+      const { port } = probe.address() as { port: number }
+      probe.close(() => resolve(port))
+    })
+  })
+}

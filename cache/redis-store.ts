@@ -1,0 +1,476 @@
+/**
+ * The Redis store: one cache shared by every proxy on the same Redis (or Valkey) server or Redis
+ * Cluster. Loaded only when `--store` names Redis.
+ *
+ * Layout, under `<prefix>:<generation>` (`clear` moves to a new generation; old keys expire):
+ * - `…:{<h>}:v` a hash: variant id → the variant's record (meta, size, body id, chunk count), JSON;
+ * - `…:{<h>}:c:<body id>:<n>` the body in chunks of 256 KiB;
+ * - `…:{<h>}:lock` the claim on fetching the key from the origin (cross-process coalescing).
+ * `<h>` hashes the cache key: the braces make every key of one entry hash to one Cluster slot.
+ * A sorted set `<prefix>:<generation>:keys` lists keys in order, for `list`. Every key carries
+ * the policy's delete time as its expiry, so Redis drops dead entries itself and
+ * `maxmemory-policy allkeys-lru` is safe: a chunk found missing makes the read a miss.
+ * Chunks are written as the body streams in and the record last: an entry is visible when whole.
+ * Changes are published on `<prefix>:events`; every proxy drops what its memory tier holds of a
+ * changed key, and wakes requests waiting for it.
+ */
+import { createHash, randomBytes } from "node:crypto"
+import { Cluster, Redis } from "ioredis"
+import type { EntryMeta, ListedEntry, ListOptions, Page, Store, Stored, TierStats, Warn } from "../cache.ts"
+import { selectVariant } from "./policy.ts"
+
+const CHUNK_BYTES = 256 * 1024
+/** Bodies up to this size are read whole before `get` answers; larger ones stream chunk by chunk. */
+const WHOLE_READ_BYTES = 1 << 20
+/** A slow Redis holds no request longer than this: the request is then a miss. */
+const COMMAND_TIMEOUT_MS = 1000
+/** A replaced body's chunks stay this long for readers still streaming it. */
+const REPLACED_BODY_GRACE_MS = 60_000
+/** How often a request waiting on another process's claim looks whether it ended. */
+const CLAIM_POLL_MS = 50
+const GENERATION_POLL_MS = 5000
+const DEFAULT_PAGE_KEYS = 100
+// Compare-and-delete: a claim is released only by its holder.
+const RELEASE_SCRIPT = `if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0`
+
+/** What the hash keeps for one variant. */
+interface VariantRecord {
+  key: string
+  meta: EntryMeta
+  size: number
+  /** The body's id, naming its chunks. */
+  body: string
+  /** How many chunks; 0 for a body kept inline, in the hash beside its record. */
+  chunks: number
+  /** A small body, read with the record: one round trip for a hit. Never serialised. */
+  inline?: Uint8Array
+}
+
+/** The hash field of a variant's inline body. */
+const INLINE_FIELD = ":body"
+
+type Event = { type: "changed"; key: string } | { type: "released"; key: string } | { type: "clear" }
+
+/** Where Redis is: one server by its URL (`redis://`, `rediss://`), or a Cluster's seed nodes. */
+export type RedisTarget = { single: string } | { cluster: { host: string; port: number }[] }
+
+export interface RedisStoreOptions {
+  target: RedisTarget
+  /** Namespaces every key, so several caches can share one Redis. */
+  prefix: string
+  warn: Warn
+}
+
+export class RedisStore implements Store {
+  private readonly redis: Redis | Cluster
+  private readonly subscriber: Redis | Cluster
+  private readonly prefix: string
+  private readonly warn: Warn
+  private generation: string | undefined
+  /** Resolves once the generation has been read: the store can answer. */
+  private readonly connected: Promise<void>
+  private onGeneration: () => void = () => {}
+  private readonly dropListeners: ((key: string | null) => void)[] = []
+  /** Requests waiting for another process's answer, by key. */
+  private readonly waiting = new Map<string, Set<() => void>>()
+  private readonly generationTimer: ReturnType<typeof setInterval>
+  private up = true
+  private closing = false
+
+  constructor({ target, prefix, warn }: RedisStoreOptions) {
+    this.prefix = prefix
+    this.warn = warn
+    this.redis = connect(target, { queueWhileAway: false })
+    // Subscribing waits for the connection (and is renewed on every reconnection): nothing else waits on it.
+    this.subscriber = connect(target, { queueWhileAway: true })
+    const generationKnown = new Promise<void>((resolve) => (this.onGeneration = resolve))
+    this.watchConnection(this.redis)
+    this.subscriber.on("message", (_channel: string, message: string) => this.onEvent(message))
+    const subscribed = this.subscriber.subscribe(this.channel).then(
+      () => undefined,
+      (error: Error) => this.warn("store-connection", `subscribing: ${error.message}`),
+    )
+    this.connected = Promise.all([generationKnown, subscribed]).then(() => undefined)
+    this.subscriber.on("ready", () => void this.readGeneration())
+    this.subscriber.on("error", () => undefined) // reported through the main connection's state
+    this.generationTimer = setInterval(() => void this.readGeneration(), GENERATION_POLL_MS)
+    this.generationTimer.unref?.()
+  }
+
+  ready(): Promise<void> {
+    return this.connected
+  }
+
+  async close(): Promise<void> {
+    this.closing = true
+    clearInterval(this.generationTimer)
+    for (const connection of [this.redis, this.subscriber]) connection.disconnect()
+  }
+
+  // ───────────── reading ─────────────
+
+  async get(key: string, request: Headers): Promise<Stored | undefined> {
+    const records = await this.records(key)
+    const record = selectVariant(records, request)
+    if (!record) return undefined
+    const { meta, size } = record
+    if (size <= WHOLE_READ_BYTES) {
+      const body = await this.readWhole(record)
+      return body ? { meta, size, body } : undefined
+    }
+    const chunkKeys = await this.chunkKeys(record)
+    const present = chunkKeys.length === 0 ? 0 : await this.redis.exists(...chunkKeys)
+    if (present !== record.chunks) return this.dropBroken(record, `${record.chunks - present} chunks missing`)
+    return { meta, size, body: this.streamChunks(record, chunkKeys) }
+  }
+
+  async has(key: string): Promise<boolean> {
+    return (await this.records(key)).length > 0
+  }
+
+  /** The key's live variants. */
+  private async records(key: string): Promise<VariantRecord[]> {
+    const now = Date.now()
+    const fields = await this.redis.hgetallBuffer((await this.entryKeys(key)).variants)
+    const records: VariantRecord[] = []
+    for (const [field, value] of Object.entries(fields)) {
+      if (field.endsWith(INLINE_FIELD)) continue
+      const record = JSON.parse(value.toString()) as VariantRecord
+      if (record.meta.deleteAt <= now) continue
+      const inline = fields[field + INLINE_FIELD]
+      if (inline) record.inline = new Uint8Array(inline)
+      records.push(record)
+    }
+    return records
+  }
+
+  private async readWhole(record: VariantRecord): Promise<Uint8Array | undefined> {
+    if (record.chunks === 0) return record.inline ?? this.dropBroken(record, "its body is missing")
+    const chunks = await this.redis.mgetBuffer(...(await this.chunkKeys(record)))
+    if (chunks.some((chunk) => chunk === null)) return this.dropBroken(record, "a chunk is missing")
+    return new Uint8Array(Buffer.concat(chunks as Buffer[]))
+  }
+
+  /** A large body, one chunk per pull: memory holds a chunk at a time. A chunk gone meanwhile cuts the body. */
+  private streamChunks(record: VariantRecord, keys: string[]): ReadableStream<Uint8Array> {
+    let next = 0
+    return new ReadableStream<Uint8Array>(
+      {
+        pull: async (controller) => {
+          const chunkKey = keys[next++]
+          if (chunkKey === undefined) return controller.close()
+          const chunk = await this.redis.getBuffer(chunkKey).catch((error: Error) => {
+            this.warn("store-read", `${record.key}: ${error.message}`)
+            return null
+          })
+          if (chunk) return controller.enqueue(new Uint8Array(chunk))
+          void this.dropBroken(record, "a chunk went missing while it was sent")
+          controller.error() // the client sees a cut, never a short body that looks whole
+        },
+      },
+      { highWaterMark: 0 },
+    )
+  }
+
+  /** An entry with a chunk missing (evicted by Redis, or a writer that died) is removed: a miss. */
+  private async dropBroken(record: VariantRecord, why: string): Promise<undefined> {
+    this.warn("broken-entry", `discarding ${record.key}: ${why}`)
+    await this.removeVariant(record).catch((error: Error) => this.warn("store-delete", `${record.key}: ${error.message}`))
+    return undefined
+  }
+
+  // ───────────── writing ─────────────
+
+  async put(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<boolean> {
+    const record: VariantRecord = { key, meta, size: 0, body: randomBytes(8).toString("hex"), chunks: 0 }
+    try {
+      const inline = await this.writeChunks(record, body)
+      await this.commit(record, inline)
+      return true
+    } catch (error) {
+      if (!body.locked) await body.cancel(error).catch(() => undefined) // the body itself failed: nothing left to cancel
+      const written = await this.chunkKeys(record)
+      if (written.length)
+        await this.redis.del(...written).catch((delError: Error) => this.warn("store-write", `${key}: ${delError.message}`))
+      throw error
+    }
+  }
+
+  /**
+   * Writes the body in chunks of CHUNK_BYTES as it streams in, each expiring with the entry; a
+   * body smaller than one chunk is handed back, to be kept inline with its record.
+   */
+  private async writeChunks(record: VariantRecord, body: ReadableStream<Uint8Array>): Promise<Buffer | undefined> {
+    let pending: Uint8Array[] = []
+    let pendingBytes = 0
+    const { chunk: chunkKey } = await this.entryKeys(record.key)
+    const flush = async (bytes: Buffer) => {
+      await this.redis.set(chunkKey(record.body, record.chunks), bytes, "PXAT", record.meta.deleteAt)
+      record.chunks++
+    }
+    for await (const chunk of body) {
+      record.size += chunk.byteLength
+      pending.push(chunk)
+      pendingBytes += chunk.byteLength
+      while (pendingBytes >= CHUNK_BYTES) {
+        const joined = Buffer.concat(pending)
+        await flush(joined.subarray(0, CHUNK_BYTES))
+        pending = [joined.subarray(CHUNK_BYTES)]
+        pendingBytes -= CHUNK_BYTES
+      }
+    }
+    if (record.chunks === 0) return Buffer.concat(pending)
+    if (pendingBytes > 0) await flush(Buffer.concat(pending))
+    return undefined
+  }
+
+  /** Makes the variant visible, last; the hash lives as long as its longest-lived variant. */
+  private async commit(record: VariantRecord, inline: Buffer | undefined): Promise<void> {
+    const { variants: variantsKey } = await this.entryKeys(record.key)
+    const id = variantId(record.meta.vary)
+    const others = (await this.records(record.key)).filter((other) => variantId(other.meta.vary) !== id)
+    const previous = await this.redis.hget(variantsKey, id)
+    const deleteAt = Math.max(record.meta.deleteAt, ...others.map((other) => other.meta.deleteAt))
+    const transaction = this.redis.multi()
+    if (inline) transaction.hset(variantsKey, id + INLINE_FIELD, inline)
+    else transaction.hdel(variantsKey, id + INLINE_FIELD)
+    await transaction.hset(variantsKey, id, JSON.stringify(record)).pexpireat(variantsKey, deleteAt).exec()
+    await this.redis.zadd(await this.indexKey(), 0, record.key)
+    if (previous) await this.retire(JSON.parse(previous) as VariantRecord)
+    await this.publish({ type: "changed", key: record.key })
+  }
+
+  /** A replaced body's chunks go after a grace period: a reader may still be streaming them. */
+  private async retire(record: VariantRecord): Promise<void> {
+    const pipeline = this.redis.pipeline()
+    for (const chunkKey of await this.chunkKeys(record)) pipeline.pexpire(chunkKey, REPLACED_BODY_GRACE_MS)
+    await pipeline.exec()
+  }
+
+  async update(key: string, meta: EntryMeta): Promise<boolean> {
+    const { variants: variantsKey } = await this.entryKeys(key)
+    const text = await this.redis.hget(variantsKey, variantId(meta.vary))
+    if (!text) return false
+    const record: VariantRecord = { ...(JSON.parse(text) as VariantRecord), meta }
+    const pipeline = this.redis.pipeline()
+    for (const chunkKey of await this.chunkKeys(record)) pipeline.pexpireat(chunkKey, meta.deleteAt)
+    await pipeline.exec()
+    const others = (await this.records(key)).filter((other) => variantId(other.meta.vary) !== variantId(meta.vary))
+    const deleteAt = Math.max(meta.deleteAt, ...others.map((other) => other.meta.deleteAt))
+    await this.redis.multi().hset(variantsKey, variantId(meta.vary), JSON.stringify(record)).pexpireat(variantsKey, deleteAt).exec()
+    await this.publish({ type: "changed", key })
+    return true
+  }
+
+  async delete(key: string): Promise<void> {
+    const records = await this.records(key)
+    const chunkKeys = (await Promise.all(records.map((record) => this.chunkKeys(record)))).flat()
+    await this.redis.del((await this.entryKeys(key)).variants, ...chunkKeys)
+    await this.redis.zrem(await this.indexKey(), key)
+    await this.publish({ type: "changed", key })
+  }
+
+  private async removeVariant(record: VariantRecord): Promise<void> {
+    const id = variantId(record.meta.vary)
+    await this.redis.hdel((await this.entryKeys(record.key)).variants, id, id + INLINE_FIELD)
+    const chunkKeys = await this.chunkKeys(record)
+    if (chunkKeys.length) await this.redis.del(...chunkKeys)
+    await this.publish({ type: "changed", key: record.key })
+  }
+
+  /** O(1): every key moves to a new generation; the old ones expire on their own. */
+  async clear(): Promise<void> {
+    const oldIndex = await this.indexKey()
+    this.generation = String(await this.redis.incr(this.generationKey))
+    await this.redis.del(oldIndex)
+    await this.publish({ type: "clear" })
+  }
+
+  // ───────────── listing ─────────────
+
+  /** Pages through the sorted key index; keys whose entries expired are dropped from it on the way. */
+  async list({ prefix = "", cursor, limit = DEFAULT_PAGE_KEYS }: ListOptions = {}): Promise<Page> {
+    const indexKey = await this.indexKey()
+    const entries: ListedEntry[] = []
+    let from = cursor === undefined ? `[${prefix}` : `(${cursor}`
+    let keys = 0
+    for (;;) {
+      const batch = await this.redis.zrangebylex(indexKey, from, `[${prefix}\xff`, "LIMIT", 0, limit)
+      for (const key of batch) {
+        const records = await this.records(key)
+        if (records.length === 0) {
+          await this.redis.zrem(indexKey, key)
+          continue
+        }
+        if (keys === limit) return { entries, cursor: entries.at(-1)?.key }
+        keys++
+        for (const { meta, size } of records) entries.push({ key, meta, size })
+      }
+      if (batch.length < limit) return { entries }
+      from = `(${batch.at(-1)}`
+    }
+  }
+
+  /** Walks the whole index: O(entries), for the inspector and metrics, not for requests. */
+  async stats(): Promise<TierStats[]> {
+    let entries = 0
+    let bytes = 0
+    let cursor: string | undefined
+    do {
+      const page = await this.list({ cursor, limit: 1000 })
+      entries += page.entries.length
+      for (const entry of page.entries) bytes += entry.size
+      cursor = page.cursor
+    } while (cursor !== undefined)
+    return [{ tier: "redis", entries, bytes }]
+  }
+
+  /** Redis keeps its own LRU order; a hit in the memory tier in front does not touch it. */
+  used(): void {}
+
+  onDrop(listener: (key: string | null) => void): void {
+    this.dropListeners.push(listener)
+  }
+
+  // ───────────── cross-process coalescing ─────────────
+
+  async claim(key: string, ttlMs: number): Promise<(() => void) | undefined> {
+    const { lock: lockKey } = await this.entryKeys(key)
+    const token = randomBytes(8).toString("hex")
+    const granted = await this.redis.set(lockKey, token, "PX", Math.max(1, Math.round(ttlMs)), "NX")
+    if (granted !== "OK") return undefined
+    return () => void this.release(key, lockKey, token)
+  }
+
+  private async release(key: string, lockKey: string, token: string): Promise<void> {
+    try {
+      await this.redis.eval(RELEASE_SCRIPT, 1, lockKey, token)
+      await this.publish({ type: "released", key })
+    } catch (error) {
+      this.warn("store-write", `releasing the claim on ${key}: ${(error as Error).message}`) // it expires on its own
+    }
+  }
+
+  /** Waits until the key's entry changes or its claim ends (a message, or polling as a fallback), at most `ms`. */
+  landed(key: string, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const waiters = this.waiting.get(key) ?? new Set()
+      this.waiting.set(key, waiters)
+      const done = () => {
+        clearTimeout(timeout)
+        clearInterval(poll)
+        waiters.delete(done)
+        if (waiters.size === 0) this.waiting.delete(key)
+        resolve()
+      }
+      waiters.add(done)
+      const timeout = setTimeout(done, ms)
+      const poll = setInterval(async () => {
+        const held = await this.redis.exists((await this.entryKeys(key)).lock).catch(() => 0) // Redis away: stop waiting
+        if (held === 0) done()
+      }, CLAIM_POLL_MS)
+    })
+  }
+
+  // ───────────── events and connection ─────────────
+
+  private async publish(event: Event): Promise<void> {
+    await this.redis.publish(this.channel, JSON.stringify(event))
+  }
+
+  private onEvent(message: string): void {
+    const event = JSON.parse(message) as Event
+    if (event.type === "clear") {
+      void this.readGeneration()
+      for (const listener of this.dropListeners) listener(null)
+      return
+    }
+    if (event.type === "changed") for (const listener of this.dropListeners) listener(event.key)
+    for (const wake of this.waiting.get(event.key) ?? []) wake()
+  }
+
+  /** Another proxy's `--clear-cache` moves the generation: what memory holds of the old one goes. */
+  private async readGeneration(): Promise<void> {
+    const generation = await this.redis.get(this.generationKey).catch(() => undefined) // reported as a connection state
+    if (generation === undefined) return
+    const current = generation ?? "0"
+    if (this.generation !== undefined && this.generation !== current) for (const listener of this.dropListeners) listener(null)
+    this.generation = current
+    this.onGeneration()
+  }
+
+  /** Reports losing Redis and getting it back once each, not once per request. */
+  private watchConnection(connection: Redis | Cluster): void {
+    const lost = (why: string) => {
+      if (!this.up || this.closing) return
+      this.up = false
+      this.warn("store-connection", `Redis is unreachable (${why}); requests go to the origin until it is back`)
+    }
+    connection.on("error", (error: Error) => lost(error.message))
+    connection.on("close", () => lost("the connection closed"))
+    connection.on("ready", () => {
+      void this.readGeneration()
+      if (this.up) return
+      this.up = true
+      this.warn("store-connection", "Redis is reachable again; caching resumes")
+    })
+  }
+
+  // ───────────── key names ─────────────
+
+  private get channel(): string {
+    return `${this.prefix}:events`
+  }
+
+  private get generationKey(): string {
+    return `${this.prefix}:generation`
+  }
+
+  /** Fails at once until Redis has answered: a request never waits for a connection. */
+  private async namespace(): Promise<string> {
+    if (this.generation === undefined) throw new Error("Redis has not answered yet")
+    return `${this.prefix}:${this.generation}`
+  }
+
+  private async indexKey(): Promise<string> {
+    return `${await this.namespace()}:keys`
+  }
+
+  /** The names of one entry's keys: all in one Cluster slot, by the hash tag in braces. */
+  private async entryKeys(key: string) {
+    const base = `${await this.namespace()}:{${createHash("sha256").update(key).digest("hex").slice(0, 32)}}`
+    return {
+      variants: `${base}:v`,
+      lock: `${base}:lock`,
+      chunk: (body: string, n: number) => `${base}:c:${body}:${n}`,
+    }
+  }
+
+  private async chunkKeys(record: VariantRecord): Promise<string[]> {
+    const { chunk } = await this.entryKeys(record.key)
+    return Array.from({ length: record.chunks }, (_, n) => chunk(record.body, n))
+  }
+}
+
+/**
+ * One connection, reconnecting in the background. Without `queueWhileAway` its commands fail at
+ * once while Redis is away (no queue, no retries): a request then goes on as a miss.
+ */
+function connect(target: RedisTarget, { queueWhileAway }: { queueWhileAway: boolean }): Redis | Cluster {
+  const options = {
+    enableOfflineQueue: queueWhileAway,
+    maxRetriesPerRequest: queueWhileAway ? null : 0,
+    commandTimeout: COMMAND_TIMEOUT_MS,
+    retryStrategy: (attempt: number) => Math.min(attempt * 100, 2000),
+  }
+  if ("single" in target) return new Redis(target.single, options)
+  return new Cluster(target.cluster, {
+    enableOfflineQueue: queueWhileAway,
+    redisOptions: options,
+    clusterRetryStrategy: options.retryStrategy,
+  })
+}
+
+function variantId(vary: EntryMeta["vary"]): string {
+  return createHash("sha256").update(JSON.stringify(vary)).digest("hex").slice(0, 32)
+}
