@@ -354,10 +354,13 @@ async function openConnection(port: number) {
   }
 }
 
-/** The CLI under each runtime: Bun from source, Node from the bundle npm installs (`buildNodeBundle`). */
+/** The CLI under Node: the bundle npm installs (`buildNodeBundle`). */
+const NODE_BUNDLE = ["node", join(import.meta.dir, "dist", "cli.js")]
+
+/** The CLI under each runtime: Bun from source, Node from the bundle. */
 const RUNTIMES: [string, string[]][] = [
   ["Bun", [BUN, join(import.meta.dir, "proxy.ts")]],
-  ["Node", ["node", join(import.meta.dir, "dist", "cli.js")]],
+  ["Node", NODE_BUNDLE],
 ]
 
 let nodeBundle: Promise<void> | undefined
@@ -994,8 +997,7 @@ describe("hardening: forwarding", () => {
     }
     // A backslash is a slash to Bun, as to URL parsers; Node's adapter refuses such a target.
     expect(await ask("/..\\secret")).toMatch(/^HTTP\/1\.1 200.*\/base\/secret|^HTTP\/1\.1 400.*the request cannot be read/s)
-    expect(origin.requests.map((r) => new URL(r.url).pathname).filter((path) => path !== "/base/secret")).toEqual([])
-    expect(origin.count("/base/secret")).toBeGreaterThanOrEqual(resolved.length)
+    expect(new Set(origin.requests.map((r) => new URL(r.url).pathname))).toEqual(new Set(["/base/secret"]))
   })
 })
 
@@ -1077,7 +1079,7 @@ describe("hardening: pipelined requests", () => {
 
   test("Node: pipelined requests that need the origin are answered in order", async () => {
     await using origin = startOrigin((req) => new Response(new URL(req.url).pathname, { headers: { "cache-control": "no-store" } }))
-    await using proxy = await startCliProxy(RUNTIMES[1]![1], origin.url)
+    await using proxy = await startCliProxy(NODE_BUNDLE, origin.url)
     expect(bodiesIn(await pipelined(proxy.port, "/p1", "/p2"))).toEqual(["/p1", "/p2"])
   })
 
@@ -2579,7 +2581,10 @@ describe("a shared store on Redis", () => {
   afterAll(() => redis?.[Symbol.asyncDispose]())
 
   /** Options for proxies that share one cache on the test's Redis, in a namespace of their own. */
-  const sharedStore = (storePrefix = `test-${randomUUID()}`) => ({ store: { kind: "redis", target: { single: redis.url } } as const, storePrefix })
+  const sharedStore = (storePrefix = `test-${randomUUID()}`) => ({
+    store: { kind: "redis", target: { single: redis.url } } as const,
+    storePrefix,
+  })
 
   /** A proxy on the shared store, once it is connected and subscribed. */
   async function startSharedProxy(options: Partial<ProxyOptions> & { origin: string }) {
@@ -2624,7 +2629,9 @@ describe("a shared store on Redis", () => {
   })
 
   test("an unsafe method through one proxy invalidates the entry for every proxy, memory tiers included", async () => {
-    await using origin = startOrigin((req, n) => new Response(req.method === "POST" ? "posted" : `v${n}`, { headers: { "cache-control": "max-age=600" } }))
+    await using origin = startOrigin(
+      (req, n) => new Response(req.method === "POST" ? "posted" : `v${n}`, { headers: { "cache-control": "max-age=600" } }),
+    )
     const shared = sharedStore()
     await using a = await startSharedProxy({ origin: origin.url, ...shared })
     await using b = await startSharedProxy({ origin: origin.url, ...shared })
@@ -2669,7 +2676,10 @@ describe("a shared store on Redis", () => {
     for (const path of ["during", "during"]) expect(await answer(`${proxy.url}${path}`)).toMatchObject({ status: 200, xCache: "MISS" })
     expect(proxy.warnings.filter((w) => w.kind === "store-connection")).toHaveLength(1) // the state change, once
     await own.start()
-    await eventually(async () => (await answer(`${proxy.url}after`)).status === 200 && (await answer(`${proxy.url}after`)).xCache === "HIT", 10_000)
+    await eventually(
+      async () => (await answer(`${proxy.url}after`)).status === 200 && (await answer(`${proxy.url}after`)).xCache === "HIT",
+      10_000,
+    )
   })
 
   test("Redis unreachable at start-up: the proxy starts and proxies, says so once, and caches once Redis is there", async () => {
@@ -2680,7 +2690,10 @@ describe("a shared store on Redis", () => {
     for (const n of [1, 2]) expect(await answer(`${proxy.url}early`)).toMatchObject({ status: 200, body: `v${n}`, xCache: "MISS" })
     expect(proxy.warnings.filter((w) => w.kind === "store-connection")).toHaveLength(1)
     await own.start()
-    await eventually(async () => (await answer(`${proxy.url}late`)).status === 200 && (await answer(`${proxy.url}late`)).xCache === "HIT", 10_000)
+    await eventually(
+      async () => (await answer(`${proxy.url}late`)).status === 200 && (await answer(`${proxy.url}late`)).xCache === "HIT",
+      10_000,
+    )
   })
 
   test("the standalone binary supports it: a HIT through a second binary on the same Redis", async () => {
@@ -2688,7 +2701,18 @@ describe("a shared store on Redis", () => {
     await using origin = startOrigin((_, n) => new Response(`v${n}`, { headers: { "cache-control": "max-age=600" } }))
     const shared = sharedStore()
     const binary = () =>
-      startCli([join(import.meta.dir, "dist", "caching-proxy"), "--port", "0", "--quiet", "--origin", origin.url, "--store", redis.url, "--store-prefix", shared.storePrefix])
+      startCli([
+        join(import.meta.dir, "dist", "caching-proxy"),
+        "--port",
+        "0",
+        "--quiet",
+        "--origin",
+        origin.url,
+        "--store",
+        redis.url,
+        "--store-prefix",
+        shared.storePrefix,
+      ])
     // A command waits for Redis before it says it listens: its first request already shares.
     await using a = await binary()
     await using b = await binary()
@@ -2716,7 +2740,8 @@ describe("a shared store on Redis", () => {
     await npmRun("build:js")
     await using own = await startRedis()
     await using origin = startOrigin((_, n) => new Response(`v${n}`, { headers: { "cache-control": "max-age=600" } }))
-    const nodeProxy = () => startCli(["node", join(import.meta.dir, "dist", "cli.js"), "--port", "0", "--quiet", "--origin", origin.url, "--store", own.url])
+    const nodeProxy = () =>
+      startCli(["node", join(import.meta.dir, "dist", "cli.js"), "--port", "0", "--quiet", "--origin", origin.url, "--store", own.url])
     await using a = await nodeProxy()
     await using b = await nodeProxy()
     expect(await answer(`${a.url}node`)).toMatchObject({ xCache: "MISS" })
