@@ -12,7 +12,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { gzipSync } from "node:zlib"
 import { bunFiles, FileStore } from "./cache/file-store.ts"
-import { type RedisServer, startRedis } from "./cache/redis-server.fixture.ts"
+import { type RedisServer, startRedis, startRedisCluster } from "./cache/redis-server.fixture.ts"
 import type { WarnKind } from "./cache.ts"
 import { createProxy, type ProxyOptions, serve } from "./proxy.ts"
 
@@ -2680,6 +2680,26 @@ describe("a shared store on Redis", () => {
       async () => (await answer(`${proxy.url}after`)).status === 200 && (await answer(`${proxy.url}after`)).xCache === "HIT",
       10_000,
     )
+  })
+
+  test("a Cluster node killed and restarted: no 500 while it is down, and caching resumes on its slots", async () => {
+    await using cluster = await startRedisCluster()
+    await using origin = startOrigin((_, n) => new Response(`v${n}`, { headers: { "cache-control": "max-age=600" } }))
+    await using proxy = await startSharedProxy({ origin: origin.url, store: { kind: "redis", target: { cluster: cluster.nodes } } })
+    // Forty keys spread over the three nodes' slots: some are the stopped node's, whatever the hashing.
+    const urls = Array.from({ length: 40 }, (_, i) => `${proxy.url}spread-${i}`)
+    const [stopped] = cluster.servers
+    await stopped!.kill()
+    for (const url of urls) expect((await answer(url)).status).toBe(200)
+    const repeats = await Promise.all(urls.map((url) => answer(url)))
+    expect(repeats.every((outcome) => outcome.status === 200)).toBe(true)
+    // The stopped node's keys could not be stored: they miss again (and the test is not vacuous).
+    expect(repeats.filter((outcome) => outcome.xCache === "MISS").length).toBeGreaterThan(0)
+    await stopped!.start() // rejoins with its slots (nodes.conf kept), empty
+    await eventually(async () => {
+      const outcomes = await Promise.all(urls.map((url) => answer(url)))
+      return outcomes.every((outcome) => outcome.status === 200 && outcome.xCache === "HIT")
+    }, 15_000)
   })
 
   test("Redis unreachable at start-up: the proxy starts and proxies, says so once, and caches once Redis is there", async () => {

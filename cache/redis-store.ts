@@ -90,7 +90,7 @@ export class RedisStore implements Store {
       () => undefined,
       (error: Error) => this.warn("store-connection", `subscribing: ${error.message}`),
     )
-    this.connected = Promise.all([generationKnown, subscribed]).then(() => undefined)
+    this.connected = Promise.all([generationKnown, subscribed]).then(() => nodesConnected(this.redis))
     this.subscriber.on("ready", () => void this.readGeneration())
     this.subscriber.on("error", () => undefined) // reported through the main connection's state
     this.generationTimer = setInterval(() => void this.readGeneration(), GENERATION_POLL_MS)
@@ -109,7 +109,11 @@ export class RedisStore implements Store {
 
   // ───────────── reading ─────────────
 
-  async get(key: string, request: Headers): Promise<Stored | undefined> {
+  get(key: string, request: Headers): Promise<Stored | undefined> {
+    return bounded(this.lookup(key, request), `reading ${key}`)
+  }
+
+  private async lookup(key: string, request: Headers): Promise<Stored | undefined> {
     const records = await this.records(key)
     const record = selectVariant(records, request)
     if (!record) return undefined
@@ -124,8 +128,11 @@ export class RedisStore implements Store {
     return { meta, size, body: this.streamChunks(record, chunkKeys) }
   }
 
-  async has(key: string): Promise<boolean> {
-    return (await this.records(key)).length > 0
+  has(key: string): Promise<boolean> {
+    return bounded(
+      this.records(key).then((records) => records.length > 0),
+      `looking up ${key}`,
+    )
   }
 
   /** The key's live variants. */
@@ -334,7 +341,11 @@ export class RedisStore implements Store {
 
   // ───────────── cross-process coalescing ─────────────
 
-  async claim(key: string, ttlMs: number): Promise<(() => void) | undefined> {
+  claim(key: string, ttlMs: number): Promise<(() => void) | undefined> {
+    return bounded(this.takeClaim(key, ttlMs), `claiming ${key}`)
+  }
+
+  private async takeClaim(key: string, ttlMs: number): Promise<(() => void) | undefined> {
     const { lock: lockKey } = await this.entryKeys(key)
     const token = randomBytes(8).toString("hex")
     const granted = await this.redis.set(lockKey, token, "PX", Math.max(1, Math.round(ttlMs)), "NX")
@@ -468,7 +479,33 @@ function connect(target: RedisTarget, { queueWhileAway }: { queueWhileAway: bool
     enableOfflineQueue: queueWhileAway,
     redisOptions: options,
     clusterRetryStrategy: options.retryStrategy,
+    // A command for a node that is down fails at once (a miss) instead of being retried over
+    // slot refreshes for seconds; the periodic slot refresh finds a promoted replica.
+    retryDelayOnFailover: 0,
   })
+}
+
+/**
+ * A Cluster client is ready once it knows the slots, but it opens a connection to a node only at
+ * its first command, and without an offline queue a command that meets a connection still opening
+ * fails (a miss). Open them all before the store says it is ready.
+ */
+async function nodesConnected(connection: Redis | Cluster): Promise<void> {
+  if (!(connection instanceof Cluster)) return
+  await Promise.all(connection.nodes("master").map((node) => node.ping().catch(() => undefined))) // a node down is a miss later
+}
+
+/**
+ * A request waits on Redis at most COMMAND_TIMEOUT_MS, then goes on as a miss. ioredis bounds each
+ * command, but a Cluster whose node is down retries a command over slot refreshes for seconds.
+ */
+function bounded<T>(work: Promise<T>, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`Redis did not answer ${what} within ${COMMAND_TIMEOUT_MS} ms`)), COMMAND_TIMEOUT_MS)
+  })
+  work.catch(() => undefined) // a late failure, after the deadline answered, is not unhandled
+  return Promise.race([work, late]).finally(() => clearTimeout(timer))
 }
 
 function variantId(vary: EntryMeta["vary"]): string {
