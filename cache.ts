@@ -104,6 +104,8 @@ export interface TierStats {
   tier: string
   entries: number
   bytes: number
+  /** Entries this process removed to stay within the tier's bound; absent where the store evicts by itself (Redis). */
+  evictions?: number
 }
 
 /** A store's answer that may come at once (memory) or later (disk, network). */
@@ -186,11 +188,15 @@ export interface CacheConfig extends PolicyConfig {
   warn: Warn
 }
 
+/** Why the origin gave no answer, as the access log and the metrics name it. */
+export type OriginFailure = "refused" | "reset" | "timeout" | "dns" | "other"
+
 /** Thrown by the `forward` callback: the origin could not give an answer. */
 export class OriginError extends Error {
   constructor(
     readonly status: 502 | 504,
     message: string,
+    readonly failure: OriginFailure = "other",
   ) {
     super(message)
   }
@@ -473,7 +479,7 @@ export class Cache {
       }
       discard(stale)
       // RFC 9111 §5.2.2.2: a must-revalidate entry that cannot be validated gives 504.
-      if (stale && error instanceof OriginError) throw new OriginError(504, error.message)
+      if (stale && error instanceof OriginError) throw new OriginError(504, error.message, error.failure)
       throw error
     }
     fwd = typeof reason === "string" ? reason : await reason
@@ -656,7 +662,7 @@ export class Cache {
   /** A response from a stored entry, RFC 9111 §4 (Age per §5.1, conditionals per §4.3.2). */
   private fromCache(stored: Stored, lookup: Lookup, now: number, cacheStatus: string): Response {
     const { meta } = stored
-    const headers = this.hitHeaders(meta, now, cacheStatus)
+    const headers = this.hitHeaders(stored, now, cacheStatus)
     if (meta.status === 200 && isNotModified(lookup.headers, meta)) {
       discard(stored)
       const notModified = new Headers(headers)
@@ -672,7 +678,7 @@ export class Cache {
    * A hit's headers: the stored fields plus Age (RFC 9111 §5.1), X-Cache and Cache-Status
    * (RFC 9211). Both numbers change once a second, so most hits reuse the last ones built.
    */
-  private hitHeaders(meta: EntryMeta, now: number, cacheStatus: string): Headers {
+  private hitHeaders({ meta, size }: Stored, now: number, cacheStatus: string): Headers {
     const age = Math.floor(currentAgeMs(meta, now) / 1000)
     const ttl = Math.round(ttlMs(meta, now) / 1000)
     const last = this.lastHitHeaders.get(meta)
@@ -682,6 +688,10 @@ export class Cache {
     headers.set("age", String(age))
     headers.set("x-cache", "HIT")
     headers.set("cache-status", `${CACHE_NAME}; ${cacheStatus}; ttl=${ttl}`)
+    // The stored body is whole: its length is known even when the origin sent it chunked (and
+    // the access log and metrics count a hit's bytes by it, never touching the body). RFC 9110
+    // §8.6: never on a status that has no content.
+    if (!NULL_BODY_STATUS.has(meta.status)) headers.set("content-length", String(size))
     this.lastHitHeaders.set(meta, { age, ttl, cacheStatus, headers })
     return headers
   }

@@ -75,6 +75,8 @@ const DEFAULTS: Omit<ProxyOptions, "origin" | "cacheDir"> = {
   ttlSeconds: 300,
   timeoutSeconds: 30,
   quiet: true,
+  logFormat: "text",
+  metrics: false,
   memorySize: 64 << 20,
   maxSize: 1 << 30,
   maxEntrySize: 100 << 20,
@@ -93,12 +95,16 @@ async function startProxy(options: Partial<ProxyOptions> & { origin: string }) {
   const full: ProxyOptions = { ...DEFAULTS, ...options, cacheDir, origin: options.origin.replace(/\/+$/, "") }
   const warnings: { kind: WarnKind; detail: string }[] = []
   const warn = (kind: WarnKind, detail: string) => warnings.push({ kind, detail })
-  const { app, cache } = await createProxy(full, { warn })
+  const lines: string[] = []
+  const { app, cache, metrics } = await createProxy(full, { warn, log: (line) => lines.push(line) })
   const listener = await serve(app, full, warn)
   return {
     url: `http://127.0.0.1:${listener.port}/`,
     cacheDir,
     cache,
+    metrics,
+    /** The access lines it wrote (unless quiet). */
+    lines,
     /** What the proxy reported and carried on after. */
     warnings,
     [Symbol.asyncDispose]: async () => {
@@ -426,6 +432,7 @@ describe("CLI", () => {
     [["--origin", "http://127.0.0.1:1", "--cache-dir", "/sys/caching-proxy-cache"], "/sys/caching-proxy-cache cannot be written"],
     [["--origin", "http://127.0.0.1:1", "--public-url", "cdn.example.com"], "--public-url must be an http or https URL with no path"],
     [["--origin", "http://127.0.0.1:1", "--public-url", "https://cdn.example.com/app"], "--public-url must be an http or https URL"],
+    [["--origin", "http://127.0.0.1:1", "--log-format", "xml"], '--log-format must be text or json (got "xml")'],
   ])("%j is refused with one line and exit code 2", async (args, message) => {
     const { stdout, stderr, code } = await runCli([...CLI, ...args])
     expect(code).toBe(2)
@@ -482,9 +489,12 @@ describe("CLI", () => {
     )
     await (await get(`${proxy.url}logged?x=1`)).text()
     await (await get(`${proxy.url}logged?x=1`)).text()
-    await eventually(() => proxy.lines.filter((l) => l.startsWith("GET /logged?x=1 ")).length === 2)
-    expect(proxy.lines.filter((l) => l.startsWith("GET /logged?x=1 200 MISS "))).toHaveLength(1)
-    expect(proxy.lines.filter((l) => /^GET \/logged\?x=1 200 HIT \d+(\.\d+)?ms$/.test(l))).toHaveLength(1)
+    await eventually(() => proxy.lines.filter((l) => l.includes(" GET /logged?x=1 ")).length === 2)
+    const time = "\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{3}Z"
+    expect(
+      proxy.lines.filter((l) => new RegExp(`^${time} GET /logged\\?x=1 200 miss \\d+\\.\\dms 1B origin \\d+\\.\\dms$`).test(l)),
+    ).toHaveLength(1)
+    expect(proxy.lines.filter((l) => new RegExp(`^${time} GET /logged\\?x=1 200 hit \\d+\\.\\dms 1B$`).test(l))).toHaveLength(1)
   })
 
   test("CACHING_PROXY_* environment variables stand in for flags the command line leaves out", async () => {
@@ -2783,3 +2793,186 @@ describe("a shared store on Redis", () => {
     expect(stdout).toBe("")
   })
 })
+
+// ───────────────────────────── operations: metrics and logs ─────────────────────────────
+
+/** The value of one sample in Prometheus text, e.g. `caching_proxy_requests_total{cache="hit",status="2xx"}`; 0 when absent. */
+function sample(text: string, series: string): number {
+  const line = text.split("\n").find((l) => l.startsWith(`${series} `))
+  return line === undefined ? 0 : Number(line.slice(series.length + 1))
+}
+
+describe("metrics (Prometheus, issue 11)", () => {
+  test("after known traffic: requests by outcome and status class, bytes by source, origin requests, store fill, process metrics", async () => {
+    freezeClock()
+    await using origin = startOrigin(async (req) => {
+      const path = new URL(req.url).pathname
+      if (path === "/ns") return new Response("nostore", { headers: { "cache-control": "no-store" } })
+      if (path === "/r" && req.headers.get("if-none-match") === '"r1"')
+        return new Response(null, { status: 304, headers: { etag: '"r1"' } })
+      if (path === "/r")
+        return new Response("rv", { headers: { etag: '"r1"', "cache-control": "max-age=1", date: new Date().toUTCString() } })
+      if (path === "/c") await Bun.sleep(300) // long enough for the others to queue behind the first
+      return new Response("hello", { headers: { "cache-control": "max-age=600" } })
+    })
+    await using proxy = await startProxy({ origin: origin.url, metrics: true })
+    for (const path of ["a", "a", "a", "ns", "ns", "r"]) await (await get(`${proxy.url}${path}`)).text()
+    setSystemTime(Date.now() + 2000) // /r is stale: the next request revalidates it
+    expect(await answer(`${proxy.url}r`)).toMatchObject({ status: 200, body: "rv", xCache: "HIT" })
+    const coalesced = await Promise.all(Array.from({ length: 5 }, () => answer(`${proxy.url}c`)))
+    expect(coalesced.map((a) => a.body)).toEqual(Array(5).fill("hello"))
+    expect(origin.count("/c")).toBe(1)
+
+    const text = await proxy.metrics!.render()
+    const requests = (cache: string, status = "2xx") => sample(text, `caching_proxy_requests_total{cache="${cache}",status="${status}"}`)
+    expect([requests("hit"), requests("miss"), requests("pass"), requests("revalidated"), requests("coalesced")]).toEqual([2, 3, 2, 1, 4])
+    expect(requests("stale") + requests("hit", "5xx")).toBe(0)
+    // From the cache: two hits of "hello", the revalidated "rv", four coalesced "hello".
+    expect(sample(text, 'caching_proxy_served_bytes_total{source="cache"}')).toBe(2 * 5 + 2 + 4 * 5)
+    expect(sample(text, 'caching_proxy_served_bytes_total{source="origin"}')).toBe(5 + 2 * 7 + 2 + 5)
+    expect(sample(text, 'caching_proxy_origin_requests_total{status="2xx"}')).toBe(5)
+    expect(sample(text, 'caching_proxy_origin_requests_total{status="3xx"}')).toBe(1)
+    expect(sample(text, "caching_proxy_origin_duration_seconds_count")).toBe(6)
+    expect(sample(text, 'caching_proxy_request_duration_seconds_count{cache="hit"}')).toBe(2)
+    expect(sample(text, 'caching_proxy_request_duration_seconds_bucket{cache="hit",le="+Inf"}')).toBe(2)
+    expect(sample(text, 'caching_proxy_store_entries{tier="file"}')).toBe(3)
+    expect(sample(text, 'caching_proxy_store_bytes{tier="file"}')).toBeGreaterThan(0)
+    expect(text).toContain('caching_proxy_store_evictions_total{tier="memory"} 0')
+    expect(text).toContain("# TYPE caching_proxy_requests_total counter")
+    expect(sample(text, "process_resident_memory_bytes")).toBeGreaterThan(0)
+    expect(text).not.toContain("caching_proxy_redis_connected")
+    expect(proxy.metrics!.contentType).toStartWith("text/plain; version=0.0.4")
+    // The inspector's chart: sixty 10-second buckets, oldest first, holding every request.
+    const recent = proxy.metrics!.recent()
+    expect(recent).toHaveLength(60)
+    expect(recent.at(-1)!.at - recent[0]!.at).toBe(590_000)
+    expect(recent.reduce((sum, b) => sum + b.requests, 0)).toBe(12)
+    expect(recent.reduce((sum, b) => sum + b.hits, 0)).toBe(7)
+  })
+
+  test("origin failures are counted by reason (refused, timeout), and a purge by the method the admin API calls", async () => {
+    const closed = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response() })
+    const closedUrl = closed.url.href
+    closed.stop(true)
+    await using down = await startProxy({ origin: closedUrl, metrics: true })
+    expect((await answer(`${down.url}x`)).status).toBe(502)
+    await using origin = startOrigin(async () => {
+      await Bun.sleep(2000)
+      return new Response("late")
+    })
+    await using slow = await startProxy({ origin: origin.url, metrics: true, timeoutSeconds: 0.2 })
+    expect((await answer(`${slow.url}x`)).status).toBe(504)
+    slow.metrics!.purged(3)
+    const refused = await down.metrics!.render()
+    expect(sample(refused, 'caching_proxy_origin_errors_total{reason="refused"}')).toBe(1)
+    expect(sample(refused, 'caching_proxy_origin_requests_total{status="none"}')).toBe(1)
+    expect(sample(refused, 'caching_proxy_requests_total{cache="miss",status="5xx"}')).toBe(1)
+    const timedOut = await slow.metrics!.render()
+    expect(sample(timedOut, 'caching_proxy_origin_errors_total{reason="timeout"}')).toBe(1)
+    expect(sample(timedOut, "caching_proxy_purges_total")).toBe(1)
+    expect(sample(timedOut, "caching_proxy_purged_entries_total")).toBe(3)
+  })
+
+  test("evictions from the disk tier are counted; a Redis store reports whether it is connected", async () => {
+    await using origin = startOrigin(() => new Response("x".repeat(10 * KB), { headers: { "cache-control": "max-age=600" } }))
+    await using proxy = await startProxy({ origin: origin.url, metrics: true, maxSize: 25 * KB })
+    for (const path of ["e1", "e2", "e3", "e4"]) await (await get(`${proxy.url}${path}`)).text()
+    expect(sample(await proxy.metrics!.render(), 'caching_proxy_store_evictions_total{tier="file"}')).toBeGreaterThanOrEqual(2)
+    await using redis = await startRedis()
+    await using shared = await startProxy({ origin: origin.url, metrics: true, store: { kind: "redis", target: { single: redis.url } } })
+    await shared.cache.store.ready()
+    expect(sample(await shared.metrics!.render(), "caching_proxy_redis_connected")).toBe(1)
+  })
+
+  test("without metrics (the default) createProxy counts nothing", async () => {
+    await using origin = startOrigin(() => new Response("x"))
+    await using proxy = await startProxy({ origin: origin.url })
+    expect(proxy.metrics).toBeUndefined()
+  })
+})
+
+describe("access log (issue 11)", () => {
+  const TIME = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z /
+
+  test("a streamed body is timed to its last byte, and its bytes counted", async () => {
+    await using origin = startOrigin(
+      () =>
+        new Response(
+          new ReadableStream({
+            async start(controller) {
+              controller.enqueue(new TextEncoder().encode("first "))
+              await Bun.sleep(400)
+              controller.enqueue(new TextEncoder().encode("last"))
+              controller.close()
+            },
+          }),
+          { headers: { "cache-control": "no-store" } },
+        ),
+    )
+    await using proxy = await startProxy({ origin: origin.url, quiet: false })
+    expect(await (await get(`${proxy.url}slow-body`)).text()).toBe("first last")
+    await eventually(() => proxy.lines.length === 1)
+    const [line] = proxy.lines
+    expect(line).toMatch(TIME)
+    const match = /GET \/slow-body 200 pass (\d+\.\d)ms 10B origin (\d+\.\d)ms$/.exec(line!)
+    expect(match).not.toBeNull()
+    // The headers came at once; the last byte 400 ms later.
+    expect(Number(match![1])).toBeGreaterThanOrEqual(400)
+    expect(Number(match![2])).toBeLessThan(400)
+  })
+
+  test("a 502 says why (refused) and how long the origin took; a 504 says timeout", async () => {
+    const closed = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response() })
+    const closedUrl = closed.url.href
+    closed.stop(true)
+    await using down = await startProxy({ origin: closedUrl, quiet: false })
+    await (await get(`${down.url}down`)).text()
+    await eventually(() => down.lines.length === 1)
+    expect(down.lines[0]).toMatch(/ GET \/down 502 miss \d+\.\dms \d+B origin refused after \d+\.\dms$/)
+    await using origin = startOrigin(async () => {
+      await Bun.sleep(2000)
+      return new Response("late")
+    })
+    await using slow = await startProxy({ origin: origin.url, quiet: false, timeoutSeconds: 0.2 })
+    await (await get(`${slow.url}slow`)).text()
+    await eventually(() => slow.lines.length === 1)
+    expect(slow.lines[0]).toMatch(/ GET \/slow 504 miss \d+\.\dms \d+B origin timeout after \d+\.\dms$/)
+  })
+
+  test("--log-format json (CACHING_PROXY_LOG_FORMAT): one object per line, warnings too, each with an ISO-8601 time", async () => {
+    await using origin = await startRawOrigin((socket) => {
+      socket.write("HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+      setTimeout(() => socket.end("not a chunk size\r\n"), 100)
+    })
+    using dir = ownedDir()
+    const proxy = await startCli([...CLI, "--port", "0", "--origin", origin.url, "--cache-dir", dir.path], {
+      CACHING_PROXY_LOG_FORMAT: "json",
+    })
+    try {
+      await (await get(`${proxy.url}broken`)).text().catch(() => "cut short, as it should be")
+      await eventually(() => proxy.lines.some((l) => l.includes("/broken")))
+    } finally {
+      await proxy[Symbol.asyncDispose]()
+    }
+    const access = JSON.parse(proxy.lines.find((l) => l.includes("/broken"))!)
+    expect(access).toMatchObject({ method: "GET", path: "/broken", status: 200, cache: "miss", bytes: 5 })
+    expect(new Date(access.time).toISOString()).toBe(access.time)
+    expect(access.ms).toBeGreaterThanOrEqual(0)
+    const warnings = (await new Response(proxy.child.stderr).text()).trim().split("\n")
+    expect(warnings.length).toBeGreaterThan(0)
+    for (const line of warnings) expect(JSON.parse(line)).toMatchObject({ time: expect.stringMatching(TIME_ONLY), level: "warn" })
+  })
+
+  test("warnings in text start with the time too", async () => {
+    await using origin = await startRawOrigin((socket) => {
+      socket.write("HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+      setTimeout(() => socket.end("not a chunk size\r\n"), 100)
+    })
+    await using proxy = await startCliProxy(CLI, origin.url)
+    await (await get(`${proxy.url}broken`)).text().catch(() => "cut short, as it should be")
+    const stderr = (await proxy.stderr()).trim()
+    expect(stderr).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z caching-proxy: origin-body: /)
+  })
+})
+
+const TIME_ONLY = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/

@@ -20,9 +20,10 @@ import { MemoryStore } from "./cache/memory-store.ts"
 import { hopByHopFilter, isFinalStatus } from "./cache/policy.ts"
 import type { RedisTarget } from "./cache/redis-store.ts"
 import { MEMORY_BODY_LIMIT_BYTES, TieredStore } from "./cache/tiered-store.ts"
-import { answer, Cache, type Forward, OriginError, type Store, VIA, type Warn } from "./cache.ts"
+import { answer, Cache, type Forward, OriginError, type OriginFailure, type Store, VIA, type Warn } from "./cache.ts"
 import packageJson from "./package.json" with { type: "json" }
-import { createWarn } from "./proxy/log.ts"
+import { type Access, cacheOutcome, createAccessLog, createWarn, LOG_FORMATS, type LogFormat } from "./proxy/log.ts"
+import { ProxyMetrics } from "./proxy/metrics.ts"
 
 // ───────────────────────────── options ─────────────────────────────
 
@@ -46,6 +47,10 @@ export interface ProxyOptions {
   /** How long to wait for the origin's response headers. @default 30 s */
   timeoutSeconds: number
   quiet: boolean
+  /** Access lines and warnings as text (each line starting with an ISO-8601 time) or JSON objects. @default "text" */
+  logFormat: LogFormat
+  /** Count requests for /metrics (`createProxy` returns them; the admin listener serves them). @default false */
+  metrics: boolean
   memorySize: number
   maxSize: number
   maxEntrySize: number
@@ -98,6 +103,11 @@ const args = {
   },
   "store-prefix": { type: "string", description: "Namespace of this cache's keys in Redis", default: "caching-proxy" },
   quiet: { type: "boolean", description: "Do not log each request" },
+  "log-format": {
+    type: "string",
+    description: "text (lines starting with an ISO-8601 time) or json (one object per line)",
+    default: "text",
+  },
   help: { type: "boolean", description: "Show this help", alias: "h" },
   version: { type: "boolean", description: "Show the version", alias: "v" },
 } as const
@@ -166,6 +176,11 @@ function parsePublicUrl(value: string | undefined): string | undefined {
   const isBare = url && /^https?:$/.test(url.protocol) && url.pathname === "/" && !/[?#]/.test(value) && !url.username && !url.password
   if (!isBare) throw new UsageError(`--public-url must be an http or https URL with no path, query or credentials (got "${value}")`)
   return url.origin
+}
+
+function parseLogFormat(value: string): LogFormat {
+  if (!(LOG_FORMATS as readonly string[]).includes(value)) throw new UsageError(`--log-format must be text or json (got "${value}")`)
+  return value as LogFormat
 }
 
 function parseStore(value: string): StoreChoice {
@@ -266,6 +281,8 @@ export function parseOptions(parsed: Args): ProxyOptions {
     ttlSeconds: parseSeconds("ttl", parsed.ttl),
     timeoutSeconds: parseTimeout(parsed.timeout),
     quiet: Boolean(parsed.quiet),
+    logFormat: parseLogFormat(parsed["log-format"]),
+    metrics: false,
     memorySize: parseSize("memory-size", parsed["memory-size"]),
     maxSize: parseSize("max-size", parsed["max-size"]),
     maxEntrySize: parseSize("max-entry-size", parsed["max-entry-size"]),
@@ -312,12 +329,27 @@ async function withTimeout(timeoutMs: number, send: (signal: AbortSignal) => Pro
   try {
     return await send(controller.signal)
   } catch (error) {
-    if (controller.signal.aborted) throw new OriginError(504, `the origin did not answer within ${timeoutMs / 1000} s`)
+    if (controller.signal.aborted) throw new OriginError(504, `the origin did not answer within ${timeoutMs / 1000} s`, "timeout")
     if (error instanceof OriginError) throw error
-    throw new OriginError(502, `the origin is unreachable (${(error as Error).message})`)
+    throw new OriginError(502, `the origin is unreachable (${(error as Error).message})`, failureOf(error))
   } finally {
     clearTimeout(timer)
   }
+}
+
+// Error codes of node:http and Bun's fetch, by what the access log and metrics call them.
+const FAILURE_CODES: Record<string, OriginFailure> = {
+  ECONNREFUSED: "refused",
+  ECONNRESET: "reset",
+  EPIPE: "reset",
+  ENOTFOUND: "dns",
+  EAI_AGAIN: "dns",
+  EAI_NONAME: "dns",
+  EAI_FAIL: "dns",
+}
+
+function failureOf(error: unknown): OriginFailure {
+  return FAILURE_CODES[(error as NodeJS.ErrnoException).code ?? ""] ?? "other"
 }
 
 /** The path and query of a URL or request-target, whatever authority it names. */
@@ -605,16 +637,24 @@ async function openStore(options: ProxyOptions, warn: Warn): Promise<Store> {
 }
 
 /** What the cache holds: memory (--memory-size) in front of the store, per process. */
-async function createStore(options: ProxyOptions, warn: Warn): Promise<Store> {
+function tiered(options: ProxyOptions, behind: Store): Store {
   const memory = new MemoryStore({ maxBytes: options.memorySize })
   const memoryBodyLimit = Math.min(MEMORY_BODY_LIMIT_BYTES, options.memorySize / 8)
-  return new TieredStore(memory, await openStore(options, warn), { memoryBodyLimit })
+  return new TieredStore(memory, behind, { memoryBodyLimit })
+}
+
+/** The origin's part in one request, for its access line. */
+interface OriginTrip {
+  ms?: number
+  failure?: OriginFailure
 }
 
 /** Builds the proxy as a Hono app (tests and embedders serve it themselves). */
 export async function createProxy(options: ProxyOptions, output: Partial<ProxyOutput> = {}) {
-  const { log = console.log, warn = createWarn() } = output
-  const cache = new Cache(await createStore(options, warn), {
+  const { log = console.log, warn = createWarn(options.logFormat) } = output
+  const behind = await openStore(options, warn)
+  const store = tiered(options, behind)
+  const cache = new Cache(store, {
     maxEntryBytes: options.maxEntrySize,
     defaultTtlMs: options.ttlSeconds * 1000,
     forceTtlMs: options.forceTtlSeconds * 1000,
@@ -624,6 +664,17 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
     coalesceWaitMs: options.timeoutSeconds * 1000,
     warn,
   })
+  const storeConnected = "isConnected" in behind ? () => (behind as { isConnected: boolean }).isConnected : undefined
+  const metrics = options.metrics ? new ProxyMetrics({ store, storeConnected, warn }) : undefined
+  const accessLog = options.quiet ? undefined : createAccessLog(options.logFormat, log)
+  /** Where each answered request goes: the access log, the metrics, both or neither (then nothing is timed). */
+  const record =
+    metrics || accessLog
+      ? (access: Access) => {
+          accessLog?.(access)
+          metrics?.record(access)
+        }
+      : undefined
   const timeoutMs = options.timeoutSeconds * 1000
   const publicUrl = options.publicUrl === undefined ? undefined : new URL(options.publicUrl)
   const listenHost = options.host.includes(":") ? `[${options.host}]` : options.host
@@ -641,46 +692,133 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
   const app = new Hono({ router: new LinearRouter(), getPath: () => "/" })
 
   app.all("*", (c) => {
-    const started = options.quiet ? 0 : performance.now()
+    const started = record ? performance.now() : 0
     // Hono routes HEAD as GET; the method we forward is the client's.
     const method = c.req.raw.method
     const requested = runtime.requestTarget(c)
     const path = resolvedPath(requested)
-    const response = path === undefined ? answer(400, HIDDEN_DOT_DOT_REFUSED, "detail=bad-request") : respond(c, method, path)
-    return options.quiet ? response : logged(response, method, path ?? requested, started)
+    const trip: OriginTrip | undefined = record ? {} : undefined
+    const response = path === undefined ? answer(400, HIDDEN_DOT_DOT_REFUSED, "detail=bad-request") : respond(c, method, path, trip)
+    if (!record || !trip) return response
+    const sent = (ready: Response) => timed(ready, { method, path: path ?? requested, started, trip }, record)
+    return response instanceof Promise ? response.then(sent, (error) => sent(failed(error, method, path ?? requested))) : sent(response)
   })
 
   /** Answers from the cache, or from the origin at `options.origin + path`. */
-  function respond(c: Context, method: string, path: string): Response | Promise<Response> {
+  function respond(c: Context, method: string, path: string, trip: OriginTrip | undefined): Response | Promise<Response> {
     const request = c.req.raw
     const target = options.origin + path
     // RFC 9110 §9.3.1, §9.3.2: content in a GET or HEAD has no defined meaning; none is forwarded.
     const body = method === "GET" || method === "HEAD" ? null : request.body
     // Built only when the origin is asked: a hit copies no headers.
-    const forward: Forward = (headers) => runtime.fetch(target, method, forwardedHeaders(headers, hop(c, body !== null)), body, timeoutMs)
+    const forward: Forward = (headers) => {
+      const sent = runtime.fetch(target, method, forwardedHeaders(headers, hop(c, body !== null)), body, timeoutMs)
+      return trip ? timedOrigin(sent, trip) : sent
+    }
     return cache.respond(method, request.headers, target, forward)
   }
 
-  /** Logs one line once the response (headers) is ready: method, path, status, X-Cache, ms. */
-  async function logged(response: Response | Promise<Response>, method: string, path: string, started: number) {
-    const ready = await response
-    log(`${method} ${path} ${ready.status} ${ready.headers.get("x-cache")} ${(performance.now() - started).toFixed(1)}ms`)
-    return ready
+  /** Times one origin request into the trip and the metrics. */
+  function timedOrigin(sent: Promise<Response>, trip: OriginTrip): Promise<Response> {
+    const started = performance.now()
+    return sent.then(
+      (response) => {
+        trip.ms = performance.now() - started
+        metrics?.recordOrigin(trip.ms, { status: response.status })
+        return response
+      },
+      (error: unknown) => {
+        trip.ms = performance.now() - started
+        trip.failure = error instanceof OriginError ? error.failure : "other"
+        metrics?.recordOrigin(trip.ms, { failure: trip.failure })
+        throw error
+      },
+    )
   }
 
-  app.onError((error, c) => {
-    const status = error instanceof OriginError ? error.status : 502
-    const path = runtime.requestTarget(c)
-    if (!(error instanceof OriginError)) warn("proxy", `${c.req.method} ${path} failed: ${error.message}`)
-    if (!options.quiet) log(`${c.req.method} ${path} ${status} MISS`)
+  /** The answer to a request that failed: 502 or 504 with one line (warned when it is no origin failure). */
+  function failed(error: unknown, method: string, path: string): Response {
+    const isOrigin = error instanceof OriginError
+    if (!isOrigin) warn("proxy", `${method} ${path} failed: ${(error as Error).message}`)
     return answer(
-      status,
-      `${error instanceof OriginError ? error.message : "the proxy failed to forward this request"}\n`,
+      isOrigin ? error.status : 502,
+      `${isOrigin ? error.message : "the proxy failed to forward this request"}\n`,
       "fwd=uri-miss; detail=origin-error",
     )
-  })
+  }
 
-  return { app, cache }
+  app.onError((error, c) => failed(error, c.req.method, runtime.requestTarget(c)))
+
+  return { app, cache, metrics }
+}
+
+/** What the access log and the metrics know of a request before its answer is sent. */
+interface Pending {
+  method: string
+  path: string
+  started: number
+  trip: OriginTrip
+}
+
+/**
+ * Records the request once its body's last byte is handed to the server. A body from the origin
+ * streams, so it is timed as it ends. A hit's body (bytes from memory, or a file Bun sends by
+ * sendfile) is not touched: reading `.body` turns Bun's bytes into a stream (a fifth of the hit
+ * throughput, measured), and Bun tells nothing when it has sent a body; a hit is timed when handed
+ * over, and counted by its Content-Length.
+ */
+function timed(response: Response, pending: Pending, record: (access: Access) => void): Response {
+  const { status, headers } = response
+  const cache = cacheOutcome(headers.get("cache-status"))
+  const { method, path, started, trip } = pending
+  const finish = (bytes: number) => {
+    const origin =
+      trip.ms === undefined
+        ? {}
+        : { originMs: trip.ms, ...(trip.failure && (status === 502 || status === 504) ? { originError: trip.failure } : {}) }
+    record({ method, path, status, cache, ms: performance.now() - started, bytes, ...origin })
+  }
+  if (headers.get("x-cache") === "HIT") {
+    finish(method === "HEAD" || status === 304 ? 0 : Number(headers.get("content-length") ?? 0))
+    return response
+  }
+  if (!response.body) {
+    finish(0)
+    return response
+  }
+  return new Response(counted(response.body, finish), response)
+}
+
+/** The body as it comes; `finish` gets the bytes sent once it ends, fails or is cancelled. */
+function counted(body: ReadableStream<Uint8Array>, finish: (bytes: number) => void): ReadableStream<Uint8Array> {
+  const reader = body.getReader()
+  let bytes = 0
+  let finished = false
+  const end = () => {
+    if (!finished) finish(bytes)
+    finished = true
+  }
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        const chunk = await reader.read().catch((error: unknown) => {
+          end()
+          throw error
+        })
+        if (chunk.done) {
+          end()
+          return controller.close()
+        }
+        bytes += chunk.value.byteLength
+        controller.enqueue(chunk.value)
+      },
+      cancel(reason) {
+        end()
+        return reader.cancel(reason)
+      },
+    },
+    { highWaterMark: 0 },
+  )
 }
 
 /** Serves the app on the current runtime; what fails outside the app is reported to `warn`. */
@@ -740,7 +878,7 @@ async function run(commandLine: string[]): Promise<number> {
     return 0
   }
   if (options.store.kind === "file") checkCacheDir(options.cacheDir)
-  const warn = createWarn()
+  const warn = createWarn(options.logFormat)
   const { app, cache } = await createProxy(options, { warn })
   // A shared store is worth a moment's wait: until Redis answers, requests would go to the origin
   // uncoalesced. Past that moment the proxy starts anyway, uncached, and connects in the background.

@@ -8,6 +8,7 @@
  * Environment:
  *   BENCH_DURATION   length of each wrk run, as wrk takes it (10s, 1m) or plain seconds. Default 10s.
  *   BENCH_REPEATS    wrk runs per figure; the median is reported. Default 3.
+ *   BENCH_ONLY       run one phase only: "metrics" (HIT 1 KiB with metrics on and off). Default: every phase.
  *   BENCH_PROXY_CMD  command that starts the proxy; the proxy flags are appended. It must exec the
  *                    server itself (no wrapping shell): its pid is the one whose memory is sampled.
  *                    Default: `<this bun> <repo>/proxy.ts`.
@@ -52,6 +53,8 @@ interface Config {
   proxyCommand: string[]
   /** Whether taskset exists and there are two CPUs to pin servers and clients apart. */
   pin: boolean
+  /** The one phase to run (BENCH_ONLY), or undefined for all. */
+  only: "metrics" | undefined
 }
 
 function readConfig(): Config {
@@ -64,7 +67,9 @@ function readConfig(): Config {
   if (!override && !existsSync(proxyCommand[1]!))
     throw new BenchError(`${proxyCommand[1]} does not exist (set BENCH_PROXY_CMD to bench another proxy)`)
   const pin = Bun.which("taskset") !== null && availableParallelism() >= 2
-  return { durationSeconds, repeats, proxyCommand, pin }
+  const only = process.env.BENCH_ONLY
+  if (only !== undefined && only !== "metrics") throw new BenchError(`BENCH_ONLY must be metrics (got "${only}")`)
+  return { durationSeconds, repeats, proxyCommand, pin, only }
 }
 
 /** wrk's duration syntax (s, m, h suffixes) plus a bare number of seconds. */
@@ -228,9 +233,9 @@ function installExitHandlers(): void {
 
 /** Bounds the run: wrk runs themselves, plus FIXED_BUDGET_SECONDS for everything else. */
 function startWatchdog(): void {
-  // Six comparisons (HIT 1 KiB, HIT 64 KiB, MISS vs origin, MISS vs forwarder, the two Redis
-  // HITs), two targets each.
-  const wrkRuns = 12 * (config.repeats + 1)
+  // Seven comparisons (HIT 1 KiB, HIT 64 KiB, MISS vs origin, MISS vs forwarder, the two Redis
+  // HITs, metrics on vs off), two targets each.
+  const wrkRuns = 14 * (config.repeats + 1)
   const budgetSeconds = wrkRuns * (config.durationSeconds + 5) + FIXED_BUDGET_SECONDS
   setTimeout(() => {
     console.error(`bench: gave up after ${budgetSeconds} s (time budget exceeded); stopping servers`)
@@ -554,6 +559,35 @@ async function benchMissAgainstForwarder(servers: Servers): Promise<void> {
     report.rows.push(...errorRows(measures, error))
   } finally {
     if (forwarder) await stopServer(forwarder)
+  }
+}
+
+/**
+ * What counting requests for /metrics costs a hit: HIT 1 KiB through a proxy with metrics on (an
+ * admin listener) against the plain one, runs interleaved.
+ */
+async function benchMetricsOverhead(servers: Servers): Promise<void> {
+  const measures = ["HIT 1 KiB throughput, metrics on vs off", "HIT 1 KiB p99 latency, metrics on vs off"]
+  let counted: Server | undefined
+  try {
+    counted = await startProxy(servers.originUrl, ["--admin-port", "0"])
+    const countedUrl = `${counted.urls[0]}/1k`
+    const plainUrl = `${servers.proxyUrl}/1k`
+    await warmUntilHit(countedUrl)
+    await warmUntilHit(plainUrl)
+    const [on, off] = await compareWithWrk(countedUrl, plainUrl)
+    assertRunning(counted)
+    report.raw.push({ target: "proxy /1k (HIT), metrics on", summary: on }, { target: "proxy /1k (HIT), metrics off", summary: off })
+    noteWrkErrors("proxy /1k with metrics", on)
+    report.rows.push(ratioRow(measures[0]!, on.requestsPerSecond, off.requestsPerSecond, formatRate, "≥", 0.97), {
+      ...ratioRow(measures[1]!, on.p99Ms, off.p99Ms, formatMs, "≤", 1.1),
+      target: "(info)",
+      verdict: "INFO",
+    })
+  } catch (error) {
+    report.rows.push(...errorRows(measures, error))
+  } finally {
+    if (counted) await stopServer(counted)
   }
 }
 
@@ -954,6 +988,23 @@ async function main(): Promise<void> {
     `bench: origin ${originUrl} (big ${bigOriginUrl}), ceiling ${ceilingUrl}, proxy ${proxyUrl}; ${config.repeats}× ${config.durationSeconds}s per figure`,
   )
 
+  if (config.only === "metrics") {
+    announce("metrics on vs off")
+    await benchMetricsOverhead(servers)
+  } else await allPhases(servers, ceiling)
+
+  if (stopping) return // interrupted: the phases above failed for that reason, not the proxy's
+  const table = renderReport()
+  console.log(table)
+  // One phase is no full picture: bench/results.md keeps the last full run's.
+  if (config.only) return
+  writeResults(table)
+  console.error("bench: wrote bench/results.md")
+}
+
+/** Every phase, in an order that gives each the machine to itself. */
+async function allPhases(servers: Servers, ceiling: Server): Promise<void> {
+  const { originUrl, bigOriginUrl, ceilingUrl, proxy } = servers
   announce("HIT 1 KiB")
   await benchHit(servers, "/1k", "1 KiB", 0.85)
   announce("HIT 64 KiB")
@@ -961,6 +1012,8 @@ async function main(): Promise<void> {
   announce("MISS no-store")
   await benchMiss(servers)
   await benchMissAgainstForwarder(servers)
+  announce("metrics on vs off")
+  await benchMetricsOverhead(servers)
   announce("coalescing")
   await benchCoalescing(servers)
   noteProxyStderr(proxy)
@@ -973,12 +1026,6 @@ async function main(): Promise<void> {
   await benchBig(bigOriginUrl)
   announce(`start-up with ${STARTUP_ENTRIES.toLocaleString("en-US")} entries`)
   await benchStartup(originUrl)
-
-  if (stopping) return // interrupted: the phases above failed for that reason, not the proxy's
-  const table = renderReport()
-  console.log(table)
-  writeResults(table)
-  console.error("bench: wrote bench/results.md")
 }
 
 /** Exit code: 1 when a phase could not run at all (FAILs are results, not errors). */

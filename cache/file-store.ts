@@ -149,6 +149,8 @@ export class FileStore implements Store {
   private readonly leftovers = new Map<string, number>()
   /** Bytes of both maps above: what the bound applies to. */
   private totalBytes = 0
+  /** Variants removed to stay within the bound, since start-up. */
+  private evictions = 0
   /** Meta path → the version of its large body last found whole (see `verifyOnce`). */
   private readonly verified = new Map<string, string>()
   /** Hashes of large bodies under way, by body version: concurrent first hits share one. */
@@ -319,7 +321,7 @@ export class FileStore implements Store {
   }
 
   stats(): Promise<TierStats[]> {
-    return Promise.resolve([{ tier: "file", entries: this.lru.size, bytes: this.totalBytes }])
+    return Promise.resolve([{ tier: "file", entries: this.lru.size, bytes: this.totalBytes, evictions: this.evictions }])
   }
 
   /**
@@ -650,6 +652,7 @@ export class FileStore implements Store {
     for (const [metaPath, entry] of this.lru) {
       if (this.totalBytes <= this.maxBytes) return
       this.forget(metaPath)
+      this.evictions++
       // A key the start-up scan indexed but nobody read is in no tier in front.
       if (entry.key) for (const listener of this.dropListeners) listener(entry.key)
       // Reported, not thrown: the put that asked for room has stored its entry all the same.

@@ -26,6 +26,7 @@ export class MemoryStore implements Store {
   readonly maxBytes: number
   private readonly entries = new Map<string, KeyEntry>()
   private totalBytes = 0
+  private evictions = 0
   /** The key last moved to the most-recently-used end: a hot key's hits skip the reordering. */
   private newest: string | undefined
   private readonly dropListeners: ((key: string | null) => void)[] = []
@@ -126,7 +127,7 @@ export class MemoryStore implements Store {
   stats(): Promise<TierStats[]> {
     let entries = 0
     for (const entry of this.entries.values()) entries += entry.variants.length
-    return Promise.resolve([{ tier: "memory", entries, bytes: this.totalBytes }])
+    return Promise.resolve([{ tier: "memory", entries, bytes: this.totalBytes, evictions: this.evictions }])
   }
 
   used(key: string): void {
@@ -170,6 +171,7 @@ export class MemoryStore implements Store {
     for (const oldest of this.entries.keys()) {
       if (this.totalBytes <= this.maxBytes) break
       this.forget(oldest)
+      this.evictions++
       for (const listener of this.dropListeners) listener(oldest)
     }
     return true

@@ -101,6 +101,11 @@ export class RedisStore implements Store {
     return this.connected
   }
 
+  /** Whether Redis answers now, as far as the connection knows (for /metrics). */
+  get isConnected(): boolean {
+    return this.up
+  }
+
   async close(): Promise<void> {
     this.closing = true
     clearInterval(this.generationTimer)

@@ -1,15 +1,92 @@
 /**
- * What the proxy tells its operator: one line per request (unless --quiet) and warnings about
- * failures it carries on after.
+ * What the proxy tells its operator: one access line per request (unless --quiet) on stdout and
+ * warnings about failures it carries on after on stderr. Every line starts with an ISO-8601
+ * timestamp (text), or is one JSON object with a `time` field (--log-format json, what log
+ * shippers read).
  */
-import type { Warn, WarnKind } from "../cache.ts"
+import type { OriginFailure, Warn, WarnKind } from "../cache.ts"
+
+export const LOG_FORMATS = ["text", "json"] as const
+export type LogFormat = (typeof LOG_FORMATS)[number]
+
+/** How the cache answered, as the access log and the metrics name it (see `cacheOutcome`). */
+export const CACHE_OUTCOMES = ["hit", "miss", "stale", "revalidated", "pass", "coalesced"] as const
+export type CacheOutcome = (typeof CACHE_OUTCOMES)[number]
+
+/** One answered request: an access line, and what the metrics count. */
+export interface Access {
+  method: string
+  path: string
+  status: number
+  cache: CacheOutcome
+  /** From the request's arrival to the body's last byte handed to the server. */
+  ms: number
+  /** Body bytes sent. */
+  bytes: number
+  /** Why the origin gave no answer (with a 502 or 504). */
+  originError?: OriginFailure
+  /** How long the origin took to answer or to fail, when it was asked. */
+  originMs?: number
+}
+
+// A plain hit's Cache-Status (cache.ts builds it so): most requests are told by this one test.
+const PLAIN_HIT = "caching-proxy; hit; ttl="
+// Served from the cache past its freshness: RFC 9111 §4.2.4 (max-stale, an unreachable origin),
+// RFC 5861 (stale-while-revalidate, stale-if-error).
+const SERVED_STALE = /detail=(?:max-stale|stale-while-revalidate|origin-unreachable|stale-if-error)/
+// Looked up, not found, and no answer from the origin either: still a miss, not a pass.
+const UNANSWERED_MISS = /detail=(?:origin-error|offline|only-if-cached)/
+
+/**
+ * The outcome a response's Cache-Status (RFC 9211) records: hit (fresh from the cache), stale
+ * (served stale), revalidated (a stale entry the origin confirmed with a 304), coalesced (another
+ * request's stored answer), miss (went to the origin and stored the answer, or found no answer),
+ * pass (the cache could not take part: other methods, answers that may not be stored).
+ */
+export function cacheOutcome(cacheStatus: string | null): CacheOutcome {
+  if (cacheStatus === null) return "pass"
+  if (cacheStatus.startsWith(PLAIN_HIT)) return "hit"
+  if (cacheStatus.includes("; hit")) {
+    if (cacheStatus.includes("fwd-status=304")) return "revalidated"
+    if (cacheStatus.includes("detail=coalesced")) return "coalesced"
+    return SERVED_STALE.test(cacheStatus) ? "stale" : "hit"
+  }
+  return cacheStatus.endsWith("; stored") || UNANSWERED_MISS.test(cacheStatus) ? "miss" : "pass"
+}
+
+/** Writes access lines in the chosen format. */
+export function createAccessLog(format: LogFormat, write: (line: string) => void = console.log): (access: Access) => void {
+  if (format === "json") {
+    return (access) => {
+      const { ms, originMs } = access
+      const times = { ms: tenths(ms), ...(originMs === undefined ? {} : { originMs: tenths(originMs) }) }
+      write(JSON.stringify({ time: new Date().toISOString(), ...access, ...times }))
+    }
+  }
+  return (access) => write(`${new Date().toISOString()} ${accessText(access)}`)
+}
+
+/** `GET /a 200 miss 15.2ms 1024B origin 12.1ms`; `GET /a 502 miss 3.1ms 52B origin refused after 2.9ms` */
+function accessText({ method, path, status, cache, ms, bytes, originError, originMs }: Access): string {
+  const line = `${method} ${path} ${status} ${cache} ${ms.toFixed(1)}ms ${bytes}B`
+  if (originMs === undefined) return line
+  return `${line} origin ${originError === undefined ? "" : `${originError} after `}${originMs.toFixed(1)}ms`
+}
+
+/** Milliseconds to a tenth: what a log line needs. */
+function tenths(ms: number): number {
+  return Math.round(ms * 10) / 10
+}
 
 // A failure that recurs (a full disk, a broken store) is reported once, then at most once a
 // minute with how often it happened meanwhile: the log shows each state change, not each request.
 const REPEAT_EVERY_MS = 60_000
 
-/** A `Warn` that writes `caching-proxy: <kind>: <detail>` lines, each kind at most once a minute. */
-export function createWarn(write: (line: string) => void = console.error): Warn {
+/**
+ * A `Warn` that writes `<time> caching-proxy: <kind>: <detail>` lines (or JSON objects), each
+ * kind at most once a minute.
+ */
+export function createWarn(format: LogFormat = "text", write: (line: string) => void = console.error): Warn {
   const lastWritten = new Map<WarnKind, { at: number; suppressed: number }>()
   return (kind, detail) => {
     const now = Date.now()
@@ -19,7 +96,12 @@ export function createWarn(write: (line: string) => void = console.error): Warn 
       return
     }
     const more = last?.suppressed ? ` (and ${last.suppressed} more since the last report)` : ""
-    write(`caching-proxy: ${kind}: ${detail}${more}`)
+    const time = new Date(now).toISOString()
+    write(
+      format === "json"
+        ? JSON.stringify({ time, level: "warn", kind, message: detail + more })
+        : `${time} caching-proxy: ${kind}: ${detail}${more}`,
+    )
     lastWritten.set(kind, { at: now, suppressed: 0 })
   }
 }
