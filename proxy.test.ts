@@ -1445,6 +1445,59 @@ describe("RFC 9111 §4.2 freshness", () => {
     expect(origin.count("/f")).toBe(2)
   })
 
+  test("§4.2.2 (deviation): a 404 with no freshness information lives 10 s, not ttlSeconds: a resource created then is seen", async () => {
+    freezeClock()
+    let created = false
+    await using origin = startOrigin(
+      () => new Response(created ? "made" : "not yet", { status: created ? 200 : 404, headers: { date: new Date().toUTCString() } }),
+    )
+    await using proxy = await startProxy({ origin: origin.url, ttlSeconds: 300 })
+    expect(await answer(`${proxy.url}new`)).toMatchObject({ status: 404, xCache: "MISS" })
+    created = true
+    setSystemTime(Date.now() + 9_000)
+    // Within 10 s the 404 still spares the origin.
+    expect(await answer(`${proxy.url}new`)).toMatchObject({ status: 404, xCache: "HIT" })
+    setSystemTime(Date.now() + 2_000)
+    expect(await answer(`${proxy.url}new`)).toMatchObject({ status: 200, body: "made", xCache: "MISS" })
+    expect(origin.count("/new")).toBe(2)
+  })
+
+  test.each([405, 414, 501])("§4.2.2 (deviation): a %d with no freshness information lives 10 s too", async (status) => {
+    freezeClock()
+    await using origin = startDatedOrigin({}, status)
+    await using proxy = await startProxy({ origin: origin.url, ttlSeconds: 300 })
+    await answer(`${proxy.url}e`)
+    setSystemTime(Date.now() + 11_000)
+    expect(await answer(`${proxy.url}e`)).toMatchObject({ status, body: "v2", xCache: "MISS" })
+  })
+
+  test.each([203, 204, 300, 301, 308, 410])(
+    "§4.2.2: a %d with no freshness information lives for ttlSeconds, as a 200 does",
+    async (status) => {
+      freezeClock()
+      await using origin = startDatedOrigin({}, status)
+      await using proxy = await startProxy({ origin: origin.url, ttlSeconds: 300 })
+      await answer(`${proxy.url}p`)
+      setSystemTime(Date.now() + 299_000)
+      expect(await answer(`${proxy.url}p`)).toMatchObject({ status, xCache: "HIT" })
+      expect(origin.count("/p")).toBe(1)
+    },
+  )
+
+  test("§4.2.2 (deviation): a 404 with max-age keeps it; with ttlSeconds 0 a bare 404 is not kept at all", async () => {
+    freezeClock()
+    await using origin = startOrigin(
+      (req) =>
+        new Response("no", { status: 404, headers: new URL(req.url).pathname === "/long" ? { "cache-control": "max-age=600" } : {} }),
+    )
+    await using proxy = await startProxy({ origin: origin.url, ttlSeconds: 0 })
+    await answer(`${proxy.url}long`)
+    await answer(`${proxy.url}bare`)
+    setSystemTime(Date.now() + 300_000)
+    expect(await answer(`${proxy.url}long`)).toMatchObject({ status: 404, xCache: "HIT" })
+    expect(await answer(`${proxy.url}bare`)).toMatchObject({ status: 404, xCache: "MISS" })
+  })
+
   test("§4.2.2: ttlSeconds 0 (--ttl 0) turns the default lifetime off", async () => {
     freezeClock()
     await using origin = startDatedOrigin()

@@ -42,7 +42,7 @@ export interface ProxyOptions {
   /** The origin's base URL, with no trailing slash: request paths are appended to it. */
   origin: string
   cacheDir: string
-  /** Default lifetime for responses without freshness information. @default 300 s */
+  /** Default lifetime for responses without freshness information (404, 405, 414, 501: at most 10 s). @default 300 s */
   ttlSeconds: number
   /** How long to wait for the origin's response headers. @default 30 s */
   timeoutSeconds: number
@@ -83,7 +83,11 @@ const args = {
   origin: { type: "string", description: "Origin URL to forward to, e.g. https://api.example.com/v2" },
   "cache-dir": { type: "string", description: "Cache directory (default: $XDG_CACHE_HOME/caching-proxy or ~/.cache/caching-proxy)" },
   "clear-cache": { type: "boolean", description: "Empty the cache directory and exit" },
-  ttl: { type: "string", description: "Seconds to keep responses that carry no freshness information (0: do not)", default: "300" },
+  ttl: {
+    type: "string",
+    description: "Seconds to keep responses that carry no freshness information; a 404, 405, 414 or 501 at most 10 (0: do not)",
+    default: "300",
+  },
   timeout: { type: "string", description: "Seconds to wait for the origin's response headers", default: "30" },
   "memory-size": { type: "string", description: "Bytes of responses kept in memory (k, M, G suffixes)", default: "64M" },
   "max-size": { type: "string", description: "Bytes the disk cache may hold", default: "1G" },

@@ -6,7 +6,7 @@ import type { EntryMeta } from "../cache.ts"
 
 /** What the policy needs of the configuration. */
 export interface PolicyConfig {
-  /** Lifetime for responses with no freshness information (RFC 9111 §4.2.2); 0 = none. @default 300 s */
+  /** Lifetime for responses with no freshness information (RFC 9111 §4.2.2); 404, 405, 414 and 501 get at most 10 s; 0 = none. @default 300 s */
   defaultTtlMs: number
   /** Store every cacheable-status GET for this long, whatever its headers say; 0 = off. */
   forceTtlMs: number
@@ -89,6 +89,11 @@ function parseHttpDate(value: string | null): number | undefined {
 
 // RFC 9110 §15.1: status codes that are heuristically cacheable (RFC 9111 §4.2.2).
 const HEURISTICALLY_CACHEABLE = new Set([200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501])
+// Of those, the errors that tell how things stand now, not what a resource is: a 404 turns into a
+// 200 once the resource is made, a 405 or 501 once the route is deployed. They get a short default.
+const TRANSIENT_ERRORS = new Set([404, 405, 414, 501])
+/** The default lifetime of a transient error (at most --ttl): nginx's and CDNs' "negative caching". */
+const TRANSIENT_ERROR_TTL_MS = 10_000
 // Status codes whose semantics we implement: what `must-understand` asks about (RFC 9111 §5.2.2.3).
 const UNDERSTOOD_STATUS = new Set([200, 203, 204, 300, 301, 302, 303, 307, 308, 400, 403, 404, 405, 410, 414, 500, 501, 502, 503, 504])
 // RFC 9111 §4.2.2: 10 % of the time since Last-Modified, capped (as Squid and others do) at a day.
@@ -157,8 +162,10 @@ function freshnessLifetimeMs(status: number, headers: Headers, directives: Direc
   const lastModified = parseHttpDate(headers.get("last-modified"))
   if (lastModified !== undefined && lastModified < date) return Math.min((date - lastModified) * LAST_MODIFIED_FRACTION, HEURISTIC_CAP_MS)
   // Deviation (RFC 9111 §4.2.2 leaves the heuristic to us): a plain API response with no
-  // freshness information at all lives for --ttl, so the common case is cached.
-  return config.defaultTtlMs
+  // freshness information at all lives for --ttl, so the common case is cached. A transient
+  // error lives 10 s at most: long enough to spare the origin a flood of them, short enough that
+  // a developer who then creates the resource sees it at once.
+  return TRANSIENT_ERRORS.has(status) ? Math.min(config.defaultTtlMs, TRANSIENT_ERROR_TTL_MS) : config.defaultTtlMs
 }
 
 /** corrected_initial_age, RFC 9111 §4.2.3. */
