@@ -72,6 +72,7 @@ const DEFAULTS: Omit<ProxyOptions, "origin" | "cacheDir"> = {
   host: "127.0.0.1",
   publicUrl: undefined,
   trustForwarded: false,
+  rewriteLocation: false,
   ttlSeconds: 300,
   timeoutSeconds: 30,
   quiet: true,
@@ -2844,6 +2845,79 @@ describe("a shared store on Redis", () => {
     expect(stderr).toContain(message)
     expect(stderr.trim().split("\n")).toHaveLength(1)
     expect(stdout).toBe("")
+  })
+})
+
+// ───────────────────────────── --rewrite-location ─────────────────────────────
+
+describe("--rewrite-location (issue 11)", () => {
+  /** An origin whose answers name URLs: its own (under `base`), another host's, and a relative one. */
+  function startRedirectingOrigin(base = "") {
+    const origin = startOrigin((req) => {
+      const own = `${new URL(req.url).origin}${base}`
+      const { pathname } = new URL(req.url)
+      if (pathname.endsWith("/elsewhere")) return Response.redirect("https://example.com/x", 302)
+      if (pathname.endsWith("/relative")) return new Response(null, { status: 302, headers: { location: "/a/b?c=1" } })
+      if (pathname.endsWith("/outside"))
+        return new Response(null, { status: 302, headers: { location: `${new URL(req.url).origin}/other/z` } })
+      return new Response(null, {
+        status: 301,
+        headers: { location: `${own}/new/place?q=a%2Fb`, "content-location": `${own}/old`, "cache-control": "max-age=60" },
+      })
+    })
+    return origin
+  }
+
+  const locations = async (url: string, headers: Record<string, string> = {}) => {
+    const res = await fetch(url, { headers, redirect: "manual" })
+    await res.arrayBuffer()
+    return {
+      location: res.headers.get("location"),
+      contentLocation: res.headers.get("content-location"),
+      xCache: res.headers.get("x-cache"),
+    }
+  }
+
+  test("off by default: the origin's absolute Location is passed on unchanged", async () => {
+    await using origin = startRedirectingOrigin()
+    await using proxy = await startProxy({ origin: origin.url })
+    expect(await locations(`${proxy.url}moved`)).toMatchObject({
+      location: `${origin.url}new/place?q=a%2Fb`,
+      contentLocation: `${origin.url}old`,
+    })
+  })
+
+  test("on: the origin's own URLs point at the Host the client asked for, on a miss and on a hit; others stay as sent", async () => {
+    await using origin = startRedirectingOrigin()
+    await using proxy = await startProxy({ origin: origin.url, rewriteLocation: true })
+    for (const xCache of ["MISS", "HIT"]) {
+      expect(await locations(`${proxy.url}moved`)).toEqual({
+        location: `${proxy.url}new/place?q=a%2Fb`,
+        contentLocation: `${proxy.url}old`,
+        xCache,
+      })
+    }
+    expect(await locations(`${proxy.url}moved`, { host: "proxy.local:8080" })).toMatchObject({
+      location: "http://proxy.local:8080/new/place?q=a%2Fb",
+    })
+    expect((await locations(`${proxy.url}elsewhere`)).location).toBe("https://example.com/x")
+    expect((await locations(`${proxy.url}relative`)).location).toBe("/a/b?c=1")
+  })
+
+  test("on, with --public-url: the public URL; under an origin base path, only URLs below it, with the base path taken off", async () => {
+    await using origin = startRedirectingOrigin("/v2")
+    await using proxy = await startProxy({ origin: `${origin.url}v2`, rewriteLocation: true, publicUrl: "https://cdn.example.com" })
+    expect(await locations(`${proxy.url}moved`)).toMatchObject({
+      location: "https://cdn.example.com/new/place?q=a%2Fb",
+      contentLocation: "https://cdn.example.com/old",
+    })
+    expect((await locations(`${proxy.url}outside`)).location).toBe(`${origin.url}other/z`)
+  })
+
+  test("CACHING_PROXY_REWRITE_LOCATION=1 turns it on", async () => {
+    await using origin = startRedirectingOrigin()
+    await using proxy = await startCliProxy(CLI, origin.url, [], { CACHING_PROXY_REWRITE_LOCATION: "1" })
+    expect((await locations(`${proxy.url}moved`)).location).toBe(`${proxy.url}new/place?q=a%2Fb`)
   })
 })
 

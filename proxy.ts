@@ -39,6 +39,8 @@ export interface ProxyOptions {
   publicUrl: string | undefined
   /** Keep the X-Forwarded-*, Forwarded and X-Real-IP fields a request carries. @default false */
   trustForwarded: boolean
+  /** Point the origin's own absolute URLs in Location and Content-Location at the proxy. @default false: passed unchanged */
+  rewriteLocation: boolean
   /** The origin's base URL, with no trailing slash: request paths are appended to it. */
   origin: string
   cacheDir: string
@@ -79,6 +81,11 @@ const args = {
   "trust-forwarded": {
     type: "boolean",
     description: "Pass on the X-Forwarded-*, Forwarded and X-Real-IP fields clients send: only behind a proxy that sets them itself",
+  },
+  "rewrite-location": {
+    type: "boolean",
+    description:
+      "Rewrite the origin's own absolute URLs in Location and Content-Location to the proxy's (--public-url, else the Host asked)",
   },
   origin: { type: "string", description: "Origin URL to forward to, e.g. https://api.example.com/v2" },
   "cache-dir": { type: "string", description: "Cache directory (default: $XDG_CACHE_HOME/caching-proxy or ~/.cache/caching-proxy)" },
@@ -280,6 +287,7 @@ export function parseOptions(parsed: Args): ProxyOptions {
     host: parsed.host,
     publicUrl: parsePublicUrl(parsed["public-url"]),
     trustForwarded: Boolean(parsed["trust-forwarded"]),
+    rewriteLocation: Boolean(parsed["rewrite-location"]),
     origin: parsed["clear-cache"] ? "" : parseOrigin(parsed.origin),
     cacheDir: resolve(parsed["cache-dir"] ?? defaultCacheDir()),
     ttlSeconds: parseSeconds("ttl", parsed.ttl),
@@ -681,6 +689,7 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
       : undefined
   const timeoutMs = options.timeoutSeconds * 1000
   const publicUrl = options.publicUrl === undefined ? undefined : new URL(options.publicUrl)
+  const originUrl = new URL(options.origin)
   const listenHost = options.host.includes(":") ? `[${options.host}]` : options.host
   /** The forwarding fields' facts about this request: never a value the request itself carries. */
   const hop = (c: Context, hasBody: boolean): Hop => ({
@@ -703,10 +712,18 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
     const path = resolvedPath(requested)
     const trip: OriginTrip | undefined = record ? {} : undefined
     const response = path === undefined ? answer(400, HIDDEN_DOT_DOT_REFUSED, "detail=bad-request") : respond(c, method, path, trip)
-    if (!record || !trip) return response
-    const sent = (ready: Response) => timed(ready, { method, path: path ?? requested, started, trip }, record)
+    if (!trip && !options.rewriteLocation) return response
+    const sent = (ready: Response) => {
+      if (options.rewriteLocation) rewriteLocations(ready.headers, originUrl, proxyBase(c))
+      return record && trip ? timed(ready, { method, path: path ?? requested, started, trip }, record) : ready
+    }
     return response instanceof Promise ? response.then(sent, (error) => sent(failed(error, method, path ?? requested))) : sent(response)
   })
+
+  /** How this request reached the proxy, scheme and authority: --public-url, else the Host it asked for. */
+  function proxyBase(c: Context): string {
+    return publicUrl?.origin ?? `http://${c.req.raw.headers.get("host") ?? `${listenHost}:${runtime.localPort(c)}`}`
+  }
 
   /** Answers from the cache, or from the origin at `options.origin + path`. */
   function respond(c: Context, method: string, path: string, trip: OriginTrip | undefined): Response | Promise<Response> {
@@ -754,6 +771,27 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
   app.onError((error, c) => failed(error, c.req.method, runtime.requestTarget(c)))
 
   return { app, cache, metrics }
+}
+
+// The fields by which a response names URLs of its own: RFC 9110 §10.2.2, §8.7.
+const LOCATION_FIELDS = ["location", "content-location"]
+
+/**
+ * --rewrite-location: an absolute URL in Location or Content-Location at or under the origin's
+ * base URL becomes the same path under the proxy's, so the client is not sent past the proxy.
+ * Relative URLs point at the proxy already; other hosts, and the origin's paths outside its base
+ * (which no proxy path reaches), stay as sent. The path and query are kept byte for byte.
+ */
+function rewriteLocations(headers: Headers, origin: URL, proxyBase: string): void {
+  const basePath = origin.pathname === "/" ? "" : origin.pathname
+  for (const name of LOCATION_FIELDS) {
+    const value = headers.get(name)
+    if (value === null || !URL.canParse(value) || new URL(value).origin !== origin.origin) continue
+    const path = pathAndQuery(value)
+    const rest = path.slice(basePath.length)
+    if (!path.startsWith(basePath) || !/^(?:$|[/?#])/.test(rest)) continue
+    headers.set(name, proxyBase + (rest.startsWith("/") ? rest : `/${rest}`))
+  }
 }
 
 /** What the access log and the metrics know of a request before its answer is sent. */

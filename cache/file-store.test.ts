@@ -75,6 +75,7 @@ const DEFAULTS: Omit<ProxyOptions, "origin" | "cacheDir"> = {
   host: "127.0.0.1",
   publicUrl: undefined,
   trustForwarded: false,
+  rewriteLocation: false,
   ttlSeconds: 300,
   timeoutSeconds: 30,
   quiet: true,
