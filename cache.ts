@@ -663,7 +663,7 @@ export class Cache {
   private fromCache(stored: Stored, lookup: Lookup, now: number, cacheStatus: string): Response {
     const { meta } = stored
     const headers = this.hitHeaders(stored, now, cacheStatus)
-    if (meta.status === 200 && isNotModified(lookup.headers, meta)) {
+    if (meta.status === 200 && isNotModified(lookup.headers, meta, now)) {
       discard(stored)
       const notModified = new Headers(headers)
       for (const name of NOT_IN_304) notModified.delete(name)

@@ -2062,6 +2062,176 @@ describe("RFC 9211 Cache-Status", () => {
   })
 })
 
+describe("RFC 9110 §5.6.7 HTTP dates", () => {
+  const LONG_DAYS = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"]
+  const pad = (n: number) => String(n).padStart(2, "0")
+  const timeOf = (d: Date) => `${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())}`
+  const monthOf = (d: Date) => d.toUTCString().slice(8, 11)
+  /** The three forms HTTP allows, and forms `Date.parse` takes that HTTP does not, of one instant. */
+  const forms = (ms: number) => {
+    const d = new Date(ms)
+    const imf = d.toUTCString() // "Wed, 02 Dec 2026 01:40:44 GMT"
+    return {
+      imf,
+      imfOtherCase: imf.toLowerCase().replace("gmt", "GMT"),
+      rfc850: `${LONG_DAYS[d.getUTCDay()]}, ${pad(d.getUTCDate())}-${monthOf(d)}-${pad(d.getUTCFullYear() % 100)} ${timeOf(d)} GMT`,
+      asctime: `${imf.slice(0, 3)} ${monthOf(d)} ${String(d.getUTCDate()).padStart(2, " ")} ${timeOf(d)} ${d.getUTCFullYear()}`,
+      utcZone: imf.replace("GMT", "UTC"),
+      numericZone: imf.replace("GMT", "+0000"),
+      noComma: imf.replace(",", ""),
+      extraSpace: imf.replace(" ", "  "),
+      oneDigitHour: imf.replace(/ \d(\d):/, " $1:"),
+      iso: d.toISOString(),
+      dashesInImf: imf.replace(/ (\w{3}) (\d{4})/, "-$1-$2"),
+    }
+  }
+  const valid = ["imf", "imfOtherCase", "rfc850", "asctime"] as const
+  const invalid = ["utcZone", "numericZone", "noComma", "extraSpace", "oneDigitHour", "iso", "dashesInImf"] as const
+
+  test.each(valid)("an Expires in the %s form gives the response its lifetime", async (form) => {
+    freezeClock()
+    await using origin = startDatedOrigin({ expires: forms(Date.now() + 100_000)[form] })
+    await using proxy = await startProxy({ origin: origin.url })
+    await answer(`${proxy.url}d`)
+    setSystemTime(Date.now() + 99_000)
+    expect(await answer(`${proxy.url}d`)).toMatchObject({ body: "v1", xCache: "HIT" })
+    setSystemTime(Date.now() + 2_000)
+    expect(await answer(`${proxy.url}d`)).toMatchObject({ body: "v2", xCache: "MISS" })
+  })
+
+  test.each(invalid)("RFC 9111 §5.3: an Expires in the %s form, which Date.parse takes, is invalid: already expired", async (form) => {
+    freezeClock()
+    await using origin = startDatedOrigin({ expires: forms(Date.now() + 100_000)[form] })
+    await using proxy = await startProxy({ origin: origin.url })
+    expect((await answer(`${proxy.url}d`)).cacheStatus).toBe("caching-proxy; fwd=uri-miss; fwd-status=200; detail=stale-on-arrival")
+    expect(await answer(`${proxy.url}d`)).toMatchObject({ body: "v2", xCache: "MISS" })
+  })
+
+  test("an out-of-range day, hour or minute is invalid; day and month names match in any case", async () => {
+    freezeClock()
+    const year = new Date().getUTCFullYear() + 1
+    const expires: Record<string, string> = {
+      "/valid": `tHU, 01 jAN ${year} 00:00:00 GMT`,
+      "/feb30": `Fri, 30 Feb ${year} 00:00:00 GMT`,
+      "/day32": `Fri, 32 Jan ${year} 00:00:00 GMT`,
+      "/hour24": `Fri, 01 Jan ${year} 24:00:00 GMT`,
+      "/minute60": `Fri, 01 Jan ${year} 00:60:00 GMT`,
+      "/noday": `Xyz, 01 Jan ${year} 00:00:00 GMT`,
+    }
+    await using origin = startOrigin((req) => new Response("x", { headers: { expires: expires[new URL(req.url).pathname] ?? "" } }))
+    await using proxy = await startProxy({ origin: origin.url })
+    for (const path of Object.keys(expires)) {
+      await answer(`${proxy.url}${path.slice(1)}`)
+      expect([path, (await answer(`${proxy.url}${path.slice(1)}`)).xCache]).toEqual([path, path === "/valid" ? "HIT" : "MISS"])
+    }
+  })
+
+  test("an RFC 850 two-digit year more than 50 years ahead is in the past century", async () => {
+    freezeClock()
+    const in60Years = forms(new Date().setUTCFullYear(new Date().getUTCFullYear() + 60)).rfc850 // read as 40 years ago
+    const in40Years = forms(new Date().setUTCFullYear(new Date().getUTCFullYear() + 40)).rfc850
+    await using origin = startOrigin(
+      (req) => new Response("x", { headers: { date: new Date().toUTCString(), expires: req.url.endsWith("/60") ? in60Years : in40Years } }),
+    )
+    await using proxy = await startProxy({ origin: origin.url })
+    expect((await answer(`${proxy.url}60`)).cacheStatus).toContain("detail=stale-on-arrival")
+    await answer(`${proxy.url}40`)
+    setSystemTime(Date.now() + 365 * 24 * 3600_000)
+    expect((await answer(`${proxy.url}40`)).xCache).toBe("HIT")
+  })
+
+  test("RFC 9111 §4.2.3: a Date in a form HTTP does not allow counts for no age; a valid one does", async () => {
+    freezeClock()
+    const fiftySecondsAgo = forms(Date.now() - 50_000)
+    await using origin = startOrigin(
+      (req) =>
+        new Response("x", {
+          headers: { "cache-control": "max-age=60", date: req.url.endsWith("/bad") ? fiftySecondsAgo.utcZone : fiftySecondsAgo.rfc850 },
+        }),
+    )
+    await using proxy = await startProxy({ origin: origin.url })
+    expect((await answer(`${proxy.url}bad`)).age).toBeNull()
+    expect((await answer(`${proxy.url}bad`)).age).toBe("0")
+    await answer(`${proxy.url}good`)
+    expect((await answer(`${proxy.url}good`)).age).toBe("50")
+  })
+
+  test("RFC 9111 §4.2.2: an invalid Last-Modified is no base for a heuristic lifetime and no validator", async () => {
+    freezeClock()
+    const longAgo = forms(Date.now() - 1000_000)
+    await using origin = startOrigin(
+      (req) =>
+        new Response("x", {
+          headers: { date: new Date().toUTCString(), "last-modified": req.url.endsWith("/bad") ? longAgo.numericZone : longAgo.asctime },
+        }),
+    )
+    await using proxy = await startProxy({ origin: origin.url, ttlSeconds: 0 })
+    expect((await answer(`${proxy.url}bad`)).cacheStatus).toContain("detail=stale-on-arrival")
+    await answer(`${proxy.url}good`)
+    setSystemTime(Date.now() + 99_000)
+    expect((await answer(`${proxy.url}good`)).xCache).toBe("HIT")
+    setSystemTime(Date.now() + 2_000)
+    await answer(`${proxy.url}good`)
+    expect(origin.requests.at(-1)?.headers.get("if-modified-since")).toBe(longAgo.asctime)
+  })
+
+  test("RFC 9110 §13.1.3: an If-Modified-Since that is not a valid HTTP-date is ignored", async () => {
+    const lastModified = forms(Date.now() - 3600_000)
+    await using origin = startOrigin(
+      () => new Response("v1", { headers: { "last-modified": lastModified.imf, "cache-control": "max-age=60" } }),
+    )
+    await using proxy = await startProxy({ origin: origin.url })
+    await answer(`${proxy.url}ims`)
+    for (const form of valid)
+      expect([form, (await get(`${proxy.url}ims`, { "if-modified-since": lastModified[form] })).status]).toEqual([form, 304])
+    for (const form of invalid)
+      expect([form, (await get(`${proxy.url}ims`, { "if-modified-since": lastModified[form] })).status]).toEqual([form, 200])
+    expect(origin.count("/ims")).toBe(1)
+  })
+})
+
+describe("RFC 9110 §12.5 Vary on Accept-Encoding and Accept-Language", () => {
+  /** An origin that varies on `name` and answers with the value it saw and its request count. */
+  const varyingOn = (name: string) =>
+    startOrigin((req, n) => new Response(`${req.headers.get(name)} #${n}`, { headers: { vary: name, "cache-control": "max-age=60" } }))
+
+  test.each([
+    ["accept-encoding", "gzip, br", "BR,gzip"],
+    ["accept-encoding", "gzip;q=0.5, br", " br ,, GZIP ; Q=0.500"],
+    ["accept-encoding", "br;q=1, zstd;q=1.000, identity;q=0", "identity;q=0,zstd,br"],
+    ["accept-language", "en-US, fr;q=0.5", "fr;q=0.5, EN-us;q=1"],
+    ["accept-language", "de;q=0.7, en;q=0.9", "en;q=0.9,de;q=0.7"],
+  ])("%s: %j and %j are equivalent and share one variant", async (name, first, second) => {
+    await using origin = varyingOn(name)
+    await using proxy = await startProxy({ origin: origin.url })
+    await answer(`${proxy.url}v`, { [name]: first })
+    expect(await answer(`${proxy.url}v`, { [name]: second })).toMatchObject({ body: `${first} #1`, xCache: "HIT" })
+    expect(origin.count("/v")).toBe(1)
+  })
+
+  test.each([
+    ["accept-language", "en, fr", "fr, en"], // equal weights: the order is the preference (§12.5.4)
+    ["accept-language", "en;q=0.5, fr", "en, fr;q=0.5"],
+    ["accept-encoding", "gzip, br", "gzip, br;q=0"], // q=0: not acceptable
+    ["accept-encoding", "gzip, br", "gzip"],
+    ["accept-encoding", "gzip;q=2, br", "br, gzip;q=2"], // not a valid weight: compared as written
+  ])("%s: %j and %j are different variants", async (name, first, second) => {
+    await using origin = varyingOn(name)
+    await using proxy = await startProxy({ origin: origin.url })
+    await answer(`${proxy.url}v`, { [name]: first })
+    expect(await answer(`${proxy.url}v`, { [name]: second })).toMatchObject({ body: `${second} #2`, xCache: "MISS" })
+    expect(await answer(`${proxy.url}v`, { [name]: first })).toMatchObject({ body: `${first} #1`, xCache: "HIT" })
+  })
+
+  test("other varied fields are compared as sent, only white space around members normalised", async () => {
+    await using origin = varyingOn("accept")
+    await using proxy = await startProxy({ origin: origin.url })
+    await answer(`${proxy.url}v`, { accept: "text/html, application/json" })
+    expect((await answer(`${proxy.url}v`, { accept: "application/json, text/html" })).xCache).toBe("MISS")
+    expect((await answer(`${proxy.url}v`, { accept: "text/html ,application/json" })).xCache).toBe("HIT")
+  })
+})
+
 describe("overrides (development options)", () => {
   test.each([
     ["no-store", { "cache-control": "no-store" }],

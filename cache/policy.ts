@@ -3,6 +3,7 @@
  * passed in. It knows nothing of files, memory or Redis: stores keep what it describes.
  */
 import type { EntryMeta } from "../cache.ts"
+import { parseHttpDate } from "./http-date.ts"
 
 /** What the policy needs of the configuration. */
 export interface PolicyConfig {
@@ -79,12 +80,6 @@ function deltaOrAnyMs(directives: Directives, name: string): number | undefined 
   return directives.get(name) === true ? Infinity : deltaMs(directives, name)
 }
 
-function parseHttpDate(value: string | null): number | undefined {
-  if (value === null) return undefined
-  const ms = Date.parse(value)
-  return Number.isNaN(ms) ? undefined : ms
-}
-
 // ───────────────────────────── the policy ─────────────────────────────
 
 // RFC 9110 §15.1: status codes that are heuristically cacheable (RFC 9111 §4.2.2).
@@ -151,15 +146,16 @@ function freshnessLifetimeMs(status: number, headers: Headers, directives: Direc
   if (sMaxAge !== undefined) return sMaxAge
   const maxAge = deltaMs(directives, "max-age")
   if (maxAge !== undefined) return maxAge
-  const date = parseHttpDate(headers.get("date")) ?? responseTime
+  // RFC 9110 §6.6.1: an invalid Date may be replaced by the time the response was received.
+  const date = parseHttpDate(headers.get("date"), responseTime) ?? responseTime
   const expiresHeader = headers.get("expires")
   if (expiresHeader !== null) {
-    // RFC 9111 §5.3: an invalid Expires (e.g. "0") means already expired.
-    const expires = parseHttpDate(expiresHeader)
+    // RFC 9111 §5.3: an invalid Expires (e.g. "0", or a date in a form §5.6.7 does not allow) means already expired.
+    const expires = parseHttpDate(expiresHeader, responseTime)
     return expires === undefined ? 0 : Math.max(0, expires - date)
   }
   if (!HEURISTICALLY_CACHEABLE.has(status) && !directives.has("public")) return 0
-  const lastModified = parseHttpDate(headers.get("last-modified"))
+  const lastModified = parseHttpDate(headers.get("last-modified"), responseTime)
   if (lastModified !== undefined && lastModified < date) return Math.min((date - lastModified) * LAST_MODIFIED_FRACTION, HEURISTIC_CAP_MS)
   // Deviation (RFC 9111 §4.2.2 leaves the heuristic to us): a plain API response with no
   // freshness information at all lives for --ttl, so the common case is cached. A transient
@@ -170,7 +166,7 @@ function freshnessLifetimeMs(status: number, headers: Headers, directives: Direc
 
 /** corrected_initial_age, RFC 9111 §4.2.3. */
 function correctedInitialAgeMs(headers: Headers, requestTime: number, responseTime: number): number {
-  const date = parseHttpDate(headers.get("date"))
+  const date = parseHttpDate(headers.get("date"), responseTime)
   const apparentAge = date === undefined ? 0 : Math.max(0, responseTime - date)
   // RFC 9111 §5.1: Age is a non-negative integer; anything else is ignored.
   const ageText = headers.get("age")?.split(",")[0]?.trim()
@@ -216,8 +212,17 @@ export function describeResponse(
     mustRevalidate: !forced && (directives.has("must-revalidate") || directives.has("proxy-revalidate") || directives.has("s-maxage")),
     noCache: !forced && directives.has("no-cache"),
     etag: headers.get("etag"),
-    lastModified: headers.get("last-modified"),
+    lastModified: validLastModified(headers, responseTime),
   }
+}
+
+/**
+ * Last-Modified when it is a valid HTTP-date (RFC 9110 §8.8.2), else null: an invalid one is
+ * no validator (never sent as If-Modified-Since) and no base for a heuristic lifetime.
+ */
+function validLastModified(headers: Headers, now: number): string | null {
+  const value = headers.get("last-modified")
+  return parseHttpDate(value, now) === undefined ? null : value
 }
 
 // How long a stale entry is kept: it can still be revalidated (a 304 instead of a body), serve
@@ -343,24 +348,75 @@ export function varyNames(headers: Headers): string[] | "*" {
 }
 
 const WHITESPACE_RUN = /\s+/g
+// RFC 9110 §12.4.2: a list member's weight is ";q=" and a qvalue of at most three decimals, up to 1.
+const WEIGHTED_MEMBER = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+)(?:[ \t]*;[ \t]*[qQ]=(0(?:\.\d{0,3})?|1(?:\.0{0,3})?))?$/
 
-/** RFC 9111 §4.1: values are compared after normalising white space around list members. */
-function normaliseVaryValue(value: string | null): string | null {
+/** A list member's token (lower-cased) and its weight, 1 by default. */
+interface Weighted {
+  token: string
+  q: number
+}
+
+/**
+ * RFC 9110 §12.5.3, §12.5.4: Accept-Encoding and Accept-Language are lists of case-insensitive
+ * tokens, each with a weight. How each orders members of equal weight (see `normaliseWeighted`).
+ */
+const WEIGHTED_LISTS: ReadonlyMap<string, "by-token" | "as-sent"> = new Map([
+  // §12.5.3: members of equal weight are equally acceptable, in any order: "gzip, br" and
+  // "br, gzip" accept the same responses, so they share a variant.
+  ["accept-encoding", "by-token"],
+  // §12.5.4: "some recipients treat the order in which language tags are listed as an
+  // indication of descending priority, particularly for tags that are assigned equal quality
+  // values": "en, fr" and "fr, en" may well get different pages, so that order is kept.
+  ["accept-language", "as-sent"],
+])
+
+/**
+ * RFC 9111 §4.1: values are compared after normalising what the field's syntax says does not
+ * matter. Every field: white space around list members. Accept-Encoding and Accept-Language
+ * also: case, an explicit q=1, trailing zeros of a weight, empty members (RFC 9110 §5.6.1), and
+ * the order of members of different weights (the weight, not the position, ranks them).
+ */
+function normaliseVaryValue(name: string, value: string | null): string | null {
   if (value === null) return null
+  const order = WEIGHTED_LISTS.get(name)
+  return (order && normaliseWeighted(value, order)) ?? normaliseWhitespace(value)
+}
+
+function normaliseWhitespace(value: string): string {
   return value
     .split(",")
     .map((member) => member.replace(WHITESPACE_RUN, " ").trim())
     .join(",")
 }
 
+/** A weighted list in one canonical form, heaviest first; undefined when it does not parse (compared as written). */
+function normaliseWeighted(value: string, order: "by-token" | "as-sent"): string | undefined {
+  const members: Weighted[] = []
+  for (const raw of value.split(",")) {
+    const member = raw.trim()
+    if (!member) continue
+    const match = WEIGHTED_MEMBER.exec(member)
+    if (!match) return undefined
+    members.push({ token: (match[1] as string).toLowerCase(), q: match[2] === undefined ? 1 : Number(match[2]) })
+  }
+  // Array.prototype.sort is stable: "as-sent" keeps the order of members of equal weight.
+  members.sort((a, b) => b.q - a.q || (order === "by-token" ? compareTokens(a.token, b.token) : 0))
+  return members.map(({ token, q }) => (q === 1 ? token : `${token};q=${q}`)).join(",")
+}
+
+function compareTokens(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0
+}
+
 export function varySelection(names: string[], request: Headers): Record<string, string | null> {
   const selection: Record<string, string | null> = {}
-  for (const name of names) selection[name] = normaliseVaryValue(request.get(name))
+  for (const name of names) selection[name] = normaliseVaryValue(name, request.get(name))
   return selection
 }
 
 function matchesVary(vary: Record<string, string | null>, request: Headers): boolean {
-  for (const name in vary) if (normaliseVaryValue(request.get(name)) !== vary[name]) return false
+  for (const name in vary) if (normaliseVaryValue(name, request.get(name)) !== vary[name]) return false
   return true
 }
 
@@ -434,7 +490,7 @@ function weakEtag(tag: string): string {
 }
 
 /** RFC 9110 §13.1.2 and §13.1.3, as RFC 9111 §4.3.2 has a cache evaluate them. */
-export function isNotModified(request: Headers, meta: EntryMeta): boolean {
+export function isNotModified(request: Headers, meta: EntryMeta, now: number): boolean {
   const ifNoneMatch = request.get("if-none-match")
   if (ifNoneMatch !== null) {
     if (meta.etag === null) return false
@@ -442,9 +498,10 @@ export function isNotModified(request: Headers, meta: EntryMeta): boolean {
     const stored = weakEtag(meta.etag)
     return ifNoneMatch.split(",").some((tag) => weakEtag(tag) === stored)
   }
-  const since = parseHttpDate(request.get("if-modified-since"))
+  // RFC 9110 §13.1.3: an If-Modified-Since that is not a valid HTTP-date is ignored.
+  const since = parseHttpDate(request.get("if-modified-since"), now)
   if (since === undefined) return false
-  const modified = parseHttpDate(meta.lastModified) ?? parseHttpDate(new Headers(meta.headers).get("date"))
+  const modified = parseHttpDate(meta.lastModified, now) ?? parseHttpDate(new Headers(meta.headers).get("date"), now)
   return modified !== undefined && modified <= since
 }
 
