@@ -28,6 +28,7 @@ import {
   notStorableReason,
   type PolicyConfig,
   parseCacheControl,
+  responseControl,
   sameOriginReferences,
   sharedMeta,
   ttlMs,
@@ -509,8 +510,8 @@ export class Cache {
     fwd: string,
   ): Promise<Exchange> {
     const headers = mergeHeaders(stale.meta.headers, response.headers)
-    const directives = parseCacheControl(headers.get("cache-control"))
-    const meta = describeResponse(stale.meta.status, headers, directives, stale.meta.vary, requestTime, responseTime, this.config)
+    const control = responseControl(headers, this.config.targetList)
+    const meta = describeResponse(stale.meta.status, headers, control, stale.meta.vary, requestTime, responseTime, this.config)
     const updated = await this.track(
       this.store.update(lookup.key, sharedMeta(meta, this.config)).catch((error) => {
         this.config.warn("store-write", `updating ${lookup.key}: ${(error as Error).message}`)
@@ -539,11 +540,11 @@ export class Cache {
 
   /** Relays an origin response; when it may be stored, writes it to the store as it streams. */
   private storeWhileRelaying(lookup: Lookup, response: Response, requestTime: number, responseTime: number, cacheStatus: string): Exchange {
-    const directives = parseCacheControl(response.headers.get("cache-control"))
+    const control = responseControl(response.headers, this.config.targetList)
     const reason =
       lookup.method === "HEAD" // RFC 9110 §9.3.2: a HEAD response has no body to store
         ? "head"
-        : (notStorableReason(lookup.headers, lookup.directives, response.status, response.headers, directives, this.config) ??
+        : (notStorableReason(lookup.headers, lookup.directives, response.status, response.headers, control, this.config) ??
           this.tooLarge(response.headers))
     if (reason) {
       // A 206 or 304 answers this request's Range or conditions, not the URL's cacheability.
@@ -552,7 +553,7 @@ export class Cache {
       return notStored(relay(response, `${cacheStatus}; detail=${reason}`))
     }
     const vary = varySelection(varyNames(response.headers) as string[], lookup.headers) // "*" was refused above
-    const meta = describeResponse(response.status, response.headers, directives, vary, requestTime, responseTime, this.config)
+    const meta = describeResponse(response.status, response.headers, control, vary, requestTime, responseTime, this.config)
     if (isUselessToStore(meta)) return notStored(relay(response, `${cacheStatus}; detail=stale-on-arrival`))
     const { body, stored } = this.teeIntoStore(lookup.key, response, meta)
     return { response: relay(new Response(body, response), `${cacheStatus}; stored`), stored }

@@ -85,6 +85,7 @@ const DEFAULTS: Omit<ProxyOptions, "origin" | "cacheDir"> = {
   ignoreQuery: [],
   offline: false,
   shareCookies: false,
+  targetedCacheControl: [],
   store: { kind: "file" },
   storePrefix: "caching-proxy",
 }
@@ -2059,6 +2060,221 @@ describe("RFC 9211 Cache-Status", () => {
     })
     await origin[Symbol.asyncDispose]()
     expect(await answer(`${proxy.url}down`)).toMatchObject({ xCache: "MISS", cacheStatus: expect.stringMatching(/^caching-proxy; /) })
+  })
+})
+
+describe("RFC 9213 targeted cache control", () => {
+  /** An origin answering `v<n>` with an exact Date, an ETag and these headers. */
+  const targetedOrigin = (headers: Record<string, string>) =>
+    startOrigin((req, n) =>
+      req.headers.get("if-none-match") === '"e"'
+        ? new Response(null, { status: 304, headers: { etag: '"e"' } })
+        : new Response(`v${n}`, { headers: { date: new Date().toUTCString(), etag: '"e"', ...headers } }),
+    )
+
+  test("§2.1: CDN-Cache-Control rules over Cache-Control, and both reach the client unchanged", async () => {
+    await using origin = targetedOrigin({ "cache-control": "no-store", "cdn-cache-control": "max-age=60" })
+    await using proxy = await startProxy({ origin: origin.url })
+    for (const xCache of ["MISS", "HIT"]) {
+      const res = await get(`${proxy.url}t`)
+      expect([res.headers.get("x-cache"), await res.text()]).toEqual([xCache, "v1"])
+      expect(res.headers.get("cache-control")).toBe("no-store")
+      expect(res.headers.get("cdn-cache-control")).toBe("max-age=60")
+    }
+  })
+
+  test.each([
+    ["no-store", "max-age=60", "detail=no-store"],
+    ["private", "max-age=60", "detail=private"],
+    ['private="x-user", max-age=60', "max-age=60", "detail=private"],
+    ["max-age=60", "no-store", "stored"],
+    ["none", "no-store", "stored"], // §3: an unknown directive, so that the field is not empty
+  ])("§2.1: CDN-Cache-Control %j with Cache-Control %j: %s", async (targeted, cacheControl, outcome) => {
+    await using origin = targetedOrigin({ "cache-control": cacheControl, "cdn-cache-control": targeted })
+    await using proxy = await startProxy({ origin: origin.url })
+    expect((await answer(`${proxy.url}t`)).cacheStatus).toBe(`caching-proxy; fwd=uri-miss; fwd-status=200; ${outcome}`)
+  })
+
+  test("§2.1: with a targeted field, Cache-Control and Expires give no lifetime; s-maxage still rules over max-age", async () => {
+    freezeClock()
+    const expires = new Date(Date.now() + 3600_000).toUTCString()
+    await using origin = startOrigin((req, n) => {
+      const targeted = req.url.endsWith("/public") ? "public" : "max-age=10, s-maxage=100"
+      return new Response(`v${n}`, {
+        headers: { date: new Date().toUTCString(), "cache-control": "max-age=3600", expires, "cdn-cache-control": targeted },
+      })
+    })
+    await using proxy = await startProxy({ origin: origin.url, ttlSeconds: 0 })
+    expect((await answer(`${proxy.url}public`)).cacheStatus).toContain("detail=stale-on-arrival")
+    await answer(`${proxy.url}smaxage`)
+    setSystemTime(Date.now() + 99_000)
+    expect((await answer(`${proxy.url}smaxage`)).xCache).toBe("HIT")
+    setSystemTime(Date.now() + 2_000)
+    expect((await answer(`${proxy.url}smaxage`)).xCache).toBe("MISS")
+  })
+
+  test("§2.1: no-cache and must-revalidate in the targeted field: validated before use, and never served stale", async () => {
+    freezeClock()
+    await using origin = targetedOrigin({ "cache-control": "max-age=3600", "cdn-cache-control": "no-cache" })
+    await using proxy = await startProxy({ origin: origin.url })
+    await answer(`${proxy.url}nc`)
+    expect(await answer(`${proxy.url}nc`)).toMatchObject({ body: "v1", xCache: "HIT" })
+    expect(origin.requests.map((r) => r.headers.get("if-none-match"))).toEqual([null, '"e"'])
+
+    await using mustRevalidate = startDatedOrigin({ "cache-control": "max-age=3600", "cdn-cache-control": "max-age=1, must-revalidate" })
+    await using proxy2 = await startProxy({ origin: mustRevalidate.url })
+    expect((await answer(`${proxy2.url}mr`)).cacheStatus).toContain("stored")
+    await mustRevalidate[Symbol.asyncDispose]()
+    setSystemTime(Date.now() + 10_000)
+    expect((await answer(`${proxy2.url}mr`)).status).toBe(504)
+  })
+
+  test("RFC 5861: stale-while-revalidate in the targeted field is honoured, the one in Cache-Control is not", async () => {
+    freezeClock()
+    await using origin = startOrigin(
+      (req, n) =>
+        new Response(`v${n}`, {
+          headers: {
+            date: new Date().toUTCString(),
+            "cache-control": "max-age=1, stale-while-revalidate=600",
+            "cdn-cache-control": req.url.endsWith("/swr") ? "max-age=1, stale-while-revalidate=60" : "max-age=1",
+          },
+        }),
+    )
+    await using proxy = await startProxy({ origin: origin.url })
+    await answer(`${proxy.url}swr`)
+    await answer(`${proxy.url}plain`)
+    setSystemTime(Date.now() + 10_000)
+    expect((await answer(`${proxy.url}swr`)).cacheStatus).toContain("detail=stale-while-revalidate")
+    expect((await answer(`${proxy.url}plain`)).xCache).toBe("MISS")
+  })
+
+  test.each([
+    ["Max-Age=60", "keys are lower-case"],
+    ["max-age=60,", "a trailing comma"],
+    ["max-age=60, &", "a member that is no key"],
+    ["max-age=60;", "a parameter with no key"],
+    ['private="x', "an unterminated string"],
+    ["max-age=60 no-store", "two members with no comma"],
+    ["max-age=1234567890123456", "an integer of 16 digits"],
+    ["", "an empty field"],
+  ])("§2.2: an invalid CDN-Cache-Control (%j: %s) is ignored as a whole: Cache-Control rules", async (targeted) => {
+    await using origin = targetedOrigin({ "cache-control": "no-store", "cdn-cache-control": targeted })
+    await using proxy = await startProxy({ origin: origin.url })
+    const res = await get(`${proxy.url}t`)
+    await res.text()
+    expect(res.headers.get("cache-status")).toBe("caching-proxy; fwd=uri-miss; fwd-status=200; detail=no-store")
+    expect(res.headers.get("cdn-cache-control")).toBe(targeted)
+  })
+
+  test.each([
+    ["max-age=1.5", "a decimal"],
+    ['max-age="60"', "a string"],
+    ["max-age=?1", "a boolean"],
+    ["max-age=-5", "a negative integer"],
+  ])("§2.2: a max-age that is not a non-negative Integer (%j: %s) is not coerced: the response is stale", async (targeted) => {
+    freezeClock()
+    await using origin = targetedOrigin({ "cache-control": "max-age=3600", "cdn-cache-control": targeted })
+    await using proxy = await startProxy({ origin: origin.url })
+    await answer(`${proxy.url}t`)
+    setSystemTime(Date.now() + 1_000)
+    expect((await answer(`${proxy.url}t`)).cacheStatus).toMatch(/^caching-proxy; hit; fwd=stale; fwd-status=304; ttl=-\d+$/)
+  })
+
+  test("§2.2: parameters are ignored, ?0 turns a directive off, a later duplicate wins", async () => {
+    await using origin = targetedOrigin({ "cache-control": "no-store", "cdn-cache-control": "max-age=1;a=b, no-store=?0, max-age=60" })
+    await using proxy = await startProxy({ origin: origin.url })
+    await answer(`${proxy.url}t`)
+    expect(await answer(`${proxy.url}t`)).toMatchObject({ body: "v1", xCache: "HIT" })
+  })
+
+  test("§2.1: more specific fields from targetedCacheControl come first; a field not on the list changes nothing", async () => {
+    const headers = {
+      "cache-control": "max-age=60",
+      "cdn-cache-control": "no-store",
+      "cachingproxy-cache-control": "max-age=60",
+      "other-cache-control": "private",
+    }
+    await using origin = targetedOrigin(headers)
+    for (const [fields, outcome] of [
+      [[], "detail=no-store"],
+      [["CachingProxy-Cache-Control"], "stored"],
+      [["Other-Cache-Control", "CachingProxy-Cache-Control"], "detail=private"],
+      [["CDN-Cache-Control", "CachingProxy-Cache-Control"], "detail=no-store"],
+      [["Absent-Cache-Control", "CachingProxy-Cache-Control"], "stored"],
+    ] as const) {
+      await using proxy = await startProxy({ origin: origin.url, targetedCacheControl: [...fields] })
+      const res = await get(`${proxy.url}t`)
+      await res.text()
+      expect([fields, res.headers.get("cache-status")]).toEqual([fields, `caching-proxy; fwd=uri-miss; fwd-status=200; ${outcome}`])
+      for (const [name, value] of Object.entries(headers)) expect(res.headers.get(name)).toBe(value)
+    }
+  })
+
+  test("§2.1: an invalid more specific field falls through to CDN-Cache-Control", async () => {
+    await using origin = targetedOrigin({
+      "cdn-cache-control": "max-age=60",
+      "cachingproxy-cache-control": "no-store,",
+      "cache-control": "no-store",
+    })
+    await using proxy = await startProxy({ origin: origin.url, targetedCacheControl: ["CachingProxy-Cache-Control"] })
+    expect((await answer(`${proxy.url}t`)).cacheStatus).toContain("stored")
+  })
+
+  test("--targeted-cache-control and CACHING_PROXY_TARGETED_CACHE_CONTROL set the list; a bad one is refused", async () => {
+    await using origin = targetedOrigin({
+      "cache-control": "no-store",
+      "cdn-cache-control": "no-store",
+      "mine-cache-control": "max-age=60",
+    })
+    using dir = ownedDir()
+    const flags = ["--port", "0", "--quiet", "--origin", origin.url, "--cache-dir", dir.path]
+    await using byFlag = await startCli([...CLI, ...flags, "--targeted-cache-control", "Mine-Cache-Control"])
+    await answer(`${byFlag.url}flag`)
+    expect((await answer(`${byFlag.url}flag`)).xCache).toBe("HIT")
+    await using byEnv = await startCli([...CLI, ...flags], { CACHING_PROXY_TARGETED_CACHE_CONTROL: "Mine-Cache-Control" })
+    await answer(`${byEnv.url}env`)
+    expect((await answer(`${byEnv.url}env`)).xCache).toBe("HIT")
+    for (const bad of ["Cache-Control", "Mine-Cache-Control,,Other", "bad field"]) {
+      const { code, stderr } = await runCli([...CLI, "--origin", origin.url, "--targeted-cache-control", bad])
+      expect([bad, code, stderr.trim()]).toEqual([
+        bad,
+        2,
+        `caching-proxy: --targeted-cache-control must be comma-separated field names other than Cache-Control (got "${bad}")`,
+      ])
+    }
+    expect((await runCli([...CLI, "--help"])).stdout).toContain("--targeted-cache-control")
+  })
+})
+
+describe("Set-Cookie through the CLI (RFC 9111 §3, a deliberate deviation)", () => {
+  test("not stored by default; --share-cookies and CACHING_PROXY_SHARE_COOKIES store it and serve it to everyone", async () => {
+    await using origin = startOrigin((_, n) => {
+      const headers = new Headers({ "cache-control": "max-age=60" })
+      headers.append("set-cookie", `session=${n}`)
+      headers.append("set-cookie", "theme=dark")
+      return new Response(`v${n}`, { headers })
+    })
+    using dir = ownedDir()
+    const flags = ["--port", "0", "--quiet", "--origin", origin.url]
+    const ask = async (url: string) => {
+      const res = await fetch(url)
+      return { body: await res.text(), xCache: res.headers.get("x-cache"), cookies: res.headers.getSetCookie() }
+    }
+    {
+      await using strict = await startCli([...CLI, ...flags, "--cache-dir", join(dir.path, "strict")])
+      expect(await ask(`${strict.url}c`)).toEqual({ body: "v1", xCache: "MISS", cookies: ["session=1", "theme=dark"] })
+      expect(await ask(`${strict.url}c`)).toEqual({ body: "v2", xCache: "MISS", cookies: ["session=2", "theme=dark"] })
+    }
+    for (const [how, extra, env] of [
+      ["flag", ["--share-cookies"], {}],
+      ["env", [], { CACHING_PROXY_SHARE_COOKIES: "true" }],
+    ] as const) {
+      await using sharing = await startCli([...CLI, ...flags, ...extra, "--cache-dir", join(dir.path, how)], env)
+      const first = await ask(`${sharing.url}c`)
+      expect(first.xCache).toBe("MISS")
+      expect(await ask(`${sharing.url}c`)).toEqual({ ...first, xCache: "HIT" })
+    }
   })
 })
 

@@ -17,7 +17,7 @@ import { type Context, Hono } from "hono"
 import { LinearRouter } from "hono/router/linear-router"
 import { bunFiles, type FileApi, FileStore, nodeFiles } from "./cache/file-store.ts"
 import { MemoryStore } from "./cache/memory-store.ts"
-import { hopByHopFilter, isFinalStatus } from "./cache/policy.ts"
+import { hopByHopFilter, isFinalStatus, targetList } from "./cache/policy.ts"
 import type { RedisTarget } from "./cache/redis-store.ts"
 import { MEMORY_BODY_LIMIT_BYTES, TieredStore } from "./cache/tiered-store.ts"
 import { answer, Cache, type Forward, OriginError, type OriginFailure, type Store, VIA, type Warn } from "./cache.ts"
@@ -60,6 +60,8 @@ export interface ProxyOptions {
   ignoreQuery: string[]
   offline: boolean
   shareCookies: boolean
+  /** Targeted cache-control fields (RFC 9213 §2.1) followed before CDN-Cache-Control, most specific first. @default [] */
+  targetedCacheControl: string[]
   /** Where entries live: the disk under cacheDir, or a Redis shared by every proxy on it. @default file */
   store: StoreChoice
   /** Namespaces every Redis key, so several caches can share one Redis. @default "caching-proxy" */
@@ -107,6 +109,11 @@ const args = {
   "ignore-query": { type: "string", description: "Development: comma-separated query parameters left out of the cache key" },
   offline: { type: "boolean", description: "Development: answer only from the cache, never contact the origin" },
   "share-cookies": { type: "boolean", description: "Store responses that set cookies and serve them to every client" },
+  "targeted-cache-control": {
+    type: "string",
+    description:
+      "Comma-separated response fields followed before CDN-Cache-Control (RFC 9213), most specific first, e.g. CachingProxy-Cache-Control",
+  },
   store: {
     type: "string",
     description: "Where entries live: file (--cache-dir), redis://host:port[/db], rediss://… or redis-cluster://host:port,…",
@@ -223,6 +230,18 @@ function parseRedisUrl(url: string): RedisTarget {
   return { single: url }
 }
 
+// RFC 9110 §5.1: a field name is a token.
+const FIELD_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
+
+/** --targeted-cache-control: field names, none of them Cache-Control itself (it is what they override). */
+function parseTargetedFields(value: string | undefined): string[] {
+  if (value === undefined) return []
+  const names = value.split(",").map((name) => name.trim())
+  if (names.some((name) => !FIELD_NAME.test(name) || name.toLowerCase() === "cache-control"))
+    throw new UsageError(`--targeted-cache-control must be comma-separated field names other than Cache-Control (got "${value}")`)
+  return names
+}
+
 function defaultCacheDir(): string {
   const base = process.env.XDG_CACHE_HOME || join(homedir(), ".cache")
   return join(base, "caching-proxy")
@@ -305,6 +324,7 @@ export function parseOptions(parsed: Args): ProxyOptions {
       .filter(Boolean),
     offline: Boolean(parsed.offline),
     shareCookies: Boolean(parsed["share-cookies"]),
+    targetedCacheControl: parseTargetedFields(parsed["targeted-cache-control"]),
     store: parseStore(parsed.store),
     storePrefix: parsed["store-prefix"],
   }
@@ -671,6 +691,7 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
     defaultTtlMs: options.ttlSeconds * 1000,
     forceTtlMs: options.forceTtlSeconds * 1000,
     shareCookies: options.shareCookies,
+    targetList: targetList(options.targetedCacheControl),
     ignoreQuery: options.ignoreQuery,
     offline: options.offline,
     coalesceWaitMs: options.timeoutSeconds * 1000,

@@ -796,7 +796,7 @@ interface StartupTime {
 /** Writes `count` small entries, /entry/0 … /entry/N-1, as the proxy itself would store them. */
 async function fillCache(dir: string, originUrl: string, count: number): Promise<void> {
   const { FileStore, bunFiles } = await import("../cache/file-store.ts")
-  const { describeResponse, parseCacheControl } = await import("../cache/policy.ts")
+  const { describeResponse, responseControl, targetList } = await import("../cache/policy.ts")
   const store = new FileStore({
     dir,
     maxBytes: Number.MAX_SAFE_INTEGER,
@@ -808,8 +808,8 @@ async function fillCache(dir: string, originUrl: string, count: number): Promise
   const now = Date.now()
   // Described by the policy from a day-long max-age, as the proxy would describe the origin's answer.
   const headers = new Headers({ "content-type": "text/plain", "cache-control": "max-age=86400" })
-  const policy = { defaultTtlMs: 0, forceTtlMs: 0, shareCookies: false }
-  const meta = describeResponse(200, headers, parseCacheControl(headers.get("cache-control")), {}, now, now, policy)
+  const policy = { defaultTtlMs: 0, forceTtlMs: 0, shareCookies: false, targetList: targetList([]) }
+  const meta = describeResponse(200, headers, responseControl(headers, policy.targetList), {}, now, now, policy)
   let next = 0
   const worker = async () => {
     for (let i = next++; i < count; i = next++) {

@@ -88,6 +88,7 @@ const DEFAULTS: Omit<ProxyOptions, "origin" | "cacheDir"> = {
   ignoreQuery: [],
   offline: false,
   shareCookies: false,
+  targetedCacheControl: [],
   store: { kind: "file" },
   storePrefix: "caching-proxy",
 }

@@ -4,6 +4,7 @@
  */
 import type { EntryMeta } from "../cache.ts"
 import { parseHttpDate } from "./http-date.ts"
+import { parseDictionary, type SfValue } from "./structured-fields.ts"
 
 /** What the policy needs of the configuration. */
 export interface PolicyConfig {
@@ -13,6 +14,8 @@ export interface PolicyConfig {
   forceTtlMs: number
   /** Store responses that carry Set-Cookie and share them with every client. @default false */
   shareCookies: boolean
+  /** Targeted cache-control fields (RFC 9213) this cache follows, most specific first, as `targetList` gives them. @default ["cdn-cache-control"] */
+  targetList: readonly string[]
 }
 
 // ───────────────────────────── Cache-Control parsing ─────────────────────────────
@@ -80,6 +83,74 @@ function deltaOrAnyMs(directives: Directives, name: string): number | undefined 
   return directives.get(name) === true ? Infinity : deltaMs(directives, name)
 }
 
+// ───────────────────────────── targeted cache control ─────────────────────────────
+
+/** RFC 9213 §3: the field targeted at CDNs, which a reverse proxy in front of an origin is. */
+const CDN_CACHE_CONTROL = "cdn-cache-control"
+
+/**
+ * RFC 9213 §2.1: the target list, most specific first: the fields a user names (e.g.
+ * CachingProxy-Cache-Control), then CDN-Cache-Control unless they placed it themselves.
+ */
+export function targetList(fields: readonly string[]): string[] {
+  const names = fields.map((name) => name.toLowerCase())
+  return names.includes(CDN_CACHE_CONTROL) ? names : [...names, CDN_CACHE_CONTROL]
+}
+
+/** What a response says about caching it: the directives this cache follows, and the Expires it may use. */
+export interface ResponseControl {
+  directives: Directives
+  /** Expires, or null when absent or when a targeted field rules (RFC 9213 §2.1). */
+  expires: string | null
+}
+
+/**
+ * RFC 9213 §2.1: the first field on the target list with a valid, non-empty value decides, and
+ * Cache-Control and Expires are then ignored for this cache's decisions (all three are still
+ * passed on); with none, Cache-Control and Expires do (RFC 9111 §5.2, §5.3).
+ */
+export function responseControl(headers: Headers, targets: readonly string[]): ResponseControl {
+  for (const name of targets) {
+    const value = headers.get(name)
+    const directives = value === null ? undefined : targetedDirectives(value)
+    if (directives) return { directives, expires: null }
+  }
+  return { directives: parseCacheControl(headers.get("cache-control")), expires: headers.get("expires") }
+}
+
+// Directives whose value is a delta-seconds: in a targeted field, an Integer (RFC 9213 §2.2).
+const DELTA_DIRECTIVES = new Set(["max-age", "s-maxage", "stale-while-revalidate", "stale-if-error"])
+// What a delta directive of another type becomes: no delta-seconds parse accepts it, so the
+// response is stale (RFC 9111 §4.2.1) instead of a max-age=1.5 being read as 1 (RFC 9213 §2.2:
+// values that violate a directive's type "SHOULD NOT" be consumed).
+const NOT_DELTA_SECONDS = "not-delta-seconds"
+
+/**
+ * RFC 9213 §2.2: a targeted field is a Structured Field Dictionary of cache directives, parsed
+ * strictly; an empty field or one that does not parse is ignored as a whole (undefined).
+ */
+function targetedDirectives(value: string): Directives | undefined {
+  const members = parseDictionary(value)
+  if (!members || members.size === 0) return undefined
+  const directives = new Map<string, string | true>()
+  for (const [name, member] of members) {
+    const directive = directiveValue(name, member)
+    if (directive !== undefined) directives.set(name, directive)
+  }
+  return directives
+}
+
+/**
+ * A targeted directive as Cache-Control's parser would give it (RFC 9213 §2.2): no value is
+ * Boolean true; delta-seconds are Integers; field names (private, no-cache) a String or Token.
+ * `?0` says the directive is off, so it is left out; parameters are ignored.
+ */
+function directiveValue(name: string, member: SfValue): string | true | undefined {
+  if (DELTA_DIRECTIVES.has(name)) return member.type === "integer" && member.value >= 0 ? String(member.value) : NOT_DELTA_SECONDS
+  if (member.type === "boolean") return member.value || undefined
+  return member.type === "string" || member.type === "token" ? member.value : true
+}
+
 // ───────────────────────────── the policy ─────────────────────────────
 
 // RFC 9110 §15.1: status codes that are heuristically cacheable (RFC 9111 §4.2.2).
@@ -101,7 +172,7 @@ export function notStorableReason(
   requestDirectives: Directives,
   status: number,
   responseHeaders: Headers,
-  directives: Directives,
+  { directives, expires }: ResponseControl,
   config: PolicyConfig,
 ): string | null {
   // RFC 9111 §3: only final responses (200–599: RFC 9110 §15 calls the rest invalid, and no
@@ -129,7 +200,7 @@ export function notStorableReason(
   // Deviation (RFC 9111 §3 allows it): like nginx and Varnish, cookies set for one client are
   // not handed to another unless --share-cookies says so.
   if (!config.shareCookies && responseHeaders.has("set-cookie")) return "set-cookie"
-  const explicit = directives.has("s-maxage") || directives.has("max-age") || responseHeaders.has("expires")
+  const explicit = directives.has("s-maxage") || directives.has("max-age") || expires !== null
   if (!explicit && !directives.has("public") && !HEURISTICALLY_CACHEABLE.has(status)) return "status"
   return null
 }
@@ -140,7 +211,13 @@ export function isFinalStatus(status: number): boolean {
 }
 
 /** freshness_lifetime in ms, RFC 9111 §4.2.1 (shared cache) and §4.2.2 (heuristics). */
-function freshnessLifetimeMs(status: number, headers: Headers, directives: Directives, responseTime: number, config: PolicyConfig): number {
+function freshnessLifetimeMs(
+  status: number,
+  headers: Headers,
+  { directives, expires: expiresHeader }: ResponseControl,
+  responseTime: number,
+  config: PolicyConfig,
+): number {
   if (config.forceTtlMs > 0) return config.forceTtlMs
   const sMaxAge = deltaMs(directives, "s-maxage")
   if (sMaxAge !== undefined) return sMaxAge
@@ -148,7 +225,6 @@ function freshnessLifetimeMs(status: number, headers: Headers, directives: Direc
   if (maxAge !== undefined) return maxAge
   // RFC 9110 §6.6.1: an invalid Date may be replaced by the time the response was received.
   const date = parseHttpDate(headers.get("date"), responseTime) ?? responseTime
-  const expiresHeader = headers.get("expires")
   if (expiresHeader !== null) {
     // RFC 9111 §5.3: an invalid Expires (e.g. "0", or a date in a form §5.6.7 does not allow) means already expired.
     const expires = parseHttpDate(expiresHeader, responseTime)
@@ -189,16 +265,17 @@ export function ttlMs(meta: EntryMeta, now: number): number {
 export function describeResponse(
   status: number,
   headers: Headers,
-  directives: Directives,
+  control: ResponseControl,
   vary: Record<string, string | null>,
   requestTime: number,
   responseTime: number,
   config: PolicyConfig,
 ): EntryMeta {
   const forced = config.forceTtlMs > 0
+  const { directives } = control
   const policy = {
     initialAgeMs: forced ? 0 : correctedInitialAgeMs(headers, requestTime, responseTime),
-    freshMs: freshnessLifetimeMs(status, headers, directives, responseTime, config),
+    freshMs: freshnessLifetimeMs(status, headers, control, responseTime, config),
     staleWhileRevalidateMs: forced ? 0 : (deltaMs(directives, "stale-while-revalidate") ?? 0),
     staleIfErrorMs: forced ? 0 : (deltaMs(directives, "stale-if-error") ?? 0),
   }
