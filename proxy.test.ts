@@ -5,7 +5,20 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, setSystemTime, test } from "bun:test"
 import { randomUUID } from "node:crypto"
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, utimesSync, writeFileSync } from "node:fs"
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statfsSync,
+  statSync,
+  truncateSync,
+  utimesSync,
+  writeFileSync,
+} from "node:fs"
 import { createServer as createHttpServer, type ServerResponse } from "node:http"
 import { connect, createServer, type Socket } from "node:net"
 import { tmpdir } from "node:os"
@@ -2614,11 +2627,44 @@ describe("memory tier", () => {
 
 describe("disk bound (--max-size)", () => {
   const ENTRY = 10 * KB
-  // Room for three 10 KB bodies with their metas (a meta is well under 1 KB), not four.
-  const MAX_SIZE = 3 * (ENTRY + 1 * KB)
+  const BLOCK = statfsSync(tmpdir()).bsize
+  // Room for three 10 KB entries, not four: each takes its body's blocks, a block for its meta,
+  // one for its key's directory and one for its shard's.
+  const MAX_SIZE = 3 * (Math.ceil(ENTRY / BLOCK) * BLOCK + 3 * BLOCK)
   const tenKb = (req: Request) =>
     new Response(new URL(req.url).pathname.slice(1).repeat(ENTRY), { headers: { "cache-control": "max-age=600" } })
-  const stored = (cacheDir: string) => storedFiles(cacheDir).reduce((sum, f) => sum + f.size, 0)
+  /** What the cache really takes on disk, as du counts it: the blocks of every file and directory under v1. */
+  const stored = (cacheDir: string) => {
+    const root = join(cacheDir, "v1")
+    return (readdirSync(root, { recursive: true }) as string[]).reduce((sum, name) => sum + lstatSync(join(root, name)).blocks * 512, 0)
+  }
+  const emptyDirs = (cacheDir: string) => {
+    const root = join(cacheDir, "v1")
+    return (readdirSync(root, { recursive: true }) as string[]).filter((name) => {
+      const path = join(root, name)
+      return lstatSync(path).isDirectory() && readdirSync(path).length === 0
+    })
+  }
+
+  test("many small entries under a small --max-size: the disk use (blocks, directories included) stays within it, and no directory is left empty", async () => {
+    await using origin = startOrigin(() => new Response("x".repeat(100), { headers: { "cache-control": "max-age=600" } }))
+    await using proxy = await startProxy({ origin: origin.url, maxSize: 100 * KB })
+    for (let n = 0; n < 300; n++) await (await get(`${proxy.url}small/${n}`)).text()
+    expect(stored(proxy.cacheDir)).toBeLessThanOrEqual(100 * KB)
+    expect(emptyDirs(proxy.cacheDir)).toEqual([])
+    // Still a cache: the most recent entries are there.
+    expect(await isCached(`${proxy.url}small/299`)).toBe(true)
+  })
+
+  test("the empty directories an earlier version left are removed at start-up", async () => {
+    using dir = ownedDir()
+    for (let n = 0; n < 30; n++)
+      mkdirSync(join(dir.path, "v1", n.toString(16).padStart(2, "0"), String(n).padStart(64, "a")), { recursive: true })
+    await using origin = startOrigin(() => new Response("x"))
+    await using proxy = await startProxy({ origin: origin.url, cacheDir: dir.path })
+    await proxy.cache.store.ready()
+    expect(readdirSync(join(dir.path, "v1"))).toEqual([])
+  })
 
   test("storing six 10 KB entries where three fit evicts the least recently used", async () => {
     await using origin = startOrigin(tenKb)

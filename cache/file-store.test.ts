@@ -17,6 +17,7 @@ import {
   readFileSync,
   renameSync,
   rmSync,
+  statfsSync,
   statSync,
   symlinkSync,
   writeFileSync,
@@ -211,8 +212,16 @@ function streamOf(bytes: Uint8Array, chunkSize = 4 * KiB): ReadableStream<Uint8A
 
 const filled = (byte: number, size: number) => new Uint8Array(size).fill(byte)
 
-/** Bytes on disk of the store's own files: what its byte count must match. */
-const bytesOnDisk = (dir: string) => storedFiles(dir).reduce((sum, path) => sum + lstatSync(path).size, 0)
+const BLOCK = statfsSync(tmpdir()).bsize
+const inBlocks = (bytes: number) => Math.ceil(bytes / BLOCK) * BLOCK
+
+/** Directories under the cache's `v1` tree: shards and key directories. */
+const storedDirs = (cacheDir: string) =>
+  (readdirSync(join(cacheDir, "v1"), { recursive: true }) as string[]).filter((name) => lstatSync(join(cacheDir, "v1", name)).isDirectory())
+
+/** What the store's byte count must match: its files (all of them, or those given) and its directories, each in whole blocks. */
+const bytesOnDisk = (dir: string, files = storedFiles(dir)) =>
+  files.reduce((sum, path) => sum + inBlocks(lstatSync(path).size), 0) + storedDirs(dir).length * BLOCK
 
 // ───────────────────────────── item 6: the meta ─────────────────────────────
 
@@ -478,6 +487,45 @@ describe("a body changed in place is caught by its digest", () => {
 
 // ───────────────────────────── item 12: leftovers ─────────────────────────────
 
+describe("directories: a key's goes with its last entry (issue 11)", () => {
+  const key = "GET http://origin.test/a"
+
+  test("removing a key's last variant removes its directory and its shard's; what is left is what is counted", async () => {
+    using dir = ownedDir()
+    await using fixture = await openStore(dir.path)
+    await fixture.store.put(key, meta(), streamOf(filled(1, 1 * KiB)))
+    expect(storedDirs(dir.path)).toHaveLength(2)
+    await fixture.store.delete(key)
+    expect(storedDirs(dir.path)).toEqual([])
+    expect((await fixture.store.stats())[0]).toMatchObject({ entries: 0, bytes: 0 })
+  })
+
+  test("a put whose key directory is removed under it (the last entry of the key evicted meanwhile) makes it again and stores", async () => {
+    using dir = ownedDir()
+    await using fixture = await openStore(dir.path)
+    const open = fsPromises.open
+    let raced = false
+    const racing = spyOn(fsPromises, "open").mockImplementation(async (path, ...rest) => {
+      // What a concurrent eviction does between the put's mkdir and its first file.
+      if (!raced && String(path).endsWith(".body.tmp")) {
+        raced = true
+        rmSync(dirname(String(path)), { recursive: true })
+      }
+      return open(path, ...rest)
+    })
+    try {
+      expect(await fixture.store.put(key, meta(), streamOf(filled(7, 2 * KiB)))).toBe(true)
+    } finally {
+      racing.mockRestore()
+    }
+    expect(raced).toBe(true)
+    const stored = await fixture.store.get(key, new Headers())
+    expect(new Uint8Array(await new Response(stored?.body).arrayBuffer())).toEqual(filled(7, 2 * KiB))
+    expect((await fixture.store.stats())[0]).toMatchObject({ entries: 1, bytes: bytesOnDisk(dir.path) })
+    expect(fixture.warnings).toEqual([])
+  })
+})
+
 describe("what a crash or a full disk leaves is removed, and counted against the bound until it is", () => {
   const key = "GET http://origin.test/a"
 
@@ -507,7 +555,7 @@ describe("what a crash or a full disk leaves is removed, and counted against the
     const stored = await fixture.store.get(key, new Headers())
     expect(new Uint8Array(await new Response(stored?.body).arrayBuffer())).toEqual(filled(1, 10 * KiB))
     const [stats] = await fixture.store.stats()
-    expect(stats).toMatchObject({ tier: "file", entries: 1, bytes: statSync(metaPath).size + statSync(bodyPath).size })
+    expect(stats).toMatchObject({ tier: "file", entries: 1, bytes: bytesOnDisk(dir.path, [metaPath, bodyPath]) })
     expect(fixture.warnings).toEqual([])
   })
 
@@ -541,7 +589,7 @@ describe("what a crash or a full disk leaves is removed, and counted against the
     })
     await using fixture = await openStore(dir.path, 64 * KiB).finally(() => stuck.mockRestore())
     expect(fixture.warnings.map((w) => w.split(":")[0])).toEqual(["store-delete"])
-    expect((await fixture.store.stats())[0]).toMatchObject({ tier: "file", entries: 0, bytes: 40 * KiB })
+    expect((await fixture.store.stats())[0]).toMatchObject({ tier: "file", entries: 0, bytes: bytesOnDisk(dir.path) })
     // 30 KiB more is over the bound: the leftover goes first, the entry stays.
     expect(await fixture.store.put(key, meta(), streamOf(filled(1, 30 * KiB)))).toBe(true)
     expect(existsSync(leftover)).toBe(false)
@@ -564,8 +612,8 @@ describe("what a crash or a full disk leaves is removed, and counted against the
 
   test("evictions and replacements under concurrent reads are never reported, and reads find whole bodies or none", async () => {
     using dir = ownedDir()
-    // Room for about three of the six keys: every put evicts.
-    await using fixture = await openStore(dir.path, 3 * (8 * KiB + 1 * KiB))
+    // Room for about three of the six keys (a body, a meta, a key directory and a shard each): every put evicts.
+    await using fixture = await openStore(dir.path, 3 * (inBlocks(8 * KiB) + 3 * BLOCK))
     const keys = ["a", "b", "c", "d", "e", "f"].map((name) => `GET http://origin.test/${name}`)
     const bodyOf = (round: number) => filled(round % 256, 8 * KiB)
     let writing = true

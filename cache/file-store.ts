@@ -14,7 +14,7 @@
  * entry: reported, removed, and a miss.
  */
 import { createHash, randomBytes } from "node:crypto"
-import { constants, type Dirent, type Stats } from "node:fs"
+import { constants, type Dirent, type Stats, statfsSync } from "node:fs"
 import * as fs from "node:fs/promises"
 import { basename, dirname, join, relative } from "node:path"
 import { Readable } from "node:stream"
@@ -89,7 +89,7 @@ interface DiskVariant extends ListedEntry {
   metaPath: string
   bodyPath: string
   sha256: string | undefined
-  /** Bytes on disk, meta and body. */
+  /** Bytes on disk, meta and body, in whole blocks. */
   bytes: number
 }
 
@@ -127,11 +127,13 @@ const WHOLE_BODY_BYTES = MEMORY_BODY_LIMIT_BYTES
 const HASH_SLICE_BYTES = 1 << 20
 // Reads of a key whose variant keeps changing under them (puts, evictions) before it is a miss.
 const MAX_READS = 10
+// Where the file system cannot be asked (the directory is not made yet): the common block size.
+const DEFAULT_BLOCK_BYTES = 4096
 
 export interface FileStoreOptions {
   /** Root of the cache; entries live under `<dir>/v1`. */
   dir: string
-  /** Bytes the store may hold on disk, metas and bodies. */
+  /** Bytes the store may take on disk: metas, bodies and directories, each rounded up to whole blocks. */
   maxBytes: number
   files: FileApi
   warn: Warn
@@ -143,11 +145,11 @@ export class FileStore implements Store {
   private readonly maxBytes: number
   private readonly files: FileApi
   private readonly warn: Warn
-  /** meta path → bytes on disk (meta + body), in least-recently-used order. */
+  /** meta path → bytes on disk (meta + body, in whole blocks), in least-recently-used order. */
   private readonly lru = new Map<string, { bytes: number; key: string; persistedAt: number }>()
   /** Files no entry names (a failed write's, an earlier run's) that could not be removed yet: path → bytes. */
   private readonly leftovers = new Map<string, number>()
-  /** Bytes of both maps above: what the bound applies to. */
+  /** Bytes of both maps above; with the directories', what the bound applies to (`occupiedBytes`). */
   private totalBytes = 0
   /** Variants removed to stay within the bound, since start-up. */
   private evictions = 0
@@ -157,8 +159,12 @@ export class FileStore implements Store {
   private readonly verifying = new Map<string, Promise<string>>()
   /** Files this process is writing that no meta names yet: no cleanup takes them. */
   private readonly writing = new Set<string>()
-  /** Key directories seen by the scan or made since: where entries may be. */
+  /** Key directories seen by the scan or made since, and not removed: where entries may be. */
   private readonly knownDirs = new Set<string>()
+  /** Shard directory → how many of the known key directories are in it. */
+  private readonly shardDirs = new Map<string, number>()
+  /** The file system's block: a file or a directory takes whole blocks. */
+  private readonly blockBytes: number
   private scanDone = false
   /** Bumped by `clear` and by another process's clear: a scan from before must not index. */
   private epoch = 0
@@ -180,6 +186,7 @@ export class FileStore implements Store {
     this.maxBytes = maxBytes
     this.files = files
     this.warn = warn
+    this.blockBytes = blockBytesOf(dir)
     this.scanned = this.scan()
     this.generationTimer = setInterval(() => void this.checkGeneration(), GENERATION_POLL_MS)
     this.generationTimer.unref?.()
@@ -237,12 +244,13 @@ export class FileStore implements Store {
     let written: string | undefined
     this.writing.add(tempBody).add(bodyPath)
     try {
-      await this.makeKeyDir(dir)
+      const handle = await this.createInKeyDir(dir, tempBody)
       written = tempBody
-      const { size, sha256 } = await writeAll(body, tempBody)
+      const { size, sha256 } = await writeAll(body, handle)
       // One entry that could never fit must not flush everything else on its way out.
       if (size > this.maxBytes) {
         await this.removeLeftover(tempBody)
+        await this.removeEmptyDir(dir)
         return false
       }
       await fs.rename(tempBody, bodyPath)
@@ -255,6 +263,7 @@ export class FileStore implements Store {
       // Whoever feeds the body must learn that nothing more is read.
       if (!body.locked) await body.cancel(error).catch(() => undefined) // the body itself failed: nothing left to cancel
       if (written) await this.removeLeftover(written)
+      await this.removeEmptyDir(dir)
       throw error
     } finally {
       this.writing.delete(tempBody)
@@ -277,8 +286,11 @@ export class FileStore implements Store {
     const dir = this.keyDir(key)
     const names = await fs.readdir(dir).catch(this.ifMissing([] as string[], "listing a key to delete"))
     for (const name of names) this.forget(join(dir, name))
+    // Forgotten before it goes: a put that makes it again meanwhile counts it again.
+    this.forgetKeyDir(dir)
     // A key directory that is a link: rm removes the link, never what it points to.
     await fs.rm(dir, { recursive: true, force: true })
+    await this.removeEmptyShard(dirname(dir))
   }
 
   /**
@@ -321,7 +333,7 @@ export class FileStore implements Store {
   }
 
   stats(): Promise<TierStats[]> {
-    return Promise.resolve([{ tier: "file", entries: this.lru.size, bytes: this.totalBytes, evictions: this.evictions }])
+    return Promise.resolve([{ tier: "file", entries: this.lru.size, bytes: this.occupiedBytes(), evictions: this.evictions }])
   }
 
   /**
@@ -399,7 +411,7 @@ export class FileStore implements Store {
     const problem = bodyProblem(stat, file.size)
     if (problem) throw new Broken(problem)
     const meta = entryMetaOf(file)
-    const bytes = metaBytes + file.size
+    const bytes = this.inBlocks(metaBytes) + this.inBlocks(file.size)
     this.index(metaPath, file.key, bytes)
     this.metaPaths.set(meta, metaPath)
     return { key: file.key, meta, size: file.size, sha256: file.sha256, metaPath, bodyPath, bytes }
@@ -495,7 +507,7 @@ export class FileStore implements Store {
 
   /** Makes a key's directory, and refuses one reached through a link: no write lands outside the cache. */
   private async makeKeyDir(dir: string): Promise<void> {
-    this.knownDirs.add(dir)
+    this.knowKeyDir(dir)
     await fs.mkdir(dir, { recursive: true })
     this.realDir ??= fs.realpath(this.dir)
     const expected = join(await this.realDir, relative(this.dir, dir))
@@ -525,10 +537,24 @@ export class FileStore implements Store {
     // Named by the meta now: a cleanup keeps the body for that.
     this.writing.delete(join(dir, body.bodyFile))
     this.metaPaths.set(meta, metaPath)
-    this.account(metaPath, key, Buffer.byteLength(text) + body.size)
+    this.account(metaPath, key, this.inBlocks(Buffer.byteLength(text)) + this.inBlocks(body.size))
     if (version) this.verified.set(metaPath, version)
     await this.removeUnnamedBodies(dir, variantId)
     await this.evict()
+  }
+
+  /**
+   * Creates a new file in a key's directory (made first). The directory of a key whose last entry
+   * just went may be removed between the two (`removeEmptyDir`): it is made again, once.
+   */
+  private async createInKeyDir(dir: string, path: string): Promise<fs.FileHandle> {
+    await this.makeKeyDir(dir)
+    // "wx": a file (or link) already there is refused, never written through.
+    return fs.open(path, "wx").catch(async (error: unknown) => {
+      if (!isMissing(error)) throw error
+      await this.makeKeyDir(dir)
+      return fs.open(path, "wx")
+    })
   }
 
   /** Replaces the generation file by a rename: a link put in its place is replaced, never written through. */
@@ -549,6 +575,37 @@ export class FileStore implements Store {
     this.forget(metaPath)
     await removeOwnFile(metaPath)
     await this.removeUnnamedBodies(dirname(metaPath), basename(metaPath, META_SUFFIX))
+    await this.removeEmptyDir(dirname(metaPath))
+  }
+
+  /**
+   * Removes a key's directory once it holds nothing, then its shard's once that holds nothing: a
+   * directory takes a block too, and a cache that churns through URLs would otherwise fill with
+   * empty ones. rmdir removes only an empty directory, so a file that lands meanwhile keeps it;
+   * a put that finds it gone makes it again (`createInKeyDir`).
+   */
+  private async removeEmptyDir(dir: string): Promise<void> {
+    // Forgotten first: a put that makes it again meanwhile counts it again.
+    this.forgetKeyDir(dir)
+    try {
+      await fs.rmdir(dir)
+    } catch (error) {
+      if (isMissing(error)) return
+      this.knowKeyDir(dir) // still holds something: a variant, a write under way, a file not ours
+      const code = (error as NodeJS.ErrnoException).code
+      if (code !== "ENOTEMPTY" && code !== "EEXIST") this.warn("store-delete", `removing ${dir}: ${(error as Error).message}`)
+      return
+    }
+    await this.removeEmptyShard(dirname(dir))
+  }
+
+  private async removeEmptyShard(shard: string): Promise<void> {
+    if (this.shardDirs.has(shard)) return
+    await fs.rmdir(shard).catch((error: NodeJS.ErrnoException) => {
+      // Not empty: a key directory was made in it meanwhile, or holds what is not ours.
+      if (!isMissing(error) && error.code !== "ENOTEMPTY" && error.code !== "EEXIST")
+        this.warn("store-delete", `removing ${shard}: ${error.message}`)
+    })
   }
 
   /**
@@ -573,7 +630,7 @@ export class FileStore implements Store {
     } catch (error) {
       this.warn("store-delete", `removing ${path}: ${(error as Error).message}`)
       const stat = await fs.lstat(path).catch(this.ifMissing(undefined, "sizing a leftover"))
-      if (stat) this.countLeftover(path, stat.size)
+      if (stat) this.countLeftover(path, this.inBlocks(stat.size))
     }
   }
 
@@ -619,6 +676,31 @@ export class FileStore implements Store {
     this.totalBytes -= entry.bytes
   }
 
+  /** What the store takes on disk: its files, and a block for each of its directories. */
+  private occupiedBytes(): number {
+    return this.totalBytes + (this.knownDirs.size + this.shardDirs.size) * this.blockBytes
+  }
+
+  /** A file of `bytes` takes whole blocks on disk. */
+  private inBlocks(bytes: number): number {
+    return Math.ceil(bytes / this.blockBytes) * this.blockBytes
+  }
+
+  private knowKeyDir(dir: string): void {
+    if (this.knownDirs.has(dir)) return
+    this.knownDirs.add(dir)
+    const shard = dirname(dir)
+    this.shardDirs.set(shard, (this.shardDirs.get(shard) ?? 0) + 1)
+  }
+
+  private forgetKeyDir(dir: string): void {
+    if (!this.knownDirs.delete(dir)) return
+    const shard = dirname(dir)
+    const left = (this.shardDirs.get(shard) ?? 1) - 1
+    if (left > 0) this.shardDirs.set(shard, left)
+    else this.shardDirs.delete(shard)
+  }
+
   private countLeftover(path: string, bytes: number): void {
     this.totalBytes += bytes - (this.leftovers.get(path) ?? 0)
     this.leftovers.set(path, bytes)
@@ -639,18 +721,19 @@ export class FileStore implements Store {
     this.leftovers.clear()
     this.verified.clear()
     this.knownDirs.clear()
+    this.shardDirs.clear()
     this.totalBytes = 0
   }
 
   /** Removes leftovers, then least-recently-used variants, until the store is within its bound. */
   private async evict(): Promise<void> {
-    if (this.totalBytes <= this.maxBytes) return
+    if (this.occupiedBytes() <= this.maxBytes) return
     for (const path of [...this.leftovers.keys()]) {
-      if (this.totalBytes <= this.maxBytes) return
+      if (this.occupiedBytes() <= this.maxBytes) return
       await this.removeLeftover(path)
     }
     for (const [metaPath, entry] of this.lru) {
-      if (this.totalBytes <= this.maxBytes) return
+      if (this.occupiedBytes() <= this.maxBytes) return
       this.forget(metaPath)
       this.evictions++
       // A key the start-up scan indexed but nobody read is in no tier in front.
@@ -690,7 +773,7 @@ export class FileStore implements Store {
       const variantId = variantOfBody(name)
       if (name.endsWith(TEMP_SUFFIX)) leftovers.push(name)
       else if (META_NAME.test(name)) metas.set(name.slice(0, -META_SUFFIX.length), stat)
-      else if (variantId) bodies.set(variantId, [...(bodies.get(variantId) ?? []), { name, size: stat.size }])
+      else if (variantId) bodies.set(variantId, [...(bodies.get(variantId) ?? []), { name, size: this.inBlocks(stat.size) }])
       // Any other name is none of the store's: neither counted nor removed.
     }
     const bodyBytes = new Map<string, number>() // variant id → bytes of the body its meta names
@@ -703,10 +786,12 @@ export class FileStore implements Store {
       }
     }
     for (const name of leftovers) await this.removeLeftover(join(dir, name))
+    // An earlier version left the directories of gone entries behind.
+    if (metas.size === 0) await this.removeEmptyDir(dir)
     for (const [variantId, stat] of metas) {
       found.push({
         metaPath: join(dir, variantId + META_SUFFIX),
-        bytes: stat.size + (bodyBytes.get(variantId) ?? 0),
+        bytes: this.inBlocks(stat.size) + (bodyBytes.get(variantId) ?? 0),
         mtimeMs: stat.mtimeMs,
       })
     }
@@ -730,7 +815,7 @@ export class FileStore implements Store {
     for (const shard of await this.subdirectories(this.root, SHARD_NAME)) {
       for (const keyDir of await this.subdirectories(join(this.root, shard), KEY_DIR_NAME)) {
         const dir = join(this.root, shard, keyDir)
-        this.knownDirs.add(dir)
+        this.knowKeyDir(dir)
         await this.scanKeyDir(dir, found)
       }
     }
@@ -931,10 +1016,8 @@ function removeOwnFile(path: string): Promise<void> {
   return fs.rm(path, { recursive: true, force: true })
 }
 
-/** Writes a stream to a new file; resolves with its length and sha256, taken as it streams. A failed write cancels the stream. */
-async function writeAll(body: ReadableStream<Uint8Array>, path: string): Promise<{ size: number; sha256: string }> {
-  // "wx": a file (or link) already there is refused, never written through.
-  const handle = await fs.open(path, "wx")
+/** Writes a stream to a new file, and closes it; resolves with its length and sha256, taken as it streams. A failed write cancels the stream. */
+async function writeAll(body: ReadableStream<Uint8Array>, handle: fs.FileHandle): Promise<{ size: number; sha256: string }> {
   const hash = createHash("sha256")
   let size = 0
   try {
@@ -947,6 +1030,15 @@ async function writeAll(body: ReadableStream<Uint8Array>, path: string): Promise
     await handle.close()
   }
   return { size, sha256: hash.digest("hex") }
+}
+
+/** The block size of the file system `dir` is on. */
+function blockBytesOf(dir: string): number {
+  try {
+    return statfsSync(dir).bsize || DEFAULT_BLOCK_BYTES
+  } catch {
+    return DEFAULT_BLOCK_BYTES // not made yet (the store makes it with its first entry): the usual size
+  }
 }
 
 /** A body file's version: a write in place moves its ctime, a replacement changes its inode. */

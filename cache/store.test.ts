@@ -5,7 +5,7 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, setSystemTime, test } from "bun:test"
 import { randomUUID } from "node:crypto"
-import { existsSync, mkdtempSync, rmSync } from "node:fs"
+import { existsSync, mkdtempSync, rmSync, statfsSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import type { EntryMeta, Store, Stored, TierStats, WarnKind } from "../cache.ts"
@@ -246,7 +246,17 @@ function redisStore(target: () => RedisTarget): MakeStore {
  * The contract every store keeps. A store whose byte bound is its server's own (Redis's
  * `maxmemory` with an approximate LRU) is not held to the exact eviction order: `boundedBy: "server"`.
  */
-function storeContract(name: string, makeStore: MakeStore, { boundedBy = "store" }: { boundedBy?: "store" | "server" } = {}) {
+interface ContractOptions {
+  boundedBy?: "store" | "server"
+  /** What one entry with a body of this many bytes takes against the bound. @default the body plus 1 KiB of meta */
+  entryBytes?: (bodyBytes: number) => number
+}
+
+function storeContract(
+  name: string,
+  makeStore: MakeStore,
+  { boundedBy = "store", entryBytes = (bodyBytes) => bodyBytes + 1 * KiB }: ContractOptions = {},
+) {
   /** A ready store; `await using` closes it and removes its files. */
   async function open(maxBytes = AMPLE_BYTES): Promise<Fixture> {
     const fixture = makeStore(maxBytes)
@@ -545,7 +555,7 @@ function storeContract(name: string, makeStore: MakeStore, { boundedBy = "store"
       test("the byte bound evicts the least recently used entry and keeps the recently read", async () => {
         // Room for three 10 KiB bodies with their metas, not four.
         const bodyBytes = 10 * KiB
-        const maxBytes = 3 * (bodyBytes + 1 * KiB)
+        const maxBytes = 3 * entryBytes(bodyBytes)
         await using fixture = await open(maxBytes)
         const { store } = fixture
         const key = (name: string) => `GET https://example.test/lru/${name}`
@@ -581,7 +591,7 @@ function storeContract(name: string, makeStore: MakeStore, { boundedBy = "store"
 
       test("an entry larger than the whole bound is not kept, and evicts nothing", async () => {
         const bodyBytes = 10 * KiB
-        const maxBytes = 3 * (bodyBytes + 1 * KiB)
+        const maxBytes = 3 * entryBytes(bodyBytes)
         await using fixture = await open(maxBytes)
         const { store } = fixture
         const key = (name: string) => `GET https://example.test/oversized/${name}`
@@ -589,7 +599,7 @@ function storeContract(name: string, makeStore: MakeStore, { boundedBy = "store"
         await store.put(key("b"), meta(), streamOf(pseudoRandomBytes(bodyBytes, 2)))
 
         // Not a failure of the body: the put succeeds, there is just no room for what it brought.
-        await store.put(key("huge"), meta(), streamOf(...chunked(pseudoRandomBytes(4 * bodyBytes, 3), 4 * KiB)))
+        await store.put(key("huge"), meta(), streamOf(...chunked(pseudoRandomBytes(maxBytes + 1, 3), 4 * KiB)))
 
         expect((await store.get(key("huge"), request()))?.size).toBeUndefined() // the size, not 40 KiB of body, when it fails
         expect(await store.has(key("huge"))).toBe(false)
@@ -672,9 +682,13 @@ function storeContract(name: string, makeStore: MakeStore, { boundedBy = "store"
 }
 
 storeContract("MemoryStore", memory)
-storeContract("FileStore (Bun files)", fileStore(bunFiles))
-storeContract("FileStore (node:fs)", fileStore(nodeFiles))
-storeContract("TieredStore (memory in front of files)", tiered)
+// On disk an entry takes whole blocks: its body's, one for its meta, one for its key's directory
+// and one for the shard directory that holds it.
+const BLOCK = statfsSync(tmpdir()).bsize
+const onDisk = (bodyBytes: number) => Math.ceil(bodyBytes / BLOCK) * BLOCK + 3 * BLOCK
+storeContract("FileStore (Bun files)", fileStore(bunFiles), { entryBytes: onDisk })
+storeContract("FileStore (node:fs)", fileStore(nodeFiles), { entryBytes: onDisk })
+storeContract("TieredStore (memory in front of files)", tiered, { entryBytes: onDisk })
 // Real servers, started once for both Redis suites (and only for them).
 describe("on Redis", () => {
   beforeAll(async () => {
