@@ -2291,6 +2291,40 @@ describe("Set-Cookie through the CLI (RFC 9111 §3, a deliberate deviation)", ()
   })
 })
 
+describe("targeted fields, HTTP dates, Vary normalisation and Set-Cookie under Bun and Node alike", () => {
+  beforeAll(buildNodeBundle, 60_000)
+
+  test.each(RUNTIMES)("%s: the same answers from the CLI", async (_, command) => {
+    const inAnHour = new Date(Date.now() + 3600_000).toUTCString()
+    const cases: Record<string, Record<string, string>> = {
+      "/targeted": { "cache-control": "no-store", "cdn-cache-control": "no-store", "mine-cache-control": "max-age=60" },
+      "/invalid-targeted": { "cache-control": "max-age=60", "mine-cache-control": "max-age=60,", "cdn-cache-control": "no-store" },
+      "/utc-expires": { expires: inAnHour.replace("GMT", "UTC") },
+      "/gmt-expires": { expires: inAnHour },
+      "/vary": { "cache-control": "max-age=60", vary: "Accept-Encoding" },
+      "/cookie": { "cache-control": "max-age=60", "set-cookie": "id=1" },
+    }
+    await using origin = startOrigin(
+      (req, n) => new Response(`v${n}`, { headers: { date: new Date().toUTCString(), ...cases[new URL(req.url).pathname] } }),
+    )
+    await using proxy = await startCliProxy(command, origin.url, ["--ttl", "0"], {
+      CACHING_PROXY_TARGETED_CACHE_CONTROL: "Mine-Cache-Control",
+    })
+    const twice = async (path: string, headers: [Record<string, string>, Record<string, string>] = [{}, {}]) => {
+      await (await get(`${proxy.url}${path}`, headers[0])).text()
+      return (await get(`${proxy.url}${path}`, headers[1])).headers.get("x-cache")
+    }
+    expect({
+      targeted: await twice("targeted"),
+      invalidTargeted: await twice("invalid-targeted"),
+      utcExpires: await twice("utc-expires"),
+      gmtExpires: await twice("gmt-expires"),
+      vary: await twice("vary", [{ "accept-encoding": "gzip, br" }, { "accept-encoding": "BR, gzip;q=1" }]),
+      cookie: await twice("cookie"),
+    }).toEqual({ targeted: "HIT", invalidTargeted: "MISS", utcExpires: "MISS", gmtExpires: "HIT", vary: "HIT", cookie: "MISS" })
+  })
+})
+
 describe("RFC 9110 §5.6.7 HTTP dates", () => {
   const LONG_DAYS = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"]
   const pad = (n: number) => String(n).padStart(2, "0")
