@@ -38,6 +38,7 @@ import {
   varySelection,
   withValidators,
 } from "./cache/policy.ts"
+import { type ByteRange, contentRange, rangeAnswer } from "./cache/range.ts"
 
 // ───────────────────────────── the store contract ─────────────────────────────
 
@@ -76,6 +77,12 @@ export interface Stored {
   size: number
   /** Bytes from memory, a file from disk (`Bun.file`, so hits can go out by sendfile), or a stream. */
   body: Uint8Array | Blob | ReadableStream<Uint8Array>
+  /**
+   * Bytes `start` up to `end` (exclusive) of the body, read without the rest, in place of `body`
+   * (which is then neither read nor cancelled). Bytes and Blobs slice themselves: a store that
+   * hands out a stream gives this, or Range requests for it get the whole body (RFC 9110 §14.2).
+   */
+  slice?: (start: number, end: number) => ReadableStream<Uint8Array>
 }
 
 /** One variant in a listing: what the inspector and purge-by-prefix see. */
@@ -670,9 +677,39 @@ export class Cache {
       for (const name of NOT_IN_304) notModified.delete(name)
       return new Response(null, { status: 304, headers: notModified })
     }
+    // RFC 9110 §14.2: Range applies to GET only. One header lookup is all a plain hit pays.
+    const range = lookup.method === "GET" ? lookup.headers.get("range") : null
+    if (range !== null) {
+      const partial = this.partial(stored, lookup, headers, range, now)
+      if (partial) return partial
+    }
     const hasBody = lookup.method !== "HEAD" && stored.size > 0 && !NULL_BODY_STATUS.has(meta.status)
     if (!hasBody) discard(stored)
     return new Response(hasBody ? stored.body : null, { status: meta.status, headers })
+  }
+
+  /**
+   * RFC 9110 §14: a 206 with the part of the stored body a Range asks for, or a 416 when none of
+   * it exists; undefined when the whole response is the answer (If-Range failed, several ranges,
+   * a status other than 200, a body that cannot be sliced).
+   */
+  private partial(stored: Stored, lookup: Lookup, hitHeaders: Headers, range: string, now: number): Response | undefined {
+    const part = rangeAnswer(range, lookup.headers.get("if-range"), stored.meta, stored.size, now)
+    if (part === "whole") return undefined
+    if (part === "unsatisfiable") {
+      discard(stored)
+      // RFC 9110 §15.5.17: a 416 says the representation's length in Content-Range.
+      const headers = new Headers({ "content-type": "text/plain; charset=utf-8", "content-range": `bytes */${stored.size}` })
+      for (const name of ["via", "age", "x-cache", "cache-status"]) headers.set(name, hitHeaders.get(name) as string)
+      return new Response(`the range is outside the ${stored.size} bytes of this response\n`, { status: 416, headers })
+    }
+    const body = sliceOf(stored, part)
+    if (!body) return undefined
+    // RFC 9110 §15.3.7: a single-part 206 carries the 200's fields, its own Content-Range and length.
+    const headers = new Headers(hitHeaders)
+    headers.set("content-range", contentRange(part, stored.size))
+    headers.set("content-length", String(part.end - part.start))
+    return new Response(body, { status: 206, headers })
   }
 
   /**
@@ -742,6 +779,14 @@ function notStored(response: Response): Exchange {
 
 function responseOf(exchange: Exchange): Response {
   return exchange.response
+}
+
+/** Bytes [start, end) of a stored body, read without the rest; undefined when the store gave no way to. */
+function sliceOf(stored: Stored, { start, end }: ByteRange): Stored["body"] | undefined {
+  const { body } = stored
+  if (body instanceof Uint8Array) return body.subarray(start, end)
+  if (body instanceof Blob) return body.slice(start, end)
+  return stored.slice?.(start, end)
 }
 
 /** A stored body that will not be sent: a stream (a file under Node) is closed, not left open. */

@@ -17,7 +17,6 @@ import { createHash, randomBytes } from "node:crypto"
 import { constants, type Dirent, type Stats, statfsSync } from "node:fs"
 import * as fs from "node:fs/promises"
 import { basename, dirname, join, relative } from "node:path"
-import { Readable } from "node:stream"
 import {
   type EntryMeta,
   grantClaim,
@@ -44,9 +43,9 @@ import { MEMORY_BODY_LIMIT_BYTES } from "./tiered-store.ts"
 export interface FileApi {
   /**
    * A large body for a response, from its file: `handle` is that file, opened without following
-   * links and checked. The body takes the handle over.
+   * links and checked, and `size` its length. The body (or its slice) takes the handle over.
    */
-  responseBody(path: string, handle: fs.FileHandle): Promise<Blob | ReadableStream<Uint8Array>>
+  responseBody(path: string, handle: fs.FileHandle, size: number): Promise<Pick<Stored, "body" | "slice">>
 }
 
 export const bunFiles: FileApi = {
@@ -54,15 +53,55 @@ export const bunFiles: FileApi = {
   // descriptor instead, it never closes it): a file swapped in between the check and that moment
   // is not seen. Streaming from the checked handle, as under Node, would close that window and
   // cost sendfile on every large hit.
+  // A Range is served by the Blob's own slice, with sendfile from the offset.
   async responseBody(path, handle) {
     await handle.close()
-    return Bun.file(path)
+    return { body: Bun.file(path) }
   },
 }
 
 export const nodeFiles: FileApi = {
-  // Streams from the very file that was checked: a swap after the check changes nothing.
-  responseBody: async (_path, handle) => Readable.toWeb(handle.createReadStream({ start: 0 })) as ReadableStream<Uint8Array>,
+  // Streams from the very file that was checked: a swap after the check changes nothing. The
+  // whole body or a slice of it, whichever the cache sends, closes the handle.
+  responseBody: async (_path, handle, size) => ({
+    body: fileStream(handle, 0, size),
+    slice: (start, end) => fileStream(handle, start, end),
+  }),
+}
+
+// A file body is read this many bytes at a time (as node:fs read streams do).
+const FILE_READ_BYTES = 64 * 1024
+
+/**
+ * Bytes `start` up to `end` of an open file, read at explicit positions as the reader pulls, and
+ * the handle closed explicitly once they are read, failed or cancelled: never left to garbage
+ * collection (Node's DEP0137). Nothing is read before the first pull.
+ */
+function fileStream(handle: fs.FileHandle, start: number, end: number): ReadableStream<Uint8Array> {
+  let position = start
+  let closing: Promise<void> | undefined
+  const close = () => (closing ??= handle.close())
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        try {
+          const length = Math.min(FILE_READ_BYTES, end - position)
+          const { bytesRead, buffer } = await handle.read(Buffer.allocUnsafe(length), 0, length, position)
+          if (bytesRead === 0) throw new Error(`the file ended at byte ${position} of ${end}`)
+          position += bytesRead
+          controller.enqueue(new Uint8Array(buffer.buffer, buffer.byteOffset, bytesRead))
+          if (position < end) return
+          await close()
+          controller.close()
+        } catch (error) {
+          await close().catch(() => undefined) // the read's failure is what the reader learns
+          controller.error(error)
+        }
+      },
+      cancel: () => close(),
+    },
+    { highWaterMark: 0 },
+  )
 }
 
 // ───────────────────────────── the store ─────────────────────────────
@@ -224,7 +263,7 @@ export class FileStore implements Store {
       const body = await this.openBody(variant)
       if (body === undefined) continue
       this.touch(variant.metaPath, variant.key, variant.bytes)
-      return { meta: variant.meta, size: variant.size, body }
+      return { meta: variant.meta, size: variant.size, ...body }
     }
     return undefined
   }
@@ -444,7 +483,7 @@ export class FileStore implements Store {
    * checked is what is read. Undefined when the body went after its meta was read (evicted,
    * replaced) or is broken (reported, removed).
    */
-  private async openBody(variant: DiskVariant): Promise<Stored["body"] | undefined> {
+  private async openBody(variant: DiskVariant): Promise<Pick<Stored, "body" | "slice"> | undefined> {
     try {
       return await this.readBody(variant)
     } catch (error) {
@@ -454,7 +493,7 @@ export class FileStore implements Store {
   }
 
   /** A small body read whole and checked against its digest; a large one checked (`verifyOnce`) and handed to the runtime. */
-  private async readBody(variant: DiskVariant): Promise<Stored["body"] | undefined> {
+  private async readBody(variant: DiskVariant): Promise<Pick<Stored, "body" | "slice"> | undefined> {
     const handle = await fs.open(variant.bodyPath, READ_FLAGS).catch((error: unknown) => {
       if (isMissing(error)) return undefined // removed since its meta was read: evicted or replaced
       throw error
@@ -466,10 +505,10 @@ export class FileStore implements Store {
       if (stat.nlink === 0) return undefined // removed since it was opened: evicted or replaced
       const problem = bodyProblem(stat, variant.size)
       if (problem) throw new Broken(problem)
-      if (variant.size <= WHOLE_BODY_BYTES) return await readWhole(handle, variant)
+      if (variant.size <= WHOLE_BODY_BYTES) return { body: await readWhole(handle, variant) }
       await this.verifyOnce(variant, handle, stat)
       handedOver = true
-      return await this.files.responseBody(variant.bodyPath, handle)
+      return await this.files.responseBody(variant.bodyPath, handle, variant.size)
     } finally {
       if (!handedOver) await handle.close()
     }

@@ -130,7 +130,12 @@ export class RedisStore implements Store {
     const chunkKeys = await this.chunkKeys(record)
     const present = chunkKeys.length === 0 ? 0 : await this.redis.exists(...chunkKeys)
     if (present !== record.chunks) return this.dropBroken(record, `${record.chunks - present} chunks missing`)
-    return { meta, size, body: this.streamChunks(record, chunkKeys) }
+    return {
+      meta,
+      size,
+      body: this.streamChunks(record, chunkKeys, 0, size),
+      slice: (start, end) => this.streamChunks(record, chunkKeys, start, end),
+    }
   }
 
   has(key: string): Promise<boolean> {
@@ -163,19 +168,30 @@ export class RedisStore implements Store {
     return new Uint8Array(Buffer.concat(chunks as Buffer[]))
   }
 
-  /** A large body, one chunk per pull: memory holds a chunk at a time. A chunk gone meanwhile cuts the body. */
-  private streamChunks(record: VariantRecord, keys: string[]): ReadableStream<Uint8Array> {
-    let next = 0
+  /**
+   * Bytes `start` up to `end` of a large body, one chunk per pull: memory holds a chunk at a time,
+   * and only the chunks the bytes lie in are read (GETRANGE for a chunk read in part). A chunk
+   * gone meanwhile cuts the body.
+   */
+  private streamChunks(record: VariantRecord, keys: string[], start: number, end: number): ReadableStream<Uint8Array> {
+    let position = start
     return new ReadableStream<Uint8Array>(
       {
         pull: async (controller) => {
-          const chunkKey = keys[next++]
-          if (chunkKey === undefined) return controller.close()
-          const chunk = await this.redis.getBuffer(chunkKey).catch((error: Error) => {
+          const n = Math.floor(position / CHUNK_BYTES)
+          const chunkKey = keys[n]
+          if (position >= end || chunkKey === undefined) return controller.close()
+          const from = position - n * CHUNK_BYTES
+          const to = Math.min(end - n * CHUNK_BYTES, CHUNK_BYTES)
+          const whole = from === 0 && to === CHUNK_BYTES
+          const read = whole ? this.redis.getBuffer(chunkKey) : this.redis.getrangeBuffer(chunkKey, from, to - 1)
+          const chunk = await read.catch((error: Error) => {
             this.warn("store-read", `${record.key}: ${error.message}`)
             return null
           })
-          if (chunk) return controller.enqueue(new Uint8Array(chunk))
+          position = n * CHUNK_BYTES + to
+          // GETRANGE answers a missing key with no bytes: a chunk of any other length is not ours.
+          if (chunk?.byteLength === to - from) return controller.enqueue(new Uint8Array(chunk))
           void this.dropBroken(record, "a chunk went missing while it was sent")
           controller.error() // the client sees a cut, never a short body that looks whole
         },

@@ -317,6 +317,41 @@ function storeContract(
       expect(fixture.warnings).toEqual([])
     })
 
+    test("any range of a stored body can be read without the rest: bytes and Blobs slice themselves, a stream comes with a slice", async () => {
+      await using fixture = await open()
+      const { store } = fixture
+      const small = pseudoRandomBytes(1000)
+      const large = pseudoRandomBytes(3 * 1000 * 1000)
+      await store.put("GET https://example.test/small", meta(), streamOf(small))
+      await store.put("GET https://example.test/large", meta(), streamOf(...chunked(large, 64 * KiB)))
+      const CHUNK = 256 * KiB // the Redis store's chunk: ranges that start, end and straddle on its edges
+      const ranges = [
+        [0, 1],
+        [999, 1000],
+        [0, CHUNK],
+        [CHUNK - 1, CHUNK + 1],
+        [CHUNK, 3 * CHUNK + 7],
+        [large.length - 5, large.length],
+      ]
+      for (const [key, bytes] of [
+        ["small", small],
+        ["large", large],
+      ] as const) {
+        for (const [start, end] of ranges.filter(([, end]) => end! <= bytes.length) as [number, number][]) {
+          const stored = await store.get(`GET https://example.test/${key}`, request())
+          const { body } = stored!
+          const slice =
+            body instanceof Uint8Array
+              ? body.subarray(start, end)
+              : body instanceof Blob
+                ? body.slice(start, end)
+                : stored!.slice!(start, end)
+          expect(sameBytes(await new Response(slice).bytes(), bytes.subarray(start, end))).toBe(true)
+        }
+      }
+      expect(fixture.warnings).toEqual([])
+    })
+
     test("variants told apart by Vary live side by side under one key", async () => {
       await using fixture = await open()
       const { store } = fixture
