@@ -14,6 +14,8 @@
  * - coalescing: one map of in-flight origin requests per key, each entry removed in one place
  *   when its store write settles; waiters learn whether the answer was stored.
  */
+
+import { concat } from "./cache/memory-store.ts"
 import {
   cacheKey,
   currentAgeMs,
@@ -546,7 +548,13 @@ export class Cache {
   }
 
   /** Relays an origin response; when it may be stored, writes it to the store as it streams. */
-  private storeWhileRelaying(lookup: Lookup, response: Response, requestTime: number, responseTime: number, cacheStatus: string): Exchange {
+  private async storeWhileRelaying(
+    lookup: Lookup,
+    response: Response,
+    requestTime: number,
+    responseTime: number,
+    cacheStatus: string,
+  ): Promise<Exchange> {
     const control = responseControl(response.headers, this.config.targetList)
     const reason =
       lookup.method === "HEAD" // RFC 9110 §9.3.2: a HEAD response has no body to store
@@ -563,7 +571,9 @@ export class Cache {
     const meta = describeResponse(response.status, response.headers, control, vary, requestTime, responseTime, this.config)
     if (isUselessToStore(meta)) return notStored(relay(response, `${cacheStatus}; detail=stale-on-arrival`))
     const { body, stored } = this.teeIntoStore(lookup.key, response, meta)
-    return { response: relay(new Response(body, response), `${cacheStatus}; stored`), stored }
+    const length = Number(response.headers.get("content-length") ?? Infinity)
+    const framed = body && length <= READ_AHEAD_BYTES ? await readAhead(body) : body
+    return { response: relay(new Response(framed, response), `${cacheStatus}; stored`), stored }
   }
 
   private tooLarge(headers: Headers): string | null {
@@ -787,6 +797,36 @@ function sliceOf(stored: Stored, { start, end }: ByteRange): Stored["body"] | un
   if (body instanceof Uint8Array) return body.subarray(start, end)
   if (body instanceof Blob) return body.slice(start, end)
   return stored.slice?.(start, end)
+}
+
+// A stored body whose Content-Length says at most this much is read before it is sent: as
+// much as the memory tier holds of one body anyway.
+const READ_AHEAD_BYTES = 1 << 20
+
+/**
+ * A body read to its end before the response is sent, so that it goes out as bytes with its exact
+ * Content-Length on every runtime: Bun.serve frames any stream it cannot read to the end at once
+ * as chunked, whatever Content-Length says (oven-sh/bun#10507). A body that fails is sent as
+ * what was read, then the failure: the client sees it cut short, as it would have streaming.
+ */
+async function readAhead(body: ReadableStream<Uint8Array>): Promise<Uint8Array | ReadableStream<Uint8Array>> {
+  const reader = body.getReader()
+  const chunks: Uint8Array[] = []
+  let size = 0
+  for (;;) {
+    const chunk = await reader.read().catch(() => undefined) // read again below, where the client learns of it
+    if (!chunk) break
+    if (chunk.done) return concat(chunks, size)
+    chunks.push(chunk.value)
+    size += chunk.value.byteLength
+  }
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const chunk = chunks.shift()
+      if (chunk) return controller.enqueue(chunk)
+      await reader.read() // fails again: the stream, and the response, end in that failure
+    },
+  })
 }
 
 /** A stored body that will not be sent: a stream (a file under Node) is closed, not left open. */

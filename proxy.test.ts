@@ -3730,3 +3730,91 @@ describe("RFC 9110 §14 range requests answered from the cache", () => {
     expect(origin.requests).toHaveLength(1)
   })
 })
+
+describe("framing: what the origin's framing says reaches the client", () => {
+  beforeAll(buildNodeBundle, 60_000)
+
+  /** The head of the response to one GET on a connection of its own, lower-cased, and its body. */
+  async function rawGet(port: number, path: string) {
+    const text = await rawRequest(port, `GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`)
+    const split = text.indexOf("\r\n\r\n")
+    return { head: text.slice(0, split).toLowerCase(), body: text.slice(split + 4) }
+  }
+
+  /** An origin that sends `body` under its Content-Length in two writes 50 ms apart: a body that streams. */
+  async function startTwoPartOrigin(body: string) {
+    const server = createHttpServer(async (_, res) => {
+      res.writeHead(200, { "content-length": String(body.length), "cache-control": "max-age=600" })
+      res.write(body.slice(0, 5))
+      await Bun.sleep(50)
+      res.end(body.slice(5))
+    })
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+    return {
+      url: `http://127.0.0.1:${(server.address() as { port: number }).port}/`,
+      [Symbol.asyncDispose]: () => new Promise<void>((resolve) => server.close(() => resolve())),
+    }
+  }
+
+  test.each(RUNTIMES)(
+    "%s: a response stored as it streams reaches the client with the origin's Content-Length, MISS and HIT",
+    async (_, command) => {
+      await using origin = await startTwoPartOrigin("hello, streamed world")
+      await using proxy = await startCliProxy(command, origin.url)
+      for (const xCache of ["miss", "hit"]) {
+        const { head, body } = await rawGet(proxy.port, "/streamed")
+        expect(head).toContain(`x-cache: ${xCache}`)
+        expect(head).toContain("content-length: 21")
+        expect(head).not.toContain("transfer-encoding")
+        expect(body).toBe("hello, streamed world")
+      }
+    },
+  )
+
+  // Known limit (README): Bun.serve frames a stream it cannot read to its end at once as chunked,
+  // whatever Content-Length says (oven-sh/bun#10507); bodies up to 1 MiB are read before they
+  // are sent, larger ones stream. When this fails, Bun keeps the length: update the README.
+  test.each(RUNTIMES)(
+    "%s: a stored body over 1 MiB streams; under Bun it is chunked on its MISS, under Node it keeps its length",
+    async (runtime, command) => {
+      await using origin = await startStreamingOrigin(3, 512 * KB)
+      await using proxy = await startCliProxy(command, origin.url)
+      const miss = await rawGet(proxy.port, "/large")
+      expect(miss.head).toContain("x-cache: miss")
+      expect(miss.head).toContain(runtime === "Bun" ? "transfer-encoding: chunked" : `content-length: ${3 * 512 * KB}`)
+      expect((await rawGet(proxy.port, "/large")).head).toContain(`content-length: ${3 * 512 * KB}`)
+    },
+  )
+
+  /** An origin whose body is under a transfer coding no one here knows, delimited by closing the connection (RFC 9112 §6.3). */
+  function startCodedOrigin() {
+    return startRawOrigin((socket) =>
+      socket.end("HTTP/1.1 200 OK\r\nTransfer-Encoding: x-custom\r\nCache-Control: max-age=60\r\n\r\nraw bytes until close"),
+    )
+  }
+
+  test.each(RUNTIMES)(
+    "%s: RFC 9112 §6.3: a body under an unknown transfer coding, ended by the connection's close, is relayed and not stored",
+    async (_, command) => {
+      await using origin = await startCodedOrigin()
+      await using proxy = await startCliProxy(command, origin.url)
+      for (let i = 0; i < 2; i++) {
+        expect(await answer(`${proxy.url}coded`)).toMatchObject({
+          status: 200,
+          body: "raw bytes until close",
+          xCache: "MISS",
+          cacheStatus: "caching-proxy; fwd=uri-miss; fwd-status=200; detail=transfer-coding",
+        })
+      }
+    },
+  )
+
+  // Known limit (README): Bun's fetch refuses such a body; a safe method is asked again through
+  // node:http, an unsafe one is not (the origin may have acted on it): a 502.
+  test("Bun: a POST answered under an unknown transfer coding is a 502, sent to the origin once", async () => {
+    await using origin = await startCodedOrigin()
+    await using proxy = await startProxy({ origin: origin.url })
+    expect(await answer(`${proxy.url}coded`, {}, { method: "POST", body: "x" })).toMatchObject({ status: 502 })
+    expect(origin.requests()).toBe(1)
+  })
+})

@@ -408,7 +408,14 @@ const bunRuntime: Runtime = {
   fetch: (target, method, headers, body, timeoutMs) =>
     withTimeout(timeoutMs, (signal) =>
       fetch(target, { method, headers, body, signal, redirect: "manual", decompress: false } as RequestInit).catch((error) => {
-        throw (error as { code?: string }).code === "UnrequestedUpgrade" ? new OriginError(502, UPGRADE_REFUSED) : error
+        const code = (error as { code?: string }).code
+        if (code === "UnrequestedUpgrade") throw new OriginError(502, UPGRADE_REFUSED)
+        // RFC 9112 §6.3: a body under a transfer coding other than chunked ends when the connection
+        // closes. Bun's fetch refuses one it does not know; its node:http relays it. Only a safe
+        // method is asked again (RFC 9110 §9.2.1): the origin may have acted on the first.
+        if (code === "UnsupportedTransferEncoding" && (method === "GET" || method === "HEAD"))
+          return nodeFetch(target, method, headers, null, signal)
+        throw error
       }),
     ),
   async listen(app, host, port, idleTimeoutSeconds, warn) {

@@ -180,6 +180,9 @@ export function notStorableReason(
   // (§3.3), so 206 is never stored, and a 304 only updates what is stored (§4.3.4).
   if (!isFinalStatus(status) || status === 206 || status === 304) return "status"
   if (varyNames(responseHeaders) === "*") return "vary-star" // RFC 9111 §4.1: never matches
+  // RFC 9112 §6.1: a transfer coding besides chunked, which no runtime here decodes, leaves
+  // coded bytes, not the representation; and Transfer-Encoding, hop-by-hop, is not kept to say so.
+  if (hasTransferCoding(responseHeaders)) return "transfer-coding"
   if (config.forceTtlMs > 0) return HEURISTICALLY_CACHEABLE.has(status) ? null : "status"
   // RFC 9111 §5.2.1.5: a request's no-store forbids storing the response to it.
   if (requestDirectives.has("no-store")) return "request-no-store"
@@ -203,6 +206,12 @@ export function notStorableReason(
   const explicit = directives.has("s-maxage") || directives.has("max-age") || expires !== null
   if (!explicit && !directives.has("public") && !HEURISTICALLY_CACHEABLE.has(status)) return "status"
   return null
+}
+
+/** Whether Transfer-Encoding names a coding besides chunked (which the runtime has removed). */
+function hasTransferCoding(headers: Headers): boolean {
+  const codings = headers.get("transfer-encoding")?.split(",") ?? []
+  return codings.some((coding) => !["", "chunked"].includes(coding.trim().toLowerCase()))
 }
 
 /** RFC 9110 §15: a final status is 200–599; 1xx are interim, and anything outside 100–599 is invalid. */
