@@ -4,7 +4,7 @@
  */
 
 import { mkdirSync, realpathSync, rmSync, writeFileSync } from "node:fs"
-import { createServer, Agent as HttpAgent, request as httpRequest, type IncomingMessage } from "node:http"
+import { createServer, Agent as HttpAgent, request as httpRequest, type IncomingMessage, type ServerResponse } from "node:http"
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https"
 import type { AddressInfo } from "node:net"
 import { homedir } from "node:os"
@@ -340,8 +340,20 @@ interface Listener {
 
 /** What differs between Bun and Node, chosen once at start-up. */
 interface Runtime {
-  /** Sends one request to the origin, bytes untouched: no decompression, no redirects followed. */
-  fetch(target: string, method: string, headers: Headers, body: ReadableStream<Uint8Array> | null, timeoutMs: number): Promise<Response>
+  /**
+   * Sends one request to the origin, bytes untouched: no decompression, no redirects followed.
+   * The origin's interim (1xx) responses go to `interim`, where the runtime's client shows them.
+   */
+  fetch(
+    target: string,
+    method: string,
+    headers: Headers,
+    body: ReadableStream<Uint8Array> | null,
+    timeoutMs: number,
+    interim?: Interim,
+  ): Promise<Response>
+  /** Where this request's interim responses go ahead of its final one; undefined where the server cannot send them. */
+  interimTo(c: Context, warn: Warn): Interim | undefined
   /** Serves the app; what fails outside it (`warn`ed) is answered by `unsent`, never by the runtime. */
   listen(app: Hono, host: string, port: number, idleTimeoutSeconds: number, warn: Warn): Promise<Listener>
   /** The client's address, for X-Forwarded-For. */
@@ -353,6 +365,9 @@ interface Runtime {
   /** How the file store reads bodies. */
   files: FileApi
 }
+
+/** Takes an interim (1xx) response from the origin: its status and its header pairs as received. */
+type Interim = (status: number, rawHeaders: string[]) => void
 
 /** Aborts the origin request if its headers have not come within `timeoutMs`. */
 async function withTimeout(timeoutMs: number, send: (signal: AbortSignal) => Promise<Response>): Promise<Response> {
@@ -414,7 +429,7 @@ const bunRuntime: Runtime = {
         // closes. Bun's fetch refuses one it does not know; its node:http relays it. Only a safe
         // method is asked again (RFC 9110 §9.2.1): the origin may have acted on the first.
         if (code === "UnsupportedTransferEncoding" && (method === "GET" || method === "HEAD"))
-          return nodeFetch(target, method, headers, null, signal)
+          return nodeFetch(target, method, headers, null, signal, undefined)
         throw error
       }),
     ),
@@ -432,6 +447,9 @@ const bunRuntime: Runtime = {
     })
     return { port: server.port ?? port, stop: (force) => server.stop(force) }
   },
+  // RFC 9110 §15.2 asks a proxy to forward 1xx responses; Bun's fetch hides them and Bun.serve
+  // has no way to send one (README, "Known limits").
+  interimTo: () => undefined,
   clientAddress: (c) => (c.env as { requestIP?: (r: Request) => { address: string } | null })?.requestIP?.(c.req.raw)?.address,
   localPort: (c) => (c.env as { port?: number } | undefined)?.port,
   requestTarget: (c) => pathAndQuery(c.req.raw.url),
@@ -442,7 +460,14 @@ const keepAlive = { keepAlive: true }
 const agents = { "http:": new HttpAgent(keepAlive), "https:": new HttpsAgent(keepAlive) }
 
 /** Node's global fetch always decompresses, so the Node leg speaks node:http directly. */
-function nodeFetch(target: string, method: string, headers: Headers, body: ReadableStream<Uint8Array> | null, signal: AbortSignal) {
+function nodeFetch(
+  target: string,
+  method: string,
+  headers: Headers,
+  body: ReadableStream<Uint8Array> | null,
+  signal: AbortSignal,
+  interim: Interim | undefined,
+) {
   const url = new URL(target)
   const send = url.protocol === "https:" ? httpsRequest : httpRequest
   return new Promise<Response>((resolvePromise, reject) => {
@@ -459,6 +484,7 @@ function nodeFetch(target: string, method: string, headers: Headers, body: Reada
       },
     )
     outgoing.on("error", reject)
+    if (interim) outgoing.on("information", (info) => interim(info.statusCode, info.rawHeaders))
     // Without this listener node:http drops the socket and neither answers nor fails: a client
     // would wait forever.
     outgoing.on("upgrade", (_, socket) => {
@@ -524,8 +550,34 @@ function endOrCut(body: ReadableStream<Uint8Array>, connection: Closable, warn: 
   )
 }
 
+/**
+ * RFC 9110 §15.2: an interim response from the origin, forwarded to the client before the final
+ * one, as far as node:http can write one: 102 and 103, less hop-by-hop fields. 100 Continue
+ * belongs to each hop's own Expect handshake (node:http answers the client's itself), and 101
+ * is refused as an upgrade. Once the final response has begun (a background refresh) nothing
+ * more can go before it.
+ */
+function sendInterim(outgoing: ServerResponse, status: number, rawHeaders: string[], warn: Warn): void {
+  if (outgoing.headersSent || outgoing.destroyed) return
+  if (status === 102) outgoing.writeProcessing()
+  if (status !== 103) return
+  const headers = new Headers()
+  for (let i = 0; i < rawHeaders.length; i += 2) headers.append(rawHeaders[i] as string, rawHeaders[i + 1] as string)
+  const isHopByHop = hopByHopFilter(headers)
+  const hints: Record<string, string | string[]> = { link: headers.get("link")?.split(/,\s*(?=<)/) ?? [] }
+  for (const [name, value] of headers) if (name !== "link" && !isHopByHop(name)) hints[name] = value
+  // node:http sends a 103 only with a Link it finds well formed: hints are hints, so one that
+  // cannot go is left out, and the final response follows as ever.
+  try {
+    outgoing.writeEarlyHints(hints)
+  } catch (error) {
+    warn("origin-body", `a 103 Early Hints from the origin was not forwarded: ${(error as Error).message}`)
+  }
+}
+
 const nodeRuntime: Runtime = {
-  fetch: (target, method, headers, body, timeoutMs) => withTimeout(timeoutMs, (signal) => nodeFetch(target, method, headers, body, signal)),
+  fetch: (target, method, headers, body, timeoutMs, interim) =>
+    withTimeout(timeoutMs, (signal) => nodeFetch(target, method, headers, body, signal, interim)),
   async listen(app, host, port, _idleTimeoutSeconds, warn) {
     const { getRequestListener, RequestError } = await import("@hono/node-server")
     const handle = getRequestListener((request, env) => cutOnFailure(app.fetch(request, env), env.outgoing, warn), {
@@ -550,6 +602,10 @@ const nodeRuntime: Runtime = {
         }),
       )
     })
+  },
+  interimTo: (c, warn) => {
+    const outgoing = (c.env as { outgoing?: ServerResponse } | undefined)?.outgoing
+    return outgoing && ((status, rawHeaders) => sendInterim(outgoing, status, rawHeaders, warn))
   },
   clientAddress: (c) => (c.env as { incoming?: IncomingMessage })?.incoming?.socket.remoteAddress,
   localPort: (c) => (c.env as { incoming?: IncomingMessage })?.incoming?.socket.localPort,
@@ -761,7 +817,14 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
     const body = method === "GET" || method === "HEAD" ? null : request.body
     // Built only when the origin is asked: a hit copies no headers.
     const forward: Forward = (headers) => {
-      const sent = runtime.fetch(target, method, forwardedHeaders(headers, hop(c, body !== null)), body, timeoutMs)
+      const sent = runtime.fetch(
+        target,
+        method,
+        forwardedHeaders(headers, hop(c, body !== null)),
+        body,
+        timeoutMs,
+        runtime.interimTo(c, warn),
+      )
       return trip ? timedOrigin(sent, trip) : sent
     }
     return cache.respond(method, request.headers, target, forward)
