@@ -2325,6 +2325,33 @@ describe("targeted fields, HTTP dates, Vary normalisation and Set-Cookie under B
   })
 })
 
+describe("RFC 5861: a response without a stale-* window is never served stale, not even stale by 0 ms", () => {
+  test("§3: at the instant it turns stale, a max-age=0 response is validated, not served while revalidating", async () => {
+    freezeClock()
+    await using origin = startOrigin((req, n) =>
+      req.headers.get("if-none-match") === '"a"'
+        ? new Response(null, { status: 304, headers: { etag: '"a"' } })
+        : new Response(`v${n}`, { headers: { date: new Date().toUTCString(), etag: '"a"', "cache-control": "max-age=0" } }),
+    )
+    await using proxy = await startProxy({ origin: origin.url })
+    await answer(`${proxy.url}z`)
+    expect((await answer(`${proxy.url}z`)).cacheStatus).toBe("caching-proxy; hit; fwd=stale; fwd-status=304; ttl=0")
+    expect(origin.requests.map((r) => r.headers.get("if-none-match"))).toEqual([null, '"a"'])
+  })
+
+  test("§4: at the instant it turns stale, an origin's 500 is passed on, not replaced by the stale response", async () => {
+    freezeClock()
+    await using origin = startOrigin((_, n) =>
+      n === 1
+        ? new Response("v1", { headers: { date: new Date().toUTCString(), etag: '"a"', "cache-control": "max-age=0" } })
+        : new Response("down", { status: 500 }),
+    )
+    await using proxy = await startProxy({ origin: origin.url })
+    await answer(`${proxy.url}z`)
+    expect(await answer(`${proxy.url}z`)).toMatchObject({ status: 500, body: "down", xCache: "MISS" })
+  })
+})
+
 describe("RFC 9110 §5.6.7 HTTP dates", () => {
   const LONG_DAYS = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"]
   const pad = (n: number) => String(n).padStart(2, "0")

@@ -347,8 +347,9 @@ export function usability(meta: EntryMeta, request: Directives, now: number): Us
   // RFC 9111 §5.2.1.2: max-stale lets the client take a stale response.
   const maxStale = deltaOrAnyMs(request, "max-stale")
   if (maxStale !== undefined && staleness <= maxStale) return "stale-allowed"
-  // RFC 5861 §3: stale-while-revalidate serves at once and refreshes in the background.
-  if (staleness <= meta.staleWhileRevalidateMs) return "stale-while-revalidate"
+  // RFC 5861 §3: stale-while-revalidate serves at once and refreshes in the background; with no
+  // window, even a response stale by 0 ms is validated first.
+  if (meta.staleWhileRevalidateMs > 0 && staleness <= meta.staleWhileRevalidateMs) return "stale-while-revalidate"
   return "validate"
 }
 
@@ -358,7 +359,8 @@ export function mayServeStaleOnError(meta: EntryMeta, request: Directives, now: 
   if (meta.mustRevalidate || meta.noCache) return false
   const staleness = -ttlMs(meta, now)
   const window = Math.max(meta.staleIfErrorMs, deltaOrAnyMs(request, "stale-if-error") ?? 0)
-  if (staleness <= window) return true
+  // A response still fresh (negative staleness) is no stale one: RFC 9111 §4.3.3 lets it stand in.
+  if (staleness < 0 || (window > 0 && staleness <= window)) return true
   // RFC 9111 §4.2.4: a disconnected cache may serve stale; an origin's 5xx is not disconnection.
   return originUnreachable
 }
