@@ -8,7 +8,8 @@
  * Environment:
  *   BENCH_DURATION   length of each wrk run, as wrk takes it (10s, 1m) or plain seconds. Default 10s.
  *   BENCH_REPEATS    wrk runs per figure; the median is reported. Default 3.
- *   BENCH_ONLY       run one phase only: "metrics" (HIT 1 KiB with metrics on and off). Default: every phase.
+ *   BENCH_ONLY       run one phase only: "metrics" (HIT 1 KiB with metrics on and off) or "redis" (the
+ *                    Redis store's figures). Default: every phase.
  *   BENCH_PROXY_CMD  command that starts the proxy; the proxy flags are appended. It must exec the
  *                    server itself (no wrapping shell): its pid is the one whose memory is sampled.
  *                    Default: `<this bun> <repo>/proxy.ts`.
@@ -54,7 +55,7 @@ interface Config {
   /** Whether taskset exists and there are two CPUs to pin servers and clients apart. */
   pin: boolean
   /** The one phase to run (BENCH_ONLY), or undefined for all. */
-  only: "metrics" | undefined
+  only: keyof typeof ONLY_PHASES | undefined
 }
 
 function readConfig(): Config {
@@ -68,8 +69,9 @@ function readConfig(): Config {
     throw new BenchError(`${proxyCommand[1]} does not exist (set BENCH_PROXY_CMD to bench another proxy)`)
   const pin = Bun.which("taskset") !== null && availableParallelism() >= 2
   const only = process.env.BENCH_ONLY
-  if (only !== undefined && only !== "metrics") throw new BenchError(`BENCH_ONLY must be metrics (got "${only}")`)
-  return { durationSeconds, repeats, proxyCommand, pin, only }
+  if (only !== undefined && !Object.hasOwn(ONLY_PHASES, only))
+    throw new BenchError(`BENCH_ONLY must be one of ${Object.keys(ONLY_PHASES).join(", ")} (got "${only}")`)
+  return { durationSeconds, repeats, proxyCommand, pin, only: only as keyof typeof ONLY_PHASES | undefined }
 }
 
 /** wrk's duration syntax (s, m, h suffixes) plus a bare number of seconds. */
@@ -988,9 +990,9 @@ async function main(): Promise<void> {
     `bench: origin ${originUrl} (big ${bigOriginUrl}), ceiling ${ceilingUrl}, proxy ${proxyUrl}; ${config.repeats}× ${config.durationSeconds}s per figure`,
   )
 
-  if (config.only === "metrics") {
-    announce("metrics on vs off")
-    await benchMetricsOverhead(servers)
+  if (config.only) {
+    announce(config.only)
+    await ONLY_PHASES[config.only](servers)
   } else await allPhases(servers, ceiling)
 
   if (stopping) return // interrupted: the phases above failed for that reason, not the proxy's
@@ -1003,6 +1005,12 @@ async function main(): Promise<void> {
 }
 
 /** Every phase, in an order that gives each the machine to itself. */
+/** The phases BENCH_ONLY can pick, each run alone. */
+const ONLY_PHASES = {
+  metrics: benchMetricsOverhead,
+  redis: ({ originUrl, bigOriginUrl, ceilingUrl }: Servers) => benchRedis(originUrl, bigOriginUrl, ceilingUrl),
+}
+
 async function allPhases(servers: Servers, ceiling: Server): Promise<void> {
   const { originUrl, bigOriginUrl, ceilingUrl, proxy } = servers
   announce("HIT 1 KiB")
