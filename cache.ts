@@ -24,7 +24,9 @@ import {
   hopByHopFilter,
   isFinalStatus,
   isNotModified,
+  isTagHeader,
   isUselessToStore,
+  markedStale,
   mayServeStaleOnError,
   mergeHeaders,
   notStorableReason,
@@ -71,6 +73,8 @@ export interface EntryMeta {
   noCache: boolean
   etag: string | null
   lastModified: string | null
+  /** Purge tags, from Surrogate-Key and Cache-Tag. Absent in entries stored before tags were kept. */
+  tags?: string[]
 }
 
 /** A stored response: its meta, its body's length and its body. */
@@ -92,6 +96,8 @@ export interface ListedEntry {
   key: string
   meta: EntryMeta
   size: number
+  /** The tiers holding it, front first ("memory", "file", "redis"). */
+  tiers: string[]
 }
 
 export interface ListOptions {
@@ -116,6 +122,38 @@ export interface TierStats {
   bytes: number
   /** Entries this process removed to stay within the tier's bound; absent where the store evicts by itself (Redis). */
   evictions?: number
+  /** The tier's own byte bound; none where the server keeps its own (Redis's maxmemory). */
+  maxBytes?: number
+}
+
+/** What a purge removes (or marks stale): one URL, every URL under a prefix, or every entry with a tag. */
+export type PurgeTarget = { url: string } | { prefix: string } | { tag: string }
+
+/** One variant as the admin API shows it. */
+export interface VariantView {
+  status: number
+  /** The request header values it was selected by (Vary); null = absent. */
+  vary: Record<string, string | null>
+  /** Body bytes. */
+  bytes: number
+  /** When it arrived, ms since epoch. */
+  storedAt: number
+  ageSeconds: number
+  /** Seconds of freshness left; negative once stale. */
+  ttlSeconds: number
+  fresh: boolean
+  tags: string[]
+  tiers: string[]
+  headers: [string, string][]
+}
+
+/** One URL as the admin API lists it: its variants summed up, the most recent one's figures. */
+export interface EntryView extends Omit<VariantView, "vary" | "headers"> {
+  url: string
+  method: string
+  variants: number
+  /** Hits this process has served from it since it started. */
+  hits: number
 }
 
 /** A store's answer that may come at once (memory) or later (disk, network). */
@@ -143,6 +181,10 @@ export interface Store {
   clear(): Promise<void>
   /** Entries' metadata, page by page, in an order that stays put between pages. */
   list(options?: ListOptions): Promise<Page>
+  /** Every live variant of one key, without its body (the inspector, purges). */
+  variants(key: string): Promise<ListedEntry[]>
+  /** The keys with a live variant tagged `tag`, found through an index kept with the entries. */
+  tagged(tag: string): Promise<string[]>
   stats(): Promise<TierStats[]>
   /** A tier in front of this store served this entry: count it as read, for the LRU order. */
   used(key: string, meta: EntryMeta): void
@@ -158,6 +200,8 @@ export interface Store {
   landed(key: string, ms: number): Promise<void>
   /** Resolves once the store answers from everything it holds (the disk scan; a connection). */
   ready(): Promise<void>
+  /** Resolves when the store answers now; rejects with the reason when it cannot (for readiness probes). */
+  ping(): Promise<void>
   close(): Promise<void>
 }
 
@@ -180,6 +224,7 @@ export type WarnKind =
   | "refresh"
   | "store-connection"
   | "proxy"
+  | "admin"
 
 /** Reports a failure the proxy carries on after: every `catch` that does not rethrow calls it. */
 export type Warn = (kind: WarnKind, detail: string) => void
@@ -270,6 +315,7 @@ export class Cache {
   /** Keys whose last response could not be stored: requests for them skip coalescing. */
   private readonly passes = new PassList()
   private readonly lastHitHeaders = new WeakMap<EntryMeta, HitHeaders>()
+  private readonly hitCounts = new HitCounts()
 
   constructor(
     readonly store: Store,
@@ -368,11 +414,82 @@ export class Cache {
       const targets = [target, ...sameOriginReferences(target, response.headers)]
       await Promise.all(targets.map((uri) => this.invalidate(cacheKey(uri, this.ignoreQuery))))
     }
-    return relay(response, "fwd=method")
+    return relay(response, "fwd=method", this.config.keepTagHeaders)
   }
 
   private async invalidate(key: string): Promise<void> {
+    this.hitCounts.forget(key)
     await this.store.delete(key).catch((error) => this.config.warn("store-delete", `${key}: ${(error as Error).message}`))
+  }
+
+  // ───────────── operating it: listing and purging ─────────────
+
+  /** A page of stored URLs, each with its variants summed up; `prefix` is a URL prefix. */
+  async entries({ prefix = "", ...options }: ListOptions): Promise<{ entries: EntryView[]; cursor?: string }> {
+    const page = await this.store.list({ ...options, prefix: keyPrefix(prefix) })
+    const byKey = Map.groupBy(page.entries, (entry) => entry.key)
+    const now = Date.now()
+    return { entries: [...byKey].map(([key, variants]) => this.entryView(key, variants, now)), cursor: page.cursor }
+  }
+
+  /** One stored URL with every variant's headers; undefined when nothing is stored for it. */
+  async entry(url: string): Promise<{ entry: EntryView; variants: VariantView[] } | undefined> {
+    const key = cacheKey(url, this.ignoreQuery)
+    const listed = await this.store.variants(key)
+    if (listed.length === 0) return undefined
+    const now = Date.now()
+    return { entry: this.entryView(key, listed, now), variants: listed.map((variant) => variantView(variant, now)) }
+  }
+
+  private entryView(key: string, listed: ListedEntry[], now: number): EntryView {
+    const variants = listed.map((variant) => variantView(variant, now))
+    const { vary: _, headers: __, ...newest } = variants.reduce((a, b) => (b.storedAt > a.storedAt ? b : a))
+    return {
+      ...newest,
+      url: key.slice(key.indexOf(" ") + 1),
+      method: key.slice(0, key.indexOf(" ")),
+      variants: variants.length,
+      bytes: variants.reduce((sum, variant) => sum + variant.bytes, 0),
+      tags: [...new Set(variants.flatMap((variant) => variant.tags))],
+      tiers: [...new Set(variants.flatMap((variant) => variant.tiers))],
+      hits: this.hitCounts.of(key),
+    }
+  }
+
+  /**
+   * Removes the entries a target names, every variant in every tier (and, on a shared store, in
+   * every proxy's memory tier); `soft` marks them stale instead (`markedStale`). Resolves to the
+   * number of URLs purged.
+   */
+  async purge(target: PurgeTarget, soft: boolean): Promise<number> {
+    let purged = 0
+    for await (const key of this.keysOf(target)) if (await this.purgeKey(key, soft)) purged++
+    return purged
+  }
+
+  /** The keys a purge target names, page by page. */
+  private async *keysOf(target: PurgeTarget): AsyncGenerator<string> {
+    if ("url" in target) return yield cacheKey(target.url, this.ignoreQuery)
+    if ("tag" in target) return yield* await this.store.tagged(target.tag)
+    let cursor: string | undefined
+    do {
+      const page = await this.store.list({ prefix: keyPrefix(target.prefix), cursor })
+      yield* new Set(page.entries.map((entry) => entry.key))
+      cursor = page.cursor
+    } while (cursor !== undefined)
+  }
+
+  private async purgeKey(key: string, soft: boolean): Promise<boolean> {
+    const variants = await this.store.variants(key)
+    if (variants.length === 0) return false
+    if (!soft) {
+      this.hitCounts.forget(key)
+      await this.store.delete(key)
+      return true
+    }
+    const now = Date.now()
+    await Promise.all(variants.map(({ meta }) => this.store.update(key, markedStale(meta, now))))
+    return true
   }
 
   // ───────────── coalescing ─────────────
@@ -520,7 +637,9 @@ export class Cache {
   ): Promise<Exchange> {
     const headers = mergeHeaders(stale.meta.headers, response.headers)
     const control = responseControl(headers, this.config.targetList)
-    const meta = describeResponse(stale.meta.status, headers, control, stale.meta.vary, requestTime, responseTime, this.config)
+    const described = describeResponse(stale.meta.status, headers, control, stale.meta.vary, requestTime, responseTime, this.config)
+    // A 304 without tag fields keeps the entry's tags (its stored headers no longer hold them).
+    const meta = described.tags?.length ? described : { ...described, tags: stale.meta.tags }
     const updated = await this.track(
       this.store.update(lookup.key, sharedMeta(meta, this.config)).catch((error) => {
         this.config.warn("store-write", `updating ${lookup.key}: ${(error as Error).message}`)
@@ -565,15 +684,15 @@ export class Cache {
       // A 206 or 304 answers this request's Range or conditions, not the URL's cacheability.
       const aboutTheUrl = !REQUEST_REASONS.has(reason) && response.status !== 206 && response.status !== 304
       if (aboutTheUrl) this.passes.add(lookup.key, responseTime)
-      return notStored(relay(response, `${cacheStatus}; detail=${reason}`))
+      return notStored(relay(response, `${cacheStatus}; detail=${reason}`, this.config.keepTagHeaders))
     }
     const vary = varySelection(varyNames(response.headers) as string[], lookup.headers) // "*" was refused above
     const meta = describeResponse(response.status, response.headers, control, vary, requestTime, responseTime, this.config)
-    if (isUselessToStore(meta)) return notStored(relay(response, `${cacheStatus}; detail=stale-on-arrival`))
+    if (isUselessToStore(meta)) return notStored(relay(response, `${cacheStatus}; detail=stale-on-arrival`, this.config.keepTagHeaders))
     const { body, stored } = this.teeIntoStore(lookup.key, response, meta)
     const length = Number(response.headers.get("content-length") ?? Infinity)
     const framed = body && length <= READ_AHEAD_BYTES ? await readAhead(body) : body
-    return { response: relay(new Response(framed, response), `${cacheStatus}; stored`), stored }
+    return { response: relay(new Response(framed, response), `${cacheStatus}; stored`, this.config.keepTagHeaders), stored }
   }
 
   private tooLarge(headers: Headers): string | null {
@@ -680,6 +799,7 @@ export class Cache {
   /** A response from a stored entry, RFC 9111 §4 (Age per §5.1, conditionals per §4.3.2). */
   private fromCache(stored: Stored, lookup: Lookup, now: number, cacheStatus: string): Response {
     const { meta } = stored
+    this.hitCounts.count(lookup.key)
     const headers = this.hitHeaders(stored, now, cacheStatus)
     if (meta.status === 200 && isNotModified(lookup.headers, meta, now)) {
       discard(stored)
@@ -742,6 +862,54 @@ export class Cache {
     if (!NULL_BODY_STATUS.has(meta.status)) headers.set("content-length", String(size))
     this.lastHitHeaders.set(meta, { age, ttl, cacheStatus, headers })
     return headers
+  }
+}
+
+// Hit counts are kept for this many URLs at most; the ones counted first are forgotten first.
+const MAX_COUNTED_KEYS = 100_000
+
+/** Hits per key since this process started, for the inspector. Bounded. */
+class HitCounts {
+  private readonly counts = new Map<string, number>()
+
+  count(key: string): void {
+    const hits = this.counts.get(key)
+    if (hits !== undefined) {
+      this.counts.set(key, hits + 1)
+      return
+    }
+    this.counts.set(key, 1)
+    if (this.counts.size > MAX_COUNTED_KEYS) this.counts.delete(this.counts.keys().next().value as string)
+  }
+
+  of(key: string): number {
+    return this.counts.get(key) ?? 0
+  }
+
+  forget(key: string): void {
+    this.counts.delete(key)
+  }
+}
+
+/** The key prefix of every URL that starts with `urlPrefix` (only GETs are stored). */
+function keyPrefix(urlPrefix: string): string {
+  return `GET ${urlPrefix}`
+}
+
+/** One stored variant as the admin API shows it. */
+function variantView({ meta, size, tiers }: ListedEntry, now: number): VariantView {
+  const ttl = ttlMs(meta, now)
+  return {
+    status: meta.status,
+    vary: meta.vary,
+    bytes: size,
+    storedAt: meta.responseTime,
+    ageSeconds: Math.floor(currentAgeMs(meta, now) / 1000),
+    ttlSeconds: Math.round(ttl / 1000),
+    fresh: ttl > 0 && !meta.noCache,
+    tags: meta.tags ?? [],
+    tiers,
+    headers: meta.headers,
   }
 }
 
@@ -834,13 +1002,13 @@ function discard(stored: Stored | undefined): void {
   if (stored?.body instanceof ReadableStream) stored.body.cancel().catch(() => undefined) // nothing was read: nothing to lose
 }
 
-/** The origin's response for the client, hop-by-hop fields dropped, with our two status fields. */
-function relay(response: Response, cacheStatus: string): Response {
+/** The origin's response for the client, hop-by-hop (and tag) fields dropped, with our two status fields. */
+function relay(response: Response, cacheStatus: string, keepTagHeaders: boolean): Response {
   // Edited in place: a new Response around the origin's body would cost Bun its native
   // pass-through of the body (about an eighth of the no-store MISS throughput).
   const { headers } = response
   const isHopByHop = hopByHopFilter(headers)
-  const dropped = [...headers.keys()].filter(isHopByHop)
+  const dropped = [...headers.keys()].filter((name) => isHopByHop(name) || (!keepTagHeaders && isTagHeader(name)))
   for (const name of dropped) headers.delete(name)
   headers.append("via", VIA)
   headers.set("x-cache", "MISS")

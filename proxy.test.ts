@@ -101,6 +101,8 @@ const DEFAULTS: Omit<ProxyOptions, "origin" | "cacheDir"> = {
   targetedCacheControl: [],
   store: { kind: "file" },
   storePrefix: "caching-proxy",
+  admin: undefined,
+  keepTagHeaders: false,
 }
 
 /** The real proxy, in-process, on port 0, with its own cache directory unless one is given. */

@@ -22,6 +22,7 @@ import type { RedisTarget } from "./cache/redis-store.ts"
 import { MEMORY_BODY_LIMIT_BYTES, TieredStore } from "./cache/tiered-store.ts"
 import { answer, Cache, type Forward, OriginError, type OriginFailure, type Store, VIA, type Warn } from "./cache.ts"
 import packageJson from "./package.json" with { type: "json" }
+import { createAdmin } from "./proxy/admin.ts"
 import { type Access, cacheOutcome, createAccessLog, createWarn, LOG_FORMATS, type LogFormat } from "./proxy/log.ts"
 import { ProxyMetrics } from "./proxy/metrics.ts"
 
@@ -66,6 +67,18 @@ export interface ProxyOptions {
   store: StoreChoice
   /** Namespaces every Redis key, so several caches can share one Redis. @default "caching-proxy" */
   storePrefix: string
+  /** The admin listener (health, API, inspector). @default undefined: none */
+  admin: AdminListenOptions | undefined
+  /** Pass Surrogate-Key and Cache-Tag on to clients instead of removing them. @default false */
+  keepTagHeaders: boolean
+}
+
+interface AdminListenOptions {
+  port: number
+  /** @default "127.0.0.1" */
+  host: string
+  /** Required when `host` is not loopback. */
+  token: string | undefined
 }
 
 type StoreChoice = { kind: "file" } | { kind: "redis"; target: RedisTarget }
@@ -120,6 +133,14 @@ const args = {
     default: "file",
   },
   "store-prefix": { type: "string", description: "Namespace of this cache's keys in Redis", default: "caching-proxy" },
+  "admin-port": { type: "string", description: "Port of the admin listener: health, JSON API, purge, metrics, inspector (default: none)" },
+  "admin-host": {
+    type: "string",
+    description: "Address of the admin listener (other than loopback only with --admin-token)",
+    default: "127.0.0.1",
+  },
+  "admin-token": { type: "string", description: "Bearer token every admin request must carry" },
+  "keep-tag-headers": { type: "boolean", description: "Pass Surrogate-Key and Cache-Tag on to clients (default: removed, as CDNs do)" },
   quiet: { type: "boolean", description: "Do not log each request" },
   "log-format": {
     type: "string",
@@ -165,10 +186,33 @@ function parseTimeout(value: string): number {
   return seconds
 }
 
-function parsePort(value: string): number {
+function parsePort(value: string, name = "port"): number {
   const port = Number(value)
-  if (!/^\d+$/.test(value.trim()) || port > 65535) throw new UsageError(`--port must be 0-65535 (got "${value}")`)
+  if (!/^\d+$/.test(value.trim()) || port > 65535) throw new UsageError(`--${name} must be 0-65535 (got "${value}")`)
   return port
+}
+
+/** Whether an address only this machine can reach: the admin listener needs no token there. */
+function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host)
+}
+
+/** --admin-port, --admin-host, --admin-token: none without a port; a token wherever others can reach it. */
+function parseAdmin(parsed: Args, proxyPort: number): AdminListenOptions | undefined {
+  const token = parsed["admin-token"]
+  if (parsed["admin-port"] === undefined) {
+    if (token !== undefined) throw new UsageError("--admin-token is given without --admin-port, which starts the admin listener")
+    return undefined
+  }
+  const port = parsePort(parsed["admin-port"], "admin-port")
+  if (port !== 0 && port === proxyPort) throw new UsageError(`--admin-port must differ from --port (both are ${port})`)
+  const host = parsed["admin-host"]
+  if (!isLoopback(host) && token === undefined)
+    throw new UsageError(`--admin-host ${host} is reachable from other machines: set --admin-token (or CACHING_PROXY_ADMIN_TOKEN) too`)
+  // It travels in a header: visible ASCII only.
+  if (token !== undefined && !/^[\x21-\x7e]+$/.test(token))
+    throw new UsageError("--admin-token must be printable ASCII without spaces (got a value that is not)")
+  return { port, host, token }
 }
 
 function parseOrigin(value: string | undefined): string {
@@ -301,8 +345,9 @@ export function parseOptions(parsed: Args): ProxyOptions {
   for (const [name, def] of Object.entries(args)) {
     if (def.type === "string" && parsed[name] === "") throw new UsageError(`--${name} needs a value`)
   }
+  const port = parsePort(parsed.port)
   return {
-    port: parsePort(parsed.port),
+    port,
     host: parsed.host,
     publicUrl: parsePublicUrl(parsed["public-url"]),
     trustForwarded: Boolean(parsed["trust-forwarded"]),
@@ -327,6 +372,8 @@ export function parseOptions(parsed: Args): ProxyOptions {
     targetedCacheControl: parseTargetedFields(parsed["targeted-cache-control"]),
     store: parseStore(parsed.store),
     storePrefix: parsed["store-prefix"],
+    admin: parseAdmin(parsed, port),
+    keepTagHeaders: Boolean(parsed["keep-tag-headers"]),
   }
 }
 
@@ -744,7 +791,7 @@ interface OriginTrip {
   failure?: OriginFailure
 }
 
-/** Builds the proxy as a Hono app (tests and embedders serve it themselves). */
+/** Builds the proxy as a Hono app, and its admin app (tests and embedders serve them themselves). */
 export async function createProxy(options: ProxyOptions, output: Partial<ProxyOutput> = {}) {
   const { log = console.log, warn = createWarn(options.logFormat) } = output
   const behind = await openStore(options, warn)
@@ -755,13 +802,14 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
     forceTtlMs: options.forceTtlSeconds * 1000,
     shareCookies: options.shareCookies,
     targetList: targetList(options.targetedCacheControl),
+    keepTagHeaders: options.keepTagHeaders,
     ignoreQuery: options.ignoreQuery,
     offline: options.offline,
     coalesceWaitMs: options.timeoutSeconds * 1000,
     warn,
   })
   const storeConnected = "isConnected" in behind ? () => (behind as { isConnected: boolean }).isConnected : undefined
-  const metrics = options.metrics ? new ProxyMetrics({ store, storeConnected, warn }) : undefined
+  const metrics = options.metrics || options.admin ? new ProxyMetrics({ store, storeConnected, warn }) : undefined
   const accessLog = options.quiet ? undefined : createAccessLog(options.logFormat, log)
   /** Where each answered request goes: the access log, the metrics, both or neither (then nothing is timed). */
   const record =
@@ -861,7 +909,8 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
 
   app.onError((error, c) => failed(error, c.req.method, runtime.requestTarget(c)))
 
-  return { app, cache, metrics }
+  const admin = options.admin && metrics && createAdmin({ cache, origin: options.origin, token: options.admin.token, metrics, warn })
+  return { app, cache, metrics, admin }
 }
 
 // The fields by which a response names URLs of its own: RFC 9110 §10.2.2, §8.7.
@@ -1012,25 +1061,41 @@ async function run(commandLine: string[]): Promise<number> {
   }
   if (options.store.kind === "file") checkCacheDir(options.cacheDir)
   const warn = createWarn(options.logFormat)
-  const { app, cache } = await createProxy(options, { warn })
+  const { app, cache, admin } = await createProxy(options, { warn })
   // A shared store is worth a moment's wait: until Redis answers, requests would go to the origin
   // uncoalesced. Past that moment the proxy starts anyway, uncached, and connects in the background.
   if (options.store.kind === "redis") await Promise.race([cache.store.ready(), sleep(STORE_CONNECT_WAIT_MS)])
-  let listener: Listener
+  const listener = await listenOrSay(app, options, "port", warn)
+  const adminListener = admin && options.admin ? await listenOrSay(admin, { ...options, ...options.admin }, "admin port", warn) : null
+  if (!listener || adminListener === undefined) {
+    await Promise.all([listener?.stop(true), adminListener?.stop(true)])
+    return 1
+  }
+  const adminLine = adminListener ? `, admin on http://${options.admin?.host}:${adminListener.port}` : ""
+  console.log(
+    `caching-proxy listening on http://${options.host}:${listener.port}, forwarding to ${options.origin}, cache in ${whereEntriesLive(options)}${adminLine}`,
+  )
+  await shutdownSignal()
+  const stopped = Promise.all([listener.stop(), adminListener?.stop(true)])
+  await Promise.race([stopped.then(() => cache.close()), sleep(SHUTDOWN_GRACE_MS)])
+  return 0
+}
+
+/** Serves an app, or says on stderr why its port cannot be used (undefined then). */
+async function listenOrSay(
+  app: Hono,
+  options: Pick<ProxyOptions, "host" | "port" | "timeoutSeconds">,
+  name: string,
+  warn: Warn,
+): Promise<Listener | undefined> {
   try {
-    listener = await serve(app, options, warn)
+    return await serve(app, options, warn)
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code
     const reason = code === "EADDRINUSE" ? "is already in use" : `cannot be used (${(error as Error).message})`
-    console.error(`caching-proxy: port ${options.port} on ${options.host} ${reason}`)
-    return 1
+    console.error(`caching-proxy: ${name} ${options.port} on ${options.host} ${reason}`)
+    return undefined
   }
-  console.log(
-    `caching-proxy listening on http://${options.host}:${listener.port}, forwarding to ${options.origin}, cache in ${whereEntriesLive(options)}`,
-  )
-  await shutdownSignal()
-  await Promise.race([listener.stop().then(() => cache.close()), sleep(SHUTDOWN_GRACE_MS)])
-  return 0
 }
 
 function sleep(ms: number): Promise<void> {

@@ -810,7 +810,7 @@ async function fillCache(dir: string, originUrl: string, count: number): Promise
   const now = Date.now()
   // Described by the policy from a day-long max-age, as the proxy would describe the origin's answer.
   const headers = new Headers({ "content-type": "text/plain", "cache-control": "max-age=86400" })
-  const policy = { defaultTtlMs: 0, forceTtlMs: 0, shareCookies: false, targetList: targetList([]) }
+  const policy = { defaultTtlMs: 0, forceTtlMs: 0, shareCookies: false, targetList: targetList([]), keepTagHeaders: false }
   const meta = describeResponse(200, headers, responseControl(headers, policy.targetList), {}, now, now, policy)
   let next = 0
   const worker = async () => {

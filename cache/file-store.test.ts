@@ -92,6 +92,8 @@ const DEFAULTS: Omit<ProxyOptions, "origin" | "cacheDir"> = {
   targetedCacheControl: [],
   store: { kind: "file" },
   storePrefix: "caching-proxy",
+  admin: undefined,
+  keepTagHeaders: false,
 }
 
 /** The real proxy, in-process, on port 0, on the given cache directory. */

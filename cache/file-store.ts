@@ -3,6 +3,8 @@
  *
  * Layout: `<dir>/v1/<2 hex>/<sha256(key)>/<variant>.meta` (JSON) beside
  * `<variant>.<write id>.body`, where `<variant>` is sha256 of the key and the Vary selection.
+ * The purge-tag index: an empty file `<dir>/v1/tags/<sha256(tag)>/<sha256(key)>` per tagged key,
+ * written with the entry; one whose entry went or lost the tag is removed when a purge finds it.
  * A write goes body first, then meta, each under a temporary name renamed when whole, so a reader
  * sees a complete entry or none. Sizes are indexed in memory in LRU order by a scan that runs
  * after start-up (it stats files, never reads bodies); the order survives restarts through mtime.
@@ -124,7 +126,7 @@ interface BodyRecord {
 }
 
 /** A variant as found on disk. */
-interface DiskVariant extends ListedEntry {
+interface DiskVariant extends Omit<ListedEntry, "tiers"> {
   metaPath: string
   bodyPath: string
   sha256: string | undefined
@@ -133,6 +135,7 @@ interface DiskVariant extends ListedEntry {
 }
 
 const FORMAT_DIR = "v1"
+const TAGS_DIR = "tags"
 const META_SUFFIX = ".meta"
 const TEMP_SUFFIX = ".tmp"
 // The names the store gives: a shard is a key hash's first two hex digits, a key's directory the
@@ -241,6 +244,13 @@ export class FileStore implements Store {
 
   ready(): Promise<void> {
     return this.scanned
+  }
+
+  /** The cache directory can still be written (not removed, not made read-only, not unmounted). */
+  async ping(): Promise<void> {
+    await fs.access(this.dir, constants.W_OK).catch((error: Error) => {
+      throw new Error(`the cache directory ${this.dir} cannot be written (${error.message})`)
+    })
   }
 
   close(): Promise<void> {
@@ -365,14 +375,43 @@ export class FileStore implements Store {
         if (variants.length === 0) continue
         if (keys === limit) return { entries, cursor: positionOf((entries.at(-1) as ListedEntry).key) }
         keys++
-        for (const { key, meta, size } of variants) entries.push({ key, meta, size })
+        entries.push(...variants.map(listed))
       }
     }
     return { entries }
   }
 
+  async variants(key: string): Promise<ListedEntry[]> {
+    const dir = this.keyDir(key)
+    if (!this.mayHold(dir)) return []
+    return (await this.readVariants(dir)).map(listed)
+  }
+
+  /** The keys in the tag's index whose entries carry it still; the others are dropped from the index on the way. */
+  async tagged(tag: string): Promise<string[]> {
+    const dir = this.tagDir(tag)
+    // Only the store's own directories are read and pruned, never one reached through a link.
+    const isOwnDir = async (path: string) => (await fs.lstat(path).catch(this.ifMissing(undefined, "reading a tag index")))?.isDirectory()
+    if (!(await isOwnDir(dirname(dir))) || !(await isOwnDir(dir))) return []
+    const keys: string[] = []
+    for (const name of await fs.readdir(dir).catch(this.ifMissing([] as string[], "reading a tag index"))) {
+      if (!KEY_DIR_NAME.test(name)) continue
+      const variants = await this.readVariants(join(this.root, name.slice(0, 2), name))
+      const tagged = variants.find(({ meta }) => meta.tags?.includes(tag))
+      if (tagged) keys.push(tagged.key)
+      else await removeOwnFile(join(dir, name))
+    }
+    return keys
+  }
+
+  private tagDir(tag: string): string {
+    return join(this.root, TAGS_DIR, sha256(tag))
+  }
+
   stats(): Promise<TierStats[]> {
-    return Promise.resolve([{ tier: "file", entries: this.lru.size, bytes: this.occupiedBytes(), evictions: this.evictions }])
+    return Promise.resolve([
+      { tier: "file", entries: this.lru.size, bytes: this.occupiedBytes(), evictions: this.evictions, maxBytes: this.maxBytes },
+    ])
   }
 
   /**
@@ -544,9 +583,13 @@ export class FileStore implements Store {
 
   // ───────────── writing ─────────────
 
-  /** Makes a key's directory, and refuses one reached through a link: no write lands outside the cache. */
   private async makeKeyDir(dir: string): Promise<void> {
     this.knowKeyDir(dir)
+    await this.makeOwnDir(dir)
+  }
+
+  /** Makes a directory in the cache, and refuses one reached through a link: no write lands outside the cache. */
+  private async makeOwnDir(dir: string): Promise<void> {
     await fs.mkdir(dir, { recursive: true })
     this.realDir ??= fs.realpath(this.dir)
     const expected = join(await this.realDir, relative(this.dir, dir))
@@ -578,6 +621,8 @@ export class FileStore implements Store {
     this.metaPaths.set(meta, metaPath)
     this.account(metaPath, key, this.inBlocks(Buffer.byteLength(text)) + this.inBlocks(body.size))
     if (version) this.verified.set(metaPath, version)
+    // Reported, not thrown: the entry is stored; only a purge by its tag would miss it.
+    await this.indexTags(key, meta.tags ?? []).catch((error) => this.warn("store-write", `indexing the tags of ${key}: ${error.message}`))
     await this.removeUnnamedBodies(dir, variantId)
     await this.evict()
   }
@@ -594,6 +639,19 @@ export class FileStore implements Store {
       await this.makeKeyDir(dir)
       return fs.open(path, "wx")
     })
+  }
+
+  /** Names the key in each of its tags' directories: a purge by tag reads one directory, never every entry. */
+  private async indexTags(key: string, tags: string[]): Promise<void> {
+    const keyHash = sha256(key)
+    for (const tag of tags) {
+      const dir = this.tagDir(tag)
+      await this.makeOwnDir(dir)
+      // "wx": already indexed (or a link in its place, never written through) is left as it is.
+      await fs.writeFile(join(dir, keyHash), "", { flag: "wx" }).catch((error: NodeJS.ErrnoException) => {
+        if (error.code !== "EEXIST") throw error
+      })
+    }
   }
 
   /** Replaces the generation file by a rename: a link put in its place is replaced, never written through. */
@@ -957,6 +1015,7 @@ const META_FIELDS: [keyof MetaFile, (value: unknown) => boolean, string][] = [
   // Sent back to the origin as If-None-Match and If-Modified-Since.
   ["etag", isFieldValueOrNull, "a header value or null"],
   ["lastModified", isFieldValueOrNull, "a header value or null"],
+  ["tags", (value) => value === undefined || (Array.isArray(value) && value.every(isString)), "absent or a list of strings"],
 ]
 
 /**
@@ -999,6 +1058,7 @@ function entryMetaOf(file: MetaFile): EntryMeta {
     noCache: file.noCache,
     etag: file.etag,
     lastModified: file.lastModified,
+    ...(file.tags && { tags: file.tags }),
   }
 }
 
@@ -1096,6 +1156,11 @@ function variantIdOf(key: string, vary: EntryMeta["vary"]): string {
 
 function writeId(): string {
   return randomBytes(6).toString("hex")
+}
+
+/** A variant found on disk, as a listing shows it. */
+function listed({ key, meta, size }: DiskVariant): ListedEntry {
+  return { key, meta, size, tiers: ["file"] }
 }
 
 /** Where a key's directory stands in the listing order: the list cursor after it. */

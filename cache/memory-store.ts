@@ -3,7 +3,16 @@
  * bounded in bytes. In front of the file store (or Redis) it is the per-process L1; a hit from it
  * is answered synchronously, with no promise for the server to wait on.
  */
-import { type EntryMeta, grantClaim, type ListOptions, type Page, type Store, type Stored, type TierStats } from "../cache.ts"
+import {
+  type EntryMeta,
+  grantClaim,
+  type ListedEntry,
+  type ListOptions,
+  type Page,
+  type Store,
+  type Stored,
+  type TierStats,
+} from "../cache.ts"
 import { selectVariant } from "./policy.ts"
 
 // Rough bytes a key's map entry and a variant's meta take in memory, counted against the bound
@@ -30,6 +39,8 @@ export class MemoryStore implements Store {
   /** The key last moved to the most-recently-used end: a hot key's hits skip the reordering. */
   private newest: string | undefined
   private readonly dropListeners: ((key: string | null) => void)[] = []
+  /** tag → the keys with a variant carrying it. */
+  private readonly byTag = new Map<string, Set<string>>()
 
   constructor({ maxBytes }: MemoryStoreOptions) {
     this.maxBytes = maxBytes
@@ -105,6 +116,11 @@ export class MemoryStore implements Store {
     if (!entry) return
     this.entries.delete(key)
     this.totalBytes -= entry.bytes
+    for (const tag of tagsOf(entry.variants)) {
+      const keys = this.byTag.get(tag)
+      keys?.delete(key)
+      if (keys?.size === 0) this.byTag.delete(tag)
+    }
   }
 
   clear(): Promise<void> {
@@ -114,20 +130,43 @@ export class MemoryStore implements Store {
 
   forgetAll(): void {
     this.entries.clear()
+    this.byTag.clear()
     this.totalBytes = 0
   }
 
   list({ prefix = "", cursor, limit = DEFAULT_PAGE_KEYS }: ListOptions = {}): Promise<Page> {
     const keys = [...this.entries.keys()].filter((key) => key.startsWith(prefix) && (cursor === undefined || key > cursor)).sort()
     const page = keys.slice(0, limit)
-    const entries = page.flatMap((key) => (this.entries.get(key)?.variants ?? []).map(({ meta, size }) => ({ key, meta, size })))
+    const entries = page.flatMap((key) => this.listed(key))
     return Promise.resolve({ entries, cursor: keys.length > limit ? page.at(-1) : undefined })
+  }
+
+  variants(key: string): Promise<ListedEntry[]> {
+    const now = Date.now()
+    return Promise.resolve(this.listed(key).filter(({ meta }) => meta.deleteAt > now))
+  }
+
+  private listed(key: string): ListedEntry[] {
+    return (this.entries.get(key)?.variants ?? []).map(({ meta, size }) => ({ key, meta, size, tiers: ["memory"] }))
+  }
+
+  tagged(tag: string): Promise<string[]> {
+    const now = Date.now()
+    const keys = [...(this.byTag.get(tag) ?? [])].filter((key) =>
+      this.entries.get(key)?.variants.some(({ meta }) => meta.deleteAt > now && meta.tags?.includes(tag)),
+    )
+    return Promise.resolve(keys)
+  }
+
+  /** Whether this variant of the key is held here: the tiered store's listing says so. */
+  holds(key: string, vary: EntryMeta["vary"]): boolean {
+    return this.entries.get(key)?.variants.some((v) => sameSelection(v.meta.vary, vary)) ?? false
   }
 
   stats(): Promise<TierStats[]> {
     let entries = 0
     for (const entry of this.entries.values()) entries += entry.variants.length
-    return Promise.resolve([{ tier: "memory", entries, bytes: this.totalBytes, evictions: this.evictions }])
+    return Promise.resolve([{ tier: "memory", entries, bytes: this.totalBytes, evictions: this.evictions, maxBytes: this.maxBytes }])
   }
 
   used(key: string): void {
@@ -150,6 +189,11 @@ export class MemoryStore implements Store {
     return Promise.resolve()
   }
 
+  /** Memory always answers. */
+  ping(): Promise<void> {
+    return Promise.resolve()
+  }
+
   close(): Promise<void> {
     return Promise.resolve()
   }
@@ -168,6 +212,7 @@ export class MemoryStore implements Store {
     this.entries.set(key, { variants, bytes })
     this.newest = key
     this.totalBytes += bytes
+    for (const tag of tagsOf(variants)) this.byTag.set(tag, (this.byTag.get(tag) ?? new Set()).add(key))
     for (const oldest of this.entries.keys()) {
       if (this.totalBytes <= this.maxBytes) break
       this.forget(oldest)
@@ -183,9 +228,14 @@ function sameSelection(a: EntryMeta["vary"], b: EntryMeta["vary"]): boolean {
   return JSON.stringify(a) === JSON.stringify(b)
 }
 
+function tagsOf(variants: Stored[]): Set<string> {
+  return new Set(variants.flatMap(({ meta }) => meta.tags ?? []))
+}
+
 function variantBytes({ meta, size }: Stored): number {
   let bytes = META_OVERHEAD_BYTES + size
   for (const [name, value] of meta.headers) bytes += name.length + value.length
+  for (const tag of meta.tags ?? []) bytes += tag.length
   return bytes
 }
 

@@ -16,6 +16,8 @@ export interface PolicyConfig {
   shareCookies: boolean
   /** Targeted cache-control fields (RFC 9213) this cache follows, most specific first, as `targetList` gives them. @default ["cdn-cache-control"] */
   targetList: readonly string[]
+  /** Pass Surrogate-Key and Cache-Tag on to clients (and keep them in the stored headers). @default false */
+  keepTagHeaders: boolean
 }
 
 // ───────────────────────────── Cache-Control parsing ─────────────────────────────
@@ -270,6 +272,16 @@ export function ttlMs(meta: EntryMeta, now: number): number {
   return meta.freshMs - currentAgeMs(meta, now)
 }
 
+/**
+ * A soft purge: the entry is stale from `now` on, so the next request validates it (RFC 9111
+ * §4.3.1) or, within its stale-while-revalidate window, is served while it is refreshed (RFC 5861
+ * §3; the window counts from now). Its delete time stays: it can still be validated, or stand in
+ * under stale-if-error.
+ */
+export function markedStale(meta: EntryMeta, now: number): EntryMeta {
+  return { ...meta, freshMs: Math.min(meta.freshMs, currentAgeMs(meta, now)) }
+}
+
 /** Builds what we keep about a response, from the response and the request that caused it. */
 export function describeResponse(
   status: number,
@@ -290,7 +302,7 @@ export function describeResponse(
   }
   return {
     status,
-    headers: storableHeaderPairs(headers),
+    headers: storableHeaderPairs(headers, config.keepTagHeaders),
     vary,
     responseTime,
     ...policy,
@@ -299,6 +311,7 @@ export function describeResponse(
     noCache: !forced && directives.has("no-cache"),
     etag: headers.get("etag"),
     lastModified: validLastModified(headers, responseTime),
+    tags: responseTags(headers),
   }
 }
 
@@ -388,11 +401,31 @@ export function hopByHopFilter(headers: Headers): (name: string) => boolean {
   return (name) => HOP_BY_HOP_HEADERS.has(name) || named.has(name)
 }
 
-function storableHeaderPairs(headers: Headers): [string, string][] {
+function storableHeaderPairs(headers: Headers, keepTagHeaders: boolean): [string, string][] {
   const isHopByHop = hopByHopFilter(headers)
   const pairs: [string, string][] = []
-  for (const [name, value] of headers) if (!isHopByHop(name)) pairs.push([name, value])
+  for (const [name, value] of headers) if (!isHopByHop(name) && (keepTagHeaders || !isTagHeader(name))) pairs.push([name, value])
   return pairs
+}
+
+/**
+ * The fields by which an origin tags a response for purging, and how each separates its tags:
+ * Surrogate-Key (Fastly, Varnish xkey) by spaces, Cache-Tag (Cloudflare, Akamai) by commas. Like
+ * those CDNs, the cache keeps them as the entry's tags and does not pass them on.
+ */
+const TAG_HEADERS: Record<string, RegExp> = { "surrogate-key": / +/, "cache-tag": / *, */ }
+
+export function isTagHeader(name: string): boolean {
+  return name in TAG_HEADERS
+}
+
+/** A response's tags, from its tag fields, each once. */
+function responseTags(headers: Headers): string[] {
+  const tags = new Set<string>()
+  for (const [name, separator] of Object.entries(TAG_HEADERS)) {
+    for (const tag of (headers.get(name) ?? "").trim().split(separator)) if (tag) tags.add(tag)
+  }
+  return [...tags]
 }
 
 // RFC 9111 §3.2: a 304 updates the stored fields, except those the stored body depends on.

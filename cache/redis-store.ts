@@ -7,7 +7,8 @@
  * - `…:{<h>}:c:<body id>:<n>` the body in chunks of 256 KiB;
  * - `…:{<h>}:lock` the claim on fetching the key from the origin (cross-process coalescing).
  * `<h>` hashes the cache key: the braces make every key of one entry hash to one Cluster slot.
- * A sorted set `<prefix>:<generation>:keys` lists keys in order, for `list`. Every key carries
+ * A sorted set `<prefix>:<generation>:keys` lists keys in order, for `list`; a set per purge tag,
+ * `<prefix>:<generation>:tag:{<tag hash>}`, names the keys tagged with it. Every key carries
  * the policy's delete time as its expiry, so Redis drops dead entries itself and
  * `maxmemory-policy allkeys-lru` is safe: a chunk found missing makes the read a miss.
  * Chunks are written as the body streams in and the record last: an entry is visible when whole.
@@ -30,6 +31,11 @@ const REPLACED_BODY_GRACE_MS = 60_000
 const CLAIM_POLL_MS = 50
 const GENERATION_POLL_MS = 5000
 const DEFAULT_PAGE_KEYS = 100
+// Adds a key to a tag's set, and makes the set live at least as long as the entry (ARGV[2], ms).
+const TAG_SCRIPT = `redis.call("sadd", KEYS[1], ARGV[1])
+local ttl = redis.call("pttl", KEYS[1])
+if ttl < tonumber(ARGV[2]) then redis.call("pexpire", KEYS[1], ARGV[2]) end
+return 1`
 // Compare-and-delete: a claim is released only by its holder.
 const RELEASE_SCRIPT = `if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0`
 
@@ -104,6 +110,17 @@ export class RedisStore implements Store {
   /** Whether Redis answers now, as far as the connection knows (for /metrics). */
   get isConnected(): boolean {
     return this.up
+  }
+
+  /** One PING: fails at once while Redis is away (commands are not queued). */
+  async ping(): Promise<void> {
+    if (this.redis.status !== "ready") throw new Error(`Redis is unreachable (the connection is ${this.redis.status})`)
+    try {
+      await this.namespace()
+      await this.redis.ping()
+    } catch (error) {
+      throw new Error(`Redis is unreachable (${(error as Error).message})`)
+    }
   }
 
   async close(): Promise<void> {
@@ -264,6 +281,7 @@ export class RedisStore implements Store {
     else transaction.hdel(variantsKey, id + INLINE_FIELD)
     await transaction.hset(variantsKey, id, JSON.stringify(record)).pexpireat(variantsKey, deleteAt).exec()
     await this.redis.zadd(await this.indexKey(), 0, record.key)
+    await this.indexTags(record.key, record.meta)
     if (previous) await this.retire(JSON.parse(previous) as VariantRecord)
     await this.publish({ type: "changed", key: record.key })
   }
@@ -286,8 +304,15 @@ export class RedisStore implements Store {
     const others = (await this.records(key)).filter((other) => variantId(other.meta.vary) !== variantId(meta.vary))
     const deleteAt = Math.max(meta.deleteAt, ...others.map((other) => other.meta.deleteAt))
     await this.redis.multi().hset(variantsKey, variantId(meta.vary), JSON.stringify(record)).pexpireat(variantsKey, deleteAt).exec()
+    await this.indexTags(key, meta)
     await this.publish({ type: "changed", key })
     return true
+  }
+
+  /** Names the key in each of its tags' sets: a purge by tag reads one set, never every entry. */
+  private async indexTags(key: string, meta: EntryMeta): Promise<void> {
+    const ttlMs = Math.max(1, Math.ceil(meta.deleteAt - Date.now()))
+    for (const tag of meta.tags ?? []) await this.redis.eval(TAG_SCRIPT, 1, await this.tagKey(tag), key, ttlMs)
   }
 
   async delete(key: string): Promise<void> {
@@ -332,11 +357,27 @@ export class RedisStore implements Store {
         }
         if (keys === limit) return { entries, cursor: entries.at(-1)?.key }
         keys++
-        for (const { meta, size } of records) entries.push({ key, meta, size })
+        entries.push(...records.map(listed))
       }
       if (batch.length < limit) return { entries }
       from = `(${batch.at(-1)}`
     }
+  }
+
+  async variants(key: string): Promise<ListedEntry[]> {
+    return (await this.records(key)).map(listed)
+  }
+
+  /** The tag's set, less the keys whose entries went or no longer carry the tag (dropped from it on the way). */
+  async tagged(tag: string): Promise<string[]> {
+    const tagKey = await this.tagKey(tag)
+    const keys: string[] = []
+    for (const key of await this.redis.smembers(tagKey)) {
+      const records = await this.records(key)
+      if (records.some(({ meta }) => meta.tags?.includes(tag))) keys.push(key)
+      else await this.redis.srem(tagKey, key)
+    }
+    return keys
   }
 
   /** Walks the whole index: O(entries), for the inspector and metrics, not for requests. */
@@ -468,6 +509,10 @@ export class RedisStore implements Store {
     return `${await this.namespace()}:keys`
   }
 
+  private async tagKey(tag: string): Promise<string> {
+    return `${await this.namespace()}:tag:{${createHash("sha256").update(tag).digest("hex").slice(0, 32)}}`
+  }
+
   /** The names of one entry's keys: all in one Cluster slot, by the hash tag in braces. */
   private async entryKeys(key: string) {
     const base = `${await this.namespace()}:{${createHash("sha256").update(key).digest("hex").slice(0, 32)}}`
@@ -527,6 +572,10 @@ function bounded<T>(work: Promise<T>, what: string): Promise<T> {
   })
   work.catch(() => undefined) // a late failure, after the deadline answered, is not unhandled
   return Promise.race([work, late]).finally(() => clearTimeout(timer))
+}
+
+function listed({ key, meta, size }: VariantRecord): ListedEntry {
+  return { key, meta, size, tiers: ["redis"] }
 }
 
 function variantId(vary: EntryMeta["vary"]): string {

@@ -694,6 +694,61 @@ function storeContract(
       expect(fixture.warnings).toEqual([])
     })
 
+    test("variants lists one key's live variants, each with the tiers that hold it", async () => {
+      await using fixture = await open()
+      const { store } = fixture
+      const key = "GET https://example.test/variants"
+      await putText(store, key, "english", { vary: { "accept-language": "en" } })
+      await putText(store, key, "français", { vary: { "accept-language": "fr" } })
+      await putText(store, `${key}/other`, "other")
+      const variants = await store.variants(key)
+      expect(variants.map((v) => [v.key, v.meta.vary["accept-language"], v.size]).sort()).toEqual([
+        [key, "en", 7],
+        [key, "fr", 9],
+      ])
+      for (const variant of variants) expect(variant.tiers.length).toBeGreaterThan(0)
+      // Listing names the same tiers as variants does.
+      const listed = (await store.list({ prefix: key })).entries.filter((entry) => entry.key === key)
+      expect(listed.map((entry) => entry.tiers)).toEqual(variants.map((variant) => variant.tiers))
+      expect(await store.variants("GET https://example.test/none")).toEqual([])
+      await store.delete(key)
+      expect(await store.variants(key)).toEqual([])
+      expect(fixture.warnings).toEqual([])
+    })
+
+    test("tagged finds the keys whose entries carry a tag, through its index, and none that lost it", async () => {
+      await using fixture = await open()
+      const { store } = fixture
+      const key = (name: string) => `GET https://example.test/tagged/${name}`
+      await putText(store, key("a"), "a", { tags: ["product-1", "all"] })
+      await putText(store, key("b"), "b", { tags: ["all"] })
+      await putText(store, key("c"), "c", { tags: ["product-1"], vary: { "accept-language": "fr" } })
+      await putText(store, key("c"), "c", { vary: { "accept-language": "en" } })
+      await putText(store, key("untagged"), "u")
+      expect((await store.tagged("product-1")).sort()).toEqual([key("a"), key("c")])
+      expect((await store.tagged("all")).sort()).toEqual([key("a"), key("b")])
+      expect(await store.tagged("nothing")).toEqual([])
+      // Replaced without the tag, deleted, or expired: no longer found.
+      await putText(store, key("a"), "a2", { tags: ["all"] })
+      await store.delete(key("c"))
+      expect(await store.tagged("product-1")).toEqual([])
+      setSystemTime(Date.now() + 700_000)
+      expect(await store.tagged("all")).toEqual([])
+      // A tag's entries stored again are found again.
+      setSystemTime()
+      await putText(store, key("c"), "c", { tags: ["product-1"] })
+      expect(await store.tagged("product-1")).toEqual([key("c")])
+      expect(fixture.warnings).toEqual([])
+    })
+
+    test("ping answers while the store can be used", async () => {
+      await using fixture = await open()
+      await fixture.store.ping()
+      await putText(fixture.store, "GET https://example.test/ping", "pong")
+      await fixture.store.ping()
+      expect(fixture.warnings).toEqual([])
+    })
+
     test("stats count variants and their bytes in every tier", async () => {
       await using fixture = await open()
       const { store } = fixture

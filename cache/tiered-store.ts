@@ -4,7 +4,7 @@
  * go to both. Memory holds nothing the store behind has not got: whatever that store drops on
  * its own (eviction, another process's clear) is forgotten in memory too.
  */
-import type { EntryMeta, ListOptions, MaybePromise, Page, Store, Stored, TierStats } from "../cache.ts"
+import type { EntryMeta, ListedEntry, ListOptions, MaybePromise, Page, Store, Stored, TierStats } from "../cache.ts"
 import { concat, type MemoryStore } from "./memory-store.ts"
 
 /** Bodies up to this size are held in memory; larger ones are served by the store behind (a file: sendfile). */
@@ -82,8 +82,22 @@ export class TieredStore implements Store {
   }
 
   /** Memory holds nothing the store behind has not got: its listing is the whole. */
-  list(options?: ListOptions): Promise<Page> {
-    return this.back.list(options)
+  async list(options?: ListOptions): Promise<Page> {
+    const page = await this.back.list(options)
+    return { ...page, entries: page.entries.map((entry) => this.withFront(entry)) }
+  }
+
+  async variants(key: string): Promise<ListedEntry[]> {
+    return (await this.back.variants(key)).map((entry) => this.withFront(entry))
+  }
+
+  tagged(tag: string): Promise<string[]> {
+    return this.back.tagged(tag)
+  }
+
+  /** A variant listed behind, with memory among its tiers when memory holds it too. */
+  private withFront(entry: ListedEntry): ListedEntry {
+    return this.front.holds(entry.key, entry.meta.vary) ? { ...entry, tiers: ["memory", ...entry.tiers] } : entry
   }
 
   async stats(): Promise<TierStats[]> {
@@ -109,6 +123,10 @@ export class TieredStore implements Store {
 
   ready(): Promise<void> {
     return this.back.ready()
+  }
+
+  ping(): Promise<void> {
+    return this.back.ping()
   }
 
   close(): Promise<void> {

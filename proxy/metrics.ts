@@ -8,14 +8,8 @@
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, type LabelValues, Registry } from "prom-client"
 import type { OriginFailure, Store, TierStats, Warn } from "../cache.ts"
+import type { AdminMetrics } from "./admin.ts"
 import { type Access, CACHE_OUTCOMES, type CacheOutcome } from "./log.ts"
-
-/** What the admin listener serves: /metrics, and the inspector's chart. Matches proxy/admin.ts's `AdminMetrics`. */
-interface AdminMetrics {
-  contentType: string
-  render(): Promise<string>
-  recent(): { at: number; requests: number; hits: number }[]
-}
 
 const STATUS_CLASSES = ["1xx", "2xx", "3xx", "4xx", "5xx"] as const
 const ORIGIN_FAILURES: readonly OriginFailure[] = ["refused", "reset", "timeout", "dns", "other"]
