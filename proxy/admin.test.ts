@@ -290,7 +290,7 @@ describe("the JSON API", () => {
     await using proxy = await startProxy({ origin: origin.url, memorySize: 1 << 20, maxSize: 8 << 20 })
     await through(`${proxy.url}/one`)
     const { tiers } = await json<Stats>(proxy.admin("/api/stats"))
-    expect(tiers).toEqual([
+    expect(tiers).toMatchObject([
       { tier: "memory", entries: 1, bytes: expect.any(Number), maxBytes: 1 << 20 },
       { tier: "file", entries: 1, bytes: expect.any(Number), maxBytes: 8 << 20 },
     ])
@@ -298,15 +298,18 @@ describe("the JSON API", () => {
 })
 
 describe("traffic", () => {
-  test("/metrics counts requests by whether the cache answered; the chart's buckets hold them", async () => {
+  test("/metrics counts requests by cache outcome, and purges; the chart's buckets hold the requests", async () => {
     await using origin = startFreshOrigin()
     await using proxy = await startProxy({ origin: origin.url })
     for (const path of ["/x", "/x", "/x", "/y", "/y"]) await through(proxy.url + path)
+    await purge(proxy, { prefix: "/" })
     const res = await proxy.admin("/metrics")
     expect(res.headers.get("content-type")).toStartWith("text/plain; version=0.0.4")
     const metrics = await res.text()
-    expect(metrics).toContain('caching_proxy_requests_total{cache="hit"} 3\n')
-    expect(metrics).toContain('caching_proxy_requests_total{cache="miss"} 2\n')
+    expect(metrics).toContain('caching_proxy_requests_total{cache="hit",status="2xx"} 3\n')
+    expect(metrics).toContain('caching_proxy_requests_total{cache="miss",status="2xx"} 2\n')
+    expect(metrics).toContain("caching_proxy_purges_total 1\n")
+    expect(metrics).toContain("caching_proxy_purged_entries_total 2\n")
     const { recent } = await json<Stats & { recent: { at: number; requests: number; hits: number }[] }>(proxy.admin("/api/stats"))
     expect(recent).toHaveLength(60)
     expect(recent.reduce((sum, bucket) => sum + bucket.requests, 0)).toBe(5)
