@@ -31,6 +31,7 @@ const REPLACED_BODY_GRACE_MS = 60_000
 const CLAIM_POLL_MS = 50
 const GENERATION_POLL_MS = 5000
 const DEFAULT_PAGE_KEYS = 100
+const KEY_HASHES_KEPT = 10_000
 // Adds a key to a tag's set, and makes the set live at least as long as the entry (ARGV[2], ms).
 const TAG_SCRIPT = `redis.call("sadd", KEYS[1], ARGV[1])
 local ttl = redis.call("pttl", KEYS[1])
@@ -80,6 +81,10 @@ export class RedisStore implements Store {
   /** Requests waiting for another process's answer, by key. */
   private readonly waiting = new Map<string, Set<() => void>>()
   private readonly generationTimer: ReturnType<typeof setInterval>
+  /** Bounds a request's wait on Redis (see `bounded`); one server's commands are bounded by ioredis already. */
+  private readonly bound: <T>(work: Promise<T>, what: string) => Promise<T>
+  /** Cache keys' hashes, remembered: a hit from Redis spends no time hashing its key again. */
+  private readonly keyHashes = new Map<string, string>()
   private up = true
   private closing = false
 
@@ -87,6 +92,7 @@ export class RedisStore implements Store {
     this.prefix = prefix
     this.warn = warn
     this.redis = connect(target, { queueWhileAway: false })
+    this.bound = "cluster" in target ? bounded : (work) => work
     // Subscribing waits for the connection (and is renewed on every reconnection): nothing else waits on it.
     this.subscriber = connect(target, { queueWhileAway: true })
     const generationKnown = new Promise<void>((resolve) => (this.onGeneration = resolve))
@@ -132,7 +138,7 @@ export class RedisStore implements Store {
   // ───────────── reading ─────────────
 
   get(key: string, request: Headers): Promise<Stored | undefined> {
-    return bounded(this.lookup(key, request), `reading ${key}`)
+    return this.bound(this.lookup(key, request), `reading ${key}`)
   }
 
   private async lookup(key: string, request: Headers): Promise<Stored | undefined> {
@@ -156,7 +162,7 @@ export class RedisStore implements Store {
   }
 
   has(key: string): Promise<boolean> {
-    return bounded(
+    return this.bound(
       this.records(key).then((records) => records.length > 0),
       `looking up ${key}`,
     )
@@ -404,7 +410,7 @@ export class RedisStore implements Store {
   // ───────────── cross-process coalescing ─────────────
 
   claim(key: string, ttlMs: number): Promise<(() => void) | undefined> {
-    return bounded(this.takeClaim(key, ttlMs), `claiming ${key}`)
+    return this.bound(this.takeClaim(key, ttlMs), `claiming ${key}`)
   }
 
   private async takeClaim(key: string, ttlMs: number): Promise<(() => void) | undefined> {
@@ -514,8 +520,18 @@ export class RedisStore implements Store {
   }
 
   /** The names of one entry's keys: all in one Cluster slot, by the hash tag in braces. */
+  private keyHash(key: string): string {
+    let hash = this.keyHashes.get(key)
+    if (hash === undefined) {
+      if (this.keyHashes.size >= KEY_HASHES_KEPT) this.keyHashes.clear()
+      hash = createHash("sha256").update(key).digest("hex").slice(0, 32)
+      this.keyHashes.set(key, hash)
+    }
+    return hash
+  }
+
   private async entryKeys(key: string) {
-    const base = `${await this.namespace()}:{${createHash("sha256").update(key).digest("hex").slice(0, 32)}}`
+    const base = `${await this.namespace()}:{${this.keyHash(key)}}`
     return {
       variants: `${base}:v`,
       lock: `${base}:lock`,
