@@ -258,6 +258,8 @@ interface WrkRun {
   p99Ms: number
   /** Socket errors, timeouts and non-2xx/3xx answers. */
   errors: number
+  /** CPU time (user + system) the server spent per request, µs, when its pid was given. */
+  cpuUsPerRequest?: number
 }
 
 interface WrkSummary extends WrkRun {
@@ -272,7 +274,19 @@ interface WrkOutput {
   errors: Record<"connect" | "read" | "write" | "status" | "timeout", number>
 }
 
-async function runWrk(url: string, seconds: number): Promise<WrkRun> {
+// /proc/<pid>/stat counts CPU time in clock ticks: 100 a second on Linux (USER_HZ).
+const CLOCK_TICKS_PER_SECOND = 100
+
+/** CPU time (user + system) a process has used so far, µs: /proc/<pid>/stat fields 14 and 15. */
+function cpuMicros(pid: number): number {
+  // Fields after the command name (which may hold spaces) start at field 3, the state.
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ").at(-1)?.split(" ") ?? []
+  return ((Number(fields[11]) + Number(fields[12])) * 1e6) / CLOCK_TICKS_PER_SECOND
+}
+
+/** One wrk run; with `serverPid`, also the CPU that server spent per request (steadier than req/s on a busy machine). */
+async function runWrk(url: string, seconds: number, serverPid?: number): Promise<WrkRun> {
+  const cpuBefore = serverPid === undefined ? 0 : cpuMicros(serverPid)
   const argv = [
     "wrk",
     `-t${WRK_THREADS}`,
@@ -297,6 +311,7 @@ async function runWrk(url: string, seconds: number): Promise<WrkRun> {
     p50Ms: output.p50_us / 1000,
     p99Ms: output.p99_us / 1000,
     errors: Object.values(output.errors).reduce((sum, count) => sum + count, 0),
+    ...(serverPid === undefined ? {} : { cpuUsPerRequest: (cpuMicros(serverPid) - cpuBefore) / output.requests }),
   }
 }
 
@@ -313,6 +328,7 @@ function summarize(runs: WrkRun[]): WrkSummary {
     p99Ms: median(runs.map((run) => run.p99Ms)),
     errors: runs.reduce((sum, run) => sum + run.errors, 0),
     runs: runs.length,
+    ...(runs[0]?.cpuUsPerRequest === undefined ? {} : { cpuUsPerRequest: median(runs.map((run) => run.cpuUsPerRequest ?? 0)) }),
   }
 }
 
@@ -320,14 +336,15 @@ function summarize(runs: WrkRun[]): WrkSummary {
  * wrk against two URLs, runs interleaved (a, b, a, b, ...) so that drift in the machine's
  * speed during the run lands on both sides of the comparison alike.
  */
-async function compareWithWrk(proxyUrl: string, referenceUrl: string): Promise<[WrkSummary, WrkSummary]> {
+async function compareWithWrk(proxyUrl: string, referenceUrl: string, pids: [number, number] | [] = []): Promise<[WrkSummary, WrkSummary]> {
+  const [proxyPid, referencePid] = pids
   await runWrk(proxyUrl, WARMUP_SECONDS)
   await runWrk(referenceUrl, WARMUP_SECONDS)
   const proxyRuns: WrkRun[] = []
   const referenceRuns: WrkRun[] = []
   for (let run = 0; run < config.repeats; run++) {
-    proxyRuns.push(await runWrk(proxyUrl, config.durationSeconds))
-    referenceRuns.push(await runWrk(referenceUrl, config.durationSeconds))
+    proxyRuns.push(await runWrk(proxyUrl, config.durationSeconds, proxyPid))
+    referenceRuns.push(await runWrk(referenceUrl, config.durationSeconds, referencePid))
   }
   return [summarize(proxyRuns), summarize(referenceRuns)]
 }
@@ -362,6 +379,7 @@ const report: Report = { rows: [], raw: [], notes: [] }
 
 const formatRate = (rps: number) => `${Math.round(rps).toLocaleString("en-US")} req/s`
 const formatMs = (ms: number) => `${ms.toFixed(2)} ms`
+const formatMicros = (us: number) => `${us.toFixed(1)} µs`
 const formatSpeed = (mibPerSecond: number) => `${Math.round(mibPerSecond).toLocaleString("en-US")} MiB/s`
 const formatMib = (bytes: number) => `${(bytes / MIB).toFixed(1)} MiB`
 
@@ -569,7 +587,11 @@ async function benchMissAgainstForwarder(servers: Servers): Promise<void> {
  * admin listener) against the plain one, runs interleaved.
  */
 async function benchMetricsOverhead(servers: Servers): Promise<void> {
-  const measures = ["HIT 1 KiB throughput, metrics on vs off", "HIT 1 KiB p99 latency, metrics on vs off"]
+  const measures = [
+    "HIT 1 KiB throughput, metrics on vs off",
+    "HIT 1 KiB proxy CPU per request, metrics on vs off",
+    "HIT 1 KiB p99 latency, metrics on vs off",
+  ]
   let counted: Server | undefined
   try {
     counted = await startProxy(servers.originUrl, ["--admin-port", "0"])
@@ -577,15 +599,15 @@ async function benchMetricsOverhead(servers: Servers): Promise<void> {
     const plainUrl = `${servers.proxyUrl}/1k`
     await warmUntilHit(countedUrl)
     await warmUntilHit(plainUrl)
-    const [on, off] = await compareWithWrk(countedUrl, plainUrl)
+    const [on, off] = await compareWithWrk(countedUrl, plainUrl, [counted.process.pid, servers.proxy.process.pid])
     assertRunning(counted)
     report.raw.push({ target: "proxy /1k (HIT), metrics on", summary: on }, { target: "proxy /1k (HIT), metrics off", summary: off })
     noteWrkErrors("proxy /1k with metrics", on)
-    report.rows.push(ratioRow(measures[0]!, on.requestsPerSecond, off.requestsPerSecond, formatRate, "≥", 0.97), {
-      ...ratioRow(measures[1]!, on.p99Ms, off.p99Ms, formatMs, "≤", 1.1),
-      target: "(info)",
-      verdict: "INFO",
-    })
+    report.rows.push(
+      ratioRow(measures[0]!, on.requestsPerSecond, off.requestsPerSecond, formatRate, "≥", 0.97),
+      ratioRow(measures[1]!, on.cpuUsPerRequest ?? Number.NaN, off.cpuUsPerRequest ?? Number.NaN, formatMicros, "≤", 1.03),
+      { ...ratioRow(measures[2]!, on.p99Ms, off.p99Ms, formatMs, "≤", 1.1), target: "(info)", verdict: "INFO" },
+    )
   } catch (error) {
     report.rows.push(...errorRows(measures, error))
   } finally {

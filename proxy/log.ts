@@ -13,6 +13,14 @@ export type LogFormat = (typeof LOG_FORMATS)[number]
 export const CACHE_OUTCOMES = ["hit", "miss", "stale", "revalidated", "pass", "coalesced"] as const
 export type CacheOutcome = (typeof CACHE_OUTCOMES)[number]
 
+// Answered from the cache (X-Cache: HIT): what a hit ratio counts.
+const FROM_CACHE: ReadonlySet<CacheOutcome> = new Set(["hit", "stale", "revalidated", "coalesced"])
+
+/** Whether the body came from the cache (X-Cache: HIT). */
+export function isFromCache(outcome: CacheOutcome): boolean {
+  return FROM_CACHE.has(outcome)
+}
+
 /** One answered request: an access line, and what the metrics count. */
 export interface Access {
   method: string
