@@ -1,11 +1,13 @@
 /**
  * The admin listener, through real HTTP: a real origin on port 0, the real proxy and its admin
- * app each on a port 0 of their own; the command line as a child process.
+ * app each on a port 0 of their own; the command line as a child process; the inspector page in
+ * a real headless chromium.
  */
 import { afterEach, describe, expect, setSystemTime, test } from "bun:test"
-import { mkdtempSync, rmSync } from "node:fs"
+import { existsSync, mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { type Browser, chromium, type Page } from "playwright-core"
 import { startRedis } from "../cache/redis-server.fixture.ts"
 import type { EntryView, TierStats, VariantView, WarnKind } from "../cache.ts"
 import { createProxy, type ProxyOptions, serve } from "../proxy.ts"
@@ -119,7 +121,7 @@ async function purge(proxy: { admin: (path: string, init?: RequestInit) => Promi
 
 /** What the API answers, as the tests read it. */
 type Listed = EntryView & { path: string }
-type Page = { entries: Listed[]; cursor: string | null }
+type EntriesPage = { entries: Listed[]; cursor: string | null }
 type Entry = Omit<Listed, "variants"> & { variants: VariantView[] }
 type Stats = { tiers: TierStats[] }
 
@@ -235,7 +237,7 @@ describe("the JSON API", () => {
     await through(`${proxy.url}/b`, { "accept-language": "en" })
     await through(`${proxy.url}/b`, { "accept-language": "fr" })
 
-    const { entries, cursor } = await json<Page>(proxy.admin("/api/entries"))
+    const { entries, cursor } = await json<EntriesPage>(proxy.admin("/api/entries"))
     expect(cursor).toBeNull()
     expect(entries.map((entry) => entry.path).sort()).toEqual(["/a", "/b", "/c", "/d"])
     const a = entries.find((entry) => entry.path === "/a")!
@@ -248,14 +250,14 @@ describe("the JSON API", () => {
     expect(entries.find((entry) => entry.path === "/b")).toMatchObject({ variants: 2, bytes: 4, hits: 0 })
 
     // Pages: every URL once, in an order that holds between pages.
-    const first = await json<Page>(proxy.admin("/api/entries?limit=3"))
+    const first = await json<EntriesPage>(proxy.admin("/api/entries?limit=3"))
     expect(first.entries).toHaveLength(3)
-    const second = await json<Page>(proxy.admin(`/api/entries?limit=3&cursor=${encodeURIComponent(first.cursor!)}`))
+    const second = await json<EntriesPage>(proxy.admin(`/api/entries?limit=3&cursor=${encodeURIComponent(first.cursor!)}`))
     expect(second.cursor).toBeNull()
     const paged = [...first.entries, ...second.entries].map((entry) => entry.path)
     expect(paged.sort()).toEqual(["/a", "/b", "/c", "/d"])
 
-    const underB = await json<Page>(proxy.admin("/api/entries?prefix=/b"))
+    const underB = await json<EntriesPage>(proxy.admin("/api/entries?prefix=/b"))
     expect(underB.entries.map((entry) => entry.path)).toEqual(["/b"])
     expect(await text(proxy.admin("/api/entries?limit=lots"))).toEqual({
       status: 400,
@@ -477,5 +479,129 @@ describe("purge on a shared Redis store", () => {
     for (const path of ["/plain", "/tagged"]) expect((await through(b.url + path)).xCache).toBe("MISS")
     expect(origin.count("/plain")).toBe(2)
     expect(origin.count("/tagged")).toBe(2)
+  })
+})
+
+// ───────────────────────────── the inspector page ─────────────────────────────
+
+const CHROMIUM = "/usr/bin/chromium"
+
+/** Debian's headless chromium, driven by playwright-core. Missing, it fails the test: .ci/run installs it. */
+async function launchBrowser() {
+  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing (apt-get install -y chromium); the inspector's test needs it`)
+  const browser = await chromium.launch({ executablePath: CHROMIUM })
+  return { browser, [Symbol.asyncDispose]: () => browser.close() }
+}
+
+/** A page that records what it asked for and what went wrong in it (script errors, CSP violations). */
+async function openInspector(browser: Browser, adminUrl: string) {
+  const page = await browser.newPage()
+  const requested: string[] = []
+  const problems: string[] = []
+  page.on("request", (request) => requested.push(request.url()))
+  page.on("pageerror", (error) => problems.push(error.message))
+  page.on("console", (message) => {
+    if (message.type() === "error") problems.push(message.text())
+  })
+  await page.goto(`${adminUrl}/`)
+  return { page, requested, problems }
+}
+
+/** The paths the entries table shows, in its order. */
+function tablePaths(page: Page): Promise<string[]> {
+  return page.locator("#entries tbody tr").evaluateAll((rows) => rows.map((row) => row.getAttribute("data-path") ?? ""))
+}
+
+describe("the inspector, in a real browser", () => {
+  test("shows known traffic, searches, opens an entry's headers, and purges one through its button", async () => {
+    await using origin = startFreshOrigin(
+      (path): Record<string, string> => ({
+        "x-origin-note": `note for ${path}`,
+        ...(path === "/products/1" ? { "surrogate-key": "sale" } : {}),
+      }),
+    )
+    await using proxy = await startProxy({ origin: origin.url })
+    for (const path of ["/products/1", "/products/2", "/about", "/about"]) await through(proxy.url + path)
+    await using chrome = await launchBrowser()
+    const { page, requested, problems } = await openInspector(chrome.browser, proxy.adminUrl)
+
+    await page.locator('#entries tbody tr[data-path="/about"]').waitFor()
+    expect((await tablePaths(page)).sort()).toEqual(["/about", "/products/1", "/products/2"])
+    const about = page.locator('#entries tbody tr[data-path="/about"] td')
+    const [path, status, size, age, ttl, ...rest] = await about.allTextContents()
+    expect([path, status, size, ...rest]).toEqual(["/about", "200", "2 B", "1", "", "Purge"])
+    // Age and time to live in whole seconds: they add up to the minute the entry is fresh for.
+    expect(Number(age?.replace(/ s$/, "")) + Number(ttl?.replace(/ s$/, ""))).toBeWithin(59, 62)
+    expect(await page.locator('#entries tbody tr[data-path="/products/1"] td').nth(6).textContent()).toBe("sale")
+    // The traffic so far: four requests, one hit; two tiers, three entries each.
+    expect(await page.locator("#hit-ratio").textContent()).toBe("25 %")
+    expect(await page.locator("#chart rect").count()).toBe(60)
+    expect(await page.locator('#fill [data-tier="file"]').textContent()).toContain("3 entries")
+
+    // Search filters the page by path or tag; sorting by a column orders it.
+    await page.fill("#filter", "products")
+    expect((await tablePaths(page)).sort()).toEqual(["/products/1", "/products/2"])
+    await page.fill("#filter", "sale")
+    expect(await tablePaths(page)).toEqual(["/products/1"])
+    await page.fill("#filter", "")
+    expect(await tablePaths(page)).toEqual(["/about", "/products/1", "/products/2"])
+    await page.click('th[data-sort="path"]') // the column sorted by: the other way round
+    expect(await tablePaths(page)).toEqual(["/products/2", "/products/1", "/about"])
+    await page.click('th[data-sort="hits"]') // another column: ascending
+    expect((await tablePaths(page)).at(-1)).toBe("/about")
+
+    // An entry's stored headers, on click.
+    await page.click('#entries tbody tr[data-path="/products/2"] td.url')
+    await page.locator("#detail table.headers").waitFor()
+    expect(await page.locator("#detail").textContent()).toContain("note for /products/2")
+
+    // Purged through its button, once the confirmation is accepted: the origin is asked again.
+    const confirmations: string[] = []
+    page.on("dialog", (dialog) => {
+      confirmations.push(dialog.message())
+      void dialog.accept()
+    })
+    await page.click('#entries tbody tr[data-path="/products/2"] button.purge')
+    await page.locator("#message", { hasText: "purged: 1 URL" }).waitFor()
+    expect(confirmations).toEqual(["Remove every entry with url /products/2?"])
+    await page.locator('#entries tbody tr[data-path="/products/2"]').waitFor({ state: "detached" })
+    expect((await through(`${proxy.url}/products/2`)).xCache).toBe("MISS")
+    expect(origin.count("/products/2")).toBe(2)
+    expect((await through(`${proxy.url}/about`)).xCache).toBe("HIT")
+
+    // Everything came from the admin listener: no other host, no script error, no CSP violation.
+    expect(requested.filter((url) => !url.startsWith(`${proxy.adminUrl}/`))).toEqual([])
+    expect(problems).toEqual([])
+  })
+
+  test("with a token, asks for it, keeps it for the tab, and sends it with every request", async () => {
+    await using origin = startFreshOrigin()
+    await using proxy = await startProxy({ origin: origin.url, admin: { port: 0, host: "127.0.0.1", token: TOKEN } })
+    await through(`${proxy.url}/private`)
+    await using chrome = await launchBrowser()
+    const { page } = await openInspector(chrome.browser, proxy.adminUrl)
+    await page.locator("#login").waitFor()
+    expect(await tablePaths(page)).toEqual([])
+    await page.fill("#token", TOKEN)
+    await page.click("#login button")
+    await page.locator('#entries tbody tr[data-path="/private"]').waitFor()
+    expect(await page.evaluate('sessionStorage.getItem("caching-proxy-admin-token")')).toBe(TOKEN)
+    await page.reload()
+    await page.locator('#entries tbody tr[data-path="/private"]').waitFor()
+    expect(await page.locator("#login").isHidden()).toBe(true)
+  })
+
+  test("the page is one self-contained document, with a policy that allows nothing from elsewhere", async () => {
+    await using origin = startFreshOrigin()
+    await using proxy = await startProxy({ origin: origin.url, admin: { port: 0, host: "127.0.0.1", token: TOKEN } })
+    // The page holds no data: it is served without the token; the API it calls is not.
+    const res = await fetch(`${proxy.adminUrl}/`)
+    expect(res.status).toBe(200)
+    expect(res.headers.get("content-type")?.toLowerCase()).toBe("text/html; charset=utf-8")
+    expect(res.headers.get("content-security-policy")).toContain("default-src 'none'")
+    expect(res.headers.get("content-security-policy")).toContain("frame-ancestors 'none'")
+    const html = await res.text()
+    expect(html).not.toMatch(/<(script|link|img)[^>]+(src|href)="(?!data:)/i)
+    expect((await fetch(`${proxy.adminUrl}/api/entries`)).status).toBe(401)
   })
 })

@@ -1,11 +1,12 @@
 /**
  * The admin listener: a second, small Hono app on its own port (--admin-port), never the proxy's.
  * Health and readiness for orchestrators, Prometheus metrics, a JSON API over the cache's entries
- * and purges. With --admin-token every request must carry `Authorization: Bearer <token>`.
+ * and purges, and the cache inspector page (proxy/inspector.ts) that uses that API. With --admin-token every request must carry `Authorization: Bearer <token>`.
  */
 import { createHash, timingSafeEqual } from "node:crypto"
 import { type Context, Hono, type MiddlewareHandler } from "hono"
 import type { Cache, PurgeTarget, Warn } from "../cache.ts"
+import { INSPECTOR_CSP, INSPECTOR_PAGE } from "./inspector.ts"
 
 /** How long a readiness probe waits for the store before calling it unready. */
 const PING_TIMEOUT_MS = 2000
@@ -42,6 +43,16 @@ class BadRequest extends Error {}
 /** Builds the admin app; `serve` (proxy.ts) puts it on its own port. */
 export function createAdmin({ cache, origin, token, metrics, warn }: AdminConfig): Hono {
   const app = new Hono()
+  // The inspector page holds no data (it asks for the token and sends it with every API call), and
+  // a browser cannot send a bearer token when it navigates: it is the one route served without it.
+  // Registered before the token check, so it answers first.
+  app.get("/", (c) =>
+    c.html(INSPECTOR_PAGE, 200, {
+      "content-security-policy": INSPECTOR_CSP,
+      "x-content-type-options": "nosniff",
+      "cache-control": "no-store",
+    }),
+  )
   if (token !== undefined) app.use(requireToken(token))
 
   app.get("/healthz", (c) => c.text("ok\n"))
