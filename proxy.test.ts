@@ -132,6 +132,9 @@ async function startProxy(options: Partial<ProxyOptions> & { origin: string }) {
   }
 }
 
+// The start line's URL: a host name, an IPv4 address or a bracketed IPv6 one, then the port.
+const LISTENING = /listening on http:\/\/(?:\[[^\]]+\]|[^:]+):(\d+)/
+
 /** A child process running the CLI; resolves once it says where it listens. */
 async function startCli(command: string[], env: Record<string, string | undefined> = {}, cwd?: string) {
   // Its own process group: npx and bunx run the proxy as a grandchild, which must go too.
@@ -139,12 +142,12 @@ async function startCli(command: string[], env: Record<string, string | undefine
   const reader = child.stdout.getReader()
   let output = ""
   const decoder = new TextDecoder()
-  while (!/listening on http:\/\/[^:]+:(\d+)/.test(output)) {
+  while (!LISTENING.test(output)) {
     const { done, value } = await reader.read()
     if (done) throw new Error(`the proxy exited: ${output}${await new Response(child.stderr).text()}`)
     output += decoder.decode(value)
   }
-  const port = Number(/listening on http:\/\/[^:]+:(\d+)/.exec(output)?.[1])
+  const port = Number(LISTENING.exec(output)?.[1])
   const lines: string[] = output.split("\n")
   void (async () => {
     for (;;) {
@@ -169,8 +172,8 @@ async function startCli(command: string[], env: Record<string, string | undefine
 }
 
 /** Runs the CLI (or any command) to completion. */
-async function runCli(command: string[], cwd?: string) {
-  const child = Bun.spawn(command, { stdout: "pipe", stderr: "pipe", cwd })
+async function runCli(command: string[], cwd?: string, env: Record<string, string> = {}) {
+  const child = Bun.spawn(command, { stdout: "pipe", stderr: "pipe", cwd, env: { ...process.env, ...env } })
   const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited])
   return { stdout, stderr, code }
 }
@@ -445,8 +448,14 @@ describe("CLI", () => {
     [["--origin", "http://127.0.0.1:1/?"], '--origin must not have a query, fragment or credentials (got "http://127.0.0.1:1/?")'],
     // Past 2^31-1 ms, timers fire at once: every request would be a 504.
     [["--origin", "http://127.0.0.1:1", "--timeout", "2147484"], '--timeout must be at most 2147483 seconds (got "2147484")'],
-    [["--origin", "http://127.0.0.1:1", "--cache-dir", join(import.meta.dir, "package.json", "cache")], "cannot be written (ENOTDIR"],
-    [["--origin", "http://127.0.0.1:1", "--cache-dir", "/sys/caching-proxy-cache"], "/sys/caching-proxy-cache cannot be written"],
+    [
+      ["--origin", "http://127.0.0.1:1", "--cache-dir", join(import.meta.dir, "package.json", "cache")],
+      "package.json is a file, not a directory",
+    ],
+    [
+      ["--origin", "http://127.0.0.1:1", "--cache-dir", "/sys/caching-proxy-cache"],
+      "--cache-dir /sys/caching-proxy-cache cannot be used: permission denied",
+    ],
     [["--origin", "http://127.0.0.1:1", "--public-url", "cdn.example.com"], "--public-url must be an http or https URL with no path"],
     [["--origin", "http://127.0.0.1:1", "--public-url", "https://cdn.example.com/app"], "--public-url must be an http or https URL"],
     [["--origin", "http://127.0.0.1:1", "--log-format", "xml"], '--log-format must be text or json (got "xml")'],
@@ -459,17 +468,19 @@ describe("CLI", () => {
     expect(stdout).toBe("")
   })
 
-  test("--help lists every flag and exits 0; --version prints the version", async () => {
+  test("--help lists every flag with its environment variable in 80 columns and exits 0; --version prints the version", async () => {
     const help = await runCli([...CLI, "--help"])
     expect(help.code).toBe(0)
     expect(help.stdout).not.toContain("\x1b[") // no colour codes into a pipe
+    expect(help.stdout.split("\n").filter((line) => line.length > 80)).toEqual([])
+    expect(help.stdout).toContain("--clear-cache")
+    expect(help.stdout).not.toContain("CACHING_PROXY_CLEAR_CACHE")
     for (const flag of [
       "--port",
       "--origin",
       "--public-url",
       "--trust-forwarded",
       "--cache-dir",
-      "--clear-cache",
       "--ttl",
       "--timeout",
       "--quiet",
@@ -481,12 +492,74 @@ describe("CLI", () => {
       "--ignore-query",
       "--share-cookies",
     ]) {
-      expect(help.stdout).toContain(flag)
+      // Each flag's block names its variable before the next flag's begins.
+      const block = help.stdout.slice(help.stdout.indexOf(`  ${flag}`)).split(/\n {2}--/)[0]
+      expect(block).toContain(`env: CACHING_PROXY_${flag.slice(2).toUpperCase().replaceAll("-", "_")}`)
     }
     const version = await runCli([...CLI, "--version"])
     expect(version.code).toBe(0)
     expect(version.stdout.trim()).toBe(JSON.parse(readFileSync(join(import.meta.dir, "package.json"), "utf8")).version)
   })
+
+  test.each([
+    ["example.invalid", "--host example.invalid cannot be resolved to an address"],
+    // TEST-NET-1 (RFC 5737): an address no machine here has.
+    ["192.0.2.1", "--host 192.0.2.1 is not an address of this machine"],
+  ])("--host %s is refused as a bad host, not a busy port", async (host, message) => {
+    using dir = ownedDir()
+    const { stderr, code } = await runCli([
+      ...CLI,
+      "--origin",
+      "http://127.0.0.1:1",
+      "--port",
+      "0",
+      "--host",
+      host,
+      "--cache-dir",
+      dir.path,
+    ])
+    expect(code).toBe(2)
+    expect(stderr.trim()).toBe(`caching-proxy: ${message}`)
+  })
+
+  test.each([
+    [{ CACHING_PROXY_PORT: "abc" }, 'CACHING_PROXY_PORT must be 0-65535 (got "abc")'],
+    [{ CACHING_PROXY_MAX_SIZE: "lots" }, 'CACHING_PROXY_MAX_SIZE must be a size such as 1048576, 64M or 1G (got "lots")'],
+    [{ CACHING_PROXY_QUIET: "maybe" }, 'CACHING_PROXY_QUIET must be 1, true, yes, 0, false or no (got "maybe")'],
+    // An action left in a service's environment would clear the cache and exit on every start.
+    [{ CACHING_PROXY_CLEAR_CACHE: "1" }, "CACHING_PROXY_CLEAR_CACHE is not read: give --clear-cache on the command line"],
+  ])("%j is refused with one line naming the variable, exit code 2", async (env, message) => {
+    using dir = ownedDir()
+    const { stderr, code } = await runCli([...CLI, "--origin", "http://127.0.0.1:1", "--cache-dir", dir.path], undefined, env)
+    expect(code).toBe(2)
+    expect(stderr.trim()).toBe(`caching-proxy: ${message}`)
+  })
+
+  test("an IPv6 address is bracketed in the start line", async () => {
+    await using origin = startOrigin(() => new Response("x"))
+    using dir = ownedDir()
+    await using proxy = await startCli([...CLI, "--port", "0", "--host", "::1", "--origin", origin.url, "--cache-dir", dir.path])
+    const printed = /listening on (\S+),/.exec(proxy.lines[0]!)?.[1]
+    expect(printed).toBe(`http://[::1]:${portOf(proxy.url)}`)
+    expect(new URL(printed!).hostname).toBe("[::1]")
+  })
+
+  test("a request still in flight after the 5 s grace period is cut, and the proxy says so", async () => {
+    await using origin = startOrigin(() => new Promise<Response>(() => {})) // never answers
+    using dir = ownedDir()
+    const proxy = await startCli([...CLI, "--port", "0", "--quiet", "--origin", origin.url, "--cache-dir", dir.path])
+    const pending = get(`${proxy.url}hangs`).then(
+      () => "answered",
+      () => "cut",
+    )
+    await eventually(() => origin.count("/hangs") === 1)
+    proxy.child.kill("SIGTERM")
+    expect(await proxy.child.exited).toBe(0)
+    expect(await pending).toBe("cut")
+    expect(await new Response(proxy.child.stderr).text()).toBe(
+      "caching-proxy: 5 s after the signal, cutting 1 request(s) still in flight\n",
+    )
+  }, 15_000)
 
   test("a port already in use: one line, exit code 1", async () => {
     await using origin = startOrigin(() => new Response("x"))

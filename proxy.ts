@@ -3,16 +3,16 @@
  * The HTTP side only: every caching rule lives in cache.ts.
  */
 
-import { mkdirSync, realpathSync, rmSync, writeFileSync } from "node:fs"
+import { lookup } from "node:dns/promises"
+import { existsSync, mkdirSync, realpathSync, rmSync, writeFileSync } from "node:fs"
 import { createServer, Agent as HttpAgent, request as httpRequest, type IncomingMessage, type ServerResponse } from "node:http"
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https"
 import type { AddressInfo } from "node:net"
 import { homedir } from "node:os"
-import { join, resolve } from "node:path"
+import { dirname, join, resolve } from "node:path"
 import { Readable } from "node:stream"
 import { fileURLToPath } from "node:url"
-import { stripVTControlCharacters } from "node:util"
-import { defineCommand, parseArgs, renderUsage } from "citty"
+import { parseArgs } from "citty"
 import { type Context, Hono } from "hono"
 import { LinearRouter } from "hono/router/linear-router"
 import { bunFiles, type FileApi, FileStore, nodeFiles } from "./cache/file-store.ts"
@@ -23,6 +23,7 @@ import { MEMORY_BODY_LIMIT_BYTES, TieredStore } from "./cache/tiered-store.ts"
 import { answer, Cache, type Forward, OriginError, type OriginFailure, type Store, VIA, type Warn } from "./cache.ts"
 import packageJson from "./package.json" with { type: "json" }
 import { createAdmin } from "./proxy/admin.ts"
+import { environmentVariable, helpText } from "./proxy/help.ts"
 import { type Access, cacheOutcome, createAccessLog, createWarn, isFromCache, LOG_FORMATS, type LogFormat } from "./proxy/log.ts"
 import { ProxyMetrics } from "./proxy/metrics.ts"
 
@@ -87,10 +88,11 @@ type StoreChoice = { kind: "file" } | { kind: "redis"; target: RedisTarget }
 export class UsageError extends Error {}
 
 const args = {
-  port: { type: "string", description: "Port to listen on (0: any free port)", default: "3000" },
-  host: { type: "string", description: "Address to listen on (0.0.0.0 to accept other machines)", default: "127.0.0.1" },
+  port: { type: "string", valueHint: "N", description: "Port to listen on (0: any free port)", default: "3000" },
+  host: { type: "string", valueHint: "ADDR", description: "Address to listen on (0.0.0.0 to accept other machines)", default: "127.0.0.1" },
   "public-url": {
     type: "string",
+    valueHint: "URL",
     description: "How clients reach the proxy, e.g. https://cdn.example.com, as the origin is told (default: http://<host>:<port>)",
   },
   "trust-forwarded": {
@@ -102,24 +104,34 @@ const args = {
     description:
       "Rewrite the origin's own absolute URLs in Location and Content-Location to the proxy's (--public-url, else the Host asked)",
   },
-  origin: { type: "string", description: "Origin URL to forward to, e.g. https://api.example.com/v2" },
-  "cache-dir": { type: "string", description: "Cache directory (default: $XDG_CACHE_HOME/caching-proxy or ~/.cache/caching-proxy)" },
+  origin: { type: "string", valueHint: "URL", description: "Origin URL to forward to, e.g. https://api.example.com/v2" },
+  "cache-dir": {
+    type: "string",
+    valueHint: "DIR",
+    description: "Cache directory (default: $XDG_CACHE_HOME/caching-proxy or ~/.cache/caching-proxy)",
+  },
   "clear-cache": { type: "boolean", description: "Empty the cache directory and exit" },
   ttl: {
     type: "string",
+    valueHint: "SECONDS",
     description: "Seconds to keep responses that carry no freshness information; a 404, 405, 414 or 501 at most 10 (0: do not)",
     default: "300",
   },
-  timeout: { type: "string", description: "Seconds to wait for the origin's response headers", default: "30" },
-  "memory-size": { type: "string", description: "Bytes of responses kept in memory (k, M, G suffixes)", default: "64M" },
-  "max-size": { type: "string", description: "Bytes the disk cache may hold", default: "1G" },
-  "max-entry-size": { type: "string", description: "Larger responses are passed through, not stored", default: "100M" },
+  timeout: { type: "string", valueHint: "SECONDS", description: "Seconds to wait for the origin's response headers", default: "30" },
+  "memory-size": { type: "string", valueHint: "SIZE", description: "Bytes of responses kept in memory (k, M, G suffixes)", default: "64M" },
+  "max-size": { type: "string", valueHint: "SIZE", description: "Bytes the disk cache may hold", default: "1G" },
+  "max-entry-size": { type: "string", valueHint: "SIZE", description: "Larger responses are passed through, not stored", default: "100M" },
   "force-ttl": {
     type: "string",
+    valueHint: "SECONDS",
     description: "Development: store every cacheable-status GET for this many seconds, whatever its headers say",
     default: "0",
   },
-  "ignore-query": { type: "string", description: "Development: comma-separated query parameters left out of the cache key" },
+  "ignore-query": {
+    type: "string",
+    valueHint: "NAMES",
+    description: "Development: comma-separated query parameters left out of the cache key",
+  },
   offline: { type: "boolean", description: "Development: answer only from the cache, never contact the origin" },
   "share-cookies": { type: "boolean", description: "Store responses that set cookies and serve them to every client" },
   "targeted-cache-control": {
@@ -129,21 +141,28 @@ const args = {
   },
   store: {
     type: "string",
+    valueHint: "WHERE",
     description: "Where entries live: file (--cache-dir), redis://host:port[/db], rediss://… or redis-cluster://host:port,…",
     default: "file",
   },
-  "store-prefix": { type: "string", description: "Namespace of this cache's keys in Redis", default: "caching-proxy" },
-  "admin-port": { type: "string", description: "Port of the admin listener: health, JSON API, purge, metrics, inspector (default: none)" },
+  "store-prefix": { type: "string", valueHint: "NAME", description: "Namespace of this cache's keys in Redis", default: "caching-proxy" },
+  "admin-port": {
+    type: "string",
+    valueHint: "N",
+    description: "Port of the admin listener: health, JSON API, purge, metrics, inspector (default: none)",
+  },
   "admin-host": {
     type: "string",
+    valueHint: "ADDR",
     description: "Address of the admin listener (other than loopback only with --admin-token)",
     default: "127.0.0.1",
   },
-  "admin-token": { type: "string", description: "Bearer token every admin request must carry" },
+  "admin-token": { type: "string", valueHint: "TOKEN", description: "Bearer token every admin request must carry" },
   "keep-tag-headers": { type: "boolean", description: "Pass Surrogate-Key and Cache-Tag on to clients (default: removed, as CDNs do)" },
   quiet: { type: "boolean", description: "Do not log each request" },
   "log-format": {
     type: "string",
+    valueHint: "FORMAT",
     description: "text (lines starting with an ISO-8601 time) or json (one object per line)",
     default: "text",
   },
@@ -151,10 +170,7 @@ const args = {
   version: { type: "boolean", description: "Show the version", alias: "v" },
 } as const
 
-const main = defineCommand({
-  meta: { name: "caching-proxy", version: packageJson.version, description: "A caching HTTP reverse proxy for one origin" },
-  args,
-})
+const DESCRIPTION = "a caching HTTP reverse proxy for one origin"
 
 type Args = ReturnType<typeof parseArgs<typeof args>>
 
@@ -305,18 +321,37 @@ function flagName(arg: string): string | undefined {
   return arg.startsWith("-") ? arg.replace(/^--?(no-)?/, "").split("=", 1)[0] : undefined
 }
 
+// Actions, not settings: a variable left in a service's environment would clear the cache (and
+// exit) on every start, so CACHING_PROXY_CLEAR_CACHE is refused; help and version are not read.
+const ACTIONS = new Set(["clear-cache", "help", "version"])
+
 /**
  * CACHING_PROXY_<FLAG> (e.g. CACHING_PROXY_ORIGIN, CACHING_PROXY_MAX_SIZE) for each setting flag
- * the command line leaves out; the command line wins. Booleans take 1/true/yes.
+ * the command line leaves out; the command line wins. Booleans take 1/true/yes or 0/false/no.
+ * Returns each flag taken from the environment with the variable it came from.
  */
-function flagsFromEnvironment(commandLine: string[], env: NodeJS.ProcessEnv): string[] {
+function flagsFromEnvironment(commandLine: string[], env: NodeJS.ProcessEnv): Map<string, { arg: string; variable: string }> {
   const given = new Set(commandLine.map(flagName))
-  return Object.entries(args).flatMap(([name, def]) => {
-    const value = env[`CACHING_PROXY_${name.toUpperCase().replaceAll("-", "_")}`]
-    if (value === undefined || given.has(name) || name === "help" || name === "version") return []
-    if (def.type === "boolean") return /^(1|true|yes)$/i.test(value) ? [`--${name}`] : []
-    return [`--${name}=${value}`]
-  })
+  if (env[environmentVariable("clear-cache")])
+    throw new UsageError(`${environmentVariable("clear-cache")} is not read: give --clear-cache on the command line`)
+  const taken = new Map<string, { arg: string; variable: string }>()
+  for (const [name, def] of Object.entries(args)) {
+    const variable = environmentVariable(name)
+    const value = env[variable]
+    if (value === undefined || given.has(name) || ACTIONS.has(name)) continue
+    if (def.type === "boolean" && !/^(1|true|yes|0|false|no)$/i.test(value))
+      throw new UsageError(`${variable} must be 1, true, yes, 0, false or no (got "${value}")`)
+    if (def.type === "boolean" && !/^(1|true|yes)$/i.test(value)) continue
+    taken.set(name, { arg: def.type === "boolean" ? `--${name}` : `--${name}=${value}`, variable })
+  }
+  return taken
+}
+
+/** An error about a flag that came from the environment names the variable the user set instead. */
+function namingVariable(error: unknown, fromEnvironment: Map<string, { variable: string }>): unknown {
+  const flag = error instanceof UsageError ? /^--([a-z-]+)/.exec(error.message)?.[1] : undefined
+  const source = flag === undefined ? undefined : fromEnvironment.get(flag)
+  return source && flag ? new UsageError(source.variable + (error as Error).message.slice(flag.length + 2)) : error
 }
 
 /** Refuses what citty would let through: unknown flags, flags given twice, stray arguments. */
@@ -383,6 +418,8 @@ interface Listener {
   port: number
   /** Stops accepting; resolves when requests in flight have finished (at once when forced). */
   stop(force?: boolean): Promise<void>
+  /** Requests not yet answered in full. */
+  inFlight(): number
 }
 
 /** What differs between Bun and Node, chosen once at start-up. */
@@ -492,7 +529,7 @@ const bunRuntime: Runtime = {
       // `development: false`: Bun then shares the port with a second server (SO_REUSEPORT).
       error: (error) => unsent(error, warn),
     })
-    return { port: server.port ?? port, stop: (force) => server.stop(force) }
+    return { port: server.port ?? port, stop: (force) => server.stop(force), inFlight: () => server.pendingRequests }
   },
   // RFC 9110 §15.2 asks a proxy to forward 1xx responses; Bun's fetch hides them and Bun.serve
   // has no way to send one (README, "Known limits").
@@ -634,7 +671,12 @@ const nodeRuntime: Runtime = {
       errorHandler: (error) =>
         error instanceof RequestError ? answer(400, "the request cannot be read\n", "detail=bad-request") : unsent(error, warn),
     })
-    const server = createServer(handle)
+    let inFlight = 0
+    const server = createServer((request, response) => {
+      inFlight++
+      response.once("close", () => inFlight--)
+      return handle(request, response)
+    })
     return new Promise((resolvePromise, reject) => {
       server.once("error", reject)
       server.listen(port, host, () =>
@@ -646,6 +688,7 @@ const nodeRuntime: Runtime = {
               if (force) server.closeAllConnections()
               else server.closeIdleConnections()
             }),
+          inFlight: () => inFlight,
         }),
       )
     })
@@ -822,7 +865,7 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
   const timeoutMs = options.timeoutSeconds * 1000
   const publicUrl = options.publicUrl === undefined ? undefined : new URL(options.publicUrl)
   const originUrl = new URL(options.origin)
-  const listenHost = options.host.includes(":") ? `[${options.host}]` : options.host
+  const listenHost = urlHost(options.host)
   /** The forwarding fields' facts about this request: never a value the request itself carries. */
   const hop = (c: Context, hasBody: boolean): Hop => ({
     client: runtime.clientAddress(c),
@@ -1033,8 +1076,21 @@ function checkCacheDir(dir: string): void {
     writeFileSync(probe, "")
     rmSync(probe)
   } catch (error) {
-    throw new UsageError(`--cache-dir ${dir} cannot be written (${(error as Error).message})`)
+    throw new UsageError(`--cache-dir ${dir} cannot be used: ${whyNotWritable(dir, error as NodeJS.ErrnoException)}`)
   }
+}
+
+/** Why a directory cannot be made or written, in words rather than an errno. */
+function whyNotWritable(dir: string, error: NodeJS.ErrnoException): string {
+  if (error.code === "ENOTDIR" || error.code === "EEXIST") {
+    let path = dir
+    while (!existsSync(path) && dirname(path) !== path) path = dirname(path)
+    return `${path} is a file, not a directory`
+  }
+  if (error.code === "EACCES" || error.code === "EPERM") return "permission denied"
+  if (error.code === "EROFS") return "the file system is read-only"
+  if (error.code === "ENOSPC") return "the disk is full"
+  return error.message
 }
 
 // ───────────────────────────── the command ─────────────────────────────
@@ -1046,12 +1102,14 @@ const SHUTDOWN_GRACE_MS = 5000
 
 async function run(commandLine: string[]): Promise<number> {
   checkRawArgs(commandLine)
-  const rawArgs = [...flagsFromEnvironment(commandLine, process.env), ...commandLine]
-  const parsed = parseArgs<typeof args>(rawArgs, args)
+  const fromEnvironment = flagsFromEnvironment(commandLine, process.env)
+  const rawArgs = [...[...fromEnvironment.values()].map(({ arg }) => arg), ...commandLine]
+  return start(parseArgs<typeof args>(rawArgs, args)).catch((error) => Promise.reject(namingVariable(error, fromEnvironment)))
+}
+
+async function start(parsed: Args): Promise<number> {
   if (parsed.help) {
-    const usage = await renderUsage(main)
-    // citty colours its help even into a pipe or a file: keep the colours for a terminal only.
-    console.log(process.stdout.isTTY ? usage : stripVTControlCharacters(usage))
+    console.log(helpText(`caching-proxy ${packageJson.version}: ${DESCRIPTION}`, args, (flag) => !ACTIONS.has(flag)))
     return 0
   }
   if (parsed.version) {
@@ -1073,19 +1131,23 @@ async function run(commandLine: string[]): Promise<number> {
   // A shared store is worth a moment's wait: until Redis answers, requests would go to the origin
   // uncoalesced. Past that moment the proxy starts anyway, uncached, and connects in the background.
   if (options.store.kind === "redis") await Promise.race([cache.store.ready(), sleep(STORE_CONNECT_WAIT_MS)])
-  const listener = await listenOrSay(app, options, "port", warn)
-  const adminListener = admin && options.admin ? await listenOrSay(admin, { ...options, ...options.admin }, "admin port", warn) : null
+  const listener = await listenOrSay(app, options, "port", "--host", warn)
+  const adminListener =
+    admin && options.admin ? await listenOrSay(admin, { ...options, ...options.admin }, "admin port", "--admin-host", warn) : null
   if (!listener || adminListener === undefined) {
     await Promise.all([listener?.stop(true), adminListener?.stop(true)])
     return 1
   }
-  const adminLine = adminListener ? `, admin on http://${options.admin?.host}:${adminListener.port}` : ""
+  const adminLine = adminListener ? `, admin on http://${urlHost(options.admin?.host ?? "")}:${adminListener.port}` : ""
   console.log(
-    `caching-proxy listening on http://${options.host}:${listener.port}, forwarding to ${options.origin}, cache in ${whereEntriesLive(options)}${adminLine}`,
+    `caching-proxy listening on http://${urlHost(options.host)}:${listener.port}, forwarding to ${options.origin}, cache in ${whereEntriesLive(options)}${adminLine}`,
   )
   await shutdownSignal()
-  const stopped = Promise.all([listener.stop(), adminListener?.stop(true)])
-  await Promise.race([stopped.then(() => cache.close()), sleep(SHUTDOWN_GRACE_MS)])
+  const stopped = Promise.all([listener.stop(), adminListener?.stop(true)]).then(() => cache.close())
+  if (!(await Promise.race([stopped.then(() => true), sleep(SHUTDOWN_GRACE_MS).then(() => false)]))) {
+    const cut = listener.inFlight()
+    if (cut > 0) console.error(`caching-proxy: ${SHUTDOWN_GRACE_MS / 1000} s after the signal, cutting ${cut} request(s) still in flight`)
+  }
   return 0
 }
 
@@ -1094,16 +1156,36 @@ async function listenOrSay(
   app: Hono,
   options: Pick<ProxyOptions, "host" | "port" | "timeoutSeconds">,
   name: string,
+  hostFlag: string,
   warn: Warn,
 ): Promise<Listener | undefined> {
   try {
     return await serve(app, options, warn)
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code
+    if (code !== "EADDRINUSE") await refuseForeignHost(hostFlag, options.host, code)
     const reason = code === "EADDRINUSE" ? "is already in use" : `cannot be used (${(error as Error).message})`
     console.error(`caching-proxy: ${name} ${options.port} on ${options.host} ${reason}`)
     return undefined
   }
+}
+
+/**
+ * A --host (or --admin-host) that names no address of this machine is a bad flag, not a port problem. Bun.serve
+ * does not resolve names (it fails with EINVAL), so the name is looked up only once listening failed.
+ */
+async function refuseForeignHost(flag: string, host: string, code: string | undefined): Promise<void> {
+  const resolves = await lookup(host).then(
+    () => true,
+    () => false,
+  )
+  if (!resolves) throw new UsageError(`${flag} ${host} cannot be resolved to an address`)
+  if (code === "EADDRNOTAVAIL") throw new UsageError(`${flag} ${host} is not an address of this machine`)
+}
+
+/** A host as it goes into a URL: an IPv6 address in brackets (RFC 3986 §3.2.2). */
+function urlHost(host: string): string {
+  return host.includes(":") ? `[${host}]` : host
 }
 
 function sleep(ms: number): Promise<void> {
