@@ -421,6 +421,18 @@ async function startCliProxy(command: string[], originUrl: string, flags: string
   }
 }
 
+const PACKAGE_VERSION = JSON.parse(readFileSync(join(import.meta.dir, "package.json"), "utf8")).version
+
+// Git told to look for the repository where there is none: a build that asked git at run time
+// would print "unknown", one that embedded its commit prints it.
+const NO_CLONE = { GIT_DIR: join(tmpdir(), "caching-proxy-no-such-repository") }
+
+/** What --version prints for this checkout: the package version and the commit checked out. */
+async function expectedVersion(): Promise<string> {
+  const commit = (await runCli(["git", "rev-parse", "--short=12", "HEAD"], import.meta.dir)).stdout.trim()
+  return `caching-proxy ${PACKAGE_VERSION} (commit ${commit})\n`
+}
+
 const KB = 1024
 const MB = 1024 * KB
 
@@ -498,7 +510,12 @@ describe("CLI", () => {
     }
     const version = await runCli([...CLI, "--version"])
     expect(version.code).toBe(0)
-    expect(version.stdout.trim()).toBe(JSON.parse(readFileSync(join(import.meta.dir, "package.json"), "utf8")).version)
+    expect(version.stdout).toBe(await expectedVersion())
+  })
+
+  test("--version from source, outside a clone, says the commit is unknown", async () => {
+    const version = await runCli([...CLI, "--version"], undefined, NO_CLONE)
+    expect(version.stdout).toBe(`caching-proxy ${PACKAGE_VERSION} (commit unknown)\n`)
   })
 
   test.each([
@@ -1216,6 +1233,10 @@ describe("runtimes and packaging", () => {
 
     test("MISS, HIT, restart, clear", () => endToEnd(NODE_CLI))
 
+    test("--version: the version and commit it was built from", async () => {
+      expect((await runCli([...NODE_CLI, "--version"], undefined, NO_CLONE)).stdout).toBe(await expectedVersion())
+    })
+
     test("bytes, Set-Cookie and bad flags behave as under Bun", async () => {
       const gzipped = gzipSync("node leg ".repeat(200))
       await using origin = startOrigin(() => {
@@ -1253,6 +1274,10 @@ describe("runtimes and packaging", () => {
     beforeAll(() => npmRun("build"), 120_000)
 
     test("MISS, HIT, restart, clear", () => endToEnd([BINARY]))
+
+    test("--version: the version and commit it was built from", async () => {
+      expect((await runCli([BINARY, "--version"], undefined, NO_CLONE)).stdout).toBe(await expectedVersion())
+    })
 
     test("ignores a .env and a bunfig.toml in the working directory", async () => {
       await using origin = startOrigin(() => new Response("x"))

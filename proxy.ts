@@ -3,6 +3,7 @@
  * The HTTP side only: every caching rule lives in cache.ts.
  */
 
+import { execFileSync } from "node:child_process"
 import { lookup } from "node:dns/promises"
 import { existsSync, mkdirSync, realpathSync, rmSync, writeFileSync } from "node:fs"
 import { createServer, Agent as HttpAgent, request as httpRequest, type IncomingMessage, type ServerResponse } from "node:http"
@@ -170,7 +171,28 @@ const args = {
   version: { type: "boolean", description: "Show the version", alias: "v" },
 } as const
 
-const DESCRIPTION = "a caching HTTP reverse proxy for one origin"
+const DESCRIPTION = "A caching HTTP reverse proxy for one origin."
+
+// Set by `bun build --define` (.ci/build.ts) in the binary and the Node bundle; absent from source.
+declare const BUILD_VERSION: string | undefined
+declare const BUILD_COMMIT: string | undefined
+
+/** "caching-proxy 0.1.0 (commit 0123456789ab)": what was built, or from source what is checked out. */
+function versionLine(): string {
+  const version = typeof BUILD_VERSION === "string" ? BUILD_VERSION : packageJson.version
+  const commit = typeof BUILD_COMMIT === "string" ? BUILD_COMMIT : checkedOutCommit()
+  return `caching-proxy ${version} (commit ${commit})`
+}
+
+function checkedOutCommit(): string {
+  const cwd = dirname(fileURLToPath(import.meta.url))
+  try {
+    return execFileSync("git", ["rev-parse", "--short=12", "HEAD"], { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim()
+  } catch {
+    // Not a clone, or no git installed: the version line says the commit is unknown.
+    return "unknown"
+  }
+}
 
 type Args = ReturnType<typeof parseArgs<typeof args>>
 
@@ -1109,11 +1131,11 @@ async function run(commandLine: string[]): Promise<number> {
 
 async function start(parsed: Args): Promise<number> {
   if (parsed.help) {
-    console.log(helpText(`caching-proxy ${packageJson.version}: ${DESCRIPTION}`, args, (flag) => !ACTIONS.has(flag)))
+    console.log(helpText(`${versionLine()}\n${DESCRIPTION}`, args, (flag) => !ACTIONS.has(flag)))
     return 0
   }
   if (parsed.version) {
-    console.log(packageJson.version)
+    console.log(versionLine())
     return 0
   }
   const options = parseOptions(parsed)
