@@ -1296,26 +1296,58 @@ describe("runtimes and packaging", () => {
     })
   })
 
-  describe("a packed package installed into an empty folder", () => {
+  describe("the packed package (npm pack), in empty folders", () => {
+    const BUNX = join(import.meta.dir, "node_modules", ".bin", "bunx")
     // Made in beforeAll, not while the tests are collected: a run that filters them out leaves no folder.
     let folder = { path: "", [Symbol.dispose]: () => {} }
+    let tarball = ""
+    let installed = { stdout: "", stderr: "", code: 0 }
+    const project = () => join(folder.path, "project")
     beforeAll(async () => {
       folder = ownedDir()
       const packed = await runCli(["npm", "pack", "--silent", "--pack-destination", folder.path], import.meta.dir)
       if (packed.code !== 0) throw new Error(`npm pack failed: ${packed.stderr}`)
-      const tarball = join(folder.path, packed.stdout.trim().split("\n").pop()!)
-      writeFileSync(join(folder.path, "package.json"), "{}")
-      const installed = await runCli(["npm", "install", "--no-audit", "--no-fund", "--prefer-offline", tarball], folder.path)
+      tarball = join(folder.path, packed.stdout.trim().split("\n").pop()!)
+      mkdirSync(project())
+      writeFileSync(join(project(), "package.json"), "{}")
+      installed = await runCli(["npm", "install", "--no-audit", "--no-fund", "--prefer-offline", tarball], project())
       if (installed.code !== 0) throw new Error(`npm install failed: ${installed.stderr}`)
     }, 120_000)
     afterAll(() => folder[Symbol.dispose]())
 
-    test("npx caching-proxy (Node)", () => endToEnd(["npx", "--no-install", "caching-proxy"], folder.path), 60_000)
-    test(
-      "bunx --bun caching-proxy (Bun)",
-      () => endToEnd([join(import.meta.dir, "node_modules", ".bin", "bunx"), "--bun", "caching-proxy"], folder.path),
-      60_000,
-    )
+    test("holds the Node bundle, README and LICENSE, and declares no dependencies and no install scripts", async () => {
+      const listed = await runCli(["tar", "-tzf", tarball])
+      expect(listed.stdout.trim().split("\n").sort()).toEqual([
+        "package/LICENSE",
+        "package/README.md",
+        "package/dist/cli.js",
+        "package/package.json",
+      ])
+      const manifest = JSON.parse((await runCli(["tar", "-xzOf", tarball, "package/package.json"])).stdout)
+      expect(manifest.bin).toEqual({ "caching-proxy": "dist/cli.js" })
+      for (const field of ["dependencies", "optionalDependencies", "peerDependencies", "bundleDependencies"])
+        expect(manifest[field]).toBeUndefined()
+      for (const script of ["preinstall", "install", "postinstall", "prepare"]) expect(manifest.scripts[script]).toBeUndefined()
+      // Installing it adds one package (itself) and warns of nothing.
+      expect(installed.stdout).toContain("added 1 package")
+      expect(installed.stderr).toBe("")
+    })
+
+    test.each([
+      ["npx --yes ./<tarball> (Node)", (file: string) => ["npx", "--yes", `./${file}`]],
+      ["npm exec (Node)", (file: string) => ["npm", "exec", "--yes", `--package=./${file}`, "--", "caching-proxy"]],
+      // bunx reads a tarball given by its absolute path only.
+      ["bunx (Node, as the bin's #! line says)", (file: string) => [BUNX, "--package", join(folder.path, file), "caching-proxy"]],
+      ["bunx --bun (Bun)", (file: string) => [BUNX, "--bun", "--package", join(folder.path, file), "caching-proxy"]],
+    ])("%s runs it from the tarball alone: --version, with no warning", async (_, command) => {
+      const ran = await runCli([...command(tarball.slice(folder.path.length + 1)), "--version"], folder.path)
+      expect(ran.stdout).toBe(await expectedVersion())
+      expect(ran.stderr).not.toMatch(/warn|script/i)
+      expect(ran.code).toBe(0)
+    })
+
+    test("npx caching-proxy (Node)", () => endToEnd(["npx", "--no-install", "caching-proxy"], project()), 60_000)
+    test("bunx --bun caching-proxy (Bun)", () => endToEnd([BUNX, "--bun", "caching-proxy"], project()), 60_000)
   })
 })
 

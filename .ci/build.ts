@@ -55,6 +55,8 @@ async function buildRelease(): Promise<void> {
   // One at a time: each downloads its target's Bun once, then compiles in a few seconds.
   for (const { target, file } of RELEASE_TARGETS) {
     await $`bun build proxy.ts ${COMPILE} --target=${target} ${define} --outfile ${join(RELEASE_DIR, file)}`.cwd(ROOT).quiet()
+    // The executable carries its source map; the copy written beside it is not released.
+    rmSync(join(RELEASE_DIR, `${file}.map`), { force: true })
     console.log(`built ${file}`)
   }
   const sums = await Promise.all(RELEASE_TARGETS.map(async ({ file }) => `${await sha256(join(RELEASE_DIR, file))}  ${file}\n`))
