@@ -137,6 +137,7 @@ const args = {
   "share-cookies": { type: "boolean", description: "Store responses that set cookies and serve them to every client" },
   "targeted-cache-control": {
     type: "string",
+    valueHint: "FIELDS",
     description:
       "Comma-separated response fields followed before CDN-Cache-Control (RFC 9213), most specific first, e.g. CachingProxy-Cache-Control",
   },
