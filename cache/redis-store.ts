@@ -32,6 +32,8 @@ const CLAIM_POLL_MS = 50
 const GENERATION_POLL_MS = 5000
 const DEFAULT_PAGE_KEYS = 100
 const KEY_HASHES_KEPT = 10_000
+/** Records are about 1 KB of text: some 2 MB (text and parsed) at most. */
+const RECORDS_KEPT = 1000
 // Adds a key to a tag's set, and makes the set live at least as long as the entry (ARGV[2], ms).
 const TAG_SCRIPT = `redis.call("sadd", KEYS[1], ARGV[1])
 local ttl = redis.call("pttl", KEYS[1])
@@ -85,6 +87,7 @@ export class RedisStore implements Store {
   private readonly bound: <T>(work: Promise<T>, what: string) => Promise<T>
   /** Cache keys' hashes, remembered: a hit from Redis spends no time hashing its key again. */
   private readonly keyHashes = new Map<string, string>()
+  private readonly parsedRecords = new Map<string, VariantRecord>()
   private up = true
   private closing = false
 
@@ -175,13 +178,27 @@ export class RedisStore implements Store {
     const records: VariantRecord[] = []
     for (const [field, value] of Object.entries(fields)) {
       if (field.endsWith(INLINE_FIELD)) continue
-      const record = JSON.parse(value.toString()) as VariantRecord
+      const record = this.parseRecord(value.toString())
       if (record.meta.deleteAt <= now) continue
       const inline = fields[field + INLINE_FIELD]
-      if (inline) record.inline = new Uint8Array(inline)
-      records.push(record)
+      records.push(inline ? { ...record, inline: new Uint8Array(inline) } : record)
     }
     return records
+  }
+
+  /**
+   * One parsed record per stored text, remembered: a hit from Redis parses no JSON, and the cache
+   * recognises the same meta object, so it reuses the hit's headers built for it last time.
+   * Records are never changed once parsed (a change is a new text).
+   */
+  private parseRecord(text: string): VariantRecord {
+    let record = this.parsedRecords.get(text)
+    if (record === undefined) {
+      if (this.parsedRecords.size >= RECORDS_KEPT) this.parsedRecords.clear()
+      record = JSON.parse(text) as VariantRecord
+      this.parsedRecords.set(text, record)
+    }
+    return record
   }
 
   private async readWhole(record: VariantRecord): Promise<Uint8Array | undefined> {
