@@ -3676,7 +3676,7 @@ describe("access log (issue 11)", () => {
     expect(Number(match![2])).toBeLessThan(400)
   })
 
-  test("a 502 says why (refused) and how long the origin took; a 504 says timeout", async () => {
+  test("a 502 says why (refused, reset) and how long the origin took; a 504 says timeout", async () => {
     const closed = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response() })
     const closedUrl = closed.url.href
     closed.stop(true)
@@ -3692,6 +3692,11 @@ describe("access log (issue 11)", () => {
     await (await get(`${slow.url}slow`)).text()
     await eventually(() => slow.lines.length === 1)
     expect(slow.lines[0]).toMatch(/ GET \/slow 504 miss \d+\.\dms \d+B origin timeout after \d+\.\dms$/)
+    await using hangingUp = await startRawOrigin((socket) => socket.destroy())
+    await using reset = await startProxy({ origin: hangingUp.url, quiet: false })
+    await (await get(`${reset.url}cut`)).text()
+    await eventually(() => reset.lines.length === 1)
+    expect(reset.lines[0]).toMatch(/ GET \/cut 502 miss \d+\.\dms \d+B origin reset after \d+\.\dms$/)
   })
 
   test("--log-format json (CACHING_PROXY_LOG_FORMAT): one object per line, warnings too, each with an ISO-8601 time", async () => {
