@@ -528,6 +528,37 @@ describe("directories: a key's goes with its last entry (issue 11)", () => {
   })
 })
 
+describe("the purge-tag index (issue 11)", () => {
+  const tagDirs = (cacheDir: string) => storedDirs(cacheDir).filter((name) => name.startsWith("tags/"))
+
+  test("names each tagged key once per tag; what names a key gone goes at the next start or when its tag is purged", async () => {
+    using dir = ownedDir()
+    {
+      await using fixture = await openStore(dir.path)
+      await fixture.store.put("GET http://origin.test/kept", meta({ tags: ["t1", "t2"] }), streamOf(filled(1, 100)))
+      await fixture.store.put("GET http://origin.test/gone", meta({ tags: ["t1", "t3"] }), streamOf(filled(2, 100)))
+      expect(tagDirs(dir.path)).toHaveLength(3)
+      // The index's directories count against the bound like the others (its files are empty).
+      expect((await fixture.store.stats())[0]?.bytes).toBe(bytesOnDisk(dir.path))
+      await fixture.store.delete("GET http://origin.test/gone")
+      expect((await fixture.store.tagged("t1")).sort()).toEqual(["GET http://origin.test/kept"])
+      expect(fixture.warnings).toEqual([])
+    }
+    await using reopened = await openStore(dir.path)
+    // t3 named only the deleted key: its directory went with it; t1 and t2 still index "kept".
+    expect(tagDirs(dir.path)).toHaveLength(2)
+    expect(await reopened.store.tagged("t2")).toEqual(["GET http://origin.test/kept"])
+    await reopened.store.delete("GET http://origin.test/kept")
+    expect(await reopened.store.tagged("t2")).toEqual([])
+    expect(tagDirs(dir.path)).toHaveLength(1)
+    expect((await reopened.store.stats())[0]?.bytes).toBe(bytesOnDisk(dir.path))
+    await reopened.store.tagged("t1")
+    expect(storedDirs(dir.path)).toEqual([])
+    expect((await reopened.store.stats())[0]?.bytes).toBe(0)
+    expect(reopened.warnings).toEqual([])
+  })
+})
+
 describe("what a crash or a full disk leaves is removed, and counted against the bound until it is", () => {
   const key = "GET http://origin.test/a"
 

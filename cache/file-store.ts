@@ -205,6 +205,8 @@ export class FileStore implements Store {
   private readonly knownDirs = new Set<string>()
   /** Shard directory → how many of the known key directories are in it. */
   private readonly shardDirs = new Map<string, number>()
+  /** The tag index's directories, one per tag: counted against the bound like the others. */
+  private readonly tagDirs = new Set<string>()
   /** The file system's block: a file or a directory takes whole blocks. */
   private readonly blockBytes: number
   private scanDone = false
@@ -401,6 +403,7 @@ export class FileStore implements Store {
       if (tagged) keys.push(tagged.key)
       else await removeOwnFile(join(dir, name))
     }
+    if (keys.length === 0) await this.removeEmptyTagDir(dir)
     return keys
   }
 
@@ -646,6 +649,7 @@ export class FileStore implements Store {
     const keyHash = sha256(key)
     for (const tag of tags) {
       const dir = this.tagDir(tag)
+      this.tagDirs.add(dir)
       await this.makeOwnDir(dir)
       // "wx": already indexed (or a link in its place, never written through) is left as it is.
       await fs.writeFile(join(dir, keyHash), "", { flag: "wx" }).catch((error: NodeJS.ErrnoException) => {
@@ -775,7 +779,9 @@ export class FileStore implements Store {
 
   /** What the store takes on disk: its files, and a block for each of its directories. */
   private occupiedBytes(): number {
-    return this.totalBytes + (this.knownDirs.size + this.shardDirs.size) * this.blockBytes
+    // The tag index: a directory per tag, and theirs; its files are empty, and take no block.
+    const tagIndexDirs = this.tagDirs.size === 0 ? 0 : this.tagDirs.size + 1
+    return this.totalBytes + (this.knownDirs.size + this.shardDirs.size + tagIndexDirs) * this.blockBytes
   }
 
   /** A file of `bytes` takes whole blocks on disk. */
@@ -819,6 +825,7 @@ export class FileStore implements Store {
     this.verified.clear()
     this.knownDirs.clear()
     this.shardDirs.clear()
+    this.tagDirs.clear()
     this.totalBytes = 0
   }
 
@@ -925,6 +932,43 @@ export class FileStore implements Store {
     for (const { metaPath, bytes, mtimeMs } of found) this.account(metaPath, "", bytes, mtimeMs)
     for (const [metaPath, entry] of recent) this.account(metaPath, entry.key, entry.bytes, entry.persistedAt)
     await this.evict()
+    await this.sweepTagIndex()
+  }
+
+  /**
+   * The tag index loses what names a key with nothing left on disk (deleted, evicted, an earlier
+   * run's): at start-up here, and when a purge by the tag meets it (`tagged`). Only names of the
+   * store's own making are removed.
+   */
+  private async sweepTagIndex(): Promise<void> {
+    const tagsRoot = join(this.root, TAGS_DIR)
+    for (const tagDir of await this.subdirectories(tagsRoot, KEY_DIR_NAME)) {
+      const dir = join(tagsRoot, tagDir)
+      for (const name of await fs.readdir(dir).catch(this.ifMissing([] as string[], "sweeping the tag index"))) {
+        if (KEY_DIR_NAME.test(name) && !this.knownDirs.has(join(this.root, name.slice(0, 2), name))) await removeOwnFile(join(dir, name))
+      }
+      await this.removeEmptyTagDir(dir)
+    }
+  }
+
+  /** Removes a tag's directory once it indexes nothing, and the index's own once no tag is left. */
+  private async removeEmptyTagDir(dir: string): Promise<void> {
+    this.tagDirs.delete(dir)
+    if (!(await this.removeIfEmpty(dir))) this.tagDirs.add(dir)
+    else if (this.tagDirs.size === 0) await this.removeIfEmpty(dirname(dir))
+  }
+
+  /** Removes a directory if it is empty: true once it is gone. One that holds anything stays. */
+  private async removeIfEmpty(dir: string): Promise<boolean> {
+    try {
+      await fs.rmdir(dir)
+      return true
+    } catch (error) {
+      if (isMissing(error)) return true
+      const code = (error as NodeJS.ErrnoException).code
+      if (code !== "ENOTEMPTY" && code !== "EEXIST") this.warn("store-delete", `removing ${dir}: ${(error as Error).message}`)
+      return false
+    }
   }
 
   /** Another process's `clear` bumps the generation: forget the index, and tell the tiers in front. */

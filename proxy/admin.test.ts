@@ -574,6 +574,43 @@ describe("the inspector, in a real browser", () => {
     expect(problems).toEqual([])
   })
 
+  test("pages through a large cache 100 URLs at a time, and lists by URL prefix", async () => {
+    await using origin = startFreshOrigin()
+    await using proxy = await startProxy({ origin: origin.url })
+    const paths = Array.from({ length: 130 }, (_, i) => `/items/${String(i).padStart(3, "0")}`)
+    for (const path of [...paths, "/other"]) await through(proxy.url + path)
+    await using chrome = await launchBrowser()
+    const { page } = await openInspector(chrome.browser, proxy.adminUrl)
+    await page.locator("#entries tbody tr").first().waitFor()
+    const first = await tablePaths(page)
+    expect(first).toHaveLength(100)
+    await page.click("#next")
+    await page.locator("#page", { hasText: "page 2" }).waitFor()
+    const second = await tablePaths(page)
+    expect(second).toHaveLength(31)
+    expect(new Set([...first, ...second])).toEqual(new Set([...paths, "/other"]))
+    expect(await page.locator("#next").isDisabled()).toBe(true)
+    await page.click("#previous")
+    await page.locator("#page", { hasText: "page 1" }).waitFor()
+    expect(await tablePaths(page)).toEqual(first)
+
+    await page.fill("#prefix", "/items/12")
+    await page.click("#search button")
+    await page.locator('#entries tbody tr[data-path="/items/000"]').waitFor({ state: "detached" })
+    expect(await tablePaths(page)).toEqual([
+      "/items/120",
+      "/items/121",
+      "/items/122",
+      "/items/123",
+      "/items/124",
+      "/items/125",
+      "/items/126",
+      "/items/127",
+      "/items/128",
+      "/items/129",
+    ])
+  })
+
   test("with a token, asks for it, keeps it for the tab, and sends it with every request", async () => {
     await using origin = startFreshOrigin()
     await using proxy = await startProxy({ origin: origin.url, admin: { port: 0, host: "127.0.0.1", token: TOKEN } })
