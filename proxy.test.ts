@@ -1121,15 +1121,6 @@ describe("hardening: forwarding", () => {
 describe("hardening: origin faults", () => {
   beforeAll(buildNodeBundle, 60_000)
 
-  test.each(RUNTIMES)("%s: RFC 9110 §15: a status 099 is a 502 with one line of text, never an error page", async (_, command) => {
-    await using origin = await startRawOrigin((socket) => socket.end("HTTP/1.1 099 Nope\r\nContent-Length: 2\r\n\r\nhi"))
-    await using proxy = await startCliProxy(command, origin.url)
-    const { status, body } = await answer(`${proxy.url}odd`)
-    expect(status).toBe(502)
-    expect(body).toMatch(/^[^<\n]+\n$/)
-    expect(await proxy.stderr()).toBe("")
-  })
-
   test.each(RUNTIMES)("%s: RFC 9110 §15.2.2: a 101 Switching Protocols is a 502: upgrades are not proxied", async (_, command) => {
     await using origin = await startRawOrigin((socket) =>
       socket.write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"),
@@ -4021,6 +4012,81 @@ describe("RFC 9110 §15.2 interim responses", () => {
       expect(hit).toStartWith("HTTP/1.1 200 OK")
       expect(hit).toMatch(/x-cache: HIT[\s\S]*\r\n\r\nfinal$/i)
       expect(origin.requests()).toBe(1)
+    },
+  )
+})
+
+describe("runtime hygiene: the same answers, no warnings, under Bun and Node", () => {
+  beforeAll(buildNodeBundle, 60_000)
+
+  const ODD_STATUSES = RUNTIMES.flatMap(([runtime, command]) => ["099", "600", "999"].map((status) => [runtime, status, command] as const))
+
+  test.each(ODD_STATUSES)(
+    "%s: RFC 9110 §15: a status %s, outside 100-599, is a 502 with one line, and nothing on stderr",
+    async (_, status, command) => {
+      await using origin = await startRawOrigin((socket) =>
+        socket.end(`HTTP/1.1 ${status} Odd\r\nContent-Length: 2\r\nCache-Control: max-age=60\r\n\r\nhi`),
+      )
+      await using proxy = await startCliProxy(command, origin.url)
+      for (let i = 0; i < 2; i++)
+        expect(await answer(`${proxy.url}odd`)).toMatchObject({ status: 502, body: expect.stringMatching(/^[^<\n]+\n$/) })
+      expect(await proxy.stderr()).toBe("")
+    },
+  )
+
+  test("Node: no file handle is left for garbage collection to close (DEP0137), whatever becomes of a body read from disk", async () => {
+    using dir = ownedDir()
+    // Collects garbage every 50 ms: a FileHandle left open would be closed by it, with the warning.
+    const collector = join(dir.path, "collect.cjs")
+    writeFileSync(collector, "setInterval(() => globalThis.gc(), 50).unref()\n")
+    await using origin = startOrigin((req) =>
+      req.headers.get("if-none-match") === '"big"'
+        ? new Response(null, { status: 304, headers: { etag: '"big"' } })
+        : new Response(generatedBody(6, 256 * KB), { headers: { "cache-control": "max-age=600", etag: '"big"' } }),
+    )
+    await using proxy = await startCliProxy(["node", "--expose-gc", "--require", collector, ...NODE_BUNDLE.slice(1)], origin.url)
+    await (await get(`${proxy.url}big`)).arrayBuffer()
+    for (let i = 0; i < 2; i++) {
+      await (await get(`${proxy.url}big`)).arrayBuffer() // read whole
+      await (await get(`${proxy.url}big`, { range: "bytes=1000-300000" })).arrayBuffer() // a slice
+      await (await get(`${proxy.url}big`, { range: "bytes=99999999-" })).arrayBuffer() // a 416: never read
+      await fetch(`${proxy.url}big`, { method: "HEAD" }) // no body sent
+      await (await get(`${proxy.url}big`, { "if-none-match": '"big"' })).arrayBuffer() // a 304
+      await (await get(`${proxy.url}big`, { "cache-control": "no-cache" })).arrayBuffer() // revalidated, then read
+      const cut = new AbortController()
+      const reader = (await fetch(`${proxy.url}big`, { signal: cut.signal })).body!.getReader()
+      await reader.read()
+      cut.abort() // the client leaves mid-body
+      await reader.cancel().catch(() => undefined)
+    }
+    await Bun.sleep(300) // a few collections
+    expect(await proxy.stderr()).toBe("")
+  }, 60_000)
+
+  test.each(RUNTIMES)(
+    "%s: RFC 9111 §4.4: invalidations racing writes to the same URL report no failure and leave no temporary file",
+    async (_, command) => {
+      await using origin = startOrigin((req) => {
+        if (req.method !== "GET") return new Response("done")
+        return new Response(generatedBody(20, 4 * KB, { cancelled: false }, 2), { headers: { "cache-control": "max-age=600" } })
+      })
+      using dir = ownedDir()
+      await using proxy = await startCli([...command, "--port", "0", "--quiet", "--origin", origin.url, "--cache-dir", dir.path])
+      // GETs whose bodies stream into the store while POSTs to the same URL delete it.
+      for (let round = 0; round < 10; round++) {
+        await Promise.all(
+          Array.from({ length: 20 }, async (_, i) => {
+            const stored = get(`${proxy.url}raced`, { "cache-control": "no-cache" }).then((res) => res.arrayBuffer())
+            await Bun.sleep(i)
+            await (await fetch(`${proxy.url}raced`, { method: "POST", body: "x" })).text()
+            await stored
+          }),
+        )
+      }
+      expect(storedFiles(dir.path).filter((f) => f.path.endsWith(".tmp"))).toEqual([])
+      process.kill(-proxy.child.pid, "SIGTERM")
+      await proxy.child.exited
+      expect(await new Response(proxy.child.stderr).text()).toBe("")
     },
   )
 })

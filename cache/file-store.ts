@@ -201,6 +201,8 @@ export class FileStore implements Store {
   private readonly verifying = new Map<string, Promise<string>>()
   /** Files this process is writing that no meta names yet: no cleanup takes them. */
   private readonly writing = new Set<string>()
+  /** Key directory → the puts writing into it: a delete of the key calls them off. */
+  private readonly putsUnderWay = new Map<string, Set<{ calledOff: boolean }>>()
   /** Key directories seen by the scan or made since, and not removed: where entries may be. */
   private readonly knownDirs = new Set<string>()
   /** Shard directory → how many of the known key directories are in it. */
@@ -294,12 +296,13 @@ export class FileStore implements Store {
     const tempBody = bodyPath + TEMP_SUFFIX
     let written: string | undefined
     this.writing.add(tempBody).add(bodyPath)
+    const put = this.putUnderWay(dir)
     try {
       const handle = await this.createInKeyDir(dir, tempBody)
       written = tempBody
       const { size, sha256 } = await writeAll(body, handle)
       // One entry that could never fit must not flush everything else on its way out.
-      if (size > this.maxBytes) {
+      if (size > this.maxBytes || put.calledOff) {
         await this.removeLeftover(tempBody)
         await this.removeEmptyDir(dir)
         return false
@@ -309,7 +312,10 @@ export class FileStore implements Store {
       // Hashed as it streamed in: this version of a large body is not hashed again when served.
       const version = size > WHOLE_BODY_BYTES ? versionOf(bodyPath, await fs.lstat(bodyPath)) : undefined
       await this.writeMeta(key, dir, variantId, { bodyFile, size, sha256 }, meta, version)
-      return true
+      // Deleted while its meta was written: the entry it made goes as the delete meant.
+      if (!put.calledOff) return true
+      await this.removeVariant(join(dir, variantId + META_SUFFIX))
+      return false
     } catch (error) {
       // Whoever feeds the body must learn that nothing more is read.
       if (!body.locked) await body.cancel(error).catch(() => undefined) // the body itself failed: nothing left to cancel
@@ -319,7 +325,17 @@ export class FileStore implements Store {
     } finally {
       this.writing.delete(tempBody)
       this.writing.delete(bodyPath)
+      this.putsUnderWay.get(dir)?.delete(put)
+      if (this.putsUnderWay.get(dir)?.size === 0) this.putsUnderWay.delete(dir)
     }
+  }
+
+  /** Registers a put writing into a key's directory, for a delete of the key to call off. */
+  private putUnderWay(dir: string): { calledOff: boolean } {
+    const put = { calledOff: false }
+    const puts = this.putsUnderWay.get(dir) ?? new Set()
+    this.putsUnderWay.set(dir, puts.add(put))
+    return put
   }
 
   async update(key: string, meta: EntryMeta): Promise<boolean> {
@@ -333,15 +349,30 @@ export class FileStore implements Store {
     return true
   }
 
+  /**
+   * Removes the key's files, metas first, then its directory once empty. A put under way for the
+   * key is called off (it answered a request from before the delete, RFC 9111 §4.4) and removes
+   * its own files: a write and a delete racing in one directory neither fail nor leave an entry.
+   */
   async delete(key: string): Promise<void> {
     const dir = this.keyDir(key)
+    for (const put of this.putsUnderWay.get(dir) ?? []) put.calledOff = true
+    const stat = await fs.lstat(dir).catch(this.ifMissing(undefined, "finding a key to delete"))
+    if (!stat) return
+    if (!stat.isDirectory()) {
+      // A key directory that is a link: rm removes the link, never what it points to.
+      this.forgetKeyDir(dir)
+      await fs.rm(dir, { recursive: true, force: true })
+      return
+    }
     const names = await fs.readdir(dir).catch(this.ifMissing([] as string[], "listing a key to delete"))
-    for (const name of names) this.forget(join(dir, name))
-    // Forgotten before it goes: a put that makes it again meanwhile counts it again.
-    this.forgetKeyDir(dir)
-    // A key directory that is a link: rm removes the link, never what it points to.
-    await fs.rm(dir, { recursive: true, force: true })
-    await this.removeEmptyShard(dirname(dir))
+    const paths = names.map((name) => join(dir, name)).filter((path) => !this.writing.has(path))
+    paths.sort((a, b) => Number(b.endsWith(META_SUFFIX)) - Number(a.endsWith(META_SUFFIX)))
+    for (const path of paths) {
+      this.forget(path)
+      await removeOwnFile(path)
+    }
+    await this.removeEmptyDir(dir)
   }
 
   /**
@@ -632,16 +663,18 @@ export class FileStore implements Store {
 
   /**
    * Creates a new file in a key's directory (made first). The directory of a key whose last entry
-   * just went may be removed between the two (`removeEmptyDir`): it is made again, once.
+   * just went may be removed at any step (`removeEmptyDir`): it is made again, a few times.
    */
   private async createInKeyDir(dir: string, path: string): Promise<fs.FileHandle> {
-    await this.makeKeyDir(dir)
-    // "wx": a file (or link) already there is refused, never written through.
-    return fs.open(path, "wx").catch(async (error: unknown) => {
-      if (!isMissing(error)) throw error
-      await this.makeKeyDir(dir)
-      return fs.open(path, "wx")
-    })
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.makeKeyDir(dir)
+        // "wx": a file (or link) already there is refused, never written through.
+        return await fs.open(path, "wx")
+      } catch (error) {
+        if (!isMissing(error) || attempt === MAX_READS) throw error
+      }
+    }
   }
 
   /** Names the key in each of its tags' directories: a purge by tag reads one directory, never every entry. */
