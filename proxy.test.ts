@@ -1331,7 +1331,10 @@ describe("runtimes and packaging", () => {
       ["bunx (Node, as the bin's #! line says)", (file: string) => [BUNX, "--package", join(folder.path, file), "caching-proxy"]],
       ["bunx --bun (Bun)", (file: string) => [BUNX, "--bun", "--package", join(folder.path, file), "caching-proxy"]],
     ])("%s runs it from the tarball alone: --version, with no warning", async (_, command) => {
-      const ran = await runCli([...command(tarball.slice(folder.path.length + 1)), "--version"], folder.path)
+      // An npm cache of its own, as on a first use: npm exec keys what it installed by the spec
+      // ("./<file>"), and would run an earlier run's tarball of the same name.
+      const npmCache = { npm_config_cache: join(folder.path, `npm-cache-${randomUUID()}`) }
+      const ran = await runCli([...command(tarball.slice(folder.path.length + 1)), "--version"], folder.path, npmCache)
       expect(ran.stdout).toBe(await expectedVersion())
       expect(ran.stderr).not.toMatch(/warn|script/i)
       expect(ran.code).toBe(0)
