@@ -427,7 +427,9 @@ export class Cache {
   /** A page of stored URLs, each with its variants summed up; `prefix` is a URL prefix. */
   async entries({ prefix = "", ...options }: ListOptions): Promise<{ entries: EntryView[]; cursor?: string }> {
     const page = await this.store.list({ ...options, prefix: keyPrefix(prefix) })
-    const byKey = Map.groupBy(page.entries, (entry) => entry.key)
+    // Not Map.groupBy: Node has it from 21 on, and the bundle runs on Node 20.
+    const byKey = new Map<string, ListedEntry[]>()
+    for (const entry of page.entries) byKey.set(entry.key, [...(byKey.get(entry.key) ?? []), entry])
     const now = Date.now()
     return { entries: [...byKey].map(([key, variants]) => this.entryView(key, variants, now)), cursor: page.cursor }
   }

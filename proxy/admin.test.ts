@@ -100,6 +100,52 @@ async function startProxy(options: Partial<ProxyOptions> & { origin: string }) {
   }
 }
 
+const NODE_BUNDLE = ["node", join(import.meta.dir, "..", "dist", "cli.js")]
+/** The CLI under each runtime: Bun from source, Node from the bundle npm installs. */
+const RUNTIMES: [string, string[]][] = [
+  ["Bun", CLI],
+  ["Node", NODE_BUNDLE],
+]
+
+let nodeBundle: Promise<void> | undefined
+
+/** Builds dist/cli.js once per run. */
+function buildNodeBundle(): Promise<void> {
+  nodeBundle ??= (async () => {
+    const child = Bun.spawn(["npm", "run", "--silent", "build:js"], { cwd: join(import.meta.dir, ".."), stdout: "ignore", stderr: "pipe" })
+    const [stderr, code] = await Promise.all([new Response(child.stderr).text(), child.exited])
+    if (code !== 0) throw new Error(`npm run build:js failed: ${stderr}`)
+  })()
+  return nodeBundle
+}
+
+/** The CLI as a child process with its admin listener (token from the environment); resolves once it says where both listen. */
+async function startCli(command: string[], originUrl: string) {
+  const dir = mkdtempSync(join(tmpdir(), "caching-proxy-admin-test-"))
+  const child = Bun.spawn([...command, "--port", "0", "--quiet", "--origin", originUrl, "--cache-dir", dir], {
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { ...process.env, CACHING_PROXY_ADMIN_PORT: "0", CACHING_PROXY_ADMIN_TOKEN: TOKEN },
+  })
+  const stop = async () => {
+    child.kill()
+    await child.exited
+    rmSync(dir, { recursive: true, force: true })
+  }
+  const reader = child.stdout.getReader()
+  let output = ""
+  while (!output.includes("\n")) {
+    const { done, value } = await reader.read()
+    if (done) {
+      await stop()
+      throw new Error(`the proxy exited: ${output}${await new Response(child.stderr).text()}`)
+    }
+    output += new TextDecoder().decode(value)
+  }
+  const [, port, adminPort] = /listening on http:\/\/127\.0\.0\.1:(\d+).*, admin on http:\/\/127\.0\.0\.1:(\d+)/.exec(output) ?? []
+  return { url: `http://127.0.0.1:${port}`, adminUrl: `http://127.0.0.1:${adminPort}`, [Symbol.asyncDispose]: stop }
+}
+
 /** Runs the CLI to completion. */
 async function runCli(args: string[], env: Record<string, string> = {}) {
   const child = Bun.spawn([...CLI, ...args], { stdout: "pipe", stderr: "pipe", env: { ...process.env, ...env } })
@@ -153,30 +199,21 @@ describe("the admin listener", () => {
     expect(stderr).toContain(message)
   })
 
-  test("starts with the proxy on its own port, and says where", async () => {
+  test.each(RUNTIMES)("under %s, starts with the proxy on its own port, says where, and answers the API", async (_, command) => {
+    if (command === NODE_BUNDLE) await buildNodeBundle()
     await using origin = startFreshOrigin()
-    const dir = mkdtempSync(join(tmpdir(), "caching-proxy-admin-test-"))
-    const child = Bun.spawn([...CLI, "--port", "0", "--quiet", "--origin", origin.url, "--cache-dir", dir], {
-      stdout: "pipe",
-      stderr: "pipe",
-      env: { ...process.env, CACHING_PROXY_ADMIN_PORT: "0", CACHING_PROXY_ADMIN_TOKEN: TOKEN },
-    })
-    try {
-      const reader = child.stdout.getReader()
-      let output = ""
-      while (!output.includes("\n")) output += new TextDecoder().decode((await reader.read()).value)
-      const [, port, adminPort] = /listening on http:\/\/127\.0\.0\.1:(\d+).*, admin on http:\/\/127\.0\.0\.1:(\d+)/.exec(output) ?? []
-      expect(adminPort).toBeDefined()
-      expect(adminPort).not.toBe(port)
-      const health = await fetch(`http://127.0.0.1:${adminPort}/healthz`, { headers: { authorization: `Bearer ${TOKEN}` } })
-      expect(await text(health)).toEqual({ status: 200, body: "ok\n" })
-      // The proxy's port knows nothing of admin routes: they go to the origin like any path.
-      expect(await text(fetch(`http://127.0.0.1:${port}/healthz`))).toEqual({ status: 200, body: "v1" })
-    } finally {
-      child.kill()
-      await child.exited
-      rmSync(dir, { recursive: true, force: true })
-    }
+    await using proxy = await startCli(command, origin.url)
+    const admin = (path: string, init: RequestInit = {}) =>
+      fetch(proxy.adminUrl + path, { ...init, headers: { authorization: `Bearer ${TOKEN}` } })
+    expect(proxy.adminUrl).not.toBe(proxy.url)
+    expect(await text(admin("/healthz"))).toEqual({ status: 200, body: "ok\n" })
+    // The proxy's port knows nothing of admin routes: they go to the origin like any path.
+    expect(await text(fetch(`${proxy.url}/healthz`))).toEqual({ status: 200, body: "v1" })
+    expect((await json<EntriesPage>(admin("/api/entries"))).entries.map((entry) => entry.path)).toEqual(["/healthz"])
+    expect((await json<Entry>(admin("/api/entry?url=/healthz"))).variants).toHaveLength(1)
+    expect((await fetch(`${proxy.adminUrl}/`)).headers.get("content-security-policy")).toContain("default-src 'none'")
+    expect(await json(admin("/api/purge", { method: "POST", body: '{"url": "/healthz"}' }))).toEqual({ purged: 1 })
+    expect(await text(fetch(`${proxy.url}/healthz`))).toEqual({ status: 200, body: "v2" })
   })
 
   test("with a token, every request needs it as a bearer token, else 401", async () => {
