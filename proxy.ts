@@ -912,18 +912,21 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
     const trip: OriginTrip | undefined = record ? {} : undefined
     const response = path === undefined ? answer(400, HIDDEN_DOT_DOT_REFUSED, "detail=bad-request") : respond(c, method, path, trip)
     if (!trip && !options.rewriteLocation) return response
-    const sent = (ready: Response, started: number | undefined) => {
-      if (options.rewriteLocation) rewriteLocations(ready.headers, originUrl, proxyBase(c))
-      return record && trip ? timed(ready, method, path ?? requested, started, trip, record) : ready
-    }
-    if (!(response instanceof Promise)) return sent(response, arrived)
+    const shown = path ?? requested
+    if (!(response instanceof Promise)) return sent(c, response, method, shown, arrived, trip)
     // An answer that takes a while is timed (from here when not logging: the lookup so far took microseconds).
     const started = arrived ?? (record ? performance.now() : undefined)
     return response.then(
-      (ready) => sent(ready, started),
-      (error) => sent(failed(error, method, path ?? requested), started),
+      (ready) => sent(c, ready, method, shown, started, trip),
+      (error) => sent(c, failed(error, method, shown), method, shown, started, trip),
     )
   })
+
+  /** The response on its way out: Location rewritten (--rewrite-location), recorded once sent. */
+  function sent(c: Context, ready: Response, method: string, path: string, started: number | undefined, trip: OriginTrip | undefined) {
+    if (options.rewriteLocation) rewriteLocations(ready.headers, originUrl, proxyBase(c))
+    return record && trip ? timed(ready, method, path, started, trip, record) : ready
+  }
 
   /** How this request reached the proxy, scheme and authority: --public-url, else the Host it asked for. */
   function proxyBase(c: Context): string {
