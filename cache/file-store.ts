@@ -201,8 +201,10 @@ export class FileStore implements Store {
   private readonly verifying = new Map<string, Promise<string>>()
   /** Files this process is writing that no meta names yet: no cleanup takes them. */
   private readonly writing = new Set<string>()
-  /** Key directory → the puts writing into it: a delete of the key calls them off. */
+  /** Key directory → the puts and updates writing into it: a delete of the key calls them off. */
   private readonly putsUnderWay = new Map<string, Set<{ calledOff: boolean }>>()
+  /** Key directory → how many deletes of the key are under way. */
+  private readonly deleting = new Map<string, number>()
   /** Key directories seen by the scan or made since, and not removed: where entries may be. */
   private readonly knownDirs = new Set<string>()
   /** Shard directory → how many of the known key directories are in it. */
@@ -325,14 +327,19 @@ export class FileStore implements Store {
     } finally {
       this.writing.delete(tempBody)
       this.writing.delete(bodyPath)
-      this.putsUnderWay.get(dir)?.delete(put)
-      if (this.putsUnderWay.get(dir)?.size === 0) this.putsUnderWay.delete(dir)
+      this.putDone(dir, put)
     }
   }
 
-  /** Registers a put writing into a key's directory, for a delete of the key to call off. */
+  private putDone(dir: string, put: { calledOff: boolean }): void {
+    const puts = this.putsUnderWay.get(dir)
+    puts?.delete(put)
+    if (puts?.size === 0) this.putsUnderWay.delete(dir)
+  }
+
+  /** Registers a put (or an update) writing into a key's directory, for a delete of the key to call off. */
   private putUnderWay(dir: string): { calledOff: boolean } {
-    const put = { calledOff: false }
+    const put = { calledOff: this.deleting.has(dir) }
     const puts = this.putsUnderWay.get(dir) ?? new Set()
     this.putsUnderWay.set(dir, puts.add(put))
     return put
@@ -342,11 +349,23 @@ export class FileStore implements Store {
     const dir = this.keyDir(key)
     const variantId = variantIdOf(key, meta.vary)
     const metaPath = join(dir, variantId + META_SUFFIX)
-    const current = await this.loadMetaFile(metaPath).catch((error: unknown) => this.discardBroken(metaPath, error))
-    if (!current) return false
-    const { bodyFile, size, sha256 } = current.file
-    await this.writeMeta(key, dir, variantId, { bodyFile, size, sha256 }, meta)
-    return true
+    const put = this.putUnderWay(dir)
+    try {
+      const current = await this.loadMetaFile(metaPath).catch((error: unknown) => this.discardBroken(metaPath, error))
+      if (!current || put.calledOff) return false
+      const { bodyFile, size, sha256 } = current.file
+      await this.writeMeta(key, dir, variantId, { bodyFile, size, sha256 }, meta)
+      // Deleted meanwhile: its body is gone, and the meta just written must go too.
+      if (!put.calledOff) return true
+      await this.removeVariant(metaPath)
+      return false
+    } catch (error) {
+      // The key's directory went (a delete, its last entry's removal) under the write: so did the variant.
+      if (isMissing(error)) return false
+      throw error
+    } finally {
+      this.putDone(dir, put)
+    }
   }
 
   /**
@@ -357,6 +376,19 @@ export class FileStore implements Store {
   async delete(key: string): Promise<void> {
     const dir = this.keyDir(key)
     for (const put of this.putsUnderWay.get(dir) ?? []) put.calledOff = true
+    // Puts and updates that begin before it is done are called off too.
+    this.deleting.set(dir, (this.deleting.get(dir) ?? 0) + 1)
+    try {
+      await this.removeKeyDir(dir)
+    } finally {
+      const left = (this.deleting.get(dir) ?? 1) - 1
+      if (left > 0) this.deleting.set(dir, left)
+      else this.deleting.delete(dir)
+    }
+  }
+
+  /** Removes a key's files that no write owns, metas first, then the directory once empty. */
+  private async removeKeyDir(dir: string): Promise<void> {
     const stat = await fs.lstat(dir).catch(this.ifMissing(undefined, "finding a key to delete"))
     if (!stat) return
     if (!stat.isDirectory()) {
