@@ -516,6 +516,17 @@ describe("purge on a shared Redis store", () => {
     for (const path of ["/plain", "/tagged"]) expect((await through(b.url + path)).xCache).toBe("MISS")
     expect(origin.count("/plain")).toBe(2)
     expect(origin.count("/tagged")).toBe(2)
+
+    // Soft: b's memory tier drops its copy too, and b's next request goes to the origin to validate.
+    expect((await through(`${b.url}/plain`)).xCache).toBe("HIT")
+    expect(await purge(a, { url: "/plain", soft: true })).toEqual({ status: 200, body: { purged: 1 } })
+    for (let tries = 0; (await json<Entry>(b.admin("/api/entry?url=/plain"))).fresh; tries++) {
+      if (tries > 100) throw new Error("b still sees the soft-purged entry as fresh")
+      await Bun.sleep(20)
+    }
+    expect((await json<Entry>(b.admin("/api/entry?url=/plain"))).tiers).toEqual(["redis"])
+    expect((await through(`${b.url}/plain`)).headers.get("cache-status")).toContain("fwd=stale")
+    expect(origin.count("/plain")).toBe(3)
   })
 })
 
@@ -663,6 +674,15 @@ describe("the inspector, in a real browser", () => {
     await page.reload()
     await page.locator('#entries tbody tr[data-path="/private"]').waitFor()
     expect(await page.locator("#login").isHidden()).toBe(true)
+
+    // A soft purge through the form: the entry stays, stale.
+    page.on("dialog", (dialog) => void dialog.accept())
+    await page.check("#soft")
+    await page.selectOption("#purge-kind", "prefix")
+    await page.fill("#purge-value", "/priv")
+    await page.click("#purge-form button")
+    await page.locator("#message", { hasText: "marked stale: 1 URL" }).waitFor()
+    expect((await json<Entry>(proxy.admin("/api/entry?url=/private"))).fresh).toBe(false)
   })
 
   test("the page is one self-contained document, with a policy that allows nothing from elsewhere", async () => {
