@@ -3866,6 +3866,25 @@ describe("RFC 9110 §14 range requests answered from the cache", () => {
     expect(origin.requests.map((r) => r.headers.get("range"))).toEqual(["bytes=0-3", null, "bytes=0-3"])
   })
 
+  test("from Redis, a range of a large body reads only the chunks it covers", async () => {
+    const CHUNK = 256 * KB // the Redis store's chunk
+    await using redis = await startRedis()
+    await using origin = startOrigin(() => new Response(generatedBody(12, CHUNK), { headers: { "cache-control": "max-age=600" } }))
+    await using proxy = await startProxy({ origin: origin.url, store: { kind: "redis", target: { single: redis.url } } })
+    await proxy.cache.store.ready()
+    await (await get(`${proxy.url}big`)).arrayBuffer()
+    const redisCli = async (...args: string[]) => (await runCli(["redis-cli", "-p", String(redis.port), ...args])).stdout
+    await redisCli("CONFIG", "RESETSTAT")
+    const res = await get(`${proxy.url}big`, { range: `bytes=${5 * CHUNK + 10}-${6 * CHUNK + 9}` })
+    expect([res.status, res.headers.get("x-cache")]).toEqual([206, "HIT"])
+    const expected = new Uint8Array([...generatedChunk(5, CHUNK).subarray(10), ...generatedChunk(6, CHUNK).subarray(0, 10)])
+    expect(Buffer.from(await res.arrayBuffer()).equals(expected)).toBe(true)
+    // Two chunks of twelve, each read in part; no chunk read whole.
+    const stats = await redisCli("INFO", "commandstats")
+    expect(stats).toMatch(/cmdstat_getrange:calls=2,/)
+    expect(stats).not.toMatch(/cmdstat_get:/)
+  })
+
   // Bodies over 1 MiB are served from their file: under Bun by a Blob slice (sendfile from the
   // offset), under Node by reads of those bytes alone.
   test.each(RUNTIMES)("%s: a range of a large stored body, from its file, is exactly those bytes", async (_, command) => {
