@@ -207,7 +207,7 @@ export class ProxyMetrics implements AdminMetrics {
   }
 
   /** The store's stats, read at most every STATS_TTL_MS; the last ones known when the store fails. */
-  private tierStats(): Promise<TierStats[]> {
+  tierStats(): Promise<TierStats[]> {
     const now = Date.now()
     if (this.stats && now - this.stats.at < STATS_TTL_MS) return this.stats.tiers
     const previous = this.stats?.tiers ?? Promise.resolve([])
