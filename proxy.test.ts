@@ -295,6 +295,23 @@ async function startRawOrigin(answer: (socket: Socket, n: number) => void) {
   }
 }
 
+/**
+ * An origin that sends a chunked 200's header and first chunk ("hello"), then breaks the body when
+ * the test says so: after the client has seen the start, so the break is mid-body however slow
+ * the machine (a timer could fire before the proxy had even passed the headers on).
+ */
+async function startBreakingOrigin(cacheControl: string) {
+  const open: Socket[] = []
+  const origin = await startRawOrigin((socket) => {
+    socket.write(`HTTP/1.1 200 OK\r\nCache-Control: ${cacheControl}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n`)
+    open.push(socket)
+  })
+  const breakBody = () => {
+    for (const socket of open.splice(0)) socket.end("not a chunk size\r\n")
+  }
+  return Object.assign(origin, { breakBody })
+}
+
 /** Waits until `res` takes more (drain) or is gone (close, error), leaving no listener behind either way. */
 function drainOrClose(res: ServerResponse): Promise<void> {
   return new Promise((resolve) => {
@@ -1137,13 +1154,12 @@ describe("hardening: origin faults", () => {
   test.each(BROKEN_BODY_CASES)(
     "%s: a body the origin breaks midway (%s) is cut short, never ended as if whole, and prints no stack trace",
     async (_, cacheControl, command) => {
-      await using origin = await startRawOrigin((socket) => {
-        socket.write(`HTTP/1.1 200 OK\r\nCache-Control: ${cacheControl}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n`)
-        setTimeout(() => socket.end("not a chunk size\r\n"), 100)
-      })
+      await using origin = await startBreakingOrigin(cacheControl)
       await using proxy = await startCliProxy(command, origin.url)
       using client = await openConnection(proxy.port)
       client.send("GET /broken HTTP/1.1\r\nHost: x\r\n\r\n")
+      await client.until((received) => received.includes("hello"))
+      origin.breakBody()
       await client.closed
       expect(client.received()).toStartWith("HTTP/1.1 200")
       expect(client.received()).toContain("hello")
@@ -3694,16 +3710,13 @@ describe("access log (issue 11)", () => {
   })
 
   test("--log-format json (CACHING_PROXY_LOG_FORMAT): one object per line, warnings too, each with an ISO-8601 time", async () => {
-    await using origin = await startRawOrigin((socket) => {
-      socket.write("HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
-      setTimeout(() => socket.end("not a chunk size\r\n"), 100)
-    })
+    await using origin = await startBreakingOrigin("max-age=60")
     using dir = ownedDir()
     const proxy = await startCli([...CLI, "--port", "0", "--origin", origin.url, "--cache-dir", dir.path], {
       CACHING_PROXY_LOG_FORMAT: "json",
     })
     try {
-      await (await get(`${proxy.url}broken`)).text().catch(() => "cut short, as it should be")
+      await brokenBody(`${proxy.url}broken`, origin)
       await eventually(() => proxy.lines.some((l) => l.includes("/broken")))
     } finally {
       await proxy[Symbol.asyncDispose]()
@@ -3718,16 +3731,20 @@ describe("access log (issue 11)", () => {
   })
 
   test("warnings in text start with the time too", async () => {
-    await using origin = await startRawOrigin((socket) => {
-      socket.write("HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
-      setTimeout(() => socket.end("not a chunk size\r\n"), 100)
-    })
+    await using origin = await startBreakingOrigin("max-age=60")
     await using proxy = await startCliProxy(CLI, origin.url)
-    await (await get(`${proxy.url}broken`)).text().catch(() => "cut short, as it should be")
+    await brokenBody(`${proxy.url}broken`, origin)
     const stderr = (await proxy.stderr()).trim()
     expect(stderr).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z caching-proxy: origin-body: /)
   })
 })
+
+/** Asks for `url`, breaks the origin's body once the answer has begun, and reads what is left of it. */
+async function brokenBody(url: string, origin: { breakBody: () => void }): Promise<void> {
+  const response = await get(url)
+  origin.breakBody()
+  await response.text().catch(() => "cut short, as it should be")
+}
 
 const TIME_ONLY = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/
 
