@@ -381,6 +381,15 @@ describe("purge", () => {
     expect((await through(`${proxy.url}/teams/1`)).xCache).toBe("HIT")
   })
 
+  test("by prefix, over more URLs than one listing page holds: every one goes", async () => {
+    await using origin = startFreshOrigin()
+    await using proxy = await startProxy({ origin: origin.url })
+    const paths = Array.from({ length: 250 }, (_, i) => `/bulk/${i}`)
+    for (const path of paths) await through(proxy.url + path)
+    expect(await purge(proxy, { prefix: "/bulk/" })).toEqual({ status: 200, body: { purged: 250 } })
+    expect((await json<EntriesPage>(proxy.admin("/api/entries?prefix=/bulk/"))).entries).toEqual([])
+  })
+
   test("soft: the entry turns stale and the next request revalidates it (a 304 keeps the stored body)", async () => {
     await using origin = startOrigin((req) =>
       req.headers.get("if-none-match") === '"v1"'
