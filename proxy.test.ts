@@ -27,6 +27,7 @@ import { gzipSync } from "node:zlib"
 import { bunFiles, FileStore } from "./cache/file-store.ts"
 import { type RedisServer, startRedis, startRedisCluster } from "./cache/redis-server.fixture.ts"
 import type { WarnKind } from "./cache.ts"
+import { TEST_OPTIONS } from "./proxy/options.fixture.ts"
 import { createProxy, type ProxyOptions, serve } from "./proxy.ts"
 
 // ───────────────────────────── helpers ─────────────────────────────
@@ -80,36 +81,11 @@ function startDatedOrigin(headers: Record<string, string> = {}, status = 200) {
   return startOrigin((_, n) => new Response(`v${n}`, { status, headers: { date: new Date().toUTCString(), ...headers } }))
 }
 
-const DEFAULTS: Omit<ProxyOptions, "origin" | "cacheDir"> = {
-  port: 0,
-  host: "127.0.0.1",
-  publicUrl: undefined,
-  trustForwarded: false,
-  rewriteLocation: false,
-  ttlSeconds: 300,
-  timeoutSeconds: 30,
-  quiet: true,
-  logFormat: "text",
-  metrics: false,
-  memorySize: 64 << 20,
-  maxSize: 1 << 30,
-  maxEntrySize: 100 << 20,
-  forceTtlSeconds: 0,
-  ignoreQuery: [],
-  offline: false,
-  shareCookies: false,
-  targetedCacheControl: [],
-  store: { kind: "file" },
-  storePrefix: "caching-proxy",
-  admin: undefined,
-  keepTagHeaders: false,
-}
-
 /** The real proxy, in-process, on port 0, with its own cache directory unless one is given. */
 async function startProxy(options: Partial<ProxyOptions> & { origin: string }) {
   const ownDir = options.cacheDir === undefined ? ownedDir() : undefined
   const cacheDir = options.cacheDir ?? ownDir!.path
-  const full: ProxyOptions = { ...DEFAULTS, ...options, cacheDir, origin: options.origin.replace(/\/+$/, "") }
+  const full: ProxyOptions = { ...TEST_OPTIONS, ...options, cacheDir, origin: options.origin.replace(/\/+$/, "") }
   const warnings: { kind: WarnKind; detail: string }[] = []
   const warn = (kind: WarnKind, detail: string) => warnings.push({ kind, detail })
   const lines: string[] = []
@@ -2159,7 +2135,7 @@ describe("RFC 9211 Cache-Status", () => {
 
   // The one-byte memory tier holds nothing: the variants on disk must count as stored too.
   test.each([
-    ["the default memory tier", DEFAULTS.memorySize],
+    ["the default memory tier", TEST_OPTIONS.memorySize],
     ["a one-byte memory tier", 1],
   ])("§2.2: fwd=vary-miss when the URL has stored variants but none matches; fwd=uri-miss when it has none (%s)", async (_, memorySize) => {
     freezeClock()

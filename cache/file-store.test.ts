@@ -27,6 +27,7 @@ import * as fsPromises from "node:fs/promises"
 import { tmpdir } from "node:os"
 import { basename, dirname, join } from "node:path"
 import type { EntryMeta, WarnKind } from "../cache.ts"
+import { TEST_OPTIONS } from "../proxy/options.fixture.ts"
 import { createProxy, type ProxyOptions, serve } from "../proxy.ts"
 import { bunFiles, FileStore } from "./file-store.ts"
 
@@ -71,34 +72,9 @@ function startVersionedOrigin(body: (n: number) => string = (n) => `v${n}`) {
 /** A large body for answer `n`: every byte the digit, so a changed byte shows. */
 const largeBody = (n: number) => String(n % 10).repeat(LARGE)
 
-const DEFAULTS: Omit<ProxyOptions, "origin" | "cacheDir"> = {
-  port: 0,
-  host: "127.0.0.1",
-  publicUrl: undefined,
-  trustForwarded: false,
-  rewriteLocation: false,
-  ttlSeconds: 300,
-  timeoutSeconds: 30,
-  quiet: true,
-  logFormat: "text",
-  metrics: false,
-  memorySize: 64 * MiB,
-  maxSize: 1024 * MiB,
-  maxEntrySize: 100 * MiB,
-  forceTtlSeconds: 0,
-  ignoreQuery: [],
-  offline: false,
-  shareCookies: false,
-  targetedCacheControl: [],
-  store: { kind: "file" },
-  storePrefix: "caching-proxy",
-  admin: undefined,
-  keepTagHeaders: false,
-}
-
 /** The real proxy, in-process, on port 0, on the given cache directory. */
 async function startProxy(options: Partial<ProxyOptions> & { origin: string; cacheDir: string }) {
-  const full: ProxyOptions = { ...DEFAULTS, ...options, origin: options.origin.replace(/\/+$/, "") }
+  const full: ProxyOptions = { ...TEST_OPTIONS, ...options, origin: options.origin.replace(/\/+$/, "") }
   const warnings: { kind: WarnKind; detail: string }[] = []
   const { app, cache } = await createProxy(full, { warn: (kind, detail) => warnings.push({ kind, detail }) })
   const listener = await serve(app, full)

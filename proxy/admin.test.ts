@@ -11,6 +11,7 @@ import { type Browser, chromium, type Page } from "playwright-core"
 import { startRedis } from "../cache/redis-server.fixture.ts"
 import type { EntryView, TierStats, VariantView, WarnKind } from "../cache.ts"
 import { createProxy, type ProxyOptions, serve } from "../proxy.ts"
+import { TEST_OPTIONS } from "./options.fixture.ts"
 
 // ───────────────────────────── helpers ─────────────────────────────
 
@@ -47,35 +48,10 @@ function startFreshOrigin(headers: (path: string) => Record<string, string> = ()
   })
 }
 
-const DEFAULTS: Omit<ProxyOptions, "origin" | "cacheDir"> = {
-  port: 0,
-  host: "127.0.0.1",
-  publicUrl: undefined,
-  trustForwarded: false,
-  ttlSeconds: 300,
-  timeoutSeconds: 30,
-  quiet: true,
-  logFormat: "text",
-  metrics: false,
-  memorySize: 64 << 20,
-  maxSize: 1 << 30,
-  maxEntrySize: 100 << 20,
-  forceTtlSeconds: 0,
-  ignoreQuery: [],
-  offline: false,
-  shareCookies: false,
-  store: { kind: "file" },
-  storePrefix: "caching-proxy",
-  admin: { port: 0, host: "127.0.0.1", token: undefined },
-  keepTagHeaders: false,
-  rewriteLocation: false,
-  targetedCacheControl: [],
-}
-
 /** The real proxy and its admin app, in-process, each on a port 0, with a cache directory of their own. */
 async function startProxy(options: Partial<ProxyOptions> & { origin: string }) {
   const cacheDir = mkdtempSync(join(tmpdir(), "caching-proxy-admin-test-"))
-  const full: ProxyOptions = { ...DEFAULTS, cacheDir, ...options }
+  const full: ProxyOptions = { ...TEST_OPTIONS, admin: { port: 0, host: "127.0.0.1", token: undefined }, cacheDir, ...options }
   const warnings: { kind: WarnKind; detail: string }[] = []
   const warn = (kind: WarnKind, detail: string) => warnings.push({ kind, detail })
   const { app, cache, admin } = await createProxy(full, { warn })
