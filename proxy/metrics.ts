@@ -22,6 +22,9 @@ const RECENT_BUCKETS = 60 // ten minutes
 // A timer moves to the next bucket, so a request reads no clock for it (a clock read costs about
 // 0.17 µs on a VM's kvm-clock, some 1 % of a hit): a request may land up to this late in one.
 const RECENT_TICK_MS = 1000
+// The event-loop lag is sampled this often; prom-client's 10 ms cost an idle proxy 1 % of a core
+// under Bun (measured: 150 ms of CPU in 10 s against 40 ms without it; 70 ms at 100 ms).
+const EVENT_LOOP_SAMPLE_MS = 100
 
 export interface MetricsOptions {
   store: Store
@@ -172,7 +175,7 @@ export class ProxyMetrics implements AdminMetrics {
         },
       })
     }
-    collectDefaultMetrics({ register: this.registry })
+    collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS })
     setInterval(() => this.nextBucket(), RECENT_TICK_MS).unref?.()
   }
 
