@@ -8,8 +8,8 @@
  * Environment:
  *   BENCH_DURATION   length of each wrk run, as wrk takes it (10s, 1m) or plain seconds. Default 10s.
  *   BENCH_REPEATS    wrk runs per figure; the median is reported. Default 3.
- *   BENCH_ONLY       run one phase only: "metrics" (HIT 1 KiB with metrics on and off) or "redis" (the
- *                    Redis store's figures). Default: every phase.
+ *   BENCH_ONLY       run one phase only: "hit" (HIT 1 KiB, 64 KiB and MISS), "metrics" (HIT 1 KiB
+ *                    with metrics on and off) or "redis" (the Redis store's figures). Default: all.
  *   BENCH_PROXY_CMD  command that starts the proxy; the proxy flags are appended. It must exec the
  *                    server itself (no wrapping shell): its pid is the one whose memory is sampled.
  *                    Default: `<this bun> <repo>/proxy.ts`.
@@ -1052,12 +1052,13 @@ async function main(): Promise<void> {
 /** Every phase, in an order that gives each the machine to itself. */
 /** The phases BENCH_ONLY can pick, each run alone. */
 const ONLY_PHASES = {
+  hit: benchHitPath,
   metrics: benchMetricsOverhead,
   redis: ({ originUrl, bigOriginUrl, ceilingUrl }: Servers) => benchRedis(originUrl, bigOriginUrl, ceilingUrl),
 }
 
-async function allPhases(servers: Servers, ceiling: Server): Promise<void> {
-  const { originUrl, bigOriginUrl, ceilingUrl, proxy } = servers
+/** The request path's figures: hits of two sizes and a miss, each against its reference. */
+async function benchHitPath(servers: Servers): Promise<void> {
   announce("HIT 1 KiB")
   await benchHit(servers, "/1k", "1 KiB", 0.85)
   announce("HIT 64 KiB")
@@ -1065,6 +1066,11 @@ async function allPhases(servers: Servers, ceiling: Server): Promise<void> {
   announce("MISS no-store")
   await benchMiss(servers)
   await benchMissAgainstForwarder(servers)
+}
+
+async function allPhases(servers: Servers, ceiling: Server): Promise<void> {
+  const { originUrl, bigOriginUrl, ceilingUrl, proxy } = servers
+  await benchHitPath(servers)
   announce("metrics on vs off")
   await benchMetricsOverhead(servers)
   announce("coalescing")
