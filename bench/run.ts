@@ -8,8 +8,9 @@
  * Environment:
  *   BENCH_DURATION   length of each wrk run, as wrk takes it (10s, 1m) or plain seconds. Default 10s.
  *   BENCH_REPEATS    wrk runs per figure; the median is reported. Default 3.
- *   BENCH_ONLY       run one phase only: "hit" (HIT 1 KiB, 64 KiB and MISS), "metrics" (HIT 1 KiB
- *                    with metrics on and off) or "redis" (the Redis store's figures). Default: all.
+ *   BENCH_ONLY       run one phase only: "hit" (HIT 1 KiB, 64 KiB and MISS), "big" (512 MiB),
+ *                    "metrics" (HIT 1 KiB with metrics on and off) or "redis" (the Redis store's
+ *                    figures). Default: all.
  *   BENCH_PROXY_CMD  command that starts the proxy; the proxy flags are appended. It must exec the
  *                    server itself (no wrapping shell): its pid is the one whose memory is sampled.
  *                    Default: `<this bun> <repo>/proxy.ts`.
@@ -1053,6 +1054,7 @@ async function main(): Promise<void> {
 /** The phases BENCH_ONLY can pick, each run alone. */
 const ONLY_PHASES = {
   hit: benchHitPath,
+  big: ({ bigOriginUrl }: Servers) => benchBig(bigOriginUrl),
   metrics: benchMetricsOverhead,
   redis: ({ originUrl, bigOriginUrl, ceilingUrl }: Servers) => benchRedis(originUrl, bigOriginUrl, ceilingUrl),
 }

@@ -269,26 +269,30 @@ export class RedisStore implements Store {
    * body smaller than one chunk is handed back, to be kept inline with its record.
    */
   private async writeChunks(record: VariantRecord, body: ReadableStream<Uint8Array>): Promise<Buffer | undefined> {
-    let pending: Uint8Array[] = []
-    let pendingBytes = 0
     const { chunk: chunkKey } = await this.entryKeys(record.key)
+    // One buffer, refilled: Redis has a chunk's bytes once it has answered its SET, so the buffer
+    // is free again then, and a large body leaves no trail of chunk-sized garbage behind it.
+    const buffer = Buffer.allocUnsafe(CHUNK_BYTES)
+    let filled = 0
     const flush = async (bytes: Buffer) => {
       await this.redis.set(chunkKey(record.body, record.chunks), bytes, "PXAT", record.meta.deleteAt)
       record.chunks++
     }
     for await (const chunk of body) {
       record.size += chunk.byteLength
-      pending.push(chunk)
-      pendingBytes += chunk.byteLength
-      while (pendingBytes >= CHUNK_BYTES) {
-        const joined = Buffer.concat(pending)
-        await flush(joined.subarray(0, CHUNK_BYTES))
-        pending = [joined.subarray(CHUNK_BYTES)]
-        pendingBytes -= CHUNK_BYTES
+      for (let from = 0; from < chunk.byteLength; ) {
+        const taken = Math.min(CHUNK_BYTES - filled, chunk.byteLength - from)
+        buffer.set(chunk.subarray(from, from + taken), filled)
+        filled += taken
+        from += taken
+        if (filled === CHUNK_BYTES) {
+          await flush(buffer)
+          filled = 0
+        }
       }
     }
-    if (record.chunks === 0) return Buffer.concat(pending)
-    if (pendingBytes > 0) await flush(Buffer.concat(pending))
+    if (record.chunks === 0) return Buffer.from(buffer.subarray(0, filled)) // a copy of its own, kept inline
+    if (filled > 0) await flush(buffer.subarray(0, filled))
     return undefined
   }
 
