@@ -11,7 +11,8 @@
 import { Redis } from "ioredis"
 import { exitWhenOrphaned } from "./shared.ts"
 
-const redis = new Redis(process.argv[2] ?? "redis://127.0.0.1:6379")
+// Configured as the proxy's store connection is: concurrent requests' commands share writes.
+const redis = new Redis(process.argv[2] ?? "redis://127.0.0.1:6379", { enableAutoPipelining: true })
 
 const server = Bun.serve({
   hostname: "127.0.0.1",

@@ -576,10 +576,13 @@ function connect(target: RedisTarget, { queueWhileAway }: { queueWhileAway: bool
     maxRetriesPerRequest: queueWhileAway ? null : 0,
     commandTimeout: COMMAND_TIMEOUT_MS,
     retryStrategy: (attempt: number) => Math.min(attempt * 100, 2000),
+    // Commands of concurrent requests issued in one tick go out in one write.
+    enableAutoPipelining: true,
   }
   if ("single" in target) return new Redis(target.single, options)
   return new Cluster(target.cluster, {
     enableOfflineQueue: queueWhileAway,
+    enableAutoPipelining: true,
     redisOptions: options,
     clusterRetryStrategy: options.retryStrategy,
     // A command for a node that is down fails at once (a miss) instead of being retried over
