@@ -11,6 +11,7 @@
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { TEST_OPTIONS } from "../proxy/options.fixture.ts"
 import { createProxy, type ProxyOptions } from "../proxy.ts"
 import { exitWhenOrphaned, fixedBody } from "./shared.ts"
 
@@ -25,32 +26,7 @@ const origin = Bun.serve({
   fetch: () => new Response(BODY, { headers: { "cache-control": "max-age=3600" } }),
 })
 const cacheDir = mkdtempSync(join(tmpdir(), "caching-proxy-bench-metrics-"))
-const options: ProxyOptions = {
-  port: 0,
-  host: "127.0.0.1",
-  publicUrl: undefined,
-  trustForwarded: false,
-  rewriteLocation: false,
-  origin: origin.url.href.replace(/\/$/, ""),
-  cacheDir,
-  ttlSeconds: 300,
-  timeoutSeconds: 30,
-  quiet: true,
-  logFormat: "text",
-  metrics: false,
-  admin: undefined,
-  keepTagHeaders: false,
-  memorySize: 64 << 20,
-  maxSize: 1 << 30,
-  maxEntrySize: 100 << 20,
-  forceTtlSeconds: 0,
-  ignoreQuery: [],
-  offline: false,
-  shareCookies: false,
-  targetedCacheControl: [],
-  store: { kind: "file" },
-  storePrefix: "caching-proxy",
-}
+const options: ProxyOptions = { ...TEST_OPTIONS, origin: origin.url.href.replace(/\/$/, ""), cacheDir }
 const off = await createProxy({ ...options, cacheDir: join(cacheDir, "off") })
 const on = await createProxy({ ...options, cacheDir: join(cacheDir, "on"), metrics: true })
 // What Bun.serve hands the app besides the request: the proxy reads the client's address and the port.

@@ -1,6 +1,6 @@
 /**
- * The proxy's options for tests that run it in-process: the CLI's defaults, on port 0, quiet,
- * without the admin listener. One place, so a new option is added to every suite at once.
+ * The proxy's options for tests and benchmarks that run it in-process: the CLI's defaults, on
+ * port 0, quiet, without the admin listener. One place, so a new option reaches every one at once.
  */
 import type { ProxyOptions } from "../proxy.ts"
 
