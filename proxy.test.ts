@@ -2597,6 +2597,24 @@ describe("RFC 9110 §5.6.7 HTTP dates", () => {
       expect([form, (await get(`${proxy.url}ims`, { "if-modified-since": lastModified[form] })).status]).toEqual([form, 200])
     expect(origin.count("/ims")).toBe(1)
   })
+  test("RFC 9110 §6.6.1: a response stored without Date gets the time it was received, so Date plus Age is now on a hit", async () => {
+    await using origin = await startRawOrigin((socket) =>
+      socket.end("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nCache-Control: max-age=600\r\n\r\nhello"),
+    )
+    await using proxy = await startProxy({ origin: origin.url })
+    expect((await answer(`${proxy.url}undated`)).xCache).toBe("MISS")
+    await Bun.sleep(2100)
+    const hit = await get(`${proxy.url}undated`)
+    const now = Date.now()
+    expect(hit.headers.get("x-cache")).toBe("HIT")
+    const date = Date.parse(hit.headers.get("date") ?? "")
+    const age = Number(hit.headers.get("age"))
+    expect(age).toBeGreaterThanOrEqual(2)
+    // The runtime's own Date would be the moment the hit was sent: Date plus Age would pass now.
+    expect(now - date).toBeGreaterThanOrEqual(2000)
+    expect(Math.abs(date + age * 1000 - now)).toBeLessThanOrEqual(2000)
+    expect(origin.requests()).toBe(1)
+  })
 })
 
 describe("RFC 9110 §12.5 Vary on Accept-Encoding and Accept-Language", () => {

@@ -67,3 +67,8 @@ function twoDigitYear(digits: number, month: number, day: number, now: number): 
   const ms = utc(year, month, day)
   return ms <= limit.getTime() ? ms : utc(year - 100, month, day)
 }
+
+/** An HTTP-date in the IMF-fixdate form, the one RFC 9110 §5.6.7 says to send. */
+export function formatHttpDate(ms: number): string {
+  return new Date(ms).toUTCString()
+}

@@ -3,7 +3,7 @@
  * passed in. It knows nothing of files, memory or Redis: stores keep what it describes.
  */
 import type { EntryMeta } from "../cache.ts"
-import { parseHttpDate } from "./http-date.ts"
+import { formatHttpDate, parseHttpDate } from "./http-date.ts"
 import { parseDictionary, type SfValue } from "./structured-fields.ts"
 
 /** What the policy needs of the configuration. */
@@ -302,7 +302,7 @@ export function describeResponse(
   }
   return {
     status,
-    headers: storableHeaderPairs(headers, config.keepTagHeaders),
+    headers: storableHeaderPairs(headers, config.keepTagHeaders, responseTime),
     vary,
     responseTime,
     ...policy,
@@ -401,10 +401,13 @@ export function hopByHopFilter(headers: Headers): (name: string) => boolean {
   return (name) => HOP_BY_HOP_HEADERS.has(name) || named.has(name)
 }
 
-function storableHeaderPairs(headers: Headers, keepTagHeaders: boolean): [string, string][] {
+function storableHeaderPairs(headers: Headers, keepTagHeaders: boolean, responseTime: number): [string, string][] {
   const isHopByHop = hopByHopFilter(headers)
   const pairs: [string, string][] = []
   for (const [name, value] of headers) if (!isHopByHop(name) && (keepTagHeaders || !isTagHeader(name))) pairs.push([name, value])
+  // RFC 9110 §6.6.1: a cache that receives a response without Date adds the time it received it;
+  // else its hits would carry the runtime's Date of the moment they are sent, beside a growing Age.
+  if (!headers.has("date")) pairs.push(["date", formatHttpDate(responseTime)])
   return pairs
 }
 
