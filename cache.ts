@@ -344,24 +344,26 @@ export class Cache {
       directives: parseCacheControl(headers.get("cache-control")),
     }
     const found = this.store.get(lookup.key, headers)
-    if (found instanceof Promise) return this.settleRead(lookup.key, found).then((stored) => this.decide(lookup, stored, forward))
-    return this.decide(lookup, found, forward)
+    if (!(found instanceof Promise)) return this.decide(lookup, found, forward)
+    return found.then(
+      (stored) => this.decide(lookup, stored, forward),
+      (error) => this.decide(lookup, this.unread(lookup.key, error), forward),
+    )
   }
 
   /** A store that cannot be read makes the request a miss. */
-  private settleRead(key: string, found: Promise<Stored | undefined>): Promise<Stored | undefined> {
-    return found.catch((error) => {
-      this.config.warn("store-read", `${key}: ${(error as Error).message}`)
-      return undefined
-    })
+  private unread(key: string, error: unknown): undefined {
+    this.config.warn("store-read", `${key}: ${(error as Error).message}`)
+    return undefined
   }
 
   /** Reads the store again for this request: a waiter's or a background refresh's own copy. */
   private async read(lookup: Lookup): Promise<Stored | undefined> {
-    return this.settleRead(
-      lookup.key,
-      Promise.resolve().then(() => this.store.get(lookup.key, lookup.headers)),
-    )
+    try {
+      return await this.store.get(lookup.key, lookup.headers)
+    } catch (error) {
+      return this.unread(lookup.key, error)
+    }
   }
 
   /** Serves the stored response, or goes to the origin: RFC 9111 §4 and §5.2.1. */

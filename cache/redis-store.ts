@@ -3,7 +3,8 @@
  * Cluster. Loaded only when `--store` names Redis.
  *
  * Layout, under `<prefix>:<generation>` (`clear` moves to a new generation; old keys expire):
- * - `…:{<h>}:v` a hash: variant id → the variant's record (meta, size, body id, chunk count), JSON;
+ * - `…:{<h>}:e` a hash: variant id → the variant's record (meta, size, body id, chunk count) as
+ *   JSON, followed by its body when that is under one chunk (see `encode`);
  * - `…:{<h>}:c:<body id>:<n>` the body in chunks of 256 KiB;
  * - `…:{<h>}:lock` the claim on fetching the key from the origin (cross-process coalescing).
  * `<h>` hashes the cache key: the braces make every key of one entry hash to one Cluster slot.
@@ -32,8 +33,9 @@ const CLAIM_POLL_MS = 50
 const GENERATION_POLL_MS = 5000
 const DEFAULT_PAGE_KEYS = 100
 const KEY_HASHES_KEPT = 10_000
-/** Records are about 1 KB of text: some 2 MB (text and parsed) at most. */
+/** Keys whose parsed records are remembered; a record is about 1 KB of JSON: a few MB (bytes and parsed) at most. */
 const RECORDS_KEPT = 1000
+const VARIANTS_KEPT = 4
 // Adds a key to a tag's set, and makes the set live at least as long as the entry (ARGV[2], ms).
 const TAG_SCRIPT = `redis.call("sadd", KEYS[1], ARGV[1])
 local ttl = redis.call("pttl", KEYS[1])
@@ -49,14 +51,20 @@ interface VariantRecord {
   size: number
   /** The body's id, naming its chunks. */
   body: string
-  /** How many chunks; 0 for a body kept inline, in the hash beside its record. */
+  /** How many chunks; 0 for a body kept inline, in the variant's value after its record. */
   chunks: number
-  /** A small body, read with the record: one round trip for a hit. Never serialised. */
+  /** A small body, stored and read with the record: one round trip for a hit. Not in the JSON. */
   inline?: Uint8Array
 }
 
-/** The hash field of a variant's inline body. */
-const INLINE_FIELD = ":body"
+/** A variant's record and the stored JSON it was parsed from. */
+interface ParsedRecord {
+  json: Buffer
+  record: VariantRecord
+}
+
+/** A variant's value starts with its record's length in bytes (see `encode`). */
+const RECORD_LENGTH_BYTES = 4
 
 type Event = { type: "changed"; key: string } | { type: "released"; key: string } | { type: "clear" }
 
@@ -87,7 +95,8 @@ export class RedisStore implements Store {
   private readonly bound: <T>(work: Promise<T>, what: string) => Promise<T>
   /** Cache keys' hashes, remembered: a hit from Redis spends no time hashing its key again. */
   private readonly keyHashes = new Map<string, string>()
-  private readonly parsedRecords = new Map<string, VariantRecord>()
+  /** By cache key: its variants' records as last parsed (see `decode`). */
+  private readonly parsedRecords = new Map<string, ParsedRecord[]>()
   private up = true
   private closing = false
 
@@ -125,7 +134,7 @@ export class RedisStore implements Store {
   async ping(): Promise<void> {
     if (this.redis.status !== "ready") throw new Error(`Redis is unreachable (the connection is ${this.redis.status})`)
     try {
-      await this.namespace()
+      this.namespace()
       await this.redis.ping()
     } catch (error) {
       throw new Error(`Redis is unreachable (${(error as Error).message})`)
@@ -144,16 +153,20 @@ export class RedisStore implements Store {
     return this.bound(this.lookup(key, request), `reading ${key}`)
   }
 
+  /** A hit with a small body costs one round trip: HVALS brings the records with their inline bodies. */
   private async lookup(key: string, request: Headers): Promise<Stored | undefined> {
-    const records = await this.records(key)
-    const record = selectVariant(records, request)
+    const record = selectVariant(this.live(key, await this.redis.hvalsBuffer(this.entryKeys(key).variants)), request)
     if (!record) return undefined
     const { meta, size } = record
+    if (record.inline) {
+      if (record.inline.byteLength === size) return { meta, size, body: record.inline }
+      return this.dropBroken(record, `its body is ${record.inline.byteLength} bytes, not ${size}`)
+    }
     if (size <= WHOLE_READ_BYTES) {
       const body = await this.readWhole(record)
       return body ? { meta, size, body } : undefined
     }
-    const chunkKeys = await this.chunkKeys(record)
+    const chunkKeys = this.chunkKeys(record)
     const present = chunkKeys.length === 0 ? 0 : await this.redis.exists(...chunkKeys)
     if (present !== record.chunks) return this.dropBroken(record, `${record.chunks - present} chunks missing`)
     return {
@@ -171,39 +184,52 @@ export class RedisStore implements Store {
     )
   }
 
-  /** The key's live variants. */
+  /** The key's live variants, each with its body when that is kept inline. */
   private async records(key: string): Promise<VariantRecord[]> {
+    return this.live(key, await this.redis.hvalsBuffer(this.entryKeys(key).variants))
+  }
+
+  /** The variants in the values of a key's hash that have not reached their delete time. */
+  private live(key: string, values: Buffer[]): VariantRecord[] {
     const now = Date.now()
-    const fields = await this.redis.hgetallBuffer((await this.entryKeys(key)).variants)
     const records: VariantRecord[] = []
-    for (const [field, value] of Object.entries(fields)) {
-      if (field.endsWith(INLINE_FIELD)) continue
-      const record = this.parseRecord(value.toString())
-      if (record.meta.deleteAt <= now) continue
-      const inline = fields[field + INLINE_FIELD]
-      records.push(inline ? { ...record, inline: new Uint8Array(inline) } : record)
+    for (const value of values) {
+      const record = this.decode(key, value)
+      if (record && record.meta.deleteAt > now) records.push(record)
     }
     return records
   }
 
   /**
-   * One parsed record per stored text, remembered: a hit from Redis parses no JSON, and the cache
+   * A variant from its stored value (see `encode`). Its record is parsed once per process while
+   * its bytes stay the same: a hit from Redis compares bytes instead of parsing JSON, and the cache
    * recognises the same meta object, so it reuses the hit's headers built for it last time.
-   * Records are never changed once parsed (a change is a new text).
+   * Records are never changed once parsed (a change is new bytes).
    */
-  private parseRecord(text: string): VariantRecord {
-    let record = this.parsedRecords.get(text)
-    if (record === undefined) {
-      if (this.parsedRecords.size >= RECORDS_KEPT) this.parsedRecords.clear()
-      record = JSON.parse(text) as VariantRecord
-      this.parsedRecords.set(text, record)
+  private decode(key: string, value: Buffer): VariantRecord | undefined {
+    const end = RECORD_LENGTH_BYTES + (value.byteLength >= RECORD_LENGTH_BYTES ? value.readUInt32BE(0) : 0)
+    if (end <= RECORD_LENGTH_BYTES || end > value.byteLength) {
+      this.warn("broken-entry", `${key}: ignoring a stored variant that is not in this version's format`)
+      return undefined
     }
-    return record
+    const json = value.subarray(RECORD_LENGTH_BYTES, end)
+    const known = this.parsedRecords.get(key)
+    let record = known?.find((parsed) => parsed.json.equals(json))?.record
+    if (record === undefined) {
+      record = JSON.parse(json.toString()) as VariantRecord
+      // Bytes of its own: a reply's buffer may be a slice of a much larger read.
+      const parsed: ParsedRecord = { json: Buffer.from(json), record }
+      if (!known && this.parsedRecords.size >= RECORDS_KEPT) this.parsedRecords.clear()
+      // A key's variants are few; the oldest one remembered goes first.
+      this.parsedRecords.set(key, [...(known ?? []).slice(1 - VARIANTS_KEPT), parsed])
+    }
+    if (record.chunks > 0) return record
+    // Its own copy, for the same reason; the memory tier may keep it.
+    return { ...record, inline: new Uint8Array(value.subarray(end)) }
   }
 
   private async readWhole(record: VariantRecord): Promise<Uint8Array | undefined> {
-    if (record.chunks === 0) return record.inline ?? this.dropBroken(record, "its body is missing")
-    const chunks = await this.redis.mgetBuffer(...(await this.chunkKeys(record)))
+    const chunks = await this.redis.mgetBuffer(...this.chunkKeys(record))
     if (chunks.some((chunk) => chunk === null)) return this.dropBroken(record, "a chunk is missing")
     return new Uint8Array(Buffer.concat(chunks as Buffer[]))
   }
@@ -252,12 +278,12 @@ export class RedisStore implements Store {
   async put(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<boolean> {
     const record: VariantRecord = { key, meta, size: 0, body: randomBytes(8).toString("hex"), chunks: 0 }
     try {
-      const inline = await this.writeChunks(record, body)
-      await this.commit(record, inline)
+      record.inline = await this.writeChunks(record, body)
+      await this.commit(record)
       return true
     } catch (error) {
       if (!body.locked) await body.cancel(error).catch(() => undefined) // the body itself failed: nothing left to cancel
-      const written = await this.chunkKeys(record)
+      const written = this.chunkKeys(record)
       if (written.length)
         await this.redis.del(...written).catch((delError: Error) => this.warn("store-write", `${key}: ${delError.message}`))
       throw error
@@ -268,8 +294,8 @@ export class RedisStore implements Store {
    * Writes the body in chunks of CHUNK_BYTES as it streams in, each expiring with the entry; a
    * body smaller than one chunk is handed back, to be kept inline with its record.
    */
-  private async writeChunks(record: VariantRecord, body: ReadableStream<Uint8Array>): Promise<Buffer | undefined> {
-    const { chunk: chunkKey } = await this.entryKeys(record.key)
+  private async writeChunks(record: VariantRecord, body: ReadableStream<Uint8Array>): Promise<Uint8Array | undefined> {
+    const { chunk: chunkKey } = this.entryKeys(record.key)
     // One buffer, refilled: Redis has a chunk's bytes once it has answered its SET, so the buffer
     // is free again then, and a large body leaves no trail of chunk-sized garbage behind it.
     const buffer = Buffer.allocUnsafe(CHUNK_BYTES)
@@ -297,40 +323,42 @@ export class RedisStore implements Store {
   }
 
   /** Makes the variant visible, last; the hash lives as long as its longest-lived variant. */
-  private async commit(record: VariantRecord, inline: Buffer | undefined): Promise<void> {
-    const { variants: variantsKey } = await this.entryKeys(record.key)
+  private async commit(record: VariantRecord): Promise<void> {
     const id = variantId(record.meta.vary)
-    const others = (await this.records(record.key)).filter((other) => variantId(other.meta.vary) !== id)
-    const previous = await this.redis.hget(variantsKey, id)
-    const deleteAt = Math.max(record.meta.deleteAt, ...others.map((other) => other.meta.deleteAt))
-    const transaction = this.redis.multi()
-    if (inline) transaction.hset(variantsKey, id + INLINE_FIELD, inline)
-    else transaction.hdel(variantsKey, id + INLINE_FIELD)
-    await transaction.hset(variantsKey, id, JSON.stringify(record)).pexpireat(variantsKey, deleteAt).exec()
-    await this.redis.zadd(await this.indexKey(), 0, record.key)
+    const stored = await this.records(record.key)
+    await this.writeVariant(record, id, stored)
+    await this.redis.zadd(this.indexKey(), 0, record.key)
     await this.indexTags(record.key, record.meta)
-    if (previous) await this.retire(JSON.parse(previous) as VariantRecord)
+    const previous = stored.find((other) => variantId(other.meta.vary) === id)
+    if (previous) await this.retire(previous)
     await this.publish({ type: "changed", key: record.key })
+  }
+
+  /** Stores the variant's value, and keeps the hash as long as its longest-lived variant. */
+  private async writeVariant(record: VariantRecord, id: string, stored: VariantRecord[]): Promise<void> {
+    const others = stored.filter((other) => variantId(other.meta.vary) !== id)
+    const deleteAt = Math.max(record.meta.deleteAt, ...others.map((other) => other.meta.deleteAt))
+    const { variants: variantsKey } = this.entryKeys(record.key)
+    await this.redis.multi().hset(variantsKey, id, encode(record)).pexpireat(variantsKey, deleteAt).exec()
   }
 
   /** A replaced body's chunks go after a grace period: a reader may still be streaming them. */
   private async retire(record: VariantRecord): Promise<void> {
     const pipeline = this.redis.pipeline()
-    for (const chunkKey of await this.chunkKeys(record)) pipeline.pexpire(chunkKey, REPLACED_BODY_GRACE_MS)
+    for (const chunkKey of this.chunkKeys(record)) pipeline.pexpire(chunkKey, REPLACED_BODY_GRACE_MS)
     await pipeline.exec()
   }
 
   async update(key: string, meta: EntryMeta): Promise<boolean> {
-    const { variants: variantsKey } = await this.entryKeys(key)
-    const text = await this.redis.hget(variantsKey, variantId(meta.vary))
-    if (!text) return false
-    const record: VariantRecord = { ...(JSON.parse(text) as VariantRecord), meta }
+    const id = variantId(meta.vary)
+    const stored = await this.records(key)
+    const found = stored.find((other) => variantId(other.meta.vary) === id)
+    if (!found) return false
+    const record: VariantRecord = { ...found, meta }
     const pipeline = this.redis.pipeline()
-    for (const chunkKey of await this.chunkKeys(record)) pipeline.pexpireat(chunkKey, meta.deleteAt)
+    for (const chunkKey of this.chunkKeys(record)) pipeline.pexpireat(chunkKey, meta.deleteAt)
     await pipeline.exec()
-    const others = (await this.records(key)).filter((other) => variantId(other.meta.vary) !== variantId(meta.vary))
-    const deleteAt = Math.max(meta.deleteAt, ...others.map((other) => other.meta.deleteAt))
-    await this.redis.multi().hset(variantsKey, variantId(meta.vary), JSON.stringify(record)).pexpireat(variantsKey, deleteAt).exec()
+    await this.writeVariant(record, id, stored)
     await this.indexTags(key, meta)
     await this.publish({ type: "changed", key })
     return true
@@ -339,28 +367,28 @@ export class RedisStore implements Store {
   /** Names the key in each of its tags' sets: a purge by tag reads one set, never every entry. */
   private async indexTags(key: string, meta: EntryMeta): Promise<void> {
     const ttlMs = Math.max(1, Math.ceil(meta.deleteAt - Date.now()))
-    for (const tag of meta.tags ?? []) await this.redis.eval(TAG_SCRIPT, 1, await this.tagKey(tag), key, ttlMs)
+    for (const tag of meta.tags ?? []) await this.redis.eval(TAG_SCRIPT, 1, this.tagKey(tag), key, ttlMs)
   }
 
   async delete(key: string): Promise<void> {
     const records = await this.records(key)
-    const chunkKeys = (await Promise.all(records.map((record) => this.chunkKeys(record)))).flat()
-    await this.redis.del((await this.entryKeys(key)).variants, ...chunkKeys)
-    await this.redis.zrem(await this.indexKey(), key)
+    const chunkKeys = records.flatMap((record) => this.chunkKeys(record))
+    await this.redis.del(this.entryKeys(key).variants, ...chunkKeys)
+    await this.redis.zrem(this.indexKey(), key)
     await this.publish({ type: "changed", key })
   }
 
   private async removeVariant(record: VariantRecord): Promise<void> {
     const id = variantId(record.meta.vary)
-    await this.redis.hdel((await this.entryKeys(record.key)).variants, id, id + INLINE_FIELD)
-    const chunkKeys = await this.chunkKeys(record)
+    await this.redis.hdel(this.entryKeys(record.key).variants, id)
+    const chunkKeys = this.chunkKeys(record)
     if (chunkKeys.length) await this.redis.del(...chunkKeys)
     await this.publish({ type: "changed", key: record.key })
   }
 
   /** O(1): every key moves to a new generation; the old ones expire on their own. */
   async clear(): Promise<void> {
-    const oldIndex = await this.indexKey()
+    const oldIndex = this.indexKey()
     this.generation = String(await this.redis.incr(this.generationKey))
     await this.redis.del(oldIndex)
     await this.publish({ type: "clear" })
@@ -370,7 +398,7 @@ export class RedisStore implements Store {
 
   /** Pages through the sorted key index; keys whose entries expired are dropped from it on the way. */
   async list({ prefix = "", cursor, limit = DEFAULT_PAGE_KEYS }: ListOptions = {}): Promise<Page> {
-    const indexKey = await this.indexKey()
+    const indexKey = this.indexKey()
     const entries: ListedEntry[] = []
     let from = cursor === undefined ? `[${prefix}` : `(${cursor}`
     let keys = 0
@@ -397,7 +425,7 @@ export class RedisStore implements Store {
 
   /** The tag's set, less the keys whose entries went or no longer carry the tag (dropped from it on the way). */
   async tagged(tag: string): Promise<string[]> {
-    const tagKey = await this.tagKey(tag)
+    const tagKey = this.tagKey(tag)
     const keys: string[] = []
     for (const key of await this.redis.smembers(tagKey)) {
       const records = await this.records(key)
@@ -435,7 +463,7 @@ export class RedisStore implements Store {
   }
 
   private async takeClaim(key: string, ttlMs: number): Promise<(() => void) | undefined> {
-    const { lock: lockKey } = await this.entryKeys(key)
+    const { lock: lockKey } = this.entryKeys(key)
     const token = randomBytes(8).toString("hex")
     const granted = await this.redis.set(lockKey, token, "PX", Math.max(1, Math.round(ttlMs)), "NX")
     if (granted !== "OK") return undefined
@@ -465,11 +493,17 @@ export class RedisStore implements Store {
       }
       waiters.add(done)
       const timeout = setTimeout(done, ms)
-      const poll = setInterval(async () => {
-        const held = await this.redis.exists((await this.entryKeys(key)).lock).catch(() => 0) // Redis away: stop waiting
-        if (held === 0) done()
-      }, CLAIM_POLL_MS)
+      const poll = setInterval(() => void this.claimHeld(key).then((held) => held || done()), CLAIM_POLL_MS)
     })
+  }
+
+  /** Whether a claim on the key stands; Redis away counts as no: waiting on it is over. */
+  private async claimHeld(key: string): Promise<boolean> {
+    try {
+      return (await this.redis.exists(this.entryKeys(key).lock)) > 0
+    } catch {
+      return false
+    }
   }
 
   // ───────────── events and connection ─────────────
@@ -527,17 +561,17 @@ export class RedisStore implements Store {
   }
 
   /** Fails at once until Redis has answered: a request never waits for a connection. */
-  private async namespace(): Promise<string> {
+  private namespace(): string {
     if (this.generation === undefined) throw new Error("Redis has not answered yet")
     return `${this.prefix}:${this.generation}`
   }
 
-  private async indexKey(): Promise<string> {
-    return `${await this.namespace()}:keys`
+  private indexKey(): string {
+    return `${this.namespace()}:keys`
   }
 
-  private async tagKey(tag: string): Promise<string> {
-    return `${await this.namespace()}:tag:{${createHash("sha256").update(tag).digest("hex").slice(0, 32)}}`
+  private tagKey(tag: string): string {
+    return `${this.namespace()}:tag:{${createHash("sha256").update(tag).digest("hex").slice(0, 32)}}`
   }
 
   /** The names of one entry's keys: all in one Cluster slot, by the hash tag in braces. */
@@ -551,17 +585,17 @@ export class RedisStore implements Store {
     return hash
   }
 
-  private async entryKeys(key: string) {
-    const base = `${await this.namespace()}:{${this.keyHash(key)}}`
+  private entryKeys(key: string) {
+    const base = `${this.namespace()}:{${this.keyHash(key)}}`
     return {
-      variants: `${base}:v`,
+      variants: `${base}:e`,
       lock: `${base}:lock`,
       chunk: (body: string, n: number) => `${base}:c:${body}:${n}`,
     }
   }
 
-  private async chunkKeys(record: VariantRecord): Promise<string[]> {
-    const { chunk } = await this.entryKeys(record.key)
+  private chunkKeys(record: VariantRecord): string[] {
+    const { chunk } = this.entryKeys(record.key)
     return Array.from({ length: record.chunks }, (_, n) => chunk(record.body, n))
   }
 }
@@ -620,4 +654,16 @@ function listed({ key, meta, size }: VariantRecord): ListedEntry {
 
 function variantId(vary: EntryMeta["vary"]): string {
   return createHash("sha256").update(JSON.stringify(vary)).digest("hex").slice(0, 32)
+}
+
+/**
+ * A variant's value in the entry's hash: its record's JSON, after the JSON's length (4 bytes, big
+ * endian), then its body when kept inline. One value per variant: a hit is one HVALS of one
+ * bulk string, and a record never lands without its body.
+ */
+function encode({ inline, ...record }: VariantRecord): Buffer {
+  const json = Buffer.from(JSON.stringify(record))
+  const length = Buffer.allocUnsafe(RECORD_LENGTH_BYTES)
+  length.writeUInt32BE(json.byteLength)
+  return Buffer.concat([length, json, inline ?? new Uint8Array(0)])
 }

@@ -34,12 +34,14 @@ export class TieredStore implements Store {
     return found instanceof Promise ? found.then((stored) => this.promote(key, stored)) : this.promote(key, found)
   }
 
-  /** Keeps a small body found behind in memory, and answers with the bytes. */
-  private async promote(key: string, stored: Stored | undefined): Promise<Stored | undefined> {
+  /** Keeps a small body found behind in memory, and answers with the bytes (no extra step when it has them already). */
+  private promote(key: string, stored: Stored | undefined): MaybePromise<Stored | undefined> {
     if (!stored || stored.size > this.options.memoryBodyLimit) return stored
-    const body = stored.body instanceof Uint8Array ? stored.body : new Uint8Array(await new Response(stored.body).arrayBuffer())
-    this.front.keep(key, stored.meta, body)
-    return { meta: stored.meta, size: stored.size, body }
+    const { meta, size } = stored
+    if (!(stored.body instanceof Uint8Array))
+      return new Response(stored.body).arrayBuffer().then((bytes) => this.promote(key, { meta, size, body: new Uint8Array(bytes) }))
+    this.front.keep(key, meta, stored.body)
+    return stored
   }
 
   has(key: string): MaybePromise<boolean> {
