@@ -9,9 +9,12 @@
  * `redis-reader listening on http://127.0.0.1:NNNN`, once ready.
  */
 import { Redis } from "ioredis"
+import { addTracingChannelHasSubscribers } from "../cache/tracing-channel.ts"
 import { exitWhenOrphaned } from "./shared.ts"
 
-// Configured as the proxy's store connection is: concurrent requests' commands share writes.
+// Configured as the proxy's store connection is: concurrent requests' commands share writes, and
+// commands are not traced when no one listens (which Bun's diagnostics_channel cannot tell alone).
+addTracingChannelHasSubscribers()
 const redis = new Redis(process.argv[2] ?? "redis://127.0.0.1:6379", { enableAutoPipelining: true })
 
 const server = Bun.serve({

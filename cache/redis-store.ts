@@ -20,6 +20,9 @@ import { createHash, randomBytes } from "node:crypto"
 import { Cluster, Redis } from "ioredis"
 import type { EntryMeta, ListedEntry, ListOptions, Page, Store, Stored, TierStats, Warn } from "../cache.ts"
 import { selectVariant } from "./policy.ts"
+import { addTracingChannelHasSubscribers } from "./tracing-channel.ts"
+
+addTracingChannelHasSubscribers()
 
 const CHUNK_BYTES = 256 * 1024
 /** Bodies up to this size are read whole before `get` answers; larger ones stream chunk by chunk. */
@@ -92,7 +95,7 @@ export class RedisStore implements Store {
   private readonly waiting = new Map<string, Set<() => void>>()
   private readonly generationTimer: ReturnType<typeof setInterval>
   /** Bounds a request's wait on Redis (see `bounded`); one server's commands are bounded by ioredis already. */
-  private readonly bound: <T>(work: Promise<T>, what: string) => Promise<T>
+  private readonly bound: <T>(work: Promise<T>, what: string, key: string) => Promise<T>
   /** Cache keys' hashes, remembered: a hit from Redis spends no time hashing its key again. */
   private readonly keyHashes = new Map<string, string>()
   /** By cache key: its variants' records as last parsed (see `decode`). */
@@ -150,12 +153,12 @@ export class RedisStore implements Store {
   // ───────────── reading ─────────────
 
   get(key: string, request: Headers): Promise<Stored | undefined> {
-    return this.bound(this.lookup(key, request), `reading ${key}`)
+    return this.bound(this.lookup(key, request), "reading", key)
   }
 
   /** A hit with a small body costs one round trip: HVALS brings the records with their inline bodies. */
   private async lookup(key: string, request: Headers): Promise<Stored | undefined> {
-    const record = selectVariant(this.live(key, await this.redis.hvalsBuffer(this.entryKeys(key).variants)), request)
+    const record = selectVariant(this.live(key, await this.redis.hvalsBuffer(this.variantsKey(key))), request)
     if (!record) return undefined
     const { meta, size } = record
     if (record.inline) {
@@ -180,13 +183,14 @@ export class RedisStore implements Store {
   has(key: string): Promise<boolean> {
     return this.bound(
       this.records(key).then((records) => records.length > 0),
-      `looking up ${key}`,
+      "looking up",
+      key,
     )
   }
 
   /** The key's live variants, each with its body when that is kept inline. */
   private async records(key: string): Promise<VariantRecord[]> {
-    return this.live(key, await this.redis.hvalsBuffer(this.entryKeys(key).variants))
+    return this.live(key, await this.redis.hvalsBuffer(this.variantsKey(key)))
   }
 
   /** The variants in the values of a key's hash that have not reached their delete time. */
@@ -212,26 +216,37 @@ export class RedisStore implements Store {
       this.warn("broken-entry", `${key}: ignoring a stored variant that is not in this version's format`)
       return undefined
     }
-    const json = value.subarray(RECORD_LENGTH_BYTES, end)
-    const known = this.parsedRecords.get(key)
-    let record = known?.find((parsed) => parsed.json.equals(json))?.record
-    if (record === undefined) {
-      record = JSON.parse(json.toString()) as VariantRecord
-      // Bytes of its own: a reply's buffer may be a slice of a much larger read.
-      const parsed: ParsedRecord = { json: Buffer.from(json), record }
-      if (!known && this.parsedRecords.size >= RECORDS_KEPT) this.parsedRecords.clear()
-      // A key's variants are few; the oldest one remembered goes first.
-      this.parsedRecords.set(key, [...(known ?? []).slice(1 - VARIANTS_KEPT), parsed])
-    }
+    const record = this.knownRecord(key, value, end) ?? this.parseRecord(key, value.subarray(RECORD_LENGTH_BYTES, end))
     if (record.chunks > 0) return record
-    // Its own copy, for the same reason; the memory tier may keep it.
-    return { ...record, inline: new Uint8Array(value.subarray(end)) }
+    // The body as a view of the reply, as ioredis hands out every reply (the memory tier copies
+    // what it keeps); a record of a fixed shape, not a spread: this is every Redis hit's path.
+    const { meta, size, body } = record
+    return { key, meta, size, body, chunks: 0, inline: value.subarray(end) }
+  }
+
+  /** The record parsed before from the same JSON (bytes RECORD_LENGTH_BYTES up to `end` of `value`). */
+  private knownRecord(key: string, value: Buffer, end: number): VariantRecord | undefined {
+    for (const { json, record } of this.parsedRecords.get(key) ?? []) {
+      if (json.byteLength === end - RECORD_LENGTH_BYTES && value.compare(json, 0, json.byteLength, RECORD_LENGTH_BYTES, end) === 0)
+        return record
+    }
+    return undefined
+  }
+
+  private parseRecord(key: string, json: Buffer): VariantRecord {
+    const record = JSON.parse(json.toString()) as VariantRecord
+    const known = this.parsedRecords.get(key)
+    if (!known && this.parsedRecords.size >= RECORDS_KEPT) this.parsedRecords.clear()
+    // A key's variants are few; the oldest one remembered goes first. Bytes of its own: a reply's
+    // buffer may be a slice of a much larger read.
+    this.parsedRecords.set(key, [...(known ?? []).slice(1 - VARIANTS_KEPT), { json: Buffer.from(json), record }])
+    return record
   }
 
   private async readWhole(record: VariantRecord): Promise<Uint8Array | undefined> {
     const chunks = await this.redis.mgetBuffer(...this.chunkKeys(record))
     if (chunks.some((chunk) => chunk === null)) return this.dropBroken(record, "a chunk is missing")
-    return new Uint8Array(Buffer.concat(chunks as Buffer[]))
+    return Buffer.concat(chunks as Buffer[])
   }
 
   /**
@@ -257,7 +272,7 @@ export class RedisStore implements Store {
           })
           position = n * CHUNK_BYTES + to
           // GETRANGE answers a missing key with no bytes: a chunk of any other length is not ours.
-          if (chunk?.byteLength === to - from) return controller.enqueue(new Uint8Array(chunk))
+          if (chunk?.byteLength === to - from) return controller.enqueue(chunk)
           void this.dropBroken(record, "a chunk went missing while it was sent")
           controller.error() // the client sees a cut, never a short body that looks whole
         },
@@ -459,7 +474,7 @@ export class RedisStore implements Store {
   // ───────────── cross-process coalescing ─────────────
 
   claim(key: string, ttlMs: number): Promise<(() => void) | undefined> {
-    return this.bound(this.takeClaim(key, ttlMs), `claiming ${key}`)
+    return this.bound(this.takeClaim(key, ttlMs), "claiming", key)
   }
 
   private async takeClaim(key: string, ttlMs: number): Promise<(() => void) | undefined> {
@@ -574,7 +589,7 @@ export class RedisStore implements Store {
     return `${this.namespace()}:tag:{${createHash("sha256").update(tag).digest("hex").slice(0, 32)}}`
   }
 
-  /** The names of one entry's keys: all in one Cluster slot, by the hash tag in braces. */
+  /** A cache key's hash, remembered: it names the entry's keys, and each hit would hash it again. */
   private keyHash(key: string): string {
     let hash = this.keyHashes.get(key)
     if (hash === undefined) {
@@ -585,10 +600,20 @@ export class RedisStore implements Store {
     return hash
   }
 
+  /** What the names of one entry's keys start with: all in one Cluster slot, by the hash tag in braces. */
+  private entryBase(key: string): string {
+    return `${this.namespace()}:{${this.keyHash(key)}}`
+  }
+
+  /** The key of the hash of one entry's variants: every hit reads it, so it is built alone. */
+  private variantsKey(key: string): string {
+    return `${this.entryBase(key)}:e`
+  }
+
   private entryKeys(key: string) {
-    const base = `${this.namespace()}:{${this.keyHash(key)}}`
+    const base = this.entryBase(key)
     return {
-      variants: `${base}:e`,
+      variants: this.variantsKey(key),
       lock: `${base}:lock`,
       chunk: (body: string, n: number) => `${base}:c:${body}:${n}`,
     }
@@ -639,10 +664,10 @@ async function nodesConnected(connection: Redis | Cluster): Promise<void> {
  * A request waits on Redis at most COMMAND_TIMEOUT_MS, then goes on as a miss. ioredis bounds each
  * command, but a Cluster whose node is down retries a command over slot refreshes for seconds.
  */
-function bounded<T>(work: Promise<T>, what: string): Promise<T> {
+function bounded<T>(work: Promise<T>, what: string, key: string): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined
   const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`Redis did not answer ${what} within ${COMMAND_TIMEOUT_MS} ms`)), COMMAND_TIMEOUT_MS)
+    timer = setTimeout(() => reject(new Error(`Redis did not answer ${what} ${key} within ${COMMAND_TIMEOUT_MS} ms`)), COMMAND_TIMEOUT_MS)
   })
   work.catch(() => undefined) // a late failure, after the deadline answered, is not unhandled
   return Promise.race([work, late]).finally(() => clearTimeout(timer))

@@ -40,7 +40,8 @@ export class TieredStore implements Store {
     const { meta, size } = stored
     if (!(stored.body instanceof Uint8Array))
       return new Response(stored.body).arrayBuffer().then((bytes) => this.promote(key, { meta, size, body: new Uint8Array(bytes) }))
-    this.front.keep(key, meta, stored.body)
+    // Its own copy: a body may be a view of a larger buffer (a reply from Redis) that memory must not hold on to.
+    this.front.keep(key, meta, Uint8Array.prototype.slice.call(stored.body))
     return stored
   }
 
