@@ -5,6 +5,7 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, setSystemTime, test } from "bun:test"
 import { randomUUID } from "node:crypto"
+import { tracingChannel } from "node:diagnostics_channel"
 import { existsSync, mkdtempSync, rmSync, statfsSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -799,4 +800,24 @@ describe("on Redis", () => {
     redisStore(() => ({ cluster: cluster.nodes })),
     { boundedBy: "server" },
   )
+
+  // Bun's TracingChannel lacks hasSubscribers (oven-sh/bun#27805): the store adds it, so ioredis
+  // stops tracing commands no one listens to, and still traces them for a tracer that subscribes.
+  test("ioredis traces commands only while a tracer listens", async () => {
+    await using fixture = redisStore(() => ({ single: redis.url }))()
+    await fixture.store.ready()
+    const commands = tracingChannel("ioredis:command")
+    expect(commands.hasSubscribers).toBe(false)
+    const traced: string[] = []
+    const tracer = { start: (context: unknown) => void traced.push((context as { command: string }).command) }
+    commands.subscribe(tracer)
+    try {
+      expect(commands.hasSubscribers).toBe(true)
+      await fixture.store.get("GET https://example.test/traced", new Headers())
+      expect(traced).toContain("hvals")
+    } finally {
+      commands.unsubscribe(tracer)
+    }
+    expect(commands.hasSubscribers).toBe(false)
+  })
 })
