@@ -804,7 +804,7 @@ describe("on Redis", () => {
   // Bun's TracingChannel lacks hasSubscribers (oven-sh/bun#27805): the store adds it, so ioredis
   // stops tracing commands no one listens to, and still traces them for a tracer that subscribes.
   test("ioredis traces commands only while a tracer listens", async () => {
-    await using fixture = redisStore(() => ({ single: redis.url }))()
+    await using fixture = redisStore(() => ({ single: redis.url }))(AMPLE_BYTES)
     await fixture.store.ready()
     const commands = tracingChannel("ioredis:command")
     expect(commands.hasSubscribers).toBe(false)
