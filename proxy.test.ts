@@ -3378,6 +3378,31 @@ describe("a shared store on Redis", () => {
     )
   })
 
+  test("a Redis that stops answering holds a request about a second at most, once; caching resumes when it answers", async () => {
+    await using own = await startRedis()
+    await using origin = startOrigin((_, n) => new Response(`v${n}`, { headers: { "cache-control": "max-age=600" } }))
+    // No memory tier: every hit is a read from Redis.
+    const store = { kind: "redis", target: { single: own.url } } as const
+    await using proxy = await startSharedProxy({ origin: origin.url, store, memorySize: 1 })
+    await answer(`${proxy.url}a`)
+    expect(await answer(`${proxy.url}a`)).toMatchObject({ xCache: "HIT", body: "v1" })
+    own.pause()
+    try {
+      // The first request waits for one command's timeout (1 s), then goes to the origin; the
+      // next ones skip Redis at once. Each command waited on in turn would take seconds each.
+      const started = performance.now()
+      for (const path of ["a", "b", "a"]) expect(await answer(`${proxy.url}${path}`)).toMatchObject({ status: 200, xCache: "MISS" })
+      expect(performance.now() - started).toBeLessThan(2500)
+      expect(proxy.warnings.filter((w) => w.kind === "store-connection").map((w) => w.detail)).toEqual([
+        expect.stringContaining("did not answer"),
+      ])
+    } finally {
+      own.resume()
+    }
+    await eventually(async () => (await answer(`${proxy.url}a`)).xCache === "HIT", 10_000)
+    expect(proxy.warnings.filter((w) => w.kind === "store-connection").at(-1)?.detail).toContain("answers again")
+  })
+
   test("a Cluster node killed and restarted: no 500 while it is down, and caching resumes on its slots", async () => {
     await using cluster = await startRedisCluster()
     await using origin = startOrigin((_, n) => new Response(`v${n}`, { headers: { "cache-control": "max-age=600" } }))

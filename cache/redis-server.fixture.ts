@@ -17,6 +17,9 @@ export interface RedisServer {
   /** Kills the server (as a crash would); `start` brings it back on the same port, empty. */
   kill(): Promise<void>
   start(): Promise<void>
+  /** Stops the server answering (SIGSTOP), connections open: Redis at its slowest; `resume` goes on. */
+  pause(): void
+  resume(): void
   [Symbol.asyncDispose](): Promise<void>
 }
 
@@ -36,6 +39,12 @@ export async function startRedis(extraArgs: string[] = []): Promise<RedisServer>
     async start() {
       process = spawnRedis(port, dir, extraArgs)
       await untilAnswers(port, process)
+    },
+    pause() {
+      process?.kill("SIGSTOP")
+    },
+    resume() {
+      process?.kill("SIGCONT")
     },
     async [Symbol.asyncDispose]() {
       await server.kill()

@@ -29,6 +29,8 @@ const CHUNK_BYTES = 256 * 1024
 const WHOLE_READ_BYTES = 1 << 20
 /** A slow Redis holds no request longer than this: the request is then a miss. */
 const COMMAND_TIMEOUT_MS = 1000
+/** How long requests skip a Redis that let a command time out, before one tries it again. */
+const STALL_SKIP_MS = 1000
 /** A replaced body's chunks stay this long for readers still streaming it. */
 const REPLACED_BODY_GRACE_MS = 60_000
 /** How often a request waiting on another process's claim looks whether it ended. */
@@ -101,6 +103,9 @@ export class RedisStore implements Store {
   /** By cache key: its variants' records as last parsed (see `decode`). */
   private readonly parsedRecords = new Map<string, ParsedRecord[]>()
   private up = true
+  /** Until when requests skip Redis: it let a command time out (see `timely`). */
+  private stalledUntil = 0
+  private stalled = false
   private closing = false
 
   constructor({ target, prefix, warn }: RedisStoreOptions) {
@@ -153,7 +158,49 @@ export class RedisStore implements Store {
   // ───────────── reading ─────────────
 
   get(key: string, request: Headers): Promise<Stored | undefined> {
-    return this.bound(this.lookup(key, request), "reading", key)
+    return this.timely("reading", key, () => this.lookup(key, request))
+  }
+
+  /**
+   * A request's work on Redis, bounded: a Redis that lets a command time out (a slow or stuck
+   * server) is skipped by every request for STALL_SKIP_MS (reads, claims and writes alike), so a
+   * request waits on it once at most, not once per command; the proxy says so once, and once
+   * when Redis answers again.
+   */
+  private timely<T>(what: string, key: string, work: () => Promise<T>): Promise<T> {
+    if (this.skipping()) return Promise.reject(skipped(what, key))
+    return this.observed(this.bound(work(), what, key))
+  }
+
+  private skipping(): boolean {
+    return this.stalledUntil > Date.now()
+  }
+
+  /** Notes whether Redis answered the work in time (see `timely`). */
+  private observed<T>(work: Promise<T>): Promise<T> {
+    return work.then(
+      (value) => {
+        if (this.stalled) this.answering()
+        return value
+      },
+      (error: Error) => {
+        if (isTimeout(error)) this.stall()
+        throw error
+      },
+    )
+  }
+
+  private stall(): void {
+    this.stalledUntil = Date.now() + STALL_SKIP_MS
+    if (this.stalled) return
+    this.stalled = true
+    this.warn("store-connection", `Redis did not answer within ${COMMAND_TIMEOUT_MS} ms; requests go to the origin until it does`)
+  }
+
+  private answering(): void {
+    this.stalled = false
+    this.stalledUntil = 0
+    this.warn("store-connection", "Redis answers again; caching resumes")
   }
 
   /** A hit with a small body costs one round trip: HVALS brings the records with their inline bodies. */
@@ -181,11 +228,7 @@ export class RedisStore implements Store {
   }
 
   has(key: string): Promise<boolean> {
-    return this.bound(
-      this.records(key).then((records) => records.length > 0),
-      "looking up",
-      key,
-    )
+    return this.timely("looking up", key, () => this.records(key).then((records) => records.length > 0))
   }
 
   /** The key's live variants, each with its body when that is kept inline. */
@@ -290,7 +333,16 @@ export class RedisStore implements Store {
 
   // ───────────── writing ─────────────
 
+  /** No deadline on the whole (a large body takes its time); each command has its own. */
   async put(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<boolean> {
+    if (this.skipping()) {
+      await body.cancel()
+      throw skipped("storing", key)
+    }
+    return this.observed(this.write(key, meta, body))
+  }
+
+  private async write(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<boolean> {
     const record: VariantRecord = { key, meta, size: 0, body: randomBytes(8).toString("hex"), chunks: 0 }
     try {
       record.inline = await this.writeChunks(record, body)
@@ -364,7 +416,11 @@ export class RedisStore implements Store {
     await pipeline.exec()
   }
 
-  async update(key: string, meta: EntryMeta): Promise<boolean> {
+  update(key: string, meta: EntryMeta): Promise<boolean> {
+    return this.timely("updating", key, () => this.freshen(key, meta))
+  }
+
+  private async freshen(key: string, meta: EntryMeta): Promise<boolean> {
     const id = variantId(meta.vary)
     const stored = await this.records(key)
     const found = stored.find((other) => variantId(other.meta.vary) === id)
@@ -385,7 +441,11 @@ export class RedisStore implements Store {
     for (const tag of meta.tags ?? []) await this.redis.eval(TAG_SCRIPT, 1, this.tagKey(tag), key, ttlMs)
   }
 
-  async delete(key: string): Promise<void> {
+  delete(key: string): Promise<void> {
+    return this.timely("deleting", key, () => this.remove(key))
+  }
+
+  private async remove(key: string): Promise<void> {
     const records = await this.records(key)
     const chunkKeys = records.flatMap((record) => this.chunkKeys(record))
     await this.redis.del(this.entryKeys(key).variants, ...chunkKeys)
@@ -474,7 +534,7 @@ export class RedisStore implements Store {
   // ───────────── cross-process coalescing ─────────────
 
   claim(key: string, ttlMs: number): Promise<(() => void) | undefined> {
-    return this.bound(this.takeClaim(key, ttlMs), "claiming", key)
+    return this.timely("claiming", key, () => this.takeClaim(key, ttlMs))
   }
 
   private async takeClaim(key: string, ttlMs: number): Promise<(() => void) | undefined> {
@@ -691,4 +751,13 @@ function encode({ inline, ...record }: VariantRecord): Buffer {
   const length = Buffer.allocUnsafe(RECORD_LENGTH_BYTES)
   length.writeUInt32BE(json.byteLength)
   return Buffer.concat([length, json, inline ?? new Uint8Array(0)])
+}
+
+/** Whether a command failed by taking too long (ioredis's command timeout, or `bounded`'s deadline). */
+function isTimeout(error: Error): boolean {
+  return error.message === "Command timed out" || error.message.startsWith("Redis did not answer")
+}
+
+function skipped(what: string, key: string): Error {
+  return new Error(`Redis is not answering: ${what} ${key} skipped`)
 }
