@@ -8,8 +8,10 @@
  * - `…:{<h>}:c:<body id>:<n>` the body in chunks of 256 KiB;
  * - `…:{<h>}:lock` the claim on fetching the key from the origin (cross-process coalescing).
  * `<h>` hashes the cache key: the braces make every key of one entry hash to one Cluster slot.
- * A sorted set `<prefix>:<generation>:keys` lists keys in order, for `list`; a set per purge tag,
- * `<prefix>:<generation>:tag:{<tag hash>}`, names the keys tagged with it. Every key carries
+ * A sorted set `<prefix>:<generation>:{index}:keys` lists keys in order, for `list`, and
+ * `…:{index}:expiry` the same keys by delete time, so each write drops the keys whose time has
+ * come; a set per purge tag, `<prefix>:<generation>:tag:{<tag hash>}`, names the keys tagged with
+ * it. Every key carries
  * the policy's delete time as its expiry, so Redis drops dead entries itself and
  * `maxmemory-policy allkeys-lru` is safe: a chunk found missing makes the read a miss.
  * Chunks are written as the body streams in and the record last: an entry is visible when whole.
@@ -46,6 +48,22 @@ const TAG_SCRIPT = `redis.call("sadd", KEYS[1], ARGV[1])
 local ttl = redis.call("pttl", KEYS[1])
 if ttl < tonumber(ARGV[2]) then redis.call("pexpire", KEYS[1], ARGV[2]) end
 return 1`
+// Lists a key in the index until its delete time (ARGV[2]), drops up to ARGV[5] keys whose time has
+// come (ARGV[3] is now), and makes both sets live at least as long as the entry (ARGV[4], ms): the
+// index never outgrows what is stored, whether or not anyone lists it.
+const INDEX_SCRIPT = `redis.call("zadd", KEYS[1], 0, ARGV[1])
+redis.call("zadd", KEYS[2], ARGV[2], ARGV[1])
+local gone = redis.call("zrangebyscore", KEYS[2], "-inf", ARGV[3], "LIMIT", 0, ARGV[5])
+if #gone > 0 then
+  redis.call("zrem", KEYS[1], unpack(gone))
+  redis.call("zrem", KEYS[2], unpack(gone))
+end
+for _, key in ipairs(KEYS) do
+  if redis.call("pttl", key) < tonumber(ARGV[4]) then redis.call("pexpire", key, ARGV[4]) end
+end
+return #gone`
+/** Keys whose time has come that one write drops from the index: writes outnumber expiries on average. */
+const INDEX_PRUNE_BATCH = 100
 // Compare-and-delete: a claim is released only by its holder.
 const RELEASE_SCRIPT = `if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0`
 
@@ -394,19 +412,24 @@ export class RedisStore implements Store {
     const id = variantId(record.meta.vary)
     const stored = await this.records(record.key)
     await this.writeVariant(record, id, stored)
-    await this.redis.zadd(this.indexKey(), 0, record.key)
     await this.indexTags(record.key, record.meta)
     const previous = stored.find((other) => variantId(other.meta.vary) === id)
     if (previous) await this.retire(previous)
     await this.publish({ type: "changed", key: record.key })
   }
 
-  /** Stores the variant's value, and keeps the hash as long as its longest-lived variant. */
+  /**
+   * Stores the variant's value, keeps the hash as long as its longest-lived variant, and lists the
+   * key in the index until then.
+   */
   private async writeVariant(record: VariantRecord, id: string, stored: VariantRecord[]): Promise<void> {
     const others = stored.filter((other) => variantId(other.meta.vary) !== id)
     const deleteAt = Math.max(record.meta.deleteAt, ...others.map((other) => other.meta.deleteAt))
     const { variants: variantsKey } = this.entryKeys(record.key)
     await this.redis.multi().hset(variantsKey, id, encode(record)).pexpireat(variantsKey, deleteAt).exec()
+    const now = Date.now()
+    const { names, expiry } = this.indexKeys()
+    await this.redis.eval(INDEX_SCRIPT, 2, names, expiry, record.key, deleteAt, now, Math.max(1, deleteAt - now), INDEX_PRUNE_BATCH)
   }
 
   /** A replaced body's chunks go after a grace period: a reader may still be streaming them. */
@@ -449,7 +472,8 @@ export class RedisStore implements Store {
     const records = await this.records(key)
     const chunkKeys = records.flatMap((record) => this.chunkKeys(record))
     await this.redis.del(this.entryKeys(key).variants, ...chunkKeys)
-    await this.redis.zrem(this.indexKey(), key)
+    const { names, expiry } = this.indexKeys()
+    await this.redis.multi().zrem(names, key).zrem(expiry, key).exec()
     await this.publish({ type: "changed", key })
   }
 
@@ -463,9 +487,9 @@ export class RedisStore implements Store {
 
   /** O(1): every key moves to a new generation; the old ones expire on their own. */
   async clear(): Promise<void> {
-    const oldIndex = this.indexKey()
+    const { names, expiry } = this.indexKeys()
     this.generation = String(await this.redis.incr(this.generationKey))
-    await this.redis.del(oldIndex)
+    await this.redis.del(names, expiry)
     await this.publish({ type: "clear" })
   }
 
@@ -473,7 +497,7 @@ export class RedisStore implements Store {
 
   /** Pages through the sorted key index; keys whose entries expired are dropped from it on the way. */
   async list({ prefix = "", cursor, limit = DEFAULT_PAGE_KEYS }: ListOptions = {}): Promise<Page> {
-    const indexKey = this.indexKey()
+    const { names: indexKey } = this.indexKeys()
     const entries: ListedEntry[] = []
     let from = cursor === undefined ? `[${prefix}` : `(${cursor}`
     let keys = 0
@@ -641,8 +665,10 @@ export class RedisStore implements Store {
     return `${this.prefix}:${this.generation}`
   }
 
-  private indexKey(): string {
-    return `${this.namespace()}:keys`
+  /** The key index: names in order (score 0, for `list`), and the same names by delete time (for pruning). One slot. */
+  private indexKeys(): { names: string; expiry: string } {
+    const base = `${this.namespace()}:{index}`
+    return { names: `${base}:keys`, expiry: `${base}:expiry` }
   }
 
   private tagKey(tag: string): string {

@@ -9,6 +9,7 @@ import { tracingChannel } from "node:diagnostics_channel"
 import { existsSync, mkdtempSync, rmSync, statfsSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { Redis } from "ioredis"
 import type { EntryMeta, Store, Stored, TierStats, WarnKind } from "../cache.ts"
 import { bunFiles, type FileApi, FileStore, nodeFiles } from "./file-store.ts"
 import { MemoryStore } from "./memory-store.ts"
@@ -800,6 +801,28 @@ describe("on Redis", () => {
     redisStore(() => ({ cluster: cluster.nodes })),
     { boundedBy: "server" },
   )
+
+  test("the key index drops keys whose entries expired as later entries are written, and expires itself", async () => {
+    const prefix = `test-${randomUUID()}`
+    const store = new RedisStore({ target: { single: redis.url }, prefix, warn: () => {} })
+    const raw = new Redis(redis.url)
+    try {
+      await store.ready()
+      await store.put("GET https://example.test/brief", meta({ deleteAt: Date.now() + 200 }), streamOf(text("brief")))
+      await store.put("GET https://example.test/lasting", meta(), streamOf(text("lasting")))
+      const [names, expiry] = [`${prefix}:0:{index}:keys`, `${prefix}:0:{index}:expiry`]
+      expect(await raw.zrange(names, "0", "-1")).toEqual(["GET https://example.test/brief", "GET https://example.test/lasting"])
+      await Bun.sleep(300)
+      await store.put("GET https://example.test/later", meta(), streamOf(text("later")))
+      // Nobody listed the keys: the write itself dropped the expired one, from both sets.
+      expect(await raw.zrange(names, "0", "-1")).toEqual(["GET https://example.test/lasting", "GET https://example.test/later"])
+      expect(await raw.zrange(expiry, "0", "-1")).toEqual(["GET https://example.test/lasting", "GET https://example.test/later"])
+      for (const key of [names, expiry]) expect(await raw.pttl(key)).toBeGreaterThan(500_000)
+    } finally {
+      raw.disconnect()
+      await store.close()
+    }
+  })
 
   // Bun's TracingChannel lacks hasSubscribers (oven-sh/bun#27805): the store adds it, so ioredis
   // stops tracing commands no one listens to, and still traces them for a tracer that subscribes.
