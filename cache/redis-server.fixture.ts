@@ -10,6 +10,10 @@ import { join } from "node:path"
 import type { Subprocess } from "bun"
 
 const STARTUP_TIMEOUT_MS = 10_000
+/** Another process may take a probed port before the server binds it: then a new port is tried. */
+const START_ATTEMPTS = 5
+/** A Cluster node also listens on its port plus this (the cluster bus). */
+const CLUSTER_BUS_OFFSET = 10_000
 
 export interface RedisServer {
   url: string
@@ -23,9 +27,18 @@ export interface RedisServer {
   [Symbol.asyncDispose](): Promise<void>
 }
 
-/** One Redis server on a free port. */
-export async function startRedis(extraArgs: string[] = []): Promise<RedisServer> {
-  const port = await freePort()
+/** One Redis server on a free port (and a free cluster-bus port, for a Cluster node). */
+export async function startRedis(extraArgs: string[] = [], { clusterBus = false } = {}): Promise<RedisServer> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startRedisOn(await freePort(clusterBus), extraArgs)
+    } catch (error) {
+      if (attempt === START_ATTEMPTS) throw error
+    }
+  }
+}
+
+async function startRedisOn(port: number, extraArgs: string[]): Promise<RedisServer> {
   const dir = mkdtempSync(join(tmpdir(), "caching-proxy-test-redis-"))
   let process: Subprocess | undefined
   const server: RedisServer = {
@@ -51,13 +64,20 @@ export async function startRedis(extraArgs: string[] = []): Promise<RedisServer>
       rmSync(dir, { recursive: true, force: true })
     },
   }
-  await server.start()
+  try {
+    await server.start()
+  } catch (error) {
+    await server[Symbol.asyncDispose]()
+    throw error
+  }
   return server
 }
 
 /** A Redis Cluster of three masters, no replicas. */
 export async function startRedisCluster() {
-  const nodes = await Promise.all([0, 1, 2].map(() => startRedis(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])))
+  const nodes = await Promise.all(
+    [0, 1, 2].map(() => startRedis(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"], { clusterBus: true })),
+  )
   const addresses = nodes.map((node) => `127.0.0.1:${node.port}`)
   await run(["redis-cli", "--cluster", "create", ...addresses, "--cluster-replicas", "0", "--cluster-yes"])
   for (const node of nodes)
@@ -103,14 +123,31 @@ async function run(command: string[]): Promise<string> {
   return stdout
 }
 
-/** A port nothing listens on now (the kernel's choice for port 0, then released). */
-function freePort(): Promise<number> {
+/** A port nothing listens on now, and for a Cluster node its bus port too (both under 65536). */
+async function freePort(clusterBus: boolean): Promise<number> {
+  for (;;) {
+    const port = await probePort(0)
+    if (!clusterBus) return port
+    const bus = port + CLUSTER_BUS_OFFSET
+    if (
+      bus <= 65_535 &&
+      (await probePort(bus).then(
+        () => true,
+        () => false,
+      ))
+    )
+      return port
+  }
+}
+
+/** Binds `port` (0: the kernel's choice) on loopback and releases it: the port, if it was free. */
+function probePort(port: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const probe = createServer()
     probe.once("error", reject)
-    probe.listen(0, "127.0.0.1", () => {
-      const { port } = probe.address() as { port: number }
-      probe.close(() => resolve(port))
+    probe.listen(port, "127.0.0.1", () => {
+      const { port: bound } = probe.address() as { port: number }
+      probe.close(() => resolve(bound))
     })
   })
 }

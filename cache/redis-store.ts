@@ -11,9 +11,8 @@
  * A sorted set `<prefix>:<generation>:{index}:keys` lists keys in order, for `list`, and
  * `…:{index}:expiry` the same keys by delete time, so each write drops the keys whose time has
  * come; a set per purge tag, `<prefix>:<generation>:tag:{<tag hash>}`, names the keys tagged with
- * it. Every key carries
- * the policy's delete time as its expiry, so Redis drops dead entries itself and
- * `maxmemory-policy allkeys-lru` is safe: a chunk found missing makes the read a miss.
+ * it. Every key carries the policy's delete time as its expiry, so Redis drops dead entries itself
+ * and `maxmemory-policy allkeys-lru` is safe: a chunk found missing makes the read a miss.
  * Chunks are written as the body streams in and the record last: an entry is visible when whole.
  * Changes are published on `<prefix>:events`; every proxy drops what its memory tier holds of a
  * changed key, and wakes requests waiting for it.

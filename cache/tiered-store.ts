@@ -38,11 +38,16 @@ export class TieredStore implements Store {
   private promote(key: string, stored: Stored | undefined): MaybePromise<Stored | undefined> {
     if (!stored || stored.size > this.options.memoryBodyLimit) return stored
     const { meta, size } = stored
-    if (!(stored.body instanceof Uint8Array))
-      return new Response(stored.body).arrayBuffer().then((bytes) => this.promote(key, { meta, size, body: new Uint8Array(bytes) }))
-    // Its own copy: a body may be a view of a larger buffer (a reply from Redis) that memory must not hold on to.
-    this.front.keep(key, meta, Uint8Array.prototype.slice.call(stored.body))
-    return stored
+    if (stored.body instanceof Uint8Array) {
+      // Its own copy: a body may be a view of a larger buffer (a reply from Redis) that memory must not hold on to.
+      this.front.keep(key, meta, Uint8Array.prototype.slice.call(stored.body))
+      return stored
+    }
+    return new Response(stored.body).arrayBuffer().then((bytes) => {
+      const body = new Uint8Array(bytes)
+      this.front.keep(key, meta, body)
+      return { meta, size, body }
+    })
   }
 
   has(key: string): MaybePromise<boolean> {
