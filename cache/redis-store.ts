@@ -189,8 +189,9 @@ export class RedisStore implements Store {
     return this.observed(this.bound(work(), what, key))
   }
 
+  /** Reads no clock while Redis answers (every hit asks). */
   private skipping(): boolean {
-    return this.stalledUntil > Date.now()
+    return this.stalledUntil !== 0 && this.stalledUntil > Date.now()
   }
 
   /** Notes whether Redis answered the work in time (see `timely`). */
@@ -409,10 +410,9 @@ export class RedisStore implements Store {
   /** Makes the variant visible, last; the hash lives as long as its longest-lived variant. */
   private async commit(record: VariantRecord): Promise<void> {
     const id = variantId(record.meta.vary)
-    const stored = await this.records(record.key)
-    await this.writeVariant(record, id, stored)
+    const { same: previous, others } = await this.storedBeside(record.key, id)
+    await this.writeVariant(record, id, others)
     await this.indexTags(record.key, record.meta)
-    const previous = stored.find((other) => variantId(other.meta.vary) === id)
     if (previous) await this.retire(previous)
     await this.publish({ type: "changed", key: record.key })
   }
@@ -421,14 +421,24 @@ export class RedisStore implements Store {
    * Stores the variant's value, keeps the hash as long as its longest-lived variant, and lists the
    * key in the index until then.
    */
-  private async writeVariant(record: VariantRecord, id: string, stored: VariantRecord[]): Promise<void> {
-    const others = stored.filter((other) => variantId(other.meta.vary) !== id)
+  private async writeVariant(record: VariantRecord, id: string, others: VariantRecord[]): Promise<void> {
     const deleteAt = Math.max(record.meta.deleteAt, ...others.map((other) => other.meta.deleteAt))
     const { variants: variantsKey } = this.entryKeys(record.key)
     await this.redis.multi().hset(variantsKey, id, encode(record)).pexpireat(variantsKey, deleteAt).exec()
     const now = Date.now()
     const { names, expiry } = this.indexKeys()
     await this.redis.eval(INDEX_SCRIPT, 2, names, expiry, record.key, deleteAt, now, Math.max(1, deleteAt - now), INDEX_PRUNE_BATCH)
+  }
+
+  /** The key's live variants: the one with variant id `id`, if stored, and the others. */
+  private async storedBeside(key: string, id: string): Promise<{ same: VariantRecord | undefined; others: VariantRecord[] }> {
+    let same: VariantRecord | undefined
+    const others: VariantRecord[] = []
+    for (const record of await this.records(key)) {
+      if (variantId(record.meta.vary) === id) same = record
+      else others.push(record)
+    }
+    return { same, others }
   }
 
   /** A replaced body's chunks go after a grace period: a reader may still be streaming them. */
@@ -444,14 +454,13 @@ export class RedisStore implements Store {
 
   private async freshen(key: string, meta: EntryMeta): Promise<boolean> {
     const id = variantId(meta.vary)
-    const stored = await this.records(key)
-    const found = stored.find((other) => variantId(other.meta.vary) === id)
+    const { same: found, others } = await this.storedBeside(key, id)
     if (!found) return false
     const record: VariantRecord = { ...found, meta }
     const pipeline = this.redis.pipeline()
     for (const chunkKey of this.chunkKeys(record)) pipeline.pexpireat(chunkKey, meta.deleteAt)
     await pipeline.exec()
-    await this.writeVariant(record, id, stored)
+    await this.writeVariant(record, id, others)
     await this.indexTags(key, meta)
     await this.publish({ type: "changed", key })
     return true
@@ -752,7 +761,10 @@ async function nodesConnected(connection: Redis | Cluster): Promise<void> {
 function bounded<T>(work: Promise<T>, what: string, key: string): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined
   const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`Redis did not answer ${what} ${key} within ${COMMAND_TIMEOUT_MS} ms`)), COMMAND_TIMEOUT_MS)
+    timer = setTimeout(
+      () => reject(new DeadlineError(`Redis did not answer ${what} ${key} within ${COMMAND_TIMEOUT_MS} ms`)),
+      COMMAND_TIMEOUT_MS,
+    )
   })
   work.catch(() => undefined) // a late failure, after the deadline answered, is not unhandled
   return Promise.race([work, late]).finally(() => clearTimeout(timer))
@@ -778,9 +790,12 @@ function encode({ inline, ...record }: VariantRecord): Buffer {
   return Buffer.concat([length, json, inline ?? new Uint8Array(0)])
 }
 
+/** `bounded`'s deadline passed. */
+class DeadlineError extends Error {}
+
 /** Whether a command failed by taking too long (ioredis's command timeout, or `bounded`'s deadline). */
 function isTimeout(error: Error): boolean {
-  return error.message === "Command timed out" || error.message.startsWith("Redis did not answer")
+  return error instanceof DeadlineError || error.message === "Command timed out"
 }
 
 function skipped(what: string, key: string): Error {
