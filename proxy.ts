@@ -342,7 +342,7 @@ async function start(parsed: Args): Promise<number> {
   const { app, cache, admin } = await createProxy(options, { warn })
   // A shared store is worth a moment's wait: until Redis answers, requests would go to the origin
   // uncoalesced. Past that moment the proxy starts anyway, uncached, and connects in the background.
-  if (options.store.kind === "redis") await Promise.race([cache.store.ready(), sleep(STORE_CONNECT_WAIT_MS)])
+  if (options.store.kind === "redis") await waitAtMost(cache.store.ready(), STORE_CONNECT_WAIT_MS)
   const listener = await listenOrSay(app, options, "port", "--host", warn)
   const adminListener =
     admin && options.admin ? await listenOrSay(admin, { ...options, ...options.admin }, "admin port", "--admin-host", warn) : null
@@ -356,7 +356,8 @@ async function start(parsed: Args): Promise<number> {
   )
   await shutdownSignal()
   const stopped = Promise.all([listener.stop(), adminListener?.stop(true)]).then(() => cache.close())
-  if (!(await Promise.race([stopped.then(() => true), sleep(SHUTDOWN_GRACE_MS).then(() => false)]))) {
+  const stoppedInTime = await waitAtMost(stopped.then(() => true), SHUTDOWN_GRACE_MS)
+  if (!stoppedInTime) {
     const cut = listener.inFlight()
     if (cut > 0) console.error(`caching-proxy: ${SHUTDOWN_GRACE_MS / 1000} s after the signal, cutting ${cut} request(s) still in flight`)
   }
@@ -400,8 +401,11 @@ function urlHost(host: string): string {
   return host.includes(":") ? `[${host}]` : host
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((done) => setTimeout(done, ms).unref?.())
+/** The promise's value, or undefined when `ms` pass first; the timer goes as soon as either is done. */
+function waitAtMost<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), ms)))
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
 }
 
 function shutdownSignal(): Promise<void> {
