@@ -355,9 +355,8 @@ async function start(parsed: Args): Promise<number> {
     `caching-proxy listening on http://${urlHost(options.host)}:${listener.port}, forwarding to ${options.origin}, cache in ${whereEntriesLive(options)}${adminLine}`,
   )
   await shutdownSignal()
-  const stopped = Promise.all([listener.stop(), adminListener?.stop(true)]).then(() => cache.close())
-  const stoppedInTime = await waitAtMost(stopped.then(() => true), SHUTDOWN_GRACE_MS)
-  if (!stoppedInTime) {
+  const stopped = Promise.all([listener.stop(), adminListener?.stop(true)]).then(() => cache.close().then(() => true))
+  if (!(await waitAtMost(stopped, SHUTDOWN_GRACE_MS))) {
     const cut = listener.inFlight()
     if (cut > 0) console.error(`caching-proxy: ${SHUTDOWN_GRACE_MS / 1000} s after the signal, cutting ${cut} request(s) still in flight`)
   }
