@@ -24,12 +24,12 @@ import { helpText } from "./proxy/help.ts"
 import { type Access, cacheOutcome, createAccessLog, createWarn, isFromCache } from "./proxy/log.ts"
 import { ProxyMetrics } from "./proxy/metrics.ts"
 import {
-  ACTIONS,
   type Args,
   args,
   checkCacheDir,
   checkRawArgs,
   flagsFromEnvironment,
+  isSetting,
   namingVariable,
   type ProxyOptions,
   parseOptions,
@@ -321,7 +321,7 @@ async function run(commandLine: string[]): Promise<number> {
 
 async function start(parsed: Args): Promise<number> {
   if (parsed.help) {
-    console.log(helpText(`${versionLine()}\n${DESCRIPTION}`, args, (flag) => !ACTIONS.has(flag)))
+    console.log(helpText(`${versionLine()}\n${DESCRIPTION}`, args, isSetting))
     return 0
   }
   if (parsed.version) {

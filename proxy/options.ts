@@ -306,7 +306,12 @@ function flagName(arg: string): string | undefined {
 
 // Actions, not settings: a variable left in a service's environment would clear the cache (and
 // exit) on every start, so CACHING_PROXY_CLEAR_CACHE is refused; help and version are not read.
-export const ACTIONS = new Set(["clear-cache", "help", "version"])
+const ACTIONS = new Set(["clear-cache", "help", "version"])
+
+/** Whether a flag is a setting, read from its environment variable too (actions are not). */
+export function isSetting(flag: string): boolean {
+  return !ACTIONS.has(flag)
+}
 
 /**
  * CACHING_PROXY_<FLAG> (e.g. CACHING_PROXY_ORIGIN, CACHING_PROXY_MAX_SIZE) for each setting flag
