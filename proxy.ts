@@ -41,28 +41,7 @@ import { type Listener, runtime, serve } from "./proxy/runtime.ts"
 export { type ProxyOptions, parseOptions, UsageError } from "./proxy/options.ts"
 export { serve } from "./proxy/runtime.ts"
 
-const DESCRIPTION = "A caching HTTP reverse proxy for one origin."
-
-// Set by `bun build --define` (.ci/build.ts) in the binary and the Node bundle; absent from source.
-declare const BUILD_VERSION: string | undefined
-declare const BUILD_COMMIT: string | undefined
-
-/** "caching-proxy 0.1.0 (commit 0123456789ab)": what was built, or from source what is checked out. */
-function versionLine(): string {
-  const version = typeof BUILD_VERSION === "string" ? BUILD_VERSION : packageJson.version
-  const commit = typeof BUILD_COMMIT === "string" ? BUILD_COMMIT : checkedOutCommit()
-  return `caching-proxy ${version} (commit ${commit})`
-}
-
-function checkedOutCommit(): string {
-  const cwd = dirname(fileURLToPath(import.meta.url))
-  try {
-    return execFileSync("git", ["rev-parse", "--short=12", "HEAD"], { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim()
-  } catch {
-    // Not a clone, or no git installed: the version line says the commit is unknown.
-    return "unknown"
-  }
-}
+// ───────────────────────────── the app ─────────────────────────────
 
 /** Where the proxy's messages go: tests and embedders pass their own. */
 export interface ProxyOutput {
@@ -70,14 +49,6 @@ export interface ProxyOutput {
   log: (line: string) => void
   /** Failures the proxy carries on after. @default each kind to stderr, at most once a minute */
   warn: Warn
-}
-
-/** Where entries live, as the start line says it: a directory, or Redis with this cache's namespace. */
-function whereEntriesLive(options: ProxyOptions): string {
-  if (options.store.kind === "file") return options.cacheDir
-  const { target } = options.store
-  const where = "single" in target ? new URL(target.single).host : target.cluster.map(({ host, port }) => `${host}:${port}`).join(",")
-  return `Redis at ${where} (keys ${options.storePrefix}:*)`
 }
 
 /** The store entries live in: the disk under --cache-dir, or Redis (its code loaded only then). */
@@ -312,6 +283,38 @@ const STORE_CONNECT_WAIT_MS = 2000
 // Requests in flight get this long to finish after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE_MS = 5000
 
+const DESCRIPTION = "A caching HTTP reverse proxy for one origin."
+
+// Set by `bun build --define` (.ci/build.ts) in the binary and the Node bundle; absent from source.
+declare const BUILD_VERSION: string | undefined
+declare const BUILD_COMMIT: string | undefined
+
+/** "caching-proxy 0.1.0 (commit 0123456789ab)": what was built, or from source what is checked out. */
+function versionLine(): string {
+  const version = typeof BUILD_VERSION === "string" ? BUILD_VERSION : packageJson.version
+  const commit = typeof BUILD_COMMIT === "string" ? BUILD_COMMIT : checkedOutCommit()
+  return `caching-proxy ${version} (commit ${commit})`
+}
+
+function checkedOutCommit(): string {
+  const cwd = dirname(fileURLToPath(import.meta.url))
+  try {
+    return execFileSync("git", ["rev-parse", "--short=12", "HEAD"], { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim()
+  } catch {
+    // Not a clone, or no git installed: the version line says the commit is unknown.
+    return "unknown"
+  }
+}
+
+/** Where entries live, as the start line says it: a directory, or Redis with this cache's namespace. */
+function whereEntriesLive(options: ProxyOptions): string {
+  if (options.store.kind === "file") return options.cacheDir
+  const { target } = options.store
+  const where = "single" in target ? new URL(target.single).host : target.cluster.map(({ host, port }) => `${host}:${port}`).join(",")
+  return `Redis at ${where} (keys ${options.storePrefix}:*)`
+}
+
+/** The command: flags from the command line, then from the environment for those it leaves out, then `start`. */
 async function run(commandLine: string[]): Promise<number> {
   checkRawArgs(commandLine)
   const fromEnvironment = flagsFromEnvironment(commandLine, process.env)
