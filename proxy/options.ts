@@ -157,6 +157,43 @@ export const args = {
 
 export type Args = ReturnType<typeof parseArgs<typeof args>>
 
+/** Converts and validates the parsed flags. */
+export function parseOptions(parsed: Args): ProxyOptions {
+  for (const [name, def] of Object.entries(args)) {
+    if (def.type === "string" && parsed[name] === "") throw new UsageError(`--${name} needs a value`)
+  }
+  const port = parsePort(parsed.port)
+  return {
+    port,
+    host: parsed.host,
+    publicUrl: parsePublicUrl(parsed["public-url"]),
+    trustForwarded: Boolean(parsed["trust-forwarded"]),
+    rewriteLocation: Boolean(parsed["rewrite-location"]),
+    origin: parsed["clear-cache"] ? "" : parseOrigin(parsed.origin),
+    cacheDir: resolve(parsed["cache-dir"] ?? defaultCacheDir()),
+    ttlSeconds: parseSeconds("ttl", parsed.ttl),
+    timeoutSeconds: parseTimeout(parsed.timeout),
+    quiet: Boolean(parsed.quiet),
+    logFormat: parseLogFormat(parsed["log-format"]),
+    metrics: false,
+    memorySize: parseSize("memory-size", parsed["memory-size"]),
+    maxSize: parseSize("max-size", parsed["max-size"]),
+    maxEntrySize: parseSize("max-entry-size", parsed["max-entry-size"]),
+    forceTtlSeconds: parseSeconds("force-ttl", parsed["force-ttl"]),
+    ignoreQuery: (parsed["ignore-query"] ?? "")
+      .split(",")
+      .map((name) => name.trim())
+      .filter(Boolean),
+    offline: Boolean(parsed.offline),
+    shareCookies: Boolean(parsed["share-cookies"]),
+    targetedCacheControl: parseTargetedFields(parsed["targeted-cache-control"]),
+    store: parseStore(parsed.store),
+    storePrefix: parsed["store-prefix"],
+    admin: parseAdmin(parsed, port),
+    keepTagHeaders: Boolean(parsed["keep-tag-headers"]),
+  }
+}
+
 const SIZE = /^(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?$/i
 const SIZE_UNITS: Record<string, number> = { "": 1, b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }
 
@@ -360,43 +397,6 @@ export function checkRawArgs(rawArgs: string[]): void {
     if (seen.has(flag)) throw new UsageError(`--${flag} is given more than once`)
     seen.add(flag)
     expectsValue = type === "string" && value === undefined
-  }
-}
-
-/** Converts and validates the parsed flags. */
-export function parseOptions(parsed: Args): ProxyOptions {
-  for (const [name, def] of Object.entries(args)) {
-    if (def.type === "string" && parsed[name] === "") throw new UsageError(`--${name} needs a value`)
-  }
-  const port = parsePort(parsed.port)
-  return {
-    port,
-    host: parsed.host,
-    publicUrl: parsePublicUrl(parsed["public-url"]),
-    trustForwarded: Boolean(parsed["trust-forwarded"]),
-    rewriteLocation: Boolean(parsed["rewrite-location"]),
-    origin: parsed["clear-cache"] ? "" : parseOrigin(parsed.origin),
-    cacheDir: resolve(parsed["cache-dir"] ?? defaultCacheDir()),
-    ttlSeconds: parseSeconds("ttl", parsed.ttl),
-    timeoutSeconds: parseTimeout(parsed.timeout),
-    quiet: Boolean(parsed.quiet),
-    logFormat: parseLogFormat(parsed["log-format"]),
-    metrics: false,
-    memorySize: parseSize("memory-size", parsed["memory-size"]),
-    maxSize: parseSize("max-size", parsed["max-size"]),
-    maxEntrySize: parseSize("max-entry-size", parsed["max-entry-size"]),
-    forceTtlSeconds: parseSeconds("force-ttl", parsed["force-ttl"]),
-    ignoreQuery: (parsed["ignore-query"] ?? "")
-      .split(",")
-      .map((name) => name.trim())
-      .filter(Boolean),
-    offline: Boolean(parsed.offline),
-    shareCookies: Boolean(parsed["share-cookies"]),
-    targetedCacheControl: parseTargetedFields(parsed["targeted-cache-control"]),
-    store: parseStore(parsed.store),
-    storePrefix: parsed["store-prefix"],
-    admin: parseAdmin(parsed, port),
-    keepTagHeaders: Boolean(parsed["keep-tag-headers"]),
   }
 }
 
