@@ -1,13 +1,15 @@
 /**
- * The cache: `Cache` (lookup → policy → store, coalescing) and the `Store` interface.
+ * The cache: `Cache` (lookup → policy → store, coalescing); the store contract it uses is
+ * `cache/store.ts`.
  *
  * Design in brief (README "How it works" says the same for users):
  * - key: "GET " + the full target URL (query parameters named by --ignore-query removed);
  *   several variants per key, selected by the request headers the response's Vary names.
  * - `cache/policy.ts`: every RFC rule, pure functions over a plain `EntryMeta` and `now`.
- * - `Store`: where entries live. It knows nothing of HTTP rules (it matches Vary selections and
- *   honours `deleteAt`, both given to it); the policy knows nothing of stores. `cache/` holds the
- *   memory store, the file store and the tiered store that puts memory in front of another.
+ * - `Store` (`cache/store.ts`): where entries live, a small core and capabilities a store has
+ *   whole or not at all. It knows nothing of HTTP rules (it matches Vary selections and honours
+ *   `deleteAt`, both given to it); the policy knows nothing of stores. `cache/` holds the memory
+ *   store, the file store, Redis and the tiered store that puts memory in front of another.
  * - `Cache.respond(method, headers, target, forward)` decides fresh / stale / miss, forwards
  *   through the callback it is given (the HTTP side owns the connection), stores while the body
  *   streams to the client, and answers. It never sees Hono.
@@ -15,7 +17,7 @@
  *   when its store write settles; waiters learn whether the answer was stored.
  */
 
-import { concat } from "./cache/memory-store.ts"
+import { concat } from "./cache/bytes.ts"
 import {
   cacheKey,
   currentAgeMs,
@@ -43,88 +45,26 @@ import {
   withValidators,
 } from "./cache/policy.ts"
 import { type ByteRange, contentRange, rangeAnswer } from "./cache/range.ts"
+import {
+  type Claims,
+  type EntryMeta,
+  hasLifecycle,
+  isListing,
+  isShared,
+  type ListedEntry,
+  type Listing,
+  type ListOptions,
+  type MaybePromise,
+  type Store,
+  type Stored,
+  type Warn,
+  type WarnKind,
+} from "./cache/store.ts"
 
-// ───────────────────────────── the store contract ─────────────────────────────
+// The store contract lives in cache/store.ts; what users of the cache name is here too.
+export type { Listing, Store, TierStats, Warn, WarnKind } from "./cache/store.ts"
 
-/**
- * What is kept with every stored response: plain data, serialisable as JSON. The policy fills it;
- * a store reads only `vary` (to select) and `deleteAt` (to expire).
- */
-export interface EntryMeta {
-  status: number
-  /** Header pairs as the origin sent them, hop-by-hop fields removed: two Set-Cookie stay two. */
-  headers: [string, string][]
-  /** Each request header named by Vary → its normalised value; null = absent. */
-  vary: Record<string, string | null>
-  /** When the response arrived (RFC 9111 §4.2.3 response_time), ms since epoch. */
-  responseTime: number
-  /** ms since epoch after which the entry is of no use: stores never return it, and may drop it. */
-  deleteAt: number
-  /** corrected_initial_age (RFC 9111 §4.2.3), ms. */
-  initialAgeMs: number
-  /** freshness_lifetime (RFC 9111 §4.2.1), ms. */
-  freshMs: number
-  /** RFC 5861 windows, ms past staleness. */
-  staleWhileRevalidateMs: number
-  staleIfErrorMs: number
-  /** must-revalidate, proxy-revalidate or s-maxage (RFC 9111 §5.2.2.2, §5.2.2.8, §5.2.2.10). */
-  mustRevalidate: boolean
-  /** no-cache: validate before every use (RFC 9111 §5.2.2.4). */
-  noCache: boolean
-  etag: string | null
-  lastModified: string | null
-  /** Purge tags, from Surrogate-Key and Cache-Tag. Absent in entries stored before tags were kept. */
-  tags?: string[]
-}
-
-/** A stored response: its meta, its body's length and its body. */
-export interface Stored {
-  meta: EntryMeta
-  size: number
-  /** Bytes from memory, a file from disk (`Bun.file`, so hits can go out by sendfile), or a stream. */
-  body: Uint8Array | Blob | ReadableStream<Uint8Array>
-  /**
-   * Bytes `start` up to `end` (exclusive) of the body, read without the rest, in place of `body`
-   * (which is then neither read nor cancelled). Bytes and Blobs slice themselves: a store that
-   * hands out a stream gives this, or Range requests for it get the whole body (RFC 9110 §14.2).
-   */
-  slice?: (start: number, end: number) => ReadableStream<Uint8Array>
-}
-
-/** One variant in a listing: what the inspector and purge-by-prefix see. */
-export interface ListedEntry {
-  key: string
-  meta: EntryMeta
-  size: number
-  /** The tiers holding it, front first ("memory", "file", "redis"). */
-  tiers: string[]
-}
-
-export interface ListOptions {
-  /** Only keys that start with this. */
-  prefix?: string
-  /** Where the previous page ended (its `cursor`). */
-  cursor?: string
-  /** At most this many keys (each with all its variants). @default 100 */
-  limit?: number
-}
-
-export interface Page {
-  entries: ListedEntry[]
-  /** Pass it back for the next page; absent on the last page. */
-  cursor?: string
-}
-
-/** Entries and bytes held by one tier of a store. */
-export interface TierStats {
-  tier: string
-  entries: number
-  bytes: number
-  /** Entries this process removed to stay within the tier's bound; absent where the store evicts by itself (Redis). */
-  evictions?: number
-  /** The tier's own byte bound; none where the server keeps its own (Redis's maxmemory). */
-  maxBytes?: number
-}
+// ───────────────────────────── the admin API's views ─────────────────────────────
 
 /** What a purge removes (or marks stale): one URL, every URL under a prefix, or every entry with a tag. */
 export type PurgeTarget = { url: string } | { prefix: string } | { tag: string }
@@ -155,79 +95,6 @@ export interface EntryView extends Omit<VariantView, "vary" | "headers"> {
   /** Hits this process has served from it since it started. */
   hits: number
 }
-
-/** A store's answer that may come at once (memory) or later (disk, network). */
-export type MaybePromise<T> = T | Promise<T>
-
-/**
- * Where entries live. Several variants per key, told apart by their Vary selection (`meta.vary`):
- * a `put` replaces the variant with the same selection and leaves the others.
- */
-export interface Store {
-  /** The most recent variant whose Vary selection matches the request; never one past `deleteAt`. */
-  get(key: string, request: Headers): MaybePromise<Stored | undefined>
-  /** Whether any variant is stored under the key (RFC 9211 tells uri-miss from vary-miss by it). */
-  has(key: string): MaybePromise<boolean>
-  /**
-   * Stores a variant once its body has streamed in whole: true when kept, false when it cannot fit
-   * the store's bound. Rejects, leaving nothing, if the body fails.
-   */
-  put(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<boolean>
-  /** Replaces the meta of the stored variant with the same Vary selection, keeping its body (a 304). False when it is gone. */
-  update(key: string, meta: EntryMeta): Promise<boolean>
-  /** Removes every variant of the key. */
-  delete(key: string): Promise<void>
-  /** Removes everything. */
-  clear(): Promise<void>
-  /** Entries' metadata, page by page, in an order that stays put between pages. */
-  list(options?: ListOptions): Promise<Page>
-  /** Every live variant of one key, without its body (the inspector, purges). */
-  variants(key: string): Promise<ListedEntry[]>
-  /** The keys with a live variant tagged `tag`, found through an index kept with the entries. */
-  tagged(tag: string): Promise<string[]>
-  stats(): Promise<TierStats[]>
-  /** A tier in front of this store served this entry: count it as read, for the LRU order. */
-  used(key: string, meta: EntryMeta): void
-  /** Calls `listener` when entries go without a call to this store (eviction, another process): a key, or null for all. */
-  onDrop(listener: (key: string | null) => void): void
-  /**
-   * Claims fetching `key` from the origin for every process on this store: a function that ends
-   * the claim, or undefined when another process holds it (then `landed` waits for it). A store
-   * of one process grants every claim: the cache coalesces its own requests.
-   */
-  claim(key: string, ttlMs: number): Promise<(() => void) | undefined>
-  /** Resolves when the key's entry changes or the claim on it ends, or after `ms`. */
-  landed(key: string, ms: number): Promise<void>
-  /** Resolves once the store answers from everything it holds (the disk scan; a connection). */
-  ready(): Promise<void>
-  /** Resolves when the store answers now; rejects with the reason when it cannot (for readiness probes). */
-  ping(): Promise<void>
-  close(): Promise<void>
-}
-
-/** Ends a claim of a store of one process: there is nothing to end. */
-const LOCAL_CLAIM = () => {}
-
-/** A claim in a store of one process: always granted, since the cache coalesces its own requests. */
-export function grantClaim(): Promise<() => void> {
-  return Promise.resolve(LOCAL_CLAIM)
-}
-
-/** What a caught failure that the proxy carries on after is reported as. */
-export type WarnKind =
-  | "store-read"
-  | "store-write"
-  | "store-delete"
-  | "broken-entry"
-  | "body-length"
-  | "origin-body"
-  | "refresh"
-  | "store-connection"
-  | "proxy"
-  | "admin"
-
-/** Reports a failure the proxy carries on after: every `catch` that does not rethrow calls it. */
-export type Warn = (kind: WarnKind, detail: string) => void
 
 // ───────────────────────────── configuration ─────────────────────────────
 
@@ -306,7 +173,7 @@ interface HitHeaders {
  * The HTTP cache: `respond` answers one request from the store or through `forward`,
  * following RFC 9111 for a shared cache, with one request per key to the origin at a time.
  */
-export class Cache {
+export class Cache<S extends Store = Store> {
   private readonly ignoreQuery: ReadonlySet<string>
   /** key → whether the origin request under way for it got its answer stored. */
   private readonly inFlight = new Map<string, Promise<boolean>>()
@@ -316,18 +183,37 @@ export class Cache {
   private readonly passes = new PassList()
   private readonly lastHitHeaders = new WeakMap<EntryMeta, HitHeaders>()
   private readonly hitCounts = new HitCounts()
+  /** The store, when processes share it and their claims (else the cache coalesces its own requests only). */
+  private readonly shared: (Store & Claims) | undefined
 
   constructor(
-    readonly store: Store,
+    readonly store: S,
     private readonly config: CacheConfig,
   ) {
     this.ignoreQuery = new Set(config.ignoreQuery)
+    this.shared = isShared(store) ? store : undefined
+  }
+
+  /** Resolves once the store answers from everything it holds; at once for a store with nothing to wait for. */
+  async ready(): Promise<void> {
+    if (hasLifecycle(this.store)) await this.store.ready()
+  }
+
+  /** Resolves when the store answers now; rejects with the reason when it cannot. A store without a lifecycle (memory) always answers. */
+  async ping(): Promise<void> {
+    if (hasLifecycle(this.store)) await this.store.ping()
   }
 
   /** Waits for the store writes under way, then closes the store. */
   async close(): Promise<void> {
     await Promise.all(this.writes)
-    await this.store.close()
+    if (hasLifecycle(this.store)) await this.store.close()
+  }
+
+  /** The store's listing, which the admin API's views and purges need. */
+  private listing(): Store & Listing {
+    if (isListing(this.store)) return this.store
+    throw new Error("this store cannot list its entries")
   }
 
   /**
@@ -428,7 +314,7 @@ export class Cache {
 
   /** A page of stored URLs, each with its variants summed up; `prefix` is a URL prefix. */
   async entries({ prefix = "", ...options }: ListOptions): Promise<{ entries: EntryView[]; cursor?: string }> {
-    const page = await this.store.list({ ...options, prefix: keyPrefix(prefix) })
+    const page = await this.listing().list({ ...options, prefix: keyPrefix(prefix) })
     // Not Map.groupBy: Node has it from 21 on, and the bundle runs on Node 20.
     const byKey = new Map<string, ListedEntry[]>()
     for (const entry of page.entries) byKey.set(entry.key, [...(byKey.get(entry.key) ?? []), entry])
@@ -439,7 +325,7 @@ export class Cache {
   /** One stored URL with every variant's headers; undefined when nothing is stored for it. */
   async entry(url: string): Promise<{ entry: EntryView; variants: VariantView[] } | undefined> {
     const key = cacheKey(url, this.ignoreQuery)
-    const listed = await this.store.variants(key)
+    const listed = await this.listing().variants(key)
     if (listed.length === 0) return undefined
     const now = Date.now()
     return { entry: this.entryView(key, listed, now), variants: listed.map((variant) => variantView(variant, now)) }
@@ -474,17 +360,17 @@ export class Cache {
   /** The keys a purge target names, page by page. */
   private async *keysOf(target: PurgeTarget): AsyncGenerator<string> {
     if ("url" in target) return yield cacheKey(target.url, this.ignoreQuery)
-    if ("tag" in target) return yield* await this.store.tagged(target.tag)
+    if ("tag" in target) return yield* await this.listing().tagged(target.tag)
     let cursor: string | undefined
     do {
-      const page = await this.store.list({ prefix: keyPrefix(target.prefix), cursor })
+      const page = await this.listing().list({ prefix: keyPrefix(target.prefix), cursor })
       yield* new Set(page.entries.map((entry) => entry.key))
       cursor = page.cursor
     } while (cursor !== undefined)
   }
 
   private async purgeKey(key: string, soft: boolean): Promise<boolean> {
-    const variants = await this.store.variants(key)
+    const variants = await this.listing().variants(key)
     if (variants.length === 0) return false
     if (!soft) {
       this.hitCounts.forget(key)
@@ -532,17 +418,20 @@ export class Cache {
 
   /**
    * Goes to the origin holding the store's claim on the key, so that processes sharing the store
-   * send one request between them too; without the claim, waits for the holder's answer.
+   * send one request between them too; without the claim, waits for the holder's answer. A store
+   * of one process has no claims: the cache's own coalescing is all there is.
    */
   private async claimThenFetch(lookup: Lookup, stale: Stored | undefined, forward: Forward): Promise<Exchange> {
-    const release = await this.store.claim(lookup.key, this.config.coalesceWaitMs).catch((error) => {
+    const { shared } = this
+    if (!shared) return this.fetchFromOrigin(lookup, stale, forward)
+    const release = await shared.claim(lookup.key, this.config.coalesceWaitMs).catch((error) => {
       this.config.warn("store-read", `claiming ${lookup.key}: ${(error as Error).message}`)
       return () => {} // the store is away: this process fetches it, coalescing its own requests only
     })
-    if (!release) return this.afterAnotherProcess(lookup, stale, forward)
+    if (!release) return this.afterAnotherProcess(shared, lookup, stale, forward)
     try {
       // Another process may have stored the answer between this request's read and its claim.
-      const landed = release === LOCAL_CLAIM ? undefined : await this.freshlyStored(lookup, stale)
+      const landed = await this.freshlyStored(lookup, stale)
       if (landed) {
         release()
         return landed
@@ -557,8 +446,8 @@ export class Cache {
   }
 
   /** Another process is fetching the key: its stored answer serves this request, else this one goes itself. */
-  private async afterAnotherProcess(lookup: Lookup, stale: Stored | undefined, forward: Forward): Promise<Exchange> {
-    await this.store
+  private async afterAnotherProcess(shared: Claims, lookup: Lookup, stale: Stored | undefined, forward: Forward): Promise<Exchange> {
+    await shared
       .landed(lookup.key, this.config.coalesceWaitMs)
       .catch((error) => this.config.warn("store-read", `waiting for ${lookup.key}: ${(error as Error).message}`))
     return (await this.freshlyStored(lookup, stale)) ?? this.fetchFromOrigin(lookup, stale, forward)

@@ -20,8 +20,8 @@ import { bunFiles, type FileApi, FileStore, nodeFiles } from "./cache/file-store
 import { MemoryStore } from "./cache/memory-store.ts"
 import { hopByHopFilter, isFinalStatus, targetList } from "./cache/policy.ts"
 import type { RedisTarget } from "./cache/redis-store.ts"
-import { MEMORY_BODY_LIMIT_BYTES, TieredStore } from "./cache/tiered-store.ts"
-import { answer, Cache, type Forward, OriginError, type OriginFailure, type Store, VIA, type Warn } from "./cache.ts"
+import { type Behind, MEMORY_BODY_LIMIT_BYTES, type TieredStore, tieredStore } from "./cache/tiered-store.ts"
+import { answer, Cache, type Forward, OriginError, type OriginFailure, VIA, type Warn } from "./cache.ts"
 import packageJson from "./package.json" with { type: "json" }
 import { createAdmin } from "./proxy/admin.ts"
 import { environmentVariable, helpText } from "./proxy/help.ts"
@@ -835,7 +835,7 @@ function whereEntriesLive(options: ProxyOptions): string {
 }
 
 /** The store entries live in: the disk under --cache-dir, or Redis (its code loaded only then). */
-async function openStore(options: ProxyOptions, warn: Warn): Promise<Store> {
+async function openStore(options: ProxyOptions, warn: Warn): Promise<Behind> {
   if (options.store.kind === "file") {
     return new FileStore({ dir: options.cacheDir, maxBytes: options.maxSize, files: runtime.files, warn })
   }
@@ -845,10 +845,10 @@ async function openStore(options: ProxyOptions, warn: Warn): Promise<Store> {
 }
 
 /** What the cache holds: memory (--memory-size) in front of the store, per process. */
-function tiered(options: ProxyOptions, behind: Store): Store {
+function tiered(options: ProxyOptions, behind: Behind): TieredStore {
   const memory = new MemoryStore({ maxBytes: options.memorySize })
   const memoryBodyLimit = Math.min(MEMORY_BODY_LIMIT_BYTES, options.memorySize / 8)
-  return new TieredStore(memory, behind, { memoryBodyLimit })
+  return tieredStore(memory, behind, { memoryBodyLimit })
 }
 
 /** The origin's part in one request, for its access line. */

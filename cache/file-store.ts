@@ -19,19 +19,22 @@ import { createHash, randomBytes } from "node:crypto"
 import { constants, type Dirent, type Stats, statfsSync } from "node:fs"
 import * as fs from "node:fs/promises"
 import { basename, dirname, join, relative } from "node:path"
-import {
-  type EntryMeta,
-  grantClaim,
-  type ListedEntry,
-  type ListOptions,
-  type MaybePromise,
-  type Page,
-  type Store,
-  type Stored,
-  type TierStats,
-  type Warn,
-} from "../cache.ts"
 import { isFinalStatus, selectVariant } from "./policy.ts"
+import type {
+  Drops,
+  EntryMeta,
+  Lifecycle,
+  ListedEntry,
+  Listing,
+  ListOptions,
+  MaybePromise,
+  Page,
+  ReadNotices,
+  Store,
+  Stored,
+  TierStats,
+  Warn,
+} from "./store.ts"
 import { MEMORY_BODY_LIMIT_BYTES } from "./tiered-store.ts"
 
 // ───────────────────────────── the runtime seam ─────────────────────────────
@@ -181,7 +184,7 @@ export interface FileStoreOptions {
   warn: Warn
 }
 
-export class FileStore implements Store {
+export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle {
   private readonly dir: string
   private readonly root: string
   private readonly maxBytes: number
@@ -239,13 +242,6 @@ export class FileStore implements Store {
     this.generationTimer = setInterval(() => void this.checkGeneration(), GENERATION_POLL_MS)
     this.generationTimer.unref?.()
     void this.checkGeneration()
-  }
-
-  readonly claim = grantClaim
-
-  /** No other process holds claims here: nothing to wait for. */
-  landed(): Promise<void> {
-    return Promise.resolve()
   }
 
   ready(): Promise<void> {

@@ -2,8 +2,9 @@
  * The RFC 9111 shared-cache policy: every rule as a pure function over plain data, with `now`
  * passed in. It knows nothing of files, memory or Redis: stores keep what it describes.
  */
-import type { EntryMeta } from "../cache.ts"
+
 import { formatHttpDate, parseHttpDate } from "./http-date.ts"
+import type { EntryMeta } from "./store.ts"
 import { parseDictionary, type SfValue } from "./structured-fields.ts"
 
 /** What the policy needs of the configuration. */

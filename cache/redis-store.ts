@@ -19,8 +19,22 @@
  */
 import { createHash, randomBytes } from "node:crypto"
 import { Cluster, Redis } from "ioredis"
-import type { EntryMeta, ListedEntry, ListOptions, Page, Store, Stored, TierStats, Warn } from "../cache.ts"
 import { selectVariant } from "./policy.ts"
+import type {
+  Claims,
+  Drops,
+  EntryMeta,
+  Lifecycle,
+  ListedEntry,
+  Listing,
+  ListOptions,
+  Page,
+  Release,
+  Store,
+  Stored,
+  TierStats,
+  Warn,
+} from "./store.ts"
 import { addTracingChannelHasSubscribers } from "./tracing-channel.ts"
 
 addTracingChannelHasSubscribers()
@@ -100,7 +114,8 @@ export interface RedisStoreOptions {
   warn: Warn
 }
 
-export class RedisStore implements Store {
+// Not ReadNotices: Redis keeps its own LRU order; a hit in the memory tier in front does not touch it.
+export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   private readonly redis: Redis | Cluster
   private readonly subscriber: Redis | Cluster
   private readonly prefix: string
@@ -556,20 +571,17 @@ export class RedisStore implements Store {
     return [{ tier: "redis", entries, bytes }]
   }
 
-  /** Redis keeps its own LRU order; a hit in the memory tier in front does not touch it. */
-  used(): void {}
-
   onDrop(listener: (key: string | null) => void): void {
     this.dropListeners.push(listener)
   }
 
   // ───────────── cross-process coalescing ─────────────
 
-  claim(key: string, ttlMs: number): Promise<(() => void) | undefined> {
+  claim(key: string, ttlMs: number): Promise<Release | undefined> {
     return this.timely("claiming", key, () => this.takeClaim(key, ttlMs))
   }
 
-  private async takeClaim(key: string, ttlMs: number): Promise<(() => void) | undefined> {
+  private async takeClaim(key: string, ttlMs: number): Promise<Release | undefined> {
     const { lock: lockKey } = this.entryKeys(key)
     const token = randomBytes(8).toString("hex")
     const granted = await this.redis.set(lockKey, token, "PX", Math.max(1, Math.round(ttlMs)), "NX")

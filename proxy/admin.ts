@@ -166,7 +166,7 @@ async function storeProblem(cache: Cache): Promise<string | undefined> {
   const timeout = new Promise<string>((resolve) => {
     timer = setTimeout(() => resolve(`the store did not answer within ${PING_TIMEOUT_MS} ms`), PING_TIMEOUT_MS)
   })
-  const ping = cache.store.ping().then(
+  const ping = cache.ping().then(
     () => undefined,
     (error: Error) => error.message,
   )

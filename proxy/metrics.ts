@@ -7,7 +7,7 @@
  * reads the numbers when /metrics is scraped (`collect`), and renders them.
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, type LabelValues, Registry } from "prom-client"
-import type { OriginFailure, Store, TierStats, Warn } from "../cache.ts"
+import type { Listing, OriginFailure, TierStats, Warn } from "../cache.ts"
 import type { AdminMetrics } from "./admin.ts"
 import { type Access, CACHE_OUTCOMES, isFromCache } from "./log.ts"
 
@@ -27,7 +27,7 @@ const RECENT_TICK_MS = 1000
 const EVENT_LOOP_SAMPLE_MS = 100
 
 export interface MetricsOptions {
-  store: Store
+  store: Listing
   /** Whether the shared store (Redis) is connected; absent when there is none. */
   storeConnected?: () => boolean
   warn: Warn
