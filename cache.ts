@@ -18,6 +18,7 @@
  */
 
 import { concat } from "./cache/bytes.ts"
+import { cacheStatus, type Outcome, withOutcome, xCache } from "./cache/outcome.ts"
 import {
   cacheKey,
   currentAgeMs,
@@ -132,8 +133,6 @@ export type Forward = (headers: Headers) => Promise<Response>
 
 // ───────────────────────────── the cache ─────────────────────────────
 
-/** Cache-Status (RFC 9211) names us by this. */
-const CACHE_NAME = "caching-proxy"
 /** RFC 9110 §7.6.3: a proxy adds itself to Via, on requests and responses alike. */
 export const VIA = "1.1 caching-proxy"
 // RFC 9110 §9.2.1: every method but these may change state and invalidates (RFC 9111 §4.4).
@@ -144,6 +143,19 @@ const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304])
 const NOT_IN_304 = new Set(["content-length", "content-type", "content-encoding", "content-range", "content-language"])
 // Reasons not to store that belong to the request, not to the URL's responses.
 const REQUEST_REASONS = new Set(["head", "request-no-store", "authorization", "cookie"])
+
+// The outcomes that carry nothing of their own: one object each, so a hit allocates none.
+const HIT: Outcome = { kind: "hit" }
+const OFFLINE_HIT: Outcome = { kind: "hit", detail: "offline" }
+// RFC 9111 §4.2.4: served stale, as the request's max-stale allows.
+const MAX_STALE: Outcome = { kind: "stale", detail: "max-stale" }
+// RFC 5861 §3: served stale while a refresh runs.
+const STALE_WHILE_REVALIDATE: Outcome = { kind: "stale", detail: "stale-while-revalidate" }
+const COALESCED: Outcome = { kind: "coalesced", detail: "coalesced" }
+// Looked up, not found, and no answer from the origin either: still a miss, not a pass.
+const OFFLINE_MISS: Outcome = { kind: "miss", detail: "offline" }
+const ONLY_IF_CACHED: Outcome = { kind: "miss", detail: "only-if-cached" }
+const UNCACHED_METHOD: Outcome = { kind: "pass", fwd: "method" }
 
 interface Lookup {
   key: string
@@ -165,7 +177,7 @@ interface Exchange {
 interface HitHeaders {
   age: number
   ttl: number
-  cacheStatus: string
+  outcome: Outcome
   headers: Headers
 }
 
@@ -258,23 +270,21 @@ export class Cache<S extends Store = Store> {
       return this.dropUnanswerable(lookup, stored).then(() => this.decide(lookup, undefined, forward))
     const now = Date.now()
     if (this.config.offline) {
-      return stored
-        ? this.fromCache(stored, lookup, now, "hit; detail=offline")
-        : answer(504, "not in the cache (offline mode)\n", "detail=offline")
+      return stored ? this.fromCache(stored, lookup, now, OFFLINE_HIT) : answer(504, "not in the cache (offline mode)\n", OFFLINE_MISS)
     }
     if (stored) {
       const use = usability(stored.meta, lookup.directives, now)
-      if (use === "fresh") return this.fromCache(stored, lookup, now, "hit")
-      if (use === "stale-allowed") return this.fromCache(stored, lookup, now, "hit; detail=max-stale")
+      if (use === "fresh") return this.fromCache(stored, lookup, now, HIT)
+      if (use === "stale-allowed") return this.fromCache(stored, lookup, now, MAX_STALE)
       if (use === "stale-while-revalidate") {
         this.refreshInBackground(lookup, forward)
-        return this.fromCache(stored, lookup, now, "hit; detail=stale-while-revalidate")
+        return this.fromCache(stored, lookup, now, STALE_WHILE_REVALIDATE)
       }
     }
     // RFC 9111 §5.2.1.7: only-if-cached never goes to the origin; 504 when nothing fits.
     if (lookup.directives.has("only-if-cached")) {
       discard(stored)
-      return answer(504, "not in the cache (only-if-cached)\n", "detail=only-if-cached")
+      return answer(504, "not in the cache (only-if-cached)\n", ONLY_IF_CACHED)
     }
     if (lookup.method === "HEAD" || !this.isCoalescable(lookup) || this.passes.has(lookup.key, now)) {
       return this.fetchFromOrigin(lookup, stored, forward).then(responseOf)
@@ -294,7 +304,7 @@ export class Cache<S extends Store = Store> {
 
   /** Methods the cache does not answer: forwarded, and unsafe ones invalidate (RFC 9111 §4.4). */
   private async respondUncached(method: string, target: string, headers: Headers, forward: Forward): Promise<Response> {
-    if (this.config.offline) return answer(504, "not in the cache (offline mode)\n", "detail=offline")
+    if (this.config.offline) return answer(504, "not in the cache (offline mode)\n", OFFLINE_MISS)
     const response = finalResponse(await forward(headers))
     // RFC 9111 §4.4: a non-error response to an unsafe method invalidates the target URI and
     // the same-origin URIs in Location and Content-Location.
@@ -302,7 +312,7 @@ export class Cache<S extends Store = Store> {
       const targets = [target, ...sameOriginReferences(target, response.headers)]
       await Promise.all(targets.map((uri) => this.invalidate(cacheKey(uri, this.ignoreQuery))))
     }
-    return relay(response, "fwd=method", this.config.keepTagHeaders)
+    return relay(response, UNCACHED_METHOD, this.config.keepTagHeaders)
   }
 
   private async invalidate(key: string): Promise<void> {
@@ -395,8 +405,7 @@ export class Cache<S extends Store = Store> {
       discard(stale)
       const now = Date.now()
       const found = await this.read(lookup)
-      if (found && usability(found.meta, lookup.directives, now) === "fresh")
-        return this.fromCache(found, lookup, now, "hit; detail=coalesced")
+      if (found && usability(found.meta, lookup.directives, now) === "fresh") return this.fromCache(found, lookup, now, COALESCED)
       stale = found
     }
     // Not stored, or not for this client (Vary): this one goes to the origin by itself.
@@ -462,7 +471,7 @@ export class Cache<S extends Store = Store> {
       return undefined
     }
     discard(stale)
-    return { response: this.fromCache(found, lookup, now, "hit; detail=coalesced"), stored: Promise.resolve(true) }
+    return { response: this.fromCache(found, lookup, now, COALESCED), stored: Promise.resolve(true) }
   }
 
   /**
@@ -495,7 +504,7 @@ export class Cache<S extends Store = Store> {
     } catch (error) {
       fwd = await reason
       if (stale && error instanceof OriginError && mayServeStaleOnError(stale.meta, lookup.directives, Date.now(), true)) {
-        return notStored(this.fromCache(stale, lookup, Date.now(), `hit; fwd=${fwd}; detail=origin-unreachable`))
+        return notStored(this.fromCache(stale, lookup, Date.now(), { kind: "stale", fwd, detail: "origin-unreachable" }))
       }
       discard(stale)
       // RFC 9111 §5.2.2.2: a must-revalidate entry that cannot be validated gives 504.
@@ -513,10 +522,17 @@ export class Cache<S extends Store = Store> {
     // RFC 5861 §4: stale-if-error stands in for a 5xx from the origin.
     if (stale && response.status >= 500 && mayServeStaleOnError(stale.meta, lookup.directives, responseTime, false)) {
       await response.body?.cancel()
-      return notStored(this.fromCache(stale, lookup, responseTime, `hit; fwd=${fwd}; fwd-status=${response.status}; detail=stale-if-error`))
+      return notStored(
+        this.fromCache(stale, lookup, responseTime, {
+          kind: "stale",
+          fwd,
+          fwdStatus: response.status,
+          detail: "stale-if-error",
+        }),
+      )
     }
     discard(stale)
-    return this.storeWhileRelaying(lookup, response, requestTime, responseTime, `fwd=${fwd}; fwd-status=${response.status}`)
+    return this.storeWhileRelaying(lookup, response, requestTime, responseTime, fwd)
   }
 
   /** RFC 9111 §4.3.4: a 304 freshens the stored entry, whose body then answers the client. */
@@ -539,7 +555,7 @@ export class Cache<S extends Store = Store> {
         return false
       }),
     )
-    const response304 = this.fromCache({ ...stale, meta }, lookup, Date.now(), `hit; fwd=${fwd}; fwd-status=304`)
+    const response304 = this.fromCache({ ...stale, meta }, lookup, Date.now(), { kind: "revalidated", fwd, fwdStatus: 304 })
     return { response: response304, stored: Promise.resolve(updated) }
   }
 
@@ -565,8 +581,9 @@ export class Cache<S extends Store = Store> {
     response: Response,
     requestTime: number,
     responseTime: number,
-    cacheStatus: string,
+    fwd: string,
   ): Promise<Exchange> {
+    const asked = { fwd, fwdStatus: response.status }
     const control = responseControl(response.headers, this.config.targetList)
     const reason =
       lookup.method === "HEAD" // RFC 9110 §9.3.2: a HEAD response has no body to store
@@ -577,15 +594,16 @@ export class Cache<S extends Store = Store> {
       // A 206 or 304 answers this request's Range or conditions, not the URL's cacheability.
       const aboutTheUrl = !REQUEST_REASONS.has(reason) && response.status !== 206 && response.status !== 304
       if (aboutTheUrl) this.passes.add(lookup.key, responseTime)
-      return notStored(relay(response, `${cacheStatus}; detail=${reason}`, this.config.keepTagHeaders))
+      return notStored(relay(response, { kind: "pass", ...asked, detail: reason }, this.config.keepTagHeaders))
     }
     const vary = varySelection(varyNames(response.headers) as string[], lookup.headers) // "*" was refused above
     const meta = describeResponse(response.status, response.headers, control, vary, requestTime, responseTime, this.config)
-    if (isUselessToStore(meta)) return notStored(relay(response, `${cacheStatus}; detail=stale-on-arrival`, this.config.keepTagHeaders))
+    if (isUselessToStore(meta))
+      return notStored(relay(response, { kind: "pass", ...asked, detail: "stale-on-arrival" }, this.config.keepTagHeaders))
     const { body, stored } = this.teeIntoStore(lookup.key, response, meta)
     const length = Number(response.headers.get("content-length") ?? Infinity)
     const framed = body && length <= READ_AHEAD_BYTES ? await readAhead(body) : body
-    return { response: relay(new Response(framed, response), `${cacheStatus}; stored`, this.config.keepTagHeaders), stored }
+    return { response: relay(new Response(framed, response), { kind: "miss", ...asked, stored: true }, this.config.keepTagHeaders), stored }
   }
 
   private tooLarge(headers: Headers): string | null {
@@ -690,10 +708,14 @@ export class Cache<S extends Store = Store> {
   // ───────────── answers ─────────────
 
   /** A response from a stored entry, RFC 9111 §4 (Age per §5.1, conditionals per §4.3.2). */
-  private fromCache(stored: Stored, lookup: Lookup, now: number, cacheStatus: string): Response {
+  private fromCache(stored: Stored, lookup: Lookup, now: number, outcome: Outcome): Response {
+    return withOutcome(this.cachedAnswer(stored, lookup, now, outcome), outcome)
+  }
+
+  private cachedAnswer(stored: Stored, lookup: Lookup, now: number, outcome: Outcome): Response {
     const { meta } = stored
     this.hitCounts.count(lookup.key)
-    const headers = this.hitHeaders(stored, now, cacheStatus)
+    const headers = this.hitHeaders(stored, now, outcome)
     if (meta.status === 200 && isNotModified(lookup.headers, meta, now)) {
       discard(stored)
       const notModified = new Headers(headers)
@@ -739,21 +761,21 @@ export class Cache<S extends Store = Store> {
    * A hit's headers: the stored fields plus Age (RFC 9111 §5.1), X-Cache and Cache-Status
    * (RFC 9211). Both numbers change once a second, so most hits reuse the last ones built.
    */
-  private hitHeaders({ meta, size }: Stored, now: number, cacheStatus: string): Headers {
+  private hitHeaders({ meta, size }: Stored, now: number, outcome: Outcome): Headers {
     const age = Math.floor(currentAgeMs(meta, now) / 1000)
     const ttl = Math.round(ttlMs(meta, now) / 1000)
     const last = this.lastHitHeaders.get(meta)
-    if (last && last.age === age && last.ttl === ttl && last.cacheStatus === cacheStatus) return last.headers
+    if (last && last.age === age && last.ttl === ttl && last.outcome === outcome) return last.headers
     const headers = new Headers(meta.headers)
     headers.append("via", VIA)
     headers.set("age", String(age))
-    headers.set("x-cache", "HIT")
-    headers.set("cache-status", `${CACHE_NAME}; ${cacheStatus}; ttl=${ttl}`)
+    headers.set("x-cache", xCache(outcome))
+    headers.set("cache-status", cacheStatus(outcome, ttl))
     // The stored body is whole: its length is known even when the origin sent it chunked (and
     // the access log and metrics count a hit's bytes by it, never touching the body). RFC 9110
     // §8.6: never on a status that has no content.
     if (!NULL_BODY_STATUS.has(meta.status)) headers.set("content-length", String(size))
-    this.lastHitHeaders.set(meta, { age, ttl, cacheStatus, headers })
+    this.lastHitHeaders.set(meta, { age, ttl, outcome, headers })
     return headers
   }
 }
@@ -896,7 +918,7 @@ function discard(stored: Stored | undefined): void {
 }
 
 /** The origin's response for the client, hop-by-hop (and tag) fields dropped, with our two status fields. */
-function relay(response: Response, cacheStatus: string, keepTagHeaders: boolean): Response {
+function relay(response: Response, outcome: Outcome, keepTagHeaders: boolean): Response {
   // Edited in place: a new Response around the origin's body would cost Bun its native
   // pass-through of the body (about an eighth of the no-store MISS throughput).
   const { headers } = response
@@ -904,17 +926,20 @@ function relay(response: Response, cacheStatus: string, keepTagHeaders: boolean)
   const dropped = [...headers.keys()].filter((name) => isHopByHop(name) || (!keepTagHeaders && isTagHeader(name)))
   for (const name of dropped) headers.delete(name)
   headers.append("via", VIA)
-  headers.set("x-cache", "MISS")
-  headers.set("cache-status", `${CACHE_NAME}; ${cacheStatus}`)
-  return response
+  headers.set("x-cache", xCache(outcome))
+  headers.set("cache-status", cacheStatus(outcome))
+  return withOutcome(response, outcome)
 }
 
 /** A short answer of our own (errors, only-if-cached, offline). */
-export function answer(status: number, text: string, cacheStatus: string): Response {
-  return new Response(text, {
-    status,
-    headers: { "content-type": "text/plain; charset=utf-8", via: VIA, "x-cache": "MISS", "cache-status": `${CACHE_NAME}; ${cacheStatus}` },
-  })
+export function answer(status: number, text: string, outcome: Outcome): Response {
+  const headers = {
+    "content-type": "text/plain; charset=utf-8",
+    via: VIA,
+    "x-cache": xCache(outcome),
+    "cache-status": cacheStatus(outcome),
+  }
+  return withOutcome(new Response(text, { status, headers }), outcome)
 }
 
 /** The promise's value, or undefined when `ms` pass first. */

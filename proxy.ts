@@ -18,6 +18,7 @@ import { type Context, Hono } from "hono"
 import { LinearRouter } from "hono/router/linear-router"
 import { bunFiles, type FileApi, FileStore, nodeFiles } from "./cache/file-store.ts"
 import { MemoryStore } from "./cache/memory-store.ts"
+import { isFromCache, outcomeOf } from "./cache/outcome.ts"
 import { hopByHopFilter, isFinalStatus, targetList } from "./cache/policy.ts"
 import type { RedisTarget } from "./cache/redis-store.ts"
 import { type Behind, MEMORY_BODY_LIMIT_BYTES, type TieredStore, tieredStore } from "./cache/tiered-store.ts"
@@ -25,7 +26,7 @@ import { answer, Cache, type Forward, OriginError, type OriginFailure, VIA, type
 import packageJson from "./package.json" with { type: "json" }
 import { createAdmin } from "./proxy/admin.ts"
 import { environmentVariable, helpText } from "./proxy/help.ts"
-import { type Access, cacheOutcome, createAccessLog, createWarn, isFromCache, LOG_FORMATS, type LogFormat } from "./proxy/log.ts"
+import { type Access, createAccessLog, createWarn, LOG_FORMATS, type LogFormat } from "./proxy/log.ts"
 import { ProxyMetrics } from "./proxy/metrics.ts"
 
 // ───────────────────────────── options ─────────────────────────────
@@ -523,7 +524,7 @@ const UPGRADE_REFUSED = "the origin switched protocols (101), and upgrades are n
  */
 function unsent(error: unknown, warn: Warn): Response {
   warn("proxy", `a response could not be sent: ${error instanceof Error ? error.message : String(error)}`)
-  return answer(502, "the origin's answer could not be relayed\n", "detail=origin-error")
+  return answer(502, "the origin's answer could not be relayed\n", { kind: "miss", detail: "origin-error" })
 }
 
 const bunRuntime: Runtime = {
@@ -692,7 +693,9 @@ const nodeRuntime: Runtime = {
       // The server's own error handler, for what Hono's onError never sees: a request the adapter
       // cannot read is a 400, anything else a 502, never its bare 500.
       errorHandler: (error) =>
-        error instanceof RequestError ? answer(400, "the request cannot be read\n", "detail=bad-request") : unsent(error, warn),
+        error instanceof RequestError
+          ? answer(400, "the request cannot be read\n", { kind: "pass", detail: "bad-request" })
+          : unsent(error, warn),
     })
     let inFlight = 0
     const server = createServer((request, response) => {
@@ -910,7 +913,8 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
     const requested = runtime.requestTarget(c)
     const path = resolvedPath(requested)
     const trip: OriginTrip | undefined = record ? {} : undefined
-    const response = path === undefined ? answer(400, HIDDEN_DOT_DOT_REFUSED, "detail=bad-request") : respond(c, method, path, trip)
+    const response =
+      path === undefined ? answer(400, HIDDEN_DOT_DOT_REFUSED, { kind: "pass", detail: "bad-request" }) : respond(c, method, path, trip)
     if (!trip && !options.rewriteLocation) return response
     const shown = path ?? requested
     if (!(response instanceof Promise)) return sent(c, response, method, shown, arrived, trip)
@@ -976,11 +980,11 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
   function failed(error: unknown, method: string, path: string): Response {
     const isOrigin = error instanceof OriginError
     if (!isOrigin) warn("proxy", `${method} ${path} failed: ${(error as Error).message}`)
-    return answer(
-      isOrigin ? error.status : 502,
-      `${isOrigin ? error.message : "the proxy failed to forward this request"}\n`,
-      "fwd=uri-miss; detail=origin-error",
-    )
+    return answer(isOrigin ? error.status : 502, `${isOrigin ? error.message : "the proxy failed to forward this request"}\n`, {
+      kind: "miss",
+      fwd: "uri-miss",
+      detail: "origin-error",
+    })
   }
 
   app.onError((error, c) => failed(error, c.req.method, runtime.requestTarget(c)))
@@ -1027,7 +1031,7 @@ function timed(
   record: (access: Access) => void,
 ): Response {
   const { status, headers } = response
-  const cache = cacheOutcome(headers.get("cache-status"))
+  const cache = outcomeOf(response).kind
   const originError = trip.failure && (status === 502 || status === 504) ? trip.failure : undefined
   const access: Access = { method, path, status, cache, ms: 0, bytes: 0, originMs: trip.ms, originError }
   if (isFromCache(cache)) {
