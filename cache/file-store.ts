@@ -19,7 +19,33 @@ import { createHash, randomBytes } from "node:crypto"
 import { constants, type Dirent, type Stats, statfsSync } from "node:fs"
 import * as fs from "node:fs/promises"
 import { basename, dirname, join, relative } from "node:path"
-import { isFinalStatus, selectVariant } from "./policy.ts"
+import type { FileApi } from "./file-api.ts"
+import {
+  type BodyRecord,
+  Broken,
+  bodyFileNamed,
+  bodyProblem,
+  entryMetaOf,
+  FORMAT_DIR,
+  GENERATION_FILE,
+  KEY_DIR_NAME,
+  MAX_GENERATION_BYTES,
+  MAX_META_BYTES,
+  META_NAME,
+  META_SUFFIX,
+  type MetaFile,
+  metaFileText,
+  parseMetaFile,
+  positionOf,
+  SHARD_NAME,
+  sha256,
+  TAGS_DIR,
+  TEMP_SUFFIX,
+  variantIdOf,
+  variantOfBody,
+  writeId,
+} from "./file-format.ts"
+import { selectVariant } from "./policy.ts"
 import type {
   Drops,
   EntryMeta,
@@ -37,96 +63,10 @@ import type {
 } from "./store.ts"
 import { MEMORY_BODY_LIMIT_BYTES } from "./tiered-store.ts"
 
-// ───────────────────────────── the runtime seam ─────────────────────────────
-
-/**
- * The file reads that differ between Bun and Node, chosen once at start-up and passed in.
- * Writes go through node:fs under both runtimes: its writes run off the event loop, so disk and
- * network overlap. Measured on a 512 MiB MISS, Bun's FileSink (which writes on the event loop
- * once its buffer fills) reached a third of the throughput.
- */
-export interface FileApi {
-  /**
-   * A large body for a response, from its file: `handle` is that file, opened without following
-   * links and checked, and `size` its length. The body (or its slice) takes the handle over.
-   */
-  responseBody(path: string, handle: fs.FileHandle, size: number): Promise<Pick<Stored, "body" | "slice">>
-}
-
-export const bunFiles: FileApi = {
-  // Bun.file lets Bun.serve send by sendfile, but it opens the path again when it sends (given a
-  // descriptor instead, it never closes it): a file swapped in between the check and that moment
-  // is not seen. Streaming from the checked handle, as under Node, would close that window and
-  // cost sendfile on every large hit.
-  // A Range is served by the Blob's own slice, with sendfile from the offset.
-  async responseBody(path, handle) {
-    await handle.close()
-    return { body: Bun.file(path) }
-  },
-}
-
-export const nodeFiles: FileApi = {
-  // Streams from the very file that was checked: a swap after the check changes nothing. The
-  // whole body or a slice of it, whichever the cache sends, closes the handle.
-  responseBody: async (_path, handle, size) => ({
-    body: fileStream(handle, 0, size),
-    slice: (start, end) => fileStream(handle, start, end),
-  }),
-}
-
-// A file body is read this many bytes at a time (as node:fs read streams do).
-const FILE_READ_BYTES = 64 * 1024
-
-/**
- * Bytes `start` up to `end` of an open file, read at explicit positions as the reader pulls, and
- * the handle closed explicitly once they are read, failed or cancelled: never left to garbage
- * collection (Node's DEP0137). Nothing is read before the first pull.
- */
-function fileStream(handle: fs.FileHandle, start: number, end: number): ReadableStream<Uint8Array> {
-  let position = start
-  let closing: Promise<void> | undefined
-  const close = () => (closing ??= handle.close())
-  return new ReadableStream<Uint8Array>(
-    {
-      async pull(controller) {
-        try {
-          const length = Math.min(FILE_READ_BYTES, end - position)
-          const { bytesRead, buffer } = await handle.read(Buffer.allocUnsafe(length), 0, length, position)
-          if (bytesRead === 0) throw new Error(`the file ended at byte ${position} of ${end}`)
-          position += bytesRead
-          controller.enqueue(new Uint8Array(buffer.buffer, buffer.byteOffset, bytesRead))
-          if (position < end) return
-          await close()
-          controller.close()
-        } catch (error) {
-          await close().catch(() => undefined) // the read's failure is what the reader learns
-          controller.error(error)
-        }
-      },
-      cancel: () => close(),
-    },
-    { highWaterMark: 0 },
-  )
-}
+// The runtime seam (Bun's or Node's file reads) is its own file; importers of the store find it here too.
+export { bunFiles, type FileApi, nodeFiles } from "./file-api.ts"
 
 // ───────────────────────────── the store ─────────────────────────────
-
-/** What lives on disk next to the body: the meta, plus what ties it to its key and body. */
-interface MetaFile extends EntryMeta {
-  format: 1
-  key: string
-  bodyFile: string
-  size: number
-  /** The body's sha256, hex. Metas written before it was kept have none: their bodies are checked by size only. */
-  sha256?: string
-}
-
-/** What a meta says of its body. */
-interface BodyRecord {
-  bodyFile: string
-  size: number
-  sha256: string | undefined
-}
 
 /** A variant as found on disk. */
 interface DiskVariant extends Omit<ListedEntry, "tiers"> {
@@ -137,31 +77,12 @@ interface DiskVariant extends Omit<ListedEntry, "tiers"> {
   bytes: number
 }
 
-const FORMAT_DIR = "v1"
-const TAGS_DIR = "tags"
-const META_SUFFIX = ".meta"
-const TEMP_SUFFIX = ".tmp"
-// The names the store gives: a shard is a key hash's first two hex digits, a key's directory the
-// hash, a meta `<variant id>.meta`, a body `<variant id>.<write id>.body`.
-const SHARD_NAME = /^[0-9a-f]{2}$/
-const KEY_DIR_NAME = /^[0-9a-f]{64}$/
-const META_NAME = /^[0-9a-f]{64}\.meta$/
-const BODY_NAME = /^([0-9a-f]{64})\.[0-9a-f]{12}\.body$/
-const SHA256_HEX = /^[0-9a-f]{64}$/
-/** Written by `clear`: a running proxy that sees it change forgets what it holds. */
-const GENERATION_FILE = "generation"
 const GENERATION_POLL_MS = 1000
-const MAX_GENERATION_BYTES = 64
 const PERSIST_LRU_EVERY_MS = 60_000
 const DEFAULT_PAGE_KEYS = 100
-// Metas written before `deleteAt` existed have none: they are kept until evicted.
-const NEVER = Number.MAX_SAFE_INTEGER
 // Every read opens with these: a link is refused (ELOOP) rather than followed, and a FIFO in a
 // file's place cannot hang the open (it is then refused as no regular file).
 const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK
-// A meta is a few KiB (the runtimes bound the headers in it): a larger file is none of ours, and
-// is not read into memory.
-const MAX_META_BYTES = 1 << 20
 /**
  * Bodies up to this size are read whole when found and checked against their digest: the memory
  * tier in front reads them whole anyway, so the check costs no second read. Larger ones are
@@ -570,13 +491,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   /** The body file a variant's meta names now, however broken the rest of it; none when it is gone. */
   private async namedBody(metaPath: string): Promise<string | undefined> {
     const bytes = await readSmallFile(metaPath, MAX_META_BYTES).catch(this.ifMissing(undefined, "reading a meta"))
-    if (bytes === undefined) return undefined
-    try {
-      const file: unknown = JSON.parse(bytes.toString("utf8"))
-      return isRecord(file) && isString(file.bodyFile) ? file.bodyFile : undefined
-    } catch {
-      return undefined // not JSON: its reader reports and discards it
-    }
+    return bytes === undefined ? undefined : bodyFileNamed(bytes.toString("utf8"))
   }
 
   /**
@@ -664,8 +579,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
    */
   private async writeMeta(key: string, dir: string, variantId: string, body: BodyRecord, meta: EntryMeta, version?: string): Promise<void> {
     const metaPath = join(dir, variantId + META_SUFFIX)
-    const file: MetaFile = { format: 1, key, ...body, ...meta }
-    const text = JSON.stringify(file)
+    const text = metaFileText(key, body, meta)
     const tempMeta = `${metaPath}.${writeId()}${TEMP_SUFFIX}`
     this.writing.add(tempMeta)
     try {
@@ -1055,9 +969,6 @@ function isMissing(error: unknown): boolean {
   return code === "ENOENT" || code === "ENOTDIR"
 }
 
-/** An entry that cannot be served as it is on disk: the message says why. */
-class Broken extends Error {}
-
 /** A variant's meta changed while it was read: read it again. */
 class Replaced extends Error {}
 
@@ -1065,117 +976,6 @@ interface ScannedMeta {
   metaPath: string
   bytes: number
   mtimeMs: number
-}
-
-// ───────────────────────────── what is on disk ─────────────────────────────
-
-const isString = (value: unknown): value is string => typeof value === "string"
-const isNumber = (value: unknown): value is number => typeof value === "number" // JSON has no NaN or Infinity
-const isBoolean = (value: unknown): value is boolean => typeof value === "boolean"
-const isByteCount = (value: unknown): boolean => Number.isSafeInteger(value) && (value as number) >= 0
-const isRecord = (value: unknown): value is Record<string, unknown> => typeof value === "object" && value !== null && !Array.isArray(value)
-
-// RFC 9110 §5.1: a field name is a token.
-const FIELD_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
-// RFC 9110 §5.5: a field value holds no CR, LF or NUL; and Headers takes bytes (up to U+00FF) only.
-const FIELD_VALUE_FORBIDDEN = /[\r\n\u0100-\uffff]/
-
-const isFieldValue = (value: unknown): boolean => isString(value) && !FIELD_VALUE_FORBIDDEN.test(value) && !value.includes("\0")
-const isFieldValueOrNull = (value: unknown): boolean => value === null || isFieldValue(value)
-
-function isHeaderList(value: unknown): boolean {
-  return (
-    Array.isArray(value) &&
-    value.every(
-      (pair) => Array.isArray(pair) && pair.length === 2 && isString(pair[0]) && FIELD_NAME.test(pair[0]) && isFieldValue(pair[1]),
-    )
-  )
-}
-
-function isVarySelection(value: unknown): boolean {
-  return isRecord(value) && Object.entries(value).every(([name, selected]) => FIELD_NAME.test(name) && isFieldValueOrNull(selected))
-}
-
-/**
- * Each field a meta file holds and what it must be: what the store and the cache do with a meta
- * (build headers and responses, compare times) must not fail on anything a file can say.
- */
-const META_FIELDS: [keyof MetaFile, (value: unknown) => boolean, string][] = [
-  ["format", (value) => value === 1, "1"],
-  ["key", isString, "a string"],
-  ["bodyFile", isString, "a string"],
-  ["size", isByteCount, "a byte count"],
-  ["sha256", (value) => value === undefined || (isString(value) && SHA256_HEX.test(value)), "absent or 64 hex digits"],
-  ["status", (value) => Number.isInteger(value) && isFinalStatus(value as number), "an integer in 200-599"],
-  ["headers", isHeaderList, "a list of [name, value] pairs that a response can carry"],
-  ["vary", isVarySelection, "an object of header names to values or null"],
-  ["responseTime", isNumber, "a number"],
-  ["deleteAt", (value) => value === undefined || isNumber(value), "a number"],
-  ["initialAgeMs", isNumber, "a number"],
-  ["freshMs", isNumber, "a number"],
-  ["staleWhileRevalidateMs", isNumber, "a number"],
-  ["staleIfErrorMs", isNumber, "a number"],
-  ["mustRevalidate", isBoolean, "true or false"],
-  ["noCache", isBoolean, "true or false"],
-  // Sent back to the origin as If-None-Match and If-Modified-Since.
-  ["etag", isFieldValueOrNull, "a header value or null"],
-  ["lastModified", isFieldValueOrNull, "a header value or null"],
-  ["tags", (value) => value === undefined || (Array.isArray(value) && value.every(isString)), "absent or a list of strings"],
-]
-
-/**
- * A meta file's content, every field checked. Its key and Vary selection must be those its path
- * was named from, and its body file the name they give: a meta never points anywhere but at its
- * own variant's body.
- */
-function parseMetaFile(text: string, metaPath: string): MetaFile {
-  let file: unknown
-  try {
-    file = JSON.parse(text)
-  } catch {
-    throw new Broken("its meta is not JSON") // the parser's message would quote the file into the log
-  }
-  if (!isRecord(file)) throw new Broken("its meta is not a JSON object")
-  for (const [field, isValid, expected] of META_FIELDS) {
-    if (!isValid(file[field])) throw new Broken(`its ${field} is not ${expected}`)
-  }
-  const checked = file as unknown as MetaFile
-  if (sha256(checked.key) !== basename(dirname(metaPath))) throw new Broken("its key is not the one its directory is named for")
-  const variantId = variantIdOf(checked.key, checked.vary)
-  if (basename(metaPath) !== variantId + META_SUFFIX) throw new Broken("its key and Vary selection are not those its name was made from")
-  if (variantOfBody(checked.bodyFile) !== variantId) throw new Broken("its body file is not one of its variant's")
-  return checked
-}
-
-/** The EntryMeta a checked meta file holds: those fields only, whatever else the file has. */
-function entryMetaOf(file: MetaFile): EntryMeta {
-  return {
-    status: file.status,
-    headers: file.headers,
-    vary: file.vary,
-    responseTime: file.responseTime,
-    deleteAt: file.deleteAt ?? NEVER,
-    initialAgeMs: file.initialAgeMs,
-    freshMs: file.freshMs,
-    staleWhileRevalidateMs: file.staleWhileRevalidateMs,
-    staleIfErrorMs: file.staleIfErrorMs,
-    mustRevalidate: file.mustRevalidate,
-    noCache: file.noCache,
-    etag: file.etag,
-    lastModified: file.lastModified,
-    ...(file.tags && { tags: file.tags }),
-  }
-}
-
-/**
- * Why a body file cannot be served as this entry's, if it cannot. A link of either kind could
- * make it any file the proxy can read: a symbolic one shows in lstat, a hard one as a second name.
- */
-function bodyProblem(stat: Stats, size: number): string | undefined {
-  if (!stat.isFile()) return "its body is not a regular file"
-  if (stat.nlink > 1) return `its body has ${stat.nlink} names (a hard link)`
-  if (stat.size !== size) return `its body is ${stat.size} bytes, its meta says ${size}`
-  return undefined
 }
 
 /** A small body, read whole and checked against its length and, when the meta has it, its digest. */
@@ -1250,30 +1050,7 @@ function versionOf(path: string, stat: Stats): string {
   return `${path}:${stat.ino}:${stat.ctimeMs}`
 }
 
-/** The variant id a body file's name starts with, if it is a name the store gives. */
-function variantOfBody(name: string): string | undefined {
-  return BODY_NAME.exec(name)?.[1]
-}
-
-function variantIdOf(key: string, vary: EntryMeta["vary"]): string {
-  return sha256(`${key}\n${JSON.stringify(vary)}`)
-}
-
-function writeId(): string {
-  return randomBytes(6).toString("hex")
-}
-
 /** A variant found on disk, as a listing shows it. */
 function listed({ key, meta, size }: DiskVariant): ListedEntry {
   return { key, meta, size, tiers: ["file"] }
-}
-
-/** Where a key's directory stands in the listing order: the list cursor after it. */
-function positionOf(key: string): string {
-  const hash = sha256(key)
-  return `${hash.slice(0, 2)}/${hash}`
-}
-
-function sha256(data: string | Uint8Array): string {
-  return createHash("sha256").update(data).digest("hex")
 }
