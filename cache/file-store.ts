@@ -15,10 +15,11 @@
  * size and digest; only the store's own file names are ever removed. Anything else is a broken
  * entry: reported, removed, and a miss.
  */
-import { createHash, randomBytes } from "node:crypto"
-import { constants, type Dirent, type Stats, statfsSync } from "node:fs"
+import { randomBytes } from "node:crypto"
+import { constants, type Dirent, type Stats } from "node:fs"
 import * as fs from "node:fs/promises"
 import { basename, dirname, join, relative } from "node:path"
+import { DiskUsage } from "./disk-usage.ts"
 import type { FileApi } from "./file-api.ts"
 import {
   type BodyRecord,
@@ -45,6 +46,7 @@ import {
   variantOfBody,
   writeId,
 } from "./file-format.ts"
+import { blockBytesOf, hashFile, isMissing, READ_FLAGS, readSmallFile, readWhole, removeOwnFile, versionOf, writeAll } from "./file-io.ts"
 import { selectVariant } from "./policy.ts"
 import type {
   Drops,
@@ -80,22 +82,14 @@ interface DiskVariant extends Omit<ListedEntry, "tiers"> {
 const GENERATION_POLL_MS = 1000
 const PERSIST_LRU_EVERY_MS = 60_000
 const DEFAULT_PAGE_KEYS = 100
-// Every read opens with these: a link is refused (ELOOP) rather than followed, and a FIFO in a
-// file's place cannot hang the open (it is then refused as no regular file).
-const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK
 /**
  * Bodies up to this size are read whole when found and checked against their digest: the memory
  * tier in front reads them whole anyway, so the check costs no second read. Larger ones are
  * served from their file (sendfile under Bun); see `verifyOnce`.
  */
 const WHOLE_BODY_BYTES = MEMORY_BODY_LIMIT_BYTES
-// A large body is hashed this many bytes at a time.
-const HASH_SLICE_BYTES = 1 << 20
 // Reads of a key whose variant keeps changing under them (puts, evictions) before it is a miss.
 const MAX_READS = 10
-// Where the file system cannot be asked (the directory is not made yet): the common block size.
-const DEFAULT_BLOCK_BYTES = 4096
-
 export interface FileStoreOptions {
   /** Root of the cache; entries live under `<dir>/v1`. */
   dir: string
@@ -111,12 +105,8 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   private readonly maxBytes: number
   private readonly files: FileApi
   private readonly warn: Warn
-  /** meta path → bytes on disk (meta + body, in whole blocks), in least-recently-used order. */
-  private readonly lru = new Map<string, { bytes: number; key: string; persistedAt: number }>()
-  /** Files no entry names (a failed write's, an earlier run's) that could not be removed yet: path → bytes. */
-  private readonly leftovers = new Map<string, number>()
-  /** Bytes of both maps above; with the directories', what the bound applies to (`occupiedBytes`). */
-  private totalBytes = 0
+  /** What the store takes on disk, in LRU order: what the bound applies to. */
+  private readonly usage: DiskUsage
   /** Variants removed to stay within the bound, since start-up. */
   private evictions = 0
   /** Meta path → the version of its large body last found whole (see `verifyOnce`). */
@@ -129,19 +119,9 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   private readonly putsUnderWay = new Map<string, Set<{ calledOff: boolean }>>()
   /** Key directory → how many deletes of the key are under way. */
   private readonly deleting = new Map<string, number>()
-  /** Key directories seen by the scan or made since, and not removed: where entries may be. */
-  private readonly knownDirs = new Set<string>()
-  /** Shard directory → how many of the known key directories are in it. */
-  private readonly shardDirs = new Map<string, number>()
-  /** The tag index's directories, one per tag: counted against the bound like the others. */
-  private readonly tagDirs = new Set<string>()
-  /** The file system's block: a file or a directory takes whole blocks. */
-  private readonly blockBytes: number
   private scanDone = false
   /** Bumped by `clear` and by another process's clear: a scan from before must not index. */
   private epoch = 0
-  /** The meta path last moved to the most-recently-used end. */
-  private mostRecent: string | undefined
   /** Where each meta handed out lives, so an upper tier's hit can count as a read here. */
   private readonly metaPaths = new WeakMap<EntryMeta, string>()
   private readonly dropListeners: ((key: string | null) => void)[] = []
@@ -158,7 +138,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     this.maxBytes = maxBytes
     this.files = files
     this.warn = warn
-    this.blockBytes = blockBytesOf(dir)
+    this.usage = new DiskUsage(blockBytesOf(dir))
     this.scanned = this.scan()
     this.generationTimer = setInterval(() => void this.checkGeneration(), GENERATION_POLL_MS)
     this.generationTimer.unref?.()
@@ -310,7 +290,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     if (!stat) return
     if (!stat.isDirectory()) {
       // A key directory that is a link: rm removes the link, never what it points to.
-      this.forgetKeyDir(dir)
+      this.usage.forgetKeyDir(dir)
       await fs.rm(dir, { recursive: true, force: true })
       return
     }
@@ -393,7 +373,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
 
   stats(): Promise<TierStats[]> {
     return Promise.resolve([
-      { tier: "file", entries: this.lru.size, bytes: this.occupiedBytes(), evictions: this.evictions, maxBytes: this.maxBytes },
+      { tier: "file", entries: this.usage.lru.size, bytes: this.usage.occupiedBytes(), evictions: this.evictions, maxBytes: this.maxBytes },
     ])
   }
 
@@ -404,8 +384,8 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   used(key: string, meta: EntryMeta): void {
     const metaPath = this.metaPaths.get(meta)
     // The hottest entry is already last: no reordering and no utimes on each of its hits.
-    if (metaPath === undefined || metaPath === this.mostRecent) return
-    const entry = this.lru.get(metaPath)
+    if (metaPath === undefined || metaPath === this.usage.mostRecent) return
+    const entry = this.usage.lru.get(metaPath)
     if (entry) this.touch(metaPath, key, entry.bytes)
   }
 
@@ -426,7 +406,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
 
   /** False only when the key surely has nothing on disk: the scan is done and never saw it. */
   private mayHold(dir: string): boolean {
-    return !this.scanDone || this.knownDirs.has(dir)
+    return !this.scanDone || this.usage.knownDirs.has(dir)
   }
 
   /** Every complete, unexpired variant in a key's directory. Broken and expired ones are removed, never returned. */
@@ -472,7 +452,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     const problem = bodyProblem(stat, file.size)
     if (problem) throw new Broken(problem)
     const meta = entryMetaOf(file)
-    const bytes = this.inBlocks(metaBytes) + this.inBlocks(file.size)
+    const bytes = this.usage.inBlocks(metaBytes) + this.usage.inBlocks(file.size)
     this.index(metaPath, file.key, bytes)
     this.metaPaths.set(meta, metaPath)
     return { key: file.key, meta, size: file.size, sha256: file.sha256, metaPath, bodyPath, bytes }
@@ -547,7 +527,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     }
     if ((await pass) !== variant.sha256) throw new Broken("its body does not match its digest")
     // Not for a variant evicted while it was hashed: nothing would forget it.
-    if (this.lru.has(variant.metaPath)) this.verified.set(variant.metaPath, version)
+    if (this.usage.lru.has(variant.metaPath)) this.verified.set(variant.metaPath, version)
   }
 
   /** Reports a broken entry and removes it: a miss. Anything but a broken entry is rethrown. */
@@ -561,7 +541,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   // ───────────── writing ─────────────
 
   private async makeKeyDir(dir: string): Promise<void> {
-    this.knowKeyDir(dir)
+    this.usage.knowKeyDir(dir)
     await this.makeOwnDir(dir)
   }
 
@@ -595,7 +575,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     // Named by the meta now: a cleanup keeps the body for that.
     this.writing.delete(join(dir, body.bodyFile))
     this.metaPaths.set(meta, metaPath)
-    this.account(metaPath, key, this.inBlocks(Buffer.byteLength(text)) + this.inBlocks(body.size))
+    this.usage.account(metaPath, key, this.usage.inBlocks(Buffer.byteLength(text)) + this.usage.inBlocks(body.size))
     if (version) this.verified.set(metaPath, version)
     // Reported, not thrown: the entry is stored; only a purge by its tag would miss it.
     await this.indexTags(key, meta.tags ?? []).catch((error) => this.warn("store-write", `indexing the tags of ${key}: ${error.message}`))
@@ -624,7 +604,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     const keyHash = sha256(key)
     for (const tag of tags) {
       const dir = this.tagDir(tag)
-      this.tagDirs.add(dir)
+      this.usage.tagDirs.add(dir)
       await this.makeOwnDir(dir)
       // "wx": already indexed (or a link in its place, never written through) is left as it is.
       await fs.writeFile(join(dir, keyHash), "", { flag: "wx" }).catch((error: NodeJS.ErrnoException) => {
@@ -662,12 +642,12 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
    */
   private async removeEmptyDir(dir: string): Promise<void> {
     // Forgotten first: a put that makes it again meanwhile counts it again.
-    this.forgetKeyDir(dir)
+    this.usage.forgetKeyDir(dir)
     try {
       await fs.rmdir(dir)
     } catch (error) {
       if (isMissing(error)) return
-      this.knowKeyDir(dir) // still holds something: a variant, a write under way, a file not ours
+      this.usage.knowKeyDir(dir) // still holds something: a variant, a write under way, a file not ours
       const code = (error as NodeJS.ErrnoException).code
       if (code !== "ENOTEMPTY" && code !== "EEXIST") this.warn("store-delete", `removing ${dir}: ${(error as Error).message}`)
       return
@@ -676,7 +656,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   }
 
   private async removeEmptyShard(shard: string): Promise<void> {
-    if (this.shardDirs.has(shard)) return
+    if (this.usage.shardDirs.has(shard)) return
     await fs.rmdir(shard).catch((error: NodeJS.ErrnoException) => {
       // Not empty: a key directory was made in it meanwhile, or holds what is not ours.
       if (!isMissing(error) && error.code !== "ENOTEMPTY" && error.code !== "EEXIST")
@@ -706,7 +686,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     } catch (error) {
       this.warn("store-delete", `removing ${path}: ${(error as Error).message}`)
       const stat = await fs.lstat(path).catch(this.ifMissing(undefined, "sizing a leftover"))
-      if (stat) this.countLeftover(path, this.inBlocks(stat.size))
+      if (stat) this.usage.countLeftover(path, this.usage.inBlocks(stat.size))
     }
   }
 
@@ -718,18 +698,18 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
    * front. A variant another process wrote since the scan is indexed as new.
    */
   private index(metaPath: string, key: string, bytes: number): void {
-    const entry = this.lru.get(metaPath)
+    const entry = this.usage.lru.get(metaPath)
     if (entry) entry.key = key
-    else this.account(metaPath, key, bytes)
+    else this.usage.account(metaPath, key, bytes)
   }
 
   private touch(metaPath: string, key: string, bytes: number): void {
-    const persistedAt = this.lru.get(metaPath)?.persistedAt ?? 0
+    const persistedAt = this.usage.lru.get(metaPath)?.persistedAt ?? 0
     const now = Date.now()
     // The LRU order survives restarts through mtime, written at most once a minute per entry
     // so that hits cost no syscall; losing one update is harmless.
     const stale = now - persistedAt > PERSIST_LRU_EVERY_MS
-    this.account(metaPath, key, bytes, stale ? now : persistedAt)
+    this.usage.account(metaPath, key, bytes, stale ? now : persistedAt)
     if (!stale) return
     fs.lutimes(metaPath, now / 1000, now / 1000).catch((error) => {
       // An entry evicted or replaced since it was read has nothing left to record.
@@ -737,82 +717,26 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     })
   }
 
-  private account(metaPath: string, key: string, bytes: number, persistedAt = Date.now()): void {
-    this.unaccount(metaPath)
-    this.lru.set(metaPath, { bytes, key, persistedAt })
-    this.totalBytes += bytes
-    this.mostRecent = metaPath
-  }
-
-  /** Takes a variant out of the LRU order and the byte count, to put it back or because it is gone. */
-  private unaccount(metaPath: string): void {
-    const entry = this.lru.get(metaPath)
-    if (!entry) return
-    this.lru.delete(metaPath)
-    this.totalBytes -= entry.bytes
-  }
-
-  /** What the store takes on disk: its files, and a block for each of its directories. */
-  private occupiedBytes(): number {
-    // The tag index: a directory per tag, and theirs; its files are empty, and take no block.
-    const tagIndexDirs = this.tagDirs.size === 0 ? 0 : this.tagDirs.size + 1
-    return this.totalBytes + (this.knownDirs.size + this.shardDirs.size + tagIndexDirs) * this.blockBytes
-  }
-
-  /** A file of `bytes` takes whole blocks on disk. */
-  private inBlocks(bytes: number): number {
-    return Math.ceil(bytes / this.blockBytes) * this.blockBytes
-  }
-
-  private knowKeyDir(dir: string): void {
-    if (this.knownDirs.has(dir)) return
-    this.knownDirs.add(dir)
-    const shard = dirname(dir)
-    this.shardDirs.set(shard, (this.shardDirs.get(shard) ?? 0) + 1)
-  }
-
-  private forgetKeyDir(dir: string): void {
-    if (!this.knownDirs.delete(dir)) return
-    const shard = dirname(dir)
-    const left = (this.shardDirs.get(shard) ?? 1) - 1
-    if (left > 0) this.shardDirs.set(shard, left)
-    else this.shardDirs.delete(shard)
-  }
-
-  private countLeftover(path: string, bytes: number): void {
-    this.totalBytes += bytes - (this.leftovers.get(path) ?? 0)
-    this.leftovers.set(path, bytes)
-  }
-
   /** Stops counting a path that is gone: a variant's meta, or a leftover. */
   private forget(path: string): void {
-    this.unaccount(path)
+    this.usage.forget(path)
     this.verified.delete(path)
-    const leftover = this.leftovers.get(path)
-    if (leftover === undefined) return
-    this.leftovers.delete(path)
-    this.totalBytes -= leftover
   }
 
   private reset(): void {
-    this.lru.clear()
-    this.leftovers.clear()
+    this.usage.reset()
     this.verified.clear()
-    this.knownDirs.clear()
-    this.shardDirs.clear()
-    this.tagDirs.clear()
-    this.totalBytes = 0
   }
 
   /** Removes leftovers, then least-recently-used variants, until the store is within its bound. */
   private async evict(): Promise<void> {
-    if (this.occupiedBytes() <= this.maxBytes) return
-    for (const path of [...this.leftovers.keys()]) {
-      if (this.occupiedBytes() <= this.maxBytes) return
+    if (this.usage.occupiedBytes() <= this.maxBytes) return
+    for (const path of [...this.usage.leftovers.keys()]) {
+      if (this.usage.occupiedBytes() <= this.maxBytes) return
       await this.removeLeftover(path)
     }
-    for (const [metaPath, entry] of this.lru) {
-      if (this.occupiedBytes() <= this.maxBytes) return
+    for (const [metaPath, entry] of this.usage.lru) {
+      if (this.usage.occupiedBytes() <= this.maxBytes) return
       this.forget(metaPath)
       this.evictions++
       // A key the start-up scan indexed but nobody read is in no tier in front.
@@ -852,7 +776,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
       const variantId = variantOfBody(name)
       if (name.endsWith(TEMP_SUFFIX)) leftovers.push(name)
       else if (META_NAME.test(name)) metas.set(name.slice(0, -META_SUFFIX.length), stat)
-      else if (variantId) bodies.set(variantId, [...(bodies.get(variantId) ?? []), { name, size: this.inBlocks(stat.size) }])
+      else if (variantId) bodies.set(variantId, [...(bodies.get(variantId) ?? []), { name, size: this.usage.inBlocks(stat.size) }])
       // Any other name is none of the store's: neither counted nor removed.
     }
     const bodyBytes = new Map<string, number>() // variant id → bytes of the body its meta names
@@ -870,7 +794,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     for (const [variantId, stat] of metas) {
       found.push({
         metaPath: join(dir, variantId + META_SUFFIX),
-        bytes: this.inBlocks(stat.size) + (bodyBytes.get(variantId) ?? 0),
+        bytes: this.usage.inBlocks(stat.size) + (bodyBytes.get(variantId) ?? 0),
         mtimeMs: stat.mtimeMs,
       })
     }
@@ -894,7 +818,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     for (const shard of await this.subdirectories(this.root, SHARD_NAME)) {
       for (const keyDir of await this.subdirectories(join(this.root, shard), KEY_DIR_NAME)) {
         const dir = join(this.root, shard, keyDir)
-        this.knowKeyDir(dir)
+        this.usage.knowKeyDir(dir)
         await this.scanKeyDir(dir, found)
       }
     }
@@ -902,10 +826,10 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     if (epoch !== this.epoch) return // cleared meanwhile: what was found is gone
     found.sort((a, b) => a.mtimeMs - b.mtimeMs)
     // Entries written or read while the scan ran are the most recent: they stay at the end.
-    const recent = [...this.lru]
-    for (const [metaPath] of recent) this.unaccount(metaPath)
-    for (const { metaPath, bytes, mtimeMs } of found) this.account(metaPath, "", bytes, mtimeMs)
-    for (const [metaPath, entry] of recent) this.account(metaPath, entry.key, entry.bytes, entry.persistedAt)
+    const recent = [...this.usage.lru]
+    for (const [metaPath] of recent) this.usage.unaccount(metaPath)
+    for (const { metaPath, bytes, mtimeMs } of found) this.usage.account(metaPath, "", bytes, mtimeMs)
+    for (const [metaPath, entry] of recent) this.usage.account(metaPath, entry.key, entry.bytes, entry.persistedAt)
     await this.evict()
     await this.sweepTagIndex()
   }
@@ -920,7 +844,8 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     for (const tagDir of await this.subdirectories(tagsRoot, KEY_DIR_NAME)) {
       const dir = join(tagsRoot, tagDir)
       for (const name of await fs.readdir(dir).catch(this.ifMissing([] as string[], "sweeping the tag index"))) {
-        if (KEY_DIR_NAME.test(name) && !this.knownDirs.has(join(this.root, name.slice(0, 2), name))) await removeOwnFile(join(dir, name))
+        if (KEY_DIR_NAME.test(name) && !this.usage.knownDirs.has(join(this.root, name.slice(0, 2), name)))
+          await removeOwnFile(join(dir, name))
       }
       await this.removeEmptyTagDir(dir)
     }
@@ -928,9 +853,9 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
 
   /** Removes a tag's directory once it indexes nothing, and the index's own once no tag is left. */
   private async removeEmptyTagDir(dir: string): Promise<void> {
-    this.tagDirs.delete(dir)
-    if (!(await this.removeIfEmpty(dir))) this.tagDirs.add(dir)
-    else if (this.tagDirs.size === 0) await this.removeIfEmpty(dirname(dir))
+    this.usage.tagDirs.delete(dir)
+    if (!(await this.removeIfEmpty(dir))) this.usage.tagDirs.add(dir)
+    else if (this.usage.tagDirs.size === 0) await this.removeIfEmpty(dirname(dir))
   }
 
   /** Removes a directory if it is empty: true once it is gone. One that holds anything stays. */
@@ -964,11 +889,6 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   }
 }
 
-function isMissing(error: unknown): boolean {
-  const code = (error as NodeJS.ErrnoException).code
-  return code === "ENOENT" || code === "ENOTDIR"
-}
-
 /** A variant's meta changed while it was read: read it again. */
 class Replaced extends Error {}
 
@@ -976,78 +896,6 @@ interface ScannedMeta {
   metaPath: string
   bytes: number
   mtimeMs: number
-}
-
-/** A small body, read whole and checked against its length and, when the meta has it, its digest. */
-async function readWhole(handle: fs.FileHandle, variant: DiskVariant): Promise<Uint8Array> {
-  const bytes = await handle.readFile()
-  if (bytes.byteLength !== variant.size) throw new Broken(`its body is ${bytes.byteLength} bytes, its meta says ${variant.size}`)
-  if (variant.sha256 !== undefined && sha256(bytes) !== variant.sha256) throw new Broken("its body does not match its digest")
-  return bytes
-}
-
-/** sha256 of a file's first `size` bytes, read at explicit positions: the handle's own offset stays at the start. */
-async function hashFile(handle: fs.FileHandle, size: number): Promise<string> {
-  const hash = createHash("sha256")
-  const slice = Buffer.allocUnsafe(Math.min(size, HASH_SLICE_BYTES))
-  for (let position = 0; position < size; ) {
-    const { bytesRead } = await handle.read(slice, 0, Math.min(slice.byteLength, size - position), position)
-    if (bytesRead === 0) break // shorter than its meta says: the digest will not match
-    hash.update(slice.subarray(0, bytesRead))
-    position += bytesRead
-  }
-  return hash.digest("hex")
-}
-
-/** A small regular file's bytes, read without following a link; anything else is `Broken`. */
-async function readSmallFile(path: string, maxBytes: number): Promise<Buffer> {
-  const handle = await fs.open(path, READ_FLAGS)
-  try {
-    const stat = await handle.stat()
-    if (!stat.isFile()) throw new Broken(`${basename(path)} is not a regular file`)
-    if (stat.size > maxBytes) throw new Broken(`${basename(path)} is ${stat.size} bytes, more than ${maxBytes}`)
-    return await handle.readFile()
-  } finally {
-    await handle.close()
-  }
-}
-
-/**
- * Removes one of the store's files. Recursively: a directory in a file's place is of no use
- * either, and rm removes a link, never what it points to.
- */
-function removeOwnFile(path: string): Promise<void> {
-  return fs.rm(path, { recursive: true, force: true })
-}
-
-/** Writes a stream to a new file, and closes it; resolves with its length and sha256, taken as it streams. A failed write cancels the stream. */
-async function writeAll(body: ReadableStream<Uint8Array>, handle: fs.FileHandle): Promise<{ size: number; sha256: string }> {
-  const hash = createHash("sha256")
-  let size = 0
-  try {
-    for await (const chunk of body) {
-      size += chunk.byteLength
-      hash.update(chunk)
-      await handle.write(chunk)
-    }
-  } finally {
-    await handle.close()
-  }
-  return { size, sha256: hash.digest("hex") }
-}
-
-/** The block size of the file system `dir` is on. */
-function blockBytesOf(dir: string): number {
-  try {
-    return statfsSync(dir).bsize || DEFAULT_BLOCK_BYTES
-  } catch {
-    return DEFAULT_BLOCK_BYTES // not made yet (the store makes it with its first entry): the usual size
-  }
-}
-
-/** A body file's version: a write in place moves its ctime, a replacement changes its inode. */
-function versionOf(path: string, stat: Stats): string {
-  return `${path}:${stat.ino}:${stat.ctimeMs}`
 }
 
 /** A variant found on disk, as a listing shows it. */
