@@ -61,41 +61,13 @@ import {
   type Warn,
   type WarnKind,
 } from "./cache/store.ts"
+import { type EntryView, entryView, type PurgeTarget, type VariantView, variantView } from "./cache/views.ts"
 
 // The store contract lives in cache/store.ts; what users of the cache name is here too.
 export type { Listing, Store, TierStats, Warn, WarnKind } from "./cache/store.ts"
 
-// ───────────────────────────── the admin API's views ─────────────────────────────
-
-/** What a purge removes (or marks stale): one URL, every URL under a prefix, or every entry with a tag. */
-export type PurgeTarget = { url: string } | { prefix: string } | { tag: string }
-
-/** One variant as the admin API shows it. */
-export interface VariantView {
-  status: number
-  /** The request header values it was selected by (Vary); null = absent. */
-  vary: Record<string, string | null>
-  /** Body bytes. */
-  bytes: number
-  /** When it arrived, ms since epoch. */
-  storedAt: number
-  ageSeconds: number
-  /** Seconds of freshness left; negative once stale. */
-  ttlSeconds: number
-  fresh: boolean
-  tags: string[]
-  tiers: string[]
-  headers: [string, string][]
-}
-
-/** One URL as the admin API lists it: its variants summed up, the most recent one's figures. */
-export interface EntryView extends Omit<VariantView, "vary" | "headers"> {
-  url: string
-  method: string
-  variants: number
-  /** Hits this process has served from it since it started. */
-  hits: number
-}
+// The admin API's views of what is stored (cache/views.ts).
+export type { EntryView, PurgeTarget, VariantView } from "./cache/views.ts"
 
 // ───────────────────────────── configuration ─────────────────────────────
 
@@ -329,7 +301,7 @@ export class Cache<S extends Store = Store> {
     const byKey = new Map<string, ListedEntry[]>()
     for (const entry of page.entries) byKey.set(entry.key, [...(byKey.get(entry.key) ?? []), entry])
     const now = Date.now()
-    return { entries: [...byKey].map(([key, variants]) => this.entryView(key, variants, now)), cursor: page.cursor }
+    return { entries: [...byKey].map(([key, variants]) => entryView(key, variants, this.hitCounts.of(key), now)), cursor: page.cursor }
   }
 
   /** One stored URL with every variant's headers; undefined when nothing is stored for it. */
@@ -338,22 +310,7 @@ export class Cache<S extends Store = Store> {
     const listed = await this.listing().variants(key)
     if (listed.length === 0) return undefined
     const now = Date.now()
-    return { entry: this.entryView(key, listed, now), variants: listed.map((variant) => variantView(variant, now)) }
-  }
-
-  private entryView(key: string, listed: ListedEntry[], now: number): EntryView {
-    const variants = listed.map((variant) => variantView(variant, now))
-    const { vary: _, headers: __, ...newest } = variants.reduce((a, b) => (b.storedAt > a.storedAt ? b : a))
-    return {
-      ...newest,
-      url: key.slice(key.indexOf(" ") + 1),
-      method: key.slice(0, key.indexOf(" ")),
-      variants: variants.length,
-      bytes: variants.reduce((sum, variant) => sum + variant.bytes, 0),
-      tags: [...new Set(variants.flatMap((variant) => variant.tags))],
-      tiers: [...new Set(variants.flatMap((variant) => variant.tiers))],
-      hits: this.hitCounts.of(key),
-    }
+    return { entry: entryView(key, listed, this.hitCounts.of(key), now), variants: listed.map((variant) => variantView(variant, now)) }
   }
 
   /**
@@ -809,23 +766,6 @@ class HitCounts {
 /** The key prefix of every URL that starts with `urlPrefix` (only GETs are stored). */
 function keyPrefix(urlPrefix: string): string {
   return `GET ${urlPrefix}`
-}
-
-/** One stored variant as the admin API shows it. */
-function variantView({ meta, size, tiers }: ListedEntry, now: number): VariantView {
-  const ttl = ttlMs(meta, now)
-  return {
-    status: meta.status,
-    vary: meta.vary,
-    bytes: size,
-    storedAt: meta.responseTime,
-    ageSeconds: Math.floor(currentAgeMs(meta, now) / 1000),
-    ttlSeconds: Math.round(ttl / 1000),
-    fresh: ttl > 0 && !meta.noCache,
-    tags: meta.tags ?? [],
-    tiers,
-    headers: meta.headers,
-  }
 }
 
 // How long a key whose response could not be stored skips coalescing (Varnish's hit-for-miss).
