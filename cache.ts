@@ -18,6 +18,7 @@
  */
 
 import { concat } from "./cache/bytes.ts"
+import { withDeadline } from "./cache/deadline.ts"
 import { cacheStatus, type Outcome, withOutcome, xCache } from "./cache/outcome.ts"
 import {
   cacheKey,
@@ -357,7 +358,7 @@ export class Cache<S extends Store = Store> {
     if (!pending) return this.lead(lookup, stale, forward)
     // A leader whose client never reads its body would hold its waiters forever: they wait
     // at most as long as the origin may take to answer, then go themselves.
-    const stored = await waitAtMost(pending, this.config.coalesceWaitMs)
+    const stored = await withDeadline(pending, this.config.coalesceWaitMs, () => undefined)
     if (stored !== false) {
       discard(stale)
       const now = Date.now()
@@ -880,11 +881,4 @@ export function answer(status: number, text: string, outcome: Outcome): Response
     "cache-status": cacheStatus(outcome),
   }
   return withOutcome(new Response(text, { status, headers }), outcome)
-}
-
-/** The promise's value, or undefined when `ms` pass first. */
-function waitAtMost<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
-  let timer: ReturnType<typeof setTimeout> | undefined
-  const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), ms)))
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
 }

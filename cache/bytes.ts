@@ -1,3 +1,5 @@
+import { createHash } from "node:crypto"
+
 /** Byte helpers the stores and the cache share. */
 
 /** The chunks as one array of `size` bytes; a single chunk is returned as it is, uncopied. */
@@ -10,4 +12,9 @@ export function concat(chunks: Uint8Array[], size: number): Uint8Array {
     offset += chunk.byteLength
   }
   return bytes
+}
+
+/** sha256, hex: the names the stores give keys, variants and tags, and a small body's digest. */
+export function sha256(data: string | Uint8Array): string {
+  return createHash("sha256").update(data).digest("hex")
 }

@@ -4,6 +4,7 @@
  */
 import { describe, expect, test } from "bun:test"
 import { join } from "node:path"
+import { sha256 } from "./bytes.ts"
 import {
   Broken,
   bodyFileNamed,
@@ -16,7 +17,6 @@ import {
   parseMetaFile,
   positionOf,
   SHARD_NAME,
-  sha256,
   variantIdOf,
   variantOfBody,
   writeId,

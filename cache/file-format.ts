@@ -4,10 +4,11 @@
  * `generation`), what a meta file holds, and the checks it must pass before anything in it is
  * used. No I/O: the store reads and writes, this says what is valid.
  */
-import { createHash, randomBytes } from "node:crypto"
+import { randomBytes } from "node:crypto"
 import type { Stats } from "node:fs"
 import { basename, dirname } from "node:path"
-import { isFinalStatus } from "./policy.ts"
+import { sha256 } from "./bytes.ts"
+import { FIELD_NAME, isFinalStatus } from "./policy.ts"
 import type { EntryMeta } from "./store.ts"
 
 export const FORMAT_DIR = "v1"
@@ -58,8 +59,6 @@ const isBoolean = (value: unknown): value is boolean => typeof value === "boolea
 const isByteCount = (value: unknown): boolean => Number.isSafeInteger(value) && (value as number) >= 0
 const isRecord = (value: unknown): value is Record<string, unknown> => typeof value === "object" && value !== null && !Array.isArray(value)
 
-// RFC 9110 §5.1: a field name is a token.
-const FIELD_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
 // RFC 9110 §5.5: a field value holds no CR, LF or NUL; and Headers takes bytes (up to U+00FF) only.
 const FIELD_VALUE_FORBIDDEN = /[\r\n\u0100-\uffff]/
 
@@ -194,8 +193,4 @@ export function writeId(): string {
 export function positionOf(key: string): string {
   const hash = sha256(key)
   return `${hash.slice(0, 2)}/${hash}`
-}
-/** sha256, hex: the names of keys, variants and tags, and a small body's digest. */
-export function sha256(data: string | Uint8Array): string {
-  return createHash("sha256").update(data).digest("hex")
 }

@@ -6,7 +6,8 @@ import { createHash } from "node:crypto"
 import { constants, type Stats, statfsSync } from "node:fs"
 import * as fs from "node:fs/promises"
 import { basename } from "node:path"
-import { Broken, sha256 } from "./file-format.ts"
+import { sha256 } from "./bytes.ts"
+import { Broken } from "./file-format.ts"
 
 // Every read opens with these: a link is refused (ELOOP) rather than followed, and a FIFO in a
 // file's place cannot hang the open (it is then refused as no regular file).

@@ -19,6 +19,7 @@ import { randomBytes } from "node:crypto"
 import { constants, type Dirent, type Stats } from "node:fs"
 import * as fs from "node:fs/promises"
 import { basename, dirname, join, relative } from "node:path"
+import { sha256 } from "./bytes.ts"
 import { DiskUsage } from "./disk-usage.ts"
 import type { FileApi } from "./file-api.ts"
 import {
@@ -39,7 +40,6 @@ import {
   parseMetaFile,
   positionOf,
   SHARD_NAME,
-  sha256,
   TAGS_DIR,
   TEMP_SUFFIX,
   variantIdOf,

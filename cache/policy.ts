@@ -26,6 +26,9 @@ export interface PolicyConfig {
 export type Directives = ReadonlyMap<string, string | true>
 
 // Most requests carry no Cache-Control: they share one empty set of directives.
+// RFC 9110 §5.1: a field name is a token.
+export const FIELD_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
+
 const NO_DIRECTIVES: Directives = new Map()
 
 const DELTA_SECONDS = /^\d+$/
