@@ -157,6 +157,7 @@ interface HitHeaders {
 /**
  * The HTTP cache: `respond` answers one request from the store or through `forward`,
  * following RFC 9111 for a shared cache, with one request per key to the origin at a time.
+ * `S` is the store's own type: whoever made the cache keeps the store's capabilities in `store`.
  */
 export class Cache<S extends Store = Store> {
   private readonly ignoreQuery: ReadonlySet<string>
@@ -179,11 +180,6 @@ export class Cache<S extends Store = Store> {
     this.shared = isShared(store) ? store : undefined
   }
 
-  /** Resolves once the store answers from everything it holds; at once for a store with nothing to wait for. */
-  async ready(): Promise<void> {
-    if (hasLifecycle(this.store)) await this.store.ready()
-  }
-
   /** Resolves when the store answers now; rejects with the reason when it cannot. A store without a lifecycle (memory) always answers. */
   async ping(): Promise<void> {
     if (hasLifecycle(this.store)) await this.store.ping()
@@ -203,7 +199,8 @@ export class Cache<S extends Store = Store> {
 
   /**
    * Answers a request with the client's `headers`; `forward` sends (possibly conditional) headers
-   * to the origin. The response carries Via, X-Cache and Cache-Status. A hit from memory is
+   * to the origin. The response carries Via, X-Cache and Cache-Status, rendered from its outcome
+   * (`outcomeOf(response)`, what the access log and metrics read). A hit from memory is
    * answered synchronously: no promise for Bun.serve to wait on.
    */
   respond(method: string, headers: Headers, target: string, forward: Forward): Response | Promise<Response> {
