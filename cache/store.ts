@@ -4,6 +4,10 @@
  * asks with a guard (`isListing(store)`), as undici checks its CacheStore by its members, instead
  * of asking every store for stubs. Stores know nothing of HTTP rules: they match Vary selections
  * and honour `deleteAt`, both given to them.
+ *
+ * Who has what: memory (Listing, Drops); files (Listing, Drops, ReadNotices, Lifecycle); Redis
+ * (Listing, Claims, Drops, Lifecycle); memory in front of another store (what that one has, but
+ * ReadNotices: nothing goes in front of it). `store.test.ts` holds each to exactly its list.
  */
 
 /**
