@@ -11,7 +11,7 @@
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { TEST_OPTIONS } from "../proxy/options.fixture.ts"
+import { TEST_OPTIONS } from "../proxy/test.fixture.ts"
 import { createProxy, type ProxyOptions } from "../proxy.ts"
 import { exitWhenOrphaned, fixedBody } from "./shared.ts"
 

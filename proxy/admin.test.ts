@@ -4,40 +4,33 @@
  * a real headless chromium.
  */
 import { afterEach, describe, expect, setSystemTime, test } from "bun:test"
-import { existsSync, mkdtempSync, rmSync } from "node:fs"
+import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { type Browser, chromium, type Page } from "playwright-core"
-import { startRedis } from "../cache/redis-server.fixture.ts"
+import type { Browser, Page } from "playwright-core"
 import type { EntryView, TierStats, VariantView, WarnKind } from "../cache.ts"
 import { createProxy, type ProxyOptions, serve } from "../proxy.ts"
-import { TEST_OPTIONS } from "./options.fixture.ts"
+import {
+  buildNodeBundle,
+  CLI,
+  launchBrowser,
+  NODE_BUNDLE,
+  RUNTIMES,
+  startRedis,
+  startOrigin as startSharedOrigin,
+  TEST_OPTIONS,
+} from "./test.fixture.ts"
 
 // ───────────────────────────── helpers ─────────────────────────────
 
-const CLI = [process.execPath, join(import.meta.dir, "..", "proxy.ts")]
 const TOKEN = "s3cret-token"
 
 afterEach(() => setSystemTime())
 
-/** A real origin on port 0 that records the path and headers of every request it sees. */
+/** The shared origin, its URL without the trailing slash: the admin API reports a URL as the origin plus the path. */
 function startOrigin(respond: (req: Request, n: number) => Response | Promise<Response>) {
-  const requests: { path: string; headers: Headers }[] = []
-  const server = Bun.serve({
-    hostname: "127.0.0.1",
-    port: 0,
-    fetch(req) {
-      requests.push({ path: new URL(req.url).pathname, headers: new Headers(req.headers) })
-      return respond(req, requests.length)
-    },
-  })
-  return {
-    url: server.url.href.replace(/\/$/, ""),
-    requests,
-    /** How many requests reached the origin for this path. */
-    count: (path: string) => requests.filter((seen) => seen.path === path).length,
-    [Symbol.asyncDispose]: () => server.stop(true),
-  }
+  const origin = startSharedOrigin(respond)
+  return { ...origin, url: origin.url.replace(/\/$/, "") }
 }
 
 /** An origin answering `v<n>` (its n-th request), fresh for a minute, with these extra headers per path. */
@@ -74,25 +67,6 @@ async function startProxy(options: Partial<ProxyOptions> & { origin: string }) {
       rmSync(cacheDir, { recursive: true, force: true })
     },
   }
-}
-
-const NODE_BUNDLE = ["node", join(import.meta.dir, "..", "dist", "cli.js")]
-/** The CLI under each runtime: Bun from source, Node from the bundle npm installs. */
-const RUNTIMES: [string, string[]][] = [
-  ["Bun", CLI],
-  ["Node", NODE_BUNDLE],
-]
-
-let nodeBundle: Promise<void> | undefined
-
-/** Builds dist/cli.js once per run. */
-function buildNodeBundle(): Promise<void> {
-  nodeBundle ??= (async () => {
-    const child = Bun.spawn(["npm", "run", "--silent", "build:js"], { cwd: join(import.meta.dir, ".."), stdout: "ignore", stderr: "pipe" })
-    const [stderr, code] = await Promise.all([new Response(child.stderr).text(), child.exited])
-    if (code !== 0) throw new Error(`npm run build:js failed: ${stderr}`)
-  })()
-  return nodeBundle
 }
 
 /** The CLI as a child process with its admin listener (token from the environment); resolves once it says where both listen. */
@@ -517,15 +491,6 @@ describe("purge on a shared Redis store", () => {
 })
 
 // ───────────────────────────── the inspector page ─────────────────────────────
-
-const CHROMIUM = "/usr/bin/chromium"
-
-/** Debian's headless chromium, driven by playwright-core. Missing, it fails the test: .ci/run installs it. */
-async function launchBrowser() {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing (apt-get install -y chromium); the inspector's test needs it`)
-  const browser = await chromium.launch({ executablePath: CHROMIUM })
-  return { browser, [Symbol.asyncDispose]: () => browser.close() }
-}
 
 /** A page that records what it asked for and what went wrong in it (script errors, CSP violations). */
 async function openInspector(browser: Browser, adminUrl: string) {
