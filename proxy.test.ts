@@ -3,9 +3,8 @@
  * --version, signals), a cache that outlives the process, and the same answers from the CLI under
  * Bun and under Node. A real origin on port 0, the real proxy as a child process.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, setSystemTime, test } from "bun:test"
-import { randomUUID } from "node:crypto"
-import { existsSync, mkdirSync, writeFileSync } from "node:fs"
+import { afterEach, beforeAll, describe, expect, setSystemTime, test } from "bun:test"
+import { existsSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { gzipSync } from "node:zlib"
 import {
@@ -20,7 +19,6 @@ import {
   KB,
   NO_CLONE,
   NODE_BUNDLE,
-  npmRun,
   ownedDir,
   PACKAGE_VERSION,
   portOf,
@@ -248,7 +246,7 @@ describe("CLI", () => {
   })
 })
 
-describe("runtimes and packaging", () => {
+describe("a cache that outlives the process: MISS, HIT, HIT after a restart, MISS after --clear-cache", () => {
   test("under Bun, from source", () => endToEnd(CLI))
 
   test("--clear-cache does not break a proxy running on the same cache", async () => {
@@ -267,13 +265,12 @@ describe("runtimes and packaging", () => {
   })
 
   describe("under Node (the bundle npm installs)", () => {
-    beforeAll(() => npmRun("build:js"), 60_000)
-    const NODE_CLI = ["node", join(ROOT, "dist", "cli.js")]
+    beforeAll(buildNodeBundle, 60_000)
 
-    test("MISS, HIT, restart, clear", () => endToEnd(NODE_CLI))
+    test("MISS, HIT, restart, clear", () => endToEnd(NODE_BUNDLE))
 
     test("--version: the version and commit it was built from", async () => {
-      expect((await runCli([...NODE_CLI, "--version"], undefined, NO_CLONE)).stdout).toBe(await expectedVersion())
+      expect((await runCli([...NODE_BUNDLE, "--version"], undefined, NO_CLONE)).stdout).toBe(await expectedVersion())
     })
 
     test("bytes, Set-Cookie and bad flags behave as under Bun", async () => {
@@ -286,7 +283,7 @@ describe("runtimes and packaging", () => {
       })
       using dir = ownedDir()
       await using proxy = await startCli([
-        ...NODE_CLI,
+        ...NODE_BUNDLE,
         "--port",
         "0",
         "--quiet",
@@ -302,94 +299,10 @@ describe("runtimes and packaging", () => {
         expect(response.headers.getSetCookie()).toEqual(["a=1", "b=2"])
         expect(new Uint8Array(await response.arrayBuffer())).toEqual(new Uint8Array(gzipped))
       }
-      const bad = await runCli([...NODE_CLI, "--port", "x", "--origin", origin.url])
+      const bad = await runCli([...NODE_BUNDLE, "--port", "x", "--origin", origin.url])
       expect(bad.code).toBe(2)
       expect(bad.stderr.trim()).toBe('caching-proxy: --port must be 0-65535 (got "x")')
     })
-  })
-
-  describe("the standalone binary", () => {
-    const BINARY = join(ROOT, "dist", "caching-proxy")
-    beforeAll(() => npmRun("build"), 120_000)
-
-    test("MISS, HIT, restart, clear", () => endToEnd([BINARY]))
-
-    test("--version: the version and commit it was built from", async () => {
-      expect((await runCli([BINARY, "--version"], undefined, NO_CLONE)).stdout).toBe(await expectedVersion())
-    })
-
-    test("ignores a .env and a bunfig.toml in the working directory", async () => {
-      await using origin = startOrigin(() => new Response("x"))
-      using cwd = ownedDir()
-      using home = ownedDir()
-      writeFileSync(join(cwd.path, ".env"), `XDG_CACHE_HOME=${join(cwd.path, "from-dotenv")}\n`)
-      writeFileSync(join(cwd.path, "preload.ts"), `require("node:fs").writeFileSync(${JSON.stringify(join(cwd.path, "preloaded"))}, "")\n`)
-      writeFileSync(join(cwd.path, "bunfig.toml"), `preload = ["./preload.ts"]\n`)
-      await using proxy = await startCli(
-        [BINARY, "--port", "0", "--origin", origin.url],
-        { XDG_CACHE_HOME: undefined, HOME: home.path },
-        cwd.path,
-      )
-      expect(proxy.lines[0]).toContain(`cache in ${join(home.path, ".cache", "caching-proxy")}`)
-      expect(existsSync(join(cwd.path, "preloaded"))).toBe(false)
-    })
-  })
-
-  describe("the packed package (npm pack), in empty folders", () => {
-    const BUNX = join(ROOT, "node_modules", ".bin", "bunx")
-    // Made in beforeAll, not while the tests are collected: a run that filters them out leaves no folder.
-    let folder = { path: "", [Symbol.dispose]: () => {} }
-    let tarball = ""
-    let installed = { stdout: "", stderr: "", code: 0 }
-    const project = () => join(folder.path, "project")
-    beforeAll(async () => {
-      folder = ownedDir()
-      const packed = await runCli(["npm", "pack", "--silent", "--pack-destination", folder.path], ROOT)
-      if (packed.code !== 0) throw new Error(`npm pack failed: ${packed.stderr}`)
-      tarball = join(folder.path, packed.stdout.trim().split("\n").pop()!)
-      mkdirSync(project())
-      writeFileSync(join(project(), "package.json"), "{}")
-      installed = await runCli(["npm", "install", "--no-audit", "--no-fund", "--prefer-offline", tarball], project())
-      if (installed.code !== 0) throw new Error(`npm install failed: ${installed.stderr}`)
-    }, 120_000)
-    afterAll(() => folder[Symbol.dispose]())
-
-    test("holds the Node bundle, README and LICENSE, and declares no dependencies and no install scripts", async () => {
-      const listed = await runCli(["tar", "-tzf", tarball])
-      expect(listed.stdout.trim().split("\n").sort()).toEqual([
-        "package/LICENSE",
-        "package/README.md",
-        "package/dist/cli.js",
-        "package/package.json",
-      ])
-      const manifest = JSON.parse((await runCli(["tar", "-xzOf", tarball, "package/package.json"])).stdout)
-      expect(manifest.bin).toEqual({ "caching-proxy": "dist/cli.js" })
-      for (const field of ["dependencies", "optionalDependencies", "peerDependencies", "bundleDependencies"])
-        expect(manifest[field]).toBeUndefined()
-      for (const script of ["preinstall", "install", "postinstall", "prepare"]) expect(manifest.scripts[script]).toBeUndefined()
-      // Installing it adds one package (itself) and warns of nothing.
-      expect(installed.stdout).toContain("added 1 package")
-      expect(installed.stderr).toBe("")
-    })
-
-    test.each([
-      ["npx --yes ./<tarball> (Node)", (file: string) => ["npx", "--yes", `./${file}`]],
-      ["npm exec (Node)", (file: string) => ["npm", "exec", "--yes", `--package=./${file}`, "--", "caching-proxy"]],
-      // bunx reads a tarball given by its absolute path only.
-      ["bunx (Node, as the bin's #! line says)", (file: string) => [BUNX, "--package", join(folder.path, file), "caching-proxy"]],
-      ["bunx --bun (Bun)", (file: string) => [BUNX, "--bun", "--package", join(folder.path, file), "caching-proxy"]],
-    ])("%s runs it from the tarball alone: --version, with no warning", async (_, command) => {
-      // An npm cache of its own, as on a first use: npm exec keys what it installed by the spec
-      // ("./<file>"), and would run an earlier run's tarball of the same name.
-      const npmCache = { npm_config_cache: join(folder.path, `npm-cache-${randomUUID()}`) }
-      const ran = await runCli([...command(tarball.slice(folder.path.length + 1)), "--version"], folder.path, npmCache)
-      expect(ran.stdout).toBe(await expectedVersion())
-      expect(ran.stderr).not.toMatch(/warn|script/i)
-      expect(ran.code).toBe(0)
-    })
-
-    test("npx caching-proxy (Node)", () => endToEnd(["npx", "--no-install", "caching-proxy"], project()), 60_000)
-    test("bunx --bun caching-proxy (Bun)", () => endToEnd([BUNX, "--bun", "caching-proxy"], project()), 60_000)
   })
 })
 
