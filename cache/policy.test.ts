@@ -11,6 +11,7 @@ import {
   buildNodeBundle,
   CLI,
   eventually,
+  FAST_RUN,
   freezeClock,
   generatedBody,
   generatedChunk,
@@ -1645,7 +1646,7 @@ describe("RFC 9110 §14 range requests answered from the cache", () => {
     expect(origin.requests.map((r) => r.headers.get("range"))).toEqual(["bytes=0-3", null, "bytes=0-3"])
   })
 
-  test("from Redis, a range of a large body reads only the chunks it covers", async () => {
+  test.skipIf(FAST_RUN)("from Redis, a range of a large body reads only the chunks it covers", async () => {
     const CHUNK = 256 * KB // the Redis store's chunk
     await using redis = await startRedis()
     await using origin = startOrigin(() => new Response(generatedBody(12, CHUNK), { headers: { "cache-control": "max-age=600" } }))

@@ -10,6 +10,7 @@ import {
   CLI,
   eventually,
   expectedSha256,
+  FAST_RUN,
   freezeClock,
   get,
   isCached,
@@ -32,7 +33,7 @@ import type { ProxyOptions } from "../proxy.ts"
 // Every test starts on the real clock, whatever the one before did with it.
 afterEach(() => setSystemTime())
 
-describe("a shared store on Redis", () => {
+describe.skipIf(FAST_RUN)("a shared store on Redis", () => {
   let redis: RedisServer
   beforeAll(async () => {
     redis = await startRedis()
