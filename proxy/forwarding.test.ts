@@ -363,7 +363,7 @@ describe("hardening: pipelined requests", () => {
   })
 })
 
-describe("--rewrite-location (issue 11)", () => {
+describe("--rewrite-location: Location and Content-Location naming the origin point at the proxy instead; other URLs pass unchanged", () => {
   /** An origin whose answers name URLs: its own (under `base`), another host's, and a relative one. */
   function startRedirectingOrigin(base = "") {
     const origin = startOrigin((req) => {

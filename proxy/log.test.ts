@@ -27,7 +27,7 @@ async function brokenBody(url: string, origin: { breakBody: () => void }): Promi
 
 const TIME_ONLY = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/
 
-describe("access log (issue 11)", () => {
+describe("access log: one line per request, timed to its last byte, saying why an origin failed; warnings alike", () => {
   const TIME = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z /
 
   test("a streamed body is timed to its last byte, and its bytes counted", async () => {

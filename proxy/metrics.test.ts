@@ -13,7 +13,7 @@ function sample(text: string, series: string): number {
   return line === undefined ? 0 : Number(line.slice(series.length + 1))
 }
 
-describe("metrics (Prometheus, issue 11)", () => {
+describe("Prometheus metrics: requests, origin fetches, failures and the store, counted only when asked for", () => {
   test("after known traffic: requests by outcome and status class, bytes by source, origin requests, store fill, process metrics", async () => {
     freezeClock()
     await using origin = startOrigin(async (req) => {
