@@ -11,7 +11,6 @@ import {
   linkSync,
   lstatSync,
   mkdirSync,
-  mkdtempSync,
   openSync,
   readdirSync,
   readFileSync,
@@ -26,9 +25,9 @@ import {
 import * as fsPromises from "node:fs/promises"
 import { tmpdir } from "node:os"
 import { basename, dirname, join } from "node:path"
-import type { EntryMeta, WarnKind } from "../cache.ts"
-import { TEST_OPTIONS } from "../proxy/test.fixture.ts"
-import { createProxy, type ProxyOptions, serve } from "../proxy.ts"
+import type { EntryMeta } from "../cache.ts"
+import { ownedDir, startOrigin, startProxy as startSharedProxy } from "../proxy/test.fixture.ts"
+import type { ProxyOptions } from "../proxy.ts"
 import { bunFiles, FileStore } from "./file-store.ts"
 
 // ───────────────────────────── helpers ─────────────────────────────
@@ -37,30 +36,6 @@ const KiB = 1024
 const MiB = 1024 * KiB
 // Over the 1 MiB the memory tier holds and the store reads whole: served from its file.
 const LARGE = 2 * MiB
-
-/** A temporary directory removed when it goes out of scope: `using dir = ownedDir()`. */
-function ownedDir() {
-  const path = mkdtempSync(join(tmpdir(), "caching-proxy-test-"))
-  return { path, [Symbol.dispose]: () => rmSync(path, { recursive: true, force: true }) }
-}
-
-/** A real origin on port 0 that counts the requests it sees, by path. */
-function startOrigin(respond: (req: Request, n: number) => Response) {
-  const paths: string[] = []
-  const server = Bun.serve({
-    hostname: "127.0.0.1",
-    port: 0,
-    fetch(req) {
-      paths.push(new URL(req.url).pathname)
-      return respond(req, paths.length)
-    },
-  })
-  return {
-    url: server.url.href,
-    count: (path: string) => paths.filter((p) => p === path).length,
-    [Symbol.asyncDispose]: () => server.stop(true),
-  }
-}
 
 const FRESH = { "cache-control": "max-age=600" }
 
@@ -72,21 +47,15 @@ function startVersionedOrigin(body: (n: number) => string = (n) => `v${n}`) {
 /** A large body for answer `n`: every byte the digit, so a changed byte shows. */
 const largeBody = (n: number) => String(n % 10).repeat(LARGE)
 
-/** The real proxy, in-process, on port 0, on the given cache directory. */
+/** The shared in-process proxy on the given cache directory, once its store is ready. */
 async function startProxy(options: Partial<ProxyOptions> & { origin: string; cacheDir: string }) {
-  const full: ProxyOptions = { ...TEST_OPTIONS, ...options, origin: options.origin.replace(/\/+$/, "") }
-  const warnings: { kind: WarnKind; detail: string }[] = []
-  const { app, cache } = await createProxy(full, { warn: (kind, detail) => warnings.push({ kind, detail }) })
-  const listener = await serve(app, full)
-  await cache.store.ready()
+  const proxy = await startSharedProxy(options)
+  await proxy.cache.store.ready()
   return {
-    url: `http://127.0.0.1:${listener.port}/`,
+    url: proxy.url,
     /** What the proxy reported and carried on after, by kind. */
-    warnings: () => warnings.map((w) => w.kind),
-    [Symbol.asyncDispose]: async () => {
-      await listener.stop(true)
-      await cache.close()
-    },
+    warnings: () => proxy.warnings.map((w) => w.kind),
+    [Symbol.asyncDispose]: proxy[Symbol.asyncDispose],
   }
 }
 
