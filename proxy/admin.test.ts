@@ -48,7 +48,8 @@ async function startProxy(options: Partial<ProxyOptions> & { origin: string }) {
   const full: ProxyOptions = { ...TEST_OPTIONS, admin: { port: 0, host: "127.0.0.1", token: undefined }, cacheDir, ...options }
   const warnings: { kind: WarnKind; detail: string }[] = []
   const warn = (kind: WarnKind, detail: string) => warnings.push({ kind, detail })
-  const { app, cache, admin } = await createProxy(full, { warn })
+  const lines: string[] = []
+  const { app, cache, admin } = await createProxy(full, { warn, log: (line) => lines.push(line) })
   const listener = await serve(app, full, warn)
   const adminListener = await serve(admin!, { ...full, port: 0 }, warn)
   await cache.store.ready()
@@ -58,6 +59,8 @@ async function startProxy(options: Partial<ProxyOptions> & { origin: string }) {
     url: `http://127.0.0.1:${listener.port}`,
     cacheDir,
     adminUrl,
+    /** The access lines it wrote. */
+    lines,
     warnings,
     /** A request to the admin listener, with the token when there is one. */
     admin: (path: string, init: RequestInit = {}) =>

@@ -26,7 +26,11 @@ export const ROOT = join(import.meta.dir, "..")
 /** True in `npm run test:fast`: tests needing Redis, Chromium or a compile are left out (`test.skipIf(FAST_RUN)`). */
 export const FAST_RUN = process.env.CACHING_PROXY_TEST_FAST === "1"
 
-/** The proxy's options for tests and benchmarks that run it in-process: the CLI's defaults, on port 0, without the admin listener. */
+/**
+ * The proxy's options for tests and benchmarks that run it in-process: the CLI's defaults, on
+ * port 0, without the admin listener. The access log is on, as for a user: `startProxy` captures
+ * it (and the warnings) instead of silencing it, so the default path is the one tested.
+ */
 export const TEST_OPTIONS: Omit<ProxyOptions, "origin" | "cacheDir"> = {
   port: 0,
   host: "127.0.0.1",
@@ -35,7 +39,7 @@ export const TEST_OPTIONS: Omit<ProxyOptions, "origin" | "cacheDir"> = {
   rewriteLocation: false,
   ttlSeconds: 300,
   timeoutSeconds: 30,
-  quiet: true,
+  quiet: false,
   logFormat: "text",
   metrics: false,
   memorySize: 64 << 20,
@@ -114,7 +118,7 @@ export async function startProxy(options: Partial<ProxyOptions> & { origin: stri
     cacheDir,
     cache,
     metrics,
-    /** The access lines it wrote (unless quiet). */
+    /** The access lines it wrote (none when quiet). */
     lines,
     /** What the proxy reported and carried on after. */
     warnings,
@@ -414,7 +418,7 @@ export function buildNodeBundle(): Promise<void> {
 export async function startCliProxy(command: string[], originUrl: string, flags: string[] = [], env: Record<string, string> = {}) {
   const dir = ownedDir()
   try {
-    const proxy = await startCli([...command, "--port", "0", "--quiet", "--origin", originUrl, "--cache-dir", dir.path, ...flags], env)
+    const proxy = await startCli([...command, "--port", "0", "--origin", originUrl, "--cache-dir", dir.path, ...flags], env)
     return {
       url: proxy.url,
       port: portOf(proxy.url),
@@ -455,7 +459,7 @@ export const CLI = [BUN, join(ROOT, "proxy.ts")]
 export async function endToEnd(command: string[], cwd?: string) {
   await using origin = startOrigin((_, n) => new Response(`product ${n}`, { headers: { "cache-control": "max-age=600" } }))
   using cacheDir = ownedDir()
-  const start = () => startCli([...command, "--port", "0", "--quiet", "--origin", origin.url, "--cache-dir", cacheDir.path], {}, cwd)
+  const start = () => startCli([...command, "--port", "0", "--origin", origin.url, "--cache-dir", cacheDir.path], {}, cwd)
   const expectAnswer = async (url: string, body: string, xCache: string) => {
     const response = await get(`${url}products`)
     expect(await response.text()).toBe(body)
