@@ -5,8 +5,8 @@
  * chromium. Nothing here registers a hook, so the benchmark can import it outside `bun test`.
  *
  * `CACHING_PROXY_TEST_FAST=1` (`npm run test:fast`) leaves out the tests that need Redis,
- * Chromium or a compiled binary: the inner loop. `npm test` and CI run everything, and a test
- * skipped there counts as a failure (.ci/run).
+ * Chromium or a compiled binary, or wait out a runtime's real timer: the inner loop. `npm test`
+ * and CI run everything, and a test skipped there counts as a failure (.ci/run).
  */
 import { expect, setSystemTime } from "bun:test"
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs"
@@ -23,7 +23,10 @@ export { type RedisServer, startRedis, startRedisCluster } from "../cache/redis-
 /** The checkout's root: the CLI's entry, package.json and dist/ are found from here. */
 export const ROOT = join(import.meta.dir, "..")
 
-/** True in `npm run test:fast`: tests needing Redis, Chromium or a compile are left out (`test.skipIf(FAST_RUN)`). */
+/**
+ * True in `npm run test:fast`: tests needing Redis, Chromium or a compile, and those that wait out
+ * a real timer of 5 s or more (one no clock can move), are left out (`test.skipIf(FAST_RUN)`).
+ */
 export const FAST_RUN = process.env.CACHING_PROXY_TEST_FAST === "1"
 
 /**
