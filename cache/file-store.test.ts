@@ -25,8 +25,7 @@ import {
 import * as fsPromises from "node:fs/promises"
 import { tmpdir } from "node:os"
 import { basename, dirname, join } from "node:path"
-import type { EntryMeta } from "../cache.ts"
-import { ownedDir, startOrigin, startProxy as startSharedProxy } from "../proxy/test.fixture.ts"
+import { meta, nextTask, ownedDir, startOrigin, startProxy as startSharedProxy } from "../proxy/test.fixture.ts"
 import type { ProxyOptions } from "../proxy.ts"
 import { bunFiles, FileStore } from "./file-store.ts"
 
@@ -116,32 +115,6 @@ async function openStore(dir: string, maxBytes = 64 * MiB) {
   const store = new FileStore({ dir, maxBytes, files: bunFiles, warn: (kind, detail) => warnings.push(`${kind}: ${detail}`) })
   await store.ready()
   return { store, warnings, [Symbol.asyncDispose]: () => store.close() }
-}
-
-/** A full EntryMeta, fresh for ten minutes, with the given fields changed. */
-function meta(overrides: Partial<EntryMeta> = {}): EntryMeta {
-  const now = Date.now()
-  return {
-    status: 200,
-    headers: [["content-type", "application/octet-stream"]],
-    vary: {},
-    responseTime: now,
-    deleteAt: now + 600_000,
-    initialAgeMs: 0,
-    freshMs: 600_000,
-    staleWhileRevalidateMs: 0,
-    staleIfErrorMs: 0,
-    mustRevalidate: false,
-    noCache: false,
-    etag: null,
-    lastModified: null,
-    ...overrides,
-  }
-}
-
-/** Lets timers, I/O and other tasks run: a loop of answers given at once would otherwise starve them. */
-function nextTask(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve))
 }
 
 /** A body in chunks, one per pull with a turn of the event loop between them, so puts in flight interleave. */

@@ -15,7 +15,7 @@ import { connect, createServer, type Socket } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { chromium } from "playwright-core"
-import type { WarnKind } from "../cache.ts"
+import type { EntryMeta, WarnKind } from "../cache.ts"
 import { createProxy, type ProxyOptions, serve } from "../proxy.ts"
 
 export { type RedisServer, startRedis, startRedisCluster } from "../cache/redis-server.fixture.ts"
@@ -490,6 +490,34 @@ export async function endToEnd(command: string[], cwd?: string) {
 export async function npmRun(script: string) {
   const result = await runCli(["npm", "run", "--silent", script], ROOT)
   if (result.code !== 0) throw new Error(`npm run ${script} failed: ${result.stderr}`)
+}
+
+// ───────────────────────────── store entries ─────────────────────────────
+
+/** A full EntryMeta, fresh for ten minutes, with the given fields changed. */
+export function meta(overrides: Partial<EntryMeta> = {}): EntryMeta {
+  const now = Date.now()
+  return {
+    status: 200,
+    headers: [["content-type", "application/octet-stream"]],
+    vary: {},
+    responseTime: now,
+    deleteAt: now + 600_000,
+    initialAgeMs: 0,
+    freshMs: 600_000,
+    staleWhileRevalidateMs: 0,
+    staleIfErrorMs: 0,
+    mustRevalidate: false,
+    noCache: false,
+    etag: null,
+    lastModified: null,
+    ...overrides,
+  }
+}
+
+/** Lets timers, I/O and other tasks run: a loop of synchronous hits would otherwise starve them. */
+export function nextTask(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve))
 }
 
 // ───────────────────────────── a browser ─────────────────────────────
