@@ -160,7 +160,7 @@ describe("CLI", () => {
     async () => {
       await using origin = startOrigin(() => new Promise<Response>(() => {})) // never answers
       using dir = ownedDir()
-      const proxy = await startCli([...CLI, "--port", "0", "--quiet", "--origin", origin.url, "--cache-dir", dir.path])
+      const proxy = await startCli([...CLI, "--port", "0", "--origin", origin.url, "--cache-dir", dir.path])
       const pending = get(`${proxy.url}hangs`).then(
         () => "answered",
         () => "cut",
@@ -241,7 +241,7 @@ describe("CLI", () => {
       return new Response("slow but whole")
     })
     using dir = ownedDir()
-    const proxy = await startCli([...CLI, "--port", "0", "--quiet", "--origin", origin.url, "--cache-dir", dir.path])
+    const proxy = await startCli([...CLI, "--port", "0", "--origin", origin.url, "--cache-dir", dir.path])
     const pending = get(`${proxy.url}slow`)
     await Bun.sleep(150)
     proxy.child.kill("SIGTERM")
@@ -257,7 +257,7 @@ describe("a cache that outlives the process: MISS, HIT, HIT after a restart, MIS
   test("--clear-cache does not break a proxy running on the same cache", async () => {
     await using origin = startOrigin((_, n) => new Response(`v${n}`, { headers: { "cache-control": "max-age=600" } }))
     using cacheDir = ownedDir()
-    await using proxy = await startCli([...CLI, "--port", "0", "--quiet", "--origin", origin.url, "--cache-dir", cacheDir.path])
+    await using proxy = await startCli([...CLI, "--port", "0", "--origin", origin.url, "--cache-dir", cacheDir.path])
     expect(await (await get(`${proxy.url}c`)).text()).toBe("v1")
     expect((await runCli([...CLI, "--clear-cache", "--cache-dir", cacheDir.path])).code).toBe(0)
     await Bun.sleep(1500) // the running proxy looks for a clear once a second
@@ -291,7 +291,6 @@ describe("a cache that outlives the process: MISS, HIT, HIT after a restart, MIS
         ...NODE_BUNDLE,
         "--port",
         "0",
-        "--quiet",
         "--share-cookies",
         "--origin",
         origin.url,
@@ -320,7 +319,7 @@ describe("Set-Cookie through the CLI (RFC 9111 §3, a deliberate deviation)", ()
       return new Response(`v${n}`, { headers })
     })
     using dir = ownedDir()
-    const flags = ["--port", "0", "--quiet", "--origin", origin.url]
+    const flags = ["--port", "0", "--origin", origin.url]
     const ask = async (url: string) => {
       const res = await fetch(url)
       return { body: await res.text(), xCache: res.headers.get("x-cache"), cookies: res.headers.getSetCookie() }
@@ -434,7 +433,7 @@ describe("runtime hygiene: the same answers, no warnings, under Bun and Node", (
         return new Response(generatedBody(20, 4 * KB, { cancelled: false }, 2), { headers: { "cache-control": "max-age=0", etag: '"r"' } })
       })
       using dir = ownedDir()
-      await using proxy = await startCli([...command, "--port", "0", "--quiet", "--origin", origin.url, "--cache-dir", dir.path])
+      await using proxy = await startCli([...command, "--port", "0", "--origin", origin.url, "--cache-dir", dir.path])
       // GETs whose bodies stream into the store while POSTs to the same URL delete it.
       for (let round = 0; round < 10; round++) {
         await Promise.all(

@@ -1225,7 +1225,7 @@ describe("RFC 9213 targeted cache control", () => {
       "mine-cache-control": "max-age=60",
     })
     using dir = ownedDir()
-    const flags = ["--port", "0", "--quiet", "--origin", origin.url, "--cache-dir", dir.path]
+    const flags = ["--port", "0", "--origin", origin.url, "--cache-dir", dir.path]
     await using byFlag = await startCli([...CLI, ...flags, "--targeted-cache-control", "Mine-Cache-Control"])
     await answer(`${byFlag.url}flag`)
     expect((await answer(`${byFlag.url}flag`)).xCache).toBe("HIT")

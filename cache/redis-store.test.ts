@@ -210,7 +210,6 @@ describe.skipIf(FAST_RUN)("a shared store on Redis", () => {
         join(ROOT, "dist", "caching-proxy"),
         "--port",
         "0",
-        "--quiet",
         "--origin",
         origin.url,
         "--store",
@@ -245,8 +244,7 @@ describe.skipIf(FAST_RUN)("a shared store on Redis", () => {
     await npmRun("build:js")
     await using own = await startRedis()
     await using origin = startOrigin((_, n) => new Response(`v${n}`, { headers: { "cache-control": "max-age=600" } }))
-    const nodeProxy = () =>
-      startCli(["node", join(ROOT, "dist", "cli.js"), "--port", "0", "--quiet", "--origin", origin.url, "--store", own.url])
+    const nodeProxy = () => startCli(["node", join(ROOT, "dist", "cli.js"), "--port", "0", "--origin", origin.url, "--store", own.url])
     await using a = await nodeProxy()
     await using b = await nodeProxy()
     expect(await answer(`${a.url}node`)).toMatchObject({ xCache: "MISS" })
