@@ -11,9 +11,9 @@ import { existsSync, mkdtempSync, rmSync, statfsSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Redis } from "ioredis"
+import { meta, nextTask, startRedis, startRedisCluster } from "../proxy/test.fixture.ts"
 import { bunFiles, type FileApi, FileStore, nodeFiles } from "./file-store.ts"
 import { MemoryStore } from "./memory-store.ts"
-import { startRedis, startRedisCluster } from "./redis-server.fixture.ts"
 import { RedisStore, type RedisTarget } from "./redis-store.ts"
 import {
   type EntryMeta,
@@ -51,27 +51,6 @@ interface Fixture {
 
 type MakeStore = (maxBytes: number) => Fixture
 
-/** A full EntryMeta, fresh for ten minutes, with the given fields changed. */
-function meta(overrides: Partial<EntryMeta> = {}): EntryMeta {
-  const now = Date.now()
-  return {
-    status: 200,
-    headers: [["content-type", "application/octet-stream"]],
-    vary: {},
-    responseTime: now,
-    deleteAt: now + 600_000,
-    initialAgeMs: 0,
-    freshMs: 600_000,
-    staleWhileRevalidateMs: 0,
-    staleIfErrorMs: 0,
-    mustRevalidate: false,
-    noCache: false,
-    etag: null,
-    lastModified: null,
-    ...overrides,
-  }
-}
-
 /**
  * A body that hands out one chunk per pull and yields to the event loop between chunks, so
  * that two puts in flight really interleave. It ends cleanly, or fails like an origin that cut
@@ -92,11 +71,6 @@ function chunkedStream(chunks: Uint8Array[], end: "close" | "fail"): ReadableStr
 
 const streamOf = (...chunks: Uint8Array[]) => chunkedStream(chunks, "close")
 const failingStreamOf = (...chunks: Uint8Array[]) => chunkedStream(chunks, "fail")
-
-/** Lets timers, I/O and other tasks run: a loop of synchronous hits would otherwise starve them. */
-function nextTask(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve))
-}
 
 function text(value: string): Uint8Array {
   return new TextEncoder().encode(value)
