@@ -17,10 +17,12 @@ import { MemoryStore } from "./cache/memory-store.ts"
 import { isFromCache, outcomeOf } from "./cache/outcome.ts"
 import { targetList } from "./cache/policy.ts"
 import { type Behind, MEMORY_BODY_LIMIT_BYTES, type TieredStore, tieredStore } from "./cache/tiered-store.ts"
-import { answer, Cache, type Forward, OriginError, type OriginFailure, type Warn } from "./cache.ts"
+import { answer, Cache, type CacheConfig, type Forward, OriginError, type OriginFailure, type Warn } from "./cache.ts"
 import packageJson from "./package.json" with { type: "json" }
 import { createAdmin } from "./proxy/admin.ts"
+import { ARCHIVE_COMMANDS, NO_REDACT_WARNING } from "./proxy/archive.ts"
 import { forwardedHeaders, HIDDEN_DOT_DOT_REFUSED, type Hop, resolvedPath, rewriteLocations } from "./proxy/forwarding.ts"
+import { HarError, type Redaction, redaction } from "./proxy/har.ts"
 import { helpText } from "./proxy/help.ts"
 import { type Access, createAccessLog, createWarn } from "./proxy/log.ts"
 import { ProxyMetrics } from "./proxy/metrics.ts"
@@ -31,11 +33,13 @@ import {
   checkRawArgs,
   flagsFromEnvironment,
   isSetting,
+  joinRepeated,
   namingVariable,
   type ProxyOptions,
   parseOptions,
   UsageError,
 } from "./proxy/options.ts"
+import { Recorder, Replay } from "./proxy/record.ts"
 import { type Listener, runtime, serve } from "./proxy/runtime.ts"
 
 // What tests and embedders import from the entry point.
@@ -53,7 +57,10 @@ export interface ProxyOutput {
 }
 
 /** The store entries live in: the disk under --cache-dir, or Redis (its code loaded only then). */
-async function openStore(options: ProxyOptions, warn: Warn): Promise<Behind> {
+export async function openStore(
+  options: Pick<ProxyOptions, "store" | "cacheDir" | "maxSize" | "storePrefix">,
+  warn: Warn,
+): Promise<Behind> {
   if (options.store.kind === "file") {
     return new FileStore({ dir: options.cacheDir, maxBytes: options.maxSize, files: runtime.files, warn })
   }
@@ -80,7 +87,9 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
   const { log = console.log, warn = createWarn(options.logFormat) } = output
   const behind = await openStore(options, warn)
   const store = tiered(options, behind)
-  const cache = new Cache(store, {
+  const redacted = redaction(options.redact)
+  const recorder = options.record ? await Recorder.open(options.record, packageJson.version, store, redacted, warn) : undefined
+  const config: CacheConfig = {
     maxEntryBytes: options.maxEntrySize,
     defaultTtlMs: options.ttlSeconds * 1000,
     forceTtlMs: options.forceTtlSeconds * 1000,
@@ -91,7 +100,10 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
     offline: options.offline,
     coalesceWaitMs: options.timeoutSeconds * 1000,
     warn,
-  })
+    onStored: recorder && ((key, meta) => recorder.record(key, meta)),
+  }
+  const cache = new Cache(store, config)
+  const replay = options.replay ? await loadReplay(options.replay, options.origin, config, redacted) : undefined
   const storeConnected = "isConnected" in behind ? () => (behind as { isConnected: boolean }).isConnected : undefined
   const metrics = options.metrics || options.admin ? new ProxyMetrics({ store, storeConnected, warn }) : undefined
   const accessLog = options.quiet ? undefined : createAccessLog(options.logFormat, log)
@@ -170,7 +182,10 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
       )
       return trip ? timedOrigin(sent, trip) : sent
     }
-    return cache.respond(method, request.headers, target, forward)
+    if (!replay) return cache.respond(method, request.headers, target, forward)
+    return replay
+      .respond(method, request.headers, target)
+      .then((replayed) => replayed ?? cache.respond(method, request.headers, target, forward))
   }
 
   /** Times one origin request into the trip and the metrics. */
@@ -208,7 +223,14 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
     options.admin &&
     metrics &&
     createAdmin({ cache, origin: options.origin, token: options.admin.token, clientAddress: runtime.clientAddress, metrics, warn })
-  return { app, cache, metrics, admin }
+  return { app, cache, metrics, admin, recorder }
+}
+
+/** --replay's HAR; one that cannot be used stops the start with its reason. */
+function loadReplay(path: string, origin: string, config: CacheConfig, redacted: Redaction): Promise<Replay> {
+  return Replay.load(path, origin, config, redacted).catch((error) => {
+    throw error instanceof HarError ? new UsageError(`--replay ${path} cannot be used: ${error.message}`) : error
+  })
 }
 
 /**
@@ -321,9 +343,11 @@ function whereEntriesLive(options: ProxyOptions): string {
 
 /** The command: flags from the command line, then from the environment for those it leaves out, then `start`. */
 async function run(commandLine: string[]): Promise<number> {
+  const command = ARCHIVE_COMMANDS[commandLine[0] ?? ""]
+  if (command) return command(commandLine.slice(1), { openStore, version: packageJson.version })
   checkRawArgs(commandLine)
   const fromEnvironment = flagsFromEnvironment(commandLine, process.env)
-  const rawArgs = [...[...fromEnvironment.values()].map(({ arg }) => arg), ...commandLine]
+  const rawArgs = joinRepeated([...[...fromEnvironment.values()].map(({ arg }) => arg), ...commandLine])
   return start(parseArgs<typeof args>(rawArgs, args)).catch((error) => Promise.reject(namingVariable(error, fromEnvironment)))
 }
 
@@ -347,7 +371,8 @@ async function start(parsed: Args): Promise<number> {
   }
   if (options.store.kind === "file") checkCacheDir(options.cacheDir)
   const warn = createWarn(options.logFormat)
-  const { app, cache, admin } = await createProxy(options, { warn })
+  if (options.redact === false && options.record) console.error(NO_REDACT_WARNING)
+  const { app, cache, admin, recorder } = await createProxy(options, { warn })
   // A shared store is worth a moment's wait: until Redis answers, requests would go to the origin
   // uncoalesced. Past that moment the proxy starts anyway, uncached, and connects in the background.
   if (options.store.kind === "redis") await waitAtMost(cache.store.ready(), STORE_CONNECT_WAIT_MS)
@@ -363,7 +388,12 @@ async function start(parsed: Args): Promise<number> {
     `caching-proxy listening on http://${urlHost(options.host)}:${listener.port}, forwarding to ${options.origin}, cache in ${whereEntriesLive(options)}${adminLine}`,
   )
   await shutdownSignal()
-  const stopped = Promise.all([listener.stop(), adminListener?.stop(true)]).then(() => cache.close().then(() => true))
+  const stopped = Promise.all([listener.stop(), adminListener?.stop(true)]).then(() =>
+    cache
+      .close()
+      .then(() => recorder?.close())
+      .then(() => true),
+  )
   if (!(await waitAtMost(stopped, SHUTDOWN_GRACE_MS))) {
     const cut = listener.inFlight()
     if (cut > 0) console.error(`caching-proxy: ${SHUTDOWN_GRACE_MS / 1000} s after the signal, cutting ${cut} request(s) still in flight`)

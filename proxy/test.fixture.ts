@@ -57,6 +57,9 @@ export const TEST_OPTIONS: Omit<ProxyOptions, "origin" | "cacheDir"> = {
   storePrefix: "caching-proxy",
   admin: undefined,
   keepTagHeaders: false,
+  record: undefined,
+  replay: undefined,
+  redact: [],
 }
 
 const BUN = process.execPath
