@@ -5,7 +5,6 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test"
 import { readFileSync, writeFileSync } from "node:fs"
-import { createRequire } from "node:module"
 import { join } from "node:path"
 import { gzipSync } from "node:zlib"
 import {
@@ -23,7 +22,8 @@ import {
 } from "./test.fixture.ts"
 
 // The HAR 1.2 JSON Schema's validator (npm's har-schema, through har-validator): a consumer nobody here wrote.
-const harValidator = createRequire(import.meta.url)("har-validator") as { har(data: unknown): Promise<unknown> }
+// @ts-expect-error: har-validator ships no types; its `har` resolves with the HAR, or rejects listing the schema's complaints.
+const harValidator: { har(data: unknown): Promise<unknown> } = await import("har-validator")
 
 // ───────────────────────────── helpers ─────────────────────────────
 
