@@ -362,8 +362,8 @@ describe("hardening: pipelined requests", () => {
     expect(bodiesIn(await pipelined(proxy.port, "/p1", "/p2"))).toEqual(["/p1", "/p2"])
   })
 
-  // Known limit (README): Bun.serve closes the connection when a request arrives behind one still
-  // being answered (oven-sh/bun#38128). When this fails, Bun answers them: update the README.
+  // Known limit (docs/known-limits.md): Bun.serve closes the connection when a request arrives behind one still
+  // being answered (oven-sh/bun#38128). When this fails, Bun answers them: update docs/known-limits.md.
   test("Bun: requests pipelined behind one that needs the origin get no answer at all, and the connection closes", async () => {
     await using origin = startOrigin((req) => new Response(new URL(req.url).pathname, { headers: { "cache-control": "no-store" } }))
     await using proxy = await startProxy({ origin: origin.url })
@@ -482,9 +482,9 @@ describe("framing: what the origin's framing says reaches the client", () => {
     },
   )
 
-  // Known limit (README): Bun.serve frames a stream it cannot read to its end at once as chunked,
+  // Known limit (docs/known-limits.md): Bun.serve frames a stream it cannot read to its end at once as chunked,
   // whatever Content-Length says (oven-sh/bun#10507); bodies up to 1 MiB are read before they
-  // are sent, larger ones stream. When this fails, Bun keeps the length: update the README.
+  // are sent, larger ones stream. When this fails, Bun keeps the length: update docs/known-limits.md.
   test.each(RUNTIMES)(
     "%s: a stored body over 1 MiB streams; under Bun it is chunked on its MISS, under Node it keeps its length",
     async (runtime, command) => {
@@ -520,7 +520,7 @@ describe("framing: what the origin's framing says reaches the client", () => {
     },
   )
 
-  // Known limit (README): Bun's fetch refuses such a body; a safe method is asked again through
+  // Known limit (docs/known-limits.md): Bun's fetch refuses such a body; a safe method is asked again through
   // node:http, an unsafe one is not (the origin may have acted on it): a 502.
   test("Bun: a POST answered under an unknown transfer coding is a 502, sent to the origin once", async () => {
     await using origin = await startCodedOrigin()
@@ -545,8 +545,8 @@ describe("RFC 9110 §15.2 interim responses", () => {
     })
   }
 
-  // Under Node both go ahead of the final response. Under Bun neither can (Known limit, README):
-  // its fetch hides them and Bun.serve cannot send one. When Bun can, this fails: update the README.
+  // Under Node both go ahead of the final response. Under Bun neither can (docs/known-limits.md):
+  // its fetch hides them and Bun.serve cannot send one. When Bun can, this fails: update docs/known-limits.md.
   test.each(RUNTIMES)(
     "%s: 103 and 102 from the origin go ahead of the final response where the runtime can send them; never stored, never taken for the final one",
     async (runtime, command) => {

@@ -130,7 +130,7 @@ export const args = {
     type: "string",
     valueHint: "FIELDS",
     description:
-      "Comma-separated response fields followed before CDN-Cache-Control (RFC 9213), most specific first, e.g. CachingProxy-Cache-Control",
+      "Comma-separated fields followed before CDN-Cache-Control (RFC 9213), most specific first, e.g. CachingProxy-Cache-Control",
   },
   store: {
     type: "string",
@@ -161,8 +161,7 @@ export const args = {
   redact: {
     type: "string",
     valueHint: "NAME",
-    description:
-      "Header or query parameter whose value --record and export replace by [redacted], besides Authorization and cookies (repeatable)",
+    description: "A header or query parameter to record and export as [redacted], besides credentials (repeatable)",
   },
   "no-redact": { type: "boolean", description: "Record and export every value as it is, credentials included" },
   quiet: { type: "boolean", description: "Do not log each request" },

@@ -125,7 +125,7 @@ const bunRuntime: Runtime = {
     return { port: server.port ?? port, stop: (force) => server.stop(force), inFlight: () => server.pendingRequests }
   },
   // RFC 9110 §15.2 asks a proxy to forward 1xx responses; Bun's fetch hides them and Bun.serve
-  // has no way to send one (README, "Known limits").
+  // has no way to send one (docs/known-limits.md).
   interimTo: () => undefined,
   clientAddress: (c) => (c.env as { requestIP?: (r: Request) => { address: string } | null })?.requestIP?.(c.req.raw)?.address,
   localPort: (c) => (c.env as { port?: number } | undefined)?.port,
