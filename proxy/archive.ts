@@ -10,7 +10,17 @@ import type { EntryMeta, ListedEntry } from "../cache/store.ts"
 import type { Behind } from "../cache/tiered-store.ts"
 import { HarError, harEntry, harFrame, readHar, redaction, varyHeaders } from "./har.ts"
 import { createWarn } from "./log.ts"
-import { args, checkCacheDir, checkRawArgs, joinRepeated, type ProxyOptions, parseOptions, parseRedact, UsageError } from "./options.ts"
+import {
+  args,
+  checkCacheDir,
+  checkRawArgs,
+  flagsFromEnvironment,
+  joinRepeated,
+  type ProxyOptions,
+  parseOptions,
+  parseRedact,
+  UsageError,
+} from "./options.ts"
 import { bodyBytes } from "./record.ts"
 
 /** What the commands need from the entry point (which imports them): opening the store, the version. */
@@ -57,6 +67,12 @@ export const ARCHIVE_COMMANDS: Record<string, (argv: string[], context: CommandC
   import: importCommand,
 }
 
+/** The command line, after the flags of this command it leaves out that come from their variables (CACHING_PROXY_CACHE_DIR…). */
+function withEnvironment(argv: string[], table: object): string[] {
+  const fromEnvironment = [...flagsFromEnvironment(argv, process.env)].filter(([name]) => name in table).map(([, { arg }]) => arg)
+  return joinRepeated([...fromEnvironment, ...argv])
+}
+
 /** The store options a command's flags name, validated as the proxy's are. */
 function storeOptions(parsed: Record<string, unknown>): ProxyOptions {
   const flags = Object.entries(parsed).flatMap(([name, value]) =>
@@ -93,7 +109,7 @@ function usage(text: string, table: Record<string, { description: string; valueH
 /** `export`: every stored variant as one HAR entry, sorted by URL, secrets redacted. */
 async function exportCommand(argv: string[], context: CommandContext): Promise<number> {
   checkRawArgs(argv, exportArgs)
-  const parsed = parseArgs(joinRepeated(argv), exportArgs)
+  const parsed = parseArgs(withEnvironment(argv, exportArgs), exportArgs)
   if (parsed.help) {
     console.log(usage(`${EXPORT_USAGE}\nWrites the stored responses as an HTTP Archive (HAR 1.2).`, exportArgs))
     return 0
@@ -187,7 +203,7 @@ async function openOutput(path: string | undefined) {
  */
 async function importCommand(argv: string[], context: CommandContext): Promise<number> {
   checkRawArgs(argv, importArgs, 1)
-  const parsed = parseArgs(argv, importArgs)
+  const parsed = parseArgs(withEnvironment(argv, importArgs), importArgs)
   if (parsed.help) {
     console.log(usage(`${IMPORT_USAGE}\nLoads an HTTP Archive (ours, a browser's or Playwright's) into the store.`, importArgs))
     return 0

@@ -211,10 +211,18 @@ export function parseOptions(parsed: Args): ProxyOptions {
     storePrefix: parsed["store-prefix"],
     admin: parseAdmin(parsed, port),
     keepTagHeaders: Boolean(parsed["keep-tag-headers"]),
-    record: parsed.record === undefined ? undefined : resolve(parsed.record),
-    replay: parsed.replay === undefined ? undefined : resolve(parsed.replay),
+    ...parseArchives(parsed),
     redact: parseRedact(parsed),
   }
+}
+
+/** --record and --replay: a recording starts by emptying its file, so it cannot be the one replayed. */
+function parseArchives(parsed: Args): Pick<ProxyOptions, "record" | "replay"> {
+  const record = parsed.record === undefined ? undefined : resolve(parsed.record)
+  const replay = parsed.replay === undefined ? undefined : resolve(parsed.replay)
+  if (record !== undefined && record === replay)
+    throw new UsageError(`--record and --replay must name different files (both are ${record})`)
+  return { record, replay }
 }
 
 /**
