@@ -73,11 +73,15 @@ function withEnvironment(argv: string[], table: object): string[] {
   return joinRepeated([...fromEnvironment, ...argv])
 }
 
-/** The store options a command's flags name, validated as the proxy's are. */
+// The proxy's flags a command takes, converted by the proxy's own parseOptions.
+const SHARED_FLAGS = new Set([...Object.keys(STORE_FLAGS), "max-size", "ignore-query"])
+
+/**
+ * The store options a command's flags name, validated as the proxy's are. Parsed as a store
+ * action (as --clear-cache is), which needs no --origin: a command never contacts one.
+ */
 function storeOptions(parsed: Record<string, unknown>): ProxyOptions {
-  const flags = Object.entries(parsed).flatMap(([name, value]) =>
-    name in STORE_FLAGS || name === "max-size" || name === "ignore-query" ? [`--${name}=${value}`] : [],
-  )
+  const flags = Object.entries(parsed).flatMap(([name, value]) => (SHARED_FLAGS.has(name) ? [`--${name}=${value}`] : []))
   return parseOptions(parseArgs([...flags, "--clear-cache"], args))
 }
 

@@ -348,6 +348,20 @@ describe("redaction", () => {
     expect(exported.code).toBe(0)
     expect(exported.stdout).toContain("session=abc; Path=/")
     expect(exported.stderr).toMatch(/^caching-proxy: warning: --no-redact: .*\n$/)
+    const recording = join(work.path, "r.har")
+    const recorder = await proxy(
+      origin.url,
+      "--cache-dir",
+      join(work.path, "again"),
+      "--share-cookies",
+      "--record",
+      recording,
+      "--no-redact",
+    )
+    await (await fetch(`${recorder.url}text`)).arrayBuffer()
+    await eventually(() => entriesOf(recording).length === 1)
+    expect(await recorder.stop()).toMatch(/^caching-proxy: warning: --no-redact: .*\n$/)
+    expect(readFileSync(recording, "utf8")).toContain("session=abc; Path=/")
   })
 })
 
@@ -411,6 +425,12 @@ describe("import refuses bad input, naming the entry, and leaves nothing written
       `caching-proxy: ${file}: http://127.0.0.1:1/big (300000 bytes) does not fit the store's size limit; nothing was imported\n`,
     )
     expect(metaFiles(work.path)).toEqual([])
+  })
+
+  test("--record and --replay naming one file is refused: the recording would empty it", async () => {
+    const { code, stderr } = await cli("--origin", "http://127.0.0.1:1", "--record", "api.har", "--replay", "./api.har")
+    expect(code).toBe(2)
+    expect(stderr).toBe(`caching-proxy: --record and --replay must name different files (both are ${join(process.cwd(), "api.har")})\n`)
   })
 
   test("--replay with a bad HAR stops the start with one line and exit code 2", async () => {
