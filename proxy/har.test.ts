@@ -8,11 +8,13 @@ import { readFileSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { gzipSync } from "node:zlib"
 import {
+  buildNodeBundle,
   CLI,
   eventually,
   FAST_RUN,
   launchBrowser,
   metaFiles,
+  NODE_BUNDLE,
   ownedDir,
   type RedisServer,
   runCli,
@@ -433,6 +435,14 @@ describe("import refuses bad input, naming the entry, and leaves nothing written
     expect(stderr).toBe(`caching-proxy: --record and --replay must name different files (both are ${join(process.cwd(), "api.har")})\n`)
   })
 
+  test("--redact needs a name each time it is given", async () => {
+    for (const flags of [["--redact"], ["--redact", "--offline"], ["--redact", "api_key", "--redact", "--offline"]]) {
+      const { code, stderr } = await cli("--origin", "http://127.0.0.1:1", ...flags)
+      expect(code).toBe(2)
+      expect(stderr).toMatch(/^caching-proxy: --redact needs a .*\n$/)
+    }
+  })
+
   test("--replay with a bad HAR stops the start with one line and exit code 2", async () => {
     using work = ownedDir()
     const file = join(work.path, "bad.har")
@@ -442,6 +452,51 @@ describe("import refuses bad input, naming the entry, and leaves nothing written
     expect(stderr).toMatch(
       new RegExp(`^caching-proxy: --replay ${file.replaceAll(".", "\\.")} cannot be used: it is not JSON, or is cut short .*\\n$`),
     )
+  })
+})
+
+// ───────────────────────────── under Node ─────────────────────────────
+
+describe.skipIf(FAST_RUN)("under Node (dist/cli.js)", () => {
+  beforeAll(() => buildNodeBundle(), 60_000)
+
+  test("a recording killed with SIGKILL replays offline byte for byte", async () => {
+    await using origin = startApiOrigin()
+    using work = ownedDir()
+    const recording = join(work.path, "r.har")
+    const recorder = await startCli([
+      ...NODE_BUNDLE,
+      "--port",
+      "0",
+      "--origin",
+      origin.url,
+      "--cache-dir",
+      join(work.path, "c"),
+      "--record",
+      recording,
+    ])
+    const original = await seen(`${recorder.url}binary`, {})
+    await eventually(() => entriesOf(recording).length === 1)
+    recorder.child.kill("SIGKILL")
+    await recorder.child.exited
+    const replaying = await startCli([
+      ...NODE_BUNDLE,
+      "--port",
+      "0",
+      "--origin",
+      origin.url,
+      "--cache-dir",
+      join(work.path, "r"),
+      "--replay",
+      recording,
+      "--offline",
+    ])
+    const replayed = await seen(`${replaying.url}binary`, {})
+    expect(replayed.body).toEqual(BINARY)
+    expect(originFields(replayed.headers)).toEqual(originFields(original.headers))
+    expect((await fetch(`${replaying.url}text`)).status).toBe(504)
+    await replaying[Symbol.asyncDispose]()
+    expect(origin.requests.length).toBe(1)
   })
 })
 

@@ -230,10 +230,10 @@ function parseArchives(parsed: Args): Pick<ProxyOptions, "record" | "replay"> {
  */
 export function parseRedact(parsed: { redact?: string | boolean; "no-redact"?: boolean }): string[] | false {
   if (parsed.redact === false || parsed["no-redact"]) return false
-  return (typeof parsed.redact === "string" ? parsed.redact : "")
-    .split(",")
-    .map((name) => name.trim())
-    .filter(Boolean)
+  if (typeof parsed.redact !== "string") return []
+  const names = parsed.redact.split(",").map((name) => name.trim())
+  if (names.includes("")) throw new UsageError(`--redact needs a header or query parameter name each time (got "${parsed.redact}")`)
+  return names
 }
 
 const SIZE = /^(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?$/i
@@ -457,7 +457,11 @@ export function joinRepeated(rawArgs: string[]): string[] {
       kept.push(arg)
       continue
     }
-    const value = inline ?? rawArgs[++i] ?? ""
+    // A flag right after it is no value: "" is refused by parseOptions as a missing value.
+    const next = rawArgs[i + 1]
+    const takesNext = inline === undefined && next !== undefined && !next.startsWith("--")
+    if (takesNext) i++
+    const value = (takesNext ? next : inline) ?? ""
     values.set(name, [...(values.get(name) ?? []), value])
   }
   return [...kept, ...[...values].map(([name, all]) => `--${name}=${all.join(",")}`)]
