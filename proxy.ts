@@ -57,7 +57,7 @@ export interface ProxyOutput {
 }
 
 /** The store entries live in: the disk under --cache-dir, or Redis (its code loaded only then). */
-export async function openStore(
+async function openStore(
   options: Pick<ProxyOptions, "store" | "cacheDir" | "maxSize" | "storePrefix">,
   warn: Warn,
 ): Promise<Behind> {
