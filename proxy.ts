@@ -57,10 +57,7 @@ export interface ProxyOutput {
 }
 
 /** The store entries live in: the disk under --cache-dir, or Redis (its code loaded only then). */
-async function openStore(
-  options: Pick<ProxyOptions, "store" | "cacheDir" | "maxSize" | "storePrefix">,
-  warn: Warn,
-): Promise<Behind> {
+async function openStore(options: Pick<ProxyOptions, "store" | "cacheDir" | "maxSize" | "storePrefix">, warn: Warn): Promise<Behind> {
   if (options.store.kind === "file") {
     return new FileStore({ dir: options.cacheDir, maxBytes: options.maxSize, files: runtime.files, warn })
   }
