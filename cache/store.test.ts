@@ -11,7 +11,7 @@ import { existsSync, mkdtempSync, rmSync, statfsSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Redis } from "ioredis"
-import { meta, nextTask, startRedis, startRedisCluster } from "../proxy/test.fixture.ts"
+import { FAST_RUN, meta, nextTask, startRedis, startRedisCluster } from "../proxy/test.fixture.ts"
 import { bunFiles, type FileApi, FileStore, nodeFiles } from "./file-store.ts"
 import { MemoryStore } from "./memory-store.ts"
 import { RedisStore, type RedisTarget } from "./redis-store.ts"
@@ -909,8 +909,8 @@ storeContract("FileStore (node:fs)", fileStore(nodeFiles), { capabilities: FILE_
 storeContract("TieredStore (memory in front of files)", tiered, { capabilities: ["drops", "lifecycle"], entryBytes: onDisk })
 // Redis keeps its own LRU order: it needs no notice of reads served in front.
 const REDIS_CAPABILITIES: Capability[] = ["claims", "drops", "lifecycle"]
-// Real servers, started once for both Redis suites (and only for them).
-describe("on Redis", () => {
+// Real servers, started once for both Redis suites (and only for them); the fast loop starts none.
+describe.skipIf(FAST_RUN)("on Redis", () => {
   beforeAll(async () => {
     ;[redis, cluster] = await Promise.all([startRedis(), startRedisCluster()])
   }, 30_000)
