@@ -42,6 +42,7 @@ import {
   SHARD_NAME,
   TAGS_DIR,
   TEMP_SUFFIX,
+  tagsNamed,
   variantIdOf,
   variantOfBody,
   writeId,
@@ -297,11 +298,14 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     const names = await fs.readdir(dir).catch(this.ifMissing([] as string[], "listing a key to delete"))
     const paths = names.map((name) => join(dir, name)).filter((path) => !this.writing.has(path))
     paths.sort((a, b) => Number(b.endsWith(META_SUFFIX)) - Number(a.endsWith(META_SUFFIX)))
+    const tags = new Set<string>()
     for (const path of paths) {
+      if (META_NAME.test(basename(path))) for (const tag of await this.tagsOfMeta(path)) tags.add(tag)
       this.forget(path)
       await removeOwnFile(path)
     }
     await this.removeEmptyDir(dir)
+    await this.unindexTags(dir, tags)
   }
 
   /**
@@ -628,10 +632,34 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   // ───────────── removing ─────────────
 
   private async removeVariant(metaPath: string): Promise<void> {
+    const tags = await this.tagsOfMeta(metaPath)
     this.forget(metaPath)
     await removeOwnFile(metaPath)
     await this.removeUnnamedBodies(dirname(metaPath), basename(metaPath, META_SUFFIX))
     await this.removeEmptyDir(dirname(metaPath))
+    await this.unindexTags(dirname(metaPath), tags)
+  }
+
+  /** The tags a variant's meta names (read before it goes, for their index entries to go with it). */
+  private async tagsOfMeta(metaPath: string): Promise<string[]> {
+    // One that cannot be read (gone, a link, too large) was reported by whoever found it broken;
+    // what it indexed goes in the sweep at the next start.
+    const bytes = await readSmallFile(metaPath, MAX_META_BYTES).catch(() => undefined)
+    return bytes === undefined ? [] : tagsNamed(bytes.toString("utf8"))
+  }
+
+  /**
+   * Once a key's directory is gone, so are its entries in the index of each tag it carried, and
+   * a tag's directory once it indexes nothing: the index never outlives what it names. While the
+   * key still has variants, an entry stays; a purge by the tag drops it if none carries the tag.
+   */
+  private async unindexTags(dir: string, tags: Iterable<string>): Promise<void> {
+    if (this.usage.knownDirs.has(dir)) return
+    for (const tag of tags) {
+      const tagDir = this.tagDir(tag)
+      await removeOwnFile(join(tagDir, basename(dir)))
+      await this.removeEmptyTagDir(tagDir)
+    }
   }
 
   /**
