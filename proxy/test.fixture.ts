@@ -48,6 +48,7 @@ export const TEST_OPTIONS: Omit<ProxyOptions, "origin" | "cacheDir"> = {
   memorySize: 64 << 20,
   maxSize: 1 << 30,
   maxEntrySize: 100 << 20,
+  maxVariants: 64,
   forceTtlSeconds: 0,
   ignoreQuery: [],
   offline: false,
