@@ -30,6 +30,8 @@ import {
   isNotModified,
   isTagHeader,
   isUselessToStore,
+  MAX_TAG_BYTES,
+  MAX_TAGS,
   markedStale,
   mayServeStaleOnError,
   mergeHeaders,
@@ -37,6 +39,7 @@ import {
   type PolicyConfig,
   parseCacheControl,
   responseControl,
+  responseTags,
   sameOriginReferences,
   sharedMeta,
   ttlMs,
@@ -504,6 +507,7 @@ export class Cache<S extends Store = Store> {
     const headers = mergeHeaders(stale.meta.headers, response.headers)
     const control = responseControl(headers, this.config.targetList)
     const described = describeResponse(stale.meta.status, headers, control, stale.meta.vary, requestTime, responseTime, this.config)
+    this.warnOfDroppedTags(lookup.key, response.headers)
     // A 304 without tag fields keeps the entry's tags (its stored headers no longer hold them).
     const meta = described.tags?.length ? described : { ...described, tags: stale.meta.tags }
     const updated = await this.track(
@@ -555,12 +559,24 @@ export class Cache<S extends Store = Store> {
     }
     const vary = varySelection(varyNames(response.headers) as string[], lookup.headers) // "*" was refused above
     const meta = describeResponse(response.status, response.headers, control, vary, requestTime, responseTime, this.config)
+    this.warnOfDroppedTags(lookup.key, response.headers)
     if (isUselessToStore(meta))
       return notStored(relay(response, { kind: "pass", ...asked, detail: "stale-on-arrival" }, this.config.keepTagHeaders))
     const { body, stored } = this.teeIntoStore(lookup.key, response, meta)
     const length = Number(response.headers.get("content-length") ?? Infinity)
     const framed = body && length <= READ_AHEAD_BYTES ? await readAhead(body) : body
     return { response: relay(new Response(framed, response), { kind: "miss", ...asked, stored: true }, this.config.keepTagHeaders), stored }
+  }
+
+  /** Says once (the log holds a kind to once a minute) that a response carried more tags than are kept (`MAX_TAGS`). */
+  private warnOfDroppedTags(key: string, headers: Headers): void {
+    if (!headers.has("surrogate-key") && !headers.has("cache-tag")) return // most responses: nothing to count
+    const { tags, dropped } = responseTags(headers)
+    if (dropped > 0)
+      this.config.warn(
+        "tags",
+        `${key}: kept its first ${tags.length} tags and dropped ${dropped} (at most ${MAX_TAGS}, ${MAX_TAG_BYTES} bytes)`,
+      )
   }
 
   private tooLarge(headers: Headers): string | null {

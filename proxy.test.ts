@@ -49,6 +49,8 @@ describe("CLI", () => {
     [["--origin", "http://127.0.0.1:1", "stray"], 'unexpected argument "stray"'],
     [["--origin", "http://127.0.0.1:1", "--ttl=-5"], "--ttl must be a number of seconds"],
     [["--origin", "http://127.0.0.1:1", "--max-size", "lots"], "--max-size must be a size"],
+    [["--origin", "http://127.0.0.1:1", "--max-variants", "0"], '--max-variants must be 1-1000000 (got "0")'],
+    [["--origin", "http://127.0.0.1:1", "--max-variants", "many"], '--max-variants must be 1-1000000 (got "many")'],
     [["--origin", "http://127.0.0.1:1", "--timeout", "0"], "--timeout must be a number of seconds, more than 0"],
     [["--origin", "http://127.0.0.1:1", "--no-such=1"], 'unknown flag "--no-such=1"'],
     [["--port", "1", "--port", "2", "--origin", "http://127.0.0.1:1"], "--port is given more than once"],

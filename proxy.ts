@@ -57,18 +57,21 @@ export interface ProxyOutput {
 }
 
 /** The store entries live in: the disk under --cache-dir, or Redis (its code loaded only then). */
-async function openStore(options: Pick<ProxyOptions, "store" | "cacheDir" | "maxSize" | "storePrefix">, warn: Warn): Promise<Behind> {
+async function openStore(
+  options: Pick<ProxyOptions, "store" | "cacheDir" | "maxSize" | "storePrefix" | "maxVariants">,
+  warn: Warn,
+): Promise<Behind> {
   if (options.store.kind === "file") {
-    return new FileStore({ dir: options.cacheDir, maxBytes: options.maxSize, files: runtime.files, warn })
+    return new FileStore({ dir: options.cacheDir, maxBytes: options.maxSize, maxVariants: options.maxVariants, files: runtime.files, warn })
   }
   // A literal specifier: `bun build --compile` bundles it, and other runs never load ioredis.
   const { RedisStore } = await import("./cache/redis-store.ts")
-  return new RedisStore({ target: options.store.target, prefix: options.storePrefix, warn })
+  return new RedisStore({ target: options.store.target, prefix: options.storePrefix, maxVariants: options.maxVariants, warn })
 }
 
 /** What the cache holds: memory (--memory-size) in front of the store, per process. */
 function tiered(options: ProxyOptions, behind: Behind): TieredStore {
-  const memory = new MemoryStore({ maxBytes: options.memorySize })
+  const memory = new MemoryStore({ maxBytes: options.memorySize, maxVariants: options.maxVariants })
   const memoryBodyLimit = Math.min(MEMORY_BODY_LIMIT_BYTES, options.memorySize / 8)
   return tieredStore(memory, behind, { memoryBodyLimit })
 }

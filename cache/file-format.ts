@@ -139,6 +139,16 @@ export function bodyFileNamed(text: string): string | undefined {
   }
 }
 
+/** The tags a meta file's text names, however broken the rest of it: their index entries go with it. */
+export function tagsNamed(text: string): string[] {
+  try {
+    const file: unknown = JSON.parse(text)
+    return isRecord(file) && Array.isArray(file.tags) ? file.tags.filter(isString) : []
+  } catch {
+    return [] // not JSON: the start-up sweep of the tag index removes what it named
+  }
+}
+
 /** The EntryMeta a checked meta file holds: those fields only, whatever else the file has. */
 export function entryMetaOf(file: MetaFile): EntryMeta {
   return {

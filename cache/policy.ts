@@ -315,7 +315,7 @@ export function describeResponse(
     noCache: !forced && directives.has("no-cache"),
     etag: headers.get("etag"),
     lastModified: validLastModified(headers, responseTime),
-    tags: responseTags(headers),
+    tags: responseTags(headers).tags,
   }
 }
 
@@ -426,13 +426,29 @@ export function isTagHeader(name: string): boolean {
   return name in TAG_HEADERS
 }
 
-/** A response's tags, from its tag fields, each once. */
-function responseTags(headers: Headers): string[] {
+/**
+ * What one response may tag itself with: every tag is a file (or a set member in Redis) of the
+ * index, so an origin must not grow it without bound. Fastly caps Surrogate-Key at 16 KiB, and
+ * Cloudflare a response's Cache-Tag values at 16 KiB.
+ */
+export const MAX_TAGS = 128
+export const MAX_TAG_BYTES = 16 * 1024
+
+/** A response's tags, from its tag fields, each once: the first MAX_TAGS within MAX_TAG_BYTES; `dropped` counts the rest. */
+export function responseTags(headers: Headers): { tags: string[]; dropped: number } {
   const tags = new Set<string>()
+  let bytes = 0
+  let dropped = 0
   for (const [name, separator] of Object.entries(TAG_HEADERS)) {
-    for (const tag of (headers.get(name) ?? "").trim().split(separator)) if (tag) tags.add(tag)
+    for (const tag of (headers.get(name) ?? "").trim().split(separator)) {
+      if (!tag || tags.has(tag)) continue
+      if (tags.size < MAX_TAGS && bytes + tag.length <= MAX_TAG_BYTES) {
+        tags.add(tag)
+        bytes += tag.length
+      } else dropped++
+    }
   }
-  return [...tags]
+  return { tags: [...tags], dropped }
 }
 
 // RFC 9111 §3.2: a 304 updates the stored fields, except those the stored body depends on.

@@ -6,6 +6,9 @@
  * - `…:{<h>}:e` a hash: variant id → the variant's record (meta, size, body id, chunk count) as
  *   JSON, followed by its body when that is under one chunk (see `encode`);
  * - `…:{<h>}:c:<body id>:<n>` the body in chunks of 256 KiB;
+ * - `…:{<h>}:vary` the Vary name lists of the variants (JSON): a lookup reads the one variant its
+ *   selection under each names (`variants.ts`), never the whole hash;
+ * - `…:{<h>}:used` the variant ids by last use: past `maxVariants` the least recently used go;
  * - `…:{<h>}:lock` the claim on fetching the key from the origin (cross-process coalescing).
  * `<h>` hashes the cache key: the braces make every key of one entry hash to one Cluster slot.
  * A sorted set `<prefix>:<generation>:{index}:keys` lists keys in order, for `list`, and
@@ -38,6 +41,7 @@ import type {
   Warn,
 } from "./store.ts"
 import { addTracingChannelHasSubscribers } from "./tracing-channel.ts"
+import { DEFAULT_MAX_VARIANTS, selectionsOf, shapesOf } from "./variants.ts"
 
 addTracingChannelHasSubscribers()
 
@@ -114,6 +118,8 @@ export interface RedisStoreOptions {
   /** Namespaces every key, so several caches can share one Redis. */
   prefix: string
   warn: Warn
+  /** Variants kept per key; the least recently used goes beyond it. @default 64 */
+  maxVariants?: number
 }
 
 // Not ReadNotices: Redis keeps its own LRU order; a hit in the memory tier in front does not touch it.
@@ -122,6 +128,9 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   private readonly subscriber: Redis | Cluster
   private readonly prefix: string
   private readonly warn: Warn
+  private readonly maxVariants: number
+  /** By cache key: its Vary name lists as last read, with the JSON they were parsed from. */
+  private readonly knownShapes = new Map<string, { json: string; shapes: string[][] }>()
   private generation: string | undefined
   /** Resolves once the generation has been read: the store can answer. */
   private readonly connected: Promise<void>
@@ -142,9 +151,10 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   private stalled = false
   private closing = false
 
-  constructor({ target, prefix, warn }: RedisStoreOptions) {
+  constructor({ target, prefix, warn, maxVariants = DEFAULT_MAX_VARIANTS }: RedisStoreOptions) {
     this.prefix = prefix
     this.warn = warn
+    this.maxVariants = maxVariants
     this.redis = connect(target, { queueWhileAway: false })
     this.bound = "cluster" in target ? bounded : (work) => work
     // Subscribing waits for the connection (and is renewed on every reconnection): nothing else waits on it.
@@ -238,10 +248,12 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     this.warn("store-connection", "Redis answers again; caching resumes")
   }
 
-  /** A hit with a small body costs one round trip: HVALS brings the records with their inline bodies. */
+  /** A hit with a small body costs one round trip once the key's Vary lists are known: HMGET brings the record with its inline body. */
   private async lookup(key: string, request: Headers): Promise<Stored | undefined> {
-    const record = selectVariant(this.live(key, await this.redis.hvalsBuffer(this.variantsKey(key))), request)
+    const record = selectVariant(await this.selected(key, request), request)
     if (!record) return undefined
+    // Without Vary a key has one variant: no order among its variants to keep.
+    if (Object.keys(record.meta.vary).length > 0) this.countRead(record)
     const { meta, size } = record
     if (record.inline) {
       if (record.inline.byteLength === size) return { meta, size, body: record.inline }
@@ -262,8 +274,51 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     }
   }
 
+  /**
+   * The variants the request can select: read by their ids, one per Vary name list of the key,
+   * never the whole hash (a client can make --max-variants of them). The lists are read with the
+   * variants; only when they changed since this process last read them does a second read follow.
+   */
+  private async selected(key: string, request: Headers): Promise<VariantRecord[]> {
+    const { variants, vary } = this.entryKeys(key)
+    const known = this.knownShapes.get(key)
+    const ids = known ? selectionsOf(known.shapes, request).map(variantId) : []
+    const [json, values] = await Promise.all([
+      this.redis.get(vary),
+      ids.length ? this.redis.hmgetBuffer(variants, ...ids) : Promise.resolve([]),
+    ])
+    if (json === null) return []
+    if (json === known?.json)
+      return this.live(
+        key,
+        values.filter((value) => value !== null),
+      )
+    const shapes = parseShapes(json)
+    if (!shapes) {
+      this.warn("broken-entry", `${key}: ignoring Vary lists that are not in this version's format`)
+      return []
+    }
+    if (this.knownShapes.size >= KEY_HASHES_KEPT) this.knownShapes.clear()
+    this.knownShapes.set(key, { json, shapes })
+    const fresh = selectionsOf(shapes, request).map(variantId)
+    if (fresh.length === 0) return []
+    return this.live(
+      key,
+      (await this.redis.hmgetBuffer(variants, ...fresh)).filter((value) => value !== null),
+    )
+  }
+
+  /** Counts a hit for the key's LRU order of variants; XX: a set gone (expired, deleted) is not made again. */
+  private countRead(record: VariantRecord): void {
+    this.redis
+      .zadd(this.entryKeys(record.key).used, "XX", Date.now(), variantId(record.meta.vary))
+      .catch((error: Error) => this.warn("store-write", `recording a read of ${record.key}: ${error.message}`))
+  }
+
+  /** Whether the key's hash is there: one EXISTS, not its variants (a miss asks, and a key may hold --max-variants). */
   has(key: string): Promise<boolean> {
-    return this.timely("looking up", key, () => this.records(key).then((records) => records.length > 0))
+    // Async: a namespace not known yet (Redis has not answered) rejects, as every read does.
+    return this.timely("looking up", key, async () => (await this.redis.exists(this.variantsKey(key))) > 0)
   }
 
   /** The key's live variants, each with its body when that is kept inline. */
@@ -431,7 +486,25 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     await this.writeVariant(record, id, others)
     await this.indexTags(record.key, record.meta)
     if (previous) await this.retire(previous)
+    await this.keepVariantsBounded(record, others)
     await this.publish({ type: "changed", key: record.key })
+  }
+
+  /**
+   * Past --max-variants the key's least recently used variants go: a client sending new values of
+   * a header the origin varies on must not grow one URL without bound. A variant never read
+   * counts from when it was stored.
+   */
+  private async keepVariantsBounded(record: VariantRecord, others: VariantRecord[]): Promise<void> {
+    const excess = others.length + 1 - this.maxVariants
+    if (excess <= 0) return
+    const ids = others.map((other) => variantId(other.meta.vary))
+    const scores = await this.redis.zmscore(this.entryKeys(record.key).used, ...ids)
+    const lastUse = (n: number) => Number(scores[n] ?? others[n]?.meta.responseTime ?? 0)
+    const order = others.map((_, n) => n).sort((a, b) => lastUse(a) - lastUse(b))
+    const victims = order.slice(0, excess).map((n) => others[n] as VariantRecord)
+    const kept = [record, ...others.filter((other) => !victims.includes(other))]
+    await this.dropVariants(record.key, victims, kept)
   }
 
   /**
@@ -440,8 +513,16 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
    */
   private async writeVariant(record: VariantRecord, id: string, others: VariantRecord[]): Promise<void> {
     const deleteAt = Math.max(record.meta.deleteAt, ...others.map((other) => other.meta.deleteAt))
-    const { variants: variantsKey } = this.entryKeys(record.key)
-    await this.redis.multi().hset(variantsKey, id, encode(record)).pexpireat(variantsKey, deleteAt).exec()
+    const { variants: variantsKey, vary, used } = this.entryKeys(record.key)
+    const shapes = shapesOf([record, ...others].map(({ meta }) => meta.vary))
+    await this.redis
+      .multi()
+      .hset(variantsKey, id, encode(record))
+      .pexpireat(variantsKey, deleteAt)
+      .set(vary, JSON.stringify(shapes), "PXAT", deleteAt)
+      .zadd(used, Date.now(), id)
+      .pexpireat(used, deleteAt)
+      .exec()
     const now = Date.now()
     const { names, expiry } = this.indexKeys()
     await this.redis.eval(INDEX_SCRIPT, 2, names, expiry, record.key, deleteAt, now, Math.max(1, deleteAt - now), INDEX_PRUNE_BATCH)
@@ -496,18 +577,40 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   private async remove(key: string): Promise<void> {
     const records = await this.records(key)
     const chunkKeys = records.flatMap((record) => this.chunkKeys(record))
-    await this.redis.del(this.entryKeys(key).variants, ...chunkKeys)
+    const { variants, vary, used } = this.entryKeys(key)
+    await this.redis.del(variants, vary, used, ...chunkKeys)
     const { names, expiry } = this.indexKeys()
     await this.redis.multi().zrem(names, key).zrem(expiry, key).exec()
+    await this.unindexTags(key, records, [])
     await this.publish({ type: "changed", key })
   }
 
   private async removeVariant(record: VariantRecord): Promise<void> {
-    const id = variantId(record.meta.vary)
-    await this.redis.hdel(this.entryKeys(record.key).variants, id)
-    const chunkKeys = this.chunkKeys(record)
+    const kept = (await this.records(record.key)).filter((other) => variantId(other.meta.vary) !== variantId(record.meta.vary))
+    await this.dropVariants(record.key, [record], kept)
+  }
+
+  /** Removes some of a key's variants, their chunks, their place in its LRU order, and their tags' references to it that no `kept` variant carries. */
+  private async dropVariants(key: string, gone: VariantRecord[], kept: VariantRecord[]): Promise<void> {
+    const ids = gone.map((record) => variantId(record.meta.vary))
+    const { variants, used } = this.entryKeys(key)
+    await this.redis
+      .multi()
+      .hdel(variants, ...ids)
+      .zrem(used, ...ids)
+      .exec()
+    const chunkKeys = gone.flatMap((record) => this.chunkKeys(record))
     if (chunkKeys.length) await this.redis.del(...chunkKeys)
-    await this.publish({ type: "changed", key: record.key })
+    await this.unindexTags(key, gone, kept)
+    await this.publish({ type: "changed", key })
+  }
+
+  /** Takes the key out of the sets of the tags `gone` variants carried and no `kept` one does: no tag set outlives its entries. */
+  private async unindexTags(key: string, gone: VariantRecord[], kept: VariantRecord[]): Promise<void> {
+    const still = new Set(kept.flatMap(({ meta }) => meta.tags ?? []))
+    const tags = new Set(gone.flatMap(({ meta }) => meta.tags ?? []).filter((tag) => !still.has(tag)))
+    // One command each, not one pipeline: on a Cluster the tags' sets lie in other slots.
+    await Promise.all([...tags].map((tag) => this.redis.srem(this.tagKey(tag), key)))
   }
 
   /** O(1): every key moves to a new generation; the old ones expire on their own. */
@@ -722,6 +825,8 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     const base = this.entryBase(key)
     return {
       variants: this.variantsKey(key),
+      vary: `${base}:vary`,
+      used: `${base}:used`,
       lock: `${base}:lock`,
       chunk: (body: string, n: number) => `${base}:c:${body}:${n}`,
     }
@@ -776,6 +881,17 @@ function bounded<T>(work: Promise<T>, what: string, key: string): Promise<T> {
   return withDeadline(work, COMMAND_TIMEOUT_MS, () => {
     throw new DeadlineError(`Redis did not answer ${what} ${key} within ${COMMAND_TIMEOUT_MS} ms`)
   })
+}
+
+/** The Vary name lists stored for a key, if they are what this version writes. */
+function parseShapes(json: string): string[][] | undefined {
+  try {
+    const shapes: unknown = JSON.parse(json)
+    const isNameList = (names: unknown) => Array.isArray(names) && names.every((name) => typeof name === "string")
+    return Array.isArray(shapes) && shapes.every(isNameList) ? (shapes as string[][]) : undefined
+  } catch {
+    return undefined // reported by the caller, as any value not in this version's format
+  }
 }
 
 function listed({ key, meta, size }: VariantRecord): ListedEntry {

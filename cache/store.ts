@@ -179,6 +179,7 @@ export type WarnKind =
   | "broken-entry"
   | "body-length"
   | "origin-body"
+  | "tags"
   | "refresh"
   | "store-connection"
   | "proxy"

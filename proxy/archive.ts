@@ -26,7 +26,7 @@ import { bodyBytes } from "./record.ts"
 /** What the commands need from the entry point (which imports them): opening the store, the version. */
 interface CommandContext {
   openStore: (
-    options: Pick<ProxyOptions, "store" | "cacheDir" | "maxSize" | "storePrefix">,
+    options: Pick<ProxyOptions, "store" | "cacheDir" | "maxSize" | "storePrefix" | "maxVariants">,
     warn: ReturnType<typeof createWarn>,
   ) => Promise<Behind>
   version: string

@@ -10,6 +10,7 @@ import { dirname, join, resolve } from "node:path"
 import type { parseArgs } from "citty"
 import { FIELD_NAME } from "../cache/policy.ts"
 import type { RedisTarget } from "../cache/redis-store.ts"
+import { DEFAULT_MAX_VARIANTS } from "../cache/variants.ts"
 import { checkAdminToken } from "./admin.ts"
 import { environmentVariable } from "./help.ts"
 import { LOG_FORMATS, type LogFormat } from "./log.ts"
@@ -43,6 +44,8 @@ export interface ProxyOptions {
   memorySize: number
   maxSize: number
   maxEntrySize: number
+  /** Variants kept per URL (Vary); the least recently used goes beyond it. @default 64 */
+  maxVariants: number
   forceTtlSeconds: number
   ignoreQuery: string[]
   offline: boolean
@@ -93,8 +96,7 @@ export const args = {
   },
   "rewrite-location": {
     type: "boolean",
-    description:
-      "Rewrite the origin's own absolute URLs in Location and Content-Location to the proxy's (--public-url, else the Host asked)",
+    description: "Rewrite the origin's own URLs in Location and Content-Location to the proxy's (--public-url, else the Host asked)",
   },
   origin: { type: "string", valueHint: "URL", description: "Origin URL to forward to, e.g. https://api.example.com/v2" },
   "cache-dir": {
@@ -113,6 +115,12 @@ export const args = {
   "memory-size": { type: "string", valueHint: "SIZE", description: "Bytes of responses kept in memory (k, M, G suffixes)", default: "64M" },
   "max-size": { type: "string", valueHint: "SIZE", description: "Bytes the disk cache may hold", default: "1G" },
   "max-entry-size": { type: "string", valueHint: "SIZE", description: "Larger responses are passed through, not stored", default: "100M" },
+  "max-variants": {
+    type: "string",
+    valueHint: "N",
+    description: "Variants kept per URL (Vary); the least recently used goes",
+    default: String(DEFAULT_MAX_VARIANTS),
+  },
   "force-ttl": {
     type: "string",
     valueHint: "SECONDS",
@@ -129,8 +137,7 @@ export const args = {
   "targeted-cache-control": {
     type: "string",
     valueHint: "FIELDS",
-    description:
-      "Comma-separated fields followed before CDN-Cache-Control (RFC 9213), most specific first, e.g. CachingProxy-Cache-Control",
+    description: "Comma-separated fields obeyed before CDN-Cache-Control (RFC 9213), most specific first, e.g. Edge-Cache-Control",
   },
   store: {
     type: "string",
@@ -199,6 +206,7 @@ export function parseOptions(parsed: Args): ProxyOptions {
     memorySize: parseSize("memory-size", parsed["memory-size"]),
     maxSize: parseSize("max-size", parsed["max-size"]),
     maxEntrySize: parseSize("max-entry-size", parsed["max-entry-size"]),
+    maxVariants: parseCount("max-variants", parsed["max-variants"]),
     forceTtlSeconds: parseSeconds("force-ttl", parsed["force-ttl"]),
     ignoreQuery: (parsed["ignore-query"] ?? "")
       .split(",")
@@ -245,6 +253,16 @@ function parseSize(name: string, value: string): number {
   const unit = (match[2] ?? "").charAt(0).toLowerCase()
   return Math.floor(Number(match[1]) * (SIZE_UNITS[unit] ?? 1))
 }
+
+function parseCount(name: string, value: string): number {
+  const count = Number(value)
+  if (!/^\d+$/.test(value.trim()) || count < 1 || count > MAX_COUNT)
+    throw new UsageError(`--${name} must be 1-${MAX_COUNT} (got "${value}")`)
+  return count
+}
+
+// A count beyond this is a typo, not a bound.
+const MAX_COUNT = 1_000_000
 
 function parseSeconds(name: string, value: string, least: "zero" | "positive" = "zero"): number {
   const seconds = Number(value)

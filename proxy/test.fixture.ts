@@ -48,6 +48,7 @@ export const TEST_OPTIONS: Omit<ProxyOptions, "origin" | "cacheDir"> = {
   memorySize: 64 << 20,
   maxSize: 1 << 30,
   maxEntrySize: 100 << 20,
+  maxVariants: 64,
   forceTtlSeconds: 0,
   ignoreQuery: [],
   offline: false,
@@ -117,10 +118,14 @@ export async function startProxy(options: Partial<ProxyOptions> & { origin: stri
   const warnings: { kind: WarnKind; detail: string }[] = []
   const warn = (kind: WarnKind, detail: string) => warnings.push({ kind, detail })
   const lines: string[] = []
-  const { app, cache, metrics } = await createProxy(full, { warn, log: (line) => lines.push(line) })
+  const { app, cache, metrics, admin } = await createProxy(full, { warn, log: (line) => lines.push(line) })
   const listener = await serve(app, full, warn)
+  // The admin listener too when `admin` is given, on a port of its own.
+  const adminListener = admin && (await serve(admin, { ...full, port: 0 }, warn))
   return {
     url: `http://127.0.0.1:${listener.port}/`,
+    /** The admin listener's base URL (no trailing slash), when `admin` was given. */
+    adminUrl: adminListener ? `http://127.0.0.1:${adminListener.port}` : undefined,
     cacheDir,
     cache,
     metrics,
@@ -129,7 +134,7 @@ export async function startProxy(options: Partial<ProxyOptions> & { origin: stri
     /** What the proxy reported and carried on after. */
     warnings,
     [Symbol.asyncDispose]: async () => {
-      await listener.stop(true)
+      await Promise.all([listener.stop(true), adminListener?.stop(true)])
       await cache.close()
       dir[Symbol.dispose]()
     },
