@@ -311,7 +311,7 @@ const STORE_CONNECT_WAIT_MS = 2000
 const SHUTDOWN_GRACE_MS = 5000
 
 const DESCRIPTION = `A caching HTTP reverse proxy for one origin.
-Also: caching-proxy export [-o FILE], caching-proxy import FILE (HAR files; --help).`
+Subcommands: export, import (the cache as an HTTP Archive; each has --help).`
 
 // Set by `bun build --define` (.ci/build.ts) in the binary and the Node bundle; absent from source.
 declare const BUILD_VERSION: string | undefined
