@@ -172,9 +172,13 @@ export async function startCli(command: string[], env: Record<string, string | u
   }
 }
 
+// A command that runs to completion and has not after this long hangs: it is killed (its exit code
+// then fails the test), never left running, and the test's own timeout is not reached first.
+const RUN_CLI_LIMIT_MS = 15_000
+
 /** Runs the CLI (or any command) to completion. */
 export async function runCli(command: string[], cwd?: string, env: Record<string, string> = {}) {
-  const child = Bun.spawn(command, { stdout: "pipe", stderr: "pipe", cwd, env: { ...process.env, ...env } })
+  const child = Bun.spawn(command, { stdout: "pipe", stderr: "pipe", cwd, env: { ...process.env, ...env }, timeout: RUN_CLI_LIMIT_MS })
   const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited])
   return { stdout, stderr, code }
 }
