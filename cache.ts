@@ -558,7 +558,9 @@ export class Cache<S extends Store = Store> {
     const { body, stored } = this.teeIntoStore(lookup.key, response, meta)
     const length = Number(response.headers.get("content-length") ?? Infinity)
     const framed = body && length <= READ_AHEAD_BYTES ? await readAhead(body) : body
-    return { response: relay(new Response(framed, response), { kind: "miss", ...asked, stored: true }, this.config.keepTagHeaders), stored }
+    const wholeBytes = framed instanceof Uint8Array ? framed.byteLength : undefined
+    const outcome: Outcome = { kind: "miss", ...asked, stored: true, wholeBytes }
+    return { response: relay(new Response(framed, response), outcome, this.config.keepTagHeaders), stored }
   }
 
   private tooLarge(headers: Headers): string | null {
@@ -869,13 +871,14 @@ function relay(response: Response, outcome: Outcome, keepTagHeaders: boolean): R
   return withOutcome(response, outcome)
 }
 
-/** A short answer of our own (errors, only-if-cached, offline). */
+/** A short answer of our own (errors, only-if-cached, offline), as bytes: sent whole, with its length. */
 export function answer(status: number, text: string, outcome: Outcome): Response {
+  const body = new TextEncoder().encode(text)
   const headers = {
     "content-type": "text/plain; charset=utf-8",
     via: VIA,
     "x-cache": xCache(outcome),
     "cache-status": cacheStatus(outcome),
   }
-  return withOutcome(new Response(text, { status, headers }), outcome)
+  return withOutcome(new Response(body, { status, headers }), { ...outcome, wholeBytes: body.byteLength })
 }

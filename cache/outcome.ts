@@ -24,6 +24,11 @@ export interface Outcome {
   stored?: boolean
   /** RFC 9211 §2.8 detail: what else there is to say (a reason not to store, a stale answer's licence). */
   detail?: string
+  /**
+   * Not rendered: the body is bytes in memory, whole, of this length (a short answer of our own, a
+   * MISS read ahead). It goes out with its length as it is: nothing need count or watch it stream.
+   */
+  wholeBytes?: number
 }
 
 // Answered from the cache (X-Cache: HIT): what a hit ratio counts.

@@ -88,10 +88,11 @@ function failureOf(error: unknown): OriginFailure {
 const UPGRADE_REFUSED = "the origin switched protocols (101), and upgrades are not proxied"
 
 /**
- * The answer to a request whose response failed where the app cannot catch it (Bun: a body that
- * fails before its first byte is sent): a 502 with one line, never the runtime's own error page.
+ * The answer to a request whose response failed before its first byte was sent (where the app
+ * cannot catch it under Bun, or as the access log finds it): a 502 with one line, never the
+ * runtime's own error page.
  */
-function unsent(error: unknown, warn: Warn): Response {
+export function unsent(error: unknown, warn: Warn): Response {
   warn("proxy", `a response could not be sent: ${error instanceof Error ? error.message : String(error)}`)
   return answer(502, "the origin's answer could not be relayed\n", { kind: "miss", detail: "origin-error" })
 }
@@ -203,8 +204,13 @@ interface Closable {
  * adapter sends whole with their length.
  */
 function cutOnFailure(response: Response | Promise<Response>, connection: Closable, warn: Warn): Response | Promise<Response> {
-  const guarded = (ready: Response) =>
-    !isFromCache(outcomeOf(ready).kind) && ready.body ? new Response(endOrCut(ready.body, connection, warn), ready) : ready
+  const guarded = (ready: Response) => {
+    const { kind, wholeBytes } = outcomeOf(ready)
+    // Bytes (a short answer, a MISS read ahead) are sent whole too, with their length.
+    return wholeBytes === undefined && !isFromCache(kind) && ready.body
+      ? new Response(endOrCut(ready.body, connection, warn), ready)
+      : ready
+  }
   return response instanceof Promise ? response.then(guarded) : guarded(response)
 }
 
