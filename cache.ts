@@ -635,7 +635,10 @@ export class Cache<S extends Store = Store> {
           await writer.write(chunk.value).catch(() => stop()) // the put's failure is reported by it
         },
         cancel: async (reason) => {
-          stop() // the client went away: nothing is wrong, and nothing whole to store
+          // A client that has every byte Content-Length promised may hang up before the origin's
+          // end is read (Node sends the last byte before this stream ends): the body is whole.
+          if (feeding && expectedLength !== null && Number(expectedLength) === size) writer.close().catch(() => undefined)
+          else stop() // the client went away: nothing is wrong, and nothing whole to store
           await reader.cancel(reason)
         },
       },
