@@ -299,6 +299,31 @@ describe("hardening: origin faults", () => {
     expect([status, body]).toEqual([502, "the origin switched protocols (101), and upgrades are not proxied\n"])
   })
 
+  /** An origin whose 200 carries `kib` KiB of header fields besides its own few. */
+  function startLargeHeadOrigin(kib: number) {
+    const fields = Array.from({ length: kib }, (_, i) => `X-Large-${String(i).padStart(4, "0")}: ${"a".repeat(1024 - 17)}\r\n`).join("")
+    return startRawOrigin((socket) => socket.end(`HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: max-age=60\r\n${fields}\r\nok`))
+  }
+
+  test.each(RUNTIMES)(
+    "%s: an origin's response head up to 64 KiB is relayed and stored; a larger one is a 502 that says so",
+    async (_, command) => {
+      await using fits = await startLargeHeadOrigin(60)
+      await using proxy = await startCliProxy(command, fits.url)
+      for (const xCache of ["MISS", "HIT"]) {
+        const response = await get(`${proxy.url}large-head`)
+        expect([response.status, response.headers.get("x-cache"), await response.text()]).toEqual([200, xCache, "ok"])
+        expect(response.headers.get("x-large-0059")).toHaveLength(1024 - 17)
+      }
+      await using over = await startLargeHeadOrigin(65)
+      await using refusing = await startCliProxy(command, over.url)
+      expect(await answer(`${refusing.url}larger-head`)).toMatchObject({
+        status: 502,
+        body: "the origin's response headers are larger than 64 KiB\n",
+      })
+    },
+  )
+
   const BROKEN_BODY_CASES = RUNTIMES.flatMap(([runtime, command]) =>
     ["max-age=60", "no-store"].map((cc) => [runtime, cc, command] as const),
   )

@@ -84,6 +84,23 @@ const FAILURE_CODES: Record<string, OriginFailure> = {
 function failureOf(error: unknown): OriginFailure {
   return FAILURE_CODES[(error as NodeJS.ErrnoException).code ?? ""] ?? "other"
 }
+/**
+ * The most an origin's response head may take, status line and fields: one limit under both
+ * runtimes (node:http stops at 16 KiB unless told, Bun's fetch at about 256 KiB). RFC 9110 §5.4:
+ * a server may refuse what it finds too large; a 502 says so.
+ */
+const MAX_RESPONSE_HEAD_BYTES = 64 * 1024
+const HEAD_TOO_LARGE = `the origin's response headers are larger than ${MAX_RESPONSE_HEAD_BYTES / 1024} KiB`
+
+/** The response, unless its head is over MAX_RESPONSE_HEAD_BYTES (counted as it was sent: "name: value\r\n" each). */
+function withinHeadLimit(response: Response): Response {
+  let bytes = `HTTP/1.1 ${response.status} ${response.statusText}\r\n\r\n`.length
+  for (const [name, value] of response.headers) bytes += name.length + value.length + 4
+  if (bytes <= MAX_RESPONSE_HEAD_BYTES) return response
+  response.body?.cancel().catch(() => undefined) // refused: nothing of it is read
+  throw new OriginError(502, HEAD_TOO_LARGE)
+}
+
 // RFC 9110 §15.2.2: a 101 hands the connection over to another protocol; we proxy HTTP only.
 const UPGRADE_REFUSED = "the origin switched protocols (101), and upgrades are not proxied"
 
@@ -100,16 +117,19 @@ export function unsent(error: unknown, warn: Warn): Response {
 const bunRuntime: Runtime = {
   fetch: (target, method, headers, body, timeoutMs) =>
     withTimeout(timeoutMs, (signal) =>
-      fetch(target, { method, headers, body, signal, redirect: "manual", decompress: false } as RequestInit).catch((error) => {
-        const code = (error as { code?: string }).code
-        if (code === "UnrequestedUpgrade") throw new OriginError(502, UPGRADE_REFUSED)
-        // RFC 9112 §6.3: a body under a transfer coding other than chunked ends when the connection
-        // closes. Bun's fetch refuses one it does not know; its node:http relays it. Only a safe
-        // method is asked again (RFC 9110 §9.2.1): the origin may have acted on the first.
-        if (code === "UnsupportedTransferEncoding" && (method === "GET" || method === "HEAD"))
-          return nodeFetch(target, method, headers, null, signal, undefined)
-        throw error
-      }),
+      fetch(target, { method, headers, body, signal, redirect: "manual", decompress: false } as RequestInit).then(
+        withinHeadLimit,
+        (error) => {
+          const code = (error as { code?: string }).code
+          if (code === "UnrequestedUpgrade") throw new OriginError(502, UPGRADE_REFUSED)
+          // RFC 9112 §6.3: a body under a transfer coding other than chunked ends when the connection
+          // closes. Bun's fetch refuses one it does not know; its node:http relays it. Only a safe
+          // method is asked again (RFC 9110 §9.2.1): the origin may have acted on the first.
+          if (code === "UnsupportedTransferEncoding" && (method === "GET" || method === "HEAD"))
+            return nodeFetch(target, method, headers, null, signal, undefined)
+          throw error
+        },
+      ),
     ),
   async listen(app, host, port, idleTimeoutSeconds, warn) {
     const server = Bun.serve({
@@ -151,7 +171,13 @@ function nodeFetch(
   return new Promise<Response>((resolvePromise, reject) => {
     const outgoing = send(
       url,
-      { method, headers: Object.fromEntries(headers), agent: agents[url.protocol as "http:"], signal },
+      {
+        method,
+        headers: Object.fromEntries(headers),
+        agent: agents[url.protocol as "http:"],
+        signal,
+        maxHeaderSize: MAX_RESPONSE_HEAD_BYTES,
+      },
       (incoming) => {
         try {
           resolvePromise(toResponse(incoming, method))
@@ -161,7 +187,9 @@ function nodeFetch(
         }
       },
     )
-    outgoing.on("error", reject)
+    outgoing.on("error", (error: NodeJS.ErrnoException) =>
+      reject(error.code === "HPE_HEADER_OVERFLOW" ? new OriginError(502, HEAD_TOO_LARGE) : error),
+    )
     if (interim) outgoing.on("information", (info) => interim(info.statusCode, info.rawHeaders))
     // Without this listener node:http drops the socket and neither answers nor fails: a client
     // would wait forever.
