@@ -517,6 +517,35 @@ describe("framing: what the origin's framing says reaches the client", () => {
   // Known limit (README): Bun.serve frames a stream it cannot read to its end at once as chunked,
   // whatever Content-Length says (oven-sh/bun#10507); bodies up to 1 MiB are read before they
   // are sent, larger ones stream. When this fails, Bun keeps the length: update the README.
+  // Known limit (docs/standards.md): Bun.serve gives a body of bytes or a file without Content-Type
+  // one of its own, application/octet-stream (oven-sh/bun#21193). When this fails under Bun, Bun
+  // has stopped: update the docs.
+  test.each(RUNTIMES)(
+    "%s: a response the origin sent without Content-Type gets none, MISS and HIT, small or large (under Bun, bytes and files get Bun's)",
+    async (runtime, command) => {
+      // node:http, which adds no Content-Type (Bun.serve would).
+      const server = createHttpServer((req, res) => {
+        const size = req.url === "/large" ? 2 * 1024 * KB : 2
+        res.writeHead(200, { "content-length": size, "cache-control": "max-age=60" }).end("o".repeat(size))
+      })
+      await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+      await using origin = {
+        url: `http://127.0.0.1:${(server.address() as { port: number }).port}/`,
+        [Symbol.asyncDispose]: () => new Promise<void>((resolve) => server.close(() => resolve())),
+      }
+      await using proxy = await startCliProxy(command, origin.url)
+      const types = []
+      for (const path of ["/small", "/small", "/large", "/large"]) {
+        const response = await get(`${proxy.url}${path.slice(1)}`)
+        await response.arrayBuffer()
+        types.push(`${path} ${response.headers.get("x-cache")} ${response.headers.get("content-type")}`)
+      }
+      // Bun adds it to bytes and files: all but a large MISS, which streams from the origin.
+      const added = runtime === "Bun" ? "application/octet-stream" : null
+      expect(types).toEqual([`/small MISS ${added}`, `/small HIT ${added}`, "/large MISS null", `/large HIT ${added}`])
+    },
+  )
+
   test.each(RUNTIMES)(
     "%s: a stored body over 1 MiB streams; under Bun it is chunked on its MISS, under Node it keeps its length",
     async (runtime, command) => {

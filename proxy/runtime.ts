@@ -3,7 +3,14 @@
  * request to the origin, serving, what a request's connection knows, and the file API.
  */
 
-import { createServer, Agent as HttpAgent, request as httpRequest, type IncomingMessage, type ServerResponse } from "node:http"
+import {
+  createServer,
+  Agent as HttpAgent,
+  request as httpRequest,
+  type IncomingMessage,
+  type OutgoingHttpHeaders,
+  type ServerResponse,
+} from "node:http"
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https"
 import type { AddressInfo } from "node:net"
 import { Readable } from "node:stream"
@@ -286,20 +293,44 @@ function sendInterim(outgoing: ServerResponse, status: number, rawHeaders: strin
   }
 }
 
+/**
+ * Bytes are sacred: @hono/node-server writes a body that has no Content-Type with its own
+ * "text/plain; charset=UTF-8". A response with none (the origin sent none) is written with none.
+ */
+function noTypeAdded(response: Response | Promise<Response>, outgoing: ServerResponse): Response | Promise<Response> {
+  const untyped = (ready: Response) => {
+    if (ready.headers.has("content-type")) return ready
+    const writeHead = outgoing.writeHead.bind(outgoing)
+    outgoing.writeHead = ((status: number, ...rest: (string | OutgoingHttpHeaders | undefined)[]) => {
+      for (const fields of rest) {
+        if (typeof fields !== "object") continue
+        for (const name of Object.keys(fields)) if (name.toLowerCase() === "content-type") delete fields[name]
+      }
+      return writeHead(status, ...(rest as [OutgoingHttpHeaders]))
+    }) as ServerResponse["writeHead"]
+    return ready
+  }
+  return response instanceof Promise ? response.then(untyped) : untyped(response)
+}
+
 const nodeRuntime: Runtime = {
   fetch: (target, method, headers, body, timeoutMs, interim) =>
     withTimeout(timeoutMs, (signal) => nodeFetch(target, method, headers, body, signal, interim)),
   async listen(app, host, port, _idleTimeoutSeconds, warn) {
     const { getRequestListener, RequestError } = await import("@hono/node-server")
-    const handle = getRequestListener((request, env) => cutOnFailure(app.fetch(request, env), env.outgoing, warn), {
-      hostname: host,
-      // The server's own error handler, for what Hono's onError never sees: a request the adapter
-      // cannot read is a 400, anything else a 502, never its bare 500.
-      errorHandler: (error) =>
-        error instanceof RequestError
-          ? answer(400, "the request cannot be read\n", { kind: "pass", detail: "bad-request" })
-          : unsent(error, warn),
-    })
+    const handle = getRequestListener(
+      // env.outgoing is node:http's: the server is createServer's, below.
+      (request, env) => noTypeAdded(cutOnFailure(app.fetch(request, env), env.outgoing, warn), env.outgoing as ServerResponse),
+      {
+        hostname: host,
+        // The server's own error handler, for what Hono's onError never sees: a request the adapter
+        // cannot read is a 400, anything else a 502, never its bare 500.
+        errorHandler: (error) =>
+          error instanceof RequestError
+            ? answer(400, "the request cannot be read\n", { kind: "pass", detail: "bad-request" })
+            : unsent(error, warn),
+      },
+    )
     let inFlight = 0
     const server = createServer((request, response) => {
       inFlight++
