@@ -426,13 +426,21 @@ describe("integrity", () => {
       socket.end("x".repeat(5000))
     })
     await using proxy = await startProxy({ origin: origin.url })
-    // The client sees the connection close, before or after the headers: never a whole response.
-    const cutShort = async () => (await (await get(`${proxy.url}short`)).arrayBuffer()).byteLength
-    await expect(cutShort()).rejects.toThrow()
-    await expect(cutShort()).rejects.toThrow()
+    // The client sees the connection close, before or after the headers, or a 502 when the body
+    // had failed before its first byte was sent: never a 200 that ends as if whole.
+    const cutShort = async () => {
+      const response = await get(`${proxy.url}short`)
+      return response.arrayBuffer().then(
+        () => response.status,
+        () => "cut",
+      )
+    }
+    const isCutOr502 = (answer: number | string) => answer === "cut" || answer === 502
+    expect(isCutOr502(await cutShort().catch(() => "cut"))).toBe(true)
+    expect(isCutOr502(await cutShort().catch(() => "cut"))).toBe(true)
     expect(origin.requests()).toBe(2)
     await eventually(() => storedFiles(proxy.cacheDir).length === 0)
-    expect(proxy.warnings.map((w) => w.kind)).toEqual(["origin-body", "origin-body"])
+    expect(proxy.warnings.filter((w) => w.kind === "origin-body")).toHaveLength(2)
   })
 
   test("a client that hangs up mid-body leaves nothing stored", async () => {
