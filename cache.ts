@@ -669,7 +669,10 @@ export class Cache<S extends Store = Store> {
 
   /** A response from a stored entry, RFC 9111 §4 (Age per §5.1, conditionals per §4.3.2). */
   private fromCache(stored: Stored, lookup: Lookup, now: number, outcome: Outcome): Response {
-    return withOutcome(this.cachedAnswer(stored, lookup, now, outcome), outcome)
+    const response = this.cachedAnswer(stored, lookup, now, outcome)
+    // A file Bun opens as it sends (Bun.file names its path): the runtime needs to know which.
+    const file = stored.body instanceof Blob ? (stored.body as Blob & { name?: unknown }).name : undefined
+    return withOutcome(response, typeof file === "string" ? { ...outcome, file } : outcome)
   }
 
   private cachedAnswer(stored: Stored, lookup: Lookup, now: number, outcome: Outcome): Response {

@@ -29,6 +29,11 @@ export interface Outcome {
    * MISS read ahead). It goes out with its length as it is: nothing need count or watch it stream.
    */
   wholeBytes?: number
+  /**
+   * Not rendered: the body is this file, which the runtime opens by its path only as it sends it
+   * (Bun.file). Gone by then (another process cleared the cache, an eviction), the request is asked again.
+   */
+  file?: string
 }
 
 // Answered from the cache (X-Cache: HIT): what a hit ratio counts.

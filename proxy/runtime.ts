@@ -139,16 +139,38 @@ const bunRuntime: Runtime = {
       ),
     ),
   async listen(app, host, port, idleTimeoutSeconds, warn) {
-    const server = Bun.serve({
+    // Hits whose file Bun is about to open by its path, each with its request: the request, or
+    // null when several share the file and a failure could not be told whose. Kept until the
+    // next turn of the event loop: Bun opens the file as it takes the response, before that.
+    const opening = new Map<string, Request | null>()
+    const watched = (response: Response, request: Request) => {
+      const { file } = outcomeOf(response)
+      if (file === undefined) return response
+      opening.set(file, opening.has(file) ? null : request)
+      setImmediate(() => opening.delete(file))
+      return response
+    }
+    const server: Bun.Server<undefined> = Bun.serve({
       hostname: host,
       port,
-      fetch: app.fetch,
+      fetch: (request, bunServer) => {
+        const response = app.fetch(request, bunServer)
+        return response instanceof Promise ? response.then((ready) => watched(ready, request)) : response
+      },
       idleTimeout: idleTimeoutSeconds,
       // Uploads stream to the origin; the origin decides what it accepts.
       maxRequestBodySize: Number.MAX_SAFE_INTEGER,
       // Never Bun's development error page (50 KB of HTML naming the working directory). Not by
       // `development: false`: Bun then shares the port with a second server (SO_REUSEPORT).
-      error: (error) => unsent(error, warn),
+      error: (error) => {
+        // A hit's file gone before Bun opened it (another process's --clear-cache, an eviction):
+        // asked again, the request finds no entry and is a miss, not a 502.
+        const { code, path } = error as NodeJS.ErrnoException
+        const request = code === "ENOENT" && path !== undefined ? opening.get(path) : undefined
+        if (!request || path === undefined) return unsent(error, warn)
+        opening.delete(path)
+        return app.fetch(request, server)
+      },
     })
     return { port: server.port ?? port, stop: (force) => server.stop(force), inFlight: () => server.pendingRequests }
   },
