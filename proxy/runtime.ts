@@ -91,10 +91,11 @@ const FAILURE_CODES: Record<string, OriginFailure> = {
 function failureOf(error: unknown): OriginFailure {
   return FAILURE_CODES[(error as NodeJS.ErrnoException).code ?? ""] ?? "other"
 }
+
 /**
  * The most an origin's response head may take, status line and fields: one limit under both
  * runtimes (node:http stops at 16 KiB unless told, Bun's fetch at about 256 KiB). RFC 9110 §5.4:
- * a server may refuse what it finds too large; a 502 says so.
+ * a recipient need not process fields larger than it wishes to; a 502 says so.
  */
 const MAX_RESPONSE_HEAD_BYTES = 64 * 1024
 const HEAD_TOO_LARGE = `the origin's response headers are larger than ${MAX_RESPONSE_HEAD_BYTES / 1024} KiB`
