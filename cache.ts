@@ -565,7 +565,9 @@ export class Cache<S extends Store = Store> {
     const { body, stored } = this.teeIntoStore(lookup.key, response, meta)
     const length = Number(response.headers.get("content-length") ?? Infinity)
     const framed = body && length <= READ_AHEAD_BYTES ? await readAhead(body) : body
-    return { response: relay(new Response(framed, response), { kind: "miss", ...asked, stored: true }, this.config.keepTagHeaders), stored }
+    const wholeBytes = framed instanceof Uint8Array ? framed.byteLength : undefined
+    const outcome: Outcome = { kind: "miss", ...asked, stored: true, wholeBytes }
+    return { response: relay(new Response(framed, response), outcome, this.config.keepTagHeaders), stored }
   }
 
   /** Says once (the log holds a kind to once a minute) that a response carried more tags than are kept (`MAX_TAGS`). */
@@ -654,7 +656,10 @@ export class Cache<S extends Store = Store> {
           await writer.write(chunk.value).catch(() => stop()) // the put's failure is reported by it
         },
         cancel: async (reason) => {
-          stop() // the client went away: nothing is wrong, and nothing whole to store
+          // A client that has every byte Content-Length promised may hang up before the origin's
+          // end is read (Node sends the last byte before this stream ends): the body is whole.
+          if (feeding && expectedLength !== null && Number(expectedLength) === size) writer.close().catch(() => undefined)
+          else stop() // the client went away: nothing is wrong, and nothing whole to store
           await reader.cancel(reason)
         },
       },
@@ -685,7 +690,10 @@ export class Cache<S extends Store = Store> {
 
   /** A response from a stored entry, RFC 9111 §4 (Age per §5.1, conditionals per §4.3.2). */
   private fromCache(stored: Stored, lookup: Lookup, now: number, outcome: Outcome): Response {
-    return withOutcome(this.cachedAnswer(stored, lookup, now, outcome), outcome)
+    const response = this.cachedAnswer(stored, lookup, now, outcome)
+    // A file Bun opens as it sends (Bun.file names its path): the runtime needs to know which.
+    const file = stored.body instanceof Blob ? (stored.body as Blob & { name?: unknown }).name : undefined
+    return withOutcome(response, typeof file === "string" ? { ...outcome, file } : outcome)
   }
 
   private cachedAnswer(stored: Stored, lookup: Lookup, now: number, outcome: Outcome): Response {
@@ -895,13 +903,14 @@ function offlineMiss(method: string, key: string): Response {
   return answer(504, `not in the cache (offline mode): ${method} ${key.slice("GET ".length)}\n`, OFFLINE_MISS)
 }
 
-/** A short answer of our own (errors, only-if-cached, offline). */
+/** A short answer of our own (errors, only-if-cached, offline), as bytes: sent whole, with its length. */
 export function answer(status: number, text: string, outcome: Outcome): Response {
+  const body = new TextEncoder().encode(text)
   const headers = {
     "content-type": "text/plain; charset=utf-8",
     via: VIA,
     "x-cache": xCache(outcome),
     "cache-status": cacheStatus(outcome),
   }
-  return withOutcome(new Response(text, { status, headers }), outcome)
+  return withOutcome(new Response(body, { status, headers }), { ...outcome, wholeBytes: body.byteLength })
 }

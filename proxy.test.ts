@@ -38,6 +38,8 @@ import {
 afterEach(() => setSystemTime())
 
 describe("CLI", () => {
+  beforeAll(buildNodeBundle, 60_000)
+
   test.each([
     [["--port", "abc", "--origin", "http://127.0.0.1:1"], '--port must be 0-65535 (got "abc")'],
     [["--port", "70000", "--origin", "http://127.0.0.1:1"], "--port must be 0-65535"],
@@ -75,6 +77,17 @@ describe("CLI", () => {
     expect(stderr).not.toContain("    at ")
     expect(stdout).toBe("")
   })
+
+  test.each(RUNTIMES)(
+    "%s: a --cache-dir no directory can be made in (/proc/1/nope) is refused with one line and exit code 2",
+    async (_, command) => {
+      const { stdout, stderr, code } = await runCli([...command, "--origin", "http://127.0.0.1:1", "--cache-dir", "/proc/1/nope"])
+      expect(code).toBe(2)
+      expect(stderr).toMatch(/^caching-proxy: --cache-dir \/proc\/1\/nope cannot be used: .*ENOENT/)
+      expect(stderr.trim().split("\n")).toHaveLength(1)
+      expect(stdout).toBe("")
+    },
+  )
 
   test("--help lists every flag with its environment variable in 80 columns and exits 0; --version prints the version", async () => {
     const help = await runCli([...CLI, "--help"])

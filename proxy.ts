@@ -40,7 +40,7 @@ import {
   UsageError,
 } from "./proxy/options.ts"
 import { Recorder, Replay } from "./proxy/record.ts"
-import { type Listener, runtime, serve } from "./proxy/runtime.ts"
+import { type Listener, runtime, serve, unsent } from "./proxy/runtime.ts"
 
 // What tests and embedders import from the entry point.
 export { type ProxyOptions, parseOptions, UsageError } from "./proxy/options.ts"
@@ -154,9 +154,16 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
   })
 
   /** The response on its way out: Location rewritten (--rewrite-location), recorded once sent. */
-  function sent(c: Context, ready: Response, method: string, path: string, started: number | undefined, trip: OriginTrip | undefined) {
+  function sent(
+    c: Context,
+    ready: Response,
+    method: string,
+    path: string,
+    started: number | undefined,
+    trip: OriginTrip | undefined,
+  ): Response | Promise<Response> {
     if (options.rewriteLocation) rewriteLocations(ready.headers, originUrl, proxyBase(c))
-    return record && trip ? timed(ready, method, path, started, trip, record) : ready
+    return record && trip ? timed(ready, method, path, started, trip, record, warn) : ready
   }
 
   /** How this request reached the proxy, scheme and authority: --public-url, else the Host it asked for. */
@@ -235,11 +242,13 @@ function loadReplay(path: string, origin: string, config: CacheConfig, redacted:
 
 /**
  * Records the request once its body's last byte is handed to the server. A body from the origin
- * streams, so it is timed as it ends. A hit's body (bytes from memory, or a file Bun sends by
- * sendfile) is not touched: reading `.body` turns Bun's bytes into a stream (a fifth of the hit
- * throughput, measured), and Bun tells nothing when it has sent a body; a hit is timed when handed
- * over, and counted by its Content-Length. `started` undefined: answered at once, and not timed
- * (0 ms: a clock read costs about 0.17 µs on a VM, two of them some 2 % of a hit).
+ * streams, so it is timed as it ends. A body that is whole already is not touched: a hit's (bytes
+ * from memory, or a file Bun sends by sendfile; reading `.body` turns Bun's bytes into a stream, a
+ * fifth of the hit throughput, measured) and a MISS read ahead or a short answer of our own (bytes
+ * that a counting stream would make Bun send chunked, without their length). Bun tells nothing when
+ * it has sent a body: such a response is timed when handed over, and counted by its length.
+ * `started` undefined: answered at once, and not timed (0 ms: a clock read costs about 0.17 µs on
+ * a VM, two of them some 2 % of a hit).
  */
 function timed(
   response: Response,
@@ -248,31 +257,43 @@ function timed(
   started: number | undefined,
   trip: OriginTrip,
   record: (access: Access) => void,
-): Response {
+  warn: Warn,
+): Response | Promise<Response> {
   const { status, headers } = response
-  const cache = outcomeOf(response).kind
+  const { kind: cache, wholeBytes } = outcomeOf(response)
   const originError = trip.failure && (status === 502 || status === 504) ? trip.failure : undefined
   const access: Access = { method, path, status, cache, ms: 0, bytes: 0, originMs: trip.ms, originError }
-  if (isFromCache(cache)) {
-    access.bytes = method === "HEAD" || status === 304 ? 0 : Number(headers.get("content-length") ?? 0)
-    access.ms = started === undefined ? 0 : performance.now() - started
-    record(access)
-    return response
-  }
   const finish = (bytes: number) => {
     access.bytes = bytes
     access.ms = started === undefined ? 0 : performance.now() - started
     record(access)
   }
+  if (wholeBytes !== undefined || isFromCache(cache)) {
+    finish(method === "HEAD" || status === 304 ? 0 : (wholeBytes ?? Number(headers.get("content-length") ?? 0)))
+    return response
+  }
   if (!response.body) {
     finish(0)
     return response
   }
-  return new Response(counted(response.body, finish), response)
+  return counted(response.body, finish).then(
+    (body) => new Response(body, response),
+    (error: unknown) => {
+      const unsendable = unsent(error, warn)
+      access.status = unsendable.status
+      access.cache = outcomeOf(unsendable).kind
+      finish(outcomeOf(unsendable).wholeBytes ?? 0)
+      return unsendable
+    },
+  )
 }
 
-/** The body as it comes; `finish` gets the bytes sent once it ends, fails or is cancelled. */
-function counted(body: ReadableStream<Uint8Array>, finish: (bytes: number) => void): ReadableStream<Uint8Array> {
+/**
+ * The body as it comes; `finish` gets the bytes sent once it ends, fails or is cancelled. A body
+ * that has failed already, before its first byte, rejects instead: the runtime would have
+ * answered it with a 502 (Bun does), where a stream failing once sent cuts the connection.
+ */
+async function counted(body: ReadableStream<Uint8Array>, finish: (bytes: number) => void): Promise<ReadableStream<Uint8Array>> {
   const reader = body.getReader()
   let bytes = 0
   let finished = false
@@ -280,10 +301,18 @@ function counted(body: ReadableStream<Uint8Array>, finish: (bytes: number) => vo
     if (!finished) finish(bytes)
     finished = true
   }
+  let first: ReturnType<typeof reader.read> | undefined = reader.read()
+  // Waits no longer than the task at hand: a body still on its way is not held up.
+  await Promise.race([first, new Promise((resolve) => setImmediate(resolve))]).catch((error: unknown) => {
+    reader.cancel(error).catch(() => undefined) // failed already: nothing left to read
+    throw error
+  })
   return new ReadableStream<Uint8Array>(
     {
       async pull(controller) {
-        const chunk = await reader.read().catch((error: unknown) => {
+        const read = first ?? reader.read()
+        first = undefined
+        const chunk = await read.catch((error: unknown) => {
           end()
           throw error
         })

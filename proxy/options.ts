@@ -4,7 +4,7 @@
  * is a `UsageError`: one line on stderr, exit code 2.
  */
 
-import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, rmSync, statSync, writeFileSync } from "node:fs"
 import { homedir } from "node:os"
 import { dirname, join, resolve } from "node:path"
 import type { parseArgs } from "citty"
@@ -492,11 +492,27 @@ export function joinRepeated(rawArgs: string[]): string[] {
 export function checkCacheDir(dir: string): void {
   const probe = join(dir, `.probe-${process.pid}`)
   try {
-    mkdirSync(dir, { recursive: true })
+    makeDirectory(dir)
     writeFileSync(probe, "")
     rmSync(probe)
   } catch (error) {
     throw new UsageError(`--cache-dir ${dir} cannot be used: ${whyNotWritable(dir, error as NodeJS.ErrnoException)}`)
+  }
+}
+
+/**
+ * `mkdir -p`, one level at a time: Node 20's recursive mkdirSync never returns, spinning a core,
+ * where mkdir answers ENOENT under a parent that exists (/proc/1/nope).
+ */
+function makeDirectory(dir: string): void {
+  try {
+    mkdirSync(dir)
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code
+    if (code === "EEXIST" && statSync(dir).isDirectory()) return
+    if (code !== "ENOENT" || dirname(dir) === dir) throw error
+    makeDirectory(dirname(dir))
+    mkdirSync(dir) // the parent is there now: a second ENOENT is the answer
   }
 }
 
