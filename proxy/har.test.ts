@@ -413,6 +413,21 @@ describe("import refuses bad input, naming the entry, and leaves nothing written
     })
   }
 
+  test("entries the cache never stores (other methods, a cancelled request) are left out and counted", async () => {
+    using work = ownedDir()
+    const file = join(work.path, "browser.har")
+    const post = { ...good, request: { ...good.request, method: "POST" } }
+    const cancelled = { ...good, request: { ...good.request, url: "http://127.0.0.1:1/b" }, response: { ...good.response, status: 0 } }
+    writeFileSync(file, har(post, good, cancelled))
+    const imported = await cli("import", file, "--cache-dir", work.path)
+    expect(imported).toEqual({
+      code: 0,
+      stdout: `caching-proxy: imported 1 responses from ${file} (2 left out: not GET, or no final status)\n`,
+      stderr: "",
+    })
+    expect(metaFiles(work.path)).toHaveLength(1)
+  })
+
   test("an entry that does not fit the store undoes the entries written before it", async () => {
     using work = ownedDir()
     const file = join(work.path, "big.har")
