@@ -240,6 +240,18 @@ describe.skipIf(FAST_RUN)("a shared store on Redis", () => {
     expect(await answer(`${proxy.url}page`)).toMatchObject({ xCache: "MISS", body: "v2" })
   })
 
+  test("a message on the channel that is not the proxies' own is ignored, said once: the proxy keeps serving", async () => {
+    await using origin = startOrigin((_, n) => new Response(`v${n}`, { headers: { "cache-control": "max-age=600" } }))
+    const shared = sharedStore()
+    await using proxy = await startSharedProxy({ origin: origin.url, ...shared })
+    await answer(`${proxy.url}page`)
+    for (const message of ["not json", "null", "42", '{"type":"changed"}', '{"type":"changed","key":7}', "[]"])
+      expect(await redisCli("publish", `${shared.storePrefix}:events`, message)).toBe("1")
+    await eventually(() => proxy.warnings.length > 0)
+    expect(await answer(`${proxy.url}page`)).toMatchObject({ status: 200, xCache: "HIT", body: "v1" })
+    expect(proxy.warnings).toEqual([{ kind: "store-connection", detail: expect.stringContaining('"not json"') }])
+  })
+
   test("under Node (the bundle): a HIT shared between two proxies, and no 500 while Redis is down", async () => {
     await npmRun("build:js")
     await using own = await startRedis()

@@ -141,6 +141,8 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   private stalledUntil = 0
   private stalled = false
   private closing = false
+  /** A message on the channel that was not an event was reported (once). */
+  private strangeEventSeen = false
 
   constructor({ target, prefix, warn }: RedisStoreOptions) {
     this.prefix = prefix
@@ -634,7 +636,17 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   }
 
   private onEvent(message: string): void {
-    const event = JSON.parse(message) as Event
+    const event = parseEvent(message)
+    if (!event) {
+      // Anyone with PUBLISH rights can write on the channel: what is not ours is ignored, said once.
+      if (!this.strangeEventSeen)
+        this.warn(
+          "store-connection",
+          `ignoring a message on ${this.channel} that is not this proxy's: ${JSON.stringify(message.slice(0, 80))}`,
+        )
+      this.strangeEventSeen = true
+      return
+    }
     if (event.type === "clear") {
       void this.readGeneration()
       for (const listener of this.dropListeners) listener(null)
@@ -796,6 +808,21 @@ function encode({ inline, ...record }: VariantRecord): Buffer {
   const length = Buffer.allocUnsafe(RECORD_LENGTH_BYTES)
   length.writeUInt32BE(json.byteLength)
   return Buffer.concat([length, json, inline ?? new Uint8Array(0)])
+}
+
+/** An event as published by `publish`, or undefined for anything else on the channel. */
+function parseEvent(message: string): Event | undefined {
+  let value: unknown
+  try {
+    value = JSON.parse(message)
+  } catch {
+    return undefined // not JSON: the caller reports it
+  }
+  if (typeof value !== "object" || value === null) return undefined
+  const { type, key } = value as Record<string, unknown>
+  if (type === "clear") return { type }
+  if ((type === "changed" || type === "released") && typeof key === "string") return { type, key }
+  return undefined
 }
 
 /** `bounded`'s deadline passed. */
