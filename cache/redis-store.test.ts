@@ -234,10 +234,34 @@ describe.skipIf(FAST_RUN)("a shared store on Redis", () => {
       await answer(`${proxy.url}page`)
     }
     const cleared = await runCli([...CLI, "--clear-cache", "--store", redis.url, "--store-prefix", shared.storePrefix])
-    expect(cleared).toMatchObject({ code: 0, stderr: "" })
+    expect(cleared).toEqual({
+      code: 0,
+      stderr: "",
+      stdout: `caching-proxy: cleared Redis at 127.0.0.1:${redis.port} (keys ${shared.storePrefix}:*)\n`,
+    })
     expect(await redisCli("get", "someone-else:key")).toBe("theirs")
     await using proxy = await startSharedProxy({ origin: origin.url, ...shared })
     expect(await answer(`${proxy.url}page`)).toMatchObject({ xCache: "MISS", body: "v2" })
+  })
+
+  test.each([
+    ["unreachable", "redis://"],
+    ["not answering (stopped)", "redis://"],
+    ["an unreachable Cluster seed", "redis-cluster://"],
+  ])("--clear-cache with a Redis %s gives up within seconds: one line, exit code 1", async (state, scheme) => {
+    await using own = await startRedis()
+    if (state.includes("stopped")) own.pause()
+    else await own.kill()
+    try {
+      const started = performance.now()
+      const { code, stdout, stderr } = await runCli([...CLI, "--clear-cache", "--store", `${scheme}127.0.0.1:${own.port}`])
+      expect(performance.now() - started).toBeLessThan(10_000)
+      expect({ code, stdout }).toEqual({ code: 1, stdout: "" })
+      expect(stderr).toStartWith(`caching-proxy: could not clear Redis at 127.0.0.1:${own.port} (keys caching-proxy:*): `)
+      expect(stderr.trim().split("\n")).toHaveLength(1)
+    } finally {
+      own.resume()
+    }
   })
 
   test("a message on the channel that is not the proxies' own is ignored, said once: the proxy keeps serving", async () => {
