@@ -264,6 +264,20 @@ describe.skipIf(FAST_RUN)("a shared store on Redis", () => {
     }
   })
 
+  test("redis:// aimed at a Cluster node is recognised: one line saying to use redis-cluster://, at start and from --clear-cache", async () => {
+    await using cluster = await startRedisCluster()
+    const node = `127.0.0.1:${cluster.nodes[0]!.port}`
+    const advice = `Redis at ${node} is a Cluster node: use --store redis-cluster://${node}`
+    const started = await runCli([...CLI, "--port", "0", "--origin", "http://127.0.0.1:1", "--store", `redis://${node}`])
+    expect(started).toEqual({ code: 1, stdout: "", stderr: `caching-proxy: ${advice}\n` })
+    const cleared = await runCli([...CLI, "--clear-cache", "--store", `redis://${node}`])
+    expect(cleared).toEqual({
+      code: 1,
+      stdout: "",
+      stderr: `caching-proxy: could not clear Redis at ${node} (keys caching-proxy:*): ${advice}\n`,
+    })
+  })
+
   test("a message on the channel that is not the proxies' own is ignored, said once: the proxy keeps serving", async () => {
     await using origin = startOrigin((_, n) => new Response(`v${n}`, { headers: { "cache-control": "max-age=600" } }))
     const shared = sharedStore()

@@ -141,6 +141,8 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   private stalledUntil = 0
   private stalled = false
   private closing = false
+  /** Why this store can never be used as configured (a Cluster node named by `redis://`). */
+  private misuse: Error | undefined
   /** A message on the channel that was not an event was reported (once). */
   private strangeEventSeen = false
 
@@ -158,7 +160,9 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
       () => undefined,
       (error: Error) => this.warn("store-connection", `subscribing: ${error.message}`),
     )
-    this.connected = Promise.all([generationKnown, subscribed]).then(() => nodesConnected(this.redis))
+    const answered = Promise.all([generationKnown, subscribed]).then(() => nodesConnected(this.redis))
+    this.connected = "single" in target ? Promise.race([answered, this.refuseClusterNode(target.single)]) : answered
+    this.connected.catch(() => undefined) // also said by ping() and every command: a caller need not wait
     this.subscriber.on("ready", () => void this.readGeneration())
     this.subscriber.on("error", () => undefined) // reported through the main connection's state
     this.generationTimer = setInterval(() => void this.readGeneration(), GENERATION_POLL_MS)
@@ -169,6 +173,22 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     return this.connected
   }
 
+  /**
+   * `redis://` aimed at a Cluster node would never cache (every key of another node's slots answers
+   * MOVED): once the server answers, rejects when it says it is one, and the store stays unusable.
+   */
+  private refuseClusterNode(url: string): Promise<never> {
+    return new Promise((_, reject) => {
+      this.redis.once("ready", async () => {
+        const info = await this.redis.info("cluster").catch(() => "") // unanswered: the connection's state says why
+        if (!/^cluster_enabled:1\b/m.test(info)) return
+        const { host } = new URL(url)
+        this.misuse = new Error(`Redis at ${host} is a Cluster node: use --store redis-cluster://${host}`)
+        reject(this.misuse)
+      })
+    })
+  }
+
   /** Whether Redis answers now, as far as the connection knows (for /metrics). */
   get isConnected(): boolean {
     return this.up
@@ -176,6 +196,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
 
   /** One PING: fails at once while Redis is away (commands are not queued). */
   async ping(): Promise<void> {
+    if (this.misuse) throw this.misuse
     if (this.redis.status !== "ready") throw new Error(`Redis is unreachable (the connection is ${this.redis.status})`)
     try {
       this.namespace()
@@ -695,6 +716,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
 
   /** Fails at once until Redis has answered: a request never waits for a connection. */
   private namespace(): string {
+    if (this.misuse) throw this.misuse
     if (this.generation === undefined) throw new Error("Redis has not answered yet")
     return `${this.prefix}:${this.generation}`
   }
