@@ -244,6 +244,20 @@ describe.skipIf(FAST_RUN)("a shared store on Redis", () => {
     expect(await answer(`${proxy.url}page`)).toMatchObject({ xCache: "MISS", body: "v2" })
   })
 
+  test("the generation key evicted after --clear-cache (as maxmemory may) reads as everything stale, never as nothing cleared", async () => {
+    await using origin = startOrigin((_, n) => new Response(`v${n}`, { headers: { "cache-control": "max-age=600" } }))
+    const shared = sharedStore()
+    {
+      await using before = await startSharedProxy({ origin: origin.url, ...shared })
+      expect(await answer(`${before.url}page`)).toMatchObject({ xCache: "MISS", body: "v1" })
+    }
+    expect((await runCli([...CLI, "--clear-cache", "--store", redis.url, "--store-prefix", shared.storePrefix])).code).toBe(0)
+    expect(await redisCli("del", `${shared.storePrefix}:generation`)).toBe("1")
+    await using after = await startSharedProxy({ origin: origin.url, ...shared })
+    expect(await answer(`${after.url}page`)).toMatchObject({ xCache: "MISS", body: "v2" })
+    expect(await answer(`${after.url}page`)).toMatchObject({ xCache: "HIT", body: "v2" })
+  })
+
   test.each([
     ["unreachable", "redis://"],
     ["not answering (stopped)", "redis://"],

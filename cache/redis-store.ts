@@ -2,7 +2,7 @@
  * The Redis store: one cache shared by every proxy on the same Redis (or Valkey) server or Redis
  * Cluster. Loaded only when `--store` names Redis.
  *
- * Layout, under `<prefix>:<generation>` (`clear` moves to a new generation; old keys expire):
+ * Layout, under `<prefix>:<generation>` (`clear` moves to a new, random generation; old keys expire):
  * - `…:{<h>}:e` a hash: variant id → the variant's record (meta, size, body id, chunk count) as
  *   JSON, followed by its body when that is under one chunk (see `encode`);
  * - `…:{<h>}:c:<body id>:<n>` the body in chunks of 256 KiB;
@@ -536,7 +536,8 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   /** O(1): every key moves to a new generation; the old ones expire on their own. */
   async clear(): Promise<void> {
     const { names, expiry } = this.indexKeys()
-    this.generation = String(await this.redis.incr(this.generationKey))
+    this.generation = newGeneration()
+    await this.redis.set(this.generationKey, this.generation)
     await this.redis.del(names, expiry)
     await this.publish({ type: "clear" })
   }
@@ -679,12 +680,24 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
 
   /** Another proxy's `--clear-cache` moves the generation: what memory holds of the old one goes. */
   private async readGeneration(): Promise<void> {
-    const generation = await this.redis.get(this.generationKey).catch(() => undefined) // reported as a connection state
-    if (generation === undefined) return
-    const current = generation ?? "0"
+    const current = await this.currentGeneration().catch(() => undefined) // reported as a connection state
+    if (current === undefined) return
     if (this.generation !== undefined && this.generation !== current) for (const listener of this.dropListeners) listener(null)
     this.generation = current
     this.onGeneration()
+  }
+
+  /**
+   * The generation Redis holds. Its key has no expiry, but `maxmemory` with an `allkeys-*` policy
+   * may evict it: a missing key (evicted, or never written) starts a generation no entry is under,
+   * so its loss reads as "everything is stale", never as "nothing was cleared". Generations are
+   * random, not counted: a count restarting from 0 would name entries from before a clear again.
+   */
+  private async currentGeneration(): Promise<string> {
+    const known = await this.redis.get(this.generationKey)
+    if (known !== null) return known
+    await this.redis.set(this.generationKey, newGeneration(), "NX") // of proxies finding it gone at once, one wins
+    return (await this.redis.get(this.generationKey)) ?? newGeneration()
   }
 
   /** Reports losing Redis and getting it back once each, not once per request. */
@@ -810,6 +823,11 @@ function bounded<T>(work: Promise<T>, what: string, key: string): Promise<T> {
   return withDeadline(work, COMMAND_TIMEOUT_MS, () => {
     throw new DeadlineError(`Redis did not answer ${what} ${key} within ${COMMAND_TIMEOUT_MS} ms`)
   })
+}
+
+/** A generation's name: random, so one that was lost is never named again. */
+function newGeneration(): string {
+  return randomBytes(6).toString("hex")
 }
 
 function listed({ key, meta, size }: VariantRecord): ListedEntry {
