@@ -498,6 +498,22 @@ describe("purge on a shared Redis store", () => {
     expect((await through(`${b.url}/plain`)).headers.get("cache-status")).toContain("fwd=stale")
     expect(origin.count("/plain")).toBe(3)
   })
+
+  test.skipIf(FAST_RUN)(
+    "a purge by prefix given as the bare origin URL reaches that origin's entries only, not another's beside it",
+    async () => {
+      await using redis = await startRedis()
+      await using origin = startFreshOrigin()
+      const store = { kind: "redis" as const, target: { single: redis.url } }
+      await using v = await startProxy({ origin: `${origin.url}/v`, store })
+      await using v2 = await startProxy({ origin: `${origin.url}/v2`, store })
+      await through(`${v.url}/a`)
+      await through(`${v2.url}/a`)
+      expect(await purge(v, { prefix: `${origin.url}/v` })).toEqual({ status: 200, body: { purged: 1 } })
+      expect((await through(`${v2.url}/a`)).xCache).toBe("HIT")
+      expect((await through(`${v.url}/a`)).xCache).toBe("MISS")
+    },
+  )
 })
 
 // ───────────────────────────── the inspector page ─────────────────────────────
