@@ -39,6 +39,8 @@ export interface EntryMeta {
   lastModified: string | null
   /** Purge tags, from Surrogate-Key and Cache-Tag. Absent in entries stored before tags were kept. */
   tags?: string[]
+  /** Set by a soft purge: no client's max-stale takes it before it is validated. Absent otherwise. */
+  softPurged?: true
 }
 
 /** A stored response: its meta, its body's length and its body. */

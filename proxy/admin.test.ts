@@ -371,6 +371,23 @@ describe("purge", () => {
     expect(origin.count("/doc")).toBe(2)
   })
 
+  test("soft: a client's max-stale does not take the purged entry before it is revalidated", async () => {
+    await using origin = startOrigin((req) =>
+      req.headers.get("if-none-match") === '"v1"'
+        ? new Response(null, { status: 304, headers: { etag: '"v1"', "cache-control": "max-age=60" } })
+        : new Response("the body", { headers: { etag: '"v1"', "cache-control": "max-age=60" } }),
+    )
+    await using proxy = await startProxy({ origin: origin.url })
+    await through(`${proxy.url}/doc`)
+    expect(await purge(proxy, { url: "/doc", soft: true })).toEqual({ status: 200, body: { purged: 1 } })
+    const after = await through(`${proxy.url}/doc`, { "cache-control": "max-stale=3600" })
+    expect(after.headers.get("cache-status")).toContain("fwd=stale; fwd-status=304")
+    expect(origin.count("/doc")).toBe(2)
+    // Revalidated: an entry like any other again, max-stale included.
+    expect((await through(`${proxy.url}/doc`, { "cache-control": "max-stale=3600" })).xCache).toBe("HIT")
+    expect(origin.count("/doc")).toBe(2)
+  })
+
   test("soft, under stale-while-revalidate: the stale entry answers at once while it is refreshed", async () => {
     await using origin = startOrigin(
       (_, n) => new Response(`v${n}`, { headers: { "cache-control": "max-age=60, stale-while-revalidate=30" } }),
