@@ -318,6 +318,19 @@ describe.skipIf(FAST_RUN)("a shared store on Redis", () => {
     expect(origin.count("/node")).toBe(1)
   }, 60_000)
 
+  test("a refused --store or CACHING_PROXY_STORE never shows the password it holds", async () => {
+    const store = "redis://admin:s3cret-pass@127.0.0.1:6379/not-a-db"
+    const fromFlag = await runCli([...CLI, "--origin", "http://127.0.0.1:1", "--store", store])
+    const fromEnvironment = await runCli([...CLI, "--origin", "http://127.0.0.1:1"], undefined, { CACHING_PROXY_STORE: store })
+    expect([fromFlag.code, fromEnvironment.code]).toEqual([2, 2])
+    expect(fromFlag.stderr).toContain(
+      '--store must be file, redis://host:port[/db], rediss://… or redis-cluster://host:port[,host:port…] (got "redis://***@127.0.0.1:6379/not-a-db")',
+    )
+    expect(fromEnvironment.stderr).toStartWith("caching-proxy: CACHING_PROXY_STORE must be file, redis://")
+    expect(fromEnvironment.stderr).toContain('(got "redis://***@127.0.0.1:6379/not-a-db")')
+    for (const { stderr } of [fromFlag, fromEnvironment]) expect(stderr).not.toContain("s3cret")
+  })
+
   test.each([
     ["redis-cluster://127.0.0.1", "--store must be file, redis://"],
     ["redis://", "--store must be file, redis://"],
