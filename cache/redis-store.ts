@@ -26,6 +26,7 @@ import type {
   Claims,
   Drops,
   EntryMeta,
+  KeyMatch,
   Lifecycle,
   ListedEntry,
   Listing,
@@ -104,7 +105,7 @@ interface ParsedRecord {
 /** A variant's value starts with its record's length in bytes (see `encode`). */
 const RECORD_LENGTH_BYTES = 4
 
-type Event = { type: "changed"; key: string } | { type: "released"; key: string } | { type: "clear" }
+type Event = { type: "changed"; key: string } | { type: "released"; key: string } | { type: "clear" } | { type: "purged"; match: KeyMatch }
 
 /** Where Redis is: one server by its URL (`redis://`, `rediss://`), or a Cluster's seed nodes. */
 export type RedisTarget = { single: string } | { cluster: { host: string; port: number }[] }
@@ -126,7 +127,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   /** Resolves once the generation has been read: the store can answer. */
   private readonly connected: Promise<void>
   private onGeneration: () => void = () => {}
-  private readonly dropListeners: ((key: string | null) => void)[] = []
+  private readonly dropListeners: ((dropped: string | null | KeyMatch) => void)[] = []
   /** Requests waiting for another process's answer, by key. */
   private readonly waiting = new Map<string, Set<() => void>>()
   private readonly generationTimer: ReturnType<typeof setInterval>
@@ -597,7 +598,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     return [{ tier: "redis", entries, bytes }]
   }
 
-  onDrop(listener: (key: string | null) => void): void {
+  onDrop(listener: (dropped: string | null | KeyMatch) => void): void {
     this.dropListeners.push(listener)
   }
 
@@ -641,6 +642,9 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
       const poll = setInterval(() => void this.claimHeld(key).then((held) => held || done()), CLAIM_POLL_MS)
     })
   }
+  announce(match: KeyMatch): Promise<void> {
+    return this.publish({ type: "purged", match })
+  }
 
   /** Whether a claim on the key stands; Redis away counts as no: waiting on it is over. */
   private async claimHeld(key: string): Promise<boolean> {
@@ -672,6 +676,10 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     if (event.type === "clear") {
       void this.readGeneration()
       for (const listener of this.dropListeners) listener(null)
+      return
+    }
+    if (event.type === "purged") {
+      for (const listener of this.dropListeners) listener(event.match)
       return
     }
     if (event.type === "changed") for (const listener of this.dropListeners) listener(event.key)
@@ -859,8 +867,14 @@ function parseEvent(message: string): Event | undefined {
     return undefined // not JSON: the caller reports it
   }
   if (typeof value !== "object" || value === null) return undefined
-  const { type, key } = value as Record<string, unknown>
+  const { type, key, match } = value as Record<string, unknown>
   if (type === "clear") return { type }
+  if (type === "purged" && typeof match === "object" && match !== null) {
+    const { prefix, tag } = match as Record<string, unknown>
+    if (typeof prefix === "string") return { type, match: { prefix } }
+    if (typeof tag === "string") return { type, match: { tag } }
+    return undefined
+  }
   if ((type === "changed" || type === "released") && typeof key === "string") return { type, key }
   return undefined
 }
