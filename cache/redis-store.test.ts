@@ -292,6 +292,62 @@ describe.skipIf(FAST_RUN)("a shared store on Redis", () => {
     })
   })
 
+  /** A proxy as its own process on the shared store, to be killed as a crash would. */
+  const startDyingProxy = (originUrl: string, storePrefix: string) =>
+    startCli([...CLI, "--port", "0", "--origin", originUrl, "--store", redis.url, "--store-prefix", storePrefix])
+  const crash = async (proxy: Awaited<ReturnType<typeof startCli>>) => {
+    process.kill(-proxy.child.pid, "SIGKILL")
+    await proxy.child.exited
+  }
+
+  test("a proxy killed mid-fetch holds the URL for the other proxies about a second, not for --timeout", async () => {
+    await using origin = startOrigin((_, n) =>
+      n === 1 ? new Promise<Response>(() => {}) : new Response(`v${n}`, { headers: { "cache-control": "max-age=600" } }),
+    )
+    const shared = sharedStore()
+    await using dying = await startDyingProxy(origin.url, shared.storePrefix)
+    void fetch(`${dying.url}slow`).catch(() => undefined) // cut by the crash
+    await eventually(() => origin.count("/slow") === 1)
+    await crash(dying)
+    await using other = await startSharedProxy({ origin: origin.url, ...shared, timeoutSeconds: 10 })
+    const started = performance.now()
+    expect(await answer(`${other.url}slow`)).toMatchObject({ status: 200, body: "v2", xCache: "MISS" })
+    expect(performance.now() - started).toBeLessThan(3000)
+  })
+
+  test("a write cut by a crash leaves chunks that expire within a minute; a whole entry's live as long as it does", async () => {
+    await using origin = startOrigin((req) => {
+      const whole = new URL(req.url).pathname === "/whole"
+      const body = new ReadableStream<Uint8Array>({
+        start(controller) {
+          controller.enqueue(new Uint8Array(MB).fill(7))
+          if (whole) controller.close() // else: the origin stalls, the body unfinished
+        },
+      })
+      return new Response(body, { headers: { "cache-control": "max-age=600" } })
+    })
+    const shared = sharedStore()
+    const chunkTtls = async (pattern: string) => {
+      const keys = (await redisCli("--scan", "--pattern", `${shared.storePrefix}:*:c:${pattern}`)).split("\n").filter(Boolean)
+      return Promise.all(keys.map(async (key) => Number(await redisCli("pttl", key))))
+    }
+    {
+      await using dying = await startDyingProxy(origin.url, shared.storePrefix)
+      const reading = fetch(`${dying.url}cut`).then((response) => response.arrayBuffer().catch(() => undefined))
+      await eventually(async () => (await chunkTtls("*")).length === 4)
+      await crash(dying)
+      await reading.catch(() => undefined)
+    }
+    const cut = await chunkTtls("*")
+    expect(cut).toHaveLength(4)
+    for (const ttl of cut) expect(ttl).toBeWithin(1, 60_001)
+    await using proxy = await startSharedProxy({ origin: origin.url, ...shared })
+    expect((await answer(`${proxy.url}whole`)).body).toHaveLength(MB)
+    const all = await chunkTtls("*")
+    expect(all).toHaveLength(8)
+    expect(all.filter((ttl) => ttl > 600_000)).toHaveLength(4)
+  })
+
   test("a message on the channel that is not the proxies' own is ignored, said once: the proxy keeps serving", async () => {
     await using origin = startOrigin((_, n) => new Response(`v${n}`, { headers: { "cache-control": "max-age=600" } }))
     const shared = sharedStore()

@@ -11,7 +11,8 @@
  * A sorted set `<prefix>:<generation>:{index}:keys` lists keys in order, for `list`, and
  * `…:{index}:expiry` the same keys by delete time, so each write drops the keys whose time has
  * come; a set per purge tag, `<prefix>:<generation>:tag:{<tag hash>}`, names the keys tagged with
- * it. Every key carries the policy's delete time as its expiry, so Redis drops dead entries itself
+ * it. Every key carries the policy's delete time as its expiry (a chunk of a write under way a short
+ * one, renewed as it goes: see IN_PROGRESS_CHUNK_MS), so Redis drops dead entries itself
  * and `maxmemory-policy allkeys-lru` is safe: a chunk found missing makes the read a miss.
  * Chunks are written as the body streams in and the record last: an entry is visible when whole.
  * Changes are published on `<prefix>:events`; every proxy drops what its memory tier holds of a
@@ -53,6 +54,19 @@ const STALL_SKIP_MS = 1000
 const REPLACED_BODY_GRACE_MS = 60_000
 /** How often a request waiting on another process's claim looks whether it ended. */
 const CLAIM_POLL_MS = 50
+/**
+ * A claim lapses this long after its holder last renewed it: a proxy that died mid-fetch holds
+ * the URL for the others about this long, not for the whole --timeout.
+ */
+const CLAIM_LEASE_MS = 1000
+/** How often a live holder renews its claim: a few times per lease, so one late renewal does not lose it. */
+const CLAIM_RENEW_MS = 300
+/**
+ * Chunks of a body still being written expire this long after they were last renewed (as the
+ * write goes on); the commit gives them the entry's delete time. A write cut by a crash leaves
+ * chunks that go within about this long, not at the entry's delete time days later.
+ */
+const IN_PROGRESS_CHUNK_MS = 60_000
 const GENERATION_POLL_MS = 5000
 const DEFAULT_PAGE_KEYS = 100
 const KEY_HASHES_KEPT = 10_000
@@ -80,6 +94,8 @@ end
 return #gone`
 /** Keys whose time has come that one write drops from the index: writes outnumber expiries on average. */
 const INDEX_PRUNE_BATCH = 100
+// Compare-and-extend: a claim is renewed only by its holder (ARGV[2]: the new lease, ms).
+const RENEW_SCRIPT = `if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) end return 0`
 // Compare-and-delete: a claim is released only by its holder.
 const RELEASE_SCRIPT = `if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0`
 
@@ -403,8 +419,12 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
 
   private async write(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<boolean> {
     const record: VariantRecord = { key, meta, size: 0, body: randomBytes(8).toString("hex"), chunks: 0 }
+    const renewal = setInterval(() => void this.renewChunks(record), IN_PROGRESS_CHUNK_MS / 3)
+    renewal.unref?.()
     try {
       record.inline = await this.writeChunks(record, body)
+      clearInterval(renewal)
+      await this.keepChunks(record)
       await this.commit(record)
       return true
     } catch (error) {
@@ -413,11 +433,31 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
       if (written.length)
         await this.redis.del(...written).catch((delError: Error) => this.warn("store-write", `${key}: ${delError.message}`))
       throw error
+    } finally {
+      clearInterval(renewal)
     }
   }
 
+  /** A write still under way keeps the chunks it wrote for another IN_PROGRESS_CHUNK_MS. */
+  private async renewChunks(record: VariantRecord): Promise<void> {
+    const pipeline = this.redis.pipeline()
+    for (const chunkKey of this.chunkKeys(record)) pipeline.pexpire(chunkKey, IN_PROGRESS_CHUNK_MS)
+    await pipeline.exec().catch((error: Error) => this.warn("store-write", `${record.key}: ${error.message}`)) // the commit finds what lapsed
+  }
+
+  /** At the commit, the chunks live as long as the entry; one gone meanwhile (evicted) fails the write. */
+  private async keepChunks(record: VariantRecord): Promise<void> {
+    const keys = this.chunkKeys(record)
+    if (keys.length === 0) return
+    const pipeline = this.redis.pipeline()
+    for (const chunkKey of keys) pipeline.pexpireat(chunkKey, record.meta.deleteAt)
+    const results = (await pipeline.exec()) ?? []
+    const kept = results.filter(([error, done]) => !error && done === 1).length
+    if (kept !== keys.length) throw new Error(`${keys.length - kept} of its ${keys.length} chunks went before the entry was complete`)
+  }
+
   /**
-   * Writes the body in chunks of CHUNK_BYTES as it streams in, each expiring with the entry; a
+   * Writes the body in chunks of CHUNK_BYTES as it streams in, each expiring soon (see IN_PROGRESS_CHUNK_MS); a
    * body smaller than one chunk is handed back, to be kept inline with its record.
    */
   private async writeChunks(record: VariantRecord, body: ReadableStream<Uint8Array>): Promise<Uint8Array | undefined> {
@@ -427,7 +467,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     const buffer = Buffer.allocUnsafe(CHUNK_BYTES)
     let filled = 0
     const flush = async (bytes: Buffer) => {
-      await this.redis.set(chunkKey(record.body, record.chunks), bytes, "PXAT", record.meta.deleteAt)
+      await this.redis.set(chunkKey(record.body, record.chunks), bytes, "PX", IN_PROGRESS_CHUNK_MS)
       record.chunks++
     }
     for await (const chunk of body) {
@@ -602,6 +642,10 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     this.dropListeners.push(listener)
   }
 
+  announce(match: KeyMatch): Promise<void> {
+    return this.publish({ type: "purged", match })
+  }
+
   // ───────────── cross-process coalescing ─────────────
 
   claim(key: string, ttlMs: number): Promise<Release | undefined> {
@@ -611,9 +655,21 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   private async takeClaim(key: string, ttlMs: number): Promise<Release | undefined> {
     const { lock: lockKey } = this.entryKeys(key)
     const token = randomBytes(8).toString("hex")
-    const granted = await this.redis.set(lockKey, token, "PX", Math.max(1, Math.round(ttlMs)), "NX")
+    const granted = await this.redis.set(lockKey, token, "PX", CLAIM_LEASE_MS, "NX")
     if (granted !== "OK") return undefined
-    return () => void this.release(key, lockKey, token)
+    // Renewed while this process lives and the fetch may still take, at most `ttlMs` in all.
+    const until = Date.now() + ttlMs
+    const renewal = setInterval(() => {
+      if (Date.now() >= until) return clearInterval(renewal)
+      this.redis.eval(RENEW_SCRIPT, 1, lockKey, token, CLAIM_LEASE_MS).catch((error: Error) => {
+        this.warn("store-write", `renewing the claim on ${key}: ${error.message}`) // it lapses: another proxy may fetch too
+      })
+    }, CLAIM_RENEW_MS)
+    renewal.unref?.()
+    return () => {
+      clearInterval(renewal)
+      void this.release(key, lockKey, token)
+    }
   }
 
   private async release(key: string, lockKey: string, token: string): Promise<void> {
@@ -641,9 +697,6 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
       const timeout = setTimeout(done, ms)
       const poll = setInterval(() => void this.claimHeld(key).then((held) => held || done()), CLAIM_POLL_MS)
     })
-  }
-  announce(match: KeyMatch): Promise<void> {
-    return this.publish({ type: "purged", match })
   }
 
   /** Whether a claim on the key stands; Redis away counts as no: waiting on it is over. */
