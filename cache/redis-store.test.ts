@@ -292,6 +292,19 @@ describe.skipIf(FAST_RUN)("a shared store on Redis", () => {
     })
   })
 
+  test("rediss:// aimed at a server without TLS is named as such in one line, at start and from --clear-cache", async () => {
+    const server = `127.0.0.1:${redis.port}`
+    const advice = `Redis at ${server} does not speak TLS: use --store redis://${server}, or the server's TLS port`
+    const started = await runCli([...CLI, "--port", "0", "--origin", "http://127.0.0.1:1", "--store", `rediss://${server}`])
+    expect(started).toEqual({ code: 1, stdout: "", stderr: `caching-proxy: ${advice}\n` })
+    const cleared = await runCli([...CLI, "--clear-cache", "--store", `rediss://${server}`])
+    expect(cleared).toEqual({
+      code: 1,
+      stdout: "",
+      stderr: `caching-proxy: could not clear Redis at ${server} (keys caching-proxy:*): ${advice}\n`,
+    })
+  })
+
   /** A proxy as its own process on the shared store, to be killed as a crash would. */
   const startDyingProxy = (originUrl: string, storePrefix: string) =>
     startCli([...CLI, "--port", "0", "--origin", originUrl, "--store", redis.url, "--store-prefix", storePrefix])

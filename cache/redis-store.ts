@@ -19,6 +19,7 @@
  * changed key, and wakes requests waiting for it.
  */
 import { randomBytes } from "node:crypto"
+import { createConnection } from "node:net"
 import { Cluster, Redis } from "ioredis"
 import { sha256 } from "./bytes.ts"
 import { withDeadline } from "./deadline.ts"
@@ -44,6 +45,8 @@ import { addTracingChannelHasSubscribers } from "./tracing-channel.ts"
 addTracingChannelHasSubscribers()
 
 const CHUNK_BYTES = 256 * 1024
+/** Redis's port when a URL names none. */
+const DEFAULT_PORT = 6379
 /** Bodies up to this size are read whole before `get` answers; larger ones stream chunk by chunk. */
 const WHOLE_READ_BYTES = 1 << 20
 /** A slow Redis holds no request longer than this: the request is then a miss. */
@@ -178,7 +181,8 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
       (error: Error) => this.warn("store-connection", `subscribing: ${error.message}`),
     )
     const answered = Promise.all([generationKnown, subscribed]).then(() => nodesConnected(this.redis))
-    this.connected = "single" in target ? Promise.race([answered, this.refuseClusterNode(target.single)]) : answered
+    const refused = "single" in target ? this.misusesOf(target.single) : []
+    this.connected = Promise.race([answered, ...refused])
     this.connected.catch(() => undefined) // also said by ping() and every command: a caller need not wait
     this.subscriber.on("ready", () => void this.readGeneration())
     this.subscriber.on("error", () => undefined) // reported through the main connection's state
@@ -188,6 +192,35 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
 
   ready(): Promise<void> {
     return this.connected
+  }
+
+  /** Checks that reject when the server cannot be used as the URL says (the store then stays unusable). */
+  private misusesOf(url: string): Promise<never>[] {
+    const checks = [this.refuseClusterNode(url)]
+    if (url.startsWith("rediss:")) checks.push(this.refusePlainServer(url))
+    return checks
+  }
+
+  /**
+   * `rediss://` aimed at a server without TLS never gets past the handshake (the server waits for
+   * the end of a line, the client for an answer), and would just time out: a PING in plain text,
+   * answered in Redis's own protocol, tells. A TLS server answers it with an alert, or not at all.
+   */
+  private refusePlainServer(url: string): Promise<never> {
+    return new Promise((_, reject) => {
+      const { hostname, port, host } = new URL(url)
+      const socket = createConnection({ host: hostname.replace(/^\[|\]$/g, ""), port: Number(port || DEFAULT_PORT) })
+      socket.setTimeout(COMMAND_TIMEOUT_MS * 3)
+      socket.once("connect", () => socket.write("PING\r\n"))
+      socket.once("data", (data: Buffer) => {
+        socket.destroy()
+        if (!/^[+-]/.test(data.toString("latin1"))) return
+        this.misuse = new Error(`Redis at ${host} does not speak TLS: use --store redis://${host}, or the server's TLS port`)
+        reject(this.misuse)
+      })
+      // Unreachable or silent: the connection itself reports that.
+      for (const end of ["timeout", "error"]) socket.once(end, () => socket.destroy())
+    })
   }
 
   /**
