@@ -187,6 +187,33 @@ describe.skipIf(FAST_RUN)("a shared store on Redis", () => {
     }, 15_000)
   })
 
+  test("a stuck Cluster node holds each request about a second at most, whichever node its key is on", async () => {
+    await using cluster = await startRedisCluster()
+    await using origin = startOrigin((_, n) => new Response(`v${n}`, { headers: { "cache-control": "max-age=600" } }))
+    const store = { kind: "redis", target: { cluster: cluster.nodes } } as const
+    // No memory tier: every request reads Redis. Keys spread over the three nodes' slots.
+    await using a = await startSharedProxy({ origin: origin.url, store, memorySize: 1 })
+    await using b = await startSharedProxy({ origin: origin.url, store, memorySize: 1 })
+    const [stuck] = cluster.servers
+    stuck!.pause() // as a node that stops answering: connections open, no reply
+    try {
+      const took: number[] = []
+      for (let round = 0; round < 2; round++)
+        await Promise.all(
+          Array.from({ length: 20 }, (_, i) => `stuck-${i}`).flatMap((path) =>
+            [a, b].map(async (proxy) => {
+              const started = performance.now()
+              expect((await answer(`${proxy.url}${path}`)).status).toBe(200)
+              took.push(performance.now() - started)
+            }),
+          ),
+        )
+      expect(Math.max(...took)).toBeLessThan(1700)
+    } finally {
+      stuck!.resume()
+    }
+  })
+
   test("Redis unreachable at start-up: the proxy starts and proxies, says so once, and caches once Redis is there", async () => {
     await using own = await startRedis()
     await own.kill()

@@ -159,6 +159,8 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   private up = true
   /** Until when requests skip Redis: it let a command time out (see `timely`). */
   private stalledUntil = 0
+  /** Keys whose command timed out, until when requests on them skip Redis (see `isKeyStalled`). */
+  private readonly stalledKeys = new Map<string, number>()
   private stalled = false
   private closing = false
   /** Why this store can never be used as configured (a Cluster node named by `redis://`). */
@@ -275,31 +277,47 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
    * when Redis answers again.
    */
   private timely<T>(what: string, key: string, work: () => Promise<T>): Promise<T> {
-    if (this.skipping()) return Promise.reject(skipped(what, key))
-    return this.observed(this.bound(work(), what, key))
+    if (this.skipping(key)) return Promise.reject(skipped(what, key))
+    return this.observed(this.bound(work(), what, key), key)
   }
 
   /** Reads no clock while Redis answers (every hit asks). */
-  private skipping(): boolean {
+  private skipping(key: string): boolean {
+    if (this.stalledKeys.size > 0 && this.isKeyStalled(key)) return true
     return this.stalledUntil !== 0 && this.stalledUntil > Date.now()
   }
 
+  /**
+   * Whether a command on this key let Redis time out within STALL_SKIP_MS. On a Cluster one node
+   * may be stuck while the others answer (and end the stall for everyone): a request on a key of
+   * the stuck node still waits on it once at most, not once per command (a read, a claim, a write).
+   */
+  private isKeyStalled(key: string): boolean {
+    const until = this.stalledKeys.get(key)
+    if (until === undefined) return false
+    if (until > Date.now()) return true
+    this.stalledKeys.delete(key)
+    return false
+  }
+
   /** Notes whether Redis answered the work in time (see `timely`). */
-  private observed<T>(work: Promise<T>): Promise<T> {
+  private observed<T>(work: Promise<T>, key: string): Promise<T> {
     return work.then(
       (value) => {
         if (this.stalled) this.answering()
         return value
       },
       (error: Error) => {
-        if (isTimeout(error)) this.stall()
+        if (isTimeout(error)) this.stall(key)
         throw error
       },
     )
   }
 
-  private stall(): void {
+  private stall(key: string): void {
     this.stalledUntil = Date.now() + STALL_SKIP_MS
+    if (this.stalledKeys.size >= KEY_HASHES_KEPT) this.stalledKeys.clear() // a bound: forgetting one costs one more wait
+    this.stalledKeys.set(key, this.stalledUntil)
     if (this.stalled) return
     this.stalled = true
     this.warn("store-connection", `Redis did not answer within ${COMMAND_TIMEOUT_MS} ms; requests go to the origin until it does`)
@@ -443,11 +461,11 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
 
   /** No deadline on the whole (a large body takes its time); each command has its own. */
   async put(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<boolean> {
-    if (this.skipping()) {
+    if (this.skipping(key)) {
       await body.cancel()
       throw skipped("storing", key)
     }
-    return this.observed(this.write(key, meta, body))
+    return this.observed(this.write(key, meta, body), key)
   }
 
   private async write(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<boolean> {
@@ -457,8 +475,13 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     try {
       record.inline = await this.writeChunks(record, body)
       clearInterval(renewal)
-      await this.keepChunks(record)
-      await this.commit(record)
+      // The client's body ends once the write settles: on a Cluster one stuck node (the index's
+      // slot, say) must cost the commit one command's wait, not one per command.
+      await this.bound(
+        this.keepChunks(record).then(() => this.commit(record)),
+        "committing",
+        key,
+      )
       return true
     } catch (error) {
       if (!body.locked) await body.cancel(error).catch(() => undefined) // the body itself failed: nothing left to cancel
