@@ -96,7 +96,7 @@ export const args = {
     valueHint: "DIR",
     description: "Cache directory (default: $XDG_CACHE_HOME/caching-proxy or ~/.cache/caching-proxy)",
   },
-  "clear-cache": { type: "boolean", description: "Empty the cache (the directory, or the --store-prefix keys in Redis) and exit" },
+  "clear-cache": { type: "boolean", description: "Empty the cache (directory or Redis prefix) and exit" },
   ttl: {
     type: "string",
     valueHint: "SECONDS",
