@@ -53,6 +53,8 @@ const WHOLE_READ_BYTES = 1 << 20
 const COMMAND_TIMEOUT_MS = 1000
 /** How long requests skip a Redis that let a command time out, before one tries it again. */
 const STALL_SKIP_MS = 1000
+/** Keys remembered as stalled (see `isKeyStalled`): a bound on what a stuck Cluster node can make it hold. */
+const STALLED_KEYS_KEPT = 10_000
 /** A replaced body's chunks stay this long for readers still streaming it. */
 const REPLACED_BODY_GRACE_MS = 60_000
 /** How often a request waiting on another process's claim looks whether it ended. */
@@ -163,7 +165,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   private readonly stalledKeys = new Map<string, number>()
   private stalled = false
   private closing = false
-  /** Why this store can never be used as configured (a Cluster node named by `redis://`). */
+  /** Why this store can never be used as configured (`redis://` naming a Cluster node, `rediss://` a plain-text server). */
   private misuse: Error | undefined
   /** A message on the channel that was not an event was reported (once). */
   private strangeEventSeen = false
@@ -316,7 +318,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
 
   private stall(key: string): void {
     this.stalledUntil = Date.now() + STALL_SKIP_MS
-    if (this.stalledKeys.size >= KEY_HASHES_KEPT) this.stalledKeys.clear() // a bound: forgetting one costs one more wait
+    if (this.stalledKeys.size >= STALLED_KEYS_KEPT) this.stalledKeys.clear() // a bound: forgetting one costs one more wait
     this.stalledKeys.set(key, this.stalledUntil)
     if (this.stalled) return
     this.stalled = true
