@@ -324,6 +324,10 @@ export class Cache<S extends Store = Store> {
   async purge(target: PurgeTarget, soft: boolean): Promise<number> {
     let purged = 0
     for await (const key of this.keysOf(target)) if (await this.purgeKey(key, soft)) purged++
+    // Memory tiers may hold entries the store behind let go (Redis evicted them) and so did not
+    // list: every process's memory forgets what the prefix or tag names.
+    if (!("url" in target) && isShared(this.store))
+      await this.store.announce("tag" in target ? { tag: target.tag } : { prefix: keyPrefix(target.prefix) })
     return purged
   }
 
@@ -341,7 +345,11 @@ export class Cache<S extends Store = Store> {
 
   private async purgeKey(key: string, soft: boolean): Promise<boolean> {
     const variants = await this.listing().variants(key)
-    if (variants.length === 0) return false
+    if (variants.length === 0) {
+      // Gone behind (evicted) but maybe still in memory tiers: deleting it reaches every one.
+      await this.store.delete(key)
+      return false
+    }
     if (!soft) {
       this.hitCounts.forget(key)
       await this.store.delete(key)

@@ -12,6 +12,7 @@ import { fileURLToPath } from "node:url"
 import { parseArgs } from "citty"
 import { type Context, Hono } from "hono"
 import { LinearRouter } from "hono/router/linear-router"
+import { withDeadline } from "./cache/deadline.ts"
 import { FileStore } from "./cache/file-store.ts"
 import { MemoryStore } from "./cache/memory-store.ts"
 import { isFromCache, outcomeOf } from "./cache/outcome.ts"
@@ -336,6 +337,8 @@ async function counted(body: ReadableStream<Uint8Array>, finish: (bytes: number)
 
 // How long start-up waits for Redis before listening without it.
 const STORE_CONNECT_WAIT_MS = 2000
+// How long --clear-cache waits for its store (Redis) to answer before it gives up.
+const CLEAR_WAIT_MS = 5000
 // Requests in flight get this long to finish after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE_MS = 5000
 
@@ -391,14 +394,7 @@ async function start(parsed: Args): Promise<number> {
     return 0
   }
   const options = parseOptions(parsed)
-  if (parsed["clear-cache"]) {
-    const store = await openStore(options, createWarn())
-    await store.ready()
-    await store.clear()
-    await store.close()
-    console.log(`caching-proxy: cleared ${options.cacheDir}`)
-    return 0
-  }
+  if (parsed["clear-cache"]) return clearCache(options)
   if (options.store.kind === "file") checkCacheDir(options.cacheDir)
   const warn = createWarn(options.logFormat)
   if (options.redact === false && options.record) console.error(NO_REDACT_WARNING)
@@ -428,6 +424,30 @@ async function start(parsed: Args): Promise<number> {
     const cut = listener.inFlight()
     if (cut > 0) console.error(`caching-proxy: ${SHUTDOWN_GRACE_MS / 1000} s after the signal, cutting ${cut} request(s) still in flight`)
   }
+  return 0
+}
+
+/**
+ * --clear-cache: empties the store and says which, or gives up after CLEAR_WAIT_MS with one line
+ * (exit 1), so a cron job or a deploy script never hangs on a Redis that cannot be used.
+ */
+async function clearCache(options: ProxyOptions): Promise<number> {
+  let firstProblem: string | undefined
+  // The store's own warnings (Redis unreachable, …) end up in the one line said on failure.
+  const store = await openStore(options, (_kind, detail) => (firstProblem ??= detail))
+  const where = whereEntriesLive(options)
+  const cleared = store.ready().then(() => store.clear())
+  try {
+    await withDeadline(cleared, CLEAR_WAIT_MS, () => {
+      throw new Error(`it did not answer within ${CLEAR_WAIT_MS / 1000} s${firstProblem ? `: ${firstProblem}` : ""}`)
+    })
+  } catch (error) {
+    console.error(`caching-proxy: could not clear ${where}: ${(error as Error).message}`)
+    return 1
+  } finally {
+    await store.close()
+  }
+  console.log(`caching-proxy: cleared ${where}`)
   return 0
 }
 

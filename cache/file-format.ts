@@ -103,6 +103,7 @@ const META_FIELDS: [keyof MetaFile, (value: unknown) => boolean, string][] = [
   ["etag", isFieldValueOrNull, "a header value or null"],
   ["lastModified", isFieldValueOrNull, "a header value or null"],
   ["tags", (value) => value === undefined || (Array.isArray(value) && value.every(isString)), "absent or a list of strings"],
+  ["softPurged", (value) => value === undefined || value === true, "absent or true"],
 ]
 
 /**
@@ -166,6 +167,7 @@ export function entryMetaOf(file: MetaFile): EntryMeta {
     etag: file.etag,
     lastModified: file.lastModified,
     ...(file.tags && { tags: file.tags }),
+    ...(file.softPurged && { softPurged: file.softPurged }),
   }
 }
 

@@ -5,7 +5,7 @@
  */
 import { concat } from "./bytes.ts"
 import { selectVariant } from "./policy.ts"
-import type { Drops, EntryMeta, ListedEntry, Listing, ListOptions, Page, Store, Stored, TierStats } from "./store.ts"
+import type { Drops, EntryMeta, KeyMatch, ListedEntry, Listing, ListOptions, Page, Store, Stored, TierStats } from "./store.ts"
 import { DEFAULT_MAX_VARIANTS, selectionsOf, shapesOf } from "./variants.ts"
 
 // Rough bytes a key's map entry and a variant's meta take in memory, counted against the bound
@@ -143,6 +143,13 @@ export class MemoryStore implements Store, Listing, Drops {
       keys?.delete(key)
       if (keys?.size === 0) this.byTag.delete(tag)
     }
+  }
+
+  /** Forgets the keys a purge by prefix or tag names. */
+  forgetMatching(match: KeyMatch): void {
+    const keys =
+      "tag" in match ? [...(this.byTag.get(match.tag) ?? [])] : [...this.entries.keys()].filter((key) => key.startsWith(match.prefix))
+    for (const key of keys) this.forget(key)
   }
 
   clear(): Promise<void> {

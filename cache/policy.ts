@@ -279,11 +279,11 @@ export function ttlMs(meta: EntryMeta, now: number): number {
 /**
  * A soft purge: the entry is stale from `now` on, so the next request validates it (RFC 9111
  * §4.3.1) or, within its stale-while-revalidate window, is served while it is refreshed (RFC 5861
- * §3; the window counts from now). Its delete time stays: it can still be validated, or stand in
- * under stale-if-error.
+ * §3; the window counts from now), but never under a client's max-stale (see `usability`). Its
+ * delete time stays: it can still be validated, or stand in under stale-if-error.
  */
 export function markedStale(meta: EntryMeta, now: number): EntryMeta {
-  return { ...meta, freshMs: Math.min(meta.freshMs, currentAgeMs(meta, now)) }
+  return { ...meta, freshMs: Math.min(meta.freshMs, currentAgeMs(meta, now)), softPurged: true }
 }
 
 /** Builds what we keep about a response, from the response and the request that caused it. */
@@ -361,8 +361,9 @@ export function usability(meta: EntryMeta, request: Directives, now: number): Us
   // even when the request allows max-stale.
   if (meta.mustRevalidate) return "validate"
   const staleness = -remaining
-  // RFC 9111 §5.2.1.2: max-stale lets the client take a stale response.
-  const maxStale = deltaOrAnyMs(request, "max-stale")
+  // RFC 9111 §5.2.1.2: max-stale lets the client take a stale response; not one the operator
+  // soft-purged (declared out of date): it is validated first, as the README promises.
+  const maxStale = meta.softPurged ? undefined : deltaOrAnyMs(request, "max-stale")
   if (maxStale !== undefined && staleness <= maxStale) return "stale-allowed"
   // RFC 5861 §3: stale-while-revalidate serves at once and refreshes in the background; with no
   // window, even a response stale by 0 ms is validated first.

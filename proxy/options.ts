@@ -104,7 +104,7 @@ export const args = {
     valueHint: "DIR",
     description: "Cache directory (default: $XDG_CACHE_HOME/caching-proxy or ~/.cache/caching-proxy)",
   },
-  "clear-cache": { type: "boolean", description: "Empty the cache directory and exit" },
+  "clear-cache": { type: "boolean", description: "Empty the cache (directory or Redis prefix) and exit" },
   ttl: {
     type: "string",
     valueHint: "SECONDS",
@@ -344,7 +344,7 @@ function parseStore(value: string): StoreChoice {
 
 /** A Redis store URL: one server as ioredis takes it, or a Cluster's seed nodes. */
 function parseRedisUrl(url: string): RedisTarget {
-  const usage = `must be file, redis://host:port[/db], rediss://… or redis-cluster://host:port[,host:port…] (got "${url}")`
+  const usage = `must be file, redis://host:port[/db], rediss://… or redis-cluster://host:port[,host:port…] (got "${withoutCredentials(url)}")`
   if (url.startsWith("redis-cluster://")) {
     const nodes = url.slice("redis-cluster://".length).split(",")
     return {
@@ -360,6 +360,11 @@ function parseRedisUrl(url: string): RedisTarget {
   const database = pathname === "" || pathname === "/" || /^\/\d+$/.test(pathname)
   if ((protocol !== "redis:" && protocol !== "rediss:") || !hostname || !database || search || hash) throw new Error(usage)
   return { single: url }
+}
+
+/** A URL as messages may show it: its user and password (a Redis password, say) replaced by `***`. */
+function withoutCredentials(url: string): string {
+  return url.replace(/^([^:/]+:\/\/)[^/]*@/, "$1***@")
 }
 
 /** --targeted-cache-control: field names, none of them Cache-Control itself (it is what they override). */
