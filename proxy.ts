@@ -242,43 +242,7 @@ function timed(
     access.ms = started === undefined ? 0 : performance.now() - started
     record(access)
   }
-  if (!response.body) {
-    finish(0)
-    return response
-  }
-  return new Response(counted(response.body, finish), response)
-}
-
-/** The body as it comes; `finish` gets the bytes sent once it ends, fails or is cancelled. */
-function counted(body: ReadableStream<Uint8Array>, finish: (bytes: number) => void): ReadableStream<Uint8Array> {
-  const reader = body.getReader()
-  let bytes = 0
-  let finished = false
-  const end = () => {
-    if (!finished) finish(bytes)
-    finished = true
-  }
-  return new ReadableStream<Uint8Array>(
-    {
-      async pull(controller) {
-        const chunk = await reader.read().catch((error: unknown) => {
-          end()
-          throw error
-        })
-        if (chunk.done) {
-          end()
-          return controller.close()
-        }
-        bytes += chunk.value.byteLength
-        controller.enqueue(chunk.value)
-      },
-      cancel(reason) {
-        end()
-        return reader.cancel(reason)
-      },
-    },
-    { highWaterMark: 0 },
-  )
+  return runtime.counted(response, finish)
 }
 
 // ───────────────────────────── the command ─────────────────────────────
