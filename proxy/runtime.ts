@@ -235,20 +235,29 @@ function toResponse(incoming: IncomingMessage, method: string): Response {
   if (!isFinalStatus(status))
     throw new OriginError(502, `the origin answered with status ${status}, which is not a final HTTP status (200-599)`)
   const hasBody = method !== "HEAD" && status !== 204 && status !== 304
+  const response = new Response(null, { status, statusText: incoming.statusMessage, headers })
   if (!hasBody) {
     incoming.resume()
-    return new Response(null, { status, statusText: incoming.statusMessage, headers })
+    return response
   }
-  const body = lazyWebBody(incoming)
-  const response = new Response(body, { status, statusText: incoming.statusMessage, headers })
-  unread.set(response, { incoming, body })
+  // Whoever reads the body (its Web stream's reader, or the pipe) learns of a failure; until then
+  // an 'error' with no listener would take the process down.
+  incoming.on("error", () => undefined)
+  // The body's Web stream is made when asked for: building one costs Node 20 some 5 % of a
+  // no-store MISS (makeTransferable), and a body piped as it is needs none. The body is this
+  // getter's alone (`.text()` and the like would find none): the cache and the proxy read it
+  // as a stream.
+  const origin: Unread = { incoming }
+  Object.defineProperty(response, "body", { get: () => (origin.body ??= lazyWebBody(incoming)) })
+  unread.set(response, origin)
   return response
 }
 
 /** The origin's message behind a response's body, while that body is a Web stream no one has read. */
 interface Unread {
   incoming: IncomingMessage
-  body: ReadableStream<Uint8Array>
+  /** Its Web stream, once asked for. */
+  body?: ReadableStream<Uint8Array>
   /** Where the bytes sent go once the response is over (`Runtime.counted`). */
   finish?: (bytes: number) => void
 }
@@ -268,9 +277,6 @@ const unread = new WeakMap<Response, Unread>()
  */
 function lazyWebBody(incoming: IncomingMessage): ReadableStream<Uint8Array> {
   let reading = false
-  // Whoever reads the body (this stream's reader, or the pipe) learns of a failure; until then an
-  // 'error' with no listener would take the process down.
-  incoming.on("error", () => undefined)
   return new ReadableStream<Uint8Array>(
     {
       pull(controller) {
@@ -311,7 +317,7 @@ function send(
 ): Response | Promise<Response> {
   const guarded = (ready: Response) => {
     const origin = unread.get(ready)
-    if (origin && !origin.body.locked && !origin.incoming.destroyed) return sendOrigin(ready, origin, outgoing, alreadySent, warn)
+    if (origin && !origin.body?.locked && !origin.incoming.destroyed) return sendOrigin(ready, origin, outgoing, alreadySent, warn)
     return !isFromCache(outcomeOf(ready).kind) && ready.body ? new Response(endOrCut(ready.body, outgoing, warn), ready) : ready
   }
   return response instanceof Promise ? response.then(guarded) : guarded(response)
@@ -458,7 +464,7 @@ const nodeRuntime: Runtime = {
   // An origin's body still unread is counted as it is piped (`sendOrigin`), without a stream in between.
   counted: (response, finish) => {
     const origin = unread.get(response)
-    if (!origin || origin.body.locked) return countedResponse(response, finish)
+    if (!origin || origin.body?.locked) return countedResponse(response, finish)
     origin.finish = finish
     return response
   },
