@@ -89,6 +89,37 @@ describe("access log: one line per request, timed to its last byte, saying why a
     60_000,
   )
 
+  test.each(RUNTIMES)(
+    "%s: an origin whose headers do not come within --timeout is a 504, logged as a timeout; a slow body after them is not cut",
+    async (_, command) => {
+      await buildNodeBundle()
+      const text = new TextEncoder()
+      await using origin = startOrigin(async (req) => {
+        if (new URL(req.url).pathname === "/late") {
+          await Bun.sleep(3000)
+          return new Response("late")
+        }
+        const trickle = new ReadableStream({
+          async start(controller) {
+            controller.enqueue(text.encode("a"))
+            await Bun.sleep(1500)
+            controller.enqueue(text.encode("b"))
+            controller.close()
+          },
+        })
+        return new Response(trickle, { headers: { "cache-control": "no-store" } })
+      })
+      using dir = ownedDir()
+      await using proxy = await startCli([...command, "--port", "0", "--origin", origin.url, "--cache-dir", dir.path, "--timeout", "1"])
+      const late = await get(`${proxy.url}late`)
+      expect([late.status, await late.text()]).toEqual([504, "the origin did not answer within 1 s\n"])
+      expect(await (await get(`${proxy.url}trickle`)).text()).toBe("ab")
+      await eventually(() => proxy.lines.some((l) => l.includes("/late")))
+      expect(proxy.lines.find((l) => l.includes("/late"))).toMatch(/ GET \/late 504 miss \d+\.\dms \d+B origin timeout after \d+\.\dms$/)
+    },
+    60_000,
+  )
+
   test("a 502 says why (refused, reset) and how long the origin took; a 504 says timeout", async () => {
     const closed = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response() })
     const closedUrl = closed.url.href
