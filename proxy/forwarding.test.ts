@@ -10,6 +10,7 @@ import {
   answer,
   buildNodeBundle,
   CLI,
+  eventually,
   FAST_RUN,
   get,
   KB,
@@ -320,6 +321,28 @@ describe("hardening: origin faults", () => {
       expect(client.received()).not.toEndWith("0\r\n\r\n")
       // @hono/node-server printed the failure's stack, or "undefined" for a failure with no reason.
       expect(await proxy.stderr()).not.toMatch(/^ {4}at |^undefined$/m)
+    },
+  )
+
+  test.each(RUNTIMES)(
+    "%s: a client that leaves before a not-stored answer comes: the origin's connection is closed, and the next client is answered",
+    async (_, command) => {
+      let originClosed: Promise<void> | undefined
+      await using origin = await startRawOrigin((socket, n) => {
+        if (n > 1) return void socket.end("HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        originClosed = new Promise((resolve) => socket.once("close", () => resolve()))
+        // The head and the start of a long body, once the client has gone.
+        setTimeout(() => socket.write("HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 1000000\r\n\r\nstart"), 500)
+      })
+      await using proxy = await startCliProxy(command, origin.url)
+      const client = await openConnection(proxy.port)
+      client.send("GET /left HTTP/1.1\r\nHost: x\r\n\r\n")
+      await eventually(() => origin.requests() === 1)
+      client[Symbol.dispose]()
+      await eventually(() => originClosed !== undefined)
+      await originClosed
+      expect(await (await get(`${proxy.url}next`)).text()).toBe("ok")
+      expect(await proxy.stderr()).not.toMatch(/^ {4}at /m)
     },
   )
 

@@ -354,6 +354,12 @@ function sendOrigin(
   alreadySent: Response,
   warn: Warn,
 ): Response {
+  // The client went away while the origin answered: nothing will read the origin's body.
+  if (outgoing.destroyed) {
+    incoming.destroy()
+    finish?.(0)
+    return alreadySent
+  }
   outgoing.writeHead(response.status, outgoingHeaders(response.headers))
   incoming.once("error", (error) => {
     warn("origin-body", `the origin's body failed (${error.message})`)
