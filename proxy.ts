@@ -41,7 +41,7 @@ import {
   UsageError,
 } from "./proxy/options.ts"
 import { Recorder, Replay } from "./proxy/record.ts"
-import { type Listener, runtime, serve, unsent } from "./proxy/runtime.ts"
+import { type Listener, runtime, serve, unrelayed, unsent } from "./proxy/runtime.ts"
 
 // What tests and embedders import from the entry point.
 export { type ProxyOptions, parseOptions, UsageError } from "./proxy/options.ts"
@@ -261,7 +261,7 @@ function timed(
   warn: Warn,
 ): Response | Promise<Response> {
   const { status, headers } = response
-  const { kind: cache, wholeBytes } = outcomeOf(response)
+  const { kind: cache, wholeBytes, stored } = outcomeOf(response)
   const originError = trip.failure && (status === 502 || status === 504) ? trip.failure : undefined
   const access: Access = { method, path, status, cache, ms: 0, bytes: 0, originMs: trip.ms, originError }
   const finish = (bytes: number) => {
@@ -276,8 +276,9 @@ function timed(
   const counted = runtime.counted(response, finish)
   if (!(counted instanceof Promise)) return counted
   // The body failed before its first byte: nothing has gone out, so a 502 can.
+  // A body being stored is reported by the cache when it fails: warned once, not twice.
   return counted.catch((error: unknown) => {
-    const unsendable = unsent(error, warn)
+    const unsendable = stored ? unrelayed() : unsent(error, warn)
     access.status = unsendable.status
     access.cache = outcomeOf(unsendable).kind
     finish(outcomeOf(unsendable).wholeBytes ?? 0)

@@ -135,6 +135,11 @@ const UPGRADE_REFUSED = "the origin switched protocols (101), and upgrades are n
  */
 export function unsent(error: unknown, warn: Warn): Response {
   warn("proxy", `a response could not be sent: ${error instanceof Error ? error.message : String(error)}`)
+  return unrelayed()
+}
+
+/** The 502 for an origin's body that failed before its first byte went out. */
+export function unrelayed(): Response {
   return answer(502, "the origin's answer could not be relayed\n", { kind: "miss", detail: "origin-error" })
 }
 
