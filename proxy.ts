@@ -9,7 +9,7 @@ import { existsSync, mkdirSync, realpathSync, rmSync, writeFileSync } from "node
 import { createServer, Agent as HttpAgent, request as httpRequest, type IncomingMessage, type ServerResponse } from "node:http"
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https"
 import type { AddressInfo } from "node:net"
-import { homedir } from "node:os"
+import { availableParallelism, homedir } from "node:os"
 import { dirname, join, resolve } from "node:path"
 import { Readable } from "node:stream"
 import { fileURLToPath } from "node:url"
@@ -27,6 +27,7 @@ import { createAdmin } from "./proxy/admin.ts"
 import { environmentVariable, helpText } from "./proxy/help.ts"
 import { type Access, cacheOutcome, createAccessLog, createWarn, isFromCache, LOG_FORMATS, type LogFormat } from "./proxy/log.ts"
 import { ProxyMetrics } from "./proxy/metrics.ts"
+import { reportListening, superviseWorkers, type WorkerRole, workerRole } from "./proxy/workers.ts"
 
 // ───────────────────────────── options ─────────────────────────────
 
@@ -73,6 +74,8 @@ export interface ProxyOptions {
   admin: AdminListenOptions | undefined
   /** Pass Surrogate-Key and Cache-Tag on to clients instead of removing them. @default false */
   keepTagHeaders: boolean
+  /** Processes that answer on the port and share the cache (proxy/workers.ts). @default 1: this process alone */
+  workers: number
 }
 
 interface AdminListenOptions {
@@ -161,6 +164,12 @@ const args = {
   },
   "admin-token": { type: "string", valueHint: "TOKEN", description: "Bearer token every admin request must carry" },
   "keep-tag-headers": { type: "boolean", description: "Pass Surrogate-Key and Cache-Tag on to clients (default: removed, as CDNs do)" },
+  workers: {
+    type: "string",
+    valueHint: "N",
+    description: "Processes answering on the port, sharing the cache (auto: one per core)",
+    default: "1",
+  },
   quiet: { type: "boolean", description: "Do not log each request" },
   "log-format": {
     type: "string",
@@ -252,6 +261,15 @@ function parseAdmin(parsed: Args, proxyPort: number): AdminListenOptions | undef
   if (token !== undefined && !/^[\x21-\x7e]+$/.test(token))
     throw new UsageError("--admin-token must be printable ASCII without spaces (got a value that is not)")
   return { port, host, token }
+}
+
+/** --workers: a count, or auto for as many as the cores this process may use. */
+function parseWorkers(value: string): number {
+  if (value === "auto") return availableParallelism()
+  const count = Number(value)
+  if (!/^\d+$/.test(value.trim()) || count < 1)
+    throw new UsageError(`--workers must be a number of processes, 1 or more, or auto (got "${value}")`)
+  return count
 }
 
 function parseOrigin(value: string | undefined): string {
@@ -404,6 +422,8 @@ export function parseOptions(parsed: Args): ProxyOptions {
     if (def.type === "string" && parsed[name] === "") throw new UsageError(`--${name} needs a value`)
   }
   const port = parsePort(parsed.port)
+  const workers = parseWorkers(parsed.workers)
+  if (workers > 1 && parsed["admin-port"] !== undefined) throw new UsageError("--admin-port cannot be used with --workers yet")
   return {
     port,
     host: parsed.host,
@@ -432,6 +452,7 @@ export function parseOptions(parsed: Args): ProxyOptions {
     storePrefix: parsed["store-prefix"],
     admin: parseAdmin(parsed, port),
     keepTagHeaders: Boolean(parsed["keep-tag-headers"]),
+    workers,
   }
 }
 
@@ -461,8 +482,11 @@ interface Runtime {
   ): Promise<Response>
   /** Where this request's interim responses go ahead of its final one; undefined where the server cannot send them. */
   interimTo(c: Context, warn: Warn): Interim | undefined
-  /** Serves the app; what fails outside it (`warn`ed) is answered by `unsent`, never by the runtime. */
-  listen(app: Hono, host: string, port: number, idleTimeoutSeconds: number, warn: Warn): Promise<Listener>
+  /**
+   * Serves the app; what fails outside it (`warn`ed) is answered by `unsent`, never by the runtime.
+   * `reusePort`: other processes (workers) listen on the port too.
+   */
+  listen(app: Hono, host: string, port: number, idleTimeoutSeconds: number, warn: Warn, reusePort: boolean): Promise<Listener>
   /** The client's address, for X-Forwarded-For. */
   clientAddress(c: Context): string | undefined
   /** The port the request came in on: the one listened on. */
@@ -540,10 +564,11 @@ const bunRuntime: Runtime = {
         throw error
       }),
     ),
-  async listen(app, host, port, idleTimeoutSeconds, warn) {
+  async listen(app, host, port, idleTimeoutSeconds, warn, reusePort) {
     const server = Bun.serve({
       hostname: host,
       port,
+      reusePort,
       fetch: app.fetch,
       idleTimeout: idleTimeoutSeconds,
       // Uploads stream to the origin; the origin decides what it accepts.
@@ -685,6 +710,7 @@ function sendInterim(outgoing: ServerResponse, status: number, rawHeaders: strin
 const nodeRuntime: Runtime = {
   fetch: (target, method, headers, body, timeoutMs, interim) =>
     withTimeout(timeoutMs, (signal) => nodeFetch(target, method, headers, body, signal, interim)),
+  // Workers share the port through node:cluster, which hands them connections: no reusePort here.
   async listen(app, host, port, _idleTimeoutSeconds, warn) {
     const { getRequestListener, RequestError } = await import("@hono/node-server")
     const handle = getRequestListener((request, env) => cutOnFailure(app.fetch(request, env), env.outgoing, warn), {
@@ -824,6 +850,8 @@ export interface ProxyOutput {
   log: (line: string) => void
   /** Failures the proxy carries on after. @default each kind to stderr, at most once a minute */
   warn: Warn
+  /** Under --workers, the worker these are: each access line names it. @default undefined: a lone proxy */
+  worker: number | undefined
 }
 
 /** Where entries live, as the start line says it: a directory, or Redis with this cache's namespace. */
@@ -859,7 +887,7 @@ interface OriginTrip {
 
 /** Builds the proxy as a Hono app, and its admin app (tests and embedders serve them themselves). */
 export async function createProxy(options: ProxyOptions, output: Partial<ProxyOutput> = {}) {
-  const { log = console.log, warn = createWarn(options.logFormat) } = output
+  const { log = console.log, warn = createWarn(options.logFormat), worker } = output
   const behind = await openStore(options, warn)
   const store = tiered(options, behind)
   const cache = new Cache(store, {
@@ -876,7 +904,7 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
   })
   const storeConnected = "isConnected" in behind ? () => (behind as { isConnected: boolean }).isConnected : undefined
   const metrics = options.metrics || options.admin ? new ProxyMetrics({ store, storeConnected, warn }) : undefined
-  const accessLog = options.quiet ? undefined : createAccessLog(options.logFormat, log)
+  const accessLog = options.quiet ? undefined : createAccessLog(options.logFormat, log, worker)
   /** Where each answered request goes: the access log, the metrics, both or neither (then nothing is timed). */
   const record =
     metrics || accessLog
@@ -1081,15 +1109,14 @@ function counted(body: ReadableStream<Uint8Array>, finish: (bytes: number) => vo
 }
 
 /** Serves the app on the current runtime; what fails outside the app is reported to `warn`. */
-export function serve(
-  app: Hono,
-  options: Pick<ProxyOptions, "host" | "port" | "timeoutSeconds">,
-  warn: Warn = createWarn(),
-): Promise<Listener> {
+export function serve(app: Hono, options: ListenOptions, warn: Warn = createWarn()): Promise<Listener> {
   // Bun closes idle connections after 10 s by default: wait at least as long as the origin may.
   const idleTimeoutSeconds = Math.min(255, Math.ceil(options.timeoutSeconds) + 10)
-  return runtime.listen(app, options.host, options.port, idleTimeoutSeconds, warn)
+  return runtime.listen(app, options.host, options.port, idleTimeoutSeconds, warn, options.reusePort ?? false)
 }
+
+/** Where and how to listen; `reusePort`: the port is shared with other workers. @default reusePort false */
+type ListenOptions = Pick<ProxyOptions, "host" | "port" | "timeoutSeconds"> & { reusePort?: boolean }
 
 /**
  * Fails at start-up, not at the first store, when the cache directory cannot be written: creates
@@ -1127,6 +1154,9 @@ const STORE_CONNECT_WAIT_MS = 2000
 const SHUTDOWN_GRACE_MS = 5000
 
 async function run(commandLine: string[]): Promise<number> {
+  // A worker's options come from the primary, already checked.
+  const role = workerRole()
+  if (role) return serveProxy(role.options, role)
   checkRawArgs(commandLine)
   const fromEnvironment = flagsFromEnvironment(commandLine, process.env)
   const rawArgs = [...[...fromEnvironment.values()].map(({ arg }) => arg), ...commandLine]
@@ -1152,12 +1182,18 @@ async function start(parsed: Args): Promise<number> {
     return 0
   }
   if (options.store.kind === "file") checkCacheDir(options.cacheDir)
+  if (options.workers > 1) return superviseWorkers(options)
+  return serveProxy(options)
+}
+
+/** Serves the proxy until SIGINT or SIGTERM: alone, or as worker `role` of a group. */
+async function serveProxy(options: ProxyOptions, role?: WorkerRole): Promise<number> {
   const warn = createWarn(options.logFormat)
-  const { app, cache, admin } = await createProxy(options, { warn })
+  const { app, cache, admin } = await createProxy(options, { warn, worker: role?.id })
   // A shared store is worth a moment's wait: until Redis answers, requests would go to the origin
   // uncoalesced. Past that moment the proxy starts anyway, uncached, and connects in the background.
   if (options.store.kind === "redis") await Promise.race([cache.store.ready(), sleep(STORE_CONNECT_WAIT_MS)])
-  const listener = await listenOrSay(app, options, "port", "--host", warn)
+  const listener = await listenOrSay(app, { ...options, reusePort: role !== undefined }, "port", "--host", warn)
   const adminListener =
     admin && options.admin ? await listenOrSay(admin, { ...options, ...options.admin }, "admin port", "--admin-host", warn) : null
   if (!listener || adminListener === undefined) {
@@ -1165,9 +1201,9 @@ async function start(parsed: Args): Promise<number> {
     return 1
   }
   const adminLine = adminListener ? `, admin on http://${urlHost(options.admin?.host ?? "")}:${adminListener.port}` : ""
-  console.log(
-    `caching-proxy listening on http://${urlHost(options.host)}:${listener.port}, forwarding to ${options.origin}, cache in ${whereEntriesLive(options)}${adminLine}`,
-  )
+  const line = `caching-proxy listening on http://${urlHost(options.host)}:${listener.port}, forwarding to ${options.origin}, cache in ${whereEntriesLive(options)}${adminLine}`
+  if (role) reportListening(listener.port, line)
+  else console.log(line)
   await shutdownSignal()
   const stopped = Promise.all([listener.stop(), adminListener?.stop(true)]).then(() => cache.close())
   if (!(await Promise.race([stopped.then(() => true), sleep(SHUTDOWN_GRACE_MS).then(() => false)]))) {
@@ -1178,13 +1214,7 @@ async function start(parsed: Args): Promise<number> {
 }
 
 /** Serves an app, or says on stderr why its port cannot be used (undefined then). */
-async function listenOrSay(
-  app: Hono,
-  options: Pick<ProxyOptions, "host" | "port" | "timeoutSeconds">,
-  name: string,
-  hostFlag: string,
-  warn: Warn,
-): Promise<Listener | undefined> {
+async function listenOrSay(app: Hono, options: ListenOptions, name: string, hostFlag: string, warn: Warn): Promise<Listener | undefined> {
   try {
     return await serve(app, options, warn)
   } catch (error) {

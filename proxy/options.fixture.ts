@@ -27,4 +27,5 @@ export const TEST_OPTIONS: Omit<ProxyOptions, "origin" | "cacheDir"> = {
   storePrefix: "caching-proxy",
   admin: undefined,
   keepTagHeaders: false,
+  workers: 1,
 }

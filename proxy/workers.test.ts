@@ -1,0 +1,218 @@
+/**
+ * --workers: real processes. The CLI is started with `--workers 2` under Bun (from source) and
+ * Node (the bundle), and what its workers answer, log and do when killed is observed from outside.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test"
+import { mkdtempSync, readFileSync, rmSync } from "node:fs"
+import { request } from "node:http"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+
+const ROOT = join(import.meta.dir, "..")
+const BUN_CLI = [process.execPath, join(ROOT, "proxy.ts")]
+const NODE_CLI = ["node", join(ROOT, "dist", "cli.js")]
+const RUNTIMES: [string, string[]][] = [
+  ["Bun", BUN_CLI],
+  ["Node", NODE_CLI],
+]
+const LISTENING = /listening on http:\/\/127\.0\.0\.1:(\d+).*, 2 workers$/m
+
+beforeAll(async () => {
+  // The Node runs start the bundle npm ships.
+  const build = Bun.spawn([process.execPath, join(ROOT, ".ci", "build.ts"), "node"], { cwd: ROOT, stdout: "ignore", stderr: "inherit" })
+  expect(await build.exited).toBe(0)
+})
+
+const dirs: string[] = []
+afterAll(() => {
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true })
+})
+
+function tempDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), "caching-proxy-workers-"))
+  dirs.push(dir)
+  return dir
+}
+
+/** An origin on port 0 that counts what it is asked; `respond` answers request number n. */
+function startOrigin(respond: (request: Request, n: number) => Response | Promise<Response>) {
+  const requests: Request[] = []
+  const server = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    fetch(request) {
+      requests.push(request)
+      return respond(request, requests.length)
+    },
+  })
+  return { url: server.url.href, requests, [Symbol.asyncDispose]: () => server.stop(true) }
+}
+
+/** Checks `condition` every 20 ms until it holds, for at most `ms`. */
+async function eventually(condition: () => boolean, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`not within ${ms} ms: ${condition}`)
+    await Bun.sleep(20)
+  }
+}
+
+/** Lines as a stream gives them, read on in the background into `into`. */
+function readLines(stream: ReadableStream<Uint8Array>, into: string[]): void {
+  const decoder = new TextDecoder()
+  let partial = ""
+  void (async () => {
+    for await (const chunk of stream) {
+      const text = partial + decoder.decode(chunk, { stream: true })
+      const lines = text.split("\n")
+      partial = lines.pop() ?? ""
+      into.push(...lines)
+    }
+  })()
+}
+
+/** The processes `pid` started: its workers. */
+function childrenOf(pid: number): number[] {
+  const text = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim()
+  return text === "" ? [] : text.split(" ").map(Number)
+}
+
+/** Whether a process runs (an exited one that nobody reaped yet does not). */
+function isRunning(pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, "utf8"))
+  } catch {
+    return false // no such process
+  }
+}
+
+/** The CLI with --workers 2 on port 0, its own cache directory unless given one; resolves once it says it listens. */
+async function startWorkers(command: string[], origin: string, flags: string[] = []) {
+  const cacheDir = flags.includes("--cache-dir") ? [] : ["--cache-dir", tempDir()]
+  const child = Bun.spawn([...command, "--port", "0", "--origin", origin, "--workers", "2", ...cacheDir, ...flags], {
+    stdout: "pipe",
+    stderr: "pipe",
+  })
+  const lines: string[] = []
+  const errors: string[] = []
+  readLines(child.stdout, lines)
+  readLines(child.stderr, errors)
+  const started = Promise.race([
+    eventually(() => lines.some((line) => LISTENING.test(line)), 15_000),
+    child.exited.then((code) => Promise.reject(new Error(`the proxy exited with ${code}: ${errors.join("\n")}`))),
+  ])
+  await started
+  const port = Number(LISTENING.exec(lines.join("\n"))?.[1])
+  return {
+    url: `http://127.0.0.1:${port}/`,
+    child,
+    /** Access lines and the start line, as written so far. */
+    lines,
+    /** What it wrote on stderr so far. */
+    errors,
+    workers: () => childrenOf(child.pid),
+    [Symbol.asyncDispose]: async () => {
+      child.kill("SIGKILL")
+      await child.exited
+    },
+  }
+}
+
+/** A GET on a connection of its own, so that connections, and so workers, differ from one request to the next. */
+function freshGet(url: string): Promise<{ status: number; body: string; headers: Record<string, string | string[] | undefined> }> {
+  return new Promise((resolve, reject) => {
+    const sent = request(url, { agent: false }, (response) => {
+      let body = ""
+      response.setEncoding("utf8")
+      response.on("data", (chunk) => (body += chunk))
+      response.on("end", () => resolve({ status: response.statusCode ?? 0, body, headers: response.headers }))
+    })
+    sent.on("error", reject)
+    sent.end()
+  })
+}
+
+/** The worker numbers named by the access lines. */
+function answeredBy(lines: string[]): Set<string> {
+  return new Set(lines.flatMap((line) => /GET \S+ .* worker (\d+)$/.exec(line)?.[1] ?? []))
+}
+
+describe.each(RUNTIMES)("--workers 2 under %s", (_, cli) => {
+  test("two worker processes answer on the one port, each access line naming its worker", async () => {
+    await using origin = startOrigin(() => new Response("a", { headers: { "cache-control": "max-age=60" } }))
+    await using proxy = await startWorkers(cli, origin.url)
+    expect(proxy.workers()).toHaveLength(2)
+    for (let i = 0; i < 30; i++) expect((await freshGet(`${proxy.url}a`)).status).toBe(200)
+    await eventually(() => answeredBy(proxy.lines).size === 2)
+    expect([...answeredBy(proxy.lines)].sort()).toEqual(["1", "2"])
+  })
+
+  test("a worker killed with SIGKILL is replaced, and the other answers meanwhile", async () => {
+    await using origin = startOrigin(() => new Response("a", { headers: { "cache-control": "max-age=60" } }))
+    await using proxy = await startWorkers(cli, origin.url)
+    const [killed, kept] = proxy.workers() as [number, number]
+    process.kill(killed, "SIGKILL")
+    await eventually(() => !proxy.workers().includes(killed))
+    for (let i = 0; i < 10; i++) expect((await freshGet(`${proxy.url}a`)).status).toBe(200)
+    await eventually(() => proxy.workers().length === 2)
+    expect(proxy.workers()).toContain(kept)
+    expect(proxy.errors.join("\n")).toMatch(new RegExp(`worker \\d \\(pid ${killed}\\) exited \\(SIGKILL\\); starting another in 0.1 s`))
+  })
+
+  test("SIGKILL of the primary leaves no worker running 2 s later", async () => {
+    await using origin = startOrigin(() => new Response("a"))
+    await using proxy = await startWorkers(cli, origin.url)
+    const workers = proxy.workers()
+    expect(workers).toHaveLength(2)
+    proxy.child.kill("SIGKILL")
+    await eventually(() => !workers.some(isRunning), 2000)
+  })
+
+  test("SIGTERM drains: a request in flight is answered whole, then every process exits 0", async () => {
+    await using origin = startOrigin(async () => {
+      await Bun.sleep(500)
+      return new Response("slow")
+    })
+    await using proxy = await startWorkers(cli, origin.url)
+    const workers = proxy.workers()
+    const inFlight = freshGet(`${proxy.url}slow`)
+    await eventually(() => origin.requests.length === 1)
+    proxy.child.kill("SIGTERM")
+    expect(await inFlight).toMatchObject({ status: 200, body: "slow" })
+    expect(await proxy.child.exited).toBe(0)
+    expect(workers.filter(isRunning)).toEqual([])
+  })
+})
+
+test("a worker that cannot listen stops the group: exit 1, saying why", async () => {
+  await using origin = startOrigin(() => new Response("a"))
+  // Taken without SO_REUSEPORT: no worker can share it.
+  const taken = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("") })
+  try {
+    const child = Bun.spawn(
+      [...BUN_CLI, "--port", String(taken.port), "--origin", origin.url, "--workers", "2", "--cache-dir", tempDir()],
+      { stdout: "pipe", stderr: "pipe" },
+    )
+    expect(await child.exited).toBe(1)
+    const stderr = await new Response(child.stderr).text()
+    expect(stderr).toContain(`port ${taken.port} on 127.0.0.1 is already in use`)
+    expect(stderr).toContain("before listening: stopping")
+  } finally {
+    taken.stop(true)
+  }
+})
+
+test("--workers takes a count or auto, and CACHING_PROXY_WORKERS", async () => {
+  const refused = Bun.spawn([...BUN_CLI, "--origin", "http://127.0.0.1:1", "--workers", "0"], { stdout: "pipe", stderr: "pipe" })
+  expect(await refused.exited).toBe(2)
+  expect(await new Response(refused.stderr).text()).toContain('--workers must be a number of processes, 1 or more, or auto (got "0")')
+  const fromEnvironment = Bun.spawn([...BUN_CLI, "--origin", "http://127.0.0.1:1"], {
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { ...process.env, CACHING_PROXY_WORKERS: "many" },
+  })
+  expect(await fromEnvironment.exited).toBe(2)
+  expect(await new Response(fromEnvironment.stderr).text()).toContain(
+    'CACHING_PROXY_WORKERS must be a number of processes, 1 or more, or auto (got "many")',
+  )
+})

@@ -1,0 +1,178 @@
+/**
+ * --workers N: one primary process and N worker processes that answer on the one --port.
+ *
+ * How, and why so:
+ * - Processes come from node:cluster under both runtimes: `cluster.fork()` runs this same program
+ *   again (`process.execPath` and the script; the standalone executable is its own execPath), with
+ *   an IPC channel to the primary. A worker is handed its options whole, as JSON in its
+ *   environment (WORKER_VARIABLE), not a command line to read again: under the executable,
+ *   cluster repeats the program's name among a worker's arguments, and a worker started after
+ *   the first must listen on the port the first got, whatever --port said (0: any free port).
+ * - One port: under Node the primary holds the listening socket and hands connections to the
+ *   workers in turn (cluster's default scheduling); under Bun every worker binds the port itself
+ *   with SO_REUSEPORT (Bun.serve's `reusePort`) and the kernel spreads connections. Worker 1 is
+ *   started alone; the others once it listens: under Bun on the port it got, under Node on the
+ *   port asked for, which is how cluster finds the socket it holds (0 included).
+ * - The primary prints the start line (the first worker's, with the number of workers), then
+ *   supervises: a worker that dies is replaced under the same number after a back-off that
+ *   doubles with each death in the last minute; more than MAX_DEATHS_PER_MINUTE and it gives up
+ *   and exits 1. A worker that dies before the group has listened is a start-up failure (the
+ *   port is taken, say): the primary stops the others and exits 1 at once, having said why.
+ * - SIGTERM or SIGINT to the primary is passed to every worker, which drains as a single proxy
+ *   does (requests in flight finish, up to its grace period); the primary exits once they all
+ *   have, killing any left after GRACE_MS.
+ * - No worker outlives the primary: a cluster worker exits as soon as its IPC channel closes
+ *   (Node's cluster and Bun's both do so), which a SIGKILLed primary's does at once.
+ */
+import cluster, { type Worker } from "node:cluster"
+import type { ProxyOptions } from "../proxy.ts"
+
+/** The variable that makes a process a worker: its number and options, as JSON. */
+const WORKER_VARIABLE = "CACHING_PROXY_WORKER_OPTIONS"
+// The back-off before a dead worker's replacement starts: doubled for each death in the last minute.
+const FIRST_RESTART_DELAY_MS = 100
+const MAX_RESTART_DELAY_MS = 10_000
+const DEATH_WINDOW_MS = 60_000
+// More deaths than this in a minute, and the primary gives up: something is wrong beyond a crash.
+const MAX_DEATHS_PER_MINUTE = 5
+// After SIGTERM, workers get this long to drain (their own grace period is 5 s) before SIGKILL.
+const GRACE_MS = 8000
+// Under Node the primary's cluster holds the socket, found again by the port asked for; under Bun
+// each worker binds the port itself, so one asked for 0 must bind the one the first got.
+const WORKERS_BIND_THEMSELVES = typeof Bun !== "undefined"
+
+/** A worker's part: its number (1-N) and the options the primary handed it. */
+export interface WorkerRole {
+  id: number
+  options: ProxyOptions
+}
+
+/** What a worker tells the primary. */
+type WorkerMessage = { type: "listening"; port: number; line: string }
+
+/** This process's part in a group of workers, when it is a worker; undefined in the primary or a lone proxy. */
+export function workerRole(): WorkerRole | undefined {
+  const handed = process.env[WORKER_VARIABLE]
+  if (!cluster.isWorker || handed === undefined) return undefined
+  return JSON.parse(handed) as WorkerRole
+}
+
+/** Tells the primary this worker listens on `port`; `line` is the start line a lone proxy would print. */
+export function reportListening(port: number, line: string): void {
+  const message: WorkerMessage = { type: "listening", port, line }
+  process.send?.(message)
+}
+
+/**
+ * Runs the primary: starts `options.workers` workers, prints the start line once they all
+ * listen, replaces those that die, and stops them all on SIGTERM or SIGINT. Resolves to the
+ * exit code.
+ */
+export function superviseWorkers(options: ProxyOptions): Promise<number> {
+  return new Supervisor(options).run()
+}
+
+class Supervisor {
+  /** Worker number → its process, while it runs. */
+  private readonly workers = new Map<number, Worker>()
+  /** When workers died, for the back-off; the last minute's only. */
+  private deaths: number[] = []
+  private port: number
+  /** Until every worker has listened once: a death then is a failure to start. */
+  private startingUp = true
+  private stopping = false
+  private exitCode = 0
+  private settle: (code: number) => void = () => {}
+  private readonly done = new Promise<number>((resolve) => {
+    this.settle = resolve
+  })
+
+  constructor(private readonly options: ProxyOptions) {
+    this.port = options.port
+  }
+
+  async run(): Promise<number> {
+    const stop = () => void this.stop(0)
+    process.once("SIGINT", stop)
+    process.once("SIGTERM", stop)
+    try {
+      const first = await this.start(1)
+      if (first) {
+        if (WORKERS_BIND_THEMSELVES) this.port = first.port
+        const rest = await Promise.all(Array.from({ length: this.options.workers - 1 }, (_, index) => this.start(index + 2)))
+        if (rest.every(Boolean) && !this.stopping) {
+          this.startingUp = false
+          console.log(`${first.line}, ${this.options.workers} workers`)
+        }
+      }
+      return await this.done
+    } finally {
+      process.off("SIGINT", stop)
+      process.off("SIGTERM", stop)
+    }
+  }
+
+  /**
+   * Starts worker `id`; resolves with what it says once it listens, or undefined if it exits
+   * first. At start-up that ends the group: the reason is on stderr already (the worker's own).
+   */
+  private start(id: number): Promise<WorkerMessage | undefined> {
+    const role: WorkerRole = { id, options: { ...this.options, port: this.port } }
+    const worker = cluster.fork({ [WORKER_VARIABLE]: JSON.stringify(role) })
+    this.workers.set(id, worker)
+    let listened = false
+    return new Promise((resolve) => {
+      worker.on("message", (message: WorkerMessage) => {
+        if (message.type !== "listening") return
+        listened = true
+        resolve(message)
+      })
+      worker.once("exit", (code, signal) => {
+        this.workers.delete(id)
+        resolve(undefined)
+        this.exited(id, worker, listened, signal ?? `code ${code}`)
+      })
+    })
+  }
+
+  /** A worker is gone: the end of a stop, a start-up failure, or a death to recover from. */
+  private exited(id: number, worker: Worker, listened: boolean, how: string): void {
+    if (this.stopping) {
+      if (this.workers.size === 0) this.settle(this.exitCode)
+      return
+    }
+    const pid = worker.process.pid
+    if (!listened && this.startingUp) {
+      console.error(`caching-proxy: worker ${id} (pid ${pid}) exited (${how}) before listening: stopping`)
+      void this.stop(1)
+      return
+    }
+    const now = Date.now()
+    this.deaths = [...this.deaths.filter((at) => now - at < DEATH_WINDOW_MS), now]
+    if (this.deaths.length > MAX_DEATHS_PER_MINUTE) {
+      console.error(`caching-proxy: workers keep dying (${this.deaths.length} in the last minute, the last ${how}): stopping`)
+      void this.stop(1)
+      return
+    }
+    const delayMs = Math.min(MAX_RESTART_DELAY_MS, FIRST_RESTART_DELAY_MS * 2 ** (this.deaths.length - 1))
+    console.error(`caching-proxy: worker ${id} (pid ${pid}) exited (${how}); starting another in ${delayMs / 1000} s`)
+    setTimeout(() => {
+      if (!this.stopping) void this.start(id)
+    }, delayMs)
+  }
+
+  /** Stops every worker (SIGTERM: they drain), then resolves `run` with `code`. */
+  private async stop(code: number): Promise<void> {
+    if (this.stopping) return
+    this.stopping = true
+    this.exitCode = code
+    if (this.workers.size === 0) return this.settle(code)
+    for (const worker of this.workers.values()) worker.process.kill("SIGTERM")
+    const killer = setTimeout(() => {
+      for (const worker of this.workers.values()) worker.process.kill("SIGKILL")
+    }, GRACE_MS)
+    killer.unref?.()
+    await this.done
+    clearTimeout(killer)
+  }
+}
