@@ -1,6 +1,7 @@
 /**
- * --workers: real processes. The CLI is started with `--workers 2` under Bun (from source) and
- * Node (the bundle), and what its workers answer, log and do when killed is observed from outside.
+ * --workers: real processes. The CLI is started with `--workers 2` under Bun (from source), Node
+ * (the bundle) and as the standalone executable (which starts its workers from itself), and what
+ * its workers answer, log and do when killed is observed from outside.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test"
 import { mkdtempSync, readFileSync, rmSync } from "node:fs"
@@ -11,16 +12,20 @@ import { join } from "node:path"
 const ROOT = join(import.meta.dir, "..")
 const BUN_CLI = [process.execPath, join(ROOT, "proxy.ts")]
 const NODE_CLI = ["node", join(ROOT, "dist", "cli.js")]
+const EXECUTABLE = [join(ROOT, "dist", "caching-proxy")]
 const RUNTIMES: [string, string[]][] = [
   ["Bun", BUN_CLI],
   ["Node", NODE_CLI],
+  ["the executable", EXECUTABLE],
 ]
 const LISTENING = /listening on http:\/\/127\.0\.0\.1:(\d+).*, 2 workers$/m
 
 beforeAll(async () => {
-  // The Node runs start the bundle npm ships.
-  const build = Bun.spawn([process.execPath, join(ROOT, ".ci", "build.ts"), "node"], { cwd: ROOT, stdout: "ignore", stderr: "inherit" })
-  expect(await build.exited).toBe(0)
+  // The bundle npm ships, for Node, and the executable for this machine.
+  for (const build of ["node", "binary"]) {
+    const built = Bun.spawn([process.execPath, join(ROOT, ".ci", "build.ts"), build], { cwd: ROOT, stdout: "ignore", stderr: "inherit" })
+    expect(await built.exited).toBe(0)
+  }
 })
 
 const dirs: string[] = []
