@@ -16,6 +16,7 @@ import { fileURLToPath } from "node:url"
 import { parseArgs } from "citty"
 import { type Context, Hono } from "hono"
 import { LinearRouter } from "hono/router/linear-router"
+import { DirInUse, lockDir } from "./cache/dir-lock.ts"
 import { bunFiles, type FileApi, FileStore, nodeFiles } from "./cache/file-store.ts"
 import { MemoryStore } from "./cache/memory-store.ts"
 import { hopByHopFilter, isFinalStatus, targetList } from "./cache/policy.ts"
@@ -1182,8 +1183,23 @@ async function start(parsed: Args): Promise<number> {
     return 0
   }
   if (options.store.kind === "file") checkCacheDir(options.cacheDir)
-  if (options.workers > 1) return superviseWorkers(options)
-  return serveProxy(options)
+  // Workers share their primary's lock.
+  const unlock = options.store.kind === "file" ? lockCacheDir(options.cacheDir) : undefined
+  try {
+    return options.workers > 1 ? await superviseWorkers(options) : await serveProxy(options)
+  } finally {
+    unlock?.()
+  }
+}
+
+/** Takes the cache directory for this proxy alone (cache/dir-lock.ts); one in use by a running one is a usage error. */
+function lockCacheDir(dir: string): () => void {
+  try {
+    return lockDir(dir, (line) => console.error(line))
+  } catch (error) {
+    if (error instanceof DirInUse) throw new UsageError(`--cache-dir ${error.message}`)
+    throw error
+  }
 }
 
 /** Serves the proxy until SIGINT or SIGTERM: alone, or as worker `role` of a group. */

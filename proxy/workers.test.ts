@@ -4,7 +4,7 @@
  * its workers answer, log and do when killed is observed from outside.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test"
-import { mkdtempSync, readFileSync, rmSync } from "node:fs"
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { request } from "node:http"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -220,4 +220,35 @@ test("--workers takes a count or auto, and CACHING_PROXY_WORKERS", async () => {
   expect(await new Response(fromEnvironment.stderr).text()).toContain(
     'CACHING_PROXY_WORKERS must be a number of processes, 1 or more, or auto (got "many")',
   )
+})
+
+describe("one cache directory, one owner", () => {
+  test("a second proxy on a directory in use exits 2 with one line naming the holder; the first's stop frees it", async () => {
+    await using origin = startOrigin(() => new Response("a"))
+    const cacheDir = tempDir()
+    await using first = await startWorkers(BUN_CLI, origin.url, ["--cache-dir", cacheDir])
+    const second = Bun.spawn([...BUN_CLI, "--port", "0", "--origin", origin.url, "--cache-dir", cacheDir], {
+      stdout: "pipe",
+      stderr: "pipe",
+    })
+    expect(await second.exited).toBe(2)
+    const stderr = await new Response(second.stderr).text()
+    expect(stderr.trim().split("\n")).toEqual([
+      `caching-proxy: --cache-dir ${cacheDir} is in use by process ${first.child.pid} (one proxy per cache directory; if that is no caching-proxy, remove ${join(cacheDir, "lock")})`,
+    ])
+    first.child.kill("SIGTERM")
+    expect(await first.child.exited).toBe(0)
+    expect(existsSync(join(cacheDir, "lock"))).toBe(false)
+  })
+
+  test("a lock left by a process that is gone is taken over, and said so", async () => {
+    await using origin = startOrigin(() => new Response("a"))
+    const cacheDir = tempDir()
+    const gone = Bun.spawn(["true"])
+    await gone.exited
+    writeFileSync(join(cacheDir, "lock"), `${gone.pid}\n`)
+    await using proxy = await startWorkers(BUN_CLI, origin.url, ["--cache-dir", cacheDir])
+    expect(proxy.errors).toContain(`caching-proxy: took over ${join(cacheDir, "lock")} from process ${gone.pid}, which is gone`)
+    expect(readFileSync(join(cacheDir, "lock"), "utf8")).toBe(`${proxy.child.pid}\n`)
+  })
 })
