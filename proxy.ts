@@ -24,7 +24,7 @@ import type { RedisTarget } from "./cache/redis-store.ts"
 import { MEMORY_BODY_LIMIT_BYTES, TieredStore } from "./cache/tiered-store.ts"
 import { answer, Cache, type Forward, OriginError, type OriginFailure, type Store, VIA, type Warn } from "./cache.ts"
 import packageJson from "./package.json" with { type: "json" }
-import { createAdmin } from "./proxy/admin.ts"
+import { checkAdminToken, createAdmin } from "./proxy/admin.ts"
 import { environmentVariable, helpText } from "./proxy/help.ts"
 import { type Access, cacheOutcome, createAccessLog, createWarn, isFromCache, LOG_FORMATS, type LogFormat } from "./proxy/log.ts"
 import { ProxyMetrics } from "./proxy/metrics.ts"
@@ -241,11 +241,6 @@ function parsePort(value: string, name = "port"): number {
   return port
 }
 
-/** Whether an address only this machine can reach: the admin listener needs no token there. */
-function isLoopback(host: string): boolean {
-  return host === "localhost" || host === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host)
-}
-
 /** --admin-port, --admin-host, --admin-token: none without a port; a token wherever others can reach it. */
 function parseAdmin(parsed: Args, proxyPort: number): AdminListenOptions | undefined {
   const token = parsed["admin-token"]
@@ -256,11 +251,8 @@ function parseAdmin(parsed: Args, proxyPort: number): AdminListenOptions | undef
   const port = parsePort(parsed["admin-port"], "admin-port")
   if (port !== 0 && port === proxyPort) throw new UsageError(`--admin-port must differ from --port (both are ${port})`)
   const host = parsed["admin-host"]
-  if (!isLoopback(host) && token === undefined)
-    throw new UsageError(`--admin-host ${host} is reachable from other machines: set --admin-token (or CACHING_PROXY_ADMIN_TOKEN) too`)
-  // It travels in a header: visible ASCII only.
-  if (token !== undefined && !/^[\x21-\x7e]+$/.test(token))
-    throw new UsageError("--admin-token must be printable ASCII without spaces (got a value that is not)")
+  const tokenProblem = checkAdminToken(host, token)
+  if (tokenProblem !== undefined) throw new UsageError(tokenProblem)
   return { port, host, token }
 }
 
@@ -1014,7 +1006,10 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
 
   app.onError((error, c) => failed(error, c.req.method, runtime.requestTarget(c)))
 
-  const admin = options.admin && metrics && createAdmin({ cache, origin: options.origin, token: options.admin.token, metrics, warn })
+  const admin =
+    options.admin &&
+    metrics &&
+    createAdmin({ cache, origin: options.origin, token: options.admin.token, clientAddress: runtime.clientAddress, metrics, warn })
   return { app, cache, metrics, admin }
 }
 

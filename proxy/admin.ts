@@ -2,9 +2,15 @@
  * The admin listener: a second, small Hono app on its own port (--admin-port), never the proxy's.
  * Health and readiness for orchestrators, Prometheus metrics, a JSON API over the cache's entries
  * and purges, and the cache inspector page (proxy/inspector.ts) that uses that API. With --admin-token every request must carry `Authorization: Bearer <token>`.
+ *
+ * A web page in the operator's browser can reach a loopback port too, so the listener refuses what
+ * a browser sends on another site's behalf: changes come only as JSON from the listener's own page
+ * (or from outside a browser), and without a token only a Host that names this machine is answered.
  */
 import { createHash, timingSafeEqual } from "node:crypto"
+import { setTimeout as sleep } from "node:timers/promises"
 import { type Context, Hono, type MiddlewareHandler } from "hono"
+import { bodyLimit } from "hono/body-limit"
 import type { Cache, PurgeTarget, TierStats, Warn } from "../cache.ts"
 import { INSPECTOR_CSP, INSPECTOR_PAGE } from "./inspector.ts"
 
@@ -12,6 +18,12 @@ import { INSPECTOR_CSP, INSPECTOR_PAGE } from "./inspector.ts"
 const PING_TIMEOUT_MS = 2000
 const DEFAULT_PAGE_SIZE = 100
 const MAX_PAGE_SIZE = 1000
+/** A purge is a few hundred bytes: a longer admin request body is refused (413) and not read on. */
+const MAX_BODY_BYTES = 64 << 10
+/** The shortest --admin-token where other machines can ask: 16 printable characters are past guessing. */
+const MIN_REMOTE_TOKEN_LENGTH = 16
+// RFC 9110 §9.2.1: these methods change nothing; every other one may, and is refused cross-site.
+const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS", "TRACE"])
 
 /**
  * What the admin listener shows of the proxy's traffic: Prometheus text, and the inspector's chart;
@@ -35,6 +47,8 @@ export interface AdminConfig {
   origin: string
   /** Every request must carry it as a bearer token. @default undefined: none asked (loopback only) */
   token: string | undefined
+  /** The address a request came from (the runtime knows it): failed token attempts are slowed per address. */
+  clientAddress: (c: Context) => string | undefined
   metrics: AdminMetrics
   warn: Warn
 }
@@ -43,8 +57,19 @@ export interface AdminConfig {
 class BadRequest extends Error {}
 
 /** Builds the admin app; `serve` (proxy.ts) puts it on its own port. */
-export function createAdmin({ cache, origin, token, metrics, warn }: AdminConfig): Hono {
+export function createAdmin({ cache, origin, token, clientAddress, metrics, warn }: AdminConfig): Hono {
   const app = new Hono()
+  // Without a token the listener is on loopback, and a page whose name the attacker's DNS turned to
+  // 127.0.0.1 (DNS rebinding) is same-origin with it: only its Host header still gives it away.
+  if (token === undefined) app.use(requireLoopbackHost)
+  app.use(refuseCrossSite)
+  app.use(
+    bodyLimit({
+      maxSize: MAX_BODY_BYTES,
+      // Closing the connection spares reading the rest of the body just to keep it alive.
+      onError: (c) => c.text(`an admin request body is at most ${MAX_BODY_BYTES} bytes\n`, 413, { connection: "close" }),
+    }),
+  )
   // The inspector page holds no data (it asks for the token and sends it with every API call), and
   // a browser cannot send a bearer token when it navigates: it is the one route served without it.
   // Registered before the token check, so it answers first.
@@ -55,7 +80,7 @@ export function createAdmin({ cache, origin, token, metrics, warn }: AdminConfig
       "cache-control": "no-store",
     }),
   )
-  if (token !== undefined) app.use(requireToken(token))
+  if (token !== undefined) app.use(requireToken(token, clientAddress))
 
   app.get("/healthz", (c) => c.text("ok\n"))
 
@@ -145,19 +170,117 @@ function parsePurge(text: string): { target: PurgeTarget; soft: boolean } {
 /**
  * Refuses (401) a request without the token. Both sides are hashed first, so the comparison is
  * constant-time over equal lengths whatever the lengths given (crypto.timingSafeEqual requires
- * equal lengths, and comparing lengths first would tell the token's).
+ * equal lengths, and comparing lengths first would tell the token's). Repeated failures from one
+ * address are answered more and more slowly, so guessing takes a client that waits for its answers
+ * longer with every try.
  */
-function requireToken(token: string): MiddlewareHandler {
+function requireToken(token: string, clientAddress: (c: Context) => string | undefined): MiddlewareHandler {
   const expected = sha256(token)
+  const failures = new FailedAttempts()
   return async (c, next) => {
+    const client = clientAddress(c) ?? "unknown"
     const given = /^Bearer +(\S+)$/i.exec(c.req.header("authorization") ?? "")?.[1] ?? ""
     if (!timingSafeEqual(sha256(given), expected)) {
+      const delayMs = failures.delayMs(client, Date.now())
+      if (delayMs > 0) await sleep(delayMs)
       return c.text("this admin listener needs Authorization: Bearer <its --admin-token>\n", 401, {
         "www-authenticate": 'Bearer realm="caching-proxy admin"',
       })
     }
+    failures.forget(client)
     await next()
   }
+}
+
+/** Failures after the first wait this long, doubling with each one, up to the last. */
+const FIRST_FAILURE_DELAY_MS = 100
+const MAX_FAILURE_DELAY_MS = 5000
+/** A client's failures are forgotten this long after its last one. */
+const FAILURE_MEMORY_MS = 10 * 60_000
+/** At most this many addresses are remembered; the one that failed longest ago goes first. */
+const MAX_REMEMBERED_CLIENTS = 1000
+
+/** Failed token attempts per client address, in a map of bounded size (least recently failed first). */
+class FailedAttempts {
+  readonly #byClient = new Map<string, { count: number; lastAt: number }>()
+
+  /** Counts a failure; how long its 401 waits: nothing the first time, then 100 ms doubling to 5 s. */
+  delayMs(client: string, now: number): number {
+    const seen = this.#byClient.get(client)
+    const count = seen !== undefined && now - seen.lastAt < FAILURE_MEMORY_MS ? seen.count + 1 : 1
+    // Deleted and set again, so the map's order stays that of the last failure.
+    this.#byClient.delete(client)
+    this.#byClient.set(client, { count, lastAt: now })
+    if (this.#byClient.size > MAX_REMEMBERED_CLIENTS) {
+      const oldest = this.#byClient.keys().next().value
+      if (oldest !== undefined) this.#byClient.delete(oldest)
+    }
+    return count === 1 ? 0 : Math.min(FIRST_FAILURE_DELAY_MS * 2 ** (count - 2), MAX_FAILURE_DELAY_MS)
+  }
+
+  /** A client that gave the token is no longer guessing. */
+  forget(client: string): void {
+    this.#byClient.delete(client)
+  }
+}
+
+/**
+ * Without a token, answers only a Host that names this machine (421 otherwise): a DNS-rebound page
+ * sends its own name. The port is not checked, so a tunnel (ssh -L 9999:127.0.0.1:9090) still works.
+ */
+const requireLoopbackHost: MiddlewareHandler = async (c, next) => {
+  const host = c.req.header("host") ?? ""
+  if (!isLoopback(hostName(host)))
+    return c.text(`this admin listener answers only for localhost, 127.0.0.1 or [::1] (Host was "${host}")\n`, 421)
+  await next()
+}
+
+/** The name or address in a Host header, without its port; an IPv6 address without its brackets (RFC 3986 §3.2.2). */
+function hostName(host: string): string {
+  const name = host.startsWith("[") ? host.slice(1, host.indexOf("]")) : host.replace(/:\d*$/, "")
+  return name.toLowerCase()
+}
+
+/**
+ * Refuses a change a browser sends on another page's behalf. A form, `sendBeacon` or a no-cors
+ * `fetch` can POST text/plain to any address without asking (a CORS preflight is needed only for
+ * other types), so a change must come as application/json (415 otherwise); and a browser says
+ * where the request comes from (Origin; Sec-Fetch-Site in Fetch Metadata), which must be this
+ * listener's own page (403 otherwise). Clients outside a browser send neither header.
+ */
+const refuseCrossSite: MiddlewareHandler = async (c, next) => {
+  if (SAFE_METHODS.has(c.req.method)) return next()
+  const site = c.req.header("sec-fetch-site")
+  const from = c.req.header("origin")
+  const own = (c.req.header("host") ?? "").toLowerCase()
+  // Either scheme: a front end may terminate TLS; nothing else can serve a page from this host and port.
+  if (site === "cross-site" || site === "same-site" || (from !== undefined && from !== `http://${own}` && from !== `https://${own}`))
+    return c.text("changes are taken only from this listener's own page, or from clients outside a browser\n", 403)
+  const mediaType = c.req.header("content-type")?.split(";")[0]?.trim().toLowerCase()
+  if (mediaType !== "application/json") return c.text("send the body as Content-Type: application/json\n", 415)
+  await next()
+}
+
+/** Whether a name or address only this machine can reach: the admin listener needs no token there. */
+function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host)
+}
+
+/**
+ * What is wrong with --admin-token for --admin-host, or undefined when nothing is: wherever other
+ * machines can ask, a token is required and must be long enough not to be guessed; it travels in a
+ * header, so it is visible ASCII.
+ */
+export function checkAdminToken(host: string, token: string | undefined): string | undefined {
+  const remote = !isLoopback(host)
+  if (token === undefined)
+    return remote
+      ? `--admin-host ${host} is reachable from other machines: set --admin-token (or CACHING_PROXY_ADMIN_TOKEN) too`
+      : undefined
+  if (!/^[\x21-\x7e]+$/.test(token)) return "--admin-token must be printable ASCII without spaces (got a value that is not)"
+  if (remote && token.length < MIN_REMOTE_TOKEN_LENGTH)
+    return `--admin-token must be at least ${MIN_REMOTE_TOKEN_LENGTH} characters where --admin-host ${host} lets other machines ask (got ${token.length})`
+  return undefined
 }
 
 /** Why the store cannot answer now, or undefined when it can. */
