@@ -18,6 +18,7 @@ import { type Context, Hono } from "hono"
 import { LinearRouter } from "hono/router/linear-router"
 import { DirInUse, lockDir } from "./cache/dir-lock.ts"
 import { bunFiles, type FileApi, FileStore, nodeFiles } from "./cache/file-store.ts"
+import { GroupMemberStore } from "./cache/group-store.ts"
 import { MemoryStore } from "./cache/memory-store.ts"
 import { hopByHopFilter, isFinalStatus, targetList } from "./cache/policy.ts"
 import type { RedisTarget } from "./cache/redis-store.ts"
@@ -28,7 +29,7 @@ import { checkAdminToken, createAdmin } from "./proxy/admin.ts"
 import { environmentVariable, helpText } from "./proxy/help.ts"
 import { type Access, cacheOutcome, createAccessLog, createWarn, isFromCache, LOG_FORMATS, type LogFormat } from "./proxy/log.ts"
 import { ProxyMetrics } from "./proxy/metrics.ts"
-import { reportListening, superviseWorkers, type WorkerRole, workerRole } from "./proxy/workers.ts"
+import { primaryChannel, reportListening, type SharedFiles, superviseWorkers, type WorkerRole, workerRole } from "./proxy/workers.ts"
 
 // ───────────────────────────── options ─────────────────────────────
 
@@ -858,7 +859,10 @@ function whereEntriesLive(options: ProxyOptions): string {
 /** The store entries live in: the disk under --cache-dir, or Redis (its code loaded only then). */
 async function openStore(options: ProxyOptions, warn: Warn): Promise<Store> {
   if (options.store.kind === "file") {
-    return new FileStore({ dir: options.cacheDir, maxBytes: options.maxSize, files: runtime.files, warn })
+    // A worker's share of the directory its primary indexes (proxy/workers.ts).
+    const member = workerRole() !== undefined
+    const files = new FileStore({ dir: options.cacheDir, maxBytes: options.maxSize, files: runtime.files, warn, member })
+    return member ? new GroupMemberStore(files, primaryChannel()) : files
   }
   // A literal specifier: `bun build --compile` bundles it, and other runs never load ioredis.
   const { RedisStore } = await import("./cache/redis-store.ts")
@@ -1181,10 +1185,17 @@ async function start(parsed: Args): Promise<number> {
   // Workers share their primary's lock.
   const unlock = options.store.kind === "file" ? lockCacheDir(options.cacheDir) : undefined
   try {
-    return options.workers > 1 ? await superviseWorkers(options) : await serveProxy(options)
+    return options.workers > 1 ? await superviseWorkers(options, sharedFiles(options)) : await serveProxy(options)
   } finally {
     unlock?.()
   }
+}
+
+/** Under --workers, the primary's file store: it indexes and bounds the directory the workers share. */
+function sharedFiles(options: ProxyOptions): SharedFiles | undefined {
+  if (options.store.kind !== "file") return undefined
+  const warn = createWarn(options.logFormat)
+  return { index: new FileStore({ dir: options.cacheDir, maxBytes: options.maxSize, files: runtime.files, warn }), warn }
 }
 
 /** Takes the cache directory for this proxy alone (cache/dir-lock.ts); one in use by a running one is a usage error. */

@@ -179,7 +179,17 @@ export interface FileStoreOptions {
   maxBytes: number
   files: FileApi
   warn: Warn
+  /**
+   * One of a group's workers (cache/group-store.ts): other processes write the directory too, and
+   * the group's coordinator scans it, bounds it and evicts, told of this store's index by
+   * `onIndexChange`. This store then never scans, never evicts, and never takes a key it has not
+   * seen for absent. @default false
+   */
+  member?: boolean
 }
+
+/** A variant indexed (written, or read: it moves to the most recent end) or gone, as a group member tells its coordinator. */
+export type IndexChange = { metaPath: string; key: string; bytes: number } | { metaPath: string; gone: true }
 
 export class FileStore implements Store {
   private readonly dir: string
@@ -221,6 +231,8 @@ export class FileStore implements Store {
   /** Where each meta handed out lives, so an upper tier's hit can count as a read here. */
   private readonly metaPaths = new WeakMap<EntryMeta, string>()
   private readonly dropListeners: ((key: string | null) => void)[] = []
+  private readonly indexListeners: ((change: IndexChange) => void)[] = []
+  private readonly member: boolean
   private readonly scanned: Promise<void>
   private generation: string | undefined
   private lastKeyDir = { key: "", dir: "" }
@@ -228,14 +240,15 @@ export class FileStore implements Store {
   private realDir: Promise<string> | undefined
   private readonly generationTimer: ReturnType<typeof setInterval>
 
-  constructor({ dir, maxBytes, files, warn }: FileStoreOptions) {
+  constructor({ dir, maxBytes, files, warn, member = false }: FileStoreOptions) {
     this.dir = dir
     this.root = join(dir, FORMAT_DIR)
     this.maxBytes = maxBytes
     this.files = files
     this.warn = warn
+    this.member = member
     this.blockBytes = blockBytesOf(dir)
-    this.scanned = this.scan()
+    this.scanned = member ? Promise.resolve() : this.scan()
     this.generationTimer = setInterval(() => void this.checkGeneration(), GENERATION_POLL_MS)
     this.generationTimer.unref?.()
     void this.checkGeneration()
@@ -494,6 +507,31 @@ export class FileStore implements Store {
 
   onDrop(listener: (key: string | null) => void): void {
     this.dropListeners.push(listener)
+  }
+
+  /** A group member's index, change by change, for its coordinator. */
+  onIndexChange(listener: (change: IndexChange) => void): void {
+    this.indexListeners.push(listener)
+  }
+
+  /** The coordinator's part: what the group's members indexed and removed joins this index, then the bound is held. */
+  async applyIndexChanges(changes: IndexChange[]): Promise<void> {
+    const left = new Set<string>() // key directories a variant left: gone too, if emptied
+    for (const change of changes) {
+      const dir = dirname(change.metaPath)
+      if ("gone" in change) {
+        this.forget(change.metaPath)
+        left.add(dir)
+      } else {
+        this.knowKeyDir(dir)
+        this.account(change.metaPath, change.key, change.bytes)
+      }
+    }
+    for (const dir of left) {
+      const stat = await fs.lstat(dir).catch(this.ifMissing(undefined, "indexing a worker's removal"))
+      if (!stat) this.forgetKeyDir(dir)
+    }
+    await this.evict()
   }
 
   // ───────────── reading ─────────────
@@ -832,6 +870,7 @@ export class FileStore implements Store {
     this.lru.set(metaPath, { bytes, key, persistedAt })
     this.totalBytes += bytes
     this.mostRecent = metaPath
+    for (const listener of this.indexListeners) listener({ metaPath, key, bytes })
   }
 
   /** Takes a variant out of the LRU order and the byte count, to put it back or because it is gone. */
@@ -876,6 +915,7 @@ export class FileStore implements Store {
 
   /** Stops counting a path that is gone: a variant's meta, or a leftover. */
   private forget(path: string): void {
+    if (this.lru.has(path)) for (const listener of this.indexListeners) listener({ metaPath: path, gone: true })
     this.unaccount(path)
     this.verified.delete(path)
     const leftover = this.leftovers.get(path)
@@ -896,7 +936,8 @@ export class FileStore implements Store {
 
   /** Removes leftovers, then least-recently-used variants, until the store is within its bound. */
   private async evict(): Promise<void> {
-    if (this.occupiedBytes() <= this.maxBytes) return
+    // A group member's coordinator holds the bound for the whole directory.
+    if (this.member || this.occupiedBytes() <= this.maxBytes) return
     for (const path of [...this.leftovers.keys()]) {
       if (this.occupiedBytes() <= this.maxBytes) return
       await this.removeLeftover(path)
@@ -1047,7 +1088,8 @@ export class FileStore implements Store {
     if (this.generation !== undefined && generation !== this.generation) {
       this.epoch++
       this.reset()
-      this.scanDone = true // nothing is on disk but what is written from now on
+      // Nothing is on disk but what is written from now on; by this process alone unless a member.
+      this.scanDone = !this.member
       for (const listener of this.dropListeners) listener(null)
     }
     this.generation = generation

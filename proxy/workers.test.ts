@@ -4,7 +4,7 @@
  * its workers answer, log and do when killed is observed from outside.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test"
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { request } from "node:http"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -250,5 +250,68 @@ describe("one cache directory, one owner", () => {
     await using proxy = await startWorkers(BUN_CLI, origin.url, ["--cache-dir", cacheDir])
     expect(proxy.errors).toContain(`caching-proxy: took over ${join(cacheDir, "lock")} from process ${gone.pid}, which is gone`)
     expect(readFileSync(join(cacheDir, "lock"), "utf8")).toBe(`${proxy.child.pid}\n`)
+  })
+})
+
+/** Bytes a directory tree takes on disk, in whole blocks, directories included (`du` as the store counts). */
+function diskBytes(dir: string): number {
+  const found = Bun.spawnSync(["du", "-s", "-B1", dir]).stdout.toString()
+  return Number(found.split("\t")[0])
+}
+
+/** The metas stored under a cache directory: one per variant. */
+function metaFiles(cacheDir: string): string[] {
+  return readdirSync(join(cacheDir, "v1"), { recursive: true, encoding: "utf8" }).filter((name) => name.endsWith(".meta"))
+}
+
+describe.each(RUNTIMES)("one cache for the workers under %s", (_, cli) => {
+  test("after one MISS on any worker, every request on every worker is a HIT", async () => {
+    await using origin = startOrigin((_, n) => new Response(`v${n}`, { headers: { "cache-control": "max-age=60" } }))
+    await using proxy = await startWorkers(cli, origin.url)
+    const answers = []
+    for (let i = 0; i < 20; i++) answers.push(await freshGet(`${proxy.url}x`))
+    expect(answers.map((answer) => answer.body)).toEqual(Array(20).fill("v1"))
+    expect(answers.slice(1).map((answer) => answer.headers["x-cache"])).toEqual(Array(19).fill("HIT"))
+    expect(origin.requests).toHaveLength(1)
+    await eventually(() => answeredBy(proxy.lines).size === 2)
+  })
+
+  test("200 concurrent requests for one cold URL, over both workers, make one origin request", async () => {
+    await using origin = startOrigin(async (_, n) => {
+      await Bun.sleep(300)
+      return new Response(`v${n}`, { headers: { "cache-control": "max-age=60" } })
+    })
+    await using proxy = await startWorkers(cli, origin.url)
+    const answers = await Promise.all(Array.from({ length: 200 }, () => freshGet(`${proxy.url}cold`)))
+    expect(new Set(answers.map((answer) => `${answer.status} ${answer.body}`))).toEqual(new Set(["200 v1"]))
+    expect(origin.requests).toHaveLength(1)
+    await eventually(() => answeredBy(proxy.lines).size === 2)
+  })
+
+  test("an invalidation on one worker (RFC 9111 §4.4) reaches every worker's memory before it is answered", async () => {
+    await using origin = startOrigin((request, n) =>
+      request.method === "POST" ? new Response("posted") : new Response(`v${n}`, { headers: { "cache-control": "max-age=60" } }),
+    )
+    await using proxy = await startWorkers(cli, origin.url)
+    for (let i = 0; i < 20; i++) expect((await freshGet(`${proxy.url}page`)).body).toBe("v1")
+    await eventually(() => answeredBy(proxy.lines).size === 2)
+    const posted = await fetch(`${proxy.url}page`, { method: "POST", body: "x" })
+    expect(await posted.text()).toBe("posted")
+    const after = []
+    for (let i = 0; i < 20; i++) after.push((await freshGet(`${proxy.url}page`)).body)
+    expect(after).toEqual(Array(20).fill("v3"))
+    expect(origin.requests.map((request) => request.method)).toEqual(["GET", "POST", "GET"])
+  })
+
+  test("--max-size bounds the directory as a whole under concurrent writes from both workers", async () => {
+    const maxSize = 256 * 1024
+    await using origin = startOrigin(() => new Response("x".repeat(8 * 1024), { headers: { "cache-control": "max-age=60" } }))
+    const cacheDir = tempDir()
+    await using proxy = await startWorkers(cli, origin.url, ["--cache-dir", cacheDir, "--max-size", String(maxSize)])
+    await Promise.all(Array.from({ length: 100 }, (_, i) => freshGet(`${proxy.url}entry-${i}`)))
+    await eventually(() => answeredBy(proxy.lines).size === 2)
+    await eventually(() => diskBytes(join(cacheDir, "v1")) <= maxSize)
+    // Evicted down to the bound, not emptied: a few 8 KiB entries (and their directories) stay.
+    expect(metaFiles(cacheDir).length).toBeGreaterThanOrEqual(4)
   })
 })

@@ -23,8 +23,19 @@
  *   have, killing any left after GRACE_MS.
  * - No worker outlives the primary: a cluster worker exits as soon as its IPC channel closes
  *   (Node's cluster and Bun's both do so), which a SIGKILLed primary's does at once.
+ * - One cache (cache/group-store.ts): on the file store, the primary keeps a file store of its
+ *   own that scans the directory once (before any worker starts: the scan removes files no entry
+ *   names) and holds the one LRU order and byte bound; it grants claims and passes every
+ *   worker's change on to the others' memory tiers, over the same IPC channel. Workers read and
+ *   write the directory themselves, so a hit never waits on IPC. On Redis, workers are what
+ *   several proxies on one Redis are: each its own connection and memory tier, nothing shared
+ *   through the primary.
+ * - The cache directory's lock (cache/dir-lock.ts) is the primary's: its workers are one owner.
  */
 import cluster, { type Worker } from "node:cluster"
+import type { FileStore } from "../cache/file-store.ts"
+import { type Channel, GroupCoordinator, type GroupMessage } from "../cache/group-store.ts"
+import type { Warn } from "../cache.ts"
 import type { ProxyOptions } from "../proxy.ts"
 
 /** The variable that makes a process a worker: its number and options, as JSON. */
@@ -47,8 +58,15 @@ export interface WorkerRole {
   options: ProxyOptions
 }
 
-/** What a worker tells the primary. */
+/** What a worker tells the primary about itself; the cache's messages go as `group`. */
 type WorkerMessage = { type: "listening"; port: number; line: string }
+
+/** Everything sent either way is one of these: cluster's own messages on the same channel are none. */
+type Envelope = { cachingProxy: WorkerMessage } | { cachingProxy: { type: "group"; message: GroupMessage } }
+
+function isEnvelope(message: unknown): message is Envelope {
+  return typeof message === "object" && message !== null && "cachingProxy" in message
+}
 
 /** This process's part in a group of workers, when it is a worker; undefined in the primary or a lone proxy. */
 export function workerRole(): WorkerRole | undefined {
@@ -59,8 +77,27 @@ export function workerRole(): WorkerRole | undefined {
 
 /** Tells the primary this worker listens on `port`; `line` is the start line a lone proxy would print. */
 export function reportListening(port: number, line: string): void {
-  const message: WorkerMessage = { type: "listening", port, line }
-  process.send?.(message)
+  const envelope: Envelope = { cachingProxy: { type: "listening", port, line } }
+  process.send?.(envelope)
+}
+
+/** A worker's channel to the primary's group coordinator (cache/group-store.ts). */
+export function primaryChannel(): Channel {
+  return groupChannel(
+    (envelope) => process.send?.(envelope),
+    (listener) => process.on("message", listener),
+  )
+}
+
+/** The cache's messages over a process's IPC, in envelopes that tell them from anything else on it. */
+function groupChannel(send: (envelope: Envelope) => void, receive: (listener: (message: unknown) => void) => void): Channel {
+  return {
+    send: (message) => send({ cachingProxy: { type: "group", message } }),
+    onMessage: (listener) =>
+      receive((message) => {
+        if (isEnvelope(message) && message.cachingProxy.type === "group") listener(message.cachingProxy.message)
+      }),
+  }
 }
 
 /**
@@ -68,8 +105,14 @@ export function reportListening(port: number, line: string): void {
  * listen, replaces those that die, and stops them all on SIGTERM or SIGINT. Resolves to the
  * exit code.
  */
-export function superviseWorkers(options: ProxyOptions): Promise<number> {
-  return new Supervisor(options).run()
+export function superviseWorkers(options: ProxyOptions, shared: SharedFiles | undefined): Promise<number> {
+  return new Supervisor(options, shared).run()
+}
+
+/** The file store the workers share: the primary's own, which indexes and bounds the directory. */
+export interface SharedFiles {
+  index: FileStore
+  warn: Warn
 }
 
 class Supervisor {
@@ -87,8 +130,14 @@ class Supervisor {
     this.settle = resolve
   })
 
-  constructor(private readonly options: ProxyOptions) {
+  private readonly coordinator: GroupCoordinator | undefined
+
+  constructor(
+    private readonly options: ProxyOptions,
+    private readonly shared: SharedFiles | undefined,
+  ) {
     this.port = options.port
+    this.coordinator = shared && new GroupCoordinator(shared.index, shared.warn)
   }
 
   async run(): Promise<number> {
@@ -96,6 +145,9 @@ class Supervisor {
     process.once("SIGINT", stop)
     process.once("SIGTERM", stop)
     try {
+      // The start-up scan removes files no entry names, as an earlier run's: it must be over
+      // before a worker writes any.
+      await this.shared?.index.ready()
       const first = await this.start(1)
       if (first) {
         if (WORKERS_BIND_THEMSELVES) this.port = first.port
@@ -109,6 +161,7 @@ class Supervisor {
     } finally {
       process.off("SIGINT", stop)
       process.off("SIGTERM", stop)
+      await this.shared?.index.close()
     }
   }
 
@@ -120,14 +173,21 @@ class Supervisor {
     const role: WorkerRole = { id, options: { ...this.options, port: this.port } }
     const worker = cluster.fork({ [WORKER_VARIABLE]: JSON.stringify(role) })
     this.workers.set(id, worker)
+    const member = this.coordinator?.join(
+      groupChannel(
+        (envelope) => worker.isConnected() && worker.send(envelope),
+        (listener) => worker.on("message", listener),
+      ),
+    )
     let listened = false
     return new Promise((resolve) => {
-      worker.on("message", (message: WorkerMessage) => {
-        if (message.type !== "listening") return
+      worker.on("message", (message: unknown) => {
+        if (!isEnvelope(message) || message.cachingProxy.type !== "listening") return
         listened = true
-        resolve(message)
+        resolve(message.cachingProxy)
       })
       worker.once("exit", (code, signal) => {
+        member?.leave()
         this.workers.delete(id)
         resolve(undefined)
         this.exited(id, worker, listened, signal ?? `code ${code}`)

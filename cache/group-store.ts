@@ -1,0 +1,323 @@
+/**
+ * One file store for a group of processes (--workers): each worker reads and writes the cache
+ * directory itself, and one coordinator (the primary) owns what must be one.
+ *
+ * - A hit never waits on the coordinator: `get` reads the worker's memory tier or the disk.
+ * - Claims: a miss asks the coordinator for the key's claim, so one worker of the group goes to
+ *   the origin; the others wait for it to land (`landed`), then read what it stored.
+ * - Changes: a worker's put, update, delete or clear is told to the coordinator, which tells
+ *   every other worker to drop the key from its memory tier, and answers once they all have:
+ *   the write (or purge) is complete, and its claim released, only then.
+ * - The index: workers run their file store without the start-up scan and without a bound; they
+ *   report what they index (writes, reads) and remove, a batch at a time, to the coordinator's
+ *   file store, which scanned once, keeps the one LRU order and the one byte bound, and evicts.
+ *   Evictions go to every worker as drops.
+ *
+ * The channel between them is any ordered message pipe (node:cluster's IPC in proxy/workers.ts).
+ */
+import type { EntryMeta, ListedEntry, ListOptions, MaybePromise, Page, Store, Stored, TierStats, Warn } from "../cache.ts"
+import type { FileStore, IndexChange } from "./file-store.ts"
+
+/** An ordered message pipe to the other side. */
+export interface Channel {
+  send(message: GroupMessage): void
+  onMessage(listener: (message: GroupMessage) => void): void
+}
+
+/** What a worker and the coordinator tell each other. `seq` pairs a question with its reply. */
+export type GroupMessage =
+  | { kind: "claim"; seq: number; key: string; ttlMs: number }
+  | { kind: "release"; key: string }
+  | { kind: "changed"; seq: number; key: string | null }
+  | { kind: "index"; changes: IndexChange[] }
+  | { kind: "reply"; seq: number; granted: boolean }
+  | { kind: "drop"; seq: number; key: string | null }
+  | { kind: "dropped"; seq: number }
+  | { kind: "landed"; key: string }
+
+// Reads are reported to the coordinator's LRU order this often, in one message: never on a hit's way.
+const INDEX_FLUSH_MS = 500
+
+/** A wait for a key's claim to end: `ended` resolves `end`. */
+interface Wait {
+  end: Promise<void>
+  ended: () => void
+}
+
+/**
+ * A worker's store: its own file store (no scan, no bound), with claims, changes and the index
+ * going through the coordinator.
+ */
+export class GroupMemberStore implements Store {
+  private seq = 0
+  private readonly replies = new Map<number, (granted: boolean) => void>()
+  private readonly dropListeners: ((key: string | null) => void)[] = []
+  /** Key → the waits for its claim to end or its entry to change. */
+  private readonly waits = new Map<string, Set<() => void>>()
+  /** Key → the end of the claim another worker holds, waited for since this one asked. */
+  private readonly refused = new Map<string, Wait>()
+  private indexChanges: IndexChange[] = []
+  private readonly flushTimer: ReturnType<typeof setInterval>
+
+  constructor(
+    private readonly inner: FileStore,
+    private readonly channel: Channel,
+  ) {
+    inner.onIndexChange((change) => this.indexChanges.push(change))
+    inner.onDrop((key) => this.dropped(key))
+    channel.onMessage((message) => this.received(message))
+    this.flushTimer = setInterval(() => this.flushIndex(), INDEX_FLUSH_MS)
+    this.flushTimer.unref?.()
+  }
+
+  private received(message: GroupMessage): void {
+    if (message.kind === "reply") {
+      this.replies.get(message.seq)?.(message.granted)
+      this.replies.delete(message.seq)
+    } else if (message.kind === "drop") {
+      this.dropped(message.key)
+      this.channel.send({ kind: "dropped", seq: message.seq })
+    } else if (message.kind === "landed") {
+      this.ended(message.key)
+    }
+  }
+
+  /** Tells the tiers in front to forget the key (null: everything), and ends waits on it. */
+  private dropped(key: string | null): void {
+    for (const listener of this.dropListeners) listener(key)
+    if (key === null) for (const waited of [...this.waits.keys()]) this.ended(waited)
+    else this.ended(key)
+  }
+
+  private ended(key: string): void {
+    const waits = this.waits.get(key)
+    this.waits.delete(key)
+    for (const done of waits ?? []) done()
+  }
+
+  private ask(message: (seq: number) => GroupMessage): Promise<boolean> {
+    const seq = ++this.seq
+    return new Promise((resolve) => {
+      this.replies.set(seq, resolve)
+      this.channel.send(message(seq))
+    })
+  }
+
+  private flushIndex(): void {
+    if (this.indexChanges.length === 0) return
+    this.channel.send({ kind: "index", changes: this.indexChanges })
+    this.indexChanges = []
+  }
+
+  /** The index first (same pipe, so in order), then the change, answered once every worker dropped the key. */
+  private async changed(key: string | null): Promise<void> {
+    this.flushIndex()
+    await this.ask((seq) => ({ kind: "changed", seq, key }))
+  }
+
+  get(key: string, request: Headers): MaybePromise<Stored | undefined> {
+    return this.inner.get(key, request)
+  }
+
+  has(key: string): MaybePromise<boolean> {
+    return this.inner.has(key)
+  }
+
+  async put(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<boolean> {
+    const kept = await this.inner.put(key, meta, body)
+    await this.changed(key)
+    return kept
+  }
+
+  async update(key: string, meta: EntryMeta): Promise<boolean> {
+    const updated = await this.inner.update(key, meta)
+    await this.changed(key)
+    return updated
+  }
+
+  async delete(key: string): Promise<void> {
+    await this.inner.delete(key)
+    await this.changed(key)
+  }
+
+  async clear(): Promise<void> {
+    await this.inner.clear()
+    await this.changed(null)
+  }
+
+  list(options?: ListOptions): Promise<Page> {
+    return this.inner.list(options)
+  }
+
+  variants(key: string): Promise<ListedEntry[]> {
+    return this.inner.variants(key)
+  }
+
+  tagged(tag: string): Promise<string[]> {
+    return this.inner.tagged(tag)
+  }
+
+  /** This worker's view only: the coordinator has the whole directory's. */
+  stats(): Promise<TierStats[]> {
+    return this.inner.stats()
+  }
+
+  used(key: string, meta: EntryMeta): void {
+    this.inner.used(key, meta)
+  }
+
+  onDrop(listener: (key: string | null) => void): void {
+    this.dropListeners.push(listener)
+  }
+
+  /**
+   * The group's claim on the key. The wait for its end is set up before the coordinator is asked:
+   * its word that another worker's claim ended may come in the same read as its refusal, before
+   * the caller gets to `landed`.
+   */
+  async claim(key: string, ttlMs: number): Promise<(() => void) | undefined> {
+    const wait = this.waitFor(key)
+    const granted = await this.ask((seq) => ({ kind: "claim", seq, key, ttlMs }))
+    if (!granted) {
+      this.refused.set(key, wait)
+      return undefined
+    }
+    this.waits.get(key)?.delete(wait.ended)
+    return () => this.channel.send({ kind: "release", key })
+  }
+
+  /** Resolves when the claim another worker holds ends (or the key's entry changes), or after `ms`. */
+  landed(key: string, ms: number): Promise<void> {
+    const wait = this.refused.get(key) ?? this.waitFor(key)
+    this.refused.delete(key)
+    let timer: ReturnType<typeof setTimeout> | undefined
+    const timeout = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, ms)
+    })
+    return Promise.race([wait.end, timeout]).finally(() => {
+      clearTimeout(timer)
+      this.waits.get(key)?.delete(wait.ended)
+    })
+  }
+
+  /** A wait, from now, for the key's claim to end or its entry to change. */
+  private waitFor(key: string): Wait {
+    let ended = () => {}
+    const end = new Promise<void>((resolve) => {
+      ended = resolve
+    })
+    const waits = this.waits.get(key) ?? new Set()
+    this.waits.set(key, waits.add(ended))
+    return { end, ended }
+  }
+
+  ready(): Promise<void> {
+    return this.inner.ready()
+  }
+
+  ping(): Promise<void> {
+    return this.inner.ping()
+  }
+
+  close(): Promise<void> {
+    clearInterval(this.flushTimer)
+    this.flushIndex()
+    return this.inner.close()
+  }
+}
+
+/** A worker as the coordinator knows it. */
+interface Member {
+  channel: Channel
+  /** Keys whose claim it holds. */
+  claims: Set<string>
+}
+
+/**
+ * The primary's part: claims, the fan-out of changes, and the one index (its own file store,
+ * scanned once, bounded, evicting).
+ */
+export class GroupCoordinator {
+  private readonly members = new Set<Member>()
+  /** Key → who holds its claim, until when. */
+  private readonly claims = new Map<string, { holder: Member; until: number }>()
+  private seq = 0
+  /** A drop sent to workers → what is left to hear from before the change is answered. */
+  private readonly drops = new Map<number, { waiting: Set<Member>; done: () => void }>()
+
+  constructor(
+    private readonly index: FileStore,
+    private readonly warn: Warn,
+  ) {
+    // An eviction here: every worker forgets the key; nothing waits for it.
+    index.onDrop((key) => void this.fanOut(key, undefined))
+  }
+
+  /** Takes a worker in; `leave` when it is gone. */
+  join(channel: Channel): { leave: () => void } {
+    const member: Member = { channel, claims: new Set() }
+    this.members.add(member)
+    channel.onMessage((message) => void this.received(member, message))
+    return { leave: () => this.leave(member) }
+  }
+
+  /** A dead worker's claims end, and nobody waits for its word on a drop. */
+  private leave(member: Member): void {
+    this.members.delete(member)
+    for (const key of member.claims) this.release(member, key)
+    for (const [seq, drop] of this.drops) this.heard(seq, drop, member)
+  }
+
+  private async received(member: Member, message: GroupMessage): Promise<void> {
+    if (message.kind === "claim") {
+      member.channel.send({ kind: "reply", seq: message.seq, granted: this.grant(member, message.key, message.ttlMs) })
+    } else if (message.kind === "release") {
+      this.release(member, message.key)
+    } else if (message.kind === "index") {
+      await this.index
+        .applyIndexChanges(message.changes)
+        .catch((error) => this.warn("store-write", `indexing workers' entries: ${(error as Error).message}`))
+    } else if (message.kind === "changed") {
+      await this.fanOut(message.key, member)
+      member.channel.send({ kind: "reply", seq: message.seq, granted: true })
+    } else if (message.kind === "dropped") {
+      const drop = this.drops.get(message.seq)
+      if (drop) this.heard(message.seq, drop, member)
+    }
+  }
+
+  private grant(member: Member, key: string, ttlMs: number): boolean {
+    const now = Date.now()
+    const held = this.claims.get(key)
+    // A claim its holder never released (it hung) ends with its time, as Redis's PX does.
+    if (held && held.until > now && held.holder !== member) return false
+    this.claims.set(key, { holder: member, until: now + ttlMs })
+    member.claims.add(key)
+    return true
+  }
+
+  private release(member: Member, key: string): void {
+    member.claims.delete(key)
+    if (this.claims.get(key)?.holder !== member) return
+    this.claims.delete(key)
+    for (const other of this.members) other.channel.send({ kind: "landed", key })
+  }
+
+  /** Tells every worker but `from` to drop the key; resolves once they all have. */
+  fanOut(key: string | null, from: Member | undefined): Promise<void> {
+    const waiting = new Set([...this.members].filter((member) => member !== from))
+    if (waiting.size === 0) return Promise.resolve()
+    const seq = ++this.seq
+    return new Promise((done) => {
+      this.drops.set(seq, { waiting, done })
+      for (const member of waiting) member.channel.send({ kind: "drop", seq, key })
+    })
+  }
+
+  private heard(seq: number, drop: { waiting: Set<Member>; done: () => void }, member: Member): void {
+    drop.waiting.delete(member)
+    if (drop.waiting.size > 0) return
+    this.drops.delete(seq)
+    drop.done()
+  }
+}
