@@ -1,5 +1,6 @@
 /**
- * `--help`: every flag with its value, default and environment variable, in 80 columns.
+ * `--help`: every flag with its value, default and environment variable, in 80 columns, and the
+ * README's flag table with the same facts (`npm run docs:flags`), so the two cannot disagree.
  * citty's own usage pads each line to its longest description (about 150 columns) and cannot
  * name the environment variables, so the text is built here from the same `args` table.
  */
@@ -34,15 +35,20 @@ function wrap(text: string, width: number): string[] {
   return line ? [...lines, line] : lines
 }
 
+/** How a flag is spelled with its value and alias: "--port N", "--help, -h". */
+function spelling(name: string, def: FlagDef): string {
+  return `--${name}${def.type === "string" ? ` ${def.valueHint ?? "VALUE"}` : ""}${def.alias ? `, -${def.alias}` : ""}`
+}
+
 /** The help text: usage, then one block per flag. `settable` says which flags read a variable. */
 export function helpText(summary: string, flags: Record<string, FlagDef>, settable: (flag: string) => boolean): string {
   const indent = " ".repeat(FLAG_COLUMN)
   const blocks = Object.entries(flags).map(([name, def]) => {
-    const spelling = `  --${name}${def.type === "string" ? ` ${def.valueHint ?? "VALUE"}` : ""}${def.alias ? `, -${def.alias}` : ""}`
+    const flag = `  ${spelling(name, def)}`
     const facts = [def.default === undefined ? "" : `default: ${def.default}`, settable(name) ? `env: ${environmentVariable(name)}` : ""]
     const text = [def.description, facts.filter(Boolean).join(", ")].filter(Boolean)
     const lines = text.flatMap((part) => wrap(part, WIDTH - FLAG_COLUMN))
-    const first = spelling.length < FLAG_COLUMN - 1 ? `${spelling.padEnd(FLAG_COLUMN)}${lines.shift() ?? ""}` : spelling
+    const first = flag.length < FLAG_COLUMN - 1 ? `${flag.padEnd(FLAG_COLUMN)}${lines.shift() ?? ""}` : flag
     return [first, ...lines.map((line) => indent + line)].join("\n")
   })
   return [
@@ -53,4 +59,27 @@ export function helpText(summary: string, flags: Record<string, FlagDef>, settab
     ...wrap("Flags (each setting can also come from its environment variable; the command line wins):", WIDTH),
     ...blocks,
   ].join("\n")
+}
+
+/** Text as one Markdown table cell: a "|" would end the cell, a "<" open an HTML tag. */
+function cell(text: string): string {
+  return text.replace(/[|<]/g, "\\$&")
+}
+
+/**
+ * The README's flag table (Markdown): flag, environment variable, default and meaning, one row per
+ * flag in `--help`'s order, its columns padded to line up in the source.
+ */
+export function flagTable(flags: Record<string, FlagDef>, settable: (flag: string) => boolean): string {
+  const code = (text: string) => (text ? `\`${text}\`` : "")
+  const rows = Object.entries(flags).map(([name, def]) => [
+    code(spelling(name, def)),
+    code(settable(name) ? environmentVariable(name) : ""),
+    code(def.default ?? ""),
+    cell(def.description),
+  ])
+  const header = ["flag", "environment variable", "default", "meaning"]
+  const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => (row[column] as string).length)))
+  const line = (row: string[]) => `| ${row.map((text, column) => text.padEnd(widths[column] as number)).join(" | ")} |`
+  return [line(header), line(widths.map((width) => "-".repeat(width))), ...rows.map(line)].join("\n")
 }

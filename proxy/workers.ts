@@ -36,7 +36,7 @@ import cluster, { type Worker } from "node:cluster"
 import type { FileStore } from "../cache/file-store.ts"
 import { type Channel, GroupCoordinator, type GroupMessage } from "../cache/group-store.ts"
 import type { Warn } from "../cache.ts"
-import type { ProxyOptions } from "../proxy.ts"
+import type { ProxyOptions } from "./options.ts"
 
 /** The variable that makes a process a worker: its number and options, as JSON. */
 const WORKER_VARIABLE = "CACHING_PROXY_WORKER_OPTIONS"

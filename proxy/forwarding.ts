@@ -1,0 +1,125 @@
+/**
+ * What is sent to the origin and what comes back past the proxy: the path a request may reach,
+ * the fields the origin is told (hop-by-hop ones dropped, forwarding ones ours), and the URLs a
+ * response names (--rewrite-location).
+ */
+
+import { hopByHopFilter } from "../cache/policy.ts"
+import { VIA } from "../cache.ts"
+
+// A ".." that only the origin may see: behind an encoded slash or backslash, or with a
+// ;parameter (as Tomcat reads "..;"). An origin that resolved it would climb above its base path.
+const HIDDEN_DOT_DOT = /(?:^|[/\\]|%2f|%5c)(?:\.|%2e){2}(?:;[^/\\]*)?(?:$|[/\\]|%2f|%5c)/i
+export const HIDDEN_DOT_DOT_REFUSED = "a .. segment behind an encoded separator or a ;parameter is refused\n"
+// What a path must hold to need resolving: most paths hold none of it.
+const MAY_CLIMB = /\\|%2f|%5c|(?:^|\/)(?:\.|%2e)/i
+
+/**
+ * The request's path and query with dot segments resolved against the root (RFC 3986 §5.2.4, as
+ * the WHATWG URL parser reads them: %2E is a dot, \ a slash), so that once appended to the
+ * origin's base path nothing climbs above it; undefined when a ".." hides from that reading.
+ * Bun.serve resolves the path so already; Node hands it over raw.
+ */
+export function resolvedPath(pathAndQuery: string): string | undefined {
+  const queryStart = pathAndQuery.indexOf("?")
+  const path = queryStart === -1 ? pathAndQuery : pathAndQuery.slice(0, queryStart)
+  if (!MAY_CLIMB.test(path)) return pathAndQuery
+  const resolved = new URL(`http://root${path}`).pathname
+  if (HIDDEN_DOT_DOT.test(resolved)) return undefined
+  return queryStart === -1 ? resolved : resolved + pathAndQuery.slice(queryStart)
+}
+
+/**
+ * Fields by which proxies tell the origin who the client is and how it reached them, and those
+ * frameworks read as the request's host or URL. From a client they are forged, and none is in the
+ * cache key: an origin that built a page from one would have the cache serve it to everyone
+ * (cache poisoning). Dropped unless --trust-forwarded.
+ */
+const FORWARDING_FIELDS = new Set([
+  "forwarded",
+  "x-real-ip",
+  "x-client-ip",
+  "true-client-ip",
+  "cf-connecting-ip",
+  "fastly-client-ip",
+  "x-cluster-client-ip",
+  "x-host",
+  "x-original-host",
+  "x-original-url",
+  "x-rewrite-url",
+])
+
+function isForwardingField(name: string): boolean {
+  return name.startsWith("x-forwarded-") || FORWARDING_FIELDS.has(name)
+}
+
+/** What the forwarding fields say of one request: from its connection and our configuration only. */
+export interface Hop {
+  /** The client's address, as the connection has it. */
+  client: string | undefined
+  /** How clients reach the proxy (--public-url, else the address it listens on). */
+  host: string
+  proto: string
+  /** --trust-forwarded: the request's own forwarding fields stay, and ours extend them. */
+  trustForwarded: boolean
+  /** Whether a body goes to the origin with the request. */
+  hasBody: boolean
+}
+
+/** The headers sent to the origin: the client's, less hop-by-hop and forwarding fields, plus ours. */
+export function forwardedHeaders(incoming: Headers, hop: Hop): Headers {
+  const isHopByHop = hopByHopFilter(incoming)
+  const headers = new Headers()
+  for (const [name, value] of incoming) {
+    // Host is the origin's, set from the target URL.
+    if (isHopByHop(name) || name === "host" || (!hop.trustForwarded && isForwardingField(name))) continue
+    headers.append(name, value)
+  }
+  // RFC 9112 §6.3: a Content-Length with no body sent would have the origin read the start of
+  // the next request on the connection as this one's body (request smuggling).
+  if (!hop.hasBody) headers.delete("content-length")
+  // A client's fields are still here only under --trust-forwarded: ours then extend their lists
+  // (RFC 7239 §4), and the host and scheme the proxy in front was reached by stay.
+  if (hop.client) headers.append("x-forwarded-for", hop.client)
+  headers.append("forwarded", forwardedElement(hop))
+  if (!headers.has("x-forwarded-host")) headers.set("x-forwarded-host", hop.host)
+  if (!headers.has("x-forwarded-proto")) headers.set("x-forwarded-proto", hop.proto)
+  headers.append("via", VIA)
+  return headers
+}
+
+/** Our element of Forwarded (RFC 7239 §4): who connected to us, and how clients reach us. */
+function forwardedElement(hop: Hop): string {
+  // RFC 7239 §6: an IPv6 address is bracketed and quoted; §6.3: an address not known is "unknown".
+  const node = hop.client === undefined ? "unknown" : hop.client.includes(":") ? `"[${hop.client}]"` : hop.client
+  return `for=${node};host="${hop.host}";proto=${hop.proto}`
+}
+
+/** The path and query of a URL or request-target, whatever authority it names. */
+export function pathAndQuery(target: string): string {
+  if (target.startsWith("/")) return target
+  const authorityStart = target.indexOf("://")
+  const pathStart = authorityStart === -1 ? -1 : target.indexOf("/", authorityStart + 3)
+  return pathStart === -1 ? "/" : target.slice(pathStart)
+}
+
+// The fields by which a response names URLs of its own: RFC 9110 §10.2.2, §8.7.
+const LOCATION_FIELDS = ["location", "content-location"]
+
+/**
+ * --rewrite-location: an absolute URL in Location or Content-Location at or under the origin's
+ * base URL becomes the same path under the proxy's, so the client is not sent past the proxy.
+ * Relative URLs point at the proxy already; other hosts, and the origin's paths outside its base
+ * (which no proxy path reaches), stay as sent. The path and query are kept byte for byte.
+ */
+export function rewriteLocations(headers: Headers, origin: URL, proxyBase: string): void {
+  const basePath = origin.pathname === "/" ? "" : origin.pathname
+  for (const name of LOCATION_FIELDS) {
+    const value = headers.get(name)
+    if (value === null || !URL.canParse(value) || new URL(value).origin !== origin.origin) continue
+    const path = pathAndQuery(value)
+    const rest = path.slice(basePath.length)
+    if (!path.startsWith(basePath) || !/^(?:$|[/?#])/.test(rest)) continue
+    headers.set(name, proxyBase + (rest.startsWith("/") ? rest : `/${rest}`))
+  }
+}
