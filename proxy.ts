@@ -38,7 +38,17 @@ import {
   UsageError,
 } from "./proxy/options.ts"
 import { type Listener, type ListenOptions, runtime, serve } from "./proxy/runtime.ts"
-import { primaryChannel, reportListening, type SharedFiles, superviseWorkers, type WorkerRole, workerRole } from "./proxy/workers.ts"
+import {
+  type AdminStarted,
+  answerMetrics,
+  type GroupSide,
+  type PrimaryParts,
+  primaryChannel,
+  reportListening,
+  superviseWorkers,
+  type WorkerRole,
+  workerRole,
+} from "./proxy/workers.ts"
 
 // What tests and embedders import from the entry point.
 export { type ProxyOptions, parseOptions, UsageError } from "./proxy/options.ts"
@@ -82,10 +92,13 @@ interface OriginTrip {
   failure?: OriginFailure
 }
 
-/** Builds the proxy as a Hono app, and its admin app (tests and embedders serve them themselves). */
-export async function createProxy(options: ProxyOptions, output: Partial<ProxyOutput> = {}) {
+/**
+ * Builds the proxy as a Hono app, and its admin app (tests and embedders serve them themselves).
+ * `group`: the primary of --workers builds its admin app so, on the group's store and metrics.
+ */
+export async function createProxy(options: ProxyOptions, output: Partial<ProxyOutput> = {}, group?: GroupSide) {
   const { log = console.log, warn = createWarn(options.logFormat), worker } = output
-  const behind = await openStore(options, warn)
+  const behind = group?.store ?? (await openStore(options, warn))
   const store = tiered(options, behind)
   const cache = new Cache(store, {
     maxEntryBytes: options.maxEntrySize,
@@ -213,7 +226,15 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
   const admin =
     options.admin &&
     metrics &&
-    createAdmin({ cache, origin: options.origin, token: options.admin.token, clientAddress: runtime.clientAddress, metrics, warn })
+    createAdmin({
+      cache,
+      origin: options.origin,
+      token: options.admin.token,
+      clientAddress: runtime.clientAddress,
+      metrics: group?.metrics(metrics) ?? metrics,
+      warn,
+      notReady: group?.notReady,
+    })
   return { app, cache, metrics, admin }
 }
 
@@ -358,17 +379,41 @@ async function start(parsed: Args): Promise<number> {
   // Workers share their primary's lock.
   const unlock = options.store.kind === "file" ? lockCacheDir(options.cacheDir) : undefined
   try {
-    return options.workers > 1 ? await superviseWorkers(options, sharedFiles(options)) : await serveProxy(options)
+    return options.workers > 1 ? await superviseWorkers(options, primaryParts(options)) : await serveProxy(options)
   } finally {
     unlock?.()
   }
 }
 
-/** Under --workers, the primary's file store: it indexes and bounds the directory the workers share. */
-function sharedFiles(options: ProxyOptions): SharedFiles | undefined {
-  if (options.store.kind !== "file") return undefined
+/**
+ * Under --workers, what the primary has besides its workers: on the file store, its own, which
+ * indexes and bounds the directory they share; with --admin-port, the group's admin listener.
+ */
+function primaryParts(options: ProxyOptions): PrimaryParts {
   const warn = createWarn(options.logFormat)
-  return { index: new FileStore({ dir: options.cacheDir, maxBytes: options.maxSize, files: runtime.files, warn }), warn }
+  const index =
+    options.store.kind === "file"
+      ? new FileStore({ dir: options.cacheDir, maxBytes: options.maxSize, files: runtime.files, warn })
+      : undefined
+  const startAdmin = options.admin && (async (group: GroupSide) => groupAdmin(options, group, warn))
+  return { index, warn, startAdmin }
+}
+
+/** The group's one admin listener, in the primary: its cache is a member of the workers' (proxy/workers.ts). */
+async function groupAdmin(options: ProxyOptions, group: GroupSide, warn: Warn): Promise<AdminStarted | undefined> {
+  const { admin, cache } = await createProxy({ ...options, quiet: true }, { warn }, group)
+  const listener =
+    admin && options.admin && (await listenOrSay(admin, { ...options, ...options.admin }, "admin port", "--admin-host", warn))
+  if (!listener) {
+    await cache.close()
+    return undefined
+  }
+  return { line: adminLine(options, listener), stop: () => listener.stop(true).then(() => cache.close()) }
+}
+
+/** What the start line says of the admin listener. */
+function adminLine(options: ProxyOptions, listener: Listener | null): string {
+  return listener ? `, admin on http://${urlHost(options.admin?.host ?? "")}:${listener.port}` : ""
 }
 
 /** Takes the cache directory for this proxy alone (cache/dir-lock.ts); one in use by a running one is a usage error. */
@@ -384,7 +429,8 @@ function lockCacheDir(dir: string): () => void {
 /** Serves the proxy until SIGINT or SIGTERM: alone, or as worker `role` of a group. */
 async function serveProxy(options: ProxyOptions, role?: WorkerRole): Promise<number> {
   const warn = createWarn(options.logFormat)
-  const { app, cache, admin } = await createProxy(options, { warn, worker: role?.id })
+  const { app, cache, admin, metrics } = await createProxy(options, { warn, worker: role?.id })
+  if (role && metrics) answerMetrics(metrics)
   // A shared store is worth a moment's wait: until Redis answers, requests would go to the origin
   // uncoalesced. Past that moment the proxy starts anyway, uncached, and connects in the background.
   if (options.store.kind === "redis") await waitAtMost(cache.store.ready(), STORE_CONNECT_WAIT_MS)
@@ -395,8 +441,7 @@ async function serveProxy(options: ProxyOptions, role?: WorkerRole): Promise<num
     await Promise.all([listener?.stop(true), adminListener?.stop(true)])
     return 1
   }
-  const adminLine = adminListener ? `, admin on http://${urlHost(options.admin?.host ?? "")}:${adminListener.port}` : ""
-  const line = `caching-proxy listening on http://${urlHost(options.host)}:${listener.port}, forwarding to ${options.origin}, cache in ${whereEntriesLive(options)}${adminLine}`
+  const line = `caching-proxy listening on http://${urlHost(options.host)}:${listener.port}, forwarding to ${options.origin}, cache in ${whereEntriesLive(options)}${adminLine(options, adminListener)}`
   if (role) reportListening(listener.port, line)
   else console.log(line)
   await shutdownSignal()

@@ -14,6 +14,8 @@
  *   Evictions go to every worker as drops.
  *
  * The channel between them is any ordered message pipe (node:cluster's IPC in proxy/workers.ts).
+ * The primary's own cache (its admin listener's: purges, clear) is a member too, on the
+ * coordinator's file store itself, through an in-process channel (`GroupCoordinator.ownStore`).
  */
 import type { EntryMeta, ListedEntry, ListOptions, MaybePromise, Page, Store, Stored, TierStats, Warn } from "../cache.ts"
 import type { FileStore, IndexChange } from "./file-store.ts"
@@ -46,7 +48,7 @@ interface Wait {
 
 /**
  * A worker's store: its own file store (no scan, no bound), with claims, changes and the index
- * going through the coordinator.
+ * going through the coordinator. `reportsIndex` false: the file store is the coordinator's own.
  */
 export class GroupMemberStore implements Store {
   private seq = 0
@@ -62,8 +64,9 @@ export class GroupMemberStore implements Store {
   constructor(
     private readonly inner: FileStore,
     private readonly channel: Channel,
+    private readonly reportsIndex = true,
   ) {
-    inner.onIndexChange((change) => this.indexChanges.push(change))
+    if (reportsIndex) inner.onIndexChange((change) => this.indexChanges.push(change))
     inner.onDrop((key) => this.dropped(key))
     channel.onMessage((message) => this.received(message))
     this.flushTimer = setInterval(() => this.flushIndex(), INDEX_FLUSH_MS)
@@ -157,9 +160,9 @@ export class GroupMemberStore implements Store {
     return this.inner.tagged(tag)
   }
 
-  /** This worker's view only: the coordinator has the whole directory's. */
+  /** A worker's file store sees only what it touched: the directory's stats are the coordinator's to give. */
   stats(): Promise<TierStats[]> {
-    return this.inner.stats()
+    return this.reportsIndex ? Promise.resolve([]) : this.inner.stats()
   }
 
   used(key: string, meta: EntryMeta): void {
@@ -251,6 +254,22 @@ export class GroupCoordinator {
   ) {
     // An eviction here: every worker forgets the key; nothing waits for it.
     index.onDrop((key) => void this.fanOut(key, undefined))
+  }
+
+  /**
+   * The primary's own store: a member on the coordinator's file store, its changes passed on to
+   * every worker like theirs.
+   */
+  ownStore(): GroupMemberStore {
+    const toCoordinator: ((message: GroupMessage) => void)[] = []
+    const toMember: ((message: GroupMessage) => void)[] = []
+    // Delivered a turn later, as over a pipe: neither side runs inside the other's call.
+    const deliver = (listeners: ((message: GroupMessage) => void)[]) => (message: GroupMessage) =>
+      queueMicrotask(() => {
+        for (const listener of listeners) listener(message)
+      })
+    this.join({ send: deliver(toMember), onMessage: (listener) => toCoordinator.push(listener) })
+    return new GroupMemberStore(this.index, { send: deliver(toCoordinator), onMessage: (listener) => toMember.push(listener) }, false)
   }
 
   /** Takes a worker in; `leave` when it is gone. */

@@ -6,7 +6,17 @@
  * a hit needs, measured; a 1 KiB hit takes about 19 µs, so that alone was 6 % of it. prom-client
  * reads the numbers when /metrics is scraped (`collect`), and renders them.
  */
-import { Counter, collectDefaultMetrics, Gauge, Histogram, type LabelValues, Registry } from "prom-client"
+import {
+  AggregatorRegistry,
+  Counter,
+  collectDefaultMetrics,
+  Gauge,
+  Histogram,
+  type LabelValues,
+  type MetricObjectWithValues,
+  type MetricValue,
+  Registry,
+} from "prom-client"
 import type { OriginFailure, Store, TierStats, Warn } from "../cache.ts"
 import type { AdminMetrics } from "./admin.ts"
 import { type Access, CACHE_OUTCOMES, isFromCache } from "./log.ts"
@@ -252,6 +262,11 @@ export class ProxyMetrics implements AdminMetrics {
     return this.registry.metrics()
   }
 
+  /** What a worker tells its primary's admin listener (`GroupMetrics`). */
+  async snapshot(): Promise<MetricsSnapshot> {
+    return { metrics: await this.registry.getMetricsAsJSON(), recent: this.recent(), tiers: await this.tierStats() }
+  }
+
   /** Requests and hits per 10 s, oldest first, over the last 10 minutes (quiet ones as zeros): the inspector's chart. */
   recent(): { at: number; requests: number; hits: number }[] {
     const current = bucketStart(Date.now())
@@ -269,6 +284,70 @@ export class ProxyMetrics implements AdminMetrics {
     this.current = { at, requests: 0, hits: 0 }
     this.recentBuckets.push(this.current)
     if (this.recentBuckets.length > RECENT_BUCKETS) this.recentBuckets.shift()
+  }
+}
+
+/** One process's metrics, as plain data that can cross a process boundary. */
+export interface MetricsSnapshot {
+  metrics: MetricObjectWithValues<MetricValue<string>>[]
+  recent: { at: number; requests: number; hits: number }[]
+  tiers: TierStats[]
+}
+
+/**
+ * The metrics of a group of workers (--workers), for the primary's admin listener: its own (purges,
+ * the whole directory's file tier) and every worker's (requests, origin, memory tiers), summed by
+ * prom-client's AggregatorRegistry (counters and histograms add up; each process metric has its
+ * own aggregation).
+ */
+export class GroupMetrics implements AdminMetrics {
+  readonly contentType: string
+
+  constructor(
+    private readonly own: ProxyMetrics,
+    /** Every running worker's snapshot, asked for when needed. */
+    private readonly workers: () => Promise<MetricsSnapshot[]>,
+  ) {
+    this.contentType = own.contentType
+  }
+
+  async render(): Promise<string> {
+    const snapshots = [await this.own.snapshot(), ...(await this.workers())]
+    return AggregatorRegistry.aggregate(snapshots.map((snapshot) => snapshot.metrics)).metrics()
+  }
+
+  async recent(): Promise<{ at: number; requests: number; hits: number }[]> {
+    const own = this.own.recent()
+    const workers = await this.workers()
+    return own.map((bucket, index) => {
+      const same = workers.map((snapshot) => snapshot.recent[index]).filter((other) => other?.at === bucket.at)
+      return {
+        at: bucket.at,
+        requests: same.reduce((sum, other) => sum + (other?.requests ?? 0), bucket.requests),
+        hits: same.reduce((sum, other) => sum + (other?.hits ?? 0), bucket.hits),
+      }
+    })
+  }
+
+  purged(entries: number): void {
+    this.own.purged(entries)
+  }
+
+  /** Each tier summed over the processes: the memory tiers of all, the file tier (the primary's alone). */
+  async tierStats(): Promise<TierStats[]> {
+    const all = [...(await this.own.tierStats()), ...(await this.workers()).flatMap((snapshot) => snapshot.tiers)]
+    const byTier = new Map<string, TierStats>()
+    for (const stats of all) {
+      const sum = byTier.get(stats.tier)
+      if (!sum) byTier.set(stats.tier, { ...stats })
+      else {
+        sum.entries += stats.entries
+        sum.bytes += stats.bytes
+        if (stats.evictions !== undefined) sum.evictions = (sum.evictions ?? 0) + stats.evictions
+        if (stats.maxBytes !== undefined) sum.maxBytes = (sum.maxBytes ?? 0) + stats.maxBytes
+      }
+    }
+    return [...byTier.values()]
   }
 }
 

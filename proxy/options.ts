@@ -173,7 +173,6 @@ export function parseOptions(parsed: Args): ProxyOptions {
   }
   const port = parsePort(parsed.port)
   const workers = parseWorkers(parsed.workers)
-  if (workers > 1 && parsed["admin-port"] !== undefined) throw new UsageError("--admin-port cannot be used with --workers yet")
   return {
     port,
     host: parsed.host,

@@ -310,8 +310,75 @@ describe.each(RUNTIMES)("one cache for the workers under %s", (_, cli) => {
     await using proxy = await startWorkers(cli, origin.url, ["--cache-dir", cacheDir, "--max-size", String(maxSize)])
     await Promise.all(Array.from({ length: 100 }, (_, i) => freshGet(`${proxy.url}entry-${i}`)))
     await eventually(() => answeredBy(proxy.lines).size === 2)
-    await eventually(() => diskBytes(join(cacheDir, "v1")) <= maxSize)
+    await eventually(() => diskBytes(join(cacheDir, "v1")) <= maxSize, 10_000)
     // Evicted down to the bound, not emptied: a few 8 KiB entries (and their directories) stay.
     expect(metaFiles(cacheDir).length).toBeGreaterThanOrEqual(4)
+  })
+})
+
+describe("one admin listener for the group", () => {
+  const ADMIN = /admin on http:\/\/127\.0\.0\.1:(\d+)/
+
+  /** A purge through the admin API, as its JSON body says. */
+  async function purge(admin: string, body: object): Promise<number> {
+    const response = await fetch(`${admin}api/purge`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+    })
+    expect(response.status).toBe(200)
+    return ((await response.json()) as { purged: number }).purged
+  }
+
+  /** Bodies of `count` GETs of one path, each on its own connection, so both workers answer some. */
+  async function bodies(url: string, count = 20): Promise<string[]> {
+    const answers = []
+    for (let i = 0; i < count; i++) answers.push((await freshGet(url)).body)
+    return answers
+  }
+
+  test("a purge by URL, prefix or tag reaches every worker's memory before it is answered", async () => {
+    const versions = new Map<string, number>()
+    await using origin = startOrigin((request) => {
+      const path = new URL(request.url).pathname
+      versions.set(path, (versions.get(path) ?? 0) + 1)
+      return new Response(`${path} v${versions.get(path)}`, { headers: { "cache-control": "max-age=60", "surrogate-key": "tagged" } })
+    })
+    await using proxy = await startWorkers(BUN_CLI, origin.url, ["--admin-port", "0"])
+    const admin = `http://127.0.0.1:${ADMIN.exec(proxy.lines.join("\n"))?.[1]}/`
+    for (const [path, target] of [
+      ["/by-url", { url: "/by-url" }],
+      ["/under/a", { prefix: "/under/" }],
+      ["/with-tag", { tag: "tagged" }],
+    ] as const) {
+      expect(await bodies(`${proxy.url}${path.slice(1)}`)).toEqual(Array(20).fill(`${path} v1`))
+      expect(await purge(admin, target)).toBeGreaterThanOrEqual(1)
+      expect(await bodies(`${proxy.url}${path.slice(1)}`)).toEqual(Array(20).fill(`${path} v2`))
+    }
+    expect(answeredBy(proxy.lines)).toEqual(new Set(["1", "2"]))
+  })
+
+  test("/metrics sums the workers' requests; /readyz fails while a worker is down", async () => {
+    await using origin = startOrigin(() => new Response("a", { headers: { "cache-control": "max-age=60" } }))
+    await using proxy = await startWorkers(BUN_CLI, origin.url, ["--admin-port", "0"])
+    const admin = `http://127.0.0.1:${ADMIN.exec(proxy.lines.join("\n"))?.[1]}/`
+    await bodies(`${proxy.url}counted`, 30)
+    await eventually(() => answeredBy(proxy.lines).size === 2)
+    const metrics = await (await fetch(`${admin}metrics`)).text()
+    const counted = [...metrics.matchAll(/^caching_proxy_requests_total\{[^}]*\} (\d+)$/gm)].reduce((sum, [, n]) => sum + Number(n), 0)
+    expect(counted).toBe(30)
+    expect(metrics).toMatch(/^caching_proxy_store_entries\{tier="file"\} 1$/m)
+    expect(await (await fetch(`${admin}readyz`)).text()).toBe("ready\n")
+    const [killed] = proxy.workers() as [number]
+    process.kill(killed, "SIGKILL")
+    // Until its replacement listens: the restart waits 0.1 s, then the worker starts.
+    const seen: string[] = []
+    const deadline = Date.now() + 5000
+    while (!(seen.includes("503 not ready: 1 of 2 workers are listening\n") && seen.at(-1) === "200 ready\n") && Date.now() < deadline) {
+      const response = await fetch(`${admin}readyz`)
+      seen.push(`${response.status} ${await response.text()}`)
+    }
+    expect(seen).toContain("503 not ready: 1 of 2 workers are listening\n")
+    expect(seen.at(-1)).toBe("200 ready\n")
   })
 })

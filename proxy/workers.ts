@@ -31,11 +31,17 @@
  *   several proxies on one Redis are: each its own connection and memory tier, nothing shared
  *   through the primary.
  * - The cache directory's lock (cache/dir-lock.ts) is the primary's: its workers are one owner.
+ * - One admin listener, the primary's: its cache is a member of the group on the primary's file
+ *   store (a purge reaches every worker's memory before it is answered), /metrics sums the
+ *   workers' (asked for over IPC when scraped) with the primary's own, and /readyz fails while a
+ *   worker is not listening. Workers count their requests but serve no admin port.
  */
 import cluster, { type Worker } from "node:cluster"
 import type { FileStore } from "../cache/file-store.ts"
 import { type Channel, GroupCoordinator, type GroupMessage } from "../cache/group-store.ts"
-import type { Warn } from "../cache.ts"
+import type { Store, Warn } from "../cache.ts"
+import type { AdminMetrics } from "./admin.ts"
+import { GroupMetrics, type MetricsSnapshot, type ProxyMetrics } from "./metrics.ts"
 import type { ProxyOptions } from "./options.ts"
 
 /** The variable that makes a process a worker: its number and options, as JSON. */
@@ -51,6 +57,8 @@ const GRACE_MS = 8000
 // Under Node the primary's cluster holds the socket, found again by the port asked for; under Bun
 // each worker binds the port itself, so one asked for 0 must bind the one the first got.
 const WORKERS_BIND_THEMSELVES = typeof Bun !== "undefined"
+// A worker that does not send its metrics within this long is left out of a scrape.
+const METRICS_WAIT_MS = 2000
 
 /** A worker's part: its number (1-N) and the options the primary handed it. */
 export interface WorkerRole {
@@ -58,8 +66,9 @@ export interface WorkerRole {
   options: ProxyOptions
 }
 
-/** What a worker tells the primary about itself; the cache's messages go as `group`. */
-type WorkerMessage = { type: "listening"; port: number; line: string }
+/** What a worker tells the primary about itself, and the primary asks it; the cache's messages go as `group`. */
+type Listening = { type: "listening"; port: number; line: string }
+type WorkerMessage = Listening | { type: "metrics?"; seq: number } | { type: "metrics"; seq: number; snapshot: MetricsSnapshot }
 
 /** Everything sent either way is one of these: cluster's own messages on the same channel are none. */
 type Envelope = { cachingProxy: WorkerMessage } | { cachingProxy: { type: "group"; message: GroupMessage } }
@@ -79,6 +88,15 @@ export function workerRole(): WorkerRole | undefined {
 export function reportListening(port: number, line: string): void {
   const envelope: Envelope = { cachingProxy: { type: "listening", port, line } }
   process.send?.(envelope)
+}
+
+/** A worker answers its primary's asking for its metrics (the primary's admin listener sums them). */
+export function answerMetrics(metrics: ProxyMetrics): void {
+  process.on("message", async (message: unknown) => {
+    if (!isEnvelope(message) || message.cachingProxy.type !== "metrics?") return
+    const envelope: Envelope = { cachingProxy: { type: "metrics", seq: message.cachingProxy.seq, snapshot: await metrics.snapshot() } }
+    process.send?.(envelope)
+  })
 }
 
 /** A worker's channel to the primary's group coordinator (cache/group-store.ts). */
@@ -105,14 +123,33 @@ function groupChannel(send: (envelope: Envelope) => void, receive: (listener: (m
  * listen, replaces those that die, and stops them all on SIGTERM or SIGINT. Resolves to the
  * exit code.
  */
-export function superviseWorkers(options: ProxyOptions, shared: SharedFiles | undefined): Promise<number> {
-  return new Supervisor(options, shared).run()
+export function superviseWorkers(options: ProxyOptions, primary: PrimaryParts): Promise<number> {
+  return new Supervisor(options, primary).run()
 }
 
-/** The file store the workers share: the primary's own, which indexes and bounds the directory. */
-export interface SharedFiles {
-  index: FileStore
+/** What the primary has besides its workers (proxy.ts builds them: they need the runtime). */
+export interface PrimaryParts {
+  /** The file store the workers share: the primary's own, which indexes and bounds the directory. Redis: none. */
+  index: FileStore | undefined
   warn: Warn
+  /** Starts the group's admin listener (with --admin-port): the start line's part about it, or undefined when it cannot listen. */
+  startAdmin: ((group: GroupSide) => Promise<AdminStarted | undefined>) | undefined
+}
+
+/** The primary's side of the group, for its admin listener's cache and metrics. */
+export interface GroupSide {
+  /** The store the primary's cache uses: a member of the workers' file store. Redis: none, the cache opens its own. */
+  store: Store | undefined
+  /** The group's metrics around the primary's own. */
+  metrics: (own: ProxyMetrics) => AdminMetrics
+  /** Why the group is not ready: a worker not listening. */
+  notReady: () => string | undefined
+}
+
+export interface AdminStarted {
+  /** ", admin on http://…": what the start line says of it. */
+  line: string
+  stop(): Promise<void>
 }
 
 class Supervisor {
@@ -131,46 +168,89 @@ class Supervisor {
   })
 
   private readonly coordinator: GroupCoordinator | undefined
+  /** Numbers of the workers listening now. */
+  private readonly listening = new Set<number>()
+  private seq = 0
+  /** A metrics request sent to a worker → what takes its answer. */
+  private readonly metricsAsked = new Map<number, (snapshot: MetricsSnapshot) => void>()
 
   constructor(
     private readonly options: ProxyOptions,
-    private readonly shared: SharedFiles | undefined,
+    private readonly primary: PrimaryParts,
   ) {
     this.port = options.port
-    this.coordinator = shared && new GroupCoordinator(shared.index, shared.warn)
+    this.coordinator = primary.index && new GroupCoordinator(primary.index, primary.warn)
   }
 
   async run(): Promise<number> {
     const stop = () => void this.stop(0)
     process.once("SIGINT", stop)
     process.once("SIGTERM", stop)
+    let admin: AdminStarted | undefined
     try {
       // The start-up scan removes files no entry names, as an earlier run's: it must be over
       // before a worker writes any.
-      await this.shared?.index.ready()
+      await this.primary.index?.ready()
       const first = await this.start(1)
-      if (first) {
-        if (WORKERS_BIND_THEMSELVES) this.port = first.port
-        const rest = await Promise.all(Array.from({ length: this.options.workers - 1 }, (_, index) => this.start(index + 2)))
-        if (rest.every(Boolean) && !this.stopping) {
-          this.startingUp = false
-          console.log(`${first.line}, ${this.options.workers} workers`)
-        }
-      }
+      if (!first) return await this.done
+      if (WORKERS_BIND_THEMSELVES) this.port = first.port
+      const rest = await Promise.all(Array.from({ length: this.options.workers - 1 }, (_, index) => this.start(index + 2)))
+      if (!rest.every(Boolean) || this.stopping) return await this.done
+      this.startingUp = false
+      admin = await this.primary.startAdmin?.(this.groupSide())
+      if (this.primary.startAdmin && !admin) void this.stop(1)
+      else console.log(`${first.line}${admin?.line ?? ""}, ${this.options.workers} workers`)
       return await this.done
     } finally {
       process.off("SIGINT", stop)
       process.off("SIGTERM", stop)
-      await this.shared?.index.close()
+      await admin?.stop()
+      await this.primary.index?.close()
     }
+  }
+
+  private groupSide(): GroupSide {
+    return {
+      store: this.coordinator?.ownStore(),
+      metrics: (own) => new GroupMetrics(own, () => this.workerMetrics()),
+      notReady: () => {
+        const count = this.options.workers
+        return this.listening.size < count ? `${this.listening.size} of ${count} workers are listening` : undefined
+      },
+    }
+  }
+
+  /** Every listening worker's metrics; one that does not answer in time is left out. */
+  private async workerMetrics(): Promise<MetricsSnapshot[]> {
+    const asked = [...this.listening].flatMap((id) => this.workers.get(id) ?? [])
+    const answers = asked.map(
+      (worker) =>
+        new Promise<MetricsSnapshot | undefined>((resolve) => {
+          const seq = ++this.seq
+          const timer = setTimeout(() => {
+            this.metricsAsked.delete(seq)
+            resolve(undefined)
+          }, METRICS_WAIT_MS)
+          this.metricsAsked.set(seq, (snapshot) => {
+            clearTimeout(timer)
+            this.metricsAsked.delete(seq)
+            resolve(snapshot)
+          })
+          const envelope: Envelope = { cachingProxy: { type: "metrics?", seq } }
+          if (worker.isConnected()) worker.send(envelope)
+        }),
+    )
+    return (await Promise.all(answers)).filter((snapshot) => snapshot !== undefined)
   }
 
   /**
    * Starts worker `id`; resolves with what it says once it listens, or undefined if it exits
    * first. At start-up that ends the group: the reason is on stderr already (the worker's own).
    */
-  private start(id: number): Promise<WorkerMessage | undefined> {
-    const role: WorkerRole = { id, options: { ...this.options, port: this.port } }
+  private start(id: number): Promise<Listening | undefined> {
+    // The admin listener is the primary's; workers count their requests for its /metrics.
+    const options = { ...this.options, port: this.port, admin: undefined, metrics: this.options.admin !== undefined }
+    const role: WorkerRole = { id, options }
     const worker = cluster.fork({ [WORKER_VARIABLE]: JSON.stringify(role) })
     this.workers.set(id, worker)
     const member = this.coordinator?.join(
@@ -182,12 +262,17 @@ class Supervisor {
     let listened = false
     return new Promise((resolve) => {
       worker.on("message", (message: unknown) => {
-        if (!isEnvelope(message) || message.cachingProxy.type !== "listening") return
+        if (!isEnvelope(message)) return
+        const said = message.cachingProxy
+        if (said.type === "metrics") this.metricsAsked.get(said.seq)?.(said.snapshot)
+        if (said.type !== "listening") return
         listened = true
-        resolve(message.cachingProxy)
+        this.listening.add(id)
+        resolve(said)
       })
       worker.once("exit", (code, signal) => {
         member?.leave()
+        this.listening.delete(id)
         this.workers.delete(id)
         resolve(undefined)
         this.exited(id, worker, listened, signal ?? `code ${code}`)
