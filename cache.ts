@@ -1,13 +1,15 @@
 /**
- * The cache: `Cache` (lookup → policy → store, coalescing) and the `Store` interface.
+ * The cache: `Cache` (lookup → policy → store, coalescing); the store contract it uses is
+ * `cache/store.ts`.
  *
  * Design in brief (README "How it works" says the same for users):
  * - key: "GET " + the full target URL (query parameters named by --ignore-query removed);
  *   several variants per key, selected by the request headers the response's Vary names.
  * - `cache/policy.ts`: every RFC rule, pure functions over a plain `EntryMeta` and `now`.
- * - `Store`: where entries live. It knows nothing of HTTP rules (it matches Vary selections and
- *   honours `deleteAt`, both given to it); the policy knows nothing of stores. `cache/` holds the
- *   memory store, the file store and the tiered store that puts memory in front of another.
+ * - `Store` (`cache/store.ts`): where entries live, a small core and capabilities a store has
+ *   whole or not at all. It knows nothing of HTTP rules (it matches Vary selections and honours
+ *   `deleteAt`, both given to it); the policy knows nothing of stores. `cache/` holds the memory
+ *   store, the file store, Redis and the tiered store that puts memory in front of another.
  * - `Cache.respond(method, headers, target, forward)` decides fresh / stale / miss, forwards
  *   through the callback it is given (the HTTP side owns the connection), stores while the body
  *   streams to the client, and answers. It never sees Hono.
@@ -15,7 +17,9 @@
  *   when its store write settles; waiters learn whether the answer was stored.
  */
 
-import { concat } from "./cache/memory-store.ts"
+import { concat } from "./cache/bytes.ts"
+import { withDeadline } from "./cache/deadline.ts"
+import { cacheStatus, type Outcome, withOutcome, xCache } from "./cache/outcome.ts"
 import {
   cacheKey,
   currentAgeMs,
@@ -43,191 +47,28 @@ import {
   withValidators,
 } from "./cache/policy.ts"
 import { type ByteRange, contentRange, rangeAnswer } from "./cache/range.ts"
+import {
+  type Claims,
+  type EntryMeta,
+  hasLifecycle,
+  isListing,
+  isShared,
+  type ListedEntry,
+  type Listing,
+  type ListOptions,
+  type MaybePromise,
+  type Store,
+  type Stored,
+  type Warn,
+  type WarnKind,
+} from "./cache/store.ts"
+import { type EntryView, entryView, type PurgeTarget, type VariantView, variantView } from "./cache/views.ts"
 
-// ───────────────────────────── the store contract ─────────────────────────────
+// The store contract lives in cache/store.ts; what users of the cache name is here too.
+export type { Listing, Store, TierStats, Warn, WarnKind } from "./cache/store.ts"
 
-/**
- * What is kept with every stored response: plain data, serialisable as JSON. The policy fills it;
- * a store reads only `vary` (to select) and `deleteAt` (to expire).
- */
-export interface EntryMeta {
-  status: number
-  /** Header pairs as the origin sent them, hop-by-hop fields removed: two Set-Cookie stay two. */
-  headers: [string, string][]
-  /** Each request header named by Vary → its normalised value; null = absent. */
-  vary: Record<string, string | null>
-  /** When the response arrived (RFC 9111 §4.2.3 response_time), ms since epoch. */
-  responseTime: number
-  /** ms since epoch after which the entry is of no use: stores never return it, and may drop it. */
-  deleteAt: number
-  /** corrected_initial_age (RFC 9111 §4.2.3), ms. */
-  initialAgeMs: number
-  /** freshness_lifetime (RFC 9111 §4.2.1), ms. */
-  freshMs: number
-  /** RFC 5861 windows, ms past staleness. */
-  staleWhileRevalidateMs: number
-  staleIfErrorMs: number
-  /** must-revalidate, proxy-revalidate or s-maxage (RFC 9111 §5.2.2.2, §5.2.2.8, §5.2.2.10). */
-  mustRevalidate: boolean
-  /** no-cache: validate before every use (RFC 9111 §5.2.2.4). */
-  noCache: boolean
-  etag: string | null
-  lastModified: string | null
-  /** Purge tags, from Surrogate-Key and Cache-Tag. Absent in entries stored before tags were kept. */
-  tags?: string[]
-}
-
-/** A stored response: its meta, its body's length and its body. */
-export interface Stored {
-  meta: EntryMeta
-  size: number
-  /** Bytes from memory, a file from disk (`Bun.file`, so hits can go out by sendfile), or a stream. */
-  body: Uint8Array | Blob | ReadableStream<Uint8Array>
-  /**
-   * Bytes `start` up to `end` (exclusive) of the body, read without the rest, in place of `body`
-   * (which is then neither read nor cancelled). Bytes and Blobs slice themselves: a store that
-   * hands out a stream gives this, or Range requests for it get the whole body (RFC 9110 §14.2).
-   */
-  slice?: (start: number, end: number) => ReadableStream<Uint8Array>
-}
-
-/** One variant in a listing: what the inspector and purge-by-prefix see. */
-export interface ListedEntry {
-  key: string
-  meta: EntryMeta
-  size: number
-  /** The tiers holding it, front first ("memory", "file", "redis"). */
-  tiers: string[]
-}
-
-export interface ListOptions {
-  /** Only keys that start with this. */
-  prefix?: string
-  /** Where the previous page ended (its `cursor`). */
-  cursor?: string
-  /** At most this many keys (each with all its variants). @default 100 */
-  limit?: number
-}
-
-export interface Page {
-  entries: ListedEntry[]
-  /** Pass it back for the next page; absent on the last page. */
-  cursor?: string
-}
-
-/** Entries and bytes held by one tier of a store. */
-export interface TierStats {
-  tier: string
-  entries: number
-  bytes: number
-  /** Entries this process removed to stay within the tier's bound; absent where the store evicts by itself (Redis). */
-  evictions?: number
-  /** The tier's own byte bound; none where the server keeps its own (Redis's maxmemory). */
-  maxBytes?: number
-}
-
-/** What a purge removes (or marks stale): one URL, every URL under a prefix, or every entry with a tag. */
-export type PurgeTarget = { url: string } | { prefix: string } | { tag: string }
-
-/** One variant as the admin API shows it. */
-export interface VariantView {
-  status: number
-  /** The request header values it was selected by (Vary); null = absent. */
-  vary: Record<string, string | null>
-  /** Body bytes. */
-  bytes: number
-  /** When it arrived, ms since epoch. */
-  storedAt: number
-  ageSeconds: number
-  /** Seconds of freshness left; negative once stale. */
-  ttlSeconds: number
-  fresh: boolean
-  tags: string[]
-  tiers: string[]
-  headers: [string, string][]
-}
-
-/** One URL as the admin API lists it: its variants summed up, the most recent one's figures. */
-export interface EntryView extends Omit<VariantView, "vary" | "headers"> {
-  url: string
-  method: string
-  variants: number
-  /** Hits this process has served from it since it started. */
-  hits: number
-}
-
-/** A store's answer that may come at once (memory) or later (disk, network). */
-export type MaybePromise<T> = T | Promise<T>
-
-/**
- * Where entries live. Several variants per key, told apart by their Vary selection (`meta.vary`):
- * a `put` replaces the variant with the same selection and leaves the others.
- */
-export interface Store {
-  /** The most recent variant whose Vary selection matches the request; never one past `deleteAt`. */
-  get(key: string, request: Headers): MaybePromise<Stored | undefined>
-  /** Whether any variant is stored under the key (RFC 9211 tells uri-miss from vary-miss by it). */
-  has(key: string): MaybePromise<boolean>
-  /**
-   * Stores a variant once its body has streamed in whole: true when kept, false when it cannot fit
-   * the store's bound. Rejects, leaving nothing, if the body fails.
-   */
-  put(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<boolean>
-  /** Replaces the meta of the stored variant with the same Vary selection, keeping its body (a 304). False when it is gone. */
-  update(key: string, meta: EntryMeta): Promise<boolean>
-  /** Removes every variant of the key. */
-  delete(key: string): Promise<void>
-  /** Removes everything. */
-  clear(): Promise<void>
-  /** Entries' metadata, page by page, in an order that stays put between pages. */
-  list(options?: ListOptions): Promise<Page>
-  /** Every live variant of one key, without its body (the inspector, purges). */
-  variants(key: string): Promise<ListedEntry[]>
-  /** The keys with a live variant tagged `tag`, found through an index kept with the entries. */
-  tagged(tag: string): Promise<string[]>
-  stats(): Promise<TierStats[]>
-  /** A tier in front of this store served this entry: count it as read, for the LRU order. */
-  used(key: string, meta: EntryMeta): void
-  /** Calls `listener` when entries go without a call to this store (eviction, another process): a key, or null for all. */
-  onDrop(listener: (key: string | null) => void): void
-  /**
-   * Claims fetching `key` from the origin for every process on this store: a function that ends
-   * the claim, or undefined when another process holds it (then `landed` waits for it). A store
-   * of one process grants every claim: the cache coalesces its own requests.
-   */
-  claim(key: string, ttlMs: number): Promise<(() => void) | undefined>
-  /** Resolves when the key's entry changes or the claim on it ends, or after `ms`. */
-  landed(key: string, ms: number): Promise<void>
-  /** Resolves once the store answers from everything it holds (the disk scan; a connection). */
-  ready(): Promise<void>
-  /** Resolves when the store answers now; rejects with the reason when it cannot (for readiness probes). */
-  ping(): Promise<void>
-  close(): Promise<void>
-}
-
-/** Ends a claim of a store of one process: there is nothing to end. */
-const LOCAL_CLAIM = () => {}
-
-/** A claim in a store of one process: always granted, since the cache coalesces its own requests. */
-export function grantClaim(): Promise<() => void> {
-  return Promise.resolve(LOCAL_CLAIM)
-}
-
-/** What a caught failure that the proxy carries on after is reported as. */
-export type WarnKind =
-  | "store-read"
-  | "store-write"
-  | "store-delete"
-  | "broken-entry"
-  | "body-length"
-  | "origin-body"
-  | "refresh"
-  | "store-connection"
-  | "proxy"
-  | "admin"
-
-/** Reports a failure the proxy carries on after: every `catch` that does not rethrow calls it. */
-export type Warn = (kind: WarnKind, detail: string) => void
+// The admin API's views of what is stored (cache/views.ts).
+export type { EntryView, PurgeTarget, VariantView } from "./cache/views.ts"
 
 // ───────────────────────────── configuration ─────────────────────────────
 
@@ -265,8 +106,6 @@ export type Forward = (headers: Headers) => Promise<Response>
 
 // ───────────────────────────── the cache ─────────────────────────────
 
-/** Cache-Status (RFC 9211) names us by this. */
-const CACHE_NAME = "caching-proxy"
 /** RFC 9110 §7.6.3: a proxy adds itself to Via, on requests and responses alike. */
 export const VIA = "1.1 caching-proxy"
 // RFC 9110 §9.2.1: every method but these may change state and invalidates (RFC 9111 §4.4).
@@ -277,6 +116,19 @@ const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304])
 const NOT_IN_304 = new Set(["content-length", "content-type", "content-encoding", "content-range", "content-language"])
 // Reasons not to store that belong to the request, not to the URL's responses.
 const REQUEST_REASONS = new Set(["head", "request-no-store", "authorization", "cookie"])
+
+// The outcomes that carry nothing of their own: one object each, so a hit allocates none.
+const HIT: Outcome = { kind: "hit" }
+const OFFLINE_HIT: Outcome = { kind: "hit", detail: "offline" }
+// RFC 9111 §4.2.4: served stale, as the request's max-stale allows.
+const MAX_STALE: Outcome = { kind: "stale", detail: "max-stale" }
+// RFC 5861 §3: served stale while a refresh runs.
+const STALE_WHILE_REVALIDATE: Outcome = { kind: "stale", detail: "stale-while-revalidate" }
+const COALESCED: Outcome = { kind: "coalesced", detail: "coalesced" }
+// Looked up, not found, and no answer from the origin either: still a miss, not a pass.
+const OFFLINE_MISS: Outcome = { kind: "miss", detail: "offline" }
+const ONLY_IF_CACHED: Outcome = { kind: "miss", detail: "only-if-cached" }
+const UNCACHED_METHOD: Outcome = { kind: "pass", fwd: "method" }
 
 interface Lookup {
   key: string
@@ -298,15 +150,16 @@ interface Exchange {
 interface HitHeaders {
   age: number
   ttl: number
-  cacheStatus: string
+  outcome: Outcome
   headers: Headers
 }
 
 /**
  * The HTTP cache: `respond` answers one request from the store or through `forward`,
  * following RFC 9111 for a shared cache, with one request per key to the origin at a time.
+ * `S` is the store's own type: whoever made the cache keeps the store's capabilities in `store`.
  */
-export class Cache {
+export class Cache<S extends Store = Store> {
   private readonly ignoreQuery: ReadonlySet<string>
   /** key → whether the origin request under way for it got its answer stored. */
   private readonly inFlight = new Map<string, Promise<boolean>>()
@@ -316,23 +169,38 @@ export class Cache {
   private readonly passes = new PassList()
   private readonly lastHitHeaders = new WeakMap<EntryMeta, HitHeaders>()
   private readonly hitCounts = new HitCounts()
+  /** The store, when processes share it and their claims (else the cache coalesces its own requests only). */
+  private readonly shared: (Store & Claims) | undefined
 
   constructor(
-    readonly store: Store,
+    readonly store: S,
     private readonly config: CacheConfig,
   ) {
     this.ignoreQuery = new Set(config.ignoreQuery)
+    this.shared = isShared(store) ? store : undefined
+  }
+
+  /** Resolves when the store answers now; rejects with the reason when it cannot. A store without a lifecycle (memory) always answers. */
+  async ping(): Promise<void> {
+    if (hasLifecycle(this.store)) await this.store.ping()
   }
 
   /** Waits for the store writes under way, then closes the store. */
   async close(): Promise<void> {
     await Promise.all(this.writes)
-    await this.store.close()
+    if (hasLifecycle(this.store)) await this.store.close()
+  }
+
+  /** The store's listing, which the admin API's views and purges need. */
+  private listing(): Store & Listing {
+    if (isListing(this.store)) return this.store
+    throw new Error("this store cannot list its entries")
   }
 
   /**
    * Answers a request with the client's `headers`; `forward` sends (possibly conditional) headers
-   * to the origin. The response carries Via, X-Cache and Cache-Status. A hit from memory is
+   * to the origin. The response carries Via, X-Cache and Cache-Status, rendered from its outcome
+   * (`outcomeOf(response)`, what the access log and metrics read). A hit from memory is
    * answered synchronously: no promise for Bun.serve to wait on.
    */
   respond(method: string, headers: Headers, target: string, forward: Forward): Response | Promise<Response> {
@@ -372,23 +240,21 @@ export class Cache {
       return this.dropUnanswerable(lookup, stored).then(() => this.decide(lookup, undefined, forward))
     const now = Date.now()
     if (this.config.offline) {
-      return stored
-        ? this.fromCache(stored, lookup, now, "hit; detail=offline")
-        : answer(504, "not in the cache (offline mode)\n", "detail=offline")
+      return stored ? this.fromCache(stored, lookup, now, OFFLINE_HIT) : answer(504, "not in the cache (offline mode)\n", OFFLINE_MISS)
     }
     if (stored) {
       const use = usability(stored.meta, lookup.directives, now)
-      if (use === "fresh") return this.fromCache(stored, lookup, now, "hit")
-      if (use === "stale-allowed") return this.fromCache(stored, lookup, now, "hit; detail=max-stale")
+      if (use === "fresh") return this.fromCache(stored, lookup, now, HIT)
+      if (use === "stale-allowed") return this.fromCache(stored, lookup, now, MAX_STALE)
       if (use === "stale-while-revalidate") {
         this.refreshInBackground(lookup, forward)
-        return this.fromCache(stored, lookup, now, "hit; detail=stale-while-revalidate")
+        return this.fromCache(stored, lookup, now, STALE_WHILE_REVALIDATE)
       }
     }
     // RFC 9111 §5.2.1.7: only-if-cached never goes to the origin; 504 when nothing fits.
     if (lookup.directives.has("only-if-cached")) {
       discard(stored)
-      return answer(504, "not in the cache (only-if-cached)\n", "detail=only-if-cached")
+      return answer(504, "not in the cache (only-if-cached)\n", ONLY_IF_CACHED)
     }
     if (lookup.method === "HEAD" || !this.isCoalescable(lookup) || this.passes.has(lookup.key, now)) {
       return this.fetchFromOrigin(lookup, stored, forward).then(responseOf)
@@ -408,7 +274,7 @@ export class Cache {
 
   /** Methods the cache does not answer: forwarded, and unsafe ones invalidate (RFC 9111 §4.4). */
   private async respondUncached(method: string, target: string, headers: Headers, forward: Forward): Promise<Response> {
-    if (this.config.offline) return answer(504, "not in the cache (offline mode)\n", "detail=offline")
+    if (this.config.offline) return answer(504, "not in the cache (offline mode)\n", OFFLINE_MISS)
     const response = finalResponse(await forward(headers))
     // RFC 9111 §4.4: a non-error response to an unsafe method invalidates the target URI and
     // the same-origin URIs in Location and Content-Location.
@@ -416,7 +282,7 @@ export class Cache {
       const targets = [target, ...sameOriginReferences(target, response.headers)]
       await Promise.all(targets.map((uri) => this.invalidate(cacheKey(uri, this.ignoreQuery))))
     }
-    return relay(response, "fwd=method", this.config.keepTagHeaders)
+    return relay(response, UNCACHED_METHOD, this.config.keepTagHeaders)
   }
 
   private async invalidate(key: string): Promise<void> {
@@ -428,36 +294,21 @@ export class Cache {
 
   /** A page of stored URLs, each with its variants summed up; `prefix` is a URL prefix. */
   async entries({ prefix = "", ...options }: ListOptions): Promise<{ entries: EntryView[]; cursor?: string }> {
-    const page = await this.store.list({ ...options, prefix: keyPrefix(prefix) })
+    const page = await this.listing().list({ ...options, prefix: keyPrefix(prefix) })
     // Not Map.groupBy: Node has it from 21 on, and the bundle runs on Node 20.
     const byKey = new Map<string, ListedEntry[]>()
     for (const entry of page.entries) byKey.set(entry.key, [...(byKey.get(entry.key) ?? []), entry])
     const now = Date.now()
-    return { entries: [...byKey].map(([key, variants]) => this.entryView(key, variants, now)), cursor: page.cursor }
+    return { entries: [...byKey].map(([key, variants]) => entryView(key, variants, this.hitCounts.of(key), now)), cursor: page.cursor }
   }
 
   /** One stored URL with every variant's headers; undefined when nothing is stored for it. */
   async entry(url: string): Promise<{ entry: EntryView; variants: VariantView[] } | undefined> {
     const key = cacheKey(url, this.ignoreQuery)
-    const listed = await this.store.variants(key)
+    const listed = await this.listing().variants(key)
     if (listed.length === 0) return undefined
     const now = Date.now()
-    return { entry: this.entryView(key, listed, now), variants: listed.map((variant) => variantView(variant, now)) }
-  }
-
-  private entryView(key: string, listed: ListedEntry[], now: number): EntryView {
-    const variants = listed.map((variant) => variantView(variant, now))
-    const { vary: _, headers: __, ...newest } = variants.reduce((a, b) => (b.storedAt > a.storedAt ? b : a))
-    return {
-      ...newest,
-      url: key.slice(key.indexOf(" ") + 1),
-      method: key.slice(0, key.indexOf(" ")),
-      variants: variants.length,
-      bytes: variants.reduce((sum, variant) => sum + variant.bytes, 0),
-      tags: [...new Set(variants.flatMap((variant) => variant.tags))],
-      tiers: [...new Set(variants.flatMap((variant) => variant.tiers))],
-      hits: this.hitCounts.of(key),
-    }
+    return { entry: entryView(key, listed, this.hitCounts.of(key), now), variants: listed.map((variant) => variantView(variant, now)) }
   }
 
   /**
@@ -474,17 +325,17 @@ export class Cache {
   /** The keys a purge target names, page by page. */
   private async *keysOf(target: PurgeTarget): AsyncGenerator<string> {
     if ("url" in target) return yield cacheKey(target.url, this.ignoreQuery)
-    if ("tag" in target) return yield* await this.store.tagged(target.tag)
+    if ("tag" in target) return yield* await this.listing().tagged(target.tag)
     let cursor: string | undefined
     do {
-      const page = await this.store.list({ prefix: keyPrefix(target.prefix), cursor })
+      const page = await this.listing().list({ prefix: keyPrefix(target.prefix), cursor })
       yield* new Set(page.entries.map((entry) => entry.key))
       cursor = page.cursor
     } while (cursor !== undefined)
   }
 
   private async purgeKey(key: string, soft: boolean): Promise<boolean> {
-    const variants = await this.store.variants(key)
+    const variants = await this.listing().variants(key)
     if (variants.length === 0) return false
     if (!soft) {
       this.hitCounts.forget(key)
@@ -504,13 +355,12 @@ export class Cache {
     if (!pending) return this.lead(lookup, stale, forward)
     // A leader whose client never reads its body would hold its waiters forever: they wait
     // at most as long as the origin may take to answer, then go themselves.
-    const stored = await waitAtMost(pending, this.config.coalesceWaitMs)
+    const stored = await withDeadline(pending, this.config.coalesceWaitMs, () => undefined)
     if (stored !== false) {
       discard(stale)
       const now = Date.now()
       const found = await this.read(lookup)
-      if (found && usability(found.meta, lookup.directives, now) === "fresh")
-        return this.fromCache(found, lookup, now, "hit; detail=coalesced")
+      if (found && usability(found.meta, lookup.directives, now) === "fresh") return this.fromCache(found, lookup, now, COALESCED)
       stale = found
     }
     // Not stored, or not for this client (Vary): this one goes to the origin by itself.
@@ -532,17 +382,20 @@ export class Cache {
 
   /**
    * Goes to the origin holding the store's claim on the key, so that processes sharing the store
-   * send one request between them too; without the claim, waits for the holder's answer.
+   * send one request between them too; without the claim, waits for the holder's answer. A store
+   * of one process has no claims: the cache's own coalescing is all there is.
    */
   private async claimThenFetch(lookup: Lookup, stale: Stored | undefined, forward: Forward): Promise<Exchange> {
-    const release = await this.store.claim(lookup.key, this.config.coalesceWaitMs).catch((error) => {
+    const { shared } = this
+    if (!shared) return this.fetchFromOrigin(lookup, stale, forward)
+    const release = await shared.claim(lookup.key, this.config.coalesceWaitMs).catch((error) => {
       this.config.warn("store-read", `claiming ${lookup.key}: ${(error as Error).message}`)
       return () => {} // the store is away: this process fetches it, coalescing its own requests only
     })
-    if (!release) return this.afterAnotherProcess(lookup, stale, forward)
+    if (!release) return this.afterAnotherProcess(shared, lookup, stale, forward)
     try {
       // Another process may have stored the answer between this request's read and its claim.
-      const landed = release === LOCAL_CLAIM ? undefined : await this.freshlyStored(lookup, stale)
+      const landed = await this.freshlyStored(lookup, stale)
       if (landed) {
         release()
         return landed
@@ -557,8 +410,8 @@ export class Cache {
   }
 
   /** Another process is fetching the key: its stored answer serves this request, else this one goes itself. */
-  private async afterAnotherProcess(lookup: Lookup, stale: Stored | undefined, forward: Forward): Promise<Exchange> {
-    await this.store
+  private async afterAnotherProcess(shared: Claims, lookup: Lookup, stale: Stored | undefined, forward: Forward): Promise<Exchange> {
+    await shared
       .landed(lookup.key, this.config.coalesceWaitMs)
       .catch((error) => this.config.warn("store-read", `waiting for ${lookup.key}: ${(error as Error).message}`))
     return (await this.freshlyStored(lookup, stale)) ?? this.fetchFromOrigin(lookup, stale, forward)
@@ -573,7 +426,7 @@ export class Cache {
       return undefined
     }
     discard(stale)
-    return { response: this.fromCache(found, lookup, now, "hit; detail=coalesced"), stored: Promise.resolve(true) }
+    return { response: this.fromCache(found, lookup, now, COALESCED), stored: Promise.resolve(true) }
   }
 
   /**
@@ -606,7 +459,7 @@ export class Cache {
     } catch (error) {
       fwd = await reason
       if (stale && error instanceof OriginError && mayServeStaleOnError(stale.meta, lookup.directives, Date.now(), true)) {
-        return notStored(this.fromCache(stale, lookup, Date.now(), `hit; fwd=${fwd}; detail=origin-unreachable`))
+        return notStored(this.fromCache(stale, lookup, Date.now(), { kind: "stale", fwd, detail: "origin-unreachable" }))
       }
       discard(stale)
       // RFC 9111 §5.2.2.2: a must-revalidate entry that cannot be validated gives 504.
@@ -624,10 +477,17 @@ export class Cache {
     // RFC 5861 §4: stale-if-error stands in for a 5xx from the origin.
     if (stale && response.status >= 500 && mayServeStaleOnError(stale.meta, lookup.directives, responseTime, false)) {
       await response.body?.cancel()
-      return notStored(this.fromCache(stale, lookup, responseTime, `hit; fwd=${fwd}; fwd-status=${response.status}; detail=stale-if-error`))
+      return notStored(
+        this.fromCache(stale, lookup, responseTime, {
+          kind: "stale",
+          fwd,
+          fwdStatus: response.status,
+          detail: "stale-if-error",
+        }),
+      )
     }
     discard(stale)
-    return this.storeWhileRelaying(lookup, response, requestTime, responseTime, `fwd=${fwd}; fwd-status=${response.status}`)
+    return this.storeWhileRelaying(lookup, response, requestTime, responseTime, fwd)
   }
 
   /** RFC 9111 §4.3.4: a 304 freshens the stored entry, whose body then answers the client. */
@@ -650,7 +510,7 @@ export class Cache {
         return false
       }),
     )
-    const response304 = this.fromCache({ ...stale, meta }, lookup, Date.now(), `hit; fwd=${fwd}; fwd-status=304`)
+    const response304 = this.fromCache({ ...stale, meta }, lookup, Date.now(), { kind: "revalidated", fwd, fwdStatus: 304 })
     return { response: response304, stored: Promise.resolve(updated) }
   }
 
@@ -676,8 +536,9 @@ export class Cache {
     response: Response,
     requestTime: number,
     responseTime: number,
-    cacheStatus: string,
+    fwd: string,
   ): Promise<Exchange> {
+    const asked = { fwd, fwdStatus: response.status }
     const control = responseControl(response.headers, this.config.targetList)
     const reason =
       lookup.method === "HEAD" // RFC 9110 §9.3.2: a HEAD response has no body to store
@@ -688,15 +549,16 @@ export class Cache {
       // A 206 or 304 answers this request's Range or conditions, not the URL's cacheability.
       const aboutTheUrl = !REQUEST_REASONS.has(reason) && response.status !== 206 && response.status !== 304
       if (aboutTheUrl) this.passes.add(lookup.key, responseTime)
-      return notStored(relay(response, `${cacheStatus}; detail=${reason}`, this.config.keepTagHeaders))
+      return notStored(relay(response, { kind: "pass", ...asked, detail: reason }, this.config.keepTagHeaders))
     }
     const vary = varySelection(varyNames(response.headers) as string[], lookup.headers) // "*" was refused above
     const meta = describeResponse(response.status, response.headers, control, vary, requestTime, responseTime, this.config)
-    if (isUselessToStore(meta)) return notStored(relay(response, `${cacheStatus}; detail=stale-on-arrival`, this.config.keepTagHeaders))
+    if (isUselessToStore(meta))
+      return notStored(relay(response, { kind: "pass", ...asked, detail: "stale-on-arrival" }, this.config.keepTagHeaders))
     const { body, stored } = this.teeIntoStore(lookup.key, response, meta)
     const length = Number(response.headers.get("content-length") ?? Infinity)
     const framed = body && length <= READ_AHEAD_BYTES ? await readAhead(body) : body
-    return { response: relay(new Response(framed, response), `${cacheStatus}; stored`, this.config.keepTagHeaders), stored }
+    return { response: relay(new Response(framed, response), { kind: "miss", ...asked, stored: true }, this.config.keepTagHeaders), stored }
   }
 
   private tooLarge(headers: Headers): string | null {
@@ -801,10 +663,14 @@ export class Cache {
   // ───────────── answers ─────────────
 
   /** A response from a stored entry, RFC 9111 §4 (Age per §5.1, conditionals per §4.3.2). */
-  private fromCache(stored: Stored, lookup: Lookup, now: number, cacheStatus: string): Response {
+  private fromCache(stored: Stored, lookup: Lookup, now: number, outcome: Outcome): Response {
+    return withOutcome(this.cachedAnswer(stored, lookup, now, outcome), outcome)
+  }
+
+  private cachedAnswer(stored: Stored, lookup: Lookup, now: number, outcome: Outcome): Response {
     const { meta } = stored
     this.hitCounts.count(lookup.key)
-    const headers = this.hitHeaders(stored, now, cacheStatus)
+    const headers = this.hitHeaders(stored, now, outcome)
     if (meta.status === 200 && isNotModified(lookup.headers, meta, now)) {
       discard(stored)
       const notModified = new Headers(headers)
@@ -850,21 +716,21 @@ export class Cache {
    * A hit's headers: the stored fields plus Age (RFC 9111 §5.1), X-Cache and Cache-Status
    * (RFC 9211). Both numbers change once a second, so most hits reuse the last ones built.
    */
-  private hitHeaders({ meta, size }: Stored, now: number, cacheStatus: string): Headers {
+  private hitHeaders({ meta, size }: Stored, now: number, outcome: Outcome): Headers {
     const age = Math.floor(currentAgeMs(meta, now) / 1000)
     const ttl = Math.round(ttlMs(meta, now) / 1000)
     const last = this.lastHitHeaders.get(meta)
-    if (last && last.age === age && last.ttl === ttl && last.cacheStatus === cacheStatus) return last.headers
+    if (last && last.age === age && last.ttl === ttl && last.outcome === outcome) return last.headers
     const headers = new Headers(meta.headers)
     headers.append("via", VIA)
     headers.set("age", String(age))
-    headers.set("x-cache", "HIT")
-    headers.set("cache-status", `${CACHE_NAME}; ${cacheStatus}; ttl=${ttl}`)
+    headers.set("x-cache", xCache(outcome))
+    headers.set("cache-status", cacheStatus(outcome, ttl))
     // The stored body is whole: its length is known even when the origin sent it chunked (and
     // the access log and metrics count a hit's bytes by it, never touching the body). RFC 9110
     // §8.6: never on a status that has no content.
     if (!NULL_BODY_STATUS.has(meta.status)) headers.set("content-length", String(size))
-    this.lastHitHeaders.set(meta, { age, ttl, cacheStatus, headers })
+    this.lastHitHeaders.set(meta, { age, ttl, outcome, headers })
     return headers
   }
 }
@@ -898,23 +764,6 @@ class HitCounts {
 /** The key prefix of every URL that starts with `urlPrefix` (only GETs are stored). */
 function keyPrefix(urlPrefix: string): string {
   return `GET ${urlPrefix}`
-}
-
-/** One stored variant as the admin API shows it. */
-function variantView({ meta, size, tiers }: ListedEntry, now: number): VariantView {
-  const ttl = ttlMs(meta, now)
-  return {
-    status: meta.status,
-    vary: meta.vary,
-    bytes: size,
-    storedAt: meta.responseTime,
-    ageSeconds: Math.floor(currentAgeMs(meta, now) / 1000),
-    ttlSeconds: Math.round(ttl / 1000),
-    fresh: ttl > 0 && !meta.noCache,
-    tags: meta.tags ?? [],
-    tiers,
-    headers: meta.headers,
-  }
 }
 
 // How long a key whose response could not be stored skips coalescing (Varnish's hit-for-miss).
@@ -1007,7 +856,7 @@ function discard(stored: Stored | undefined): void {
 }
 
 /** The origin's response for the client, hop-by-hop (and tag) fields dropped, with our two status fields. */
-function relay(response: Response, cacheStatus: string, keepTagHeaders: boolean): Response {
+function relay(response: Response, outcome: Outcome, keepTagHeaders: boolean): Response {
   // Edited in place: a new Response around the origin's body would cost Bun its native
   // pass-through of the body (about an eighth of the no-store MISS throughput).
   const { headers } = response
@@ -1015,22 +864,18 @@ function relay(response: Response, cacheStatus: string, keepTagHeaders: boolean)
   const dropped = [...headers.keys()].filter((name) => isHopByHop(name) || (!keepTagHeaders && isTagHeader(name)))
   for (const name of dropped) headers.delete(name)
   headers.append("via", VIA)
-  headers.set("x-cache", "MISS")
-  headers.set("cache-status", `${CACHE_NAME}; ${cacheStatus}`)
-  return response
+  headers.set("x-cache", xCache(outcome))
+  headers.set("cache-status", cacheStatus(outcome))
+  return withOutcome(response, outcome)
 }
 
 /** A short answer of our own (errors, only-if-cached, offline). */
-export function answer(status: number, text: string, cacheStatus: string): Response {
-  return new Response(text, {
-    status,
-    headers: { "content-type": "text/plain; charset=utf-8", via: VIA, "x-cache": "MISS", "cache-status": `${CACHE_NAME}; ${cacheStatus}` },
-  })
-}
-
-/** The promise's value, or undefined when `ms` pass first. */
-function waitAtMost<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
-  let timer: ReturnType<typeof setTimeout> | undefined
-  const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), ms)))
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
+export function answer(status: number, text: string, outcome: Outcome): Response {
+  const headers = {
+    "content-type": "text/plain; charset=utf-8",
+    via: VIA,
+    "x-cache": xCache(outcome),
+    "cache-status": cacheStatus(outcome),
+  }
+  return withOutcome(new Response(text, { status, headers }), outcome)
 }

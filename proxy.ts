@@ -16,14 +16,15 @@ import { DirInUse, lockDir } from "./cache/dir-lock.ts"
 import { FileStore } from "./cache/file-store.ts"
 import { GroupMemberStore } from "./cache/group-store.ts"
 import { MemoryStore } from "./cache/memory-store.ts"
+import { isFromCache, outcomeOf } from "./cache/outcome.ts"
 import { targetList } from "./cache/policy.ts"
-import { MEMORY_BODY_LIMIT_BYTES, TieredStore } from "./cache/tiered-store.ts"
-import { answer, Cache, type Forward, OriginError, type OriginFailure, type Store, type Warn } from "./cache.ts"
+import { type Behind, MEMORY_BODY_LIMIT_BYTES, type TieredStore, tieredStore } from "./cache/tiered-store.ts"
+import { answer, Cache, type Forward, OriginError, type OriginFailure, type Warn } from "./cache.ts"
 import packageJson from "./package.json" with { type: "json" }
 import { createAdmin } from "./proxy/admin.ts"
 import { forwardedHeaders, HIDDEN_DOT_DOT_REFUSED, type Hop, resolvedPath, rewriteLocations } from "./proxy/forwarding.ts"
 import { helpText } from "./proxy/help.ts"
-import { type Access, cacheOutcome, createAccessLog, createWarn, isFromCache } from "./proxy/log.ts"
+import { type Access, createAccessLog, createWarn } from "./proxy/log.ts"
 import { ProxyMetrics } from "./proxy/metrics.ts"
 import {
   type Args,
@@ -67,7 +68,7 @@ export interface ProxyOutput {
 }
 
 /** The store entries live in: the disk under --cache-dir, or Redis (its code loaded only then). */
-async function openStore(options: ProxyOptions, warn: Warn): Promise<Store> {
+async function openStore(options: ProxyOptions, warn: Warn): Promise<Behind> {
   if (options.store.kind === "file") {
     // A worker's share of the directory its primary indexes (proxy/workers.ts).
     const member = workerRole() !== undefined
@@ -80,10 +81,10 @@ async function openStore(options: ProxyOptions, warn: Warn): Promise<Store> {
 }
 
 /** What the cache holds: memory (--memory-size) in front of the store, per process. */
-function tiered(options: ProxyOptions, behind: Store): Store {
+function tiered(options: ProxyOptions, behind: Behind): TieredStore {
   const memory = new MemoryStore({ maxBytes: options.memorySize })
   const memoryBodyLimit = Math.min(MEMORY_BODY_LIMIT_BYTES, options.memorySize / 8)
-  return new TieredStore(memory, behind, { memoryBodyLimit })
+  return tieredStore(memory, behind, { memoryBodyLimit })
 }
 
 /** The origin's part in one request, for its access line. */
@@ -148,7 +149,8 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
     const requested = runtime.requestTarget(c)
     const path = resolvedPath(requested)
     const trip: OriginTrip | undefined = record ? {} : undefined
-    const response = path === undefined ? answer(400, HIDDEN_DOT_DOT_REFUSED, "detail=bad-request") : respond(c, method, path, trip)
+    const response =
+      path === undefined ? answer(400, HIDDEN_DOT_DOT_REFUSED, { kind: "pass", detail: "bad-request" }) : respond(c, method, path, trip)
     if (!trip && !options.rewriteLocation) return response
     const shown = path ?? requested
     if (!(response instanceof Promise)) return sent(c, response, method, shown, arrived, trip)
@@ -214,11 +216,11 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
   function failed(error: unknown, method: string, path: string): Response {
     const isOrigin = error instanceof OriginError
     if (!isOrigin) warn("proxy", `${method} ${path} failed: ${(error as Error).message}`)
-    return answer(
-      isOrigin ? error.status : 502,
-      `${isOrigin ? error.message : "the proxy failed to forward this request"}\n`,
-      "fwd=uri-miss; detail=origin-error",
-    )
+    return answer(isOrigin ? error.status : 502, `${isOrigin ? error.message : "the proxy failed to forward this request"}\n`, {
+      kind: "miss",
+      fwd: "uri-miss",
+      detail: "origin-error",
+    })
   }
 
   app.onError((error, c) => failed(error, c.req.method, runtime.requestTarget(c)))
@@ -255,7 +257,7 @@ function timed(
   record: (access: Access) => void,
 ): Response {
   const { status, headers } = response
-  const cache = cacheOutcome(headers.get("cache-status"))
+  const cache = outcomeOf(response).kind
   const originError = trip.failure && (status === 502 || status === 504) ? trip.failure : undefined
   const access: Access = { method, path, status, cache, ms: 0, bytes: 0, originMs: trip.ms, originError }
   if (isFromCache(cache)) {

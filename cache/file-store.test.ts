@@ -26,10 +26,10 @@ import {
 import * as fsPromises from "node:fs/promises"
 import { tmpdir } from "node:os"
 import { basename, dirname, join } from "node:path"
-import type { EntryMeta, WarnKind } from "../cache.ts"
 import { TEST_OPTIONS } from "../proxy/options.fixture.ts"
 import { createProxy, type ProxyOptions, serve } from "../proxy.ts"
 import { bunFiles, FileStore } from "./file-store.ts"
+import type { EntryMeta, WarnKind } from "./store.ts"
 
 // ───────────────────────────── helpers ─────────────────────────────
 

@@ -15,115 +15,60 @@
  * size and digest; only the store's own file names are ever removed. Anything else is a broken
  * entry: reported, removed, and a miss.
  */
-import { createHash, randomBytes } from "node:crypto"
-import { constants, type Dirent, type Stats, statfsSync } from "node:fs"
+import { randomBytes } from "node:crypto"
+import { constants, type Dirent, type Stats } from "node:fs"
 import * as fs from "node:fs/promises"
 import { basename, dirname, join, relative } from "node:path"
+import { sha256 } from "./bytes.ts"
+import { DiskUsage, type IndexChange } from "./disk-usage.ts"
+import type { FileApi } from "./file-api.ts"
 import {
-  type EntryMeta,
-  grantClaim,
-  type ListedEntry,
-  type ListOptions,
-  type MaybePromise,
-  type Page,
-  type Store,
-  type Stored,
-  type TierStats,
-  type Warn,
-} from "../cache.ts"
-import { isFinalStatus, selectVariant } from "./policy.ts"
+  type BodyRecord,
+  Broken,
+  bodyFileNamed,
+  bodyProblem,
+  entryMetaOf,
+  FORMAT_DIR,
+  GENERATION_FILE,
+  KEY_DIR_NAME,
+  MAX_GENERATION_BYTES,
+  MAX_META_BYTES,
+  META_NAME,
+  META_SUFFIX,
+  type MetaFile,
+  metaFileText,
+  parseMetaFile,
+  positionOf,
+  SHARD_NAME,
+  TAGS_DIR,
+  TEMP_SUFFIX,
+  variantIdOf,
+  variantOfBody,
+  writeId,
+} from "./file-format.ts"
+import { blockBytesOf, hashFile, isMissing, READ_FLAGS, readSmallFile, readWhole, removeOwnFile, versionOf, writeAll } from "./file-io.ts"
+import { selectVariant } from "./policy.ts"
+import type {
+  Drops,
+  EntryMeta,
+  Lifecycle,
+  ListedEntry,
+  Listing,
+  ListOptions,
+  MaybePromise,
+  Page,
+  ReadNotices,
+  Store,
+  Stored,
+  TierStats,
+  Warn,
+} from "./store.ts"
 import { MEMORY_BODY_LIMIT_BYTES } from "./tiered-store.ts"
 
-// ───────────────────────────── the runtime seam ─────────────────────────────
-
-/**
- * The file reads that differ between Bun and Node, chosen once at start-up and passed in.
- * Writes go through node:fs under both runtimes: its writes run off the event loop, so disk and
- * network overlap. Measured on a 512 MiB MISS, Bun's FileSink (which writes on the event loop
- * once its buffer fills) reached a third of the throughput.
- */
-export interface FileApi {
-  /**
-   * A large body for a response, from its file: `handle` is that file, opened without following
-   * links and checked, and `size` its length. The body (or its slice) takes the handle over.
-   */
-  responseBody(path: string, handle: fs.FileHandle, size: number): Promise<Pick<Stored, "body" | "slice">>
-}
-
-export const bunFiles: FileApi = {
-  // Bun.file lets Bun.serve send by sendfile, but it opens the path again when it sends (given a
-  // descriptor instead, it never closes it): a file swapped in between the check and that moment
-  // is not seen. Streaming from the checked handle, as under Node, would close that window and
-  // cost sendfile on every large hit.
-  // A Range is served by the Blob's own slice, with sendfile from the offset.
-  async responseBody(path, handle) {
-    await handle.close()
-    return { body: Bun.file(path) }
-  },
-}
-
-export const nodeFiles: FileApi = {
-  // Streams from the very file that was checked: a swap after the check changes nothing. The
-  // whole body or a slice of it, whichever the cache sends, closes the handle.
-  responseBody: async (_path, handle, size) => ({
-    body: fileStream(handle, 0, size),
-    slice: (start, end) => fileStream(handle, start, end),
-  }),
-}
-
-// A file body is read this many bytes at a time (as node:fs read streams do).
-const FILE_READ_BYTES = 64 * 1024
-
-/**
- * Bytes `start` up to `end` of an open file, read at explicit positions as the reader pulls, and
- * the handle closed explicitly once they are read, failed or cancelled: never left to garbage
- * collection (Node's DEP0137). Nothing is read before the first pull.
- */
-function fileStream(handle: fs.FileHandle, start: number, end: number): ReadableStream<Uint8Array> {
-  let position = start
-  let closing: Promise<void> | undefined
-  const close = () => (closing ??= handle.close())
-  return new ReadableStream<Uint8Array>(
-    {
-      async pull(controller) {
-        try {
-          const length = Math.min(FILE_READ_BYTES, end - position)
-          const { bytesRead, buffer } = await handle.read(Buffer.allocUnsafe(length), 0, length, position)
-          if (bytesRead === 0) throw new Error(`the file ended at byte ${position} of ${end}`)
-          position += bytesRead
-          controller.enqueue(new Uint8Array(buffer.buffer, buffer.byteOffset, bytesRead))
-          if (position < end) return
-          await close()
-          controller.close()
-        } catch (error) {
-          await close().catch(() => undefined) // the read's failure is what the reader learns
-          controller.error(error)
-        }
-      },
-      cancel: () => close(),
-    },
-    { highWaterMark: 0 },
-  )
-}
+// The runtime seam (Bun's or Node's file reads) is its own file; importers of the store find it here too.
+export { bunFiles, type FileApi, nodeFiles } from "./file-api.ts"
 
 // ───────────────────────────── the store ─────────────────────────────
-
-/** What lives on disk next to the body: the meta, plus what ties it to its key and body. */
-interface MetaFile extends EntryMeta {
-  format: 1
-  key: string
-  bodyFile: string
-  size: number
-  /** The body's sha256, hex. Metas written before it was kept have none: their bodies are checked by size only. */
-  sha256?: string
-}
-
-/** What a meta says of its body. */
-interface BodyRecord {
-  bodyFile: string
-  size: number
-  sha256: string | undefined
-}
 
 /** A variant as found on disk. */
 interface DiskVariant extends Omit<ListedEntry, "tiers"> {
@@ -134,44 +79,17 @@ interface DiskVariant extends Omit<ListedEntry, "tiers"> {
   bytes: number
 }
 
-const FORMAT_DIR = "v1"
-const TAGS_DIR = "tags"
-const META_SUFFIX = ".meta"
-const TEMP_SUFFIX = ".tmp"
-// The names the store gives: a shard is a key hash's first two hex digits, a key's directory the
-// hash, a meta `<variant id>.meta`, a body `<variant id>.<write id>.body`.
-const SHARD_NAME = /^[0-9a-f]{2}$/
-const KEY_DIR_NAME = /^[0-9a-f]{64}$/
-const META_NAME = /^[0-9a-f]{64}\.meta$/
-const BODY_NAME = /^([0-9a-f]{64})\.[0-9a-f]{12}\.body$/
-const SHA256_HEX = /^[0-9a-f]{64}$/
-/** Written by `clear`: a running proxy that sees it change forgets what it holds. */
-const GENERATION_FILE = "generation"
 const GENERATION_POLL_MS = 1000
-const MAX_GENERATION_BYTES = 64
 const PERSIST_LRU_EVERY_MS = 60_000
 const DEFAULT_PAGE_KEYS = 100
-// Metas written before `deleteAt` existed have none: they are kept until evicted.
-const NEVER = Number.MAX_SAFE_INTEGER
-// Every read opens with these: a link is refused (ELOOP) rather than followed, and a FIFO in a
-// file's place cannot hang the open (it is then refused as no regular file).
-const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK
-// A meta is a few KiB (the runtimes bound the headers in it): a larger file is none of ours, and
-// is not read into memory.
-const MAX_META_BYTES = 1 << 20
 /**
  * Bodies up to this size are read whole when found and checked against their digest: the memory
  * tier in front reads them whole anyway, so the check costs no second read. Larger ones are
  * served from their file (sendfile under Bun); see `verifyOnce`.
  */
 const WHOLE_BODY_BYTES = MEMORY_BODY_LIMIT_BYTES
-// A large body is hashed this many bytes at a time.
-const HASH_SLICE_BYTES = 1 << 20
 // Reads of a key whose variant keeps changing under them (puts, evictions) before it is a miss.
 const MAX_READS = 10
-// Where the file system cannot be asked (the directory is not made yet): the common block size.
-const DEFAULT_BLOCK_BYTES = 4096
-
 export interface FileStoreOptions {
   /** Root of the cache; entries live under `<dir>/v1`. */
   dir: string
@@ -188,21 +106,14 @@ export interface FileStoreOptions {
   member?: boolean
 }
 
-/** A variant indexed (written, or read: it moves to the most recent end) or gone, as a group member tells its coordinator. */
-export type IndexChange = { metaPath: string; key: string; bytes: number } | { metaPath: string; gone: true }
-
-export class FileStore implements Store {
+export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle {
   private readonly dir: string
   private readonly root: string
   private readonly maxBytes: number
   private readonly files: FileApi
   private readonly warn: Warn
-  /** meta path → bytes on disk (meta + body, in whole blocks), in least-recently-used order. */
-  private readonly lru = new Map<string, { bytes: number; key: string; persistedAt: number }>()
-  /** Files no entry names (a failed write's, an earlier run's) that could not be removed yet: path → bytes. */
-  private readonly leftovers = new Map<string, number>()
-  /** Bytes of both maps above; with the directories', what the bound applies to (`occupiedBytes`). */
-  private totalBytes = 0
+  /** What the store takes on disk, in LRU order: what the bound applies to. */
+  private readonly usage: DiskUsage
   /** Variants removed to stay within the bound, since start-up. */
   private evictions = 0
   /** Meta path → the version of its large body last found whole (see `verifyOnce`). */
@@ -215,23 +126,12 @@ export class FileStore implements Store {
   private readonly putsUnderWay = new Map<string, Set<{ calledOff: boolean }>>()
   /** Key directory → how many deletes of the key are under way. */
   private readonly deleting = new Map<string, number>()
-  /** Key directories seen by the scan or made since, and not removed: where entries may be. */
-  private readonly knownDirs = new Set<string>()
-  /** Shard directory → how many of the known key directories are in it. */
-  private readonly shardDirs = new Map<string, number>()
-  /** The tag index's directories, one per tag: counted against the bound like the others. */
-  private readonly tagDirs = new Set<string>()
-  /** The file system's block: a file or a directory takes whole blocks. */
-  private readonly blockBytes: number
   private scanDone = false
   /** Bumped by `clear` and by another process's clear: a scan from before must not index. */
   private epoch = 0
-  /** The meta path last moved to the most-recently-used end. */
-  private mostRecent: string | undefined
   /** Where each meta handed out lives, so an upper tier's hit can count as a read here. */
   private readonly metaPaths = new WeakMap<EntryMeta, string>()
   private readonly dropListeners: ((key: string | null) => void)[] = []
-  private readonly indexListeners: ((change: IndexChange) => void)[] = []
   private readonly member: boolean
   private readonly scanned: Promise<void>
   private generation: string | undefined
@@ -246,19 +146,12 @@ export class FileStore implements Store {
     this.maxBytes = maxBytes
     this.files = files
     this.warn = warn
+    this.usage = new DiskUsage(blockBytesOf(dir))
     this.member = member
-    this.blockBytes = blockBytesOf(dir)
     this.scanned = member ? Promise.resolve() : this.scan()
     this.generationTimer = setInterval(() => void this.checkGeneration(), GENERATION_POLL_MS)
     this.generationTimer.unref?.()
     void this.checkGeneration()
-  }
-
-  readonly claim = grantClaim
-
-  /** No other process holds claims here: nothing to wait for. */
-  landed(): Promise<void> {
-    return Promise.resolve()
   }
 
   ready(): Promise<void> {
@@ -406,7 +299,7 @@ export class FileStore implements Store {
     if (!stat) return
     if (!stat.isDirectory()) {
       // A key directory that is a link: rm removes the link, never what it points to.
-      this.forgetKeyDir(dir)
+      this.usage.forgetKeyDir(dir)
       await fs.rm(dir, { recursive: true, force: true })
       return
     }
@@ -489,7 +382,7 @@ export class FileStore implements Store {
 
   stats(): Promise<TierStats[]> {
     return Promise.resolve([
-      { tier: "file", entries: this.lru.size, bytes: this.occupiedBytes(), evictions: this.evictions, maxBytes: this.maxBytes },
+      { tier: "file", entries: this.usage.lru.size, bytes: this.usage.occupiedBytes(), evictions: this.evictions, maxBytes: this.maxBytes },
     ])
   }
 
@@ -500,8 +393,8 @@ export class FileStore implements Store {
   used(key: string, meta: EntryMeta): void {
     const metaPath = this.metaPaths.get(meta)
     // The hottest entry is already last: no reordering and no utimes on each of its hits.
-    if (metaPath === undefined || metaPath === this.mostRecent) return
-    const entry = this.lru.get(metaPath)
+    if (metaPath === undefined || metaPath === this.usage.mostRecent) return
+    const entry = this.usage.lru.get(metaPath)
     if (entry) this.touch(metaPath, key, entry.bytes)
   }
 
@@ -511,7 +404,7 @@ export class FileStore implements Store {
 
   /** A group member's index, change by change, for its coordinator. */
   onIndexChange(listener: (change: IndexChange) => void): void {
-    this.indexListeners.push(listener)
+    this.usage.onChange(listener)
   }
 
   /** The coordinator's part: what the group's members indexed and removed joins this index, then the bound is held. */
@@ -523,13 +416,13 @@ export class FileStore implements Store {
         this.forget(change.metaPath)
         left.add(dir)
       } else {
-        this.knowKeyDir(dir)
-        this.account(change.metaPath, change.key, change.bytes)
+        this.usage.knowKeyDir(dir)
+        this.usage.account(change.metaPath, change.key, change.bytes)
       }
     }
     for (const dir of left) {
       const stat = await fs.lstat(dir).catch(this.ifMissing(undefined, "indexing a worker's removal"))
-      if (!stat) this.forgetKeyDir(dir)
+      if (!stat) this.usage.forgetKeyDir(dir)
     }
     await this.evict()
   }
@@ -547,7 +440,7 @@ export class FileStore implements Store {
 
   /** False only when the key surely has nothing on disk: the scan is done and never saw it. */
   private mayHold(dir: string): boolean {
-    return !this.scanDone || this.knownDirs.has(dir)
+    return !this.scanDone || this.usage.knownDirs.has(dir)
   }
 
   /** Every complete, unexpired variant in a key's directory. Broken and expired ones are removed, never returned. */
@@ -593,7 +486,7 @@ export class FileStore implements Store {
     const problem = bodyProblem(stat, file.size)
     if (problem) throw new Broken(problem)
     const meta = entryMetaOf(file)
-    const bytes = this.inBlocks(metaBytes) + this.inBlocks(file.size)
+    const bytes = this.usage.inBlocks(metaBytes) + this.usage.inBlocks(file.size)
     this.index(metaPath, file.key, bytes)
     this.metaPaths.set(meta, metaPath)
     return { key: file.key, meta, size: file.size, sha256: file.sha256, metaPath, bodyPath, bytes }
@@ -612,13 +505,7 @@ export class FileStore implements Store {
   /** The body file a variant's meta names now, however broken the rest of it; none when it is gone. */
   private async namedBody(metaPath: string): Promise<string | undefined> {
     const bytes = await readSmallFile(metaPath, MAX_META_BYTES).catch(this.ifMissing(undefined, "reading a meta"))
-    if (bytes === undefined) return undefined
-    try {
-      const file: unknown = JSON.parse(bytes.toString("utf8"))
-      return isRecord(file) && isString(file.bodyFile) ? file.bodyFile : undefined
-    } catch {
-      return undefined // not JSON: its reader reports and discards it
-    }
+    return bytes === undefined ? undefined : bodyFileNamed(bytes.toString("utf8"))
   }
 
   /**
@@ -674,7 +561,7 @@ export class FileStore implements Store {
     }
     if ((await pass) !== variant.sha256) throw new Broken("its body does not match its digest")
     // Not for a variant evicted while it was hashed: nothing would forget it.
-    if (this.lru.has(variant.metaPath)) this.verified.set(variant.metaPath, version)
+    if (this.usage.lru.has(variant.metaPath)) this.verified.set(variant.metaPath, version)
   }
 
   /** Reports a broken entry and removes it: a miss. Anything but a broken entry is rethrown. */
@@ -688,7 +575,7 @@ export class FileStore implements Store {
   // ───────────── writing ─────────────
 
   private async makeKeyDir(dir: string): Promise<void> {
-    this.knowKeyDir(dir)
+    this.usage.knowKeyDir(dir)
     await this.makeOwnDir(dir)
   }
 
@@ -706,8 +593,7 @@ export class FileStore implements Store {
    */
   private async writeMeta(key: string, dir: string, variantId: string, body: BodyRecord, meta: EntryMeta, version?: string): Promise<void> {
     const metaPath = join(dir, variantId + META_SUFFIX)
-    const file: MetaFile = { format: 1, key, ...body, ...meta }
-    const text = JSON.stringify(file)
+    const text = metaFileText(key, body, meta)
     const tempMeta = `${metaPath}.${writeId()}${TEMP_SUFFIX}`
     this.writing.add(tempMeta)
     try {
@@ -723,7 +609,7 @@ export class FileStore implements Store {
     // Named by the meta now: a cleanup keeps the body for that.
     this.writing.delete(join(dir, body.bodyFile))
     this.metaPaths.set(meta, metaPath)
-    this.account(metaPath, key, this.inBlocks(Buffer.byteLength(text)) + this.inBlocks(body.size))
+    this.usage.account(metaPath, key, this.usage.inBlocks(Buffer.byteLength(text)) + this.usage.inBlocks(body.size))
     if (version) this.verified.set(metaPath, version)
     // Reported, not thrown: the entry is stored; only a purge by its tag would miss it.
     await this.indexTags(key, meta.tags ?? []).catch((error) => this.warn("store-write", `indexing the tags of ${key}: ${error.message}`))
@@ -752,7 +638,7 @@ export class FileStore implements Store {
     const keyHash = sha256(key)
     for (const tag of tags) {
       const dir = this.tagDir(tag)
-      this.tagDirs.add(dir)
+      this.usage.tagDirs.add(dir)
       await this.makeOwnDir(dir)
       // "wx": already indexed (or a link in its place, never written through) is left as it is.
       await fs.writeFile(join(dir, keyHash), "", { flag: "wx" }).catch((error: NodeJS.ErrnoException) => {
@@ -790,12 +676,12 @@ export class FileStore implements Store {
    */
   private async removeEmptyDir(dir: string): Promise<void> {
     // Forgotten first: a put that makes it again meanwhile counts it again.
-    this.forgetKeyDir(dir)
+    this.usage.forgetKeyDir(dir)
     try {
       await fs.rmdir(dir)
     } catch (error) {
       if (isMissing(error)) return
-      this.knowKeyDir(dir) // still holds something: a variant, a write under way, a file not ours
+      this.usage.knowKeyDir(dir) // still holds something: a variant, a write under way, a file not ours
       const code = (error as NodeJS.ErrnoException).code
       if (code !== "ENOTEMPTY" && code !== "EEXIST") this.warn("store-delete", `removing ${dir}: ${(error as Error).message}`)
       return
@@ -804,7 +690,7 @@ export class FileStore implements Store {
   }
 
   private async removeEmptyShard(shard: string): Promise<void> {
-    if (this.shardDirs.has(shard)) return
+    if (this.usage.shardDirs.has(shard)) return
     await fs.rmdir(shard).catch((error: NodeJS.ErrnoException) => {
       // Not empty: a key directory was made in it meanwhile, or holds what is not ours.
       if (!isMissing(error) && error.code !== "ENOTEMPTY" && error.code !== "EEXIST")
@@ -834,7 +720,7 @@ export class FileStore implements Store {
     } catch (error) {
       this.warn("store-delete", `removing ${path}: ${(error as Error).message}`)
       const stat = await fs.lstat(path).catch(this.ifMissing(undefined, "sizing a leftover"))
-      if (stat) this.countLeftover(path, this.inBlocks(stat.size))
+      if (stat) this.usage.countLeftover(path, this.usage.inBlocks(stat.size))
     }
   }
 
@@ -846,18 +732,18 @@ export class FileStore implements Store {
    * front. A variant another process wrote since the scan is indexed as new.
    */
   private index(metaPath: string, key: string, bytes: number): void {
-    const entry = this.lru.get(metaPath)
+    const entry = this.usage.lru.get(metaPath)
     if (entry) entry.key = key
-    else this.account(metaPath, key, bytes)
+    else this.usage.account(metaPath, key, bytes)
   }
 
   private touch(metaPath: string, key: string, bytes: number): void {
-    const persistedAt = this.lru.get(metaPath)?.persistedAt ?? 0
+    const persistedAt = this.usage.lru.get(metaPath)?.persistedAt ?? 0
     const now = Date.now()
     // The LRU order survives restarts through mtime, written at most once a minute per entry
     // so that hits cost no syscall; losing one update is harmless.
     const stale = now - persistedAt > PERSIST_LRU_EVERY_MS
-    this.account(metaPath, key, bytes, stale ? now : persistedAt)
+    this.usage.account(metaPath, key, bytes, stale ? now : persistedAt)
     if (!stale) return
     fs.lutimes(metaPath, now / 1000, now / 1000).catch((error) => {
       // An entry evicted or replaced since it was read has nothing left to record.
@@ -865,85 +751,27 @@ export class FileStore implements Store {
     })
   }
 
-  private account(metaPath: string, key: string, bytes: number, persistedAt = Date.now()): void {
-    this.unaccount(metaPath)
-    this.lru.set(metaPath, { bytes, key, persistedAt })
-    this.totalBytes += bytes
-    this.mostRecent = metaPath
-    for (const listener of this.indexListeners) listener({ metaPath, key, bytes })
-  }
-
-  /** Takes a variant out of the LRU order and the byte count, to put it back or because it is gone. */
-  private unaccount(metaPath: string): void {
-    const entry = this.lru.get(metaPath)
-    if (!entry) return
-    this.lru.delete(metaPath)
-    this.totalBytes -= entry.bytes
-  }
-
-  /** What the store takes on disk: its files, and a block for each of its directories. */
-  private occupiedBytes(): number {
-    // The tag index: a directory per tag, and theirs; its files are empty, and take no block.
-    const tagIndexDirs = this.tagDirs.size === 0 ? 0 : this.tagDirs.size + 1
-    return this.totalBytes + (this.knownDirs.size + this.shardDirs.size + tagIndexDirs) * this.blockBytes
-  }
-
-  /** A file of `bytes` takes whole blocks on disk. */
-  private inBlocks(bytes: number): number {
-    return Math.ceil(bytes / this.blockBytes) * this.blockBytes
-  }
-
-  private knowKeyDir(dir: string): void {
-    if (this.knownDirs.has(dir)) return
-    this.knownDirs.add(dir)
-    const shard = dirname(dir)
-    this.shardDirs.set(shard, (this.shardDirs.get(shard) ?? 0) + 1)
-  }
-
-  private forgetKeyDir(dir: string): void {
-    if (!this.knownDirs.delete(dir)) return
-    const shard = dirname(dir)
-    const left = (this.shardDirs.get(shard) ?? 1) - 1
-    if (left > 0) this.shardDirs.set(shard, left)
-    else this.shardDirs.delete(shard)
-  }
-
-  private countLeftover(path: string, bytes: number): void {
-    this.totalBytes += bytes - (this.leftovers.get(path) ?? 0)
-    this.leftovers.set(path, bytes)
-  }
-
   /** Stops counting a path that is gone: a variant's meta, or a leftover. */
   private forget(path: string): void {
-    if (this.lru.has(path)) for (const listener of this.indexListeners) listener({ metaPath: path, gone: true })
-    this.unaccount(path)
+    this.usage.forget(path)
     this.verified.delete(path)
-    const leftover = this.leftovers.get(path)
-    if (leftover === undefined) return
-    this.leftovers.delete(path)
-    this.totalBytes -= leftover
   }
 
   private reset(): void {
-    this.lru.clear()
-    this.leftovers.clear()
+    this.usage.reset()
     this.verified.clear()
-    this.knownDirs.clear()
-    this.shardDirs.clear()
-    this.tagDirs.clear()
-    this.totalBytes = 0
   }
 
   /** Removes leftovers, then least-recently-used variants, until the store is within its bound. */
   private async evict(): Promise<void> {
     // A group member's coordinator holds the bound for the whole directory.
-    if (this.member || this.occupiedBytes() <= this.maxBytes) return
-    for (const path of [...this.leftovers.keys()]) {
-      if (this.occupiedBytes() <= this.maxBytes) return
+    if (this.member || this.usage.occupiedBytes() <= this.maxBytes) return
+    for (const path of [...this.usage.leftovers.keys()]) {
+      if (this.usage.occupiedBytes() <= this.maxBytes) return
       await this.removeLeftover(path)
     }
-    for (const [metaPath, entry] of this.lru) {
-      if (this.occupiedBytes() <= this.maxBytes) return
+    for (const [metaPath, entry] of this.usage.lru) {
+      if (this.usage.occupiedBytes() <= this.maxBytes) return
       this.forget(metaPath)
       this.evictions++
       // A key the start-up scan indexed but nobody read is in no tier in front.
@@ -983,7 +811,7 @@ export class FileStore implements Store {
       const variantId = variantOfBody(name)
       if (name.endsWith(TEMP_SUFFIX)) leftovers.push(name)
       else if (META_NAME.test(name)) metas.set(name.slice(0, -META_SUFFIX.length), stat)
-      else if (variantId) bodies.set(variantId, [...(bodies.get(variantId) ?? []), { name, size: this.inBlocks(stat.size) }])
+      else if (variantId) bodies.set(variantId, [...(bodies.get(variantId) ?? []), { name, size: this.usage.inBlocks(stat.size) }])
       // Any other name is none of the store's: neither counted nor removed.
     }
     const bodyBytes = new Map<string, number>() // variant id → bytes of the body its meta names
@@ -1001,7 +829,7 @@ export class FileStore implements Store {
     for (const [variantId, stat] of metas) {
       found.push({
         metaPath: join(dir, variantId + META_SUFFIX),
-        bytes: this.inBlocks(stat.size) + (bodyBytes.get(variantId) ?? 0),
+        bytes: this.usage.inBlocks(stat.size) + (bodyBytes.get(variantId) ?? 0),
         mtimeMs: stat.mtimeMs,
       })
     }
@@ -1025,7 +853,7 @@ export class FileStore implements Store {
     for (const shard of await this.subdirectories(this.root, SHARD_NAME)) {
       for (const keyDir of await this.subdirectories(join(this.root, shard), KEY_DIR_NAME)) {
         const dir = join(this.root, shard, keyDir)
-        this.knowKeyDir(dir)
+        this.usage.knowKeyDir(dir)
         await this.scanKeyDir(dir, found)
       }
     }
@@ -1033,10 +861,10 @@ export class FileStore implements Store {
     if (epoch !== this.epoch) return // cleared meanwhile: what was found is gone
     found.sort((a, b) => a.mtimeMs - b.mtimeMs)
     // Entries written or read while the scan ran are the most recent: they stay at the end.
-    const recent = [...this.lru]
-    for (const [metaPath] of recent) this.unaccount(metaPath)
-    for (const { metaPath, bytes, mtimeMs } of found) this.account(metaPath, "", bytes, mtimeMs)
-    for (const [metaPath, entry] of recent) this.account(metaPath, entry.key, entry.bytes, entry.persistedAt)
+    const recent = [...this.usage.lru]
+    for (const [metaPath] of recent) this.usage.unaccount(metaPath)
+    for (const { metaPath, bytes, mtimeMs } of found) this.usage.account(metaPath, "", bytes, mtimeMs)
+    for (const [metaPath, entry] of recent) this.usage.account(metaPath, entry.key, entry.bytes, entry.persistedAt)
     await this.evict()
     await this.sweepTagIndex()
   }
@@ -1051,7 +879,8 @@ export class FileStore implements Store {
     for (const tagDir of await this.subdirectories(tagsRoot, KEY_DIR_NAME)) {
       const dir = join(tagsRoot, tagDir)
       for (const name of await fs.readdir(dir).catch(this.ifMissing([] as string[], "sweeping the tag index"))) {
-        if (KEY_DIR_NAME.test(name) && !this.knownDirs.has(join(this.root, name.slice(0, 2), name))) await removeOwnFile(join(dir, name))
+        if (KEY_DIR_NAME.test(name) && !this.usage.knownDirs.has(join(this.root, name.slice(0, 2), name)))
+          await removeOwnFile(join(dir, name))
       }
       await this.removeEmptyTagDir(dir)
     }
@@ -1059,9 +888,9 @@ export class FileStore implements Store {
 
   /** Removes a tag's directory once it indexes nothing, and the index's own once no tag is left. */
   private async removeEmptyTagDir(dir: string): Promise<void> {
-    this.tagDirs.delete(dir)
-    if (!(await this.removeIfEmpty(dir))) this.tagDirs.add(dir)
-    else if (this.tagDirs.size === 0) await this.removeIfEmpty(dirname(dir))
+    this.usage.tagDirs.delete(dir)
+    if (!(await this.removeIfEmpty(dir))) this.usage.tagDirs.add(dir)
+    else if (this.usage.tagDirs.size === 0) await this.removeIfEmpty(dirname(dir))
   }
 
   /** Removes a directory if it is empty: true once it is gone. One that holds anything stays. */
@@ -1096,14 +925,6 @@ export class FileStore implements Store {
   }
 }
 
-function isMissing(error: unknown): boolean {
-  const code = (error as NodeJS.ErrnoException).code
-  return code === "ENOENT" || code === "ENOTDIR"
-}
-
-/** An entry that cannot be served as it is on disk: the message says why. */
-class Broken extends Error {}
-
 /** A variant's meta changed while it was read: read it again. */
 class Replaced extends Error {}
 
@@ -1113,213 +934,7 @@ interface ScannedMeta {
   mtimeMs: number
 }
 
-// ───────────────────────────── what is on disk ─────────────────────────────
-
-const isString = (value: unknown): value is string => typeof value === "string"
-const isNumber = (value: unknown): value is number => typeof value === "number" // JSON has no NaN or Infinity
-const isBoolean = (value: unknown): value is boolean => typeof value === "boolean"
-const isByteCount = (value: unknown): boolean => Number.isSafeInteger(value) && (value as number) >= 0
-const isRecord = (value: unknown): value is Record<string, unknown> => typeof value === "object" && value !== null && !Array.isArray(value)
-
-// RFC 9110 §5.1: a field name is a token.
-const FIELD_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
-// RFC 9110 §5.5: a field value holds no CR, LF or NUL; and Headers takes bytes (up to U+00FF) only.
-const FIELD_VALUE_FORBIDDEN = /[\r\n\u0100-\uffff]/
-
-const isFieldValue = (value: unknown): boolean => isString(value) && !FIELD_VALUE_FORBIDDEN.test(value) && !value.includes("\0")
-const isFieldValueOrNull = (value: unknown): boolean => value === null || isFieldValue(value)
-
-function isHeaderList(value: unknown): boolean {
-  return (
-    Array.isArray(value) &&
-    value.every(
-      (pair) => Array.isArray(pair) && pair.length === 2 && isString(pair[0]) && FIELD_NAME.test(pair[0]) && isFieldValue(pair[1]),
-    )
-  )
-}
-
-function isVarySelection(value: unknown): boolean {
-  return isRecord(value) && Object.entries(value).every(([name, selected]) => FIELD_NAME.test(name) && isFieldValueOrNull(selected))
-}
-
-/**
- * Each field a meta file holds and what it must be: what the store and the cache do with a meta
- * (build headers and responses, compare times) must not fail on anything a file can say.
- */
-const META_FIELDS: [keyof MetaFile, (value: unknown) => boolean, string][] = [
-  ["format", (value) => value === 1, "1"],
-  ["key", isString, "a string"],
-  ["bodyFile", isString, "a string"],
-  ["size", isByteCount, "a byte count"],
-  ["sha256", (value) => value === undefined || (isString(value) && SHA256_HEX.test(value)), "absent or 64 hex digits"],
-  ["status", (value) => Number.isInteger(value) && isFinalStatus(value as number), "an integer in 200-599"],
-  ["headers", isHeaderList, "a list of [name, value] pairs that a response can carry"],
-  ["vary", isVarySelection, "an object of header names to values or null"],
-  ["responseTime", isNumber, "a number"],
-  ["deleteAt", (value) => value === undefined || isNumber(value), "a number"],
-  ["initialAgeMs", isNumber, "a number"],
-  ["freshMs", isNumber, "a number"],
-  ["staleWhileRevalidateMs", isNumber, "a number"],
-  ["staleIfErrorMs", isNumber, "a number"],
-  ["mustRevalidate", isBoolean, "true or false"],
-  ["noCache", isBoolean, "true or false"],
-  // Sent back to the origin as If-None-Match and If-Modified-Since.
-  ["etag", isFieldValueOrNull, "a header value or null"],
-  ["lastModified", isFieldValueOrNull, "a header value or null"],
-  ["tags", (value) => value === undefined || (Array.isArray(value) && value.every(isString)), "absent or a list of strings"],
-]
-
-/**
- * A meta file's content, every field checked. Its key and Vary selection must be those its path
- * was named from, and its body file the name they give: a meta never points anywhere but at its
- * own variant's body.
- */
-function parseMetaFile(text: string, metaPath: string): MetaFile {
-  let file: unknown
-  try {
-    file = JSON.parse(text)
-  } catch {
-    throw new Broken("its meta is not JSON") // the parser's message would quote the file into the log
-  }
-  if (!isRecord(file)) throw new Broken("its meta is not a JSON object")
-  for (const [field, isValid, expected] of META_FIELDS) {
-    if (!isValid(file[field])) throw new Broken(`its ${field} is not ${expected}`)
-  }
-  const checked = file as unknown as MetaFile
-  if (sha256(checked.key) !== basename(dirname(metaPath))) throw new Broken("its key is not the one its directory is named for")
-  const variantId = variantIdOf(checked.key, checked.vary)
-  if (basename(metaPath) !== variantId + META_SUFFIX) throw new Broken("its key and Vary selection are not those its name was made from")
-  if (variantOfBody(checked.bodyFile) !== variantId) throw new Broken("its body file is not one of its variant's")
-  return checked
-}
-
-/** The EntryMeta a checked meta file holds: those fields only, whatever else the file has. */
-function entryMetaOf(file: MetaFile): EntryMeta {
-  return {
-    status: file.status,
-    headers: file.headers,
-    vary: file.vary,
-    responseTime: file.responseTime,
-    deleteAt: file.deleteAt ?? NEVER,
-    initialAgeMs: file.initialAgeMs,
-    freshMs: file.freshMs,
-    staleWhileRevalidateMs: file.staleWhileRevalidateMs,
-    staleIfErrorMs: file.staleIfErrorMs,
-    mustRevalidate: file.mustRevalidate,
-    noCache: file.noCache,
-    etag: file.etag,
-    lastModified: file.lastModified,
-    ...(file.tags && { tags: file.tags }),
-  }
-}
-
-/**
- * Why a body file cannot be served as this entry's, if it cannot. A link of either kind could
- * make it any file the proxy can read: a symbolic one shows in lstat, a hard one as a second name.
- */
-function bodyProblem(stat: Stats, size: number): string | undefined {
-  if (!stat.isFile()) return "its body is not a regular file"
-  if (stat.nlink > 1) return `its body has ${stat.nlink} names (a hard link)`
-  if (stat.size !== size) return `its body is ${stat.size} bytes, its meta says ${size}`
-  return undefined
-}
-
-/** A small body, read whole and checked against its length and, when the meta has it, its digest. */
-async function readWhole(handle: fs.FileHandle, variant: DiskVariant): Promise<Uint8Array> {
-  const bytes = await handle.readFile()
-  if (bytes.byteLength !== variant.size) throw new Broken(`its body is ${bytes.byteLength} bytes, its meta says ${variant.size}`)
-  if (variant.sha256 !== undefined && sha256(bytes) !== variant.sha256) throw new Broken("its body does not match its digest")
-  return bytes
-}
-
-/** sha256 of a file's first `size` bytes, read at explicit positions: the handle's own offset stays at the start. */
-async function hashFile(handle: fs.FileHandle, size: number): Promise<string> {
-  const hash = createHash("sha256")
-  const slice = Buffer.allocUnsafe(Math.min(size, HASH_SLICE_BYTES))
-  for (let position = 0; position < size; ) {
-    const { bytesRead } = await handle.read(slice, 0, Math.min(slice.byteLength, size - position), position)
-    if (bytesRead === 0) break // shorter than its meta says: the digest will not match
-    hash.update(slice.subarray(0, bytesRead))
-    position += bytesRead
-  }
-  return hash.digest("hex")
-}
-
-/** A small regular file's bytes, read without following a link; anything else is `Broken`. */
-async function readSmallFile(path: string, maxBytes: number): Promise<Buffer> {
-  const handle = await fs.open(path, READ_FLAGS)
-  try {
-    const stat = await handle.stat()
-    if (!stat.isFile()) throw new Broken(`${basename(path)} is not a regular file`)
-    if (stat.size > maxBytes) throw new Broken(`${basename(path)} is ${stat.size} bytes, more than ${maxBytes}`)
-    return await handle.readFile()
-  } finally {
-    await handle.close()
-  }
-}
-
-/**
- * Removes one of the store's files. Recursively: a directory in a file's place is of no use
- * either, and rm removes a link, never what it points to.
- */
-function removeOwnFile(path: string): Promise<void> {
-  return fs.rm(path, { recursive: true, force: true })
-}
-
-/** Writes a stream to a new file, and closes it; resolves with its length and sha256, taken as it streams. A failed write cancels the stream. */
-async function writeAll(body: ReadableStream<Uint8Array>, handle: fs.FileHandle): Promise<{ size: number; sha256: string }> {
-  const hash = createHash("sha256")
-  let size = 0
-  try {
-    for await (const chunk of body) {
-      size += chunk.byteLength
-      hash.update(chunk)
-      await handle.write(chunk)
-    }
-  } finally {
-    await handle.close()
-  }
-  return { size, sha256: hash.digest("hex") }
-}
-
-/** The block size of the file system `dir` is on. */
-function blockBytesOf(dir: string): number {
-  try {
-    return statfsSync(dir).bsize || DEFAULT_BLOCK_BYTES
-  } catch {
-    return DEFAULT_BLOCK_BYTES // not made yet (the store makes it with its first entry): the usual size
-  }
-}
-
-/** A body file's version: a write in place moves its ctime, a replacement changes its inode. */
-function versionOf(path: string, stat: Stats): string {
-  return `${path}:${stat.ino}:${stat.ctimeMs}`
-}
-
-/** The variant id a body file's name starts with, if it is a name the store gives. */
-function variantOfBody(name: string): string | undefined {
-  return BODY_NAME.exec(name)?.[1]
-}
-
-function variantIdOf(key: string, vary: EntryMeta["vary"]): string {
-  return sha256(`${key}\n${JSON.stringify(vary)}`)
-}
-
-function writeId(): string {
-  return randomBytes(6).toString("hex")
-}
-
 /** A variant found on disk, as a listing shows it. */
 function listed({ key, meta, size }: DiskVariant): ListedEntry {
   return { key, meta, size, tiers: ["file"] }
-}
-
-/** Where a key's directory stands in the listing order: the list cursor after it. */
-function positionOf(key: string): string {
-  const hash = sha256(key)
-  return `${hash.slice(0, 2)}/${hash}`
-}
-
-function sha256(data: string | Uint8Array): string {
-  return createHash("sha256").update(data).digest("hex")
 }

@@ -17,8 +17,25 @@
  * The primary's own cache (its admin listener's: purges, clear) is a member too, on the
  * coordinator's file store itself, through an in-process channel (`GroupCoordinator.ownStore`).
  */
-import type { EntryMeta, ListedEntry, ListOptions, MaybePromise, Page, Store, Stored, TierStats, Warn } from "../cache.ts"
-import type { FileStore, IndexChange } from "./file-store.ts"
+import type { IndexChange } from "./disk-usage.ts"
+import type { FileStore } from "./file-store.ts"
+import type {
+  Claims,
+  Drops,
+  EntryMeta,
+  Lifecycle,
+  ListedEntry,
+  Listing,
+  ListOptions,
+  MaybePromise,
+  Page,
+  ReadNotices,
+  Release,
+  Store,
+  Stored,
+  TierStats,
+  Warn,
+} from "./store.ts"
 
 /** An ordered message pipe to the other side. */
 export interface Channel {
@@ -50,7 +67,7 @@ interface Wait {
  * A worker's store: its own file store (no scan, no bound), with claims, changes and the index
  * going through the coordinator. `reportsIndex` false: the file store is the coordinator's own.
  */
-export class GroupMemberStore implements Store {
+export class GroupMemberStore implements Store, Listing, Claims, Drops, ReadNotices, Lifecycle {
   private seq = 0
   private readonly replies = new Map<number, (granted: boolean) => void>()
   private readonly dropListeners: ((key: string | null) => void)[] = []
@@ -178,7 +195,7 @@ export class GroupMemberStore implements Store {
    * its word that another worker's claim ended may come in the same read as its refusal, before
    * the caller gets to `landed`.
    */
-  async claim(key: string, ttlMs: number): Promise<(() => void) | undefined> {
+  async claim(key: string, ttlMs: number): Promise<Release | undefined> {
     const wait = this.waitFor(key)
     const granted = await this.ask((seq) => ({ kind: "claim", seq, key, ttlMs }))
     if (!granted) {

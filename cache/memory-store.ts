@@ -3,17 +3,9 @@
  * bounded in bytes. In front of the file store (or Redis) it is the per-process L1; a hit from it
  * is answered synchronously, with no promise for the server to wait on.
  */
-import {
-  type EntryMeta,
-  grantClaim,
-  type ListedEntry,
-  type ListOptions,
-  type Page,
-  type Store,
-  type Stored,
-  type TierStats,
-} from "../cache.ts"
+import { concat } from "./bytes.ts"
 import { selectVariant } from "./policy.ts"
+import type { Drops, EntryMeta, ListedEntry, Listing, ListOptions, Page, Store, Stored, TierStats } from "./store.ts"
 
 // Rough bytes a key's map entry and a variant's meta take in memory, counted against the bound
 // so that many small entries cannot outgrow it.
@@ -31,7 +23,7 @@ export interface MemoryStoreOptions {
   maxBytes: number
 }
 
-export class MemoryStore implements Store {
+export class MemoryStore implements Store, Listing, Drops {
   readonly maxBytes: number
   private readonly entries = new Map<string, KeyEntry>()
   private totalBytes = 0
@@ -169,33 +161,8 @@ export class MemoryStore implements Store {
     return Promise.resolve([{ tier: "memory", entries, bytes: this.totalBytes, evictions: this.evictions, maxBytes: this.maxBytes }])
   }
 
-  used(key: string): void {
-    const entry = this.entries.get(key)
-    if (entry) this.moveToNewest(key, entry)
-  }
-
   onDrop(listener: (key: string | null) => void): void {
     this.dropListeners.push(listener)
-  }
-
-  readonly claim = grantClaim
-
-  /** No other process holds claims here: nothing to wait for. */
-  landed(): Promise<void> {
-    return Promise.resolve()
-  }
-
-  ready(): Promise<void> {
-    return Promise.resolve()
-  }
-
-  /** Memory always answers. */
-  ping(): Promise<void> {
-    return Promise.resolve()
-  }
-
-  close(): Promise<void> {
-    return Promise.resolve()
   }
 
   private moveToNewest(key: string, entry: KeyEntry): void {
@@ -236,16 +203,5 @@ function variantBytes({ meta, size }: Stored): number {
   let bytes = META_OVERHEAD_BYTES + size
   for (const [name, value] of meta.headers) bytes += name.length + value.length
   for (const tag of meta.tags ?? []) bytes += tag.length
-  return bytes
-}
-
-export function concat(chunks: Uint8Array[], size: number): Uint8Array {
-  if (chunks.length === 1 && chunks[0]) return chunks[0]
-  const bytes = new Uint8Array(size)
-  let offset = 0
-  for (const chunk of chunks) {
-    bytes.set(chunk, offset)
-    offset += chunk.byteLength
-  }
   return bytes
 }

@@ -2,8 +2,9 @@
  * The RFC 9111 shared-cache policy: every rule as a pure function over plain data, with `now`
  * passed in. It knows nothing of files, memory or Redis: stores keep what it describes.
  */
-import type { EntryMeta } from "../cache.ts"
+
 import { formatHttpDate, parseHttpDate } from "./http-date.ts"
+import type { EntryMeta } from "./store.ts"
 import { parseDictionary, type SfValue } from "./structured-fields.ts"
 
 /** What the policy needs of the configuration. */
@@ -25,6 +26,9 @@ export interface PolicyConfig {
 export type Directives = ReadonlyMap<string, string | true>
 
 // Most requests carry no Cache-Control: they share one empty set of directives.
+// RFC 9110 §5.1: a field name is a token.
+export const FIELD_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
+
 const NO_DIRECTIVES: Directives = new Map()
 
 const DELTA_SECONDS = /^\d+$/

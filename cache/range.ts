@@ -3,8 +3,9 @@
  * which part of the body a request gets, as a pure function of the request's fields and the
  * stored meta and size. It knows nothing of stores: the cache slices the body it chose.
  */
-import type { EntryMeta } from "../cache.ts"
+
 import { parseHttpDate } from "./http-date.ts"
+import type { EntryMeta } from "./store.ts"
 
 /** Bytes `start` up to `end` (exclusive) of a body. */
 export interface ByteRange {

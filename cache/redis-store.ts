@@ -17,10 +17,26 @@
  * Changes are published on `<prefix>:events`; every proxy drops what its memory tier holds of a
  * changed key, and wakes requests waiting for it.
  */
-import { createHash, randomBytes } from "node:crypto"
+import { randomBytes } from "node:crypto"
 import { Cluster, Redis } from "ioredis"
-import type { EntryMeta, ListedEntry, ListOptions, Page, Store, Stored, TierStats, Warn } from "../cache.ts"
+import { sha256 } from "./bytes.ts"
+import { withDeadline } from "./deadline.ts"
 import { selectVariant } from "./policy.ts"
+import type {
+  Claims,
+  Drops,
+  EntryMeta,
+  Lifecycle,
+  ListedEntry,
+  Listing,
+  ListOptions,
+  Page,
+  Release,
+  Store,
+  Stored,
+  TierStats,
+  Warn,
+} from "./store.ts"
 import { addTracingChannelHasSubscribers } from "./tracing-channel.ts"
 
 addTracingChannelHasSubscribers()
@@ -100,7 +116,8 @@ export interface RedisStoreOptions {
   warn: Warn
 }
 
-export class RedisStore implements Store {
+// Not ReadNotices: Redis keeps its own LRU order; a hit in the memory tier in front does not touch it.
+export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   private readonly redis: Redis | Cluster
   private readonly subscriber: Redis | Cluster
   private readonly prefix: string
@@ -556,20 +573,17 @@ export class RedisStore implements Store {
     return [{ tier: "redis", entries, bytes }]
   }
 
-  /** Redis keeps its own LRU order; a hit in the memory tier in front does not touch it. */
-  used(): void {}
-
   onDrop(listener: (key: string | null) => void): void {
     this.dropListeners.push(listener)
   }
 
   // ───────────── cross-process coalescing ─────────────
 
-  claim(key: string, ttlMs: number): Promise<(() => void) | undefined> {
+  claim(key: string, ttlMs: number): Promise<Release | undefined> {
     return this.timely("claiming", key, () => this.takeClaim(key, ttlMs))
   }
 
-  private async takeClaim(key: string, ttlMs: number): Promise<(() => void) | undefined> {
+  private async takeClaim(key: string, ttlMs: number): Promise<Release | undefined> {
     const { lock: lockKey } = this.entryKeys(key)
     const token = randomBytes(8).toString("hex")
     const granted = await this.redis.set(lockKey, token, "PX", Math.max(1, Math.round(ttlMs)), "NX")
@@ -680,7 +694,7 @@ export class RedisStore implements Store {
   }
 
   private tagKey(tag: string): string {
-    return `${this.namespace()}:tag:{${createHash("sha256").update(tag).digest("hex").slice(0, 32)}}`
+    return `${this.namespace()}:tag:{${sha256(tag).slice(0, 32)}}`
   }
 
   /** A cache key's hash, remembered: it names the entry's keys, and each hit would hash it again. */
@@ -688,7 +702,7 @@ export class RedisStore implements Store {
     let hash = this.keyHashes.get(key)
     if (hash === undefined) {
       if (this.keyHashes.size >= KEY_HASHES_KEPT) this.keyHashes.clear()
-      hash = createHash("sha256").update(key).digest("hex").slice(0, 32)
+      hash = sha256(key).slice(0, 32)
       this.keyHashes.set(key, hash)
     }
     return hash
@@ -759,15 +773,9 @@ async function nodesConnected(connection: Redis | Cluster): Promise<void> {
  * command, but a Cluster whose node is down retries a command over slot refreshes for seconds.
  */
 function bounded<T>(work: Promise<T>, what: string, key: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new DeadlineError(`Redis did not answer ${what} ${key} within ${COMMAND_TIMEOUT_MS} ms`)),
-      COMMAND_TIMEOUT_MS,
-    )
+  return withDeadline(work, COMMAND_TIMEOUT_MS, () => {
+    throw new DeadlineError(`Redis did not answer ${what} ${key} within ${COMMAND_TIMEOUT_MS} ms`)
   })
-  work.catch(() => undefined) // a late failure, after the deadline answered, is not unhandled
-  return Promise.race([work, late]).finally(() => clearTimeout(timer))
 }
 
 function listed({ key, meta, size }: VariantRecord): ListedEntry {
@@ -775,7 +783,7 @@ function listed({ key, meta, size }: VariantRecord): ListedEntry {
 }
 
 function variantId(vary: EntryMeta["vary"]): string {
-  return createHash("sha256").update(JSON.stringify(vary)).digest("hex").slice(0, 32)
+  return sha256(JSON.stringify(vary)).slice(0, 32)
 }
 
 /**

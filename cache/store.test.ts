@@ -1,7 +1,8 @@
 /**
- * The `Store` contract (cache.ts), run over every store: memory, files under Bun and under
- * node:fs, and memory in front of files. Each `describe` is one store; each test is one rule of
- * the contract, checked only through the `Store` interface, so any new store can join the list.
+ * The `Store` contract (store.ts), run over every store: memory, files under Bun and under
+ * node:fs, memory in front of files, and Redis. Each `describe` is one store; each test is one rule
+ * of the contract, checked only through the `Store` interface and the capabilities the store has
+ * (each member of each of them), so any new store can join the list.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, setSystemTime, test } from "bun:test"
 import { randomUUID } from "node:crypto"
@@ -10,12 +11,24 @@ import { existsSync, mkdtempSync, rmSync, statfsSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Redis } from "ioredis"
-import type { EntryMeta, Store, Stored, TierStats, WarnKind } from "../cache.ts"
 import { bunFiles, type FileApi, FileStore, nodeFiles } from "./file-store.ts"
 import { MemoryStore } from "./memory-store.ts"
 import { startRedis, startRedisCluster } from "./redis-server.fixture.ts"
 import { RedisStore, type RedisTarget } from "./redis-store.ts"
-import { TieredStore } from "./tiered-store.ts"
+import {
+  type EntryMeta,
+  hasDrops,
+  hasLifecycle,
+  hearsReads,
+  isListing,
+  isShared,
+  type Listing,
+  type Store,
+  type Stored,
+  type TierStats,
+  type WarnKind,
+} from "./store.ts"
+import { tieredStore } from "./tiered-store.ts"
 
 // ───────────────────────────── helpers ─────────────────────────────
 
@@ -26,7 +39,10 @@ const AMPLE_BYTES = 64 * MiB
 
 /** A store under test, what it warned about, and the tiers its byte bound applies to. */
 interface Fixture {
-  store: Store
+  /** Every store lists (the admin API needs it); its other capabilities are its own. */
+  store: Store & Listing
+  /** A second store over the same entries, as another process would open it: for stores shared between processes. */
+  sibling?: () => Promise<Store>
   warnings: string[]
   /** The stats of the tier(s) that `maxBytes` bounds (for the tiered store, the back one). */
   boundedStats(): Promise<TierStats[]>
@@ -149,7 +165,7 @@ async function putText(store: Store, key: string, body: string, overrides: Parti
 }
 
 /** Every page of a listing, following cursors until the last page. */
-async function allPages(store: Store, options: { prefix?: string; limit?: number }) {
+async function allPages(store: Listing, options: { prefix?: string; limit?: number }) {
   const pages = [await store.list(options)]
   for (let cursor = pages[0]!.cursor; cursor !== undefined; cursor = pages.at(-1)!.cursor) {
     pages.push(await store.list({ ...options, cursor }))
@@ -192,7 +208,7 @@ afterAll(() => {
 
 const memory: MakeStore = (maxBytes) => {
   const store = new MemoryStore({ maxBytes })
-  return { store, warnings: [], boundedStats: () => store.stats(), [Symbol.asyncDispose]: () => store.close() }
+  return { store, warnings: [], boundedStats: () => store.stats(), [Symbol.asyncDispose]: () => Promise.resolve() }
 }
 
 function fileStore(files: FileApi): MakeStore {
@@ -218,7 +234,7 @@ const tiered: MakeStore = (maxBytes) => {
   const dir = tempDir()
   const warnings: string[] = []
   const back = new FileStore({ dir, maxBytes, files: bunFiles, warn: warnInto(warnings) })
-  const store = new TieredStore(new MemoryStore({ maxBytes: 1024 * MiB }), back, { memoryBodyLimit: 1 * MiB })
+  const store = tieredStore(new MemoryStore({ maxBytes: 1024 * MiB }), back, { memoryBodyLimit: 1 * MiB })
   return {
     store,
     warnings,
@@ -237,8 +253,23 @@ let cluster: Awaited<ReturnType<typeof startRedisCluster>>
 function redisStore(target: () => RedisTarget): MakeStore {
   return () => {
     const warnings: string[] = []
-    const store = new RedisStore({ target: target(), prefix: `test-${randomUUID()}`, warn: warnInto(warnings) })
-    return { store, warnings, boundedStats: () => store.stats(), [Symbol.asyncDispose]: () => store.close() }
+    const options = { target: target(), prefix: `test-${randomUUID()}`, warn: warnInto(warnings) }
+    const store = new RedisStore(options)
+    const siblings: RedisStore[] = []
+    return {
+      store,
+      async sibling() {
+        const other = new RedisStore(options)
+        siblings.push(other)
+        await other.ready()
+        return other
+      },
+      warnings,
+      boundedStats: () => store.stats(),
+      [Symbol.asyncDispose]: async () => {
+        await Promise.all([store, ...siblings].map((each) => each.close()))
+      },
+    }
   }
 }
 
@@ -248,7 +279,12 @@ function redisStore(target: () => RedisTarget): MakeStore {
  * The contract every store keeps. A store whose byte bound is its server's own (Redis's
  * `maxmemory` with an approximate LRU) is not held to the exact eviction order: `boundedBy: "server"`.
  */
+/** The capabilities beyond the core and the listing, as the guards name them. */
+type Capability = "claims" | "drops" | "read-notices" | "lifecycle"
+
 interface ContractOptions {
+  /** Exactly the capabilities the store has. */
+  capabilities: Capability[]
   boundedBy?: "store" | "server"
   /** What one entry with a body of this many bytes takes against the bound. @default the body plus 1 KiB of meta */
   entryBytes?: (bodyBytes: number) => number
@@ -257,13 +293,14 @@ interface ContractOptions {
 function storeContract(
   name: string,
   makeStore: MakeStore,
-  { boundedBy = "store", entryBytes = (bodyBytes) => bodyBytes + 1 * KiB }: ContractOptions = {},
+  { capabilities, boundedBy = "store", entryBytes = (bodyBytes) => bodyBytes + 1 * KiB }: ContractOptions,
 ) {
+  const has = (capability: Capability) => capabilities.includes(capability)
   /** A ready store; `await using` closes it and removes its files. */
   async function open(maxBytes = AMPLE_BYTES): Promise<Fixture> {
     const fixture = makeStore(maxBytes)
     try {
-      await fixture.store.ready()
+      if (hasLifecycle(fixture.store)) await fixture.store.ready()
     } catch (error) {
       // Not yet handed to `await using`: its directory is ours to remove.
       await fixture[Symbol.asyncDispose]()
@@ -743,11 +780,124 @@ function storeContract(
       expect(fixture.warnings).toEqual([])
     })
 
-    test("ping answers while the store can be used", async () => {
+    test("it has exactly its capabilities, each whole", async () => {
       await using fixture = await open()
-      await fixture.store.ping()
-      await putText(fixture.store, "GET https://example.test/ping", "pong")
-      await fixture.store.ping()
+      const { store } = fixture
+      expect({
+        listing: isListing(store),
+        claims: isShared(store),
+        drops: hasDrops(store),
+        "read-notices": hearsReads(store),
+        lifecycle: hasLifecycle(store),
+      }).toEqual({
+        listing: true,
+        claims: has("claims"),
+        drops: has("drops"),
+        "read-notices": has("read-notices"),
+        lifecycle: has("lifecycle"),
+      })
+      const members = { claims: ["claim", "landed"], drops: ["onDrop"], "read-notices": ["used"], lifecycle: ["ready", "ping", "close"] }
+      for (const [capability, names] of Object.entries(members))
+        for (const name of names) expect(name in store, `${name} (${capability})`).toBe(has(capability as Capability))
+      for (const name of ["list", "variants", "tagged", "stats"]) expect(name in store, name).toBe(true)
+    })
+
+    // `ready` opens every test (`open`) and `close` ends it (the fixture's dispose).
+    test.if(has("lifecycle"))("ping answers while the store can be used", async () => {
+      await using fixture = await open()
+      const { store } = fixture
+      if (!hasLifecycle(store)) throw new Error("no lifecycle")
+      await store.ping()
+      await putText(store, "GET https://example.test/ping", "pong")
+      await store.ping()
+      expect(fixture.warnings).toEqual([])
+    })
+
+    test.if(has("drops") && boundedBy === "store")("a drop listener hears of each key evicted to keep the bound", async () => {
+      const bodyBytes = 16 * KiB
+      await using fixture = await open(3 * entryBytes(bodyBytes))
+      const { store } = fixture
+      if (!hasDrops(store)) throw new Error("no drop notices")
+      const dropped: (string | null)[] = []
+      store.onDrop((key) => dropped.push(key))
+      const key = (name: string) => `GET https://example.test/drops/${name}`
+      for (const name of ["a", "b", "c", "d", "e"])
+        await store.put(key(name), meta(), streamOf(pseudoRandomBytes(bodyBytes, name.charCodeAt(0))))
+      expect(dropped.length).toBeGreaterThan(0)
+      for (const gone of dropped) {
+        expect(gone).not.toBeNull()
+        expect(await store.has(gone as string)).toBe(false)
+      }
+      expect(fixture.warnings).toEqual([])
+    })
+
+    test.if(has("drops") && boundedBy === "server")("a drop listener hears of a key another process changed, and of a clear", async () => {
+      await using fixture = await open()
+      const { store, sibling } = fixture
+      if (!hasDrops(store) || !sibling) throw new Error("no drop notices, or no second process")
+      const other = await sibling()
+      const dropped: (string | null)[] = []
+      store.onDrop((key) => dropped.push(key))
+      await putText(other, "GET https://example.test/drops/a", "a")
+      await other.delete("GET https://example.test/drops/a")
+      await other.clear()
+      for (let waited = 0; dropped.length < 3 && waited < 2000; waited += 10) await Bun.sleep(10)
+      expect(dropped).toContain("GET https://example.test/drops/a")
+      expect(dropped).toContain(null)
+      expect(fixture.warnings).toEqual([])
+    })
+
+    test.if(has("read-notices"))("a read served in front counts as a read for the LRU order", async () => {
+      const bodyBytes = 16 * KiB
+      await using fixture = await open(3 * entryBytes(bodyBytes))
+      const { store } = fixture
+      if (!hearsReads(store)) throw new Error("no read notices")
+      const key = (name: string) => `GET https://example.test/used/${name}`
+      let clock = Date.now()
+      const tick = () => {
+        clock += 1000
+        setSystemTime(new Date(clock))
+      }
+      tick()
+      await store.put(key("a"), meta(), streamOf(pseudoRandomBytes(bodyBytes, 1)))
+      const a = await store.get(key("a"), request())
+      if (!a) throw new Error("a was not stored")
+      await bytesOf(a)
+      for (const name of ["b", "c"]) {
+        tick()
+        await store.put(key(name), meta(), streamOf(pseudoRandomBytes(bodyBytes, 2)))
+      }
+      // Least recently used is a; a tier in front serves it, and now b is.
+      tick()
+      store.used(key("a"), a.meta)
+      tick()
+      await store.put(key("d"), meta(), streamOf(pseudoRandomBytes(bodyBytes, 3)))
+      expect(await store.has(key("a"))).toBe(true)
+      expect(await store.has(key("b"))).toBe(false)
+      expect(fixture.warnings).toEqual([])
+    })
+
+    test.if(has("claims"))("one process at a time holds a key's claim; the others wait for it to land", async () => {
+      await using fixture = await open()
+      const { store, sibling } = fixture
+      if (!isShared(store) || !sibling) throw new Error("no claims, or no second process")
+      const other = await sibling()
+      if (!isShared(other)) throw new Error("the second process has no claims")
+      const key = "GET https://example.test/claims"
+      const release = await store.claim(key, 10_000)
+      expect(release).toBeFunction()
+      expect(await other.claim(key, 10_000)).toBeUndefined()
+      const started = Date.now()
+      const landed = other.landed(key, 10_000)
+      release?.()
+      await landed
+      // Woken by the release, not by the 10 s bound.
+      expect(Date.now() - started).toBeLessThan(5000)
+      const again = await other.claim(key, 10_000)
+      expect(again).toBeFunction()
+      again?.()
+      // With nobody holding the claim, waiting ends at the bound.
+      await other.landed("GET https://example.test/unclaimed", 50)
       expect(fixture.warnings).toEqual([])
     })
 
@@ -773,14 +923,18 @@ function storeContract(
   })
 }
 
-storeContract("MemoryStore", memory)
+storeContract("MemoryStore", memory, { capabilities: ["drops"] })
 // On disk an entry takes whole blocks: its body's, one for its meta, one for its key's directory
 // and one for the shard directory that holds it.
 const BLOCK = statfsSync(tmpdir()).bsize
 const onDisk = (bodyBytes: number) => Math.ceil(bodyBytes / BLOCK) * BLOCK + 3 * BLOCK
-storeContract("FileStore (Bun files)", fileStore(bunFiles), { entryBytes: onDisk })
-storeContract("FileStore (node:fs)", fileStore(nodeFiles), { entryBytes: onDisk })
-storeContract("TieredStore (memory in front of files)", tiered, { entryBytes: onDisk })
+const FILE_CAPABILITIES: Capability[] = ["drops", "read-notices", "lifecycle"]
+storeContract("FileStore (Bun files)", fileStore(bunFiles), { capabilities: FILE_CAPABILITIES, entryBytes: onDisk })
+storeContract("FileStore (node:fs)", fileStore(nodeFiles), { capabilities: FILE_CAPABILITIES, entryBytes: onDisk })
+// Memory in front keeps the LRU order of what it serves: no tier goes in front of it.
+storeContract("TieredStore (memory in front of files)", tiered, { capabilities: ["drops", "lifecycle"], entryBytes: onDisk })
+// Redis keeps its own LRU order: it needs no notice of reads served in front.
+const REDIS_CAPABILITIES: Capability[] = ["claims", "drops", "lifecycle"]
 // Real servers, started once for both Redis suites (and only for them).
 describe("on Redis", () => {
   beforeAll(async () => {
@@ -794,12 +948,12 @@ describe("on Redis", () => {
   storeContract(
     "RedisStore (one server)",
     redisStore(() => ({ single: redis.url })),
-    { boundedBy: "server" },
+    { capabilities: REDIS_CAPABILITIES, boundedBy: "server" },
   )
   storeContract(
     "RedisStore (a three-node Cluster)",
     redisStore(() => ({ cluster: cluster.nodes })),
-    { boundedBy: "server" },
+    { capabilities: REDIS_CAPABILITIES, boundedBy: "server" },
   )
 
   test("the key index drops keys whose entries expired as later entries are written, and expires itself", async () => {
@@ -828,7 +982,7 @@ describe("on Redis", () => {
   // stops tracing commands no one listens to, and still traces them for a tracer that subscribes.
   test("ioredis traces commands only while a tracer listens", async () => {
     await using fixture = redisStore(() => ({ single: redis.url }))(AMPLE_BYTES)
-    await fixture.store.ready()
+    await (fixture.store as RedisStore).ready()
     const commands = tracingChannel("ioredis:command")
     expect(commands.hasSubscribers).toBe(false)
     const traced: string[] = []

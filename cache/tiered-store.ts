@@ -4,8 +4,26 @@
  * go to both. Memory holds nothing the store behind has not got: whatever that store drops on
  * its own (eviction, another process's clear) is forgotten in memory too.
  */
-import type { EntryMeta, ListedEntry, ListOptions, MaybePromise, Page, Store, Stored, TierStats } from "../cache.ts"
-import { concat, type MemoryStore } from "./memory-store.ts"
+import { concat } from "./bytes.ts"
+import type { MemoryStore } from "./memory-store.ts"
+import {
+  type Claims,
+  type Drops,
+  type EntryMeta,
+  hearsReads,
+  isShared,
+  type Lifecycle,
+  type ListedEntry,
+  type Listing,
+  type ListOptions,
+  type MaybePromise,
+  type Page,
+  type ReadNotices,
+  type Release,
+  type Store,
+  type Stored,
+  type TierStats,
+} from "./store.ts"
 
 /** Bodies up to this size are held in memory; larger ones are served by the store behind (a file: sendfile). */
 export const MEMORY_BODY_LIMIT_BYTES = 1 << 20
@@ -15,19 +33,34 @@ export interface TieredStoreOptions {
   memoryBodyLimit: number
 }
 
-export class TieredStore implements Store {
+/**
+ * What can stand behind memory: a store that tells of what it drops (or memory would answer with
+ * entries gone behind), and lists, and starts and stops. It may also share claims and hear of reads.
+ */
+export type Behind = Store & Listing & Drops & Lifecycle
+
+/** Memory in front of `back`; it shares claims between processes when `back` does. */
+export function tieredStore(front: MemoryStore, back: Behind, options: TieredStoreOptions): TieredStore {
+  return isShared(back) ? new SharedTieredStore(front, back, options) : new TieredStore(front, back, options)
+}
+
+export class TieredStore implements Store, Listing, Drops, Lifecycle {
+  /** The store behind, when it keeps an LRU order of its own that memory's hits must feed. */
+  private readonly readNotices: ReadNotices | undefined
+
   constructor(
     private readonly front: MemoryStore,
-    private readonly back: Store,
+    protected readonly back: Behind,
     private readonly options: TieredStoreOptions,
   ) {
     back.onDrop((key) => (key === null ? front.forgetAll() : front.forget(key)))
+    this.readNotices = hearsReads(back) ? back : undefined
   }
 
   get(key: string, request: Headers): MaybePromise<Stored | undefined> {
     const hit = this.front.get(key, request)
     if (hit) {
-      this.back.used(key, hit.meta)
+      this.readNotices?.used(key, hit.meta)
       return hit
     }
     const found = this.back.get(key, request)
@@ -112,21 +145,8 @@ export class TieredStore implements Store {
     return [...(await this.front.stats()), ...(await this.back.stats())]
   }
 
-  used(key: string, meta: EntryMeta): void {
-    this.front.used(key)
-    this.back.used(key, meta)
-  }
-
   onDrop(listener: (key: string | null) => void): void {
     this.back.onDrop(listener)
-  }
-
-  claim(key: string, ttlMs: number): Promise<(() => void) | undefined> {
-    return this.back.claim(key, ttlMs)
-  }
-
-  landed(key: string, ms: number): Promise<void> {
-    return this.back.landed(key, ms)
   }
 
   ready(): Promise<void> {
@@ -139,5 +159,24 @@ export class TieredStore implements Store {
 
   close(): Promise<void> {
     return this.back.close()
+  }
+}
+
+/** Memory in front of a store shared between processes: their claims are the store's. */
+class SharedTieredStore extends TieredStore implements Claims {
+  constructor(
+    front: MemoryStore,
+    protected override readonly back: Behind & Claims,
+    options: TieredStoreOptions,
+  ) {
+    super(front, back, options)
+  }
+
+  claim(key: string, ttlMs: number): Promise<Release | undefined> {
+    return this.back.claim(key, ttlMs)
+  }
+
+  landed(key: string, ms: number): Promise<void> {
+    return this.back.landed(key, ms)
   }
 }

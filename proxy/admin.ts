@@ -11,7 +11,9 @@ import { createHash, timingSafeEqual } from "node:crypto"
 import { setTimeout as sleep } from "node:timers/promises"
 import { type Context, Hono, type MiddlewareHandler } from "hono"
 import { bodyLimit } from "hono/body-limit"
-import type { Cache, MaybePromise, PurgeTarget, TierStats, Warn } from "../cache.ts"
+import { withDeadline } from "../cache/deadline.ts"
+import type { MaybePromise } from "../cache/store.ts"
+import type { Cache, PurgeTarget, TierStats, Warn } from "../cache.ts"
 import { INSPECTOR_CSP, INSPECTOR_PAGE } from "./inspector.ts"
 
 /** How long a readiness probe waits for the store before calling it unready. */
@@ -287,15 +289,11 @@ export function checkAdminToken(host: string, token: string | undefined): string
 
 /** Why the store cannot answer now, or undefined when it can. */
 async function storeProblem(cache: Cache): Promise<string | undefined> {
-  let timer: ReturnType<typeof setTimeout> | undefined
-  const timeout = new Promise<string>((resolve) => {
-    timer = setTimeout(() => resolve(`the store did not answer within ${PING_TIMEOUT_MS} ms`), PING_TIMEOUT_MS)
-  })
-  const ping = cache.store.ping().then(
+  const ping = cache.ping().then(
     () => undefined,
     (error: Error) => error.message,
   )
-  return Promise.race([ping, timeout]).finally(() => clearTimeout(timer))
+  return withDeadline(ping, PING_TIMEOUT_MS, () => `the store did not answer within ${PING_TIMEOUT_MS} ms`)
 }
 
 function sha256(text: string): Buffer {

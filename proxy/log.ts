@@ -4,29 +4,20 @@
  * timestamp (text), or is one JSON object with a `time` field (--log-format json, what log
  * shippers read).
  */
+
+import type { OutcomeKind } from "../cache/outcome.ts"
 import type { OriginFailure, Warn, WarnKind } from "../cache.ts"
 
 export const LOG_FORMATS = ["text", "json"] as const
 export type LogFormat = (typeof LOG_FORMATS)[number]
-
-/** How the cache answered, as the access log and the metrics name it (see `cacheOutcome`). */
-export const CACHE_OUTCOMES = ["hit", "miss", "stale", "revalidated", "pass", "coalesced"] as const
-export type CacheOutcome = (typeof CACHE_OUTCOMES)[number]
-
-// Answered from the cache (X-Cache: HIT): what a hit ratio counts.
-const FROM_CACHE: ReadonlySet<CacheOutcome> = new Set(["hit", "stale", "revalidated", "coalesced"])
-
-/** Whether the body came from the cache (X-Cache: HIT). */
-export function isFromCache(outcome: CacheOutcome): boolean {
-  return FROM_CACHE.has(outcome)
-}
 
 /** One answered request: an access line, and what the metrics count. */
 export interface Access {
   method: string
   path: string
   status: number
-  cache: CacheOutcome
+  /** What the request came to (the cache's outcome, never read back from Cache-Status). */
+  cache: OutcomeKind
   /** From the request's arrival to the body's last byte handed to the server. */
   ms: number
   /** Body bytes sent. */
@@ -35,31 +26,6 @@ export interface Access {
   originError?: OriginFailure
   /** How long the origin took to answer or to fail, when it was asked. */
   originMs?: number
-}
-
-// A plain hit's Cache-Status (cache.ts builds it so): most requests are told by this one test.
-const PLAIN_HIT = "caching-proxy; hit; ttl="
-// Served from the cache past its freshness: RFC 9111 §4.2.4 (max-stale, an unreachable origin),
-// RFC 5861 (stale-while-revalidate, stale-if-error).
-const SERVED_STALE = /detail=(?:max-stale|stale-while-revalidate|origin-unreachable|stale-if-error)/
-// Looked up, not found, and no answer from the origin either: still a miss, not a pass.
-const UNANSWERED_MISS = /detail=(?:origin-error|offline|only-if-cached)/
-
-/**
- * The outcome a response's Cache-Status (RFC 9211) records: hit (fresh from the cache), stale
- * (served stale), revalidated (a stale entry the origin confirmed with a 304), coalesced (another
- * request's stored answer), miss (went to the origin and stored the answer, or found no answer),
- * pass (the cache could not take part: other methods, answers that may not be stored).
- */
-export function cacheOutcome(cacheStatus: string | null): CacheOutcome {
-  if (cacheStatus === null) return "pass"
-  if (cacheStatus.startsWith(PLAIN_HIT)) return "hit"
-  if (cacheStatus.includes("; hit")) {
-    if (cacheStatus.includes("fwd-status=304")) return "revalidated"
-    if (cacheStatus.includes("detail=coalesced")) return "coalesced"
-    return SERVED_STALE.test(cacheStatus) ? "stale" : "hit"
-  }
-  return cacheStatus.endsWith("; stored") || UNANSWERED_MISS.test(cacheStatus) ? "miss" : "pass"
 }
 
 /**

@@ -17,9 +17,10 @@ import {
   type MetricValue,
   Registry,
 } from "prom-client"
-import type { OriginFailure, Store, TierStats, Warn } from "../cache.ts"
+import { isFromCache, OUTCOME_KINDS } from "../cache/outcome.ts"
+import type { Listing, OriginFailure, TierStats, Warn } from "../cache.ts"
 import type { AdminMetrics } from "./admin.ts"
-import { type Access, CACHE_OUTCOMES, isFromCache } from "./log.ts"
+import type { Access } from "./log.ts"
 
 const STATUS_CLASSES = ["1xx", "2xx", "3xx", "4xx", "5xx"] as const
 const ORIGIN_FAILURES: readonly OriginFailure[] = ["refused", "reset", "timeout", "dns", "other"]
@@ -37,7 +38,7 @@ const RECENT_TICK_MS = 1000
 const EVENT_LOOP_SAMPLE_MS = 100
 
 export interface MetricsOptions {
-  store: Store
+  store: Listing
   /** Whether the shared store (Redis) is connected; absent when there is none. */
   storeConnected?: () => boolean
   warn: Warn
@@ -125,8 +126,8 @@ class TalliedHistogram<T extends string> extends Histogram<T> {
 export class ProxyMetrics implements AdminMetrics {
   private readonly registry = new Registry()
   readonly contentType = this.registry.contentType
-  /** Requests by outcome (CACHE_OUTCOMES order) × status class (STATUS_CLASSES order). */
-  private readonly requests = new Float64Array(CACHE_OUTCOMES.length * STATUS_CLASSES.length)
+  /** Requests by outcome (OUTCOME_KINDS order) × status class (STATUS_CLASSES order). */
+  private readonly requests = new Float64Array(OUTCOME_KINDS.length * STATUS_CLASSES.length)
   private readonly servedBytes = { cache: 0, origin: 0 }
   private readonly originAnswers = new Float64Array(STATUS_CLASSES.length)
   private readonly originFailures = new Float64Array(ORIGIN_FAILURES.length)
@@ -144,7 +145,7 @@ export class ProxyMetrics implements AdminMetrics {
     const counter = tallyCounter(registers)
     counter("caching_proxy_requests_total", "Requests answered, by cache outcome and status class", () =>
       [...this.requests].map((count, index) => [
-        { cache: CACHE_OUTCOMES[Math.floor(index / STATUS_CLASSES.length)], status: STATUS_CLASSES[index % STATUS_CLASSES.length] },
+        { cache: OUTCOME_KINDS[Math.floor(index / STATUS_CLASSES.length)], status: STATUS_CLASSES[index % STATUS_CLASSES.length] },
         count,
       ]),
     )
@@ -154,7 +155,7 @@ export class ProxyMetrics implements AdminMetrics {
       ["cache"],
       registers,
     )
-    this.clientLatency = CACHE_OUTCOMES.map((cache) => clientHistogram.recorder({ cache }))
+    this.clientLatency = OUTCOME_KINDS.map((cache) => clientHistogram.recorder({ cache }))
     counter("caching_proxy_served_bytes_total", "Body bytes sent to clients, by where they came from (the cache or the origin)", () =>
       Object.entries(this.servedBytes).map(([source, bytes]) => [{ source }, bytes]),
     )
@@ -234,7 +235,7 @@ export class ProxyMetrics implements AdminMetrics {
 
   /** Counts one answered request (its body sent). */
   record(access: Access): void {
-    const outcome = CACHE_OUTCOMES.indexOf(access.cache)
+    const outcome = OUTCOME_KINDS.indexOf(access.cache)
     const statusClass = Math.floor(access.status / 100) - 1
     ;(this.requests[outcome * STATUS_CLASSES.length + statusClass] as number)++
     ;(this.clientLatency[outcome] as (seconds: number) => void)(access.ms / 1000)

@@ -8,6 +8,7 @@ import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs"
 import { availableParallelism, homedir } from "node:os"
 import { dirname, join, resolve } from "node:path"
 import type { parseArgs } from "citty"
+import { FIELD_NAME } from "../cache/policy.ts"
 import type { RedisTarget } from "../cache/redis-store.ts"
 import { checkAdminToken } from "./admin.ts"
 import { environmentVariable } from "./help.ts"
@@ -321,9 +322,6 @@ function parseRedisUrl(url: string): RedisTarget {
   if ((protocol !== "redis:" && protocol !== "rediss:") || !hostname || !database || search || hash) throw new Error(usage)
   return { single: url }
 }
-
-// RFC 9110 §5.1: a field name is a token.
-const FIELD_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
 
 /** --targeted-cache-control: field names, none of them Cache-Control itself (it is what they override). */
 function parseTargetedFields(value: string | undefined): string[] {

@@ -8,7 +8,8 @@ import { Agent as HttpsAgent, request as httpsRequest } from "node:https"
 import type { AddressInfo } from "node:net"
 import { Readable } from "node:stream"
 import type { Context, Hono } from "hono"
-import { bunFiles, type FileApi, nodeFiles } from "../cache/file-store.ts"
+import { bunFiles, type FileApi, nodeFiles } from "../cache/file-api.ts"
+import { isFromCache, outcomeOf } from "../cache/outcome.ts"
 import { hopByHopFilter, isFinalStatus } from "../cache/policy.ts"
 import { answer, OriginError, type OriginFailure, type Warn } from "../cache.ts"
 import { pathAndQuery } from "./forwarding.ts"
@@ -95,7 +96,7 @@ const UPGRADE_REFUSED = "the origin switched protocols (101), and upgrades are n
  */
 function unsent(error: unknown, warn: Warn): Response {
   warn("proxy", `a response could not be sent: ${error instanceof Error ? error.message : String(error)}`)
-  return answer(502, "the origin's answer could not be relayed\n", "detail=origin-error")
+  return answer(502, "the origin's answer could not be relayed\n", { kind: "miss", detail: "origin-error" })
 }
 
 const bunRuntime: Runtime = {
@@ -207,7 +208,7 @@ interface Closable {
  */
 function cutOnFailure(response: Response | Promise<Response>, connection: Closable, warn: Warn): Response | Promise<Response> {
   const guarded = (ready: Response) =>
-    ready.headers.get("x-cache") === "MISS" && ready.body ? new Response(endOrCut(ready.body, connection, warn), ready) : ready
+    !isFromCache(outcomeOf(ready).kind) && ready.body ? new Response(endOrCut(ready.body, connection, warn), ready) : ready
   return response instanceof Promise ? response.then(guarded) : guarded(response)
 }
 
@@ -266,7 +267,9 @@ const nodeRuntime: Runtime = {
       // The server's own error handler, for what Hono's onError never sees: a request the adapter
       // cannot read is a 400, anything else a 502, never its bare 500.
       errorHandler: (error) =>
-        error instanceof RequestError ? answer(400, "the request cannot be read\n", "detail=bad-request") : unsent(error, warn),
+        error instanceof RequestError
+          ? answer(400, "the request cannot be read\n", { kind: "pass", detail: "bad-request" })
+          : unsent(error, warn),
     })
     let inFlight = 0
     const server = createServer((request, response) => {

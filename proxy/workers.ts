@@ -38,8 +38,8 @@
  */
 import cluster, { type Worker } from "node:cluster"
 import type { FileStore } from "../cache/file-store.ts"
-import { type Channel, GroupCoordinator, type GroupMessage } from "../cache/group-store.ts"
-import type { Store, Warn } from "../cache.ts"
+import { type Channel, GroupCoordinator, type GroupMemberStore, type GroupMessage } from "../cache/group-store.ts"
+import type { Warn } from "../cache.ts"
 import type { AdminMetrics } from "./admin.ts"
 import { GroupMetrics, type MetricsSnapshot, type ProxyMetrics } from "./metrics.ts"
 import type { ProxyOptions } from "./options.ts"
@@ -139,7 +139,7 @@ export interface PrimaryParts {
 /** The primary's side of the group, for its admin listener's cache and metrics. */
 export interface GroupSide {
   /** The store the primary's cache uses: a member of the workers' file store. Redis: none, the cache opens its own. */
-  store: Store | undefined
+  store: GroupMemberStore | undefined
   /** The group's metrics around the primary's own. */
   metrics: (own: ProxyMetrics) => AdminMetrics
   /** Why the group is not ready: a worker not listening. */

@@ -1,0 +1,69 @@
+/**
+ * What a request came to, as data. The cache gives every response it makes an `Outcome`; X-Cache
+ * and Cache-Status (RFC 9211) are rendered from it, and the access log and metrics read it, never
+ * the header text.
+ */
+
+/** The kinds of outcome, as the access log and the metrics name them. */
+export const OUTCOME_KINDS = ["hit", "miss", "stale", "revalidated", "pass", "coalesced"] as const
+/**
+ * hit: fresh from the cache; stale: served stale (RFC 9111 §4.2.4, RFC 5861); revalidated: a
+ * stale entry the origin confirmed with a 304; coalesced: another request's stored answer; miss:
+ * went to the origin and stored the answer, or found no answer; pass: the cache could not take
+ * part (other methods, answers that may not be stored).
+ */
+export type OutcomeKind = (typeof OUTCOME_KINDS)[number]
+
+export interface Outcome {
+  kind: OutcomeKind
+  /** RFC 9211 §2.2 fwd: why the origin was asked (uri-miss, vary-miss, stale, request, method). */
+  fwd?: string
+  /** RFC 9211 §2.3 fwd-status: the status the origin answered with. */
+  fwdStatus?: number
+  /** RFC 9211 §2.5 stored: the origin's answer was stored. */
+  stored?: boolean
+  /** RFC 9211 §2.8 detail: what else there is to say (a reason not to store, a stale answer's licence). */
+  detail?: string
+}
+
+// Answered from the cache (X-Cache: HIT): what a hit ratio counts.
+const FROM_CACHE: ReadonlySet<OutcomeKind> = new Set(["hit", "stale", "revalidated", "coalesced"])
+
+/** Whether the body came from the cache (X-Cache: HIT). */
+export function isFromCache(kind: OutcomeKind): boolean {
+  return FROM_CACHE.has(kind)
+}
+
+/** Cache-Status (RFC 9211) names us by this. */
+const CACHE_NAME = "caching-proxy"
+
+/** Our Cache-Status member (RFC 9211 §2): its parameters in one order; `ttlSeconds` for an answer from the cache. */
+export function cacheStatus({ kind, fwd, fwdStatus, stored, detail }: Outcome, ttlSeconds?: number): string {
+  let value = isFromCache(kind) ? `${CACHE_NAME}; hit` : CACHE_NAME
+  if (fwd !== undefined) value += `; fwd=${fwd}`
+  if (fwdStatus !== undefined) value += `; fwd-status=${fwdStatus}`
+  if (stored) value += "; stored"
+  if (detail !== undefined) value += `; detail=${detail}`
+  if (ttlSeconds !== undefined) value += `; ttl=${ttlSeconds}`
+  return value
+}
+
+/** X-Cache: HIT when the body came from the cache, else MISS. */
+export function xCache({ kind }: Outcome): "HIT" | "MISS" {
+  return isFromCache(kind) ? "HIT" : "MISS"
+}
+
+const outcomes = new WeakMap<Response, Outcome>()
+
+/** Records what the response's request came to; returns the response. */
+export function withOutcome(response: Response, outcome: Outcome): Response {
+  outcomes.set(response, outcome)
+  return response
+}
+
+/** What the request answered by `response` came to; a pass when the cache did not make it. */
+export function outcomeOf(response: Response): Outcome {
+  return outcomes.get(response) ?? PASS
+}
+
+const PASS: Outcome = { kind: "pass" }
