@@ -8,6 +8,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSy
 import { request } from "node:http"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { startRedis } from "../cache/redis-server.fixture.ts"
 
 const ROOT = join(import.meta.dir, "..")
 const BUN_CLI = [process.execPath, join(ROOT, "proxy.ts")]
@@ -380,5 +381,36 @@ describe("one admin listener for the group", () => {
     }
     expect(seen).toContain("503 not ready: 1 of 2 workers are listening\n")
     expect(seen.at(-1)).toBe("200 ready\n")
+  })
+})
+
+describe("workers on a shared Redis", () => {
+  test("each worker is one of several proxies on it: one origin request for a cold burst, a purge seen by every worker", async () => {
+    await using redis = await startRedis()
+    let version = 0
+    await using origin = startOrigin(async () => {
+      await Bun.sleep(200)
+      return new Response(`v${++version}`, { headers: { "cache-control": "max-age=60" } })
+    })
+    await using proxy = await startWorkers(BUN_CLI, origin.url, ["--store", redis.url, "--admin-port", "0"])
+    const answers = await Promise.all(Array.from({ length: 200 }, () => freshGet(`${proxy.url}shared`)))
+    expect(new Set(answers.map((answer) => answer.body))).toEqual(new Set(["v1"]))
+    expect(origin.requests).toHaveLength(1)
+    await eventually(() => answeredBy(proxy.lines).size === 2)
+    const admin = `http://127.0.0.1:${/admin on http:\/\/127\.0\.0\.1:(\d+)/.exec(proxy.lines.join("\n"))?.[1]}/`
+    const purged = await fetch(`${admin}api/purge`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: '{"url":"/shared"}',
+    })
+    expect(await purged.json()).toEqual({ purged: 1 })
+    // Redis tells every proxy on it by pub/sub, as it does proxies of their own: each worker's memory
+    // drops the entry a moment after the purge, and from then on every answer is the new one.
+    const after: string[] = []
+    const deadline = Date.now() + 5000
+    while (after.slice(-20).filter((body) => body === "v2").length < 20 && Date.now() < deadline)
+      after.push((await freshGet(`${proxy.url}shared`)).body)
+    expect(after.slice(-20)).toEqual(Array(20).fill("v2"))
+    expect(origin.requests).toHaveLength(2)
   })
 })
