@@ -45,6 +45,7 @@ export interface Channel {
 
 /** What a worker and the coordinator tell each other. `seq` pairs a question with its reply. */
 export type GroupMessage =
+  | { kind: "hello" }
   | { kind: "claim"; seq: number; key: string; ttlMs: number }
   | { kind: "release"; key: string }
   | { kind: "changed"; seq: number; key: string | null }
@@ -58,6 +59,8 @@ export type GroupMessage =
 const INDEX_FLUSH_MS = 500
 // Keys a worker remembers finding nothing under, so that their next miss reads no disk.
 const MAX_ABSENT_KEYS = 50_000
+// A change waits this long for a worker to drop the key; one that does not answer (hung) is reported and not waited for.
+const DROP_ACK_WAIT_MS = 2000
 
 /** A wait for a key's claim to end: `ended` resolves `end`. */
 interface Wait {
@@ -97,6 +100,8 @@ export class GroupMemberStore implements Store, Listing, Claims, Drops, ReadNoti
     if (reportsIndex) inner.onIndexChange((change) => this.indexChanges.push(change))
     inner.onDrop((key) => this.dropped(key))
     channel.onMessage((message) => this.received(message))
+    // From now on it hears the coordinator: a drop sent to a process still starting would be lost.
+    channel.send({ kind: "hello" })
     this.flushTimer = setInterval(() => this.flushIndex(), INDEX_FLUSH_MS)
     this.flushTimer.unref?.()
   }
@@ -323,10 +328,9 @@ export class GroupCoordinator {
     return new GroupMemberStore(this.index, { send: deliver(toCoordinator), onMessage: (listener) => toMember.push(listener) }, false)
   }
 
-  /** Takes a worker in; `leave` when it is gone. */
+  /** Takes a worker in, as one of those told of changes once it says hello; `leave` when it is gone. */
   join(channel: Channel): { leave: () => void } {
     const member: Member = { channel, claims: new Set() }
-    this.members.add(member)
     channel.onMessage((message) => void this.received(member, message))
     return { leave: () => this.leave(member) }
   }
@@ -339,7 +343,9 @@ export class GroupCoordinator {
   }
 
   private async received(member: Member, message: GroupMessage): Promise<void> {
-    if (message.kind === "claim") {
+    if (message.kind === "hello") {
+      this.members.add(member)
+    } else if (message.kind === "claim") {
       member.channel.send({ kind: "reply", seq: message.seq, granted: this.grant(member, message.key, message.ttlMs) })
     } else if (message.kind === "release") {
       this.release(member, message.key)
@@ -378,8 +384,20 @@ export class GroupCoordinator {
     const waiting = new Set([...this.members].filter((member) => member !== from))
     if (waiting.size === 0) return Promise.resolve()
     const seq = ++this.seq
-    return new Promise((done) => {
-      this.drops.set(seq, { waiting, done })
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.warn("store-write", `${drop.waiting.size} worker(s) did not drop ${key ?? "everything"} within ${DROP_ACK_WAIT_MS} ms`)
+        this.drops.delete(seq)
+        resolve()
+      }, DROP_ACK_WAIT_MS)
+      const drop = {
+        waiting,
+        done: () => {
+          clearTimeout(timer)
+          resolve()
+        },
+      }
+      this.drops.set(seq, drop)
       for (const member of waiting) member.channel.send({ kind: "drop", seq, key })
     })
   }

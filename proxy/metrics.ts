@@ -288,6 +288,17 @@ export class ProxyMetrics implements AdminMetrics {
   }
 }
 
+// The one tier each process has of its own; the others (file, Redis) are the same store seen from each.
+const MEMORY_TIER = "memory"
+// Metrics of the store behind the memory tier, and of the connection to it: the primary's stand for all.
+const STORE_WIDE = /^caching_proxy_(?:store_|redis_connected)/
+
+/** A worker's metric, less the values that are the whole store's rather than its own (non-memory tiers, Redis's connection). */
+function perProcessOnly(metric: MetricObjectWithValues<MetricValue<string>>): MetricObjectWithValues<MetricValue<string>> {
+  if (!STORE_WIDE.test(metric.name)) return metric
+  return { ...metric, values: metric.values.filter((value) => value.labels.tier === MEMORY_TIER) }
+}
+
 /** One process's metrics, as plain data that can cross a process boundary. */
 export interface MetricsSnapshot {
   metrics: MetricObjectWithValues<MetricValue<string>>[]
@@ -313,8 +324,8 @@ export class GroupMetrics implements AdminMetrics {
   }
 
   async render(): Promise<string> {
-    const snapshots = [await this.own.snapshot(), ...(await this.workers())]
-    return AggregatorRegistry.aggregate(snapshots.map((snapshot) => snapshot.metrics)).metrics()
+    const workers = (await this.workers()).map((snapshot) => snapshot.metrics.map(perProcessOnly))
+    return AggregatorRegistry.aggregate([(await this.own.snapshot()).metrics, ...workers]).metrics()
   }
 
   async recent(): Promise<{ at: number; requests: number; hits: number }[]> {
@@ -334,9 +345,10 @@ export class GroupMetrics implements AdminMetrics {
     this.own.purged(entries)
   }
 
-  /** Each tier summed over the processes: the memory tiers of all, the file tier (the primary's alone). */
+  /** Each tier summed over the processes: the memory tiers of all; the store behind, one for all, as the primary sees it. */
   async tierStats(): Promise<TierStats[]> {
-    const all = [...(await this.own.tierStats()), ...(await this.workers()).flatMap((snapshot) => snapshot.tiers)]
+    const workers = (await this.workers()).flatMap((snapshot) => snapshot.tiers.filter((stats) => stats.tier === MEMORY_TIER))
+    const all = [...(await this.own.tierStats()), ...workers]
     const byTier = new Map<string, TierStats>()
     for (const stats of all) {
       const sum = byTier.get(stats.tier)

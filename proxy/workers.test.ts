@@ -127,13 +127,14 @@ async function startWorkers(command: string[], origin: string, flags: string[] =
 /** A GET on a connection of its own, so that connections, and so workers, differ from one request to the next. */
 function freshGet(url: string): Promise<{ status: number; body: string; headers: Record<string, string | string[] | undefined> }> {
   return new Promise((resolve, reject) => {
-    const sent = request(url, { agent: false }, (response) => {
+    const sent = request(url, { agent: false, timeout: 5000 }, (response) => {
       let body = ""
       response.setEncoding("utf8")
       response.on("data", (chunk) => (body += chunk))
       response.on("end", () => resolve({ status: response.statusCode ?? 0, body, headers: response.headers }))
     })
     sent.on("error", reject)
+    sent.on("timeout", () => sent.destroy(new Error(`no answer from ${url} within 5 s`)))
     sent.end()
   })
 }

@@ -191,6 +191,7 @@ class Supervisor {
       // The start-up scan removes files no entry names, as an earlier run's: it must be over
       // before a worker writes any.
       await this.primary.index?.ready()
+      if (this.stopping) return await this.done
       const first = await this.start(1)
       if (!first) return await this.done
       if (WORKERS_BIND_THEMSELVES) this.port = first.port
