@@ -11,7 +11,7 @@
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { TEST_OPTIONS } from "../proxy/options.fixture.ts"
+import { TEST_OPTIONS } from "../proxy/test.fixture.ts"
 import { createProxy, type ProxyOptions } from "../proxy.ts"
 import { exitWhenOrphaned, fixedBody } from "./shared.ts"
 
@@ -26,7 +26,8 @@ const origin = Bun.serve({
   fetch: () => new Response(BODY, { headers: { "cache-control": "max-age=3600" } }),
 })
 const cacheDir = mkdtempSync(join(tmpdir(), "caching-proxy-bench-metrics-"))
-const options: ProxyOptions = { ...TEST_OPTIONS, origin: origin.url.href.replace(/\/$/, ""), cacheDir }
+// Quiet: what is measured is the metrics' cost, not the access log's.
+const options: ProxyOptions = { ...TEST_OPTIONS, quiet: true, origin: origin.url.href.replace(/\/$/, ""), cacheDir }
 const off = await createProxy({ ...options, cacheDir: join(cacheDir, "off") })
 const on = await createProxy({ ...options, cacheDir: join(cacheDir, "on"), metrics: true })
 // What Bun.serve hands the app besides the request: the proxy reads the client's address and the port.

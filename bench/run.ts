@@ -24,6 +24,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { availableParallelism, cpus, tmpdir } from "node:os"
 import { join } from "node:path"
 import type { Subprocess } from "bun"
+import { startRedis } from "../cache/redis-server.fixture.ts"
 
 // ───────────────────────────── settings ─────────────────────────────
 
@@ -907,33 +908,6 @@ async function timeStartup(originUrl: string, cacheDir: string): Promise<Startup
   }
 }
 
-// ───────────────────────────── Redis ─────────────────────────────
-
-interface RedisHandle {
-  url: string
-  port: number
-}
-
-/** A redis-server of the run's own, on a free port, without persistence, pinned with the servers. */
-async function startRedisServer(): Promise<RedisHandle> {
-  if (Bun.which("redis-server") === null) throw new BenchError("redis-server not found on PATH (apt-get install -y redis-server)")
-  const port = freePort()
-  const child = spawnChild(SERVER_CPU, ["redis-server", "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-  const deadline = Date.now() + STARTUP_TIMEOUT_MS
-  while ((await redisCli(port, "ping")) !== "PONG") {
-    if (child.exitCode !== null || Date.now() > deadline) throw new BenchError(`redis-server on port ${port} did not start`)
-    await Bun.sleep(20)
-  }
-  return { url: `redis://127.0.0.1:${port}`, port }
-}
-
-async function redisCli(port: number, ...args: string[]): Promise<string> {
-  const child = Bun.spawn(["redis-cli", "-p", String(port), ...args], { stdout: "pipe", stderr: "ignore" })
-  const [out] = await Promise.all([new Response(child.stdout).text(), child.exited])
-  return out.trim()
-}
-
-/** A port nothing listens on now (the kernel's choice for port 0, then released). */
 // ───────────────────────────── workers ─────────────────────────────
 
 /**
@@ -1044,11 +1018,20 @@ async function startNginx(originUrl: string, workers: number): Promise<Server> {
   return server
 }
 
+/** A port nothing listens on now (the kernel's choice for port 0, then released). */
 function freePort(): number {
   const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } })
   const { port } = probe
   probe.stop(true)
   return port
+}
+
+// ───────────────────────────── Redis ─────────────────────────────
+
+async function redisCli(port: number, ...args: string[]): Promise<string> {
+  const child = Bun.spawn(["redis-cli", "-p", String(port), ...args], { stdout: "pipe", stderr: "ignore" })
+  const [out] = await Promise.all([new Response(child.stdout).text(), child.exited])
+  return out.trim()
 }
 
 /**
@@ -1066,7 +1049,8 @@ async function benchRedis(originUrl: string, bigOriginUrl: string, ceilingUrl: s
   ]
   const started: Server[] = []
   try {
-    const redis = await startRedisServer()
+    // The tests' launcher (a new port if another process takes the probed one), pinned with the servers.
+    await using redis = await startRedis([], { spawn: (argv) => spawnChild(SERVER_CPU, argv) })
     const onRedis = ["--store", redis.url]
     const cold = await startProxy(originUrl, [...onRedis, "--memory-size", "1"])
     const warm = await startProxy(originUrl, onRedis)

@@ -11,7 +11,6 @@ import {
   linkSync,
   lstatSync,
   mkdirSync,
-  mkdtempSync,
   openSync,
   readdirSync,
   readFileSync,
@@ -26,10 +25,9 @@ import {
 import * as fsPromises from "node:fs/promises"
 import { tmpdir } from "node:os"
 import { basename, dirname, join } from "node:path"
-import { TEST_OPTIONS } from "../proxy/options.fixture.ts"
-import { createProxy, type ProxyOptions, serve } from "../proxy.ts"
+import { meta, nextTask, ownedDir, startOrigin, startProxy as startSharedProxy } from "../proxy/test.fixture.ts"
+import type { ProxyOptions } from "../proxy.ts"
 import { bunFiles, FileStore } from "./file-store.ts"
-import type { EntryMeta, WarnKind } from "./store.ts"
 
 // ───────────────────────────── helpers ─────────────────────────────
 
@@ -37,30 +35,6 @@ const KiB = 1024
 const MiB = 1024 * KiB
 // Over the 1 MiB the memory tier holds and the store reads whole: served from its file.
 const LARGE = 2 * MiB
-
-/** A temporary directory removed when it goes out of scope: `using dir = ownedDir()`. */
-function ownedDir() {
-  const path = mkdtempSync(join(tmpdir(), "caching-proxy-test-"))
-  return { path, [Symbol.dispose]: () => rmSync(path, { recursive: true, force: true }) }
-}
-
-/** A real origin on port 0 that counts the requests it sees, by path. */
-function startOrigin(respond: (req: Request, n: number) => Response) {
-  const paths: string[] = []
-  const server = Bun.serve({
-    hostname: "127.0.0.1",
-    port: 0,
-    fetch(req) {
-      paths.push(new URL(req.url).pathname)
-      return respond(req, paths.length)
-    },
-  })
-  return {
-    url: server.url.href,
-    count: (path: string) => paths.filter((p) => p === path).length,
-    [Symbol.asyncDispose]: () => server.stop(true),
-  }
-}
 
 const FRESH = { "cache-control": "max-age=600" }
 
@@ -72,21 +46,15 @@ function startVersionedOrigin(body: (n: number) => string = (n) => `v${n}`) {
 /** A large body for answer `n`: every byte the digit, so a changed byte shows. */
 const largeBody = (n: number) => String(n % 10).repeat(LARGE)
 
-/** The real proxy, in-process, on port 0, on the given cache directory. */
+/** The shared in-process proxy on the given cache directory, once its store is ready. */
 async function startProxy(options: Partial<ProxyOptions> & { origin: string; cacheDir: string }) {
-  const full: ProxyOptions = { ...TEST_OPTIONS, ...options, origin: options.origin.replace(/\/+$/, "") }
-  const warnings: { kind: WarnKind; detail: string }[] = []
-  const { app, cache } = await createProxy(full, { warn: (kind, detail) => warnings.push({ kind, detail }) })
-  const listener = await serve(app, full)
-  await cache.store.ready()
+  const proxy = await startSharedProxy(options)
+  await proxy.cache.store.ready()
   return {
-    url: `http://127.0.0.1:${listener.port}/`,
+    url: proxy.url,
     /** What the proxy reported and carried on after, by kind. */
-    warnings: () => warnings.map((w) => w.kind),
-    [Symbol.asyncDispose]: async () => {
-      await listener.stop(true)
-      await cache.close()
-    },
+    warnings: () => proxy.warnings.map((w) => w.kind),
+    [Symbol.asyncDispose]: proxy[Symbol.asyncDispose],
   }
 }
 
@@ -149,32 +117,6 @@ async function openStore(dir: string, maxBytes = 64 * MiB) {
   return { store, warnings, [Symbol.asyncDispose]: () => store.close() }
 }
 
-/** A full EntryMeta, fresh for ten minutes, with the given fields changed. */
-function meta(overrides: Partial<EntryMeta> = {}): EntryMeta {
-  const now = Date.now()
-  return {
-    status: 200,
-    headers: [["content-type", "application/octet-stream"]],
-    vary: {},
-    responseTime: now,
-    deleteAt: now + 600_000,
-    initialAgeMs: 0,
-    freshMs: 600_000,
-    staleWhileRevalidateMs: 0,
-    staleIfErrorMs: 0,
-    mustRevalidate: false,
-    noCache: false,
-    etag: null,
-    lastModified: null,
-    ...overrides,
-  }
-}
-
-/** Lets timers, I/O and other tasks run: a loop of answers given at once would otherwise starve them. */
-function nextTask(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve))
-}
-
 /** A body in chunks, one per pull with a turn of the event loop between them, so puts in flight interleave. */
 function streamOf(bytes: Uint8Array, chunkSize = 4 * KiB): ReadableStream<Uint8Array> {
   let offset = 0
@@ -201,7 +143,7 @@ const storedDirs = (cacheDir: string) =>
 const bytesOnDisk = (dir: string, files = storedFiles(dir)) =>
   files.reduce((sum, path) => sum + inBlocks(lstatSync(path).size), 0) + storedDirs(dir).length * BLOCK
 
-// ───────────────────────────── item 6: the meta ─────────────────────────────
+// ───────────────────────────── the meta ─────────────────────────────
 
 describe("a meta that does not describe a usable response is discarded, and the request refetches", () => {
   const corruptions: [string, (meta: MetaJson) => void][] = [
@@ -237,7 +179,7 @@ describe("a meta that does not describe a usable response is discarded, and the 
   })
 })
 
-// ───────────────────────────── item 10: paths and links ─────────────────────────────
+// ───────────────────────────── paths and links ─────────────────────────────
 
 describe("a meta names only its own variant's body, and no link is followed", () => {
   /** A cache under `<dir>/cache` with one entry stored for /a, and a file outside the cache. */
@@ -368,7 +310,7 @@ describe("the store writes only inside its directory", () => {
   })
 })
 
-// ───────────────────────────── item 5: what is not a file ─────────────────────────────
+// ───────────────────────────── what is not a file ─────────────────────────────
 
 describe("a cached body that is not a regular file is a miss, never an error page", () => {
   test.each([
@@ -409,7 +351,7 @@ describe("a cached body that is not a regular file is a miss, never an error pag
   })
 })
 
-// ───────────────────────────── item 11: the digest ─────────────────────────────
+// ───────────────────────────── the digest ─────────────────────────────
 
 describe("a body changed in place is caught by its digest", () => {
   test("every meta records the sha256 of its body, taken as it was written", async () => {
@@ -463,9 +405,9 @@ describe("a body changed in place is caught by its digest", () => {
   })
 })
 
-// ───────────────────────────── item 12: leftovers ─────────────────────────────
+// ───────────────────────────── leftovers ─────────────────────────────
 
-describe("directories: a key's goes with its last entry (issue 11)", () => {
+describe("directories: a key's goes with its last entry", () => {
   const key = "GET http://origin.test/a"
 
   test("removing a key's last variant removes its directory and its shard's; what is left is what is counted", async () => {
@@ -504,7 +446,7 @@ describe("directories: a key's goes with its last entry (issue 11)", () => {
   })
 })
 
-describe("the purge-tag index (issue 11)", () => {
+describe("the purge-tag index: a tag file per tagged key, gone with its entry", () => {
   const tagDirs = (cacheDir: string) => storedDirs(cacheDir).filter((name) => name.startsWith("tags/"))
 
   test("names each tagged key once per tag; what names a key gone goes at the next start or when its tag is purged", async () => {

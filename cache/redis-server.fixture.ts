@@ -1,7 +1,7 @@
 /**
  * Real Redis servers for the tests: Debian's `redis-server`, on free loopback ports, without
  * persistence, in temporary directories, stopped by process id. A missing `redis-server` is an
- * error, not a skip: `.ci/run` installs it.
+ * error, not a skip: `npm test`'s pretest installs it. The benchmark starts its Redis here too.
  */
 import { mkdtempSync, rmSync } from "node:fs"
 import { createServer } from "node:net"
@@ -27,18 +27,30 @@ export interface RedisServer {
   [Symbol.asyncDispose](): Promise<void>
 }
 
+export interface RedisOptions {
+  /** Also find a free cluster-bus port (port + 10000), for a Cluster node. @default false */
+  clusterBus?: boolean
+  /** Starts the process: the benchmark pins it to a CPU and tracks it. @default Bun.spawn, stdout ignored */
+  spawn?: (argv: string[]) => Subprocess
+}
+
+const spawnQuietly = (argv: string[]): Subprocess => Bun.spawn(argv, { stdout: "ignore", stderr: "pipe" })
+
 /** One Redis server on a free port (and a free cluster-bus port, for a Cluster node). */
-export async function startRedis(extraArgs: string[] = [], { clusterBus = false } = {}): Promise<RedisServer> {
+export async function startRedis(
+  extraArgs: string[] = [],
+  { clusterBus = false, spawn = spawnQuietly }: RedisOptions = {},
+): Promise<RedisServer> {
   for (let attempt = 1; ; attempt++) {
     try {
-      return await startRedisOn(await freePort(clusterBus), extraArgs)
+      return await startRedisOn(await freePort(clusterBus), extraArgs, spawn)
     } catch (error) {
       if (attempt === START_ATTEMPTS) throw error
     }
   }
 }
 
-async function startRedisOn(port: number, extraArgs: string[]): Promise<RedisServer> {
+async function startRedisOn(port: number, extraArgs: string[], spawn: (argv: string[]) => Subprocess): Promise<RedisServer> {
   const dir = mkdtempSync(join(tmpdir(), "caching-proxy-test-redis-"))
   let process: Subprocess | undefined
   const server: RedisServer = {
@@ -50,7 +62,7 @@ async function startRedisOn(port: number, extraArgs: string[]): Promise<RedisSer
       process = undefined
     },
     async start() {
-      process = spawnRedis(port, dir, extraArgs)
+      process = spawnRedis(port, dir, extraArgs, spawn)
       await untilAnswers(port, process)
     },
     pause() {
@@ -93,10 +105,10 @@ export async function startRedisCluster() {
   }
 }
 
-function spawnRedis(port: number, dir: string, extraArgs: string[]): Subprocess {
+function spawnRedis(port: number, dir: string, extraArgs: string[], spawn: (argv: string[]) => Subprocess): Subprocess {
   const args = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir, ...extraArgs]
   try {
-    return Bun.spawn(["redis-server", ...args], { stdout: "ignore", stderr: "pipe" })
+    return spawn(["redis-server", ...args])
   } catch {
     throw new Error("redis-server is not installed (apt-get install -y redis-server); the Redis tests need it")
   }

@@ -1,5 +1,5 @@
 /**
- * The admin listener against browsers and guessers (issue 22, items 1-4), through real HTTP: a
+ * The admin listener against browsers and guessers, through real HTTP: a
  * real origin, the real proxy and its admin app on ports 0, attack pages in a real headless
  * chromium, and raw requests from node:http where a header (Host) must be set by hand.
  */
@@ -10,7 +10,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { chromium } from "playwright-core"
 import { createProxy, type ProxyOptions, serve } from "../proxy.ts"
-import { TEST_OPTIONS } from "./options.fixture.ts"
+import { TEST_OPTIONS } from "./test.fixture.ts"
 
 // ───────────────────────────── helpers ─────────────────────────────
 // startOrigin, startProxy, launchBrowser and runCli are copies of proxy/admin.test.ts's, for the
@@ -111,7 +111,7 @@ async function runCli(args: string[]) {
   return { stderr, code }
 }
 
-// ───────────────────────────── item 1: cross-site requests ─────────────────────────────
+// ───────────────────────────── cross-site requests ─────────────────────────────
 
 /** Three ways a page on another site POSTs text/plain without asking (no CORS preflight). */
 const ATTACKS: [string, (purgeUrl: string) => string][] = [
@@ -129,7 +129,7 @@ const ATTACKS: [string, (purgeUrl: string) => string][] = [
   ],
 ]
 
-describe("item 1: a page on another site cannot change the cache", () => {
+describe("a page on another site cannot change the cache", () => {
   test.each(ATTACKS)("%s to /api/purge is refused by the admin listener, and every entry stays", async (_, attack) => {
     await using origin = startOrigin()
     await using proxy = await startProxy(origin.url)
@@ -180,9 +180,9 @@ describe("item 1: a page on another site cannot change the cache", () => {
   })
 })
 
-// ───────────────────────────── item 2: DNS rebinding ─────────────────────────────
+// ───────────────────────────── DNS rebinding ─────────────────────────────
 
-describe("item 2: without a token, only a Host naming this machine is answered", () => {
+describe("without a token, only a Host naming this machine is answered", () => {
   test("a page at a rebound name (same origin as far as the browser knows) can neither read nor purge", async () => {
     await using origin = startOrigin()
     await using proxy = await startProxy(origin.url)
@@ -237,7 +237,7 @@ describe("item 2: without a token, only a Host naming this machine is answered",
   })
 })
 
-// ───────────────────────────── item 3: bounded bodies ─────────────────────────────
+// ───────────────────────────── bounded bodies ─────────────────────────────
 
 /** Sends headers and some of a body, and never the rest: resolves with the status once answered. */
 function unfinishedPost(url: string, headers: Record<string, string>, sent: Uint8Array): Promise<number> {
@@ -252,7 +252,7 @@ function unfinishedPost(url: string, headers: Record<string, string>, sent: Uint
   })
 }
 
-describe("item 3: admin request bodies are bounded", () => {
+describe("admin request bodies are bounded", () => {
   test("a body past 64 KiB: 413, and nothing is purged", async () => {
     await using origin = startOrigin()
     await using proxy = await startProxy(origin.url)
@@ -277,9 +277,9 @@ describe("item 3: admin request bodies are bounded", () => {
   })
 })
 
-// ───────────────────────────── item 4: the token ─────────────────────────────
+// ───────────────────────────── the token ─────────────────────────────
 
-describe("item 4: the token where other machines can ask", () => {
+describe("the token where other machines can ask", () => {
   test("--admin-token shorter than 16 characters on a non-loopback --admin-host: one line, exit code 2", async () => {
     const { stderr, code } = await runCli([
       "--origin",

@@ -3,65 +3,35 @@
  * (the bundle) and as the standalone executable (which starts its workers from itself), and what
  * its workers answer, log and do when killed is observed from outside.
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test"
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs"
+import { beforeAll, describe, expect, test } from "bun:test"
+import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs"
 import { request } from "node:http"
-import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { startRedis } from "../cache/redis-server.fixture.ts"
+import {
+  buildNodeBundle,
+  CLI,
+  eventually,
+  metaFiles,
+  NODE_BUNDLE,
+  npmRun,
+  ownedDir,
+  ROOT,
+  startOrigin,
+  startRedis,
+} from "./test.fixture.ts"
 
-const ROOT = join(import.meta.dir, "..")
-const BUN_CLI = [process.execPath, join(ROOT, "proxy.ts")]
-const NODE_CLI = ["node", join(ROOT, "dist", "cli.js")]
-const EXECUTABLE = [join(ROOT, "dist", "caching-proxy")]
 const RUNTIMES: [string, string[]][] = [
-  ["Bun", BUN_CLI],
-  ["Node", NODE_CLI],
-  ["the executable", EXECUTABLE],
+  ["Bun", CLI],
+  ["Node", NODE_BUNDLE],
+  ["the executable", [join(ROOT, "dist", "caching-proxy")]],
 ]
 const LISTENING = /listening on http:\/\/127\.0\.0\.1:(\d+).*, 2 workers$/m
 
+// The bundle npm ships, for Node, and the executable for this machine.
 beforeAll(async () => {
-  // The bundle npm ships, for Node, and the executable for this machine.
-  for (const build of ["node", "binary"]) {
-    const built = Bun.spawn([process.execPath, join(ROOT, ".ci", "build.ts"), build], { cwd: ROOT, stdout: "ignore", stderr: "inherit" })
-    expect(await built.exited).toBe(0)
-  }
-})
-
-const dirs: string[] = []
-afterAll(() => {
-  for (const dir of dirs) rmSync(dir, { recursive: true, force: true })
-})
-
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), "caching-proxy-workers-"))
-  dirs.push(dir)
-  return dir
-}
-
-/** An origin on port 0 that counts what it is asked; `respond` answers request number n. */
-function startOrigin(respond: (request: Request, n: number) => Response | Promise<Response>) {
-  const requests: Request[] = []
-  const server = Bun.serve({
-    hostname: "127.0.0.1",
-    port: 0,
-    fetch(request) {
-      requests.push(request)
-      return respond(request, requests.length)
-    },
-  })
-  return { url: server.url.href, requests, [Symbol.asyncDispose]: () => server.stop(true) }
-}
-
-/** Checks `condition` every 20 ms until it holds, for at most `ms`. */
-async function eventually(condition: () => boolean, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`not within ${ms} ms: ${condition}`)
-    await Bun.sleep(20)
-  }
-}
+  await buildNodeBundle()
+  await npmRun("build")
+}, 120_000)
 
 /** Lines as a stream gives them, read on in the background into `into`. */
 function readLines(stream: ReadableStream<Uint8Array>, into: string[]): void {
@@ -94,7 +64,8 @@ function isRunning(pid: number): boolean {
 
 /** The CLI with --workers 2 on port 0, its own cache directory unless given one; resolves once it says it listens. */
 async function startWorkers(command: string[], origin: string, flags: string[] = []) {
-  const cacheDir = flags.includes("--cache-dir") ? [] : ["--cache-dir", tempDir()]
+  const dir = ownedDir()
+  const cacheDir = flags.includes("--cache-dir") ? [] : ["--cache-dir", dir.path]
   const child = Bun.spawn([...command, "--port", "0", "--origin", origin, "--workers", "2", ...cacheDir, ...flags], {
     stdout: "pipe",
     stderr: "pipe",
@@ -120,6 +91,7 @@ async function startWorkers(command: string[], origin: string, flags: string[] =
     [Symbol.asyncDispose]: async () => {
       child.kill("SIGKILL")
       await child.exited
+      dir[Symbol.dispose]()
     },
   }
 }
@@ -193,13 +165,14 @@ describe.each(RUNTIMES)("--workers 2 under %s", (_, cli) => {
 
 test("a worker that cannot listen stops the group: exit 1, saying why", async () => {
   await using origin = startOrigin(() => new Response("a"))
+  using dir = ownedDir()
   // Taken without SO_REUSEPORT: no worker can share it.
   const taken = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("") })
   try {
-    const child = Bun.spawn(
-      [...BUN_CLI, "--port", String(taken.port), "--origin", origin.url, "--workers", "2", "--cache-dir", tempDir()],
-      { stdout: "pipe", stderr: "pipe" },
-    )
+    const child = Bun.spawn([...CLI, "--port", String(taken.port), "--origin", origin.url, "--workers", "2", "--cache-dir", dir.path], {
+      stdout: "pipe",
+      stderr: "pipe",
+    })
     expect(await child.exited).toBe(1)
     const stderr = await new Response(child.stderr).text()
     expect(stderr).toContain(`port ${taken.port} on 127.0.0.1 is already in use`)
@@ -210,10 +183,10 @@ test("a worker that cannot listen stops the group: exit 1, saying why", async ()
 })
 
 test("--workers takes a count or auto, and CACHING_PROXY_WORKERS", async () => {
-  const refused = Bun.spawn([...BUN_CLI, "--origin", "http://127.0.0.1:1", "--workers", "0"], { stdout: "pipe", stderr: "pipe" })
+  const refused = Bun.spawn([...CLI, "--origin", "http://127.0.0.1:1", "--workers", "0"], { stdout: "pipe", stderr: "pipe" })
   expect(await refused.exited).toBe(2)
   expect(await new Response(refused.stderr).text()).toContain('--workers must be a number of processes, 1 or more, or auto (got "0")')
-  const fromEnvironment = Bun.spawn([...BUN_CLI, "--origin", "http://127.0.0.1:1"], {
+  const fromEnvironment = Bun.spawn([...CLI, "--origin", "http://127.0.0.1:1"], {
     stdout: "pipe",
     stderr: "pipe",
     env: { ...process.env, CACHING_PROXY_WORKERS: "many" },
@@ -227,9 +200,10 @@ test("--workers takes a count or auto, and CACHING_PROXY_WORKERS", async () => {
 describe("one cache directory, one owner", () => {
   test("a second proxy on a directory in use exits 2 with one line naming the holder; the first's stop frees it", async () => {
     await using origin = startOrigin(() => new Response("a"))
-    const cacheDir = tempDir()
-    await using first = await startWorkers(BUN_CLI, origin.url, ["--cache-dir", cacheDir])
-    const second = Bun.spawn([...BUN_CLI, "--port", "0", "--origin", origin.url, "--cache-dir", cacheDir], {
+    using dir = ownedDir()
+    const cacheDir = dir.path
+    await using first = await startWorkers(CLI, origin.url, ["--cache-dir", cacheDir])
+    const second = Bun.spawn([...CLI, "--port", "0", "--origin", origin.url, "--cache-dir", cacheDir], {
       stdout: "pipe",
       stderr: "pipe",
     })
@@ -245,11 +219,12 @@ describe("one cache directory, one owner", () => {
 
   test("a lock left by a process that is gone is taken over, and said so", async () => {
     await using origin = startOrigin(() => new Response("a"))
-    const cacheDir = tempDir()
+    using dir = ownedDir()
+    const cacheDir = dir.path
     const gone = Bun.spawn(["true"])
     await gone.exited
     writeFileSync(join(cacheDir, "lock"), `${gone.pid}\n`)
-    await using proxy = await startWorkers(BUN_CLI, origin.url, ["--cache-dir", cacheDir])
+    await using proxy = await startWorkers(CLI, origin.url, ["--cache-dir", cacheDir])
     expect(proxy.errors).toContain(`caching-proxy: took over ${join(cacheDir, "lock")} from process ${gone.pid}, which is gone`)
     expect(readFileSync(join(cacheDir, "lock"), "utf8")).toBe(`${proxy.child.pid}\n`)
   })
@@ -260,11 +235,6 @@ function diskBytes(dir: string): number {
   const found = Bun.spawnSync(["du", "-s", "-B1", dir]).stdout.toString()
   // The store's own root is not among what it counts.
   return Number(found.split("\t")[0]) - statSync(dir).blocks * 512
-}
-
-/** The metas stored under a cache directory: one per variant. */
-function metaFiles(cacheDir: string): string[] {
-  return readdirSync(join(cacheDir, "v1"), { recursive: true, encoding: "utf8" }).filter((name) => name.endsWith(".meta"))
 }
 
 describe.each(RUNTIMES)("one cache for the workers under %s", (_, cli) => {
@@ -309,11 +279,12 @@ describe.each(RUNTIMES)("one cache for the workers under %s", (_, cli) => {
   test("--max-size bounds the directory as a whole under concurrent writes from both workers", async () => {
     const maxSize = 256 * 1024
     await using origin = startOrigin(() => new Response("x".repeat(8 * 1024), { headers: { "cache-control": "max-age=60" } }))
-    const cacheDir = tempDir()
+    using dir = ownedDir()
+    const cacheDir = dir.path
     await using proxy = await startWorkers(cli, origin.url, ["--cache-dir", cacheDir, "--max-size", String(maxSize)])
     await Promise.all(Array.from({ length: 100 }, (_, i) => freshGet(`${proxy.url}entry-${i}`)))
     await eventually(() => answeredBy(proxy.lines).size === 2)
-    await eventually(() => diskBytes(join(cacheDir, "v1")) <= maxSize)
+    await eventually(() => diskBytes(join(cacheDir, "v1")) <= maxSize, 10_000)
     // Evicted down to the bound, not emptied: a few 8 KiB entries (and their directories) stay.
     expect(metaFiles(cacheDir).length).toBeGreaterThanOrEqual(4)
   })
@@ -347,7 +318,7 @@ describe("one admin listener for the group", () => {
       versions.set(path, (versions.get(path) ?? 0) + 1)
       return new Response(`${path} v${versions.get(path)}`, { headers: { "cache-control": "max-age=60", "surrogate-key": "tagged" } })
     })
-    await using proxy = await startWorkers(BUN_CLI, origin.url, ["--admin-port", "0"])
+    await using proxy = await startWorkers(CLI, origin.url, ["--admin-port", "0"])
     const admin = `http://127.0.0.1:${ADMIN.exec(proxy.lines.join("\n"))?.[1]}/`
     for (const [path, target] of [
       ["/by-url", { url: "/by-url" }],
@@ -363,7 +334,7 @@ describe("one admin listener for the group", () => {
 
   test("/metrics sums the workers' requests; /readyz fails while a worker is down", async () => {
     await using origin = startOrigin(() => new Response("a", { headers: { "cache-control": "max-age=60" } }))
-    await using proxy = await startWorkers(BUN_CLI, origin.url, ["--admin-port", "0"])
+    await using proxy = await startWorkers(CLI, origin.url, ["--admin-port", "0"])
     const admin = `http://127.0.0.1:${ADMIN.exec(proxy.lines.join("\n"))?.[1]}/`
     await bodies(`${proxy.url}counted`, 30)
     await eventually(() => answeredBy(proxy.lines).size === 2)
@@ -394,7 +365,7 @@ describe("workers on a shared Redis", () => {
       await Bun.sleep(200)
       return new Response(`v${++version}`, { headers: { "cache-control": "max-age=60" } })
     })
-    await using proxy = await startWorkers(BUN_CLI, origin.url, ["--store", redis.url, "--admin-port", "0"])
+    await using proxy = await startWorkers(CLI, origin.url, ["--store", redis.url, "--admin-port", "0"])
     const answers = await Promise.all(Array.from({ length: 200 }, () => freshGet(`${proxy.url}shared`)))
     expect(new Set(answers.map((answer) => answer.body))).toEqual(new Set(["v1"]))
     expect(origin.requests).toHaveLength(1)
