@@ -432,7 +432,7 @@ function lockCacheDir(dir: string): () => void {
 async function serveProxy(options: ProxyOptions, role?: WorkerRole): Promise<number> {
   const warn = createWarn(options.logFormat)
   const { app, cache, admin, metrics } = await createProxy(options, { warn, worker: role?.id })
-  if (role && metrics) answerMetrics(metrics)
+  if (role && metrics) answerMetrics(metrics, role.id)
   // A shared store is worth a moment's wait: until Redis answers, requests would go to the origin
   // uncoalesced. Past that moment the proxy starts anyway, uncached, and connects in the background.
   if (options.store.kind === "redis") await waitAtMost(cache.store.ready(), STORE_CONNECT_WAIT_MS)

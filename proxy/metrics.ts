@@ -263,9 +263,18 @@ export class ProxyMetrics implements AdminMetrics {
     return this.registry.metrics()
   }
 
-  /** What a worker tells its primary's admin listener (`GroupMetrics`). */
-  async snapshot(): Promise<MetricsSnapshot> {
-    return { metrics: await this.registry.getMetricsAsJSON(), recent: this.recent(), tiers: await this.tierStats() }
+  /**
+   * This process's metrics for a group's admin listener (`GroupMetrics`): those of the process
+   * itself (memory, CPU, event loop) labelled with the `worker` it is ("primary", "1", …), so that
+   * each stays apart where the rest are summed.
+   */
+  async snapshot(worker: string): Promise<MetricsSnapshot> {
+    const metrics = (await this.registry.getMetricsAsJSON()).map((metric) =>
+      PER_PROCESS.test(metric.name)
+        ? { ...metric, values: metric.values.map((value) => ({ ...value, labels: { ...value.labels, worker } })) }
+        : metric,
+    )
+    return { metrics, recent: this.recent(), tiers: await this.tierStats() }
   }
 
   /** Requests and hits per 10 s, oldest first, over the last 10 minutes (quiet ones as zeros): the inspector's chart. */
@@ -288,6 +297,8 @@ export class ProxyMetrics implements AdminMetrics {
   }
 }
 
+// prom-client's default metrics: each process's own, never summed.
+const PER_PROCESS = /^(?:process_|nodejs_)/
 // The one tier each process has of its own; the others (file, Redis) are the same store seen from each.
 const MEMORY_TIER = "memory"
 // Metrics of the store behind the memory tier, and of the connection to it: the primary's stand for all.
@@ -309,8 +320,8 @@ export interface MetricsSnapshot {
 /**
  * The metrics of a group of workers (--workers), for the primary's admin listener: its own (purges,
  * the whole directory's file tier) and every worker's (requests, origin, memory tiers), summed by
- * prom-client's AggregatorRegistry (counters and histograms add up; each process metric has its
- * own aggregation).
+ * prom-client's AggregatorRegistry; each process's own (memory, CPU, event loop) labelled with
+ * its `worker`.
  */
 export class GroupMetrics implements AdminMetrics {
   readonly contentType: string
@@ -325,7 +336,7 @@ export class GroupMetrics implements AdminMetrics {
 
   async render(): Promise<string> {
     const workers = (await this.workers()).map((snapshot) => snapshot.metrics.map(perProcessOnly))
-    return AggregatorRegistry.aggregate([(await this.own.snapshot()).metrics, ...workers]).metrics()
+    return AggregatorRegistry.aggregate([(await this.own.snapshot("primary")).metrics, ...workers]).metrics()
   }
 
   async recent(): Promise<{ at: number; requests: number; hits: number }[]> {

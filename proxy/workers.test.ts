@@ -342,6 +342,9 @@ describe("one admin listener for the group", () => {
     const counted = [...metrics.matchAll(/^caching_proxy_requests_total\{[^}]*\} (\d+)$/gm)].reduce((sum, [, n]) => sum + Number(n), 0)
     expect(counted).toBe(30)
     expect(metrics).toMatch(/^caching_proxy_store_entries\{tier="file"\} 1$/m)
+    // Each process's own figures stay apart, labelled.
+    for (const worker of ["primary", "1", "2"])
+      expect(metrics).toMatch(new RegExp(`^process_resident_memory_bytes\\{worker="${worker}"\\} \\d+$`, "m"))
     expect(await (await fetch(`${admin}readyz`)).text()).toBe("ready\n")
     const [killed] = proxy.workers() as [number]
     process.kill(killed, "SIGKILL")

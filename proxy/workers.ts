@@ -90,11 +90,12 @@ export function reportListening(port: number, line: string): void {
   process.send?.(envelope)
 }
 
-/** A worker answers its primary's asking for its metrics (the primary's admin listener sums them). */
-export function answerMetrics(metrics: ProxyMetrics): void {
+/** Worker `id` answers its primary's asking for its metrics (the primary's admin listener sums them). */
+export function answerMetrics(metrics: ProxyMetrics, id: number): void {
   process.on("message", async (message: unknown) => {
     if (!isEnvelope(message) || message.cachingProxy.type !== "metrics?") return
-    const envelope: Envelope = { cachingProxy: { type: "metrics", seq: message.cachingProxy.seq, snapshot: await metrics.snapshot() } }
+    const snapshot = await metrics.snapshot(String(id))
+    const envelope: Envelope = { cachingProxy: { type: "metrics", seq: message.cachingProxy.seq, snapshot } }
     process.send?.(envelope)
   })
 }
