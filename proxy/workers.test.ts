@@ -311,7 +311,7 @@ describe("one admin listener for the group", () => {
     return answers
   }
 
-  test("a purge by URL, prefix or tag reaches every worker's memory before it is answered", async () => {
+  test("a purge by URL, prefix or tag, hard or soft, reaches every worker's memory before it is answered", async () => {
     const versions = new Map<string, number>()
     await using origin = startOrigin((request) => {
       const path = new URL(request.url).pathname
@@ -329,6 +329,11 @@ describe("one admin listener for the group", () => {
       expect(await purge(admin, target)).toBeGreaterThanOrEqual(1)
       expect(await bodies(`${proxy.url}${path.slice(1)}`)).toEqual(Array(20).fill(`${path} v2`))
     }
+    // Soft: the entry turns stale everywhere, so the next request on any worker asks the origin.
+    // (The purge by tag took /by-url too: it is stored again first.)
+    expect(await bodies(`${proxy.url}by-url`)).toEqual(Array(20).fill("/by-url v3"))
+    expect(await purge(admin, { url: "/by-url", soft: true })).toBe(1)
+    expect(await bodies(`${proxy.url}by-url`)).toEqual(Array(20).fill("/by-url v4"))
     expect(answeredBy(proxy.lines)).toEqual(new Set(["1", "2"]))
   })
 
