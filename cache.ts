@@ -30,6 +30,8 @@ import {
   isNotModified,
   isTagHeader,
   isUselessToStore,
+  MAX_TAG_BYTES,
+  MAX_TAGS,
   markedStale,
   mayServeStaleOnError,
   mergeHeaders,
@@ -37,6 +39,7 @@ import {
   type PolicyConfig,
   parseCacheControl,
   responseControl,
+  responseTags,
   sameOriginReferences,
   sharedMeta,
   ttlMs,
@@ -82,6 +85,8 @@ export interface CacheConfig extends PolicyConfig {
   /** How long a request waits for another one's answer to the same key. @default the --timeout */
   coalesceWaitMs: number
   warn: Warn
+  /** Told of each response once it is stored whole (--record). @default undefined: nobody is */
+  onStored?: (key: string, meta: EntryMeta) => void
 }
 
 /** Why the origin gave no answer, as the access log and the metrics name it. */
@@ -240,7 +245,7 @@ export class Cache<S extends Store = Store> {
       return this.dropUnanswerable(lookup, stored).then(() => this.decide(lookup, undefined, forward))
     const now = Date.now()
     if (this.config.offline) {
-      return stored ? this.fromCache(stored, lookup, now, OFFLINE_HIT) : answer(504, "not in the cache (offline mode)\n", OFFLINE_MISS)
+      return stored ? this.fromCache(stored, lookup, now, OFFLINE_HIT) : offlineMiss(lookup.method, lookup.key)
     }
     if (stored) {
       const use = usability(stored.meta, lookup.directives, now)
@@ -274,7 +279,7 @@ export class Cache<S extends Store = Store> {
 
   /** Methods the cache does not answer: forwarded, and unsafe ones invalidate (RFC 9111 §4.4). */
   private async respondUncached(method: string, target: string, headers: Headers, forward: Forward): Promise<Response> {
-    if (this.config.offline) return answer(504, "not in the cache (offline mode)\n", OFFLINE_MISS)
+    if (this.config.offline) return offlineMiss(method, cacheKey(target, this.ignoreQuery))
     const response = finalResponse(await forward(headers))
     // RFC 9111 §4.4: a non-error response to an unsafe method invalidates the target URI and
     // the same-origin URIs in Location and Content-Location.
@@ -319,6 +324,10 @@ export class Cache<S extends Store = Store> {
   async purge(target: PurgeTarget, soft: boolean): Promise<number> {
     let purged = 0
     for await (const key of this.keysOf(target)) if (await this.purgeKey(key, soft)) purged++
+    // Memory tiers may hold entries the store behind let go (Redis evicted them) and so did not
+    // list: every process's memory forgets what the prefix or tag names.
+    if (!("url" in target) && isShared(this.store))
+      await this.store.announce("tag" in target ? { tag: target.tag } : { prefix: keyPrefix(target.prefix) })
     return purged
   }
 
@@ -336,7 +345,11 @@ export class Cache<S extends Store = Store> {
 
   private async purgeKey(key: string, soft: boolean): Promise<boolean> {
     const variants = await this.listing().variants(key)
-    if (variants.length === 0) return false
+    if (variants.length === 0) {
+      // Gone behind (evicted) but maybe still in memory tiers: deleting it reaches every one.
+      await this.store.delete(key)
+      return false
+    }
     if (!soft) {
       this.hitCounts.forget(key)
       await this.store.delete(key)
@@ -502,6 +515,7 @@ export class Cache<S extends Store = Store> {
     const headers = mergeHeaders(stale.meta.headers, response.headers)
     const control = responseControl(headers, this.config.targetList)
     const described = describeResponse(stale.meta.status, headers, control, stale.meta.vary, requestTime, responseTime, this.config)
+    this.warnOfDroppedTags(lookup.key, response.headers)
     // A 304 without tag fields keeps the entry's tags (its stored headers no longer hold them).
     const meta = described.tags?.length ? described : { ...described, tags: stale.meta.tags }
     const updated = await this.track(
@@ -553,12 +567,26 @@ export class Cache<S extends Store = Store> {
     }
     const vary = varySelection(varyNames(response.headers) as string[], lookup.headers) // "*" was refused above
     const meta = describeResponse(response.status, response.headers, control, vary, requestTime, responseTime, this.config)
+    this.warnOfDroppedTags(lookup.key, response.headers)
     if (isUselessToStore(meta))
       return notStored(relay(response, { kind: "pass", ...asked, detail: "stale-on-arrival" }, this.config.keepTagHeaders))
     const { body, stored } = this.teeIntoStore(lookup.key, response, meta)
     const length = Number(response.headers.get("content-length") ?? Infinity)
     const framed = body && length <= READ_AHEAD_BYTES ? await readAhead(body) : body
-    return { response: relay(new Response(framed, response), { kind: "miss", ...asked, stored: true }, this.config.keepTagHeaders), stored }
+    const wholeBytes = framed instanceof Uint8Array ? framed.byteLength : undefined
+    const outcome: Outcome = { kind: "miss", ...asked, stored: true, wholeBytes }
+    return { response: relay(new Response(framed, response), outcome, this.config.keepTagHeaders), stored }
+  }
+
+  /** Says once (the log holds a kind to once a minute) that a response carried more tags than are kept (`MAX_TAGS`). */
+  private warnOfDroppedTags(key: string, headers: Headers): void {
+    if (!headers.has("surrogate-key") && !headers.has("cache-tag")) return // most responses: nothing to count
+    const { tags, dropped } = responseTags(headers)
+    if (dropped > 0)
+      this.config.warn(
+        "tags",
+        `${key}: kept its first ${tags.length} tags and dropped ${dropped} (at most ${MAX_TAGS}, ${MAX_TAG_BYTES} bytes)`,
+      )
   }
 
   private tooLarge(headers: Headers): string | null {
@@ -585,7 +613,10 @@ export class Cache<S extends Store = Store> {
     let size = 0
     const stored = this.track(
       this.store.put(key, meta, feed.readable).then(
-        (kept) => kept,
+        (kept) => {
+          if (kept) this.config.onStored?.(key, meta)
+          return kept
+        },
         (error) => {
           if (feeding) this.config.warn("store-write", `${key}: ${(error as Error).message}`)
           feeding = false
@@ -633,7 +664,10 @@ export class Cache<S extends Store = Store> {
           await writer.write(chunk.value).catch(() => stop()) // the put's failure is reported by it
         },
         cancel: async (reason) => {
-          stop() // the client went away: nothing is wrong, and nothing whole to store
+          // A client that has every byte Content-Length promised may hang up before the origin's
+          // end is read (Node sends the last byte before this stream ends): the body is whole.
+          if (feeding && expectedLength !== null && Number(expectedLength) === size) writer.close().catch(() => undefined)
+          else stop() // the client went away: nothing is wrong, and nothing whole to store
           await reader.cancel(reason)
         },
       },
@@ -664,7 +698,10 @@ export class Cache<S extends Store = Store> {
 
   /** A response from a stored entry, RFC 9111 §4 (Age per §5.1, conditionals per §4.3.2). */
   private fromCache(stored: Stored, lookup: Lookup, now: number, outcome: Outcome): Response {
-    return withOutcome(this.cachedAnswer(stored, lookup, now, outcome), outcome)
+    const response = this.cachedAnswer(stored, lookup, now, outcome)
+    // A file Bun opens as it sends (Bun.file names its path): the runtime needs to know which.
+    const file = stored.body instanceof Blob ? (stored.body as Blob & { name?: unknown }).name : undefined
+    return withOutcome(response, typeof file === "string" ? { ...outcome, file } : outcome)
   }
 
   private cachedAnswer(stored: Stored, lookup: Lookup, now: number, outcome: Outcome): Response {
@@ -869,13 +906,19 @@ function relay(response: Response, outcome: Outcome, keepTagHeaders: boolean): R
   return withOutcome(response, outcome)
 }
 
-/** A short answer of our own (errors, only-if-cached, offline). */
+/** --offline and nothing stored: the method and URL named, so a CI log says what to record. */
+function offlineMiss(method: string, key: string): Response {
+  return answer(504, `not in the cache (offline mode): ${method} ${key.slice("GET ".length)}\n`, OFFLINE_MISS)
+}
+
+/** A short answer of our own (errors, only-if-cached, offline), as bytes: sent whole, with its length. */
 export function answer(status: number, text: string, outcome: Outcome): Response {
+  const body = new TextEncoder().encode(text)
   const headers = {
     "content-type": "text/plain; charset=utf-8",
     via: VIA,
     "x-cache": xCache(outcome),
     "cache-status": cacheStatus(outcome),
   }
-  return withOutcome(new Response(text, { status, headers }), outcome)
+  return withOutcome(new Response(body, { status, headers }), { ...outcome, wholeBytes: body.byteLength })
 }

@@ -38,6 +38,8 @@ import {
 afterEach(() => setSystemTime())
 
 describe("CLI", () => {
+  beforeAll(buildNodeBundle, 60_000)
+
   test.each([
     [["--port", "abc", "--origin", "http://127.0.0.1:1"], '--port must be 0-65535 (got "abc")'],
     [["--port", "70000", "--origin", "http://127.0.0.1:1"], "--port must be 0-65535"],
@@ -49,6 +51,8 @@ describe("CLI", () => {
     [["--origin", "http://127.0.0.1:1", "stray"], 'unexpected argument "stray"'],
     [["--origin", "http://127.0.0.1:1", "--ttl=-5"], "--ttl must be a number of seconds"],
     [["--origin", "http://127.0.0.1:1", "--max-size", "lots"], "--max-size must be a size"],
+    [["--origin", "http://127.0.0.1:1", "--max-variants", "0"], '--max-variants must be 1-1000000 (got "0")'],
+    [["--origin", "http://127.0.0.1:1", "--max-variants", "many"], '--max-variants must be 1-1000000 (got "many")'],
     [["--origin", "http://127.0.0.1:1", "--timeout", "0"], "--timeout must be a number of seconds, more than 0"],
     [["--origin", "http://127.0.0.1:1", "--no-such=1"], 'unknown flag "--no-such=1"'],
     [["--port", "1", "--port", "2", "--origin", "http://127.0.0.1:1"], "--port is given more than once"],
@@ -73,6 +77,17 @@ describe("CLI", () => {
     expect(stderr).not.toContain("    at ")
     expect(stdout).toBe("")
   })
+
+  test.each(RUNTIMES)(
+    "%s: a --cache-dir no directory can be made in (/proc/1/nope) is refused with one line and exit code 2",
+    async (_, command) => {
+      const { stdout, stderr, code } = await runCli([...command, "--origin", "http://127.0.0.1:1", "--cache-dir", "/proc/1/nope"])
+      expect(code).toBe(2)
+      expect(stderr).toMatch(/^caching-proxy: --cache-dir \/proc\/1\/nope cannot be used: .*ENOENT/)
+      expect(stderr.trim().split("\n")).toHaveLength(1)
+      expect(stdout).toBe("")
+    },
+  )
 
   test("--help lists every flag with its environment variable in 80 columns and exits 0; --version prints the version", async () => {
     const help = await runCli([...CLI, "--help"])

@@ -12,6 +12,7 @@ import { fileURLToPath } from "node:url"
 import { parseArgs } from "citty"
 import { type Context, Hono } from "hono"
 import { LinearRouter } from "hono/router/linear-router"
+import { withDeadline } from "./cache/deadline.ts"
 import { DirInUse, lockDir } from "./cache/dir-lock.ts"
 import { FileStore } from "./cache/file-store.ts"
 import { GroupMemberStore } from "./cache/group-store.ts"
@@ -19,10 +20,12 @@ import { MemoryStore } from "./cache/memory-store.ts"
 import { isFromCache, outcomeOf } from "./cache/outcome.ts"
 import { targetList } from "./cache/policy.ts"
 import { type Behind, MEMORY_BODY_LIMIT_BYTES, type TieredStore, tieredStore } from "./cache/tiered-store.ts"
-import { answer, Cache, type Forward, OriginError, type OriginFailure, type Warn } from "./cache.ts"
+import { answer, Cache, type CacheConfig, type Forward, OriginError, type OriginFailure, type Warn } from "./cache.ts"
 import packageJson from "./package.json" with { type: "json" }
 import { createAdmin } from "./proxy/admin.ts"
+import { ARCHIVE_COMMANDS, NO_REDACT_WARNING } from "./proxy/archive.ts"
 import { forwardedHeaders, HIDDEN_DOT_DOT_REFUSED, type Hop, resolvedPath, rewriteLocations } from "./proxy/forwarding.ts"
+import { HarError, type Redaction, redaction } from "./proxy/har.ts"
 import { helpText } from "./proxy/help.ts"
 import { type Access, createAccessLog, createWarn } from "./proxy/log.ts"
 import { ProxyMetrics } from "./proxy/metrics.ts"
@@ -33,12 +36,14 @@ import {
   checkRawArgs,
   flagsFromEnvironment,
   isSetting,
+  joinRepeated,
   namingVariable,
   type ProxyOptions,
   parseOptions,
   UsageError,
 } from "./proxy/options.ts"
-import { type Listener, type ListenOptions, runtime, serve } from "./proxy/runtime.ts"
+import { Recorder, Replay } from "./proxy/record.ts"
+import { type Listener, type ListenOptions, runtime, serve, unsent } from "./proxy/runtime.ts"
 import {
   type AdminStarted,
   answerMetrics,
@@ -68,21 +73,25 @@ export interface ProxyOutput {
 }
 
 /** The store entries live in: the disk under --cache-dir, or Redis (its code loaded only then). */
-async function openStore(options: ProxyOptions, warn: Warn): Promise<Behind> {
+async function openStore(
+  options: Pick<ProxyOptions, "store" | "cacheDir" | "maxSize" | "storePrefix" | "maxVariants">,
+  warn: Warn,
+): Promise<Behind> {
   if (options.store.kind === "file") {
     // A worker's share of the directory its primary indexes (proxy/workers.ts).
     const member = workerRole() !== undefined
-    const files = new FileStore({ dir: options.cacheDir, maxBytes: options.maxSize, files: runtime.files, warn, member })
+    const { cacheDir: dir, maxSize: maxBytes, maxVariants } = options
+    const files = new FileStore({ dir, maxBytes, maxVariants, files: runtime.files, warn, member })
     return member ? new GroupMemberStore(files, primaryChannel()) : files
   }
   // A literal specifier: `bun build --compile` bundles it, and other runs never load ioredis.
   const { RedisStore } = await import("./cache/redis-store.ts")
-  return new RedisStore({ target: options.store.target, prefix: options.storePrefix, warn })
+  return new RedisStore({ target: options.store.target, prefix: options.storePrefix, maxVariants: options.maxVariants, warn })
 }
 
 /** What the cache holds: memory (--memory-size) in front of the store, per process. */
 function tiered(options: ProxyOptions, behind: Behind): TieredStore {
-  const memory = new MemoryStore({ maxBytes: options.memorySize })
+  const memory = new MemoryStore({ maxBytes: options.memorySize, maxVariants: options.maxVariants })
   const memoryBodyLimit = Math.min(MEMORY_BODY_LIMIT_BYTES, options.memorySize / 8)
   return tieredStore(memory, behind, { memoryBodyLimit })
 }
@@ -101,7 +110,9 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
   const { log = console.log, warn = createWarn(options.logFormat), worker } = output
   const behind = group?.store ?? (await openStore(options, warn))
   const store = tiered(options, behind)
-  const cache = new Cache(store, {
+  const redacted = redaction(options.redact)
+  const recorder = options.record ? await Recorder.open(options.record, packageJson.version, store, redacted, warn) : undefined
+  const config: CacheConfig = {
     maxEntryBytes: options.maxEntrySize,
     defaultTtlMs: options.ttlSeconds * 1000,
     forceTtlMs: options.forceTtlSeconds * 1000,
@@ -112,7 +123,10 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
     offline: options.offline,
     coalesceWaitMs: options.timeoutSeconds * 1000,
     warn,
-  })
+    onStored: recorder && ((key, meta) => recorder.record(key, meta)),
+  }
+  const cache = new Cache(store, config)
+  const replay = options.replay ? await loadReplay(options.replay, options.origin, config, redacted) : undefined
   const storeConnected = "isConnected" in behind ? () => (behind as { isConnected: boolean }).isConnected : undefined
   const metrics = options.metrics || options.admin ? new ProxyMetrics({ store, storeConnected, warn }) : undefined
   const accessLog = options.quiet ? undefined : createAccessLog(options.logFormat, log, worker)
@@ -163,9 +177,16 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
   })
 
   /** The response on its way out: Location rewritten (--rewrite-location), recorded once sent. */
-  function sent(c: Context, ready: Response, method: string, path: string, started: number | undefined, trip: OriginTrip | undefined) {
+  function sent(
+    c: Context,
+    ready: Response,
+    method: string,
+    path: string,
+    started: number | undefined,
+    trip: OriginTrip | undefined,
+  ): Response | Promise<Response> {
     if (options.rewriteLocation) rewriteLocations(ready.headers, originUrl, proxyBase(c))
-    return record && trip ? timed(ready, method, path, started, trip, record) : ready
+    return record && trip ? timed(ready, method, path, started, trip, record, warn) : ready
   }
 
   /** How this request reached the proxy, scheme and authority: --public-url, else the Host it asked for. */
@@ -191,7 +212,10 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
       )
       return trip ? timedOrigin(sent, trip) : sent
     }
-    return cache.respond(method, request.headers, target, forward)
+    if (!replay) return cache.respond(method, request.headers, target, forward)
+    return replay
+      .respond(method, request.headers, target)
+      .then((replayed) => replayed ?? cache.respond(method, request.headers, target, forward))
   }
 
   /** Times one origin request into the trip and the metrics. */
@@ -237,16 +261,25 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
       warn,
       notReady: group?.notReady,
     })
-  return { app, cache, metrics, admin }
+  return { app, cache, metrics, admin, recorder }
+}
+
+/** --replay's HAR; one that cannot be used stops the start with its reason. */
+function loadReplay(path: string, origin: string, config: CacheConfig, redacted: Redaction): Promise<Replay> {
+  return Replay.load(path, origin, config, redacted).catch((error) => {
+    throw error instanceof HarError ? new UsageError(`--replay ${path} cannot be used: ${error.message}`) : error
+  })
 }
 
 /**
  * Records the request once its body's last byte is handed to the server. A body from the origin
- * streams, so it is timed as it ends. A hit's body (bytes from memory, or a file Bun sends by
- * sendfile) is not touched: reading `.body` turns Bun's bytes into a stream (a fifth of the hit
- * throughput, measured), and Bun tells nothing when it has sent a body; a hit is timed when handed
- * over, and counted by its Content-Length. `started` undefined: answered at once, and not timed
- * (0 ms: a clock read costs about 0.17 µs on a VM, two of them some 2 % of a hit).
+ * streams, so it is timed as it ends. A body that is whole already is not touched: a hit's (bytes
+ * from memory, or a file Bun sends by sendfile; reading `.body` turns Bun's bytes into a stream, a
+ * fifth of the hit throughput, measured) and a MISS read ahead or a short answer of our own (bytes
+ * that a counting stream would make Bun send chunked, without their length). Bun tells nothing when
+ * it has sent a body: such a response is timed when handed over, and counted by its length.
+ * `started` undefined: answered at once, and not timed (0 ms: a clock read costs about 0.17 µs on
+ * a VM, two of them some 2 % of a hit).
  */
 function timed(
   response: Response,
@@ -255,31 +288,43 @@ function timed(
   started: number | undefined,
   trip: OriginTrip,
   record: (access: Access) => void,
-): Response {
+  warn: Warn,
+): Response | Promise<Response> {
   const { status, headers } = response
-  const cache = outcomeOf(response).kind
+  const { kind: cache, wholeBytes } = outcomeOf(response)
   const originError = trip.failure && (status === 502 || status === 504) ? trip.failure : undefined
   const access: Access = { method, path, status, cache, ms: 0, bytes: 0, originMs: trip.ms, originError }
-  if (isFromCache(cache)) {
-    access.bytes = method === "HEAD" || status === 304 ? 0 : Number(headers.get("content-length") ?? 0)
-    access.ms = started === undefined ? 0 : performance.now() - started
-    record(access)
-    return response
-  }
   const finish = (bytes: number) => {
     access.bytes = bytes
     access.ms = started === undefined ? 0 : performance.now() - started
     record(access)
   }
+  if (wholeBytes !== undefined || isFromCache(cache)) {
+    finish(method === "HEAD" || status === 304 ? 0 : (wholeBytes ?? Number(headers.get("content-length") ?? 0)))
+    return response
+  }
   if (!response.body) {
     finish(0)
     return response
   }
-  return new Response(counted(response.body, finish), response)
+  return counted(response.body, finish).then(
+    (body) => new Response(body, response),
+    (error: unknown) => {
+      const unsendable = unsent(error, warn)
+      access.status = unsendable.status
+      access.cache = outcomeOf(unsendable).kind
+      finish(outcomeOf(unsendable).wholeBytes ?? 0)
+      return unsendable
+    },
+  )
 }
 
-/** The body as it comes; `finish` gets the bytes sent once it ends, fails or is cancelled. */
-function counted(body: ReadableStream<Uint8Array>, finish: (bytes: number) => void): ReadableStream<Uint8Array> {
+/**
+ * The body as it comes; `finish` gets the bytes sent once it ends, fails or is cancelled. A body
+ * that has failed already, before its first byte, rejects instead: the runtime would have
+ * answered it with a 502 (Bun does), where a stream failing once sent cuts the connection.
+ */
+async function counted(body: ReadableStream<Uint8Array>, finish: (bytes: number) => void): Promise<ReadableStream<Uint8Array>> {
   const reader = body.getReader()
   let bytes = 0
   let finished = false
@@ -287,10 +332,18 @@ function counted(body: ReadableStream<Uint8Array>, finish: (bytes: number) => vo
     if (!finished) finish(bytes)
     finished = true
   }
+  let first: ReturnType<typeof reader.read> | undefined = reader.read()
+  // Waits no longer than the task at hand: a body still on its way is not held up.
+  await Promise.race([first, new Promise((resolve) => setImmediate(resolve))]).catch((error: unknown) => {
+    reader.cancel(error).catch(() => undefined) // failed already: nothing left to read
+    throw error
+  })
   return new ReadableStream<Uint8Array>(
     {
       async pull(controller) {
-        const chunk = await reader.read().catch((error: unknown) => {
+        const read = first ?? reader.read()
+        first = undefined
+        const chunk = await read.catch((error: unknown) => {
           end()
           throw error
         })
@@ -314,10 +367,13 @@ function counted(body: ReadableStream<Uint8Array>, finish: (bytes: number) => vo
 
 // How long start-up waits for Redis before listening without it.
 const STORE_CONNECT_WAIT_MS = 2000
+// How long --clear-cache waits for its store (Redis) to answer before it gives up.
+const CLEAR_WAIT_MS = 5000
 // Requests in flight get this long to finish after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE_MS = 5000
 
-const DESCRIPTION = "A caching HTTP reverse proxy for one origin."
+const DESCRIPTION = `A caching HTTP reverse proxy for one origin.
+Subcommands: export, import (the cache as an HTTP Archive; each has --help).`
 
 // Set by `bun build --define` (.ci/build.ts) in the binary and the Node bundle; absent from source.
 declare const BUILD_VERSION: string | undefined
@@ -353,9 +409,11 @@ async function run(commandLine: string[]): Promise<number> {
   // A worker's options come from the primary, already checked.
   const role = workerRole()
   if (role) return serveProxy(role.options, role)
+  const command = ARCHIVE_COMMANDS[commandLine[0] ?? ""]
+  if (command) return command(commandLine.slice(1), { openStore, version: packageJson.version })
   checkRawArgs(commandLine)
   const fromEnvironment = flagsFromEnvironment(commandLine, process.env)
-  const rawArgs = [...[...fromEnvironment.values()].map(({ arg }) => arg), ...commandLine]
+  const rawArgs = joinRepeated([...[...fromEnvironment.values()].map(({ arg }) => arg), ...commandLine])
   return start(parseArgs<typeof args>(rawArgs, args)).catch((error) => Promise.reject(namingVariable(error, fromEnvironment)))
 }
 
@@ -369,14 +427,7 @@ async function start(parsed: Args): Promise<number> {
     return 0
   }
   const options = parseOptions(parsed)
-  if (parsed["clear-cache"]) {
-    const store = await openStore(options, createWarn())
-    await store.ready()
-    await store.clear()
-    await store.close()
-    console.log(`caching-proxy: cleared ${options.cacheDir}`)
-    return 0
-  }
+  if (parsed["clear-cache"]) return clearCache(options)
   if (options.store.kind === "file") checkCacheDir(options.cacheDir)
   // Workers share their primary's lock.
   const unlock = options.store.kind === "file" ? lockCacheDir(options.cacheDir) : undefined
@@ -431,7 +482,8 @@ function lockCacheDir(dir: string): () => void {
 /** Serves the proxy until SIGINT or SIGTERM: alone, or as worker `role` of a group. */
 async function serveProxy(options: ProxyOptions, role?: WorkerRole): Promise<number> {
   const warn = createWarn(options.logFormat)
-  const { app, cache, admin, metrics } = await createProxy(options, { warn, worker: role?.id })
+  if (options.redact === false && options.record) console.error(NO_REDACT_WARNING)
+  const { app, cache, admin, metrics, recorder } = await createProxy(options, { warn, worker: role?.id })
   if (role && metrics) answerMetrics(metrics, role.id)
   // A shared store is worth a moment's wait: until Redis answers, requests would go to the origin
   // uncoalesced. Past that moment the proxy starts anyway, uncached, and connects in the background.
@@ -447,11 +499,40 @@ async function serveProxy(options: ProxyOptions, role?: WorkerRole): Promise<num
   if (role) reportListening(listener.port, line)
   else console.log(line)
   await shutdownSignal()
-  const stopped = Promise.all([listener.stop(), adminListener?.stop(true)]).then(() => cache.close().then(() => true))
+  const stopped = Promise.all([listener.stop(), adminListener?.stop(true)]).then(() =>
+    cache
+      .close()
+      .then(() => recorder?.close())
+      .then(() => true),
+  )
   if (!(await waitAtMost(stopped, SHUTDOWN_GRACE_MS))) {
     const cut = listener.inFlight()
     if (cut > 0) console.error(`caching-proxy: ${SHUTDOWN_GRACE_MS / 1000} s after the signal, cutting ${cut} request(s) still in flight`)
   }
+  return 0
+}
+
+/**
+ * --clear-cache: empties the store and says which, or gives up after CLEAR_WAIT_MS with one line
+ * (exit 1), so a cron job or a deploy script never hangs on a Redis that cannot be used.
+ */
+async function clearCache(options: ProxyOptions): Promise<number> {
+  let firstProblem: string | undefined
+  // The store's own warnings (Redis unreachable, …) end up in the one line said on failure.
+  const store = await openStore(options, (_kind, detail) => (firstProblem ??= detail))
+  const where = whereEntriesLive(options)
+  const cleared = store.ready().then(() => store.clear())
+  try {
+    await withDeadline(cleared, CLEAR_WAIT_MS, () => {
+      throw new Error(`it did not answer within ${CLEAR_WAIT_MS / 1000} s${firstProblem ? `: ${firstProblem}` : ""}`)
+    })
+  } catch (error) {
+    console.error(`caching-proxy: could not clear ${where}: ${(error as Error).message}`)
+    return 1
+  } finally {
+    await store.close()
+  }
+  console.log(`caching-proxy: cleared ${where}`)
   return 0
 }
 

@@ -8,8 +8,8 @@ import { dirname } from "node:path"
 export type IndexChange = { metaPath: string; key: string; bytes: number } | { metaPath: string; gone: true }
 
 export class DiskUsage {
-  /** meta path → bytes on disk (meta + body, in whole blocks), in least-recently-used order. */
-  readonly lru = new Map<string, { bytes: number; key: string; persistedAt: number }>()
+  /** meta path → bytes on disk (meta + body, in whole blocks), in least-recently-used order; `use` grows with each. */
+  readonly lru = new Map<string, { bytes: number; key: string; persistedAt: number; use: number }>()
   /** Files no entry names (a failed write's, an earlier run's) that could not be removed yet: path → bytes. */
   readonly leftovers = new Map<string, number>()
   /** Key directories seen by the scan or made since, and not removed: where entries may be. */
@@ -24,13 +24,15 @@ export class DiskUsage {
   private totalBytes = 0
   /** Told of each variant indexed or gone (cache/group-store.ts: a worker's, for the one index). */
   private readonly changeListeners: ((change: IndexChange) => void)[] = []
+  /** Counts reads and writes: a variant's last `use` places it in the LRU order without walking it. */
+  private uses = 0
 
   /** `blockBytes`: the file system's block; a file or a directory takes whole blocks. */
   constructor(private readonly blockBytes: number) {}
 
   account(metaPath: string, key: string, bytes: number, persistedAt = Date.now()): void {
     this.unaccount(metaPath)
-    this.lru.set(metaPath, { bytes, key, persistedAt })
+    this.lru.set(metaPath, { bytes, key, persistedAt, use: ++this.uses })
     this.totalBytes += bytes
     this.mostRecent = metaPath
     for (const listener of this.changeListeners) listener({ metaPath, key, bytes })

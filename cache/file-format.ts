@@ -103,6 +103,7 @@ const META_FIELDS: [keyof MetaFile, (value: unknown) => boolean, string][] = [
   ["etag", isFieldValueOrNull, "a header value or null"],
   ["lastModified", isFieldValueOrNull, "a header value or null"],
   ["tags", (value) => value === undefined || (Array.isArray(value) && value.every(isString)), "absent or a list of strings"],
+  ["softPurged", (value) => value === undefined || value === true, "absent or true"],
 ]
 
 /**
@@ -139,6 +140,16 @@ export function bodyFileNamed(text: string): string | undefined {
   }
 }
 
+/** The tags a meta file's text names, however broken the rest of it: their index entries go with it. */
+export function tagsNamed(text: string): string[] {
+  try {
+    const file: unknown = JSON.parse(text)
+    return isRecord(file) && Array.isArray(file.tags) ? file.tags.filter(isString) : []
+  } catch {
+    return [] // not JSON: the start-up sweep of the tag index removes what it named
+  }
+}
+
 /** The EntryMeta a checked meta file holds: those fields only, whatever else the file has. */
 export function entryMetaOf(file: MetaFile): EntryMeta {
   return {
@@ -156,6 +167,7 @@ export function entryMetaOf(file: MetaFile): EntryMeta {
     etag: file.etag,
     lastModified: file.lastModified,
     ...(file.tags && { tags: file.tags }),
+    ...(file.softPurged && { softPurged: file.softPurged }),
   }
 }
 

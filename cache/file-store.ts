@@ -42,6 +42,7 @@ import {
   SHARD_NAME,
   TAGS_DIR,
   TEMP_SUFFIX,
+  tagsNamed,
   variantIdOf,
   variantOfBody,
   writeId,
@@ -64,6 +65,7 @@ import type {
   Warn,
 } from "./store.ts"
 import { MEMORY_BODY_LIMIT_BYTES } from "./tiered-store.ts"
+import { DEFAULT_MAX_VARIANTS, selectionsOf, shapesOf } from "./variants.ts"
 
 // The runtime seam (Bun's or Node's file reads) is its own file; importers of the store find it here too.
 export { bunFiles, type FileApi, nodeFiles } from "./file-api.ts"
@@ -104,12 +106,15 @@ export interface FileStoreOptions {
    * seen for absent. @default false
    */
   member?: boolean
+  /** Variants kept per key; the least recently used goes beyond it. @default 64 */
+  maxVariants?: number
 }
 
 export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle {
   private readonly dir: string
   private readonly root: string
   private readonly maxBytes: number
+  private readonly maxVariants: number
   private readonly files: FileApi
   private readonly warn: Warn
   /** What the store takes on disk, in LRU order: what the bound applies to. */
@@ -139,11 +144,17 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   /** `dir` with its links resolved, once: key directories must resolve under it. */
   private realDir: Promise<string> | undefined
   private readonly generationTimer: ReturnType<typeof setInterval>
+  /**
+   * Key directory → the Vary name lists of its variants, learnt when they are all read: a lookup
+   * then reads the one meta the request selects (`variants.ts`), never every variant's.
+   */
+  private readonly shapes = new Map<string, string[][]>()
 
-  constructor({ dir, maxBytes, files, warn, member = false }: FileStoreOptions) {
+  constructor({ dir, maxBytes, files, warn, member = false, maxVariants = DEFAULT_MAX_VARIANTS }: FileStoreOptions) {
     this.dir = dir
     this.root = join(dir, FORMAT_DIR)
     this.maxBytes = maxBytes
+    this.maxVariants = maxVariants
     this.files = files
     this.warn = warn
     this.usage = new DiskUsage(blockBytesOf(dir))
@@ -174,13 +185,13 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     const dir = this.keyDir(key)
     // A cold URL costs no syscall once the scan has listed every key directory.
     if (!this.mayHold(dir)) return undefined
-    return this.getFrom(dir, request)
+    return this.getFrom(key, dir, request)
   }
 
-  private async getFrom(dir: string, request: Headers): Promise<Stored | undefined> {
+  private async getFrom(key: string, dir: string, request: Headers): Promise<Stored | undefined> {
     // A body that went, or proved broken, after its meta was read: the key is read again.
     for (let reads = 0; reads < MAX_READS; reads++) {
-      const variant = selectVariant(await this.readVariants(dir), request)
+      const variant = selectVariant(await this.candidates(key, dir, request), request)
       if (!variant) return undefined
       const body = await this.openBody(variant)
       if (body === undefined) continue
@@ -190,10 +201,11 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     return undefined
   }
 
+  /** Whether a meta is in the key's directory: its name tells, unread (a miss asks, and a key may hold --max-variants). */
   has(key: string): MaybePromise<boolean> {
     const dir = this.keyDir(key)
     if (!this.mayHold(dir)) return false
-    return this.readVariants(dir).then((variants) => variants.length > 0)
+    return fs.readdir(dir).then((names) => names.some((name) => META_NAME.test(name)), this.ifMissing(false, "reading a key"))
   }
 
   async put(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<boolean> {
@@ -221,7 +233,10 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
       const version = size > WHOLE_BODY_BYTES ? versionOf(bodyPath, await fs.lstat(bodyPath)) : undefined
       await this.writeMeta(key, dir, variantId, { bodyFile, size, sha256 }, meta, version)
       // Deleted while its meta was written: the entry it made goes as the delete meant.
-      if (!put.calledOff) return true
+      if (!put.calledOff) {
+        await this.keepVariantsBounded(key, dir)
+        return true
+      }
       await this.removeVariant(join(dir, variantId + META_SUFFIX))
       return false
     } catch (error) {
@@ -306,11 +321,14 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     const names = await fs.readdir(dir).catch(this.ifMissing([] as string[], "listing a key to delete"))
     const paths = names.map((name) => join(dir, name)).filter((path) => !this.writing.has(path))
     paths.sort((a, b) => Number(b.endsWith(META_SUFFIX)) - Number(a.endsWith(META_SUFFIX)))
+    const tags = new Set<string>()
     for (const path of paths) {
+      if (META_NAME.test(basename(path))) for (const tag of await this.tagsOfMeta(path)) tags.add(tag)
       this.forget(path)
       await removeOwnFile(path)
     }
     await this.removeEmptyDir(dir)
+    await this.unindexTags(dir, tags)
   }
 
   /**
@@ -380,6 +398,40 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     return join(this.root, TAGS_DIR, sha256(tag))
   }
 
+  /**
+   * The variants that can match the request: the metas its selections name once the key's Vary
+   * name lists are known, else every variant (which teaches them). Expired ones are removed.
+   */
+  private async candidates(key: string, dir: string, request: Headers): Promise<DiskVariant[]> {
+    const shapes = this.shapes.get(dir)
+    if (!shapes) return this.readVariants(dir)
+    const found: DiskVariant[] = []
+    const now = Date.now()
+    for (const selection of selectionsOf(shapes, request)) {
+      const variant = await this.readVariant(join(dir, variantIdOf(key, selection) + META_SUFFIX))
+      if (!variant) continue
+      if (variant.meta.deleteAt > now) found.push(variant)
+      else await this.removeVariant(variant.metaPath)
+    }
+    return found
+  }
+
+  /**
+   * Past --max-variants the key's least recently used variants go: a client sending new values of
+   * a header the origin varies on must not grow one URL without bound. The tier in front hears of
+   * it, as of an eviction.
+   */
+  private async keepVariantsBounded(key: string, dir: string): Promise<void> {
+    const names = await fs.readdir(dir).catch(this.ifMissing([] as string[], "counting a key's variants"))
+    const metas = names.filter((name) => META_NAME.test(name)).map((name) => join(dir, name))
+    if (metas.length <= this.maxVariants) return
+    // A meta the index does not know (written by another process) counts as the least recently used.
+    const use = (metaPath: string) => this.usage.lru.get(metaPath)?.use ?? 0
+    metas.sort((a, b) => use(a) - use(b))
+    for (const metaPath of metas.slice(0, metas.length - this.maxVariants)) await this.removeVariant(metaPath)
+    for (const listener of this.dropListeners) listener(key)
+  }
+
   stats(): Promise<TierStats[]> {
     return Promise.resolve([
       { tier: "file", entries: this.usage.lru.size, bytes: this.usage.occupiedBytes(), evictions: this.evictions, maxBytes: this.maxBytes },
@@ -400,6 +452,15 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
 
   onDrop(listener: (key: string | null) => void): void {
     this.dropListeners.push(listener)
+  }
+
+  /**
+   * Another process changed the key's entries (null: cleared everything): the Vary name lists
+   * known for it may be out of date, and are learnt again at its next lookup.
+   */
+  changedElsewhere(key: string | null): void {
+    if (key === null) this.shapes.clear()
+    else this.shapes.delete(this.keyDir(key))
   }
 
   /** A group member's index, change by change, for its coordinator. */
@@ -455,6 +516,15 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
       if (variant.meta.deleteAt > now) variants.push(variant)
       else await this.removeVariant(variant.metaPath)
     }
+    // Known from now on: a lookup reads the one meta a request selects. Joined with what was
+    // known, so that a list written meanwhile is not lost.
+    this.shapes.set(
+      dir,
+      shapesOf(
+        variants.map(({ meta }) => meta.vary),
+        this.shapes.get(dir),
+      ),
+    )
     return variants
   }
 
@@ -609,6 +679,9 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     // Named by the meta now: a cleanup keeps the body for that.
     this.writing.delete(join(dir, body.bodyFile))
     this.metaPaths.set(meta, metaPath)
+    // Unknown lists stay unknown: the next lookup reads every variant and learns them all.
+    const shapes = this.shapes.get(dir)
+    if (shapes) this.shapes.set(dir, shapesOf([meta.vary], shapes))
     this.usage.account(metaPath, key, this.usage.inBlocks(Buffer.byteLength(text)) + this.usage.inBlocks(body.size))
     if (version) this.verified.set(metaPath, version)
     // Reported, not thrown: the entry is stored; only a purge by its tag would miss it.
@@ -662,10 +735,34 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   // ───────────── removing ─────────────
 
   private async removeVariant(metaPath: string): Promise<void> {
+    const tags = await this.tagsOfMeta(metaPath)
     this.forget(metaPath)
     await removeOwnFile(metaPath)
     await this.removeUnnamedBodies(dirname(metaPath), basename(metaPath, META_SUFFIX))
     await this.removeEmptyDir(dirname(metaPath))
+    await this.unindexTags(dirname(metaPath), tags)
+  }
+
+  /** The tags a variant's meta names (read before it goes, for their index entries to go with it). */
+  private async tagsOfMeta(metaPath: string): Promise<string[]> {
+    // One that cannot be read (gone, a link, too large) was reported by whoever found it broken;
+    // what it indexed goes in the sweep at the next start.
+    const bytes = await readSmallFile(metaPath, MAX_META_BYTES).catch(() => undefined)
+    return bytes === undefined ? [] : tagsNamed(bytes.toString("utf8"))
+  }
+
+  /**
+   * Once a key's directory is gone, so are its entries in the index of each tag it carried, and
+   * a tag's directory once it indexes nothing: the index never outlives what it names. While the
+   * key still has variants, an entry stays; a purge by the tag drops it if none carries the tag.
+   */
+  private async unindexTags(dir: string, tags: Iterable<string>): Promise<void> {
+    if (this.usage.knownDirs.has(dir)) return
+    for (const tag of tags) {
+      const tagDir = this.tagDir(tag)
+      await removeOwnFile(join(tagDir, basename(dir)))
+      await this.removeEmptyTagDir(tagDir)
+    }
   }
 
   /**
@@ -679,6 +776,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     this.usage.forgetKeyDir(dir)
     try {
       await fs.rmdir(dir)
+      this.shapes.delete(dir)
     } catch (error) {
       if (isMissing(error)) return
       this.usage.knowKeyDir(dir) // still holds something: a variant, a write under way, a file not ours
@@ -759,6 +857,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
 
   private reset(): void {
     this.usage.reset()
+    this.shapes.clear()
     this.verified.clear()
   }
 

@@ -23,6 +23,7 @@ import type {
   Claims,
   Drops,
   EntryMeta,
+  KeyMatch,
   Lifecycle,
   ListedEntry,
   Listing,
@@ -37,6 +38,9 @@ import type {
   Warn,
 } from "./store.ts"
 
+/** What goes from the stores in front: a key, everything (null), or the keys a purge by prefix or tag names. */
+type Dropped = string | null | KeyMatch
+
 /** An ordered message pipe to the other side. */
 export interface Channel {
   send(message: GroupMessage): void
@@ -48,10 +52,10 @@ export type GroupMessage =
   | { kind: "hello" }
   | { kind: "claim"; seq: number; key: string; ttlMs: number }
   | { kind: "release"; key: string }
-  | { kind: "changed"; seq: number; key: string | null }
+  | { kind: "changed"; seq: number; key: Dropped }
   | { kind: "index"; changes: IndexChange[] }
   | { kind: "reply"; seq: number; granted: boolean }
-  | { kind: "drop"; seq: number; key: string | null }
+  | { kind: "drop"; seq: number; key: Dropped }
   | { kind: "dropped"; seq: number }
   | { kind: "landed"; key: string }
 
@@ -75,7 +79,7 @@ interface Wait {
 export class GroupMemberStore implements Store, Listing, Claims, Drops, ReadNotices, Lifecycle {
   private seq = 0
   private readonly replies = new Map<number, (granted: boolean) => void>()
-  private readonly dropListeners: ((key: string | null) => void)[] = []
+  private readonly dropListeners: ((dropped: Dropped) => void)[] = []
   /** Key → the waits for its claim to end or its entry to change. */
   private readonly waits = new Map<string, Set<() => void>>()
   /** Key → the end of the claim another worker holds, waited for since this one asked. */
@@ -118,12 +122,16 @@ export class GroupMemberStore implements Store, Listing, Claims, Drops, ReadNoti
     }
   }
 
-  /** Tells the tiers in front to forget the key (null: everything), and ends waits on it. */
-  private dropped(key: string | null): void {
-    this.keyChanged(key)
-    for (const listener of this.dropListeners) listener(key)
-    if (key === null) for (const waited of [...this.waits.keys()]) this.ended(waited)
-    else this.ended(key)
+  /** Tells the tiers in front to forget what went (a key, everything, or what a purge names), and ends waits on a key. */
+  private dropped(dropped: Dropped): void {
+    // A purge's match drops only what memory holds: it makes no key present.
+    if (dropped === null || typeof dropped === "string") {
+      this.keyChanged(dropped)
+      this.inner.changedElsewhere(dropped)
+    }
+    for (const listener of this.dropListeners) listener(dropped)
+    if (dropped === null) for (const waited of [...this.waits.keys()]) this.ended(waited)
+    else if (typeof dropped === "string") this.ended(dropped)
   }
 
   private ended(key: string): void {
@@ -147,7 +155,7 @@ export class GroupMemberStore implements Store, Listing, Claims, Drops, ReadNoti
   }
 
   /** The index first (same pipe, so in order), then the change, answered once every worker dropped the key. */
-  private async tellCoordinator(key: string | null): Promise<void> {
+  private async tellCoordinator(key: Dropped): Promise<void> {
     this.flushIndex()
     await this.ask((seq) => ({ kind: "changed", seq, key }))
   }
@@ -225,7 +233,7 @@ export class GroupMemberStore implements Store, Listing, Claims, Drops, ReadNoti
     this.inner.used(key, meta)
   }
 
-  onDrop(listener: (key: string | null) => void): void {
+  onDrop(listener: (dropped: Dropped) => void): void {
     this.dropListeners.push(listener)
   }
 
@@ -243,6 +251,12 @@ export class GroupMemberStore implements Store, Listing, Claims, Drops, ReadNoti
     }
     this.waits.get(key)?.delete(wait.ended)
     return () => this.channel.send({ kind: "release", key })
+  }
+
+  /** Every worker's memory tier (this one's too, through `onDrop`) forgets what a purge by prefix or tag names, before this resolves. */
+  async announce(match: KeyMatch): Promise<void> {
+    this.dropped(match)
+    await this.tellCoordinator(match)
   }
 
   /** Resolves when the claim another worker holds ends (or the key's entry changes), or after `ms`. */
@@ -380,13 +394,13 @@ export class GroupCoordinator {
   }
 
   /** Tells every worker but `from` to drop the key; resolves once they all have. */
-  fanOut(key: string | null, from: Member | undefined): Promise<void> {
+  fanOut(key: Dropped, from: Member | undefined): Promise<void> {
     const waiting = new Set([...this.members].filter((member) => member !== from))
     if (waiting.size === 0) return Promise.resolve()
     const seq = ++this.seq
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
-        this.warn("store-write", `${drop.waiting.size} worker(s) did not drop ${key ?? "everything"} within ${DROP_ACK_WAIT_MS} ms`)
+        this.warn("store-write", `${drop.waiting.size} worker(s) did not drop ${JSON.stringify(key)} within ${DROP_ACK_WAIT_MS} ms`)
         this.drops.delete(seq)
         resolve()
       }, DROP_ACK_WAIT_MS)

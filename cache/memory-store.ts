@@ -5,7 +5,8 @@
  */
 import { concat } from "./bytes.ts"
 import { selectVariant } from "./policy.ts"
-import type { Drops, EntryMeta, ListedEntry, Listing, ListOptions, Page, Store, Stored, TierStats } from "./store.ts"
+import type { Drops, EntryMeta, KeyMatch, ListedEntry, Listing, ListOptions, Page, Store, Stored, TierStats } from "./store.ts"
+import { DEFAULT_MAX_VARIANTS, selectionsOf, shapesOf } from "./variants.ts"
 
 // Rough bytes a key's map entry and a variant's meta take in memory, counted against the bound
 // so that many small entries cannot outgrow it.
@@ -14,17 +15,23 @@ const META_OVERHEAD_BYTES = 256
 const DEFAULT_PAGE_KEYS = 100
 
 interface KeyEntry {
-  variants: Stored[]
+  /** Selection (its JSON) → the variant, least recently used first. */
+  variants: Map<string, Stored>
+  /** The Vary name lists of the variants: a request's selection under each names the one to read. */
+  shapes: string[][]
   bytes: number
 }
 
 export interface MemoryStoreOptions {
   /** Bytes the store may hold, bodies and metas together. */
   maxBytes: number
+  /** Variants kept per key; the least recently used goes beyond it. @default 64 */
+  maxVariants?: number
 }
 
 export class MemoryStore implements Store, Listing, Drops {
   readonly maxBytes: number
+  private readonly maxVariants: number
   private readonly entries = new Map<string, KeyEntry>()
   private totalBytes = 0
   private evictions = 0
@@ -34,15 +41,16 @@ export class MemoryStore implements Store, Listing, Drops {
   /** tag → the keys with a variant carrying it. */
   private readonly byTag = new Map<string, Set<string>>()
 
-  constructor({ maxBytes }: MemoryStoreOptions) {
+  constructor({ maxBytes, maxVariants = DEFAULT_MAX_VARIANTS }: MemoryStoreOptions) {
     this.maxBytes = maxBytes
+    this.maxVariants = maxVariants
   }
 
   get(key: string, request: Headers): Stored | undefined {
     const now = Date.now()
     for (;;) {
       const entry = this.entries.get(key)
-      const stored = entry && selectVariant(entry.variants, request)
+      const stored = entry && this.select(entry, request)
       if (!entry || !stored) return undefined
       if (stored.meta.deleteAt > now) {
         this.moveToNewest(key, entry)
@@ -52,9 +60,31 @@ export class MemoryStore implements Store, Listing, Drops {
     }
   }
 
+  /** The variant the request selects, looked up by its selection, and moved to the key's most recently used end. */
+  private select(entry: KeyEntry, request: Headers): Stored | undefined {
+    const { variants } = entry
+    // One variant under no Vary: nothing to select (most keys).
+    if (variants.size === 1 && entry.shapes[0]?.length === 0) return variants.values().next().value
+    const found: Stored[] = []
+    for (const selection of selectionsOf(entry.shapes, request)) {
+      const variant = variants.get(JSON.stringify(selection))
+      if (variant) found.push(variant)
+    }
+    const stored = selectVariant(found, request)
+    if (stored) {
+      const id = JSON.stringify(stored.meta.vary)
+      variants.delete(id)
+      variants.set(id, stored)
+    }
+    return stored
+  }
+
   has(key: string): boolean {
     const now = Date.now()
-    return this.entries.get(key)?.variants.some((v) => v.meta.deleteAt > now) ?? false
+    const entry = this.entries.get(key)
+    if (!entry) return false
+    for (const { meta } of entry.variants.values()) if (meta.deleteAt > now) return true
+    return false
   }
 
   /** Reads the body whole; one larger than the whole store is not kept. */
@@ -71,29 +101,29 @@ export class MemoryStore implements Store, Listing, Drops {
 
   /** Holds a variant whose bytes are at hand, in place of the one with the same Vary selection; false when it cannot fit. */
   keep(key: string, meta: EntryMeta, body: Uint8Array): boolean {
-    const variants = this.entries.get(key)?.variants ?? []
-    const others = variants.filter((v) => !sameSelection(v.meta.vary, meta.vary))
-    return this.set(key, [...others, { meta, size: body.byteLength, body }])
+    const id = JSON.stringify(meta.vary)
+    const others = [...(this.entries.get(key)?.variants ?? [])].filter(([other]) => other !== id)
+    // Past --max-variants the least recently used go: a client sending new values of a header
+    // the origin varies on must not grow one URL without bound.
+    const kept = others.slice(Math.max(0, others.length - (this.maxVariants - 1)))
+    return this.set(key, new Map([...kept, [id, { meta, size: body.byteLength, body }]]))
   }
 
   update(key: string, meta: EntryMeta): Promise<boolean> {
-    const variants = this.entries.get(key)?.variants ?? []
-    const current = variants.find((v) => sameSelection(v.meta.vary, meta.vary))
-    if (current)
-      this.set(
-        key,
-        variants.map((v) => (v === current ? { ...current, meta } : v)),
-      )
+    const variants = this.entries.get(key)?.variants
+    const id = JSON.stringify(meta.vary)
+    const current = variants?.get(id)
+    if (variants && current) this.set(key, new Map([...variants].map(([other, v]) => [other, other === id ? { ...current, meta } : v])))
     return Promise.resolve(current !== undefined)
   }
 
   /** Forgets the variant stored for this Vary selection. */
   forgetVariant(key: string, vary: EntryMeta["vary"]): void {
     const variants = this.entries.get(key)?.variants
-    if (!variants) return
-    const others = variants.filter((v) => !sameSelection(v.meta.vary, vary))
-    if (others.length === variants.length) return
-    if (others.length) this.set(key, others)
+    const id = JSON.stringify(vary)
+    if (!variants?.has(id)) return
+    const others = new Map([...variants].filter(([other]) => other !== id))
+    if (others.size) this.set(key, others)
     else this.forget(key)
   }
 
@@ -108,11 +138,18 @@ export class MemoryStore implements Store, Listing, Drops {
     if (!entry) return
     this.entries.delete(key)
     this.totalBytes -= entry.bytes
-    for (const tag of tagsOf(entry.variants)) {
+    for (const tag of tagsOf(entry.variants.values())) {
       const keys = this.byTag.get(tag)
       keys?.delete(key)
       if (keys?.size === 0) this.byTag.delete(tag)
     }
+  }
+
+  /** Forgets the keys a purge by prefix or tag names. */
+  forgetMatching(match: KeyMatch): void {
+    const keys =
+      "tag" in match ? [...(this.byTag.get(match.tag) ?? [])] : [...this.entries.keys()].filter((key) => key.startsWith(match.prefix))
+    for (const key of keys) this.forget(key)
   }
 
   clear(): Promise<void> {
@@ -139,25 +176,25 @@ export class MemoryStore implements Store, Listing, Drops {
   }
 
   private listed(key: string): ListedEntry[] {
-    return (this.entries.get(key)?.variants ?? []).map(({ meta, size }) => ({ key, meta, size, tiers: ["memory"] }))
+    return [...(this.entries.get(key)?.variants.values() ?? [])].map(({ meta, size }) => ({ key, meta, size, tiers: ["memory"] }))
   }
 
   tagged(tag: string): Promise<string[]> {
     const now = Date.now()
     const keys = [...(this.byTag.get(tag) ?? [])].filter((key) =>
-      this.entries.get(key)?.variants.some(({ meta }) => meta.deleteAt > now && meta.tags?.includes(tag)),
+      [...(this.entries.get(key)?.variants.values() ?? [])].some(({ meta }) => meta.deleteAt > now && meta.tags?.includes(tag)),
     )
     return Promise.resolve(keys)
   }
 
   /** Whether this variant of the key is held here: the tiered store's listing says so. */
   holds(key: string, vary: EntryMeta["vary"]): boolean {
-    return this.entries.get(key)?.variants.some((v) => sameSelection(v.meta.vary, vary)) ?? false
+    return this.entries.get(key)?.variants.has(JSON.stringify(vary)) ?? false
   }
 
   stats(): Promise<TierStats[]> {
     let entries = 0
-    for (const entry of this.entries.values()) entries += entry.variants.length
+    for (const entry of this.entries.values()) entries += entry.variants.size
     return Promise.resolve([{ tier: "memory", entries, bytes: this.totalBytes, evictions: this.evictions, maxBytes: this.maxBytes }])
   }
 
@@ -172,14 +209,15 @@ export class MemoryStore implements Store, Listing, Drops {
     this.newest = key
   }
 
-  private set(key: string, variants: Stored[]): boolean {
+  private set(key: string, variants: Map<string, Stored>): boolean {
     this.forget(key)
-    const bytes = KEY_OVERHEAD_BYTES + key.length + variants.reduce((sum, v) => sum + variantBytes(v), 0)
+    let bytes = KEY_OVERHEAD_BYTES + key.length
+    for (const variant of variants.values()) bytes += variantBytes(variant)
     if (bytes > this.maxBytes) return false
-    this.entries.set(key, { variants, bytes })
+    this.entries.set(key, { variants, shapes: shapesOf([...variants.values()].map(({ meta }) => meta.vary)), bytes })
     this.newest = key
     this.totalBytes += bytes
-    for (const tag of tagsOf(variants)) this.byTag.set(tag, (this.byTag.get(tag) ?? new Set()).add(key))
+    for (const tag of tagsOf(variants.values())) this.byTag.set(tag, (this.byTag.get(tag) ?? new Set()).add(key))
     for (const oldest of this.entries.keys()) {
       if (this.totalBytes <= this.maxBytes) break
       this.forget(oldest)
@@ -190,13 +228,10 @@ export class MemoryStore implements Store, Listing, Drops {
   }
 }
 
-/** Whether two Vary selections are the same (they are built with their names in one order). */
-function sameSelection(a: EntryMeta["vary"], b: EntryMeta["vary"]): boolean {
-  return JSON.stringify(a) === JSON.stringify(b)
-}
-
-function tagsOf(variants: Stored[]): Set<string> {
-  return new Set(variants.flatMap(({ meta }) => meta.tags ?? []))
+function tagsOf(variants: Iterable<Stored>): Set<string> {
+  const tags = new Set<string>()
+  for (const { meta } of variants) for (const tag of meta.tags ?? []) tags.add(tag)
+  return tags
 }
 
 function variantBytes({ meta, size }: Stored): number {

@@ -24,6 +24,16 @@ export interface Outcome {
   stored?: boolean
   /** RFC 9211 §2.8 detail: what else there is to say (a reason not to store, a stale answer's licence). */
   detail?: string
+  /**
+   * Not rendered: the body is bytes in memory, whole, of this length (a short answer of our own, a
+   * MISS read ahead). It goes out with its length as it is: nothing need count or watch it stream.
+   */
+  wholeBytes?: number
+  /**
+   * Not rendered: the body is this file, which the runtime opens by its path only as it sends it
+   * (Bun.file). Gone by then (another process cleared the cache, an eviction), the request is asked again.
+   */
+  file?: string
 }
 
 // Answered from the cache (X-Cache: HIT): what a hit ratio counts.

@@ -279,11 +279,11 @@ export function ttlMs(meta: EntryMeta, now: number): number {
 /**
  * A soft purge: the entry is stale from `now` on, so the next request validates it (RFC 9111
  * §4.3.1) or, within its stale-while-revalidate window, is served while it is refreshed (RFC 5861
- * §3; the window counts from now). Its delete time stays: it can still be validated, or stand in
- * under stale-if-error.
+ * §3; the window counts from now), but never under a client's max-stale (see `usability`). Its
+ * delete time stays: it can still be validated, or stand in under stale-if-error.
  */
 export function markedStale(meta: EntryMeta, now: number): EntryMeta {
-  return { ...meta, freshMs: Math.min(meta.freshMs, currentAgeMs(meta, now)) }
+  return { ...meta, freshMs: Math.min(meta.freshMs, currentAgeMs(meta, now)), softPurged: true }
 }
 
 /** Builds what we keep about a response, from the response and the request that caused it. */
@@ -315,7 +315,7 @@ export function describeResponse(
     noCache: !forced && directives.has("no-cache"),
     etag: headers.get("etag"),
     lastModified: validLastModified(headers, responseTime),
-    tags: responseTags(headers),
+    tags: responseTags(headers).tags,
   }
 }
 
@@ -331,7 +331,7 @@ function validLastModified(headers: Headers, now: number): string | null {
 // How long a stale entry is kept: it can still be revalidated (a 304 instead of a body), serve
 // stale-if-error when the origin is down (RFC 9111 §4.2.4), a client's max-stale, or --offline.
 // Stores drop it after that even if their byte bound has room (Redis by its TTL).
-const STALE_RETENTION_MS = 7 * 24 * 3600 * 1000
+export const STALE_RETENTION_MS = 7 * 24 * 3600 * 1000
 
 /** When an entry stops being of any use: fresh, then stale for the longest window that may use it. */
 function deleteAt(
@@ -361,8 +361,9 @@ export function usability(meta: EntryMeta, request: Directives, now: number): Us
   // even when the request allows max-stale.
   if (meta.mustRevalidate) return "validate"
   const staleness = -remaining
-  // RFC 9111 §5.2.1.2: max-stale lets the client take a stale response.
-  const maxStale = deltaOrAnyMs(request, "max-stale")
+  // RFC 9111 §5.2.1.2: max-stale lets the client take a stale response; not one the operator
+  // soft-purged (declared out of date): it is validated first, as the README promises.
+  const maxStale = meta.softPurged ? undefined : deltaOrAnyMs(request, "max-stale")
   if (maxStale !== undefined && staleness <= maxStale) return "stale-allowed"
   // RFC 5861 §3: stale-while-revalidate serves at once and refreshes in the background; with no
   // window, even a response stale by 0 ms is validated first.
@@ -426,13 +427,29 @@ export function isTagHeader(name: string): boolean {
   return name in TAG_HEADERS
 }
 
-/** A response's tags, from its tag fields, each once. */
-function responseTags(headers: Headers): string[] {
+/**
+ * What one response may tag itself with: every tag is a file (or a set member in Redis) of the
+ * index, so an origin must not grow it without bound. Fastly caps Surrogate-Key at 16 KiB, and
+ * Cloudflare a response's Cache-Tag values at 16 KiB.
+ */
+export const MAX_TAGS = 128
+export const MAX_TAG_BYTES = 16 * 1024
+
+/** A response's tags, from its tag fields, each once: the first MAX_TAGS within MAX_TAG_BYTES; `dropped` counts the rest. */
+export function responseTags(headers: Headers): { tags: string[]; dropped: number } {
   const tags = new Set<string>()
+  let bytes = 0
+  let dropped = 0
   for (const [name, separator] of Object.entries(TAG_HEADERS)) {
-    for (const tag of (headers.get(name) ?? "").trim().split(separator)) if (tag) tags.add(tag)
+    for (const tag of (headers.get(name) ?? "").trim().split(separator)) {
+      if (!tag || tags.has(tag)) continue
+      if (tags.size < MAX_TAGS && bytes + tag.length <= MAX_TAG_BYTES) {
+        tags.add(tag)
+        bytes += tag.length
+      } else dropped++
+    }
   }
-  return [...tags]
+  return { tags: [...tags], dropped }
 }
 
 // RFC 9111 §3.2: a 304 updates the stored fields, except those the stored body depends on.

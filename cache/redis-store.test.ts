@@ -187,6 +187,33 @@ describe.skipIf(FAST_RUN)("a shared store on Redis", () => {
     }, 15_000)
   })
 
+  test("a stuck Cluster node holds each request about a second at most, whichever node its key is on", async () => {
+    await using cluster = await startRedisCluster()
+    await using origin = startOrigin((_, n) => new Response(`v${n}`, { headers: { "cache-control": "max-age=600" } }))
+    const store = { kind: "redis", target: { cluster: cluster.nodes } } as const
+    // No memory tier: every request reads Redis. Keys spread over the three nodes' slots.
+    await using a = await startSharedProxy({ origin: origin.url, store, memorySize: 1 })
+    await using b = await startSharedProxy({ origin: origin.url, store, memorySize: 1 })
+    const [stuck] = cluster.servers
+    stuck!.pause() // as a node that stops answering: connections open, no reply
+    try {
+      const took: number[] = []
+      for (let round = 0; round < 2; round++)
+        await Promise.all(
+          Array.from({ length: 20 }, (_, i) => `stuck-${i}`).flatMap((path) =>
+            [a, b].map(async (proxy) => {
+              const started = performance.now()
+              expect((await answer(`${proxy.url}${path}`)).status).toBe(200)
+              took.push(performance.now() - started)
+            }),
+          ),
+        )
+      expect(Math.max(...took)).toBeLessThan(1700)
+    } finally {
+      stuck!.resume()
+    }
+  })
+
   test("Redis unreachable at start-up: the proxy starts and proxies, says so once, and caches once Redis is there", async () => {
     await using own = await startRedis()
     await own.kill()
@@ -234,10 +261,143 @@ describe.skipIf(FAST_RUN)("a shared store on Redis", () => {
       await answer(`${proxy.url}page`)
     }
     const cleared = await runCli([...CLI, "--clear-cache", "--store", redis.url, "--store-prefix", shared.storePrefix])
-    expect(cleared).toMatchObject({ code: 0, stderr: "" })
+    expect(cleared).toEqual({
+      code: 0,
+      stderr: "",
+      stdout: `caching-proxy: cleared Redis at 127.0.0.1:${redis.port} (keys ${shared.storePrefix}:*)\n`,
+    })
     expect(await redisCli("get", "someone-else:key")).toBe("theirs")
     await using proxy = await startSharedProxy({ origin: origin.url, ...shared })
     expect(await answer(`${proxy.url}page`)).toMatchObject({ xCache: "MISS", body: "v2" })
+  })
+
+  test("the generation key evicted after --clear-cache (as maxmemory may) reads as everything stale, never as nothing cleared", async () => {
+    await using origin = startOrigin((_, n) => new Response(`v${n}`, { headers: { "cache-control": "max-age=600" } }))
+    const shared = sharedStore()
+    {
+      await using before = await startSharedProxy({ origin: origin.url, ...shared })
+      expect(await answer(`${before.url}page`)).toMatchObject({ xCache: "MISS", body: "v1" })
+    }
+    expect((await runCli([...CLI, "--clear-cache", "--store", redis.url, "--store-prefix", shared.storePrefix])).code).toBe(0)
+    expect(await redisCli("del", `${shared.storePrefix}:generation`)).toBe("1")
+    await using after = await startSharedProxy({ origin: origin.url, ...shared })
+    expect(await answer(`${after.url}page`)).toMatchObject({ xCache: "MISS", body: "v2" })
+    expect(await answer(`${after.url}page`)).toMatchObject({ xCache: "HIT", body: "v2" })
+  })
+
+  test.each([
+    ["unreachable", "redis://"],
+    ["not answering (stopped)", "redis://"],
+    ["an unreachable Cluster seed", "redis-cluster://"],
+  ])("--clear-cache with a Redis %s gives up within seconds: one line, exit code 1", async (state, scheme) => {
+    await using own = await startRedis()
+    if (state.includes("stopped")) own.pause()
+    else await own.kill()
+    try {
+      const started = performance.now()
+      const { code, stdout, stderr } = await runCli([...CLI, "--clear-cache", "--store", `${scheme}127.0.0.1:${own.port}`])
+      expect(performance.now() - started).toBeLessThan(10_000)
+      expect({ code, stdout }).toEqual({ code: 1, stdout: "" })
+      expect(stderr).toStartWith(`caching-proxy: could not clear Redis at 127.0.0.1:${own.port} (keys caching-proxy:*): `)
+      expect(stderr.trim().split("\n")).toHaveLength(1)
+    } finally {
+      own.resume()
+    }
+  })
+
+  test("redis:// aimed at a Cluster node is recognised: one line saying to use redis-cluster://, at start and from --clear-cache", async () => {
+    await using cluster = await startRedisCluster()
+    const node = `127.0.0.1:${cluster.nodes[0]!.port}`
+    const advice = `Redis at ${node} is a Cluster node: use --store redis-cluster://${node}`
+    const started = await runCli([...CLI, "--port", "0", "--origin", "http://127.0.0.1:1", "--store", `redis://${node}`])
+    expect(started).toEqual({ code: 1, stdout: "", stderr: `caching-proxy: ${advice}\n` })
+    const cleared = await runCli([...CLI, "--clear-cache", "--store", `redis://${node}`])
+    expect(cleared).toEqual({
+      code: 1,
+      stdout: "",
+      stderr: `caching-proxy: could not clear Redis at ${node} (keys caching-proxy:*): ${advice}\n`,
+    })
+  })
+
+  test("rediss:// aimed at a server without TLS is named as such in one line, at start and from --clear-cache", async () => {
+    const server = `127.0.0.1:${redis.port}`
+    const advice = `Redis at ${server} does not speak TLS: use --store redis://${server}, or the server's TLS port`
+    const started = await runCli([...CLI, "--port", "0", "--origin", "http://127.0.0.1:1", "--store", `rediss://${server}`])
+    expect(started).toEqual({ code: 1, stdout: "", stderr: `caching-proxy: ${advice}\n` })
+    const cleared = await runCli([...CLI, "--clear-cache", "--store", `rediss://${server}`])
+    expect(cleared).toEqual({
+      code: 1,
+      stdout: "",
+      stderr: `caching-proxy: could not clear Redis at ${server} (keys caching-proxy:*): ${advice}\n`,
+    })
+  })
+
+  /** A proxy as its own process on the shared store, to be killed as a crash would. */
+  const startDyingProxy = (originUrl: string, storePrefix: string) =>
+    startCli([...CLI, "--port", "0", "--origin", originUrl, "--store", redis.url, "--store-prefix", storePrefix])
+  const crash = async (proxy: Awaited<ReturnType<typeof startCli>>) => {
+    process.kill(-proxy.child.pid, "SIGKILL")
+    await proxy.child.exited
+  }
+
+  test("a proxy killed mid-fetch holds the URL for the other proxies about a second, not for --timeout", async () => {
+    await using origin = startOrigin((_, n) =>
+      n === 1 ? new Promise<Response>(() => {}) : new Response(`v${n}`, { headers: { "cache-control": "max-age=600" } }),
+    )
+    const shared = sharedStore()
+    await using dying = await startDyingProxy(origin.url, shared.storePrefix)
+    void fetch(`${dying.url}slow`).catch(() => undefined) // cut by the crash
+    await eventually(() => origin.count("/slow") === 1)
+    await crash(dying)
+    await using other = await startSharedProxy({ origin: origin.url, ...shared, timeoutSeconds: 10 })
+    const started = performance.now()
+    expect(await answer(`${other.url}slow`)).toMatchObject({ status: 200, body: "v2", xCache: "MISS" })
+    expect(performance.now() - started).toBeLessThan(3000)
+  })
+
+  test("a write cut by a crash leaves chunks that expire within a minute; a whole entry's live as long as it does", async () => {
+    await using origin = startOrigin((req) => {
+      const whole = new URL(req.url).pathname === "/whole"
+      const body = new ReadableStream<Uint8Array>({
+        start(controller) {
+          controller.enqueue(new Uint8Array(MB).fill(7))
+          if (whole) controller.close() // else: the origin stalls, the body unfinished
+        },
+      })
+      return new Response(body, { headers: { "cache-control": "max-age=600" } })
+    })
+    const shared = sharedStore()
+    const chunkTtls = async (pattern: string) => {
+      const keys = (await redisCli("--scan", "--pattern", `${shared.storePrefix}:*:c:${pattern}`)).split("\n").filter(Boolean)
+      return Promise.all(keys.map(async (key) => Number(await redisCli("pttl", key))))
+    }
+    {
+      await using dying = await startDyingProxy(origin.url, shared.storePrefix)
+      const reading = fetch(`${dying.url}cut`).then((response) => response.arrayBuffer().catch(() => undefined))
+      await eventually(async () => (await chunkTtls("*")).length === 4)
+      await crash(dying)
+      await reading.catch(() => undefined)
+    }
+    const cut = await chunkTtls("*")
+    expect(cut).toHaveLength(4)
+    for (const ttl of cut) expect(ttl).toBeWithin(1, 60_001)
+    await using proxy = await startSharedProxy({ origin: origin.url, ...shared })
+    expect((await answer(`${proxy.url}whole`)).body).toHaveLength(MB)
+    const all = await chunkTtls("*")
+    expect(all).toHaveLength(8)
+    expect(all.filter((ttl) => ttl > 600_000)).toHaveLength(4)
+  })
+
+  test("a message on the channel that is not the proxies' own is ignored, said once: the proxy keeps serving", async () => {
+    await using origin = startOrigin((_, n) => new Response(`v${n}`, { headers: { "cache-control": "max-age=600" } }))
+    const shared = sharedStore()
+    await using proxy = await startSharedProxy({ origin: origin.url, ...shared })
+    await answer(`${proxy.url}page`)
+    for (const message of ["not json", "null", "42", '{"type":"changed"}', '{"type":"changed","key":7}', "[]"])
+      expect(await redisCli("publish", `${shared.storePrefix}:events`, message)).toBe("1")
+    await eventually(() => proxy.warnings.length > 0)
+    expect(await answer(`${proxy.url}page`)).toMatchObject({ status: 200, xCache: "HIT", body: "v1" })
+    expect(proxy.warnings).toEqual([{ kind: "store-connection", detail: expect.stringContaining('"not json"') }])
   })
 
   test("under Node (the bundle): a HIT shared between two proxies, and no 500 while Redis is down", async () => {
@@ -249,10 +409,27 @@ describe.skipIf(FAST_RUN)("a shared store on Redis", () => {
     await using b = await nodeProxy()
     expect(await answer(`${a.url}node`)).toMatchObject({ xCache: "MISS" })
     expect(await answer(`${b.url}node`)).toMatchObject({ xCache: "HIT" })
+    // A message that is not an event crashed the Node build: it is ignored there too.
+    const published = await runCli(["redis-cli", "-p", String(own.port), "publish", "caching-proxy:events", "null"])
+    expect(published.stdout.trim()).toBe("2")
+    expect(await answer(`${b.url}node`)).toMatchObject({ xCache: "HIT" })
     await own.kill()
     expect(await answer(`${b.url}other`)).toMatchObject({ status: 200, xCache: "MISS" })
     expect(origin.count("/node")).toBe(1)
   }, 60_000)
+
+  test("a refused --store or CACHING_PROXY_STORE never shows the password it holds", async () => {
+    const store = "redis://admin:s3cret-pass@127.0.0.1:6379/not-a-db"
+    const fromFlag = await runCli([...CLI, "--origin", "http://127.0.0.1:1", "--store", store])
+    const fromEnvironment = await runCli([...CLI, "--origin", "http://127.0.0.1:1"], undefined, { CACHING_PROXY_STORE: store })
+    expect([fromFlag.code, fromEnvironment.code]).toEqual([2, 2])
+    expect(fromFlag.stderr).toContain(
+      '--store must be file, redis://host:port[/db], rediss://… or redis-cluster://host:port[,host:port…] (got "redis://***@127.0.0.1:6379/not-a-db")',
+    )
+    expect(fromEnvironment.stderr).toStartWith("caching-proxy: CACHING_PROXY_STORE must be file, redis://")
+    expect(fromEnvironment.stderr).toContain('(got "redis://***@127.0.0.1:6379/not-a-db")')
+    for (const { stderr } of [fromFlag, fromEnvironment]) expect(stderr).not.toContain("s3cret")
+  })
 
   test.each([
     ["redis-cluster://127.0.0.1", "--store must be file, redis://"],

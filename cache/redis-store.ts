@@ -2,22 +2,27 @@
  * The Redis store: one cache shared by every proxy on the same Redis (or Valkey) server or Redis
  * Cluster. Loaded only when `--store` names Redis.
  *
- * Layout, under `<prefix>:<generation>` (`clear` moves to a new generation; old keys expire):
+ * Layout, under `<prefix>:<generation>` (`clear` moves to a new, random generation; old keys expire):
  * - `…:{<h>}:e` a hash: variant id → the variant's record (meta, size, body id, chunk count) as
  *   JSON, followed by its body when that is under one chunk (see `encode`);
  * - `…:{<h>}:c:<body id>:<n>` the body in chunks of 256 KiB;
+ * - `…:{<h>}:vary` the Vary name lists of the variants (JSON): a lookup reads the one variant its
+ *   selection under each names (`variants.ts`), never the whole hash;
+ * - `…:{<h>}:used` the variant ids by last use: past `maxVariants` the least recently used go;
  * - `…:{<h>}:lock` the claim on fetching the key from the origin (cross-process coalescing).
  * `<h>` hashes the cache key: the braces make every key of one entry hash to one Cluster slot.
  * A sorted set `<prefix>:<generation>:{index}:keys` lists keys in order, for `list`, and
  * `…:{index}:expiry` the same keys by delete time, so each write drops the keys whose time has
  * come; a set per purge tag, `<prefix>:<generation>:tag:{<tag hash>}`, names the keys tagged with
- * it. Every key carries the policy's delete time as its expiry, so Redis drops dead entries itself
+ * it. Every key carries the policy's delete time as its expiry (a chunk of a write under way a short
+ * one, renewed as it goes: see IN_PROGRESS_CHUNK_MS), so Redis drops dead entries itself
  * and `maxmemory-policy allkeys-lru` is safe: a chunk found missing makes the read a miss.
  * Chunks are written as the body streams in and the record last: an entry is visible when whole.
  * Changes are published on `<prefix>:events`; every proxy drops what its memory tier holds of a
  * changed key, and wakes requests waiting for it.
  */
 import { randomBytes } from "node:crypto"
+import { createConnection } from "node:net"
 import { Cluster, Redis } from "ioredis"
 import { sha256 } from "./bytes.ts"
 import { withDeadline } from "./deadline.ts"
@@ -26,6 +31,7 @@ import type {
   Claims,
   Drops,
   EntryMeta,
+  KeyMatch,
   Lifecycle,
   ListedEntry,
   Listing,
@@ -38,20 +44,38 @@ import type {
   Warn,
 } from "./store.ts"
 import { addTracingChannelHasSubscribers } from "./tracing-channel.ts"
+import { DEFAULT_MAX_VARIANTS, selectionsOf, shapesOf } from "./variants.ts"
 
 addTracingChannelHasSubscribers()
 
 const CHUNK_BYTES = 256 * 1024
+/** Redis's port when a URL names none. */
+const DEFAULT_PORT = 6379
 /** Bodies up to this size are read whole before `get` answers; larger ones stream chunk by chunk. */
 const WHOLE_READ_BYTES = 1 << 20
 /** A slow Redis holds no request longer than this: the request is then a miss. */
 const COMMAND_TIMEOUT_MS = 1000
 /** How long requests skip a Redis that let a command time out, before one tries it again. */
 const STALL_SKIP_MS = 1000
+/** Keys remembered as stalled (see `isKeyStalled`): a bound on what a stuck Cluster node can make it hold. */
+const STALLED_KEYS_KEPT = 10_000
 /** A replaced body's chunks stay this long for readers still streaming it. */
 const REPLACED_BODY_GRACE_MS = 60_000
 /** How often a request waiting on another process's claim looks whether it ended. */
 const CLAIM_POLL_MS = 50
+/**
+ * A claim lapses this long after its holder last renewed it: a proxy that died mid-fetch holds
+ * the URL for the others about this long, not for the whole --timeout.
+ */
+const CLAIM_LEASE_MS = 1000
+/** How often a live holder renews its claim: a few times per lease, so one late renewal does not lose it. */
+const CLAIM_RENEW_MS = 300
+/**
+ * Chunks of a body still being written expire this long after they were last renewed (as the
+ * write goes on); the commit gives them the entry's delete time. A write cut by a crash leaves
+ * chunks that go within about this long, not at the entry's delete time days later.
+ */
+const IN_PROGRESS_CHUNK_MS = 60_000
 const GENERATION_POLL_MS = 5000
 const DEFAULT_PAGE_KEYS = 100
 const KEY_HASHES_KEPT = 10_000
@@ -79,6 +103,8 @@ end
 return #gone`
 /** Keys whose time has come that one write drops from the index: writes outnumber expiries on average. */
 const INDEX_PRUNE_BATCH = 100
+// Compare-and-extend: a claim is renewed only by its holder (ARGV[2]: the new lease, ms).
+const RENEW_SCRIPT = `if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) end return 0`
 // Compare-and-delete: a claim is released only by its holder.
 const RELEASE_SCRIPT = `if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0`
 
@@ -104,7 +130,7 @@ interface ParsedRecord {
 /** A variant's value starts with its record's length in bytes (see `encode`). */
 const RECORD_LENGTH_BYTES = 4
 
-type Event = { type: "changed"; key: string } | { type: "released"; key: string } | { type: "clear" }
+type Event = { type: "changed"; key: string } | { type: "released"; key: string } | { type: "clear" } | { type: "purged"; match: KeyMatch }
 
 /** Where Redis is: one server by its URL (`redis://`, `rediss://`), or a Cluster's seed nodes. */
 export type RedisTarget = { single: string } | { cluster: { host: string; port: number }[] }
@@ -114,6 +140,8 @@ export interface RedisStoreOptions {
   /** Namespaces every key, so several caches can share one Redis. */
   prefix: string
   warn: Warn
+  /** Variants kept per key; the least recently used goes beyond it. @default 64 */
+  maxVariants?: number
 }
 
 // Not ReadNotices: Redis keeps its own LRU order; a hit in the memory tier in front does not touch it.
@@ -122,11 +150,14 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   private readonly subscriber: Redis | Cluster
   private readonly prefix: string
   private readonly warn: Warn
+  private readonly maxVariants: number
+  /** By cache key: its Vary name lists as last read, with the JSON they were parsed from. */
+  private readonly knownShapes = new Map<string, { json: string; shapes: string[][] }>()
   private generation: string | undefined
   /** Resolves once the generation has been read: the store can answer. */
   private readonly connected: Promise<void>
   private onGeneration: () => void = () => {}
-  private readonly dropListeners: ((key: string | null) => void)[] = []
+  private readonly dropListeners: ((dropped: string | null | KeyMatch) => void)[] = []
   /** Requests waiting for another process's answer, by key. */
   private readonly waiting = new Map<string, Set<() => void>>()
   private readonly generationTimer: ReturnType<typeof setInterval>
@@ -139,12 +170,19 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   private up = true
   /** Until when requests skip Redis: it let a command time out (see `timely`). */
   private stalledUntil = 0
+  /** Keys whose command timed out, until when requests on them skip Redis (see `isKeyStalled`). */
+  private readonly stalledKeys = new Map<string, number>()
   private stalled = false
   private closing = false
+  /** Why this store can never be used as configured (`redis://` naming a Cluster node, `rediss://` a plain-text server). */
+  private misuse: Error | undefined
+  /** A message on the channel that was not an event was reported (once). */
+  private strangeEventSeen = false
 
-  constructor({ target, prefix, warn }: RedisStoreOptions) {
+  constructor({ target, prefix, warn, maxVariants = DEFAULT_MAX_VARIANTS }: RedisStoreOptions) {
     this.prefix = prefix
     this.warn = warn
+    this.maxVariants = maxVariants
     this.redis = connect(target, { queueWhileAway: false })
     this.bound = "cluster" in target ? bounded : (work) => work
     // Subscribing waits for the connection (and is renewed on every reconnection): nothing else waits on it.
@@ -156,7 +194,10 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
       () => undefined,
       (error: Error) => this.warn("store-connection", `subscribing: ${error.message}`),
     )
-    this.connected = Promise.all([generationKnown, subscribed]).then(() => nodesConnected(this.redis))
+    const answered = Promise.all([generationKnown, subscribed]).then(() => nodesConnected(this.redis))
+    const refused = "single" in target ? this.misusesOf(target.single) : []
+    this.connected = Promise.race([answered, ...refused])
+    this.connected.catch(() => undefined) // also said by ping() and every command: a caller need not wait
     this.subscriber.on("ready", () => void this.readGeneration())
     this.subscriber.on("error", () => undefined) // reported through the main connection's state
     this.generationTimer = setInterval(() => void this.readGeneration(), GENERATION_POLL_MS)
@@ -167,6 +208,51 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     return this.connected
   }
 
+  /** Checks that reject when the server cannot be used as the URL says (the store then stays unusable). */
+  private misusesOf(url: string): Promise<never>[] {
+    const checks = [this.refuseClusterNode(url)]
+    if (url.startsWith("rediss:")) checks.push(this.refusePlainServer(url))
+    return checks
+  }
+
+  /**
+   * `rediss://` aimed at a server without TLS never gets past the handshake (the server waits for
+   * the end of a line, the client for an answer), and would just time out: a PING in plain text,
+   * answered in Redis's own protocol, tells. A TLS server answers it with an alert, or not at all.
+   */
+  private refusePlainServer(url: string): Promise<never> {
+    return new Promise((_, reject) => {
+      const { hostname, port, host } = new URL(url)
+      const socket = createConnection({ host: hostname.replace(/^\[|\]$/g, ""), port: Number(port || DEFAULT_PORT) })
+      socket.setTimeout(COMMAND_TIMEOUT_MS * 3)
+      socket.once("connect", () => socket.write("PING\r\n"))
+      socket.once("data", (data: Buffer) => {
+        socket.destroy()
+        if (!/^[+-]/.test(data.toString("latin1"))) return
+        this.misuse = new Error(`Redis at ${host} does not speak TLS: use --store redis://${host}, or the server's TLS port`)
+        reject(this.misuse)
+      })
+      // Unreachable or silent: the connection itself reports that.
+      for (const end of ["timeout", "error"]) socket.once(end, () => socket.destroy())
+    })
+  }
+
+  /**
+   * `redis://` aimed at a Cluster node would never cache (every key of another node's slots answers
+   * MOVED): once the server answers, rejects when it says it is one, and the store stays unusable.
+   */
+  private refuseClusterNode(url: string): Promise<never> {
+    return new Promise((_, reject) => {
+      this.redis.once("ready", async () => {
+        const info = await this.redis.info("cluster").catch(() => "") // unanswered: the connection's state says why
+        if (!/^cluster_enabled:1\b/m.test(info)) return
+        const { host } = new URL(url)
+        this.misuse = new Error(`Redis at ${host} is a Cluster node: use --store redis-cluster://${host}`)
+        reject(this.misuse)
+      })
+    })
+  }
+
   /** Whether Redis answers now, as far as the connection knows (for /metrics). */
   get isConnected(): boolean {
     return this.up
@@ -174,6 +260,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
 
   /** One PING: fails at once while Redis is away (commands are not queued). */
   async ping(): Promise<void> {
+    if (this.misuse) throw this.misuse
     if (this.redis.status !== "ready") throw new Error(`Redis is unreachable (the connection is ${this.redis.status})`)
     try {
       this.namespace()
@@ -202,31 +289,47 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
    * when Redis answers again.
    */
   private timely<T>(what: string, key: string, work: () => Promise<T>): Promise<T> {
-    if (this.skipping()) return Promise.reject(skipped(what, key))
-    return this.observed(this.bound(work(), what, key))
+    if (this.skipping(key)) return Promise.reject(skipped(what, key))
+    return this.observed(this.bound(work(), what, key), key)
   }
 
   /** Reads no clock while Redis answers (every hit asks). */
-  private skipping(): boolean {
+  private skipping(key: string): boolean {
+    if (this.stalledKeys.size > 0 && this.isKeyStalled(key)) return true
     return this.stalledUntil !== 0 && this.stalledUntil > Date.now()
   }
 
+  /**
+   * Whether a command on this key let Redis time out within STALL_SKIP_MS. On a Cluster one node
+   * may be stuck while the others answer (and end the stall for everyone): a request on a key of
+   * the stuck node still waits on it once at most, not once per command (a read, a claim, a write).
+   */
+  private isKeyStalled(key: string): boolean {
+    const until = this.stalledKeys.get(key)
+    if (until === undefined) return false
+    if (until > Date.now()) return true
+    this.stalledKeys.delete(key)
+    return false
+  }
+
   /** Notes whether Redis answered the work in time (see `timely`). */
-  private observed<T>(work: Promise<T>): Promise<T> {
+  private observed<T>(work: Promise<T>, key: string): Promise<T> {
     return work.then(
       (value) => {
         if (this.stalled) this.answering()
         return value
       },
       (error: Error) => {
-        if (isTimeout(error)) this.stall()
+        if (isTimeout(error)) this.stall(key)
         throw error
       },
     )
   }
 
-  private stall(): void {
+  private stall(key: string): void {
     this.stalledUntil = Date.now() + STALL_SKIP_MS
+    if (this.stalledKeys.size >= STALLED_KEYS_KEPT) this.stalledKeys.clear() // a bound: forgetting one costs one more wait
+    this.stalledKeys.set(key, this.stalledUntil)
     if (this.stalled) return
     this.stalled = true
     this.warn("store-connection", `Redis did not answer within ${COMMAND_TIMEOUT_MS} ms; requests go to the origin until it does`)
@@ -238,10 +341,12 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     this.warn("store-connection", "Redis answers again; caching resumes")
   }
 
-  /** A hit with a small body costs one round trip: HVALS brings the records with their inline bodies. */
+  /** A hit with a small body costs one round trip once the key's Vary lists are known: HMGET brings the record with its inline body. */
   private async lookup(key: string, request: Headers): Promise<Stored | undefined> {
-    const record = selectVariant(this.live(key, await this.redis.hvalsBuffer(this.variantsKey(key))), request)
+    const record = selectVariant(await this.selected(key, request), request)
     if (!record) return undefined
+    // Without Vary a key has one variant: no order among its variants to keep.
+    if (Object.keys(record.meta.vary).length > 0) this.countRead(record)
     const { meta, size } = record
     if (record.inline) {
       if (record.inline.byteLength === size) return { meta, size, body: record.inline }
@@ -262,8 +367,51 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     }
   }
 
+  /**
+   * The variants the request can select: read by their ids, one per Vary name list of the key,
+   * never the whole hash (a client can make --max-variants of them). The lists are read with the
+   * variants; only when they changed since this process last read them does a second read follow.
+   */
+  private async selected(key: string, request: Headers): Promise<VariantRecord[]> {
+    const { variants, vary } = this.entryKeys(key)
+    const known = this.knownShapes.get(key)
+    const ids = known ? selectionsOf(known.shapes, request).map(variantId) : []
+    const [json, values] = await Promise.all([
+      this.redis.get(vary),
+      ids.length ? this.redis.hmgetBuffer(variants, ...ids) : Promise.resolve([]),
+    ])
+    if (json === null) return []
+    if (json === known?.json)
+      return this.live(
+        key,
+        values.filter((value) => value !== null),
+      )
+    const shapes = parseShapes(json)
+    if (!shapes) {
+      this.warn("broken-entry", `${key}: ignoring Vary lists that are not in this version's format`)
+      return []
+    }
+    if (this.knownShapes.size >= KEY_HASHES_KEPT) this.knownShapes.clear()
+    this.knownShapes.set(key, { json, shapes })
+    const fresh = selectionsOf(shapes, request).map(variantId)
+    if (fresh.length === 0) return []
+    return this.live(
+      key,
+      (await this.redis.hmgetBuffer(variants, ...fresh)).filter((value) => value !== null),
+    )
+  }
+
+  /** Counts a hit for the key's LRU order of variants; XX: a set gone (expired, deleted) is not made again. */
+  private countRead(record: VariantRecord): void {
+    this.redis
+      .zadd(this.entryKeys(record.key).used, "XX", Date.now(), variantId(record.meta.vary))
+      .catch((error: Error) => this.warn("store-write", `recording a read of ${record.key}: ${error.message}`))
+  }
+
+  /** Whether the key's hash is there: one EXISTS, not its variants (a miss asks, and a key may hold --max-variants). */
   has(key: string): Promise<boolean> {
-    return this.timely("looking up", key, () => this.records(key).then((records) => records.length > 0))
+    // Async: a namespace not known yet (Redis has not answered) rejects, as every read does.
+    return this.timely("looking up", key, async () => (await this.redis.exists(this.variantsKey(key))) > 0)
   }
 
   /** The key's live variants, each with its body when that is kept inline. */
@@ -370,18 +518,27 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
 
   /** No deadline on the whole (a large body takes its time); each command has its own. */
   async put(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<boolean> {
-    if (this.skipping()) {
+    if (this.skipping(key)) {
       await body.cancel()
       throw skipped("storing", key)
     }
-    return this.observed(this.write(key, meta, body))
+    return this.observed(this.write(key, meta, body), key)
   }
 
   private async write(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<boolean> {
     const record: VariantRecord = { key, meta, size: 0, body: randomBytes(8).toString("hex"), chunks: 0 }
+    const renewal = setInterval(() => void this.renewChunks(record), IN_PROGRESS_CHUNK_MS / 3)
+    renewal.unref?.()
     try {
       record.inline = await this.writeChunks(record, body)
-      await this.commit(record)
+      clearInterval(renewal)
+      // The client's body ends once the write settles: on a Cluster one stuck node (the index's
+      // slot, say) must cost the commit one command's wait, not one per command.
+      await this.bound(
+        this.keepChunks(record).then(() => this.commit(record)),
+        "committing",
+        key,
+      )
       return true
     } catch (error) {
       if (!body.locked) await body.cancel(error).catch(() => undefined) // the body itself failed: nothing left to cancel
@@ -389,11 +546,31 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
       if (written.length)
         await this.redis.del(...written).catch((delError: Error) => this.warn("store-write", `${key}: ${delError.message}`))
       throw error
+    } finally {
+      clearInterval(renewal)
     }
   }
 
+  /** A write still under way keeps the chunks it wrote for another IN_PROGRESS_CHUNK_MS. */
+  private async renewChunks(record: VariantRecord): Promise<void> {
+    const pipeline = this.redis.pipeline()
+    for (const chunkKey of this.chunkKeys(record)) pipeline.pexpire(chunkKey, IN_PROGRESS_CHUNK_MS)
+    await pipeline.exec().catch((error: Error) => this.warn("store-write", `${record.key}: ${error.message}`)) // the commit finds what lapsed
+  }
+
+  /** At the commit, the chunks live as long as the entry; one gone meanwhile (evicted) fails the write. */
+  private async keepChunks(record: VariantRecord): Promise<void> {
+    const keys = this.chunkKeys(record)
+    if (keys.length === 0) return
+    const pipeline = this.redis.pipeline()
+    for (const chunkKey of keys) pipeline.pexpireat(chunkKey, record.meta.deleteAt)
+    const results = (await pipeline.exec()) ?? []
+    const kept = results.filter(([error, done]) => !error && done === 1).length
+    if (kept !== keys.length) throw new Error(`${keys.length - kept} of its ${keys.length} chunks went before the entry was complete`)
+  }
+
   /**
-   * Writes the body in chunks of CHUNK_BYTES as it streams in, each expiring with the entry; a
+   * Writes the body in chunks of CHUNK_BYTES as it streams in, each expiring soon (see IN_PROGRESS_CHUNK_MS); a
    * body smaller than one chunk is handed back, to be kept inline with its record.
    */
   private async writeChunks(record: VariantRecord, body: ReadableStream<Uint8Array>): Promise<Uint8Array | undefined> {
@@ -403,7 +580,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     const buffer = Buffer.allocUnsafe(CHUNK_BYTES)
     let filled = 0
     const flush = async (bytes: Buffer) => {
-      await this.redis.set(chunkKey(record.body, record.chunks), bytes, "PXAT", record.meta.deleteAt)
+      await this.redis.set(chunkKey(record.body, record.chunks), bytes, "PX", IN_PROGRESS_CHUNK_MS)
       record.chunks++
     }
     for await (const chunk of body) {
@@ -431,7 +608,25 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     await this.writeVariant(record, id, others)
     await this.indexTags(record.key, record.meta)
     if (previous) await this.retire(previous)
+    await this.keepVariantsBounded(record, others)
     await this.publish({ type: "changed", key: record.key })
+  }
+
+  /**
+   * Past --max-variants the key's least recently used variants go: a client sending new values of
+   * a header the origin varies on must not grow one URL without bound. A variant never read
+   * counts from when it was stored.
+   */
+  private async keepVariantsBounded(record: VariantRecord, others: VariantRecord[]): Promise<void> {
+    const excess = others.length + 1 - this.maxVariants
+    if (excess <= 0) return
+    const ids = others.map((other) => variantId(other.meta.vary))
+    const scores = await this.redis.zmscore(this.entryKeys(record.key).used, ...ids)
+    const lastUse = (n: number) => Number(scores[n] ?? others[n]?.meta.responseTime ?? 0)
+    const order = others.map((_, n) => n).sort((a, b) => lastUse(a) - lastUse(b))
+    const victims = order.slice(0, excess).map((n) => others[n] as VariantRecord)
+    const kept = [record, ...others.filter((other) => !victims.includes(other))]
+    await this.dropVariants(record.key, victims, kept)
   }
 
   /**
@@ -440,8 +635,16 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
    */
   private async writeVariant(record: VariantRecord, id: string, others: VariantRecord[]): Promise<void> {
     const deleteAt = Math.max(record.meta.deleteAt, ...others.map((other) => other.meta.deleteAt))
-    const { variants: variantsKey } = this.entryKeys(record.key)
-    await this.redis.multi().hset(variantsKey, id, encode(record)).pexpireat(variantsKey, deleteAt).exec()
+    const { variants: variantsKey, vary, used } = this.entryKeys(record.key)
+    const shapes = shapesOf([record, ...others].map(({ meta }) => meta.vary))
+    await this.redis
+      .multi()
+      .hset(variantsKey, id, encode(record))
+      .pexpireat(variantsKey, deleteAt)
+      .set(vary, JSON.stringify(shapes), "PXAT", deleteAt)
+      .zadd(used, Date.now(), id)
+      .pexpireat(used, deleteAt)
+      .exec()
     const now = Date.now()
     const { names, expiry } = this.indexKeys()
     await this.redis.eval(INDEX_SCRIPT, 2, names, expiry, record.key, deleteAt, now, Math.max(1, deleteAt - now), INDEX_PRUNE_BATCH)
@@ -496,24 +699,47 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   private async remove(key: string): Promise<void> {
     const records = await this.records(key)
     const chunkKeys = records.flatMap((record) => this.chunkKeys(record))
-    await this.redis.del(this.entryKeys(key).variants, ...chunkKeys)
+    const { variants, vary, used } = this.entryKeys(key)
+    await this.redis.del(variants, vary, used, ...chunkKeys)
     const { names, expiry } = this.indexKeys()
     await this.redis.multi().zrem(names, key).zrem(expiry, key).exec()
+    await this.unindexTags(key, records, [])
     await this.publish({ type: "changed", key })
   }
 
   private async removeVariant(record: VariantRecord): Promise<void> {
-    const id = variantId(record.meta.vary)
-    await this.redis.hdel(this.entryKeys(record.key).variants, id)
-    const chunkKeys = this.chunkKeys(record)
+    const kept = (await this.records(record.key)).filter((other) => variantId(other.meta.vary) !== variantId(record.meta.vary))
+    await this.dropVariants(record.key, [record], kept)
+  }
+
+  /** Removes some of a key's variants, their chunks, their place in its LRU order, and their tags' references to it that no `kept` variant carries. */
+  private async dropVariants(key: string, gone: VariantRecord[], kept: VariantRecord[]): Promise<void> {
+    const ids = gone.map((record) => variantId(record.meta.vary))
+    const { variants, used } = this.entryKeys(key)
+    await this.redis
+      .multi()
+      .hdel(variants, ...ids)
+      .zrem(used, ...ids)
+      .exec()
+    const chunkKeys = gone.flatMap((record) => this.chunkKeys(record))
     if (chunkKeys.length) await this.redis.del(...chunkKeys)
-    await this.publish({ type: "changed", key: record.key })
+    await this.unindexTags(key, gone, kept)
+    await this.publish({ type: "changed", key })
+  }
+
+  /** Takes the key out of the sets of the tags `gone` variants carried and no `kept` one does: no tag set outlives its entries. */
+  private async unindexTags(key: string, gone: VariantRecord[], kept: VariantRecord[]): Promise<void> {
+    const still = new Set(kept.flatMap(({ meta }) => meta.tags ?? []))
+    const tags = new Set(gone.flatMap(({ meta }) => meta.tags ?? []).filter((tag) => !still.has(tag)))
+    // One command each, not one pipeline: on a Cluster the tags' sets lie in other slots.
+    await Promise.all([...tags].map((tag) => this.redis.srem(this.tagKey(tag), key)))
   }
 
   /** O(1): every key moves to a new generation; the old ones expire on their own. */
   async clear(): Promise<void> {
     const { names, expiry } = this.indexKeys()
-    this.generation = String(await this.redis.incr(this.generationKey))
+    this.generation = newGeneration()
+    await this.redis.set(this.generationKey, this.generation)
     await this.redis.del(names, expiry)
     await this.publish({ type: "clear" })
   }
@@ -573,8 +799,12 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     return [{ tier: "redis", entries, bytes }]
   }
 
-  onDrop(listener: (key: string | null) => void): void {
+  onDrop(listener: (dropped: string | null | KeyMatch) => void): void {
     this.dropListeners.push(listener)
+  }
+
+  announce(match: KeyMatch): Promise<void> {
+    return this.publish({ type: "purged", match })
   }
 
   // ───────────── cross-process coalescing ─────────────
@@ -586,9 +816,21 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   private async takeClaim(key: string, ttlMs: number): Promise<Release | undefined> {
     const { lock: lockKey } = this.entryKeys(key)
     const token = randomBytes(8).toString("hex")
-    const granted = await this.redis.set(lockKey, token, "PX", Math.max(1, Math.round(ttlMs)), "NX")
+    const granted = await this.redis.set(lockKey, token, "PX", CLAIM_LEASE_MS, "NX")
     if (granted !== "OK") return undefined
-    return () => void this.release(key, lockKey, token)
+    // Renewed while this process lives and the fetch may still take, at most `ttlMs` in all.
+    const until = Date.now() + ttlMs
+    const renewal = setInterval(() => {
+      if (Date.now() >= until) return clearInterval(renewal)
+      this.redis.eval(RENEW_SCRIPT, 1, lockKey, token, CLAIM_LEASE_MS).catch((error: Error) => {
+        this.warn("store-write", `renewing the claim on ${key}: ${error.message}`) // it lapses: another proxy may fetch too
+      })
+    }, CLAIM_RENEW_MS)
+    renewal.unref?.()
+    return () => {
+      clearInterval(renewal)
+      void this.release(key, lockKey, token)
+    }
   }
 
   private async release(key: string, lockKey: string, token: string): Promise<void> {
@@ -634,10 +876,24 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   }
 
   private onEvent(message: string): void {
-    const event = JSON.parse(message) as Event
+    const event = parseEvent(message)
+    if (!event) {
+      // Anyone with PUBLISH rights can write on the channel: what is not ours is ignored, said once.
+      if (!this.strangeEventSeen)
+        this.warn(
+          "store-connection",
+          `ignoring a message on ${this.channel} that is not this proxy's: ${JSON.stringify(message.slice(0, 80))}`,
+        )
+      this.strangeEventSeen = true
+      return
+    }
     if (event.type === "clear") {
       void this.readGeneration()
       for (const listener of this.dropListeners) listener(null)
+      return
+    }
+    if (event.type === "purged") {
+      for (const listener of this.dropListeners) listener(event.match)
       return
     }
     if (event.type === "changed") for (const listener of this.dropListeners) listener(event.key)
@@ -646,12 +902,24 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
 
   /** Another proxy's `--clear-cache` moves the generation: what memory holds of the old one goes. */
   private async readGeneration(): Promise<void> {
-    const generation = await this.redis.get(this.generationKey).catch(() => undefined) // reported as a connection state
-    if (generation === undefined) return
-    const current = generation ?? "0"
+    const current = await this.currentGeneration().catch(() => undefined) // reported as a connection state
+    if (current === undefined) return
     if (this.generation !== undefined && this.generation !== current) for (const listener of this.dropListeners) listener(null)
     this.generation = current
     this.onGeneration()
+  }
+
+  /**
+   * The generation Redis holds. Its key has no expiry, but `maxmemory` with an `allkeys-*` policy
+   * may evict it: a missing key (evicted, or never written) starts a generation no entry is under,
+   * so its loss reads as "everything is stale", never as "nothing was cleared". Generations are
+   * random, not counted: a count restarting from 0 would name entries from before a clear again.
+   */
+  private async currentGeneration(): Promise<string> {
+    const known = await this.redis.get(this.generationKey)
+    if (known !== null) return known
+    await this.redis.set(this.generationKey, newGeneration(), "NX") // of proxies finding it gone at once, one wins
+    return (await this.redis.get(this.generationKey)) ?? newGeneration()
   }
 
   /** Reports losing Redis and getting it back once each, not once per request. */
@@ -683,6 +951,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
 
   /** Fails at once until Redis has answered: a request never waits for a connection. */
   private namespace(): string {
+    if (this.misuse) throw this.misuse
     if (this.generation === undefined) throw new Error("Redis has not answered yet")
     return `${this.prefix}:${this.generation}`
   }
@@ -722,6 +991,8 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     const base = this.entryBase(key)
     return {
       variants: this.variantsKey(key),
+      vary: `${base}:vary`,
+      used: `${base}:used`,
       lock: `${base}:lock`,
       chunk: (body: string, n: number) => `${base}:c:${body}:${n}`,
     }
@@ -778,6 +1049,22 @@ function bounded<T>(work: Promise<T>, what: string, key: string): Promise<T> {
   })
 }
 
+/** The Vary name lists stored for a key, if they are what this version writes. */
+function parseShapes(json: string): string[][] | undefined {
+  try {
+    const shapes: unknown = JSON.parse(json)
+    const isNameList = (names: unknown) => Array.isArray(names) && names.every((name) => typeof name === "string")
+    return Array.isArray(shapes) && shapes.every(isNameList) ? (shapes as string[][]) : undefined
+  } catch {
+    return undefined // reported by the caller, as any value not in this version's format
+  }
+}
+
+/** A generation's name: random, so one that was lost is never named again. */
+function newGeneration(): string {
+  return randomBytes(6).toString("hex")
+}
+
 function listed({ key, meta, size }: VariantRecord): ListedEntry {
   return { key, meta, size, tiers: ["redis"] }
 }
@@ -796,6 +1083,27 @@ function encode({ inline, ...record }: VariantRecord): Buffer {
   const length = Buffer.allocUnsafe(RECORD_LENGTH_BYTES)
   length.writeUInt32BE(json.byteLength)
   return Buffer.concat([length, json, inline ?? new Uint8Array(0)])
+}
+
+/** An event as published by `publish`, or undefined for anything else on the channel. */
+function parseEvent(message: string): Event | undefined {
+  let value: unknown
+  try {
+    value = JSON.parse(message)
+  } catch {
+    return undefined // not JSON: the caller reports it
+  }
+  if (typeof value !== "object" || value === null) return undefined
+  const { type, key, match } = value as Record<string, unknown>
+  if (type === "clear") return { type }
+  if (type === "purged" && typeof match === "object" && match !== null) {
+    const { prefix, tag } = match as Record<string, unknown>
+    if (typeof prefix === "string") return { type, match: { prefix } }
+    if (typeof tag === "string") return { type, match: { tag } }
+    return undefined
+  }
+  if ((type === "changed" || type === "released") && typeof key === "string") return { type, key }
+  return undefined
 }
 
 /** `bounded`'s deadline passed. */

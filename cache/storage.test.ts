@@ -3,7 +3,7 @@
  * memory tier, the byte bounds, a large streamed body, integrity after faults and crashes, and a
  * directory that cannot be written.
  */
-import { afterEach, describe, expect, setSystemTime, test } from "bun:test"
+import { afterEach, beforeAll, describe, expect, setSystemTime, test } from "bun:test"
 import {
   existsSync,
   lstatSync,
@@ -22,6 +22,7 @@ import { join } from "node:path"
 import {
   answer,
   bodyFiles,
+  buildNodeBundle,
   eventually,
   expectedSha256,
   freezeClock,
@@ -31,9 +32,11 @@ import {
   KB,
   MB,
   metaFiles,
+  NODE_BUNDLE,
   ownedDir,
   portOf,
   sha256Of,
+  startCliProxy,
   startDatedOrigin,
   startOrigin,
   startProxy,
@@ -316,6 +319,8 @@ describe("--max-entry-size", () => {
 })
 
 describe("a large streamed body", () => {
+  beforeAll(buildNodeBundle, 60_000)
+
   const CHUNK = 1 * MB
   const CHUNKS = 64
 
@@ -375,6 +380,43 @@ describe("a large streamed body", () => {
     },
     30_000,
   )
+
+  /** GETs `path` on a connection of its own and hangs up the moment the body's Content-Length bytes are in, as curl does. */
+  function getAndHangUp(port: number, path: string): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const socket = connect(port, "127.0.0.1", () => socket.write(`GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`))
+      let head = ""
+      let bodyBytes = -1 // until the head is in
+      let length = 0
+      socket.on("data", (chunk: Buffer) => {
+        if (bodyBytes < 0) {
+          head += chunk.toString("latin1")
+          const headEnd = head.indexOf("\r\n\r\n")
+          if (headEnd < 0) return
+          length = Number(/content-length: (\d+)/i.exec(head.slice(0, headEnd))?.[1])
+          bodyBytes = head.length - headEnd - 4
+        } else bodyBytes += chunk.byteLength
+        if (bodyBytes < length) return
+        socket.destroy()
+        resolve()
+      })
+      socket.on("error", reject)
+    })
+  }
+
+  // Node sends the last byte a Content-Length promises before the body's stream has ended (the
+  // store still writing the last chunk): 1-3 % of such MISSes were cut off from the store.
+  test("Node: a MISS over 1 MiB whose client hangs up once it has every byte is stored all the same", async () => {
+    await using origin = await startStreamingOrigin(24, 64 * KB)
+    await using proxy = await startCliProxy(NODE_BUNDLE, origin.url)
+    const paths = Array.from({ length: 60 }, (_, i) => `large-${i}`)
+    for (const path of paths) await getAndHangUp(proxy.port, `/${path}`)
+    // A HEAD answered from the cache or not at all (504): no body to read.
+    const heads = await Promise.all(
+      paths.map((path) => answer(`${proxy.url}${path}`, { "cache-control": "only-if-cached" }, { method: "HEAD" })),
+    )
+    expect(paths.filter((_, i) => heads[i]?.status !== 200)).toEqual([])
+  })
 })
 
 describe("integrity", () => {
@@ -384,13 +426,22 @@ describe("integrity", () => {
       socket.end("x".repeat(5000))
     })
     await using proxy = await startProxy({ origin: origin.url })
-    // The client sees the connection close, before or after the headers: never a whole response.
-    const cutShort = async () => (await (await get(`${proxy.url}short`)).arrayBuffer()).byteLength
-    await expect(cutShort()).rejects.toThrow()
-    await expect(cutShort()).rejects.toThrow()
+    // The client sees the connection close, before or after the headers, or a 502 when the body
+    // had failed before its first byte was sent: never a 200 that ends as if whole.
+    const cutShort = async () => {
+      // A connection of its own: a client retries a request cut on a kept-alive one.
+      const response = await get(`${proxy.url}short`, { connection: "close" })
+      return response.arrayBuffer().then(
+        () => response.status,
+        () => "cut",
+      )
+    }
+    const isCutOr502 = (answer: number | string) => answer === "cut" || answer === 502
+    expect(isCutOr502(await cutShort().catch(() => "cut"))).toBe(true)
+    expect(isCutOr502(await cutShort().catch(() => "cut"))).toBe(true)
     expect(origin.requests()).toBe(2)
     await eventually(() => storedFiles(proxy.cacheDir).length === 0)
-    expect(proxy.warnings.map((w) => w.kind)).toEqual(["origin-body", "origin-body"])
+    expect(proxy.warnings.filter((w) => w.kind === "origin-body")).toHaveLength(2)
   })
 
   test("a client that hangs up mid-body leaves nothing stored", async () => {
@@ -472,6 +523,26 @@ describe("integrity", () => {
     expect(hit.headers.get("x-cache")).toBe("HIT")
     expect(await hit.text()).toBe("whole")
   })
+
+  // Bun opens a large hit's file by its path only as it sends it: a clear in between left it to
+  // answer 502 (ENOENT), 9 of about 90 such hits here.
+  test("Bun: a hit from a file racing another process's clear is answered whole (a miss), never a 502", async () => {
+    await using origin = await startStreamingOrigin(24, 64 * KB)
+    await using proxy = await startProxy({ origin: origin.url })
+    const other = new FileStore({ dir: proxy.cacheDir, maxBytes: 1 << 30, files: bunFiles, warn: () => {} })
+    const answers = new Set<string>()
+    let hits = 0
+    // Each round is a MISS (stored) after a clear that came first, or a HIT racing this one.
+    for (let round = 0; round < 200; round++) {
+      const [response] = await Promise.all([get(`${proxy.url}large`), Bun.sleep(Math.random() * 2).then(() => other.clear())])
+      const bytes = (await response.arrayBuffer()).byteLength
+      if (response.headers.get("x-cache") === "HIT") hits++
+      answers.add(`${response.status} ${bytes}`)
+    }
+    await other.close()
+    expect(hits).toBeGreaterThan(0)
+    expect([...answers]).toEqual([`200 ${24 * 64 * KB}`])
+  }, 60_000)
 
   test("clearing a running proxy's directory: the proxy keeps working, then stores again", async () => {
     await using origin = startOrigin((_, n) => new Response(`version ${n}`, { headers: { "cache-control": "max-age=600" } }))

@@ -39,6 +39,8 @@ export interface EntryMeta {
   lastModified: string | null
   /** Purge tags, from Surrogate-Key and Cache-Tag. Absent in entries stored before tags were kept. */
   tags?: string[]
+  /** Set by a soft purge: no client's max-stale takes it before it is validated. Absent otherwise. */
+  softPurged?: true
 }
 
 /** A stored response: its meta, its body's length and its body. */
@@ -141,12 +143,20 @@ export interface Claims {
   claim(key: string, ttlMs: number): Promise<Release | undefined>
   /** Resolves when the key's entry changes or the claim on it ends, or after `ms`. */
   landed(key: string, ms: number): Promise<void>
+  /**
+   * Tells every process on the store (this one too, through `onDrop`) to forget what a purge by
+   * prefix or tag names: their memory tiers may hold entries the store itself let go (evicted).
+   */
+  announce(match: KeyMatch): Promise<void>
 }
+
+/** What a purge by prefix or tag names: the keys starting with `prefix`, or tagged `tag`. */
+export type KeyMatch = { prefix: string } | { tag: string }
 
 /** A store whose entries may go without a call to it (eviction, another process): a tier in front must hear of it. */
 export interface Drops {
-  /** Calls `listener` when entries go without a call to this store: a key, or null for all. */
-  onDrop(listener: (key: string | null) => void): void
+  /** Calls `listener` when entries go without a call to this store: a key, null for all, or the keys a purge names. */
+  onDrop(listener: (dropped: string | null | KeyMatch) => void): void
 }
 
 /** A store that keeps its own least-recently-used order, and so must hear of reads a tier in front served. */
@@ -179,6 +189,7 @@ export type WarnKind =
   | "broken-entry"
   | "body-length"
   | "origin-body"
+  | "tags"
   | "refresh"
   | "store-connection"
   | "proxy"

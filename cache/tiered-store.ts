@@ -12,6 +12,7 @@ import {
   type EntryMeta,
   hearsReads,
   isShared,
+  type KeyMatch,
   type Lifecycle,
   type ListedEntry,
   type Listing,
@@ -49,11 +50,15 @@ export class TieredStore implements Store, Listing, Drops, Lifecycle {
   private readonly readNotices: ReadNotices | undefined
 
   constructor(
-    private readonly front: MemoryStore,
+    protected readonly front: MemoryStore,
     protected readonly back: Behind,
     private readonly options: TieredStoreOptions,
   ) {
-    back.onDrop((key) => (key === null ? front.forgetAll() : front.forget(key)))
+    back.onDrop((dropped) => {
+      if (dropped === null) front.forgetAll()
+      else if (typeof dropped === "string") front.forget(dropped)
+      else front.forgetMatching(dropped)
+    })
     this.readNotices = hearsReads(back) ? back : undefined
   }
 
@@ -145,7 +150,7 @@ export class TieredStore implements Store, Listing, Drops, Lifecycle {
     return [...(await this.front.stats()), ...(await this.back.stats())]
   }
 
-  onDrop(listener: (key: string | null) => void): void {
+  onDrop(listener: (dropped: string | null | KeyMatch) => void): void {
     this.back.onDrop(listener)
   }
 
@@ -178,5 +183,11 @@ class SharedTieredStore extends TieredStore implements Claims {
 
   landed(key: string, ms: number): Promise<void> {
     return this.back.landed(key, ms)
+  }
+
+  /** This memory forgets at once; the others when the store's message reaches them. */
+  announce(match: KeyMatch): Promise<void> {
+    this.front.forgetMatching(match)
+    return this.back.announce(match)
   }
 }

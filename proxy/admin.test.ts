@@ -371,6 +371,23 @@ describe("purge", () => {
     expect(origin.count("/doc")).toBe(2)
   })
 
+  test("soft: a client's max-stale does not take the purged entry before it is revalidated", async () => {
+    await using origin = startOrigin((req) =>
+      req.headers.get("if-none-match") === '"v1"'
+        ? new Response(null, { status: 304, headers: { etag: '"v1"', "cache-control": "max-age=60" } })
+        : new Response("the body", { headers: { etag: '"v1"', "cache-control": "max-age=60" } }),
+    )
+    await using proxy = await startProxy({ origin: origin.url })
+    await through(`${proxy.url}/doc`)
+    expect(await purge(proxy, { url: "/doc", soft: true })).toEqual({ status: 200, body: { purged: 1 } })
+    const after = await through(`${proxy.url}/doc`, { "cache-control": "max-stale=3600" })
+    expect(after.headers.get("cache-status")).toContain("fwd=stale; fwd-status=304")
+    expect(origin.count("/doc")).toBe(2)
+    // Revalidated: an entry like any other again, max-stale included.
+    expect((await through(`${proxy.url}/doc`, { "cache-control": "max-stale=3600" })).xCache).toBe("HIT")
+    expect(origin.count("/doc")).toBe(2)
+  })
+
   test("soft, under stale-while-revalidate: the stale entry answers at once while it is refreshed", async () => {
     await using origin = startOrigin(
       (_, n) => new Response(`v${n}`, { headers: { "cache-control": "max-age=60, stale-while-revalidate=30" } }),
@@ -498,6 +515,51 @@ describe("purge on a shared Redis store", () => {
     expect((await through(`${b.url}/plain`)).headers.get("cache-status")).toContain("fwd=stale")
     expect(origin.count("/plain")).toBe(3)
   })
+
+  test.skipIf(FAST_RUN)("a purge by URL, prefix or tag reaches every memory tier even where Redis evicted the entry", async () => {
+    await using redis = await startRedis()
+    await using origin = startFreshOrigin((path): Record<string, string> => (path === "/tagged" ? { "surrogate-key": "t" } : {}))
+    const store = { kind: "redis" as const, target: { single: redis.url } }
+    await using a = await startProxy({ origin: origin.url, store })
+    await using b = await startProxy({ origin: origin.url, store })
+    const paths = ["/plain", "/p/x", "/tagged"]
+    for (const path of paths) {
+      await through(a.url + path)
+      expect((await through(b.url + path)).xCache).toBe("HIT") // in both memory tiers now
+    }
+    // Redis lets every entry go (maxmemory would), behind the proxies' back: no message.
+    const cli = (...args: string[]) =>
+      Bun.spawnSync(["redis-cli", "-p", String(redis.port), ...args])
+        .stdout.toString()
+        .trim()
+    for (const key of cli("--scan", "--pattern", "*:e").split("\n")) expect(cli("del", key)).toBe("1")
+    for (const target of [{ url: "/plain" }, { prefix: "/p/" }, { tag: "t" }])
+      expect(await purge(a, target)).toEqual({ status: 200, body: { purged: 0 } })
+    const inMemory = async (proxy: { url: string }, path: string) =>
+      (await fetch(proxy.url + path, { headers: { "cache-control": "only-if-cached" } })).status === 200
+    for (let tries = 0; ; tries++) {
+      const held = (await Promise.all([a, b].flatMap((proxy) => paths.map((path) => inMemory(proxy, path))))).some(Boolean)
+      if (!held) break
+      if (tries > 100) throw new Error("a memory tier still holds a purged entry")
+      await Bun.sleep(20)
+    }
+  })
+
+  test.skipIf(FAST_RUN)(
+    "a purge by prefix given as the bare origin URL reaches that origin's entries only, not another's beside it",
+    async () => {
+      await using redis = await startRedis()
+      await using origin = startFreshOrigin()
+      const store = { kind: "redis" as const, target: { single: redis.url } }
+      await using v = await startProxy({ origin: `${origin.url}/v`, store })
+      await using v2 = await startProxy({ origin: `${origin.url}/v2`, store })
+      await through(`${v.url}/a`)
+      await through(`${v2.url}/a`)
+      expect(await purge(v, { prefix: `${origin.url}/v` })).toEqual({ status: 200, body: { purged: 1 } })
+      expect((await through(`${v2.url}/a`)).xCache).toBe("HIT")
+      expect((await through(`${v.url}/a`)).xCache).toBe("MISS")
+    },
+  )
 })
 
 // ───────────────────────────── the inspector page ─────────────────────────────

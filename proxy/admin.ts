@@ -99,7 +99,10 @@ export function createAdmin({ cache, origin, token, clientAddress, metrics, warn
   const fullUrl = (name: string, value: string | undefined): string => {
     if (value === undefined || value === "") throw new BadRequest(`${name} is required: a path such as /users/1, or a full URL`)
     if (value.startsWith("/")) return origin + value
-    if (value.startsWith(`${origin}/`) || value === origin) return value
+    if (value.startsWith(`${origin}/`)) return value
+    // The bare origin is its root, "/": as a prefix it must not reach `${origin}2/…`, another
+    // origin's URLs on a shared store prefix. Every URL of this origin starts with `${origin}/`.
+    if (value === origin) return `${origin}/`
     throw new BadRequest(`${name} must be a path (/…) or a URL under ${origin} (got "${value}")`)
   }
   /** The URL relative to the origin, as clients of the proxy ask for it. */

@@ -4,12 +4,13 @@
  * is a `UsageError`: one line on stderr, exit code 2.
  */
 
-import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, rmSync, statSync, writeFileSync } from "node:fs"
 import { availableParallelism, homedir } from "node:os"
 import { dirname, join, resolve } from "node:path"
 import type { parseArgs } from "citty"
 import { FIELD_NAME } from "../cache/policy.ts"
 import type { RedisTarget } from "../cache/redis-store.ts"
+import { DEFAULT_MAX_VARIANTS } from "../cache/variants.ts"
 import { checkAdminToken } from "./admin.ts"
 import { environmentVariable } from "./help.ts"
 import { LOG_FORMATS, type LogFormat } from "./log.ts"
@@ -43,6 +44,8 @@ export interface ProxyOptions {
   memorySize: number
   maxSize: number
   maxEntrySize: number
+  /** Variants kept per URL (Vary); the least recently used goes beyond it. @default 64 */
+  maxVariants: number
   forceTtlSeconds: number
   ignoreQuery: string[]
   offline: boolean
@@ -57,6 +60,12 @@ export interface ProxyOptions {
   admin: AdminListenOptions | undefined
   /** Pass Surrogate-Key and Cache-Tag on to clients instead of removing them. @default false */
   keepTagHeaders: boolean
+  /** Write a HAR of every stored response here (proxy/record.ts). @default undefined: none */
+  record: string | undefined
+  /** Answer from this HAR before the origin. @default undefined: none */
+  replay: string | undefined
+  /** Header and query parameter names redacted in recordings and exports, besides the credential fields; false: none (--no-redact). @default [] */
+  redact: string[] | false
   /** Processes that answer on the port and share the cache (proxy/workers.ts). @default 1: this process alone */
   workers: number
 }
@@ -89,8 +98,7 @@ export const args = {
   },
   "rewrite-location": {
     type: "boolean",
-    description:
-      "Rewrite the origin's own absolute URLs in Location and Content-Location to the proxy's (--public-url, else the Host asked)",
+    description: "Rewrite the origin's own URLs in Location and Content-Location to the proxy's (--public-url, else the Host asked)",
   },
   origin: { type: "string", valueHint: "URL", description: "Origin URL to forward to, e.g. https://api.example.com/v2" },
   "cache-dir": {
@@ -98,7 +106,7 @@ export const args = {
     valueHint: "DIR",
     description: "Cache directory (default: $XDG_CACHE_HOME/caching-proxy or ~/.cache/caching-proxy)",
   },
-  "clear-cache": { type: "boolean", description: "Empty the cache directory and exit" },
+  "clear-cache": { type: "boolean", description: "Empty the cache (directory or Redis prefix) and exit" },
   ttl: {
     type: "string",
     valueHint: "SECONDS",
@@ -109,6 +117,12 @@ export const args = {
   "memory-size": { type: "string", valueHint: "SIZE", description: "Bytes of responses kept in memory (k, M, G suffixes)", default: "64M" },
   "max-size": { type: "string", valueHint: "SIZE", description: "Bytes the disk cache may hold", default: "1G" },
   "max-entry-size": { type: "string", valueHint: "SIZE", description: "Larger responses are passed through, not stored", default: "100M" },
+  "max-variants": {
+    type: "string",
+    valueHint: "N",
+    description: "Variants kept per URL (Vary); the least recently used goes",
+    default: String(DEFAULT_MAX_VARIANTS),
+  },
   "force-ttl": {
     type: "string",
     valueHint: "SECONDS",
@@ -125,8 +139,7 @@ export const args = {
   "targeted-cache-control": {
     type: "string",
     valueHint: "FIELDS",
-    description:
-      "Comma-separated response fields followed before CDN-Cache-Control (RFC 9213), most specific first, e.g. CachingProxy-Cache-Control",
+    description: "Comma-separated fields obeyed before CDN-Cache-Control (RFC 9213), most specific first, e.g. Edge-Cache-Control",
   },
   store: {
     type: "string",
@@ -148,6 +161,18 @@ export const args = {
   },
   "admin-token": { type: "string", valueHint: "TOKEN", description: "Bearer token every admin request must carry" },
   "keep-tag-headers": { type: "boolean", description: "Pass Surrogate-Key and Cache-Tag on to clients (default: removed, as CDNs do)" },
+  record: {
+    type: "string",
+    valueHint: "FILE",
+    description: "Write every stored response to FILE as an HTTP Archive (HAR), as it is stored",
+  },
+  replay: { type: "string", valueHint: "FILE", description: "Answer from the responses in this HAR before asking the origin" },
+  redact: {
+    type: "string",
+    valueHint: "NAME",
+    description: "A header or query parameter to record and export as [redacted], besides credentials (repeatable)",
+  },
+  "no-redact": { type: "boolean", description: "Record and export every value as it is, credentials included" },
   workers: {
     type: "string",
     valueHint: "N",
@@ -174,6 +199,8 @@ export function parseOptions(parsed: Args): ProxyOptions {
   }
   const port = parsePort(parsed.port)
   const workers = parseWorkers(parsed.workers)
+  // One HAR file has one writer: workers would each append to it.
+  if (workers > 1 && parsed.record !== undefined) throw new UsageError("--record cannot be used with --workers (one process writes a HAR)")
   return {
     port,
     host: parsed.host,
@@ -190,6 +217,7 @@ export function parseOptions(parsed: Args): ProxyOptions {
     memorySize: parseSize("memory-size", parsed["memory-size"]),
     maxSize: parseSize("max-size", parsed["max-size"]),
     maxEntrySize: parseSize("max-entry-size", parsed["max-entry-size"]),
+    maxVariants: parseCount("max-variants", parsed["max-variants"]),
     forceTtlSeconds: parseSeconds("force-ttl", parsed["force-ttl"]),
     ignoreQuery: (parsed["ignore-query"] ?? "")
       .split(",")
@@ -202,8 +230,30 @@ export function parseOptions(parsed: Args): ProxyOptions {
     storePrefix: parsed["store-prefix"],
     admin: parseAdmin(parsed, port),
     keepTagHeaders: Boolean(parsed["keep-tag-headers"]),
+    ...parseArchives(parsed),
+    redact: parseRedact(parsed),
     workers,
   }
+}
+
+/** --record and --replay: a recording starts by emptying its file, so it cannot be the one replayed. */
+function parseArchives(parsed: Args): Pick<ProxyOptions, "record" | "replay"> {
+  const record = parsed.record === undefined ? undefined : resolve(parsed.record)
+  const replay = parsed.replay === undefined ? undefined : resolve(parsed.replay)
+  if (record !== undefined && record === replay)
+    throw new UsageError(`--record and --replay must name different files (both are ${record})`)
+  return { record, replay }
+}
+
+/**
+ * --redact NAME (repeatable, or comma-separated) and --no-redact, which citty reads as redact=false.
+ */
+export function parseRedact(parsed: { redact?: string | boolean; "no-redact"?: boolean }): string[] | false {
+  if (parsed.redact === false || parsed["no-redact"]) return false
+  if (typeof parsed.redact !== "string") return []
+  const names = parsed.redact.split(",").map((name) => name.trim())
+  if (names.includes("")) throw new UsageError(`--redact needs a header or query parameter name each time (got "${parsed.redact}")`)
+  return names
 }
 
 const SIZE = /^(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?$/i
@@ -215,6 +265,16 @@ function parseSize(name: string, value: string): number {
   const unit = (match[2] ?? "").charAt(0).toLowerCase()
   return Math.floor(Number(match[1]) * (SIZE_UNITS[unit] ?? 1))
 }
+
+function parseCount(name: string, value: string): number {
+  const count = Number(value)
+  if (!/^\d+$/.test(value.trim()) || count < 1 || count > MAX_COUNT)
+    throw new UsageError(`--${name} must be 1-${MAX_COUNT} (got "${value}")`)
+  return count
+}
+
+// A count beyond this is a typo, not a bound.
+const MAX_COUNT = 1_000_000
 
 function parseSeconds(name: string, value: string, least: "zero" | "positive" = "zero"): number {
   const seconds = Number(value)
@@ -305,7 +365,7 @@ function parseStore(value: string): StoreChoice {
 
 /** A Redis store URL: one server as ioredis takes it, or a Cluster's seed nodes. */
 function parseRedisUrl(url: string): RedisTarget {
-  const usage = `must be file, redis://host:port[/db], rediss://… or redis-cluster://host:port[,host:port…] (got "${url}")`
+  const usage = `must be file, redis://host:port[/db], rediss://… or redis-cluster://host:port[,host:port…] (got "${withoutCredentials(url)}")`
   if (url.startsWith("redis-cluster://")) {
     const nodes = url.slice("redis-cluster://".length).split(",")
     return {
@@ -323,6 +383,11 @@ function parseRedisUrl(url: string): RedisTarget {
   return { single: url }
 }
 
+/** A URL as messages may show it: its user and password (a Redis password, say) replaced by `***`. */
+function withoutCredentials(url: string): string {
+  return url.replace(/^([^:/]+:\/\/)[^/]*@/, "$1***@")
+}
+
 /** --targeted-cache-control: field names, none of them Cache-Control itself (it is what they override). */
 function parseTargetedFields(value: string | undefined): string[] {
   if (value === undefined) return []
@@ -337,14 +402,23 @@ function defaultCacheDir(): string {
   return join(base, "caching-proxy")
 }
 
+type FlagTable = Record<string, { type: string; alias?: string }>
+
 /** Every spelling citty accepts for each flag: its name, its alias, and `--no-` for booleans. */
-const FLAG_TYPES = new Map<string, string>(
-  Object.entries(args).flatMap(([name, def]) => [
-    [name, def.type],
-    ...("alias" in def ? [[def.alias, def.type] as [string, string]] : []),
-    ...(def.type === "boolean" ? [[`no-${name}`, def.type] as [string, string]] : []),
-  ]),
-)
+function flagTypes(table: FlagTable): Map<string, string> {
+  return new Map<string, string>(
+    Object.entries(table).flatMap(([name, def]) => [
+      [name, def.type],
+      ...(def.alias ? [[def.alias, def.type] as [string, string]] : []),
+      ...(def.type === "boolean" ? [[`no-${name}`, def.type] as [string, string]] : []),
+    ]),
+  )
+}
+
+const FLAG_TYPES = flagTypes(args)
+
+// Flags that may be given more than once: their values are joined (`joinRepeated`).
+const REPEATABLE = new Set(["redact"])
 
 /** The flag an argument names ("--port=1" and "--no-quiet" included), or undefined for a value. */
 function flagName(arg: string): string | undefined {
@@ -389,25 +463,52 @@ export function namingVariable(error: unknown, fromEnvironment: Map<string, { va
   return source && flag ? new UsageError(source.variable + (error as Error).message.slice(flag.length + 2)) : error
 }
 
-/** Refuses what citty would let through: unknown flags, flags given twice, stray arguments. */
-export function checkRawArgs(rawArgs: string[]): void {
+/**
+ * Refuses what citty would let through: unknown flags, flags given twice (but the repeatable ones),
+ * stray arguments beyond the `positionals` a subcommand takes.
+ */
+export function checkRawArgs(rawArgs: string[], table: FlagTable = args, positionals = 0): void {
+  const types = table === args ? FLAG_TYPES : flagTypes(table)
   const seen = new Set<string>()
   let expectsValue = false
+  let stray = 0
   for (const arg of rawArgs) {
     if (expectsValue && !arg.startsWith("--")) {
       expectsValue = false
       continue
     }
+    if (!arg.startsWith("-") && stray++ < positionals) continue
     if (!arg.startsWith("-") || arg === "-" || arg === "--")
       throw new UsageError(`unexpected argument "${arg}" (flags start with --; see --help)`)
     const [name = "", value] = arg.replace(/^--?/, "").split(/=(.*)/s)
-    const type = FLAG_TYPES.get(name)
+    const type = types.get(name)
     if (!type) throw new UsageError(`unknown flag "${arg}" (see --help)`)
     const flag = flagName(arg) ?? name
-    if (seen.has(flag)) throw new UsageError(`--${flag} is given more than once`)
+    if (seen.has(flag) && !REPEATABLE.has(flag)) throw new UsageError(`--${flag} is given more than once`)
     seen.add(flag)
     expectsValue = type === "string" && value === undefined
   }
+}
+
+/** The arguments with each repeatable flag's values joined by commas into its last one, which citty keeps. */
+export function joinRepeated(rawArgs: string[]): string[] {
+  const values = new Map<string, string[]>()
+  const kept: string[] = []
+  for (let i = 0; i < rawArgs.length; i++) {
+    const arg = rawArgs[i] as string
+    const [name = "", inline] = arg.replace(/^--?/, "").split(/=(.*)/s)
+    if (!arg.startsWith("--") || !REPEATABLE.has(name)) {
+      kept.push(arg)
+      continue
+    }
+    // A flag right after it is no value: "" is refused by parseOptions as a missing value.
+    const next = rawArgs[i + 1]
+    const takesNext = inline === undefined && next !== undefined && !next.startsWith("--")
+    if (takesNext) i++
+    const value = (takesNext ? next : inline) ?? ""
+    values.set(name, [...(values.get(name) ?? []), value])
+  }
+  return [...kept, ...[...values].map(([name, all]) => `--${name}=${all.join(",")}`)]
 }
 
 /**
@@ -417,11 +518,27 @@ export function checkRawArgs(rawArgs: string[]): void {
 export function checkCacheDir(dir: string): void {
   const probe = join(dir, `.probe-${process.pid}`)
   try {
-    mkdirSync(dir, { recursive: true })
+    makeDirectory(dir)
     writeFileSync(probe, "")
     rmSync(probe)
   } catch (error) {
     throw new UsageError(`--cache-dir ${dir} cannot be used: ${whyNotWritable(dir, error as NodeJS.ErrnoException)}`)
+  }
+}
+
+/**
+ * `mkdir -p`, one level at a time: Node 20's recursive mkdirSync never returns, spinning a core,
+ * where mkdir answers ENOENT under a parent that exists (/proc/1/nope).
+ */
+function makeDirectory(dir: string): void {
+  try {
+    mkdirSync(dir)
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code
+    if (code === "EEXIST" && statSync(dir).isDirectory()) return
+    if (code !== "ENOENT" || dirname(dir) === dir) throw error
+    makeDirectory(dirname(dir))
+    mkdirSync(dir) // the parent is there now: a second ENOENT is the answer
   }
 }
 

@@ -3,7 +3,14 @@
  * request to the origin, serving, what a request's connection knows, and the file API.
  */
 
-import { createServer, Agent as HttpAgent, request as httpRequest, type IncomingMessage, type ServerResponse } from "node:http"
+import {
+  createServer,
+  Agent as HttpAgent,
+  request as httpRequest,
+  type IncomingMessage,
+  type OutgoingHttpHeaders,
+  type ServerResponse,
+} from "node:http"
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https"
 import type { AddressInfo } from "node:net"
 import { Readable } from "node:stream"
@@ -87,14 +94,33 @@ const FAILURE_CODES: Record<string, OriginFailure> = {
 function failureOf(error: unknown): OriginFailure {
   return FAILURE_CODES[(error as NodeJS.ErrnoException).code ?? ""] ?? "other"
 }
+
+/**
+ * The most an origin's response head may take, status line and fields: one limit under both
+ * runtimes (node:http stops at 16 KiB unless told, Bun's fetch at about 256 KiB). RFC 9110 §5.4:
+ * a recipient need not process fields larger than it wishes to; a 502 says so.
+ */
+const MAX_RESPONSE_HEAD_BYTES = 64 * 1024
+const HEAD_TOO_LARGE = `the origin's response headers are larger than ${MAX_RESPONSE_HEAD_BYTES / 1024} KiB`
+
+/** The response, unless its head is over MAX_RESPONSE_HEAD_BYTES (counted as it was sent: "name: value\r\n" each). */
+function withinHeadLimit(response: Response): Response {
+  let bytes = `HTTP/1.1 ${response.status} ${response.statusText}\r\n\r\n`.length
+  for (const [name, value] of response.headers) bytes += name.length + value.length + 4
+  if (bytes <= MAX_RESPONSE_HEAD_BYTES) return response
+  response.body?.cancel().catch(() => undefined) // refused: nothing of it is read
+  throw new OriginError(502, HEAD_TOO_LARGE)
+}
+
 // RFC 9110 §15.2.2: a 101 hands the connection over to another protocol; we proxy HTTP only.
 const UPGRADE_REFUSED = "the origin switched protocols (101), and upgrades are not proxied"
 
 /**
- * The answer to a request whose response failed where the app cannot catch it (Bun: a body that
- * fails before its first byte is sent): a 502 with one line, never the runtime's own error page.
+ * The answer to a request whose response failed before its first byte was sent (where the app
+ * cannot catch it under Bun, or as the access log finds it): a 502 with one line, never the
+ * runtime's own error page.
  */
-function unsent(error: unknown, warn: Warn): Response {
+export function unsent(error: unknown, warn: Warn): Response {
   warn("proxy", `a response could not be sent: ${error instanceof Error ? error.message : String(error)}`)
   return answer(502, "the origin's answer could not be relayed\n", { kind: "miss", detail: "origin-error" })
 }
@@ -102,34 +128,59 @@ function unsent(error: unknown, warn: Warn): Response {
 const bunRuntime: Runtime = {
   fetch: (target, method, headers, body, timeoutMs) =>
     withTimeout(timeoutMs, (signal) =>
-      fetch(target, { method, headers, body, signal, redirect: "manual", decompress: false } as RequestInit).catch((error) => {
-        const code = (error as { code?: string }).code
-        if (code === "UnrequestedUpgrade") throw new OriginError(502, UPGRADE_REFUSED)
-        // RFC 9112 §6.3: a body under a transfer coding other than chunked ends when the connection
-        // closes. Bun's fetch refuses one it does not know; its node:http relays it. Only a safe
-        // method is asked again (RFC 9110 §9.2.1): the origin may have acted on the first.
-        if (code === "UnsupportedTransferEncoding" && (method === "GET" || method === "HEAD"))
-          return nodeFetch(target, method, headers, null, signal, undefined)
-        throw error
-      }),
+      fetch(target, { method, headers, body, signal, redirect: "manual", decompress: false } as RequestInit).then(
+        withinHeadLimit,
+        (error) => {
+          const code = (error as { code?: string }).code
+          if (code === "UnrequestedUpgrade") throw new OriginError(502, UPGRADE_REFUSED)
+          // RFC 9112 §6.3: a body under a transfer coding other than chunked ends when the connection
+          // closes. Bun's fetch refuses one it does not know; its node:http relays it. Only a safe
+          // method is asked again (RFC 9110 §9.2.1): the origin may have acted on the first.
+          if (code === "UnsupportedTransferEncoding" && (method === "GET" || method === "HEAD"))
+            return nodeFetch(target, method, headers, null, signal, undefined)
+          throw error
+        },
+      ),
     ),
   async listen(app, host, port, idleTimeoutSeconds, warn, reusePort) {
-    const server = Bun.serve({
+    // Hits whose file Bun is about to open by its path, each with its request: the request, or
+    // null when several share the file and a failure could not be told whose. Kept until the
+    // next turn of the event loop: Bun opens the file as it takes the response, before that.
+    const opening = new Map<string, Request | null>()
+    const watched = (response: Response, request: Request) => {
+      const { file } = outcomeOf(response)
+      if (file === undefined) return response
+      opening.set(file, opening.has(file) ? null : request)
+      setImmediate(() => opening.delete(file))
+      return response
+    }
+    const server: Bun.Server<undefined> = Bun.serve({
       hostname: host,
       port,
       reusePort,
-      fetch: app.fetch,
+      fetch: (request, bunServer) => {
+        const response = app.fetch(request, bunServer)
+        return response instanceof Promise ? response.then((ready) => watched(ready, request)) : response
+      },
       idleTimeout: idleTimeoutSeconds,
       // Uploads stream to the origin; the origin decides what it accepts.
       maxRequestBodySize: Number.MAX_SAFE_INTEGER,
       // Never Bun's development error page (50 KB of HTML naming the working directory). Not by
       // `development: false`: Bun then shares the port with a second server (SO_REUSEPORT).
-      error: (error) => unsent(error, warn),
+      error: (error) => {
+        // A hit's file gone before Bun opened it (another process's --clear-cache, an eviction):
+        // asked again, the request finds no entry and is a miss, not a 502.
+        const { code, path } = error as NodeJS.ErrnoException
+        const request = code === "ENOENT" && path !== undefined ? opening.get(path) : undefined
+        if (!request || path === undefined) return unsent(error, warn)
+        opening.delete(path)
+        return app.fetch(request, server)
+      },
     })
     return { port: server.port ?? port, stop: (force) => server.stop(force), inFlight: () => server.pendingRequests }
   },
   // RFC 9110 §15.2 asks a proxy to forward 1xx responses; Bun's fetch hides them and Bun.serve
-  // has no way to send one (README, "Known limits").
+  // has no way to send one (docs/known-limits.md).
   interimTo: () => undefined,
   clientAddress: (c) => (c.env as { requestIP?: (r: Request) => { address: string } | null })?.requestIP?.(c.req.raw)?.address,
   localPort: (c) => (c.env as { port?: number } | undefined)?.port,
@@ -154,7 +205,13 @@ function nodeFetch(
   return new Promise<Response>((resolvePromise, reject) => {
     const outgoing = send(
       url,
-      { method, headers: Object.fromEntries(headers), agent: agents[url.protocol as "http:"], signal },
+      {
+        method,
+        headers: Object.fromEntries(headers),
+        agent: agents[url.protocol as "http:"],
+        signal,
+        maxHeaderSize: MAX_RESPONSE_HEAD_BYTES,
+      },
       (incoming) => {
         try {
           resolvePromise(toResponse(incoming, method))
@@ -164,7 +221,9 @@ function nodeFetch(
         }
       },
     )
-    outgoing.on("error", reject)
+    outgoing.on("error", (error: NodeJS.ErrnoException) =>
+      reject(error.code === "HPE_HEADER_OVERFLOW" ? new OriginError(502, HEAD_TOO_LARGE) : error),
+    )
     if (interim) outgoing.on("information", (info) => interim(info.statusCode, info.rawHeaders))
     // Without this listener node:http drops the socket and neither answers nor fails: a client
     // would wait forever.
@@ -207,8 +266,13 @@ interface Closable {
  * adapter sends whole with their length.
  */
 function cutOnFailure(response: Response | Promise<Response>, connection: Closable, warn: Warn): Response | Promise<Response> {
-  const guarded = (ready: Response) =>
-    !isFromCache(outcomeOf(ready).kind) && ready.body ? new Response(endOrCut(ready.body, connection, warn), ready) : ready
+  const guarded = (ready: Response) => {
+    const { kind, wholeBytes } = outcomeOf(ready)
+    // Bytes (a short answer, a MISS read ahead) are sent whole too, with their length.
+    return wholeBytes === undefined && !isFromCache(kind) && ready.body
+      ? new Response(endOrCut(ready.body, connection, warn), ready)
+      : ready
+  }
   return response instanceof Promise ? response.then(guarded) : guarded(response)
 }
 
@@ -256,21 +320,45 @@ function sendInterim(outgoing: ServerResponse, status: number, rawHeaders: strin
   }
 }
 
+/**
+ * Bytes are sacred: @hono/node-server writes a body that has no Content-Type with its own
+ * "text/plain; charset=UTF-8". A response with none (the origin sent none) is written with none.
+ */
+function noTypeAdded(response: Response | Promise<Response>, outgoing: ServerResponse): Response | Promise<Response> {
+  const untyped = (ready: Response) => {
+    if (ready.headers.has("content-type")) return ready
+    const writeHead = outgoing.writeHead.bind(outgoing)
+    outgoing.writeHead = ((status: number, ...rest: (string | OutgoingHttpHeaders | undefined)[]) => {
+      for (const fields of rest) {
+        if (typeof fields !== "object") continue
+        for (const name of Object.keys(fields)) if (name.toLowerCase() === "content-type") delete fields[name]
+      }
+      return writeHead(status, ...(rest as [OutgoingHttpHeaders]))
+    }) as ServerResponse["writeHead"]
+    return ready
+  }
+  return response instanceof Promise ? response.then(untyped) : untyped(response)
+}
+
 const nodeRuntime: Runtime = {
   fetch: (target, method, headers, body, timeoutMs, interim) =>
     withTimeout(timeoutMs, (signal) => nodeFetch(target, method, headers, body, signal, interim)),
   // Workers share the port through node:cluster, which hands them connections: no reusePort here.
   async listen(app, host, port, _idleTimeoutSeconds, warn) {
     const { getRequestListener, RequestError } = await import("@hono/node-server")
-    const handle = getRequestListener((request, env) => cutOnFailure(app.fetch(request, env), env.outgoing, warn), {
-      hostname: host,
-      // The server's own error handler, for what Hono's onError never sees: a request the adapter
-      // cannot read is a 400, anything else a 502, never its bare 500.
-      errorHandler: (error) =>
-        error instanceof RequestError
-          ? answer(400, "the request cannot be read\n", { kind: "pass", detail: "bad-request" })
-          : unsent(error, warn),
-    })
+    const handle = getRequestListener(
+      // env.outgoing is node:http's: the server is createServer's, below.
+      (request, env) => noTypeAdded(cutOnFailure(app.fetch(request, env), env.outgoing, warn), env.outgoing as ServerResponse),
+      {
+        hostname: host,
+        // The server's own error handler, for what Hono's onError never sees: a request the adapter
+        // cannot read is a 400, anything else a 502, never its bare 500.
+        errorHandler: (error) =>
+          error instanceof RequestError
+            ? answer(400, "the request cannot be read\n", { kind: "pass", detail: "bad-request" })
+            : unsent(error, warn),
+      },
+    )
     let inFlight = 0
     const server = createServer((request, response) => {
       inFlight++

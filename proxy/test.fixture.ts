@@ -14,9 +14,11 @@ import { createServer as createHttpServer, type ServerResponse } from "node:http
 import { connect, createServer, type Socket } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { parseArgs } from "citty"
 import { chromium } from "playwright-core"
 import type { EntryMeta, WarnKind } from "../cache/store.ts"
-import { createProxy, type ProxyOptions, serve } from "../proxy.ts"
+import { createProxy, type ProxyOptions, parseOptions, serve } from "../proxy.ts"
+import { args } from "./options.ts"
 
 export { type RedisServer, startRedis, startRedisCluster } from "../cache/redis-server.fixture.ts"
 
@@ -30,35 +32,17 @@ export const ROOT = join(import.meta.dir, "..")
 export const FAST_RUN = process.env.CACHING_PROXY_TEST_FAST === "1"
 
 /**
- * The proxy's options for tests and benchmarks that run it in-process: the CLI's defaults, on
- * port 0, without the admin listener. The access log is on, as for a user: `startProxy` captures
- * it (and the warnings) instead of silencing it, so the default path is the one tested.
+ * The proxy's options for tests and benchmarks that run it in-process: the CLI's own defaults
+ * (parsed from its flags, as a user's command line is), on port 0; the admin listener is off, as
+ * by default. The access log is on, as for a user: `startProxy` captures it (and the warnings)
+ * instead of silencing it, so the default path is the one tested.
  */
-export const TEST_OPTIONS: Omit<ProxyOptions, "origin" | "cacheDir"> = {
-  port: 0,
-  host: "127.0.0.1",
-  publicUrl: undefined,
-  trustForwarded: false,
-  rewriteLocation: false,
-  ttlSeconds: 300,
-  timeoutSeconds: 30,
-  quiet: false,
-  logFormat: "text",
-  metrics: false,
-  memorySize: 64 << 20,
-  maxSize: 1 << 30,
-  maxEntrySize: 100 << 20,
-  forceTtlSeconds: 0,
-  ignoreQuery: [],
-  offline: false,
-  shareCookies: false,
-  targetedCacheControl: [],
-  store: { kind: "file" },
-  storePrefix: "caching-proxy",
-  admin: undefined,
-  keepTagHeaders: false,
-  workers: 1,
-}
+const {
+  origin: _origin,
+  cacheDir: _cacheDir,
+  ...CLI_DEFAULTS
+} = parseOptions(parseArgs<typeof args>(["--port", "0", "--origin", "http://127.0.0.1"], args))
+export const TEST_OPTIONS: Omit<ProxyOptions, "origin" | "cacheDir"> = CLI_DEFAULTS
 
 const BUN = process.execPath
 
@@ -115,10 +99,14 @@ export async function startProxy(options: Partial<ProxyOptions> & { origin: stri
   const warnings: { kind: WarnKind; detail: string }[] = []
   const warn = (kind: WarnKind, detail: string) => warnings.push({ kind, detail })
   const lines: string[] = []
-  const { app, cache, metrics } = await createProxy(full, { warn, log: (line) => lines.push(line) })
+  const { app, cache, metrics, admin } = await createProxy(full, { warn, log: (line) => lines.push(line) })
   const listener = await serve(app, full, warn)
+  // The admin listener too when `admin` is given, on a port of its own.
+  const adminListener = admin && (await serve(admin, { ...full, port: 0 }, warn))
   return {
     url: `http://127.0.0.1:${listener.port}/`,
+    /** The admin listener's base URL (no trailing slash), when `admin` was given. */
+    adminUrl: adminListener ? `http://127.0.0.1:${adminListener.port}` : undefined,
     cacheDir,
     cache,
     metrics,
@@ -127,7 +115,7 @@ export async function startProxy(options: Partial<ProxyOptions> & { origin: stri
     /** What the proxy reported and carried on after. */
     warnings,
     [Symbol.asyncDispose]: async () => {
-      await listener.stop(true)
+      await Promise.all([listener.stop(true), adminListener?.stop(true)])
       await cache.close()
       dir[Symbol.dispose]()
     },
@@ -173,9 +161,13 @@ export async function startCli(command: string[], env: Record<string, string | u
   }
 }
 
+// A command that runs to completion and has not after this long hangs: it is killed (its exit code
+// then fails the test), never left running, and the test's own timeout is not reached first.
+const RUN_CLI_LIMIT_MS = 15_000
+
 /** Runs the CLI (or any command) to completion. */
 export async function runCli(command: string[], cwd?: string, env: Record<string, string> = {}) {
-  const child = Bun.spawn(command, { stdout: "pipe", stderr: "pipe", cwd, env: { ...process.env, ...env } })
+  const child = Bun.spawn(command, { stdout: "pipe", stderr: "pipe", cwd, env: { ...process.env, ...env }, timeout: RUN_CLI_LIMIT_MS })
   const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited])
   return { stdout, stderr, code }
 }

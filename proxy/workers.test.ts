@@ -182,7 +182,7 @@ test("a worker that cannot listen stops the group: exit 1, saying why", async ()
   }
 })
 
-test("--workers takes a count or auto, and CACHING_PROXY_WORKERS", async () => {
+test("--workers takes a count or auto, and CACHING_PROXY_WORKERS; not with --record", async () => {
   const refused = Bun.spawn([...CLI, "--origin", "http://127.0.0.1:1", "--workers", "0"], { stdout: "pipe", stderr: "pipe" })
   expect(await refused.exited).toBe(2)
   expect(await new Response(refused.stderr).text()).toContain('--workers must be a number of processes, 1 or more, or auto (got "0")')
@@ -195,6 +195,12 @@ test("--workers takes a count or auto, and CACHING_PROXY_WORKERS", async () => {
   expect(await new Response(fromEnvironment.stderr).text()).toContain(
     'CACHING_PROXY_WORKERS must be a number of processes, 1 or more, or auto (got "many")',
   )
+  const recording = Bun.spawn([...CLI, "--origin", "http://127.0.0.1:1", "--workers", "2", "--record", "/dev/null"], {
+    stdout: "pipe",
+    stderr: "pipe",
+  })
+  expect(await recording.exited).toBe(2)
+  expect(await new Response(recording.stderr).text()).toContain("--record cannot be used with --workers (one process writes a HAR)")
 })
 
 describe("one cache directory, one owner", () => {
