@@ -84,7 +84,8 @@ export class GroupMemberStore implements Store, Listing, Claims, Drops, ReadNoti
   private readonly waits = new Map<string, Set<() => void>>()
   /** Key → the end of the claim another worker holds, waited for since this one asked. */
   private readonly refused = new Map<string, Wait>()
-  private indexChanges: IndexChange[] = []
+  /** Meta path → its latest change since the last report, least recent first: a hot entry read often is reported once. */
+  private readonly indexChanges = new Map<string, IndexChange>()
   private readonly flushTimer: ReturnType<typeof setInterval>
   /**
    * Keys found with nothing stored, oldest first. A member's file store has no index to say a key
@@ -101,7 +102,11 @@ export class GroupMemberStore implements Store, Listing, Claims, Drops, ReadNoti
     private readonly channel: Channel,
     private readonly reportsIndex = true,
   ) {
-    if (reportsIndex) inner.onIndexChange((change) => this.indexChanges.push(change))
+    if (reportsIndex)
+      inner.onIndexChange((change) => {
+        this.indexChanges.delete(change.metaPath)
+        this.indexChanges.set(change.metaPath, change)
+      })
     inner.onDrop((key) => this.dropped(key))
     channel.onMessage((message) => this.received(message))
     // From now on it hears the coordinator: a drop sent to a process still starting would be lost.
@@ -149,9 +154,9 @@ export class GroupMemberStore implements Store, Listing, Claims, Drops, ReadNoti
   }
 
   private flushIndex(): void {
-    if (this.indexChanges.length === 0) return
-    this.channel.send({ kind: "index", changes: this.indexChanges })
-    this.indexChanges = []
+    if (this.indexChanges.size === 0) return
+    this.channel.send({ kind: "index", changes: [...this.indexChanges.values()] })
+    this.indexChanges.clear()
   }
 
   /** The index first (same pipe, so in order), then the change, answered once every worker dropped the key. */
