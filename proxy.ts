@@ -303,64 +303,16 @@ function timed(
     finish(method === "HEAD" || status === 304 ? 0 : (wholeBytes ?? Number(headers.get("content-length") ?? 0)))
     return response
   }
-  if (!response.body) {
-    finish(0)
-    return response
-  }
-  return counted(response.body, finish).then(
-    (body) => new Response(body, response),
-    (error: unknown) => {
-      const unsendable = unsent(error, warn)
-      access.status = unsendable.status
-      access.cache = outcomeOf(unsendable).kind
-      finish(outcomeOf(unsendable).wholeBytes ?? 0)
-      return unsendable
-    },
-  )
-}
-
-/**
- * The body as it comes; `finish` gets the bytes sent once it ends, fails or is cancelled. A body
- * that has failed already, before its first byte, rejects instead: the runtime would have
- * answered it with a 502 (Bun does), where a stream failing once sent cuts the connection.
- */
-async function counted(body: ReadableStream<Uint8Array>, finish: (bytes: number) => void): Promise<ReadableStream<Uint8Array>> {
-  const reader = body.getReader()
-  let bytes = 0
-  let finished = false
-  const end = () => {
-    if (!finished) finish(bytes)
-    finished = true
-  }
-  let first: ReturnType<typeof reader.read> | undefined = reader.read()
-  // Waits no longer than the task at hand: a body still on its way is not held up.
-  await Promise.race([first, new Promise((resolve) => setImmediate(resolve))]).catch((error: unknown) => {
-    reader.cancel(error).catch(() => undefined) // failed already: nothing left to read
-    throw error
+  const counted = runtime.counted(response, finish)
+  if (!(counted instanceof Promise)) return counted
+  // The body failed before its first byte: nothing has gone out, so a 502 can.
+  return counted.catch((error: unknown) => {
+    const unsendable = unsent(error, warn)
+    access.status = unsendable.status
+    access.cache = outcomeOf(unsendable).kind
+    finish(outcomeOf(unsendable).wholeBytes ?? 0)
+    return unsendable
   })
-  return new ReadableStream<Uint8Array>(
-    {
-      async pull(controller) {
-        const read = first ?? reader.read()
-        first = undefined
-        const chunk = await read.catch((error: unknown) => {
-          end()
-          throw error
-        })
-        if (chunk.done) {
-          end()
-          return controller.close()
-        }
-        bytes += chunk.value.byteLength
-        controller.enqueue(chunk.value)
-      },
-      cancel(reason) {
-        end()
-        return reader.cancel(reason)
-      },
-    },
-    { highWaterMark: 0 },
-  )
 }
 
 // ───────────────────────────── the command ─────────────────────────────
