@@ -12,6 +12,7 @@ import { setTimeout as sleep } from "node:timers/promises"
 import { type Context, Hono, type MiddlewareHandler } from "hono"
 import { bodyLimit } from "hono/body-limit"
 import { withDeadline } from "../cache/deadline.ts"
+import type { MaybePromise } from "../cache/store.ts"
 import type { Cache, PurgeTarget, TierStats, Warn } from "../cache.ts"
 import { INSPECTOR_CSP, INSPECTOR_PAGE } from "./inspector.ts"
 
@@ -35,7 +36,7 @@ export interface AdminMetrics {
   contentType: string
   render(): Promise<string>
   /** Requests and hits per 10-second bucket over the last 10 minutes, oldest first. */
-  recent(): { at: number; requests: number; hits: number }[]
+  recent(): MaybePromise<{ at: number; requests: number; hits: number }[]>
   /** Counts one purge and the URLs it removed or marked stale. */
   purged(entries: number): void
   /** The store's stats per tier, read at most every few seconds (Redis's walk its whole index). */
@@ -52,13 +53,15 @@ export interface AdminConfig {
   clientAddress: (c: Context) => string | undefined
   metrics: AdminMetrics
   warn: Warn
+  /** Why the proxy is not ready, the store aside: under --workers, a worker not listening. @default none */
+  notReady?: () => string | undefined
 }
 
 /** A request the API cannot act on: 400 with this one line. */
 class BadRequest extends Error {}
 
 /** Builds the admin app; `serve` (proxy.ts) puts it on its own port. */
-export function createAdmin({ cache, origin, token, clientAddress, metrics, warn }: AdminConfig): Hono {
+export function createAdmin({ cache, origin, token, clientAddress, metrics, warn, notReady }: AdminConfig): Hono {
   const app = new Hono()
   // Without a token the listener is on loopback, and a page whose name the attacker's DNS turned to
   // 127.0.0.1 (DNS rebinding) is same-origin with it: only its Host header still gives it away.
@@ -86,7 +89,7 @@ export function createAdmin({ cache, origin, token, clientAddress, metrics, warn
   app.get("/healthz", (c) => c.text("ok\n"))
 
   app.get("/readyz", async (c) => {
-    const problem = await storeProblem(cache)
+    const problem = notReady?.() ?? (await storeProblem(cache))
     return problem === undefined ? c.text("ready\n") : c.text(`not ready: ${problem}\n`, 503)
   })
 
@@ -117,7 +120,7 @@ export function createAdmin({ cache, origin, token, clientAddress, metrics, warn
     return c.json({ ...found.entry, path: pathOf(found.entry.url), variants: found.variants })
   })
 
-  app.get("/api/stats", async (c) => c.json({ origin, tiers: await metrics.tierStats(), recent: metrics.recent() }))
+  app.get("/api/stats", async (c) => c.json({ origin, tiers: await metrics.tierStats(), recent: await metrics.recent() }))
 
   app.post("/api/purge", async (c) => {
     const { target, soft } = parsePurge(await c.req.text())

@@ -6,7 +6,17 @@
  * a hit needs, measured; a 1 KiB hit takes about 19 µs, so that alone was 6 % of it. prom-client
  * reads the numbers when /metrics is scraped (`collect`), and renders them.
  */
-import { Counter, collectDefaultMetrics, Gauge, Histogram, type LabelValues, Registry } from "prom-client"
+import {
+  AggregatorRegistry,
+  Counter,
+  collectDefaultMetrics,
+  Gauge,
+  Histogram,
+  type LabelValues,
+  type MetricObjectWithValues,
+  type MetricValue,
+  Registry,
+} from "prom-client"
 import { isFromCache, OUTCOME_KINDS } from "../cache/outcome.ts"
 import type { Listing, OriginFailure, TierStats, Warn } from "../cache.ts"
 import type { AdminMetrics } from "./admin.ts"
@@ -253,6 +263,20 @@ export class ProxyMetrics implements AdminMetrics {
     return this.registry.metrics()
   }
 
+  /**
+   * This process's metrics for a group's admin listener (`GroupMetrics`): those of the process
+   * itself (memory, CPU, event loop) labelled with the `worker` it is ("primary", "1", …), so that
+   * each stays apart where the rest are summed.
+   */
+  async snapshot(worker: string): Promise<MetricsSnapshot> {
+    const metrics = (await this.registry.getMetricsAsJSON()).map((metric) =>
+      PER_PROCESS.test(metric.name)
+        ? { ...metric, values: metric.values.map((value) => ({ ...value, labels: { ...value.labels, worker } })) }
+        : metric,
+    )
+    return { metrics, recent: this.recent(), tiers: await this.tierStats() }
+  }
+
   /** Requests and hits per 10 s, oldest first, over the last 10 minutes (quiet ones as zeros): the inspector's chart. */
   recent(): { at: number; requests: number; hits: number }[] {
     const current = bucketStart(Date.now())
@@ -270,6 +294,84 @@ export class ProxyMetrics implements AdminMetrics {
     this.current = { at, requests: 0, hits: 0 }
     this.recentBuckets.push(this.current)
     if (this.recentBuckets.length > RECENT_BUCKETS) this.recentBuckets.shift()
+  }
+}
+
+// prom-client's default metrics: each process's own, never summed.
+const PER_PROCESS = /^(?:process_|nodejs_)/
+// The one tier each process has of its own; the others (file, Redis) are the same store seen from each.
+const MEMORY_TIER = "memory"
+// Metrics of the store behind the memory tier, and of the connection to it: the primary's stand for all.
+const STORE_WIDE = /^caching_proxy_(?:store_|redis_connected)/
+
+/** A worker's metric, less the values that are the whole store's rather than its own (non-memory tiers, Redis's connection). */
+function perProcessOnly(metric: MetricObjectWithValues<MetricValue<string>>): MetricObjectWithValues<MetricValue<string>> {
+  if (!STORE_WIDE.test(metric.name)) return metric
+  return { ...metric, values: metric.values.filter((value) => value.labels.tier === MEMORY_TIER) }
+}
+
+/** One process's metrics, as plain data that can cross a process boundary. */
+export interface MetricsSnapshot {
+  metrics: MetricObjectWithValues<MetricValue<string>>[]
+  recent: { at: number; requests: number; hits: number }[]
+  tiers: TierStats[]
+}
+
+/**
+ * The metrics of a group of workers (--workers), for the primary's admin listener: its own (purges,
+ * the whole directory's file tier) and every worker's (requests, origin, memory tiers), summed by
+ * prom-client's AggregatorRegistry; each process's own (memory, CPU, event loop) labelled with
+ * its `worker`.
+ */
+export class GroupMetrics implements AdminMetrics {
+  readonly contentType: string
+
+  constructor(
+    private readonly own: ProxyMetrics,
+    /** Every running worker's snapshot, asked for when needed. */
+    private readonly workers: () => Promise<MetricsSnapshot[]>,
+  ) {
+    this.contentType = own.contentType
+  }
+
+  async render(): Promise<string> {
+    const workers = (await this.workers()).map((snapshot) => snapshot.metrics.map(perProcessOnly))
+    return AggregatorRegistry.aggregate([(await this.own.snapshot("primary")).metrics, ...workers]).metrics()
+  }
+
+  async recent(): Promise<{ at: number; requests: number; hits: number }[]> {
+    const own = this.own.recent()
+    const workers = await this.workers()
+    return own.map((bucket, index) => {
+      const same = workers.map((snapshot) => snapshot.recent[index]).filter((other) => other?.at === bucket.at)
+      return {
+        at: bucket.at,
+        requests: same.reduce((sum, other) => sum + (other?.requests ?? 0), bucket.requests),
+        hits: same.reduce((sum, other) => sum + (other?.hits ?? 0), bucket.hits),
+      }
+    })
+  }
+
+  purged(entries: number): void {
+    this.own.purged(entries)
+  }
+
+  /** Each tier summed over the processes: the memory tiers of all; the store behind, one for all, as the primary sees it. */
+  async tierStats(): Promise<TierStats[]> {
+    const workers = (await this.workers()).flatMap((snapshot) => snapshot.tiers.filter((stats) => stats.tier === MEMORY_TIER))
+    const all = [...(await this.own.tierStats()), ...workers]
+    const byTier = new Map<string, TierStats>()
+    for (const stats of all) {
+      const sum = byTier.get(stats.tier)
+      if (!sum) byTier.set(stats.tier, { ...stats })
+      else {
+        sum.entries += stats.entries
+        sum.bytes += stats.bytes
+        if (stats.evictions !== undefined) sum.evictions = (sum.evictions ?? 0) + stats.evictions
+        if (stats.maxBytes !== undefined) sum.maxBytes = (sum.maxBytes ?? 0) + stats.maxBytes
+      }
+    }
+    return [...byTier.values()]
   }
 }
 
