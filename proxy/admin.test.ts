@@ -176,15 +176,44 @@ describe("the admin listener", () => {
     expect(await text(fetch(`${proxy.url}/healthz`))).toEqual({ status: 200, body: "v2" })
   })
 
-  test("with a token, every request needs it as a bearer token, else 401", async () => {
+  test("with a token, every request but the page and the probes needs it as a bearer token, else 401", async () => {
     await using origin = startFreshOrigin()
     await using proxy = await startProxy({ origin: origin.url, admin: { port: 0, host: "127.0.0.1", token: TOKEN } })
-    expect(await text(proxy.admin("/healthz"))).toEqual({ status: 200, body: "ok\n" })
+    expect(await text(proxy.admin("/api/stats"))).toMatchObject({ status: 200 })
     for (const authorization of [undefined, "Bearer wrong", `Bearer ${TOKEN}x`, `Basic ${btoa(`u:${TOKEN}`)}`, TOKEN]) {
-      const res = await fetch(`${proxy.adminUrl}/healthz`, { headers: authorization ? { authorization } : {} })
+      const res = await fetch(`${proxy.adminUrl}/api/stats`, { headers: authorization ? { authorization } : {} })
       expect(res.status).toBe(401)
       expect(res.headers.get("www-authenticate")).toStartWith("Bearer")
       expect(await res.text()).toBe("this admin listener needs Authorization: Bearer <its --admin-token>\n")
+    }
+  })
+
+  test("with a token, a plain HTTP probe gets /healthz and /readyz without it; every other route still asks for it", async () => {
+    await using origin = startFreshOrigin()
+    await using proxy = await startProxy({ origin: origin.url, admin: { port: 0, host: "0.0.0.0", token: TOKEN } })
+    expect(await text(fetch(`${proxy.adminUrl}/healthz`))).toEqual({ status: 200, body: "ok\n" })
+    expect(await text(fetch(`${proxy.adminUrl}/readyz`))).toEqual({ status: 200, body: "ready\n" })
+    for (const path of ["/metrics", "/api/entries", "/api/entry?url=/a", "/api/stats"]) {
+      expect((await fetch(proxy.adminUrl + path)).status).toBe(401)
+    }
+    const purge = await fetch(`${proxy.adminUrl}/api/purge`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: '{"url": "/a"}',
+    })
+    expect(purge.status).toBe(401)
+  })
+
+  test("a route asked with a method it does not answer gets 405 and Allow", async () => {
+    await using origin = startFreshOrigin()
+    await using proxy = await startProxy({ origin: origin.url, admin: { port: 0, host: "127.0.0.1", token: TOKEN } })
+    const purge = await proxy.admin("/api/purge")
+    expect(purge.status).toBe(405)
+    expect(purge.headers.get("allow")).toBe("POST")
+    expect(await purge.text()).toBe("/api/purge answers POST only\n")
+    for (const path of ["/", "/healthz", "/readyz", "/metrics", "/api/entries", "/api/entry", "/api/stats"]) {
+      const res = await proxy.admin(path, { method: path === "/healthz" ? "DELETE" : "POST" })
+      expect([path, res.status, res.headers.get("allow")]).toEqual([path, 405, "GET, HEAD"])
     }
   })
 
