@@ -326,6 +326,15 @@ describe("the JSON API", () => {
 })
 
 describe("traffic", () => {
+  test("/metrics scraped at once after the start shows no NaN (a gauge with no sample yet is left out)", async () => {
+    await using origin = startFreshOrigin()
+    await using proxy = await startProxy({ origin: origin.url })
+    const scrape = await text(proxy.admin("/metrics"))
+    expect(scrape.status).toBe(200)
+    expect(scrape.body).toContain("process_resident_memory_bytes")
+    expect(scrape.body.split("\n").filter((line) => /\bNaN$/i.test(line))).toEqual([])
+  })
+
   test("/metrics counts requests by cache outcome, and purges; the chart's buckets hold the requests", async () => {
     await using origin = startFreshOrigin()
     await using proxy = await startProxy({ origin: origin.url })
