@@ -10,7 +10,8 @@
  * `<h>` hashes the cache key: the braces make every key of one entry hash to one Cluster slot.
  * A sorted set `<prefix>:<generation>:{index}:keys` lists keys in order, for `list`, and
  * `…:{index}:expiry` the same keys by delete time, so each write drops the keys whose time has
- * come; a set per purge tag, `<prefix>:<generation>:tag:{<tag hash>}`, names the keys tagged with
+ * come, and `…:{index}:sizes`/`:totals` each key's bytes and variants and their totals, for
+ * `stats`; a set per purge tag, `<prefix>:<generation>:tag:{<tag hash>}`, names the keys tagged with
  * it. Every key carries the policy's delete time as its expiry, so Redis drops dead entries itself
  * and `maxmemory-policy allkeys-lru` is safe: a chunk found missing makes the read a miss.
  * Chunks are written as the body streams in and the record last: an entry is visible when whole.
@@ -63,20 +64,41 @@ const TAG_SCRIPT = `redis.call("sadd", KEYS[1], ARGV[1])
 local ttl = redis.call("pttl", KEYS[1])
 if ttl < tonumber(ARGV[2]) then redis.call("pexpire", KEYS[1], ARGV[2]) end
 return 1`
-// Lists a key in the index until its delete time (ARGV[2]), drops up to ARGV[5] keys whose time has
-// come (ARGV[3] is now), and makes both sets live at least as long as the entry (ARGV[4], ms): the
-// index never outgrows what is stored, whether or not anyone lists it.
-const INDEX_SCRIPT = `redis.call("zadd", KEYS[1], 0, ARGV[1])
-redis.call("zadd", KEYS[2], ARGV[2], ARGV[1])
-local gone = redis.call("zrangebyscore", KEYS[2], "-inf", ARGV[3], "LIMIT", 0, ARGV[5])
-if #gone > 0 then
-  redis.call("zrem", KEYS[1], unpack(gone))
-  redis.call("zrem", KEYS[2], unpack(gone))
+// Takes keys out of the index (names, expiry, "<bytes> <variants>" per key) and their figures out
+// of the totals (KEYS[4]): a Lua function the scripts below share.
+const UNINDEX = `local function unindex(keys)
+  for _, key in ipairs(keys) do
+    if redis.call("zrem", KEYS[1], key) == 1 then
+      redis.call("zrem", KEYS[2], key)
+      local held = redis.call("hget", KEYS[3], key)
+      if held then
+        local bytes, variants = string.match(held, "(%d+) (%d+)")
+        redis.call("hincrby", KEYS[4], "bytes", -tonumber(bytes))
+        redis.call("hincrby", KEYS[4], "variants", -tonumber(variants))
+        redis.call("hdel", KEYS[3], key)
+      end
+    end
+  end
 end
+`
+// Lists a key in the index until its delete time (ARGV[2]) with its bytes and variants (ARGV[6],
+// ARGV[7]) added to the totals, drops up to ARGV[5] keys whose time has come (ARGV[3] is now), and makes the index live at
+// least as long as the entry (ARGV[4], ms): the index never outgrows what is stored, whether or not
+// anyone lists it, and /metrics reads the count and the total without walking it.
+const INDEX_SCRIPT = `${UNINDEX}
+unindex({ARGV[1]})
+redis.call("zadd", KEYS[1], 0, ARGV[1])
+redis.call("zadd", KEYS[2], ARGV[2], ARGV[1])
+redis.call("hset", KEYS[3], ARGV[1], ARGV[6] .. " " .. ARGV[7])
+redis.call("hincrby", KEYS[4], "bytes", ARGV[6])
+redis.call("hincrby", KEYS[4], "variants", ARGV[7])
+local gone = redis.call("zrangebyscore", KEYS[2], "-inf", ARGV[3], "LIMIT", 0, ARGV[5])
+unindex(gone)
 for _, key in ipairs(KEYS) do
   if redis.call("pttl", key) < tonumber(ARGV[4]) then redis.call("pexpire", key, ARGV[4]) end
 end
 return #gone`
+const UNINDEX_SCRIPT = `${UNINDEX}unindex(ARGV)`
 /** Keys whose time has come that one write drops from the index: writes outnumber expiries on average. */
 const INDEX_PRUNE_BATCH = 100
 // Compare-and-delete: a claim is released only by its holder.
@@ -443,8 +465,19 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     const { variants: variantsKey } = this.entryKeys(record.key)
     await this.redis.multi().hset(variantsKey, id, encode(record)).pexpireat(variantsKey, deleteAt).exec()
     const now = Date.now()
-    const { names, expiry } = this.indexKeys()
-    await this.redis.eval(INDEX_SCRIPT, 2, names, expiry, record.key, deleteAt, now, Math.max(1, deleteAt - now), INDEX_PRUNE_BATCH)
+    const bytes = record.size + others.reduce((sum, other) => sum + other.size, 0)
+    await this.redis.eval(
+      INDEX_SCRIPT,
+      4,
+      ...this.indexKeyList(),
+      record.key,
+      deleteAt,
+      now,
+      Math.max(1, deleteAt - now),
+      INDEX_PRUNE_BATCH,
+      bytes,
+      others.length + 1,
+    )
   }
 
   /** The key's live variants: the one with variant id `id`, if stored, and the others. */
@@ -497,8 +530,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     const records = await this.records(key)
     const chunkKeys = records.flatMap((record) => this.chunkKeys(record))
     await this.redis.del(this.entryKeys(key).variants, ...chunkKeys)
-    const { names, expiry } = this.indexKeys()
-    await this.redis.multi().zrem(names, key).zrem(expiry, key).exec()
+    await this.unindex(key)
     await this.publish({ type: "changed", key })
   }
 
@@ -512,9 +544,9 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
 
   /** O(1): every key moves to a new generation; the old ones expire on their own. */
   async clear(): Promise<void> {
-    const { names, expiry } = this.indexKeys()
+    const index = this.indexKeyList()
     this.generation = String(await this.redis.incr(this.generationKey))
-    await this.redis.del(names, expiry)
+    await this.redis.del(...index)
     await this.publish({ type: "clear" })
   }
 
@@ -531,7 +563,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
       for (const key of batch) {
         const records = await this.records(key)
         if (records.length === 0) {
-          await this.redis.zrem(indexKey, key)
+          await this.unindex(key)
           continue
         }
         if (keys === limit) return { entries, cursor: entries.at(-1)?.key }
@@ -559,18 +591,13 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     return keys
   }
 
-  /** Walks the whole index: O(entries), for the inspector and metrics, not for requests. */
+  /**
+   * One read, whatever Redis holds: the totals the index keeps. Keys past their time count until a
+   * write or a listing drops them (both prune), and a variant dropped alone until its key is written again.
+   */
   async stats(): Promise<TierStats[]> {
-    let entries = 0
-    let bytes = 0
-    let cursor: string | undefined
-    do {
-      const page = await this.list({ cursor, limit: 1000 })
-      entries += page.entries.length
-      for (const entry of page.entries) bytes += entry.size
-      cursor = page.cursor
-    } while (cursor !== undefined)
-    return [{ tier: "redis", entries, bytes }]
+    const [bytes, variants] = await this.redis.hmget(this.indexKeys().totals, "bytes", "variants")
+    return [{ tier: "redis", entries: Number(variants ?? 0), bytes: Number(bytes ?? 0) }]
   }
 
   onDrop(listener: (key: string | null) => void): void {
@@ -687,10 +714,24 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     return `${this.prefix}:${this.generation}`
   }
 
-  /** The key index: names in order (score 0, for `list`), and the same names by delete time (for pruning). One slot. */
-  private indexKeys(): { names: string; expiry: string } {
+  /**
+   * The key index, in one slot: names in order (score 0, for `list`), the same names by delete time
+   * (for pruning), each key's bytes and variants, and their totals (for `stats`).
+   */
+  private indexKeys(): { names: string; expiry: string; sizes: string; totals: string } {
     const base = `${this.namespace()}:{index}`
-    return { names: `${base}:keys`, expiry: `${base}:expiry` }
+    return { names: `${base}:keys`, expiry: `${base}:expiry`, sizes: `${base}:sizes`, totals: `${base}:totals` }
+  }
+
+  /** The index's keys in the order its scripts take them. */
+  private indexKeyList(): [string, string, string, string] {
+    const { names, expiry, sizes, totals } = this.indexKeys()
+    return [names, expiry, sizes, totals]
+  }
+
+  /** Takes a key out of the index, its bytes out of the total. */
+  private async unindex(key: string): Promise<void> {
+    await this.redis.eval(UNINDEX_SCRIPT, 4, ...this.indexKeyList(), key)
   }
 
   private tagKey(tag: string): string {

@@ -51,7 +51,7 @@ export interface AdminMetrics {
   recent(): { at: number; requests: number; hits: number }[]
   /** Counts one purge and the URLs it removed or marked stale. */
   purged(entries: number): void
-  /** The store's stats per tier, read at most every few seconds (Redis's walk its whole index). */
+  /** The store's stats per tier: totals it keeps as it changes, read at most every few seconds. */
   tierStats(): Promise<TierStats[]>
 }
 
