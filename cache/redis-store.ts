@@ -176,7 +176,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     this.subscriber.on("message", (_channel: string, message: string) => this.onEvent(message))
     const subscribed = this.subscriber.subscribe(this.channel).then(
       () => undefined,
-      (error: Error) => this.warn("store-connection", `subscribing: ${error.message}`),
+      (error: Error) => this.warn("store-connection", `subscribing: ${inOurWords(error).message}`),
     )
     this.connected = Promise.all([generationKnown, subscribed]).then(() => nodesConnected(this.redis))
     this.subscriber.on("ready", () => void this.readGeneration())
@@ -201,7 +201,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
       this.namespace()
       await this.redis.ping()
     } catch (error) {
-      throw new Error(`Redis is unreachable (${(error as Error).message})`)
+      throw new Error(`Redis is unreachable (${inOurWords(error as Error).message})`)
     }
   }
 
@@ -242,7 +242,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
       },
       (error: Error) => {
         if (isTimeout(error)) this.stall()
-        throw error
+        throw inOurWords(error)
       },
     )
   }
@@ -251,13 +251,13 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     this.stalledUntil = Date.now() + STALL_SKIP_MS
     if (this.stalled) return
     this.stalled = true
-    this.warn("store-connection", `Redis did not answer within ${COMMAND_TIMEOUT_MS} ms; requests go to the origin until it does`)
+    this.warn("store-state", `Redis did not answer within ${COMMAND_TIMEOUT_MS} ms; requests go to the origin until it does`)
   }
 
   private answering(): void {
     this.stalled = false
     this.stalledUntil = 0
-    this.warn("store-connection", "Redis answers again; caching resumes")
+    this.warn("store-state", "Redis answers again; caching resumes")
   }
 
   /** A hit with a small body costs one round trip: HVALS brings the records with their inline bodies. */
@@ -686,15 +686,15 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     const lost = (why: string) => {
       if (!this.up || this.closing) return
       this.up = false
-      this.warn("store-connection", `Redis is unreachable (${why}); requests go to the origin until it is back`)
+      this.warn("store-state", `Redis is unreachable (${why}); requests go to the origin until it is back`)
     }
-    connection.on("error", (error: Error) => lost(error.message))
+    connection.on("error", (error: Error) => lost(inOurWords(error).message))
     connection.on("close", () => lost("the connection closed"))
     connection.on("ready", () => {
       void this.readGeneration()
       if (this.up) return
       this.up = true
-      this.warn("store-connection", "Redis is reachable again; caching resumes")
+      this.warn("store-state", "Redis is reachable again; caching resumes")
     })
   }
 
@@ -843,6 +843,28 @@ function encode({ inline, ...record }: VariantRecord): Buffer {
 class DeadlineError extends Error {}
 
 /** Whether a command failed by taking too long (ioredis's command timeout, or `bounded`'s deadline). */
+/** What ioredis and the socket say, and how we say it to the operator. */
+const OUR_WORDS: [RegExp, (match: RegExpExecArray) => string][] = [
+  [/^Stream isn't writeable|^Reached the max retries per request/, () => "Redis is unreachable"],
+  [/^Connection is closed/, () => "the connection to Redis is closed"],
+  [/^Command timed out/, () => `Redis did not answer within ${COMMAND_TIMEOUT_MS} ms`],
+  [/^connect ECONNREFUSED (\S+)/, ([, at]) => `Redis at ${at} refused the connection`],
+  [/^(?:connect )?ETIMEDOUT/, () => "connecting to Redis timed out"],
+  [/^read ECONNRESET/, () => "Redis reset the connection"],
+  [/^getaddrinfo (?:ENOTFOUND|EAI_AGAIN) (\S+)/, ([, host]) => `Redis's host name ${host} cannot be resolved`],
+  [/^None of startup nodes is available|^Failed to refresh slots cache/, () => "no node of the Redis Cluster answers"],
+  [/^CLUSTERDOWN/, () => "the Redis Cluster is down (a slot has no node)"],
+]
+
+/** The error in our words: a library's message (ioredis's "Stream isn't writeable…") tells an operator little. */
+function inOurWords(error: Error): Error {
+  for (const [pattern, say] of OUR_WORDS) {
+    const match = pattern.exec(error.message)
+    if (match) return new Error(say(match))
+  }
+  return error
+}
+
 function isTimeout(error: Error): boolean {
   return error instanceof DeadlineError || error.message === "Command timed out"
 }

@@ -181,6 +181,8 @@ export type WarnKind =
   | "origin-body"
   | "refresh"
   | "store-connection"
+  /** Redis lost or back: each change reported once by the store, never held back by a rate limit. */
+  | "store-state"
   | "proxy"
   | "admin"
 
