@@ -22,7 +22,7 @@ import packageJson from "./package.json" with { type: "json" }
 import { createAdmin } from "./proxy/admin.ts"
 import { forwardedHeaders, HIDDEN_DOT_DOT_REFUSED, type Hop, resolvedPath, rewriteLocations } from "./proxy/forwarding.ts"
 import { helpText } from "./proxy/help.ts"
-import { type Access, createAccessLog, createWarn } from "./proxy/log.ts"
+import { type Access, createAccessLog, createLogger, createWarn, LineWriter, type LogFormat, type Logger, writeError } from "./proxy/log.ts"
 import { ProxyMetrics } from "./proxy/metrics.ts"
 import {
   type Args,
@@ -69,8 +69,8 @@ function tiered(options: ProxyOptions, behind: Behind): TieredStore {
   return tieredStore(memory, behind, { memoryBodyLimit })
 }
 
-/** The origin's part in one request, for its access line. */
-interface OriginTrip {
+/** One request's facts for its access line: who asked, and the origin's part when it was asked. */
+interface OriginTrip extends Pick<Access, "client" | "forwardedFor"> {
   ms?: number
   failure?: OriginFailure
 }
@@ -127,7 +127,7 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
     const method = c.req.raw.method
     const requested = runtime.requestTarget(c)
     const path = resolvedPath(requested)
-    const trip: OriginTrip | undefined = record ? {} : undefined
+    const trip: OriginTrip | undefined = record ? asker(c) : undefined
     const response =
       path === undefined ? answer(400, HIDDEN_DOT_DOT_REFUSED, { kind: "pass", detail: "bad-request" }) : respond(c, method, path, trip)
     if (!trip && !options.rewriteLocation) return response
@@ -140,6 +140,14 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
       (error) => sent(c, failed(error, method, shown), method, shown, started, trip),
     )
   })
+
+  /** Who asked, for the access line: the connection's address, and the X-Forwarded-For chain where it is trusted. */
+  function asker(c: Context): OriginTrip {
+    if (!accessLog) return {}
+    const client = runtime.clientAddress(c)
+    if (!options.trustForwarded) return { client }
+    return { client, forwardedFor: c.req.raw.headers.get("x-forwarded-for") ?? undefined }
+  }
 
   /** The response on its way out: Location rewritten (--rewrite-location), recorded once sent. */
   function sent(c: Context, ready: Response, method: string, path: string, started: number | undefined, trip: OriginTrip | undefined) {
@@ -230,32 +238,37 @@ function timed(
   const { status, headers } = response
   const cache = outcomeOf(response).kind
   const originError = trip.failure && (status === 502 || status === 504) ? trip.failure : undefined
-  const access: Access = { method, path, status, cache, ms: 0, bytes: 0, originMs: trip.ms, originError }
+  const { client, forwardedFor } = trip
+  const access: Access = { client, forwardedFor, method, path, status, cache, ms: 0, bytes: 0, originMs: trip.ms, originError }
   if (isFromCache(cache)) {
     access.bytes = method === "HEAD" || status === 304 ? 0 : Number(headers.get("content-length") ?? 0)
     access.ms = started === undefined ? 0 : performance.now() - started
     record(access)
     return response
   }
-  const finish = (bytes: number) => {
+  const finish = (bytes: number, aborted: boolean) => {
     access.bytes = bytes
+    if (aborted) access.aborted = true
     access.ms = started === undefined ? 0 : performance.now() - started
     record(access)
   }
   if (!response.body) {
-    finish(0)
+    finish(0, false)
     return response
   }
   return new Response(counted(response.body, finish), response)
 }
 
-/** The body as it comes; `finish` gets the bytes sent once it ends, fails or is cancelled. */
-function counted(body: ReadableStream<Uint8Array>, finish: (bytes: number) => void): ReadableStream<Uint8Array> {
+/**
+ * The body as it comes; `finish` gets the bytes sent once it ends, fails or is cancelled (the
+ * client left: aborted).
+ */
+function counted(body: ReadableStream<Uint8Array>, finish: (bytes: number, aborted: boolean) => void): ReadableStream<Uint8Array> {
   const reader = body.getReader()
   let bytes = 0
   let finished = false
-  const end = () => {
-    if (!finished) finish(bytes)
+  const end = (aborted = false) => {
+    if (!finished) finish(bytes, aborted)
     finished = true
   }
   return new ReadableStream<Uint8Array>(
@@ -273,7 +286,7 @@ function counted(body: ReadableStream<Uint8Array>, finish: (bytes: number) => vo
         controller.enqueue(chunk.value)
       },
       cancel(reason) {
-        end()
+        end(true)
         return reader.cancel(reason)
       },
     },
@@ -346,28 +359,43 @@ async function start(parsed: Args): Promise<number> {
     return 0
   }
   if (options.store.kind === "file") checkCacheDir(options.cacheDir)
+  // stdout in batches, written out as the process exits, whatever the path (a signal, an error).
+  const stdout = new LineWriter(1)
+  process.on("exit", () => stdout.flush())
+  const log = (line: string) => stdout.write(line)
+  const logger = createLogger(options.logFormat, log)
   const warn = createWarn(options.logFormat)
-  const { app, cache, admin } = await createProxy(options, { warn })
+  const { app, cache, admin } = await createProxy(options, { warn, log })
   // A shared store is worth a moment's wait: until Redis answers, requests would go to the origin
   // uncoalesced. Past that moment the proxy starts anyway, uncached, and connects in the background.
   if (options.store.kind === "redis") await waitAtMost(cache.store.ready(), STORE_CONNECT_WAIT_MS)
-  const listener = await listenOrSay(app, options, "port", "--host", warn)
+  const listener = await listenOrSay(app, options, "port", "--host", warn, logger)
   const adminListener =
-    admin && options.admin ? await listenOrSay(admin, { ...options, ...options.admin }, "admin port", "--admin-host", warn) : null
+    admin && options.admin ? await listenOrSay(admin, { ...options, ...options.admin }, "admin port", "--admin-host", warn, logger) : null
   if (!listener || adminListener === undefined) {
     await Promise.all([listener?.stop(true), adminListener?.stop(true)])
     return 1
   }
-  const adminLine = adminListener ? `, admin on http://${urlHost(options.admin?.host ?? "")}:${adminListener.port}` : ""
-  console.log(
-    `caching-proxy listening on http://${urlHost(options.host)}:${listener.port}, forwarding to ${options.origin}, cache in ${whereEntriesLive(options)}${adminLine}`,
-  )
-  await shutdownSignal()
+  const url = `http://${urlHost(options.host)}:${listener.port}`
+  const adminUrl = adminListener ? `http://${urlHost(options.admin?.host ?? "")}:${adminListener.port}` : undefined
+  const cacheIn = whereEntriesLive(options)
+  logger.info(`listening on ${url}, forwarding to ${options.origin}, cache in ${cacheIn}${adminUrl ? `, admin on ${adminUrl}` : ""}`, {
+    url,
+    origin: options.origin,
+    cache: cacheIn,
+    admin: adminUrl,
+    version: versionLine(),
+  })
+  const signal = await shutdownSignal()
+  const stopping = performance.now()
   const stopped = Promise.all([listener.stop(), adminListener?.stop(true)]).then(() => cache.close().then(() => true))
+  let cut = 0
   if (!(await waitAtMost(stopped, SHUTDOWN_GRACE_MS))) {
-    const cut = listener.inFlight()
-    if (cut > 0) console.error(`caching-proxy: ${SHUTDOWN_GRACE_MS / 1000} s after the signal, cutting ${cut} request(s) still in flight`)
+    cut = listener.inFlight()
+    if (cut > 0) logger.warn(`${SHUTDOWN_GRACE_MS / 1000} s after the signal, cutting ${cut} request(s) still in flight`, { cut })
   }
+  const ms = Math.round(performance.now() - stopping)
+  logger.info(`stopped on ${signal} in ${ms} ms, ${cut} request(s) cut`, { signal, ms, cut })
   return 0
 }
 
@@ -378,6 +406,7 @@ async function listenOrSay(
   name: string,
   hostFlag: string,
   warn: Warn,
+  logger: Logger,
 ): Promise<Listener | undefined> {
   try {
     return await serve(app, options, warn)
@@ -385,7 +414,7 @@ async function listenOrSay(
     const code = (error as NodeJS.ErrnoException).code
     if (code !== "EADDRINUSE") await refuseForeignHost(hostFlag, options.host, code)
     const reason = code === "EADDRINUSE" ? "is already in use" : `cannot be used (${(error as Error).message})`
-    console.error(`caching-proxy: ${name} ${options.port} on ${options.host} ${reason}`)
+    logger.error(`${name} ${options.port} on ${options.host} ${reason}`)
     return undefined
   }
 }
@@ -415,10 +444,11 @@ function waitAtMost<T>(promise: Promise<T>, ms: number): Promise<T | undefined> 
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
 }
 
-function shutdownSignal(): Promise<void> {
+/** Resolves with the signal's name. */
+function shutdownSignal(): Promise<NodeJS.Signals> {
   return new Promise((done) => {
-    process.once("SIGINT", () => done())
-    process.once("SIGTERM", () => done())
+    process.once("SIGINT", done)
+    process.once("SIGTERM", done)
   })
 }
 
@@ -430,15 +460,30 @@ function isEntryPoint(): boolean {
   return script !== undefined && realpathSync(script) === fileURLToPath(import.meta.url)
 }
 
+/**
+ * The --log-format asked for, read from the raw command line and environment: a usage error is
+ * found before the flags are parsed, and a log shipper still wants it as JSON.
+ */
+function askedLogFormat(commandLine: string[]): LogFormat {
+  const index = commandLine.findIndex((arg) => arg === "--log-format" || arg.startsWith("--log-format="))
+  const given = index < 0 ? process.env.CACHING_PROXY_LOG_FORMAT : (commandLine[index]?.split("=")[1] ?? commandLine[index + 1])
+  return given === "json" ? "json" : "text"
+}
+
 if (isEntryPoint()) {
-  run(process.argv.slice(2)).then(
+  const commandLine = process.argv.slice(2)
+  run(commandLine).then(
     (code) => process.exit(code),
     (error) => {
+      const format = askedLogFormat(commandLine)
+      const logger = createLogger(format, writeError)
+      // A usage error in text is what a command says to the person typing it: one line, no time.
       if (error instanceof UsageError) {
-        console.error(`caching-proxy: ${error.message}`)
+        if (format === "json") logger.error(error.message, { exitCode: 2 })
+        else writeError(`caching-proxy: ${error.message}`)
         process.exit(2)
       }
-      console.error(`caching-proxy: ${(error as Error).message}`)
+      logger.error((error as Error).message, { exitCode: 1 })
       process.exit(1)
     },
   )

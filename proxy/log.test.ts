@@ -1,12 +1,15 @@
 /**
  * The access log and warnings, as the proxy writes them: one line per request, text or JSON.
  */
+
 import { afterEach, describe, expect, setSystemTime, test } from "bun:test"
+import type { Socket } from "node:net"
 import {
   CLI,
   eventually,
   get,
   ownedDir,
+  runCli,
   startBreakingOrigin,
   startCli,
   startCliProxy,
@@ -80,25 +83,63 @@ describe("access log: one line per request, timed to its last byte, saying why a
     expect(reset.lines[0]).toMatch(/ GET \/cut 502 miss \d+\.\dms \d+B origin reset after \d+\.\dms$/)
   })
 
-  test("--log-format json (CACHING_PROXY_LOG_FORMAT): one object per line, warnings too, each with an ISO-8601 time", async () => {
-    await using origin = await startBreakingOrigin("max-age=60")
+  test("--log-format json (CACHING_PROXY_LOG_FORMAT): every line from start to shutdown is one object with time, level and msg", async () => {
+    // The first request's body breaks (a warning); the second gets no answer (a 504, an error).
+    const cut: Socket[] = []
+    await using origin = await startRawOrigin((socket, n) => {
+      if (n > 1) return
+      socket.write("HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+      cut.push(socket)
+    })
     using dir = ownedDir()
-    const proxy = await startCli([...CLI, "--port", "0", "--origin", origin.url, "--cache-dir", dir.path], {
+    // --timeout 0.3: a request the origin never answers is a 504, logged as an error.
+    const proxy = await startCli([...CLI, "--port", "0", "--origin", origin.url, "--cache-dir", dir.path, "--timeout", "0.3"], {
       CACHING_PROXY_LOG_FORMAT: "json",
     })
-    try {
-      await brokenBody(`${proxy.url}broken`, origin)
-      await eventually(() => proxy.lines.some((l) => l.includes("/broken")))
-    } finally {
-      await proxy[Symbol.asyncDispose]()
+    await brokenBody(`${proxy.url}broken`, { breakBody: () => cut.pop()?.end("not a chunk size\r\n") })
+    expect((await get(`${proxy.url}hangs`)).status).toBe(504)
+    await eventually(() => proxy.lines.some((l) => l.includes("/broken")))
+    process.kill(-proxy.child.pid, "SIGTERM")
+    expect(await proxy.child.exited).toBe(0)
+    const stdout = proxy.lines.filter((line) => line !== "").map((line) => JSON.parse(line))
+    const stderr = (await new Response(proxy.child.stderr).text())
+      .split("\n")
+      .filter((line) => line !== "")
+      .map((line) => JSON.parse(line))
+    for (const line of [...stdout, ...stderr]) {
+      expect([line.time, line.level, typeof line.msg]).toEqual([
+        expect.stringMatching(TIME_ONLY),
+        expect.stringMatching(/^(info|warn|error)$/),
+        "string",
+      ])
     }
-    const access = JSON.parse(proxy.lines.find((l) => l.includes("/broken"))!)
-    expect(access).toMatchObject({ method: "GET", path: "/broken", status: 200, cache: "miss", bytes: 5 })
-    expect(new Date(access.time).toISOString()).toBe(access.time)
-    expect(access.ms).toBeGreaterThanOrEqual(0)
-    const warnings = (await new Response(proxy.child.stderr).text()).trim().split("\n")
-    expect(warnings.length).toBeGreaterThan(0)
-    for (const line of warnings) expect(JSON.parse(line)).toMatchObject({ time: expect.stringMatching(TIME_ONLY), level: "warn" })
+    expect(stdout[0]).toMatchObject({ level: "info", url: proxy.url.slice(0, -1), origin: origin.url.replace(/\/$/, ""), cache: dir.path })
+    expect(stdout[0].msg).toStartWith(`listening on ${proxy.url.slice(0, -1)}`)
+    const access = stdout.find((line) => line.path === "/broken")
+    expect(access).toMatchObject({ level: "info", msg: "access", client: "127.0.0.1", method: "GET", status: 200, cache: "miss", bytes: 5 })
+    expect(stderr).toContainEqual(expect.objectContaining({ level: "warn", kind: "origin-body" }))
+    expect(stdout).toContainEqual(expect.objectContaining({ level: "error", path: "/hangs", status: 504, originError: "timeout" }))
+    expect(stdout.at(-1)).toMatchObject({ level: "info", signal: "SIGTERM", cut: 0, ms: expect.any(Number) })
+    expect(stdout.at(-1).msg).toMatch(/^stopped on SIGTERM in \d+ ms, 0 request\(s\) cut$/)
+  })
+
+  test("--log-format json: a 5xx is logged at level error, and a usage error is one JSON object too", async () => {
+    await using origin = startOrigin(async () => {
+      await Bun.sleep(2000)
+      return new Response("late")
+    })
+    await using proxy = await startProxy({ origin: origin.url, quiet: false, logFormat: "json", timeoutSeconds: 0.2 })
+    await (await get(`${proxy.url}slow`)).text()
+    await eventually(() => proxy.lines.length === 1)
+    expect(JSON.parse(proxy.lines[0]!)).toMatchObject({ level: "error", status: 504, originError: "timeout" })
+    const { code, stderr } = await runCli([...CLI, "--log-format", "json", "--origin", origin.url, "--port", "nope"])
+    expect(code).toBe(2)
+    expect(JSON.parse(stderr)).toMatchObject({
+      time: expect.stringMatching(TIME_ONLY),
+      level: "error",
+      msg: '--port must be 0-65535 (got "nope")',
+      exitCode: 2,
+    })
   })
 
   test("warnings in text start with the time too", async () => {
