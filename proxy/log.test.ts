@@ -5,8 +5,11 @@
 import { afterEach, describe, expect, setSystemTime, test } from "bun:test"
 import type { Socket } from "node:net"
 import {
+  answer,
   CLI,
   eventually,
+  FAST_RUN,
+  generatedBody,
   get,
   ownedDir,
   runCli,
@@ -16,6 +19,7 @@ import {
   startOrigin,
   startProxy,
   startRawOrigin,
+  startRedis,
 } from "./test.fixture.ts"
 
 // Every test starts on the real clock, whatever the one before did with it.
@@ -58,6 +62,44 @@ describe("access log: one line per request, timed to its last byte, saying why a
     // The headers came at once; the last byte 400 ms later.
     expect(Number(match![1])).toBeGreaterThanOrEqual(400)
     expect(Number(match![2])).toBeLessThan(400)
+  })
+
+  test("the client's address leads the line; under --trust-forwarded, with the X-Forwarded-For chain it came through", async () => {
+    await using origin = startOrigin(() => new Response("x", { headers: { "cache-control": "no-store" } }))
+    for (const trustForwarded of [false, true]) {
+      await using proxy = await startProxy({ origin: origin.url, quiet: false, trustForwarded })
+      await (await get(`${proxy.url}who`, { "x-forwarded-for": "203.0.113.7, 10.0.0.1" })).text()
+      await eventually(() => proxy.lines.length === 1)
+      const from = trustForwarded ? "127.0.0.1 \\(for 203\\.0\\.113\\.7, 10\\.0\\.0\\.1\\)" : "127.0.0.1"
+      expect(proxy.lines[0]).toMatch(new RegExp(`Z ${from} GET /who 200 pass `))
+    }
+  })
+
+  test("a client that leaves mid-body is logged as aborted, with the bytes it got", async () => {
+    const events = { cancelled: false }
+    await using origin = startOrigin(
+      () => new Response(generatedBody(100, 64 * 1024, events, 20), { headers: { "cache-control": "no-store" } }),
+    )
+    await using proxy = await startProxy({ origin: origin.url, quiet: false })
+    const leaving = new AbortController()
+    const response = await fetch(`${proxy.url}long`, { signal: leaving.signal })
+    const reader = response.body!.getReader()
+    await reader.read()
+    leaving.abort()
+    await eventually(() => proxy.lines.length === 1)
+    const match = / GET \/long 200 pass \d+\.\dms (\d+)B aborted origin \d+\.\dms$/.exec(proxy.lines[0]!)
+    expect(match).not.toBeNull()
+    expect(Number(match![1])).toBeGreaterThan(0)
+    expect(Number(match![1])).toBeLessThan(100 * 64 * 1024)
+  })
+
+  test("a hit's line has no origin time: the origin was not asked", async () => {
+    await using origin = startOrigin(() => new Response("x", { headers: { "cache-control": "max-age=60" } }))
+    await using proxy = await startProxy({ origin: origin.url, quiet: false })
+    for (let n = 0; n < 2; n++) await (await get(`${proxy.url}once`)).text()
+    await eventually(() => proxy.lines.length === 2)
+    expect(proxy.lines[0]).toMatch(/ GET \/once 200 miss [\d.]+ms 1B origin [\d.]+ms$/)
+    expect(proxy.lines[1]).toMatch(/ GET \/once 200 hit [\d.]+ms 1B$/)
   })
 
   test("a 502 says why (refused, reset) and how long the origin took; a 504 says timeout", async () => {
@@ -149,4 +191,28 @@ describe("access log: one line per request, timed to its last byte, saying why a
     const stderr = (await proxy.stderr()).trim()
     expect(stderr).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z caching-proxy: origin-body: /)
   })
+
+  test.skipIf(FAST_RUN)(
+    "Redis lost for 5 s and back: 'unreachable' and 'reachable again' are each logged once, in our words",
+    async () => {
+      await using redis = await startRedis()
+      await using origin = startOrigin(() => new Response("x", { headers: { "cache-control": "max-age=60" } }))
+      await using proxy = await startCliProxy(CLI, origin.url, ["--store", redis.url, "--memory-size", "1"])
+      await redis.kill()
+      // Requests go on through the outage (each would ask Redis, and fail).
+      for (const started = Date.now(); Date.now() - started < 5000; await Bun.sleep(250)) {
+        expect((await get(`${proxy.url}during`)).status).toBe(200)
+      }
+      await redis.start()
+      await eventually(async () => (await answer(`${proxy.url}after`)).xCache === "HIT", 10_000)
+      const stderr = await proxy.stderr()
+      const states = stderr.split("\n").filter((line) => line.includes(" store-state: "))
+      expect(states).toEqual([
+        expect.stringMatching(/^\S+Z caching-proxy: store-state: Redis is unreachable \(.*\); requests go to the origin until it is back$/),
+        expect.stringMatching(/^\S+Z caching-proxy: store-state: Redis is reachable again; caching resumes$/),
+      ])
+      expect(stderr).not.toMatch(/isn't writeable|enableOfflineQueue|ECONNREFUSED|Connection is closed/)
+    },
+    30_000,
+  )
 })
