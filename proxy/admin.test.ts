@@ -4,7 +4,7 @@
  * a real headless chromium.
  */
 import { afterEach, describe, expect, setSystemTime, test } from "bun:test"
-import { mkdtempSync, rmSync } from "node:fs"
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import type { Browser, Page } from "playwright-core"
@@ -15,6 +15,7 @@ import {
   CLI,
   FAST_RUN,
   launchBrowser,
+  metaFiles,
   NODE_BUNDLE,
   RUNTIMES,
   startRedis,
@@ -290,6 +291,28 @@ describe("the JSON API", () => {
       body: 'limit must be a whole number from 1 to 1000 (got "lots")\n',
     })
     expect((await proxy.admin("/api/entries?prefix=http://elsewhere.example/")).status).toBe(400)
+  })
+
+  test("entries by prefix on the file store read only the entries under it, on a fresh start and after a restart", async () => {
+    await using origin = startFreshOrigin()
+    const cacheDir = mkdtempSync(join(tmpdir(), "caching-proxy-admin-test-"))
+    try {
+      for (const run of ["first", "restarted"]) {
+        await using proxy = await startProxy({ origin: origin.url, cacheDir })
+        for (const path of [`/a/${run}`, `/b/${run}`]) await through(proxy.url + path)
+        // Every meta but those under /a/ is made unreadable: a listing that read them would find them broken.
+        const underB = metaFiles(cacheDir).filter((file) => !readFileSync(file.path, "utf8").includes("/a/"))
+        for (const file of underB) writeFileSync(file.path, "not json")
+        const listed = await json<EntriesPage>(proxy.admin("/api/entries?prefix=/a/"))
+        expect(listed.entries.map((entry) => entry.path).sort()).toEqual(run === "first" ? ["/a/first"] : ["/a/first", "/a/restarted"])
+        expect(proxy.warnings).toEqual([])
+        expect(metaFiles(cacheDir).filter((file) => readFileSync(file.path, "utf8") === "not json")).toHaveLength(underB.length)
+        // Put back as found broken, so the next run's start-up finds (and reports) nothing of this.
+        for (const file of underB) rmSync(file.path)
+      }
+    } finally {
+      rmSync(cacheDir, { recursive: true, force: true })
+    }
   })
 
   test("entry: one URL with each variant's stored headers", async () => {
