@@ -8,8 +8,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import type { Browser, Page } from "playwright-core"
-import type { EntryView, TierStats, VariantView, WarnKind } from "../cache.ts"
-import { createProxy, type ProxyOptions, serve } from "../proxy.ts"
+import type { EntryView, TierStats, VariantView } from "../cache.ts"
 import {
   buildNodeBundle,
   CLI,
@@ -17,10 +16,12 @@ import {
   launchBrowser,
   metaFiles,
   NODE_BUNDLE,
+  ownedDir,
   RUNTIMES,
+  runCli,
+  startAdminProxy,
   startRedis,
   startOrigin as startSharedOrigin,
-  TEST_OPTIONS,
 } from "./test.fixture.ts"
 
 // ───────────────────────────── helpers ─────────────────────────────
@@ -41,37 +42,6 @@ function startFreshOrigin(headers: (path: string) => Record<string, string> = ()
     const path = new URL(req.url).pathname
     return new Response(`v${n}`, { headers: { "cache-control": "max-age=60", date: new Date().toUTCString(), ...headers(path) } })
   })
-}
-
-/** The real proxy and its admin app, in-process, each on a port 0, with a cache directory of their own. */
-async function startProxy(options: Partial<ProxyOptions> & { origin: string }) {
-  const cacheDir = mkdtempSync(join(tmpdir(), "caching-proxy-admin-test-"))
-  const full: ProxyOptions = { ...TEST_OPTIONS, admin: { port: 0, host: "127.0.0.1", token: undefined }, cacheDir, ...options }
-  const warnings: { kind: WarnKind; detail: string }[] = []
-  const warn = (kind: WarnKind, detail: string) => warnings.push({ kind, detail })
-  const lines: string[] = []
-  const { app, cache, admin } = await createProxy(full, { warn, log: (line) => lines.push(line) })
-  const listener = await serve(app, full, warn)
-  const adminListener = await serve(admin!, { ...full, port: 0 }, warn)
-  await cache.store.ready()
-  const adminUrl = `http://127.0.0.1:${adminListener.port}`
-  const token = full.admin?.token
-  return {
-    url: `http://127.0.0.1:${listener.port}`,
-    cacheDir,
-    adminUrl,
-    /** The access lines it wrote. */
-    lines,
-    warnings,
-    /** A request to the admin listener, with the token when there is one. */
-    admin: (path: string, init: RequestInit = {}) =>
-      fetch(adminUrl + path, { ...init, headers: { ...(token && { authorization: `Bearer ${token}` }), ...init.headers } }),
-    [Symbol.asyncDispose]: async () => {
-      await Promise.all([listener.stop(true), adminListener.stop(true)])
-      await cache.close()
-      rmSync(cacheDir, { recursive: true, force: true })
-    },
-  }
 }
 
 /** The CLI as a child process with its admin listener (token from the environment); resolves once it says where both listen. */
@@ -99,13 +69,6 @@ async function startCli(command: string[], originUrl: string) {
   }
   const [, port, adminPort] = /listening on http:\/\/127\.0\.0\.1:(\d+).*, admin on http:\/\/127\.0\.0\.1:(\d+)/.exec(output) ?? []
   return { url: `http://127.0.0.1:${port}`, adminUrl: `http://127.0.0.1:${adminPort}`, [Symbol.asyncDispose]: stop }
-}
-
-/** Runs the CLI to completion. */
-async function runCli(args: string[], env: Record<string, string> = {}) {
-  const child = Bun.spawn([...CLI, ...args], { stdout: "pipe", stderr: "pipe", env: { ...process.env, ...env } })
-  const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited])
-  return { stdout, stderr, code }
 }
 
 /** What a client of the proxy got, its body read. */
@@ -152,7 +115,7 @@ describe("the admin listener", () => {
     [["--admin-token", TOKEN], {}, "--admin-token is given without --admin-port"],
     [["--admin-port", "0", "--admin-token", "two words"], {}, "--admin-token must be printable ASCII without spaces"],
   ])("%j %j: one line, exit code 2", async (args, env, message) => {
-    const { stderr, code } = await runCli(["--origin", "http://127.0.0.1:1", ...args], env)
+    const { stderr, code } = await runCli([...CLI, "--origin", "http://127.0.0.1:1", ...args], undefined, env)
     expect(code).toBe(2)
     expect(stderr.trim().split("\n")).toHaveLength(1)
     expect(stderr).toContain(message)
@@ -179,7 +142,7 @@ describe("the admin listener", () => {
 
   test("with a token, every request but the page and the probes needs it as a bearer token, else 401", async () => {
     await using origin = startFreshOrigin()
-    await using proxy = await startProxy({ origin: origin.url, admin: { port: 0, host: "127.0.0.1", token: TOKEN } })
+    await using proxy = await startAdminProxy({ origin: origin.url, admin: { port: 0, host: "127.0.0.1", token: TOKEN } })
     expect(await text(proxy.admin("/api/stats"))).toMatchObject({ status: 200 })
     for (const authorization of [undefined, "Bearer wrong", `Bearer ${TOKEN}x`, `Basic ${btoa(`u:${TOKEN}`)}`, TOKEN]) {
       const res = await fetch(`${proxy.adminUrl}/api/stats`, { headers: authorization ? { authorization } : {} })
@@ -191,7 +154,7 @@ describe("the admin listener", () => {
 
   test("with a token, a plain HTTP probe gets /healthz and /readyz without it; every other route still asks for it", async () => {
     await using origin = startFreshOrigin()
-    await using proxy = await startProxy({ origin: origin.url, admin: { port: 0, host: "0.0.0.0", token: TOKEN } })
+    await using proxy = await startAdminProxy({ origin: origin.url, admin: { port: 0, host: "0.0.0.0", token: TOKEN } })
     expect(await text(fetch(`${proxy.adminUrl}/healthz`))).toEqual({ status: 200, body: "ok\n" })
     expect(await text(fetch(`${proxy.adminUrl}/readyz`))).toEqual({ status: 200, body: "ready\n" })
     for (const path of ["/metrics", "/api/entries", "/api/entry?url=/a", "/api/stats"]) {
@@ -207,7 +170,7 @@ describe("the admin listener", () => {
 
   test("a route asked with a method it does not answer gets 405 and Allow", async () => {
     await using origin = startFreshOrigin()
-    await using proxy = await startProxy({ origin: origin.url, admin: { port: 0, host: "127.0.0.1", token: TOKEN } })
+    await using proxy = await startAdminProxy({ origin: origin.url, admin: { port: 0, host: "127.0.0.1", token: TOKEN } })
     const purge = await proxy.admin("/api/purge")
     expect(purge.status).toBe(405)
     expect(purge.headers.get("allow")).toBe("POST")
@@ -220,7 +183,7 @@ describe("the admin listener", () => {
 
   test("without a token (loopback), requests need none", async () => {
     await using origin = startFreshOrigin()
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     expect(await text(fetch(`${proxy.adminUrl}/healthz`))).toEqual({ status: 200, body: "ok\n" })
     expect((await fetch(`${proxy.adminUrl}/nothing-here`)).status).toBe(404)
   })
@@ -229,7 +192,7 @@ describe("the admin listener", () => {
 describe("readiness", () => {
   test("ready while the cache directory can be written", async () => {
     await using origin = startFreshOrigin()
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     expect(await text(proxy.admin("/readyz"))).toEqual({ status: 200, body: "ready\n" })
     rmSync(proxy.cacheDir, { recursive: true })
     const gone = await text(proxy.admin("/readyz"))
@@ -239,7 +202,7 @@ describe("readiness", () => {
   test.skipIf(FAST_RUN)("503 with the reason while Redis is down, ready again once it is back", async () => {
     await using redis = await startRedis()
     await using origin = startFreshOrigin()
-    await using proxy = await startProxy({ origin: origin.url, store: { kind: "redis", target: { single: redis.url } } })
+    await using proxy = await startAdminProxy({ origin: origin.url, store: { kind: "redis", target: { single: redis.url } } })
     expect(await text(proxy.admin("/readyz"))).toEqual({ status: 200, body: "ready\n" })
     await redis.kill()
     const down = await text(proxy.admin("/readyz"))
@@ -259,7 +222,7 @@ describe("readiness", () => {
 describe("the JSON API", () => {
   test("entries: what is stored, each URL with its variants summed up, page by page", async () => {
     await using origin = startFreshOrigin((path): Record<string, string> => (path === "/b" ? { vary: "accept-language" } : {}))
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     for (const path of ["/a", "/a", "/a", "/c", "/d"]) await through(proxy.url + path)
     await through(`${proxy.url}/b`, { "accept-language": "en" })
     await through(`${proxy.url}/b`, { "accept-language": "fr" })
@@ -295,29 +258,26 @@ describe("the JSON API", () => {
 
   test("entries by prefix on the file store read only the entries under it, on a fresh start and after a restart", async () => {
     await using origin = startFreshOrigin()
-    const cacheDir = mkdtempSync(join(tmpdir(), "caching-proxy-admin-test-"))
-    try {
-      for (const run of ["first", "restarted"]) {
-        await using proxy = await startProxy({ origin: origin.url, cacheDir })
-        for (const path of [`/a/${run}`, `/b/${run}`]) await through(proxy.url + path)
-        // Every meta but those under /a/ is made unreadable: a listing that read them would find them broken.
-        const underB = metaFiles(cacheDir).filter((file) => !readFileSync(file.path, "utf8").includes("/a/"))
-        for (const file of underB) writeFileSync(file.path, "not json")
-        const listed = await json<EntriesPage>(proxy.admin("/api/entries?prefix=/a/"))
-        expect(listed.entries.map((entry) => entry.path).sort()).toEqual(run === "first" ? ["/a/first"] : ["/a/first", "/a/restarted"])
-        expect(proxy.warnings).toEqual([])
-        expect(metaFiles(cacheDir).filter((file) => readFileSync(file.path, "utf8") === "not json")).toHaveLength(underB.length)
-        // Put back as found broken, so the next run's start-up finds (and reports) nothing of this.
-        for (const file of underB) rmSync(file.path)
-      }
-    } finally {
-      rmSync(cacheDir, { recursive: true, force: true })
+    using dir = ownedDir()
+    const cacheDir = dir.path
+    for (const run of ["first", "restarted"]) {
+      await using proxy = await startAdminProxy({ origin: origin.url, cacheDir })
+      for (const path of [`/a/${run}`, `/b/${run}`]) await through(proxy.url + path)
+      // Every meta but those under /a/ is made unreadable: a listing that read them would find them broken.
+      const underB = metaFiles(cacheDir).filter((file) => !readFileSync(file.path, "utf8").includes("/a/"))
+      for (const file of underB) writeFileSync(file.path, "not json")
+      const listed = await json<EntriesPage>(proxy.admin("/api/entries?prefix=/a/"))
+      expect(listed.entries.map((entry) => entry.path).sort()).toEqual(run === "first" ? ["/a/first"] : ["/a/first", "/a/restarted"])
+      expect(proxy.warnings).toEqual([])
+      expect(metaFiles(cacheDir).filter((file) => readFileSync(file.path, "utf8") === "not json")).toHaveLength(underB.length)
+      // Removed, as a reader finding them broken would: the next start-up has nothing to report.
+      for (const file of underB) rmSync(file.path)
     }
   })
 
   test("entry: one URL with each variant's stored headers", async () => {
     await using origin = startFreshOrigin(() => ({ vary: "accept-language", "x-origin-note": "kept" }))
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     await through(`${proxy.url}/page?x=1`, { "accept-language": "en" })
     await through(`${proxy.url}/page?x=1`, { "accept-language": "fr" })
 
@@ -338,7 +298,7 @@ describe("the JSON API", () => {
 
   test("stats: entries and bytes per tier, with each tier's bound", async () => {
     await using origin = startFreshOrigin()
-    await using proxy = await startProxy({ origin: origin.url, memorySize: 1 << 20, maxSize: 8 << 20 })
+    await using proxy = await startAdminProxy({ origin: origin.url, memorySize: 1 << 20, maxSize: 8 << 20 })
     await through(`${proxy.url}/one`)
     const { tiers } = await json<Stats>(proxy.admin("/api/stats"))
     expect(tiers).toMatchObject([
@@ -351,7 +311,7 @@ describe("the JSON API", () => {
 describe("traffic", () => {
   test("/metrics scraped at once after the start shows no NaN (a gauge with no sample yet is left out)", async () => {
     await using origin = startFreshOrigin()
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     const scrape = await text(proxy.admin("/metrics"))
     expect(scrape.status).toBe(200)
     expect(scrape.body).toContain("process_resident_memory_bytes")
@@ -360,7 +320,7 @@ describe("traffic", () => {
 
   test("/metrics counts requests by cache outcome, and purges; the chart's buckets hold the requests", async () => {
     await using origin = startFreshOrigin()
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     for (const path of ["/x", "/x", "/x", "/y", "/y"]) await through(proxy.url + path)
     await purge(proxy, { prefix: "/" })
     const res = await proxy.admin("/metrics")
@@ -381,7 +341,7 @@ describe("traffic", () => {
 describe("purge", () => {
   test("by URL: every variant goes, and the next request asks the origin", async () => {
     await using origin = startFreshOrigin(() => ({ vary: "accept-language" }))
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     for (const language of ["en", "fr"]) await through(`${proxy.url}/p`, { "accept-language": language })
     await through(`${proxy.url}/other`)
     expect(await purge(proxy, { url: "/p" })).toEqual({ status: 200, body: { purged: 1 } })
@@ -393,7 +353,7 @@ describe("purge", () => {
 
   test("by prefix: the URLs under it go, others stay", async () => {
     await using origin = startFreshOrigin()
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     for (const path of ["/users/1", "/users/2", "/users", "/teams/1"]) await through(proxy.url + path)
     expect(await purge(proxy, { prefix: "/users/" })).toEqual({ status: 200, body: { purged: 2 } })
     expect((await through(`${proxy.url}/users/1`)).xCache).toBe("MISS")
@@ -404,7 +364,7 @@ describe("purge", () => {
 
   test("by prefix, over more URLs than one listing page holds: every one goes", async () => {
     await using origin = startFreshOrigin()
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     const paths = Array.from({ length: 250 }, (_, i) => `/bulk/${i}`)
     for (const path of paths) await through(proxy.url + path)
     expect(await purge(proxy, { prefix: "/bulk/" })).toEqual({ status: 200, body: { purged: 250 } })
@@ -417,7 +377,7 @@ describe("purge", () => {
         ? new Response(null, { status: 304, headers: { etag: '"v1"', "cache-control": "max-age=60" } })
         : new Response("the body", { headers: { etag: '"v1"', "cache-control": "max-age=60" } }),
     )
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     await through(`${proxy.url}/doc`)
     expect(await purge(proxy, { url: "/doc", soft: true })).toEqual({ status: 200, body: { purged: 1 } })
     const listed = await json<Entry>(proxy.admin("/api/entry?url=/doc"))
@@ -436,7 +396,7 @@ describe("purge", () => {
     await using origin = startOrigin(
       (_, n) => new Response(`v${n}`, { headers: { "cache-control": "max-age=60, stale-while-revalidate=30" } }),
     )
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     await through(`${proxy.url}/feed`)
     expect(await purge(proxy, { prefix: "/feed", soft: true })).toEqual({ status: 200, body: { purged: 1 } })
     const served = await through(`${proxy.url}/feed`)
@@ -459,7 +419,7 @@ describe("purge", () => {
     [{ url: "https://elsewhere.example/a" }, "url must be a path (/…) or a URL under http://127.0.0.1:"],
   ])("a bad request %j: 400 with one line", async (body, reason) => {
     await using origin = startFreshOrigin()
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     const answer = await purge(proxy, body)
     expect(answer.status).toBe(400)
     expect(String(answer.body)).toStartWith(reason)
@@ -477,7 +437,7 @@ describe("tags", () => {
 
   test("Surrogate-Key and Cache-Tag give an entry's tags; purge by tag removes those entries only", async () => {
     await using origin = startFreshOrigin((path) => TAGGED[path] ?? {})
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     for (const path of Object.keys(TAGGED)) await through(proxy.url + path)
     const { tags } = await json<Entry>(proxy.admin("/api/entry?url=/p/1"))
     expect(tags.sort()).toEqual(["all-products", "page", "product-1"])
@@ -493,14 +453,14 @@ describe("tags", () => {
 
   test("the tag fields are kept from clients, on a miss and on a hit, unless --keep-tag-headers", async () => {
     await using origin = startFreshOrigin((path) => TAGGED[path] ?? {})
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     for (const xCache of ["MISS", "HIT"]) {
       const got = await through(`${proxy.url}/p/1`)
       expect(got.xCache).toBe(xCache)
       expect(got.headers.has("surrogate-key")).toBe(false)
       expect(got.headers.has("cache-tag")).toBe(false)
     }
-    await using keeping = await startProxy({ origin: origin.url, keepTagHeaders: true })
+    await using keeping = await startAdminProxy({ origin: origin.url, keepTagHeaders: true })
     for (const xCache of ["MISS", "HIT"]) {
       const got = await through(`${keeping.url}/p/1`)
       expect(got.xCache).toBe(xCache)
@@ -515,7 +475,7 @@ describe("tags", () => {
         ? new Response(null, { status: 304, headers: { etag: '"1"', "cache-control": "max-age=60" } })
         : new Response("x", { headers: { etag: '"1"', "cache-control": "max-age=60", "surrogate-key": "kept" } }),
     )
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     await through(`${proxy.url}/t`)
     await purge(proxy, { url: "/t", soft: true })
     await through(`${proxy.url}/t`)
@@ -530,8 +490,8 @@ describe("purge on a shared Redis store", () => {
     await using redis = await startRedis()
     await using origin = startFreshOrigin((path): Record<string, string> => (path === "/tagged" ? { "surrogate-key": "t" } : {}))
     const store = { kind: "redis" as const, target: { single: redis.url } }
-    await using a = await startProxy({ origin: origin.url, store })
-    await using b = await startProxy({ origin: origin.url, store })
+    await using a = await startAdminProxy({ origin: origin.url, store })
+    await using b = await startAdminProxy({ origin: origin.url, store })
     for (const path of ["/plain", "/tagged"]) {
       await through(a.url + path)
       expect((await through(b.url + path)).xCache).toBe("HIT") // now in b's memory tier too
@@ -595,7 +555,7 @@ describe.skipIf(FAST_RUN)("the inspector, in a real browser", () => {
         ...(path === "/products/1" ? { "surrogate-key": "sale" } : {}),
       }),
     )
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     for (const path of ["/products/1", "/products/2", "/about", "/about"]) await through(proxy.url + path)
     await using chrome = await launchBrowser()
     const { page, requested, problems } = await openInspector(chrome.browser, proxy.adminUrl)
@@ -651,7 +611,7 @@ describe.skipIf(FAST_RUN)("the inspector, in a real browser", () => {
 
   test("pages through a large cache 100 URLs at a time, and lists by URL prefix", async () => {
     await using origin = startFreshOrigin()
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     const paths = Array.from({ length: 130 }, (_, i) => `/items/${String(i).padStart(3, "0")}`)
     for (const path of [...paths, "/other"]) await through(proxy.url + path)
     await using chrome = await launchBrowser()
@@ -690,7 +650,7 @@ describe.skipIf(FAST_RUN)("the inspector, in a real browser", () => {
 
   test("with a token, asks for it, keeps it for the tab, and sends it with every request", async () => {
     await using origin = startFreshOrigin()
-    await using proxy = await startProxy({ origin: origin.url, admin: { port: 0, host: "127.0.0.1", token: TOKEN } })
+    await using proxy = await startAdminProxy({ origin: origin.url, admin: { port: 0, host: "127.0.0.1", token: TOKEN } })
     await through(`${proxy.url}/private`)
     await using chrome = await launchBrowser()
     const { page } = await openInspector(chrome.browser, proxy.adminUrl)
@@ -716,7 +676,7 @@ describe.skipIf(FAST_RUN)("the inspector, in a real browser", () => {
 
   test("the page is one self-contained document, with a policy that allows nothing from elsewhere", async () => {
     await using origin = startFreshOrigin()
-    await using proxy = await startProxy({ origin: origin.url, admin: { port: 0, host: "127.0.0.1", token: TOKEN } })
+    await using proxy = await startAdminProxy({ origin: origin.url, admin: { port: 0, host: "127.0.0.1", token: TOKEN } })
     // The page holds no data: it is served without the token; the API it calls is not.
     const res = await fetch(`${proxy.adminUrl}/`)
     expect(res.status).toBe(200)
