@@ -9,8 +9,10 @@
  *   BENCH_DURATION   length of each wrk run, as wrk takes it (10s, 1m) or plain seconds. Default 10s.
  *   BENCH_REPEATS    wrk runs per figure; the median is reported. Default 3.
  *   BENCH_ONLY       run one phase only: "hit" (HIT 1 KiB, 64 KiB and MISS), "big" (512 MiB),
- *                    "metrics" (HIT 1 KiB with metrics on and off) or "redis" (the Redis store's
- *                    figures). Default: all.
+ *                    "metrics" (HIT 1 KiB with metrics on and off), "redis" (the Redis store's
+ *                    figures), "log" (HIT 1 KiB with the access log on and off, text and json,
+ *                    Bun and Node) or "listing" (a scrape and an empty prefix listing at 100,000
+ *                    entries, file store and Redis). Default: all.
  *   BENCH_PROXY_CMD  command that starts the proxy; the proxy flags are appended. It must exec the
  *                    server itself (no wrapping shell): its pid is the one whose memory is sampled.
  *                    Default: `<this bun> <repo>/proxy.ts`.
@@ -188,9 +190,11 @@ function makeTempDir(prefix: string): string {
   return dir
 }
 
-async function startProxy(originUrl: string, extraFlags: string[] = []): Promise<Server> {
-  const flags = ["--port", "0", "--origin", originUrl, "--cache-dir", makeTempDir("cache"), "--quiet", ...extraFlags]
-  return startServer("proxy", [...config.proxyCommand, ...flags])
+async function startProxy(originUrl: string, extraFlags: string[] = [], command = config.proxyCommand): Promise<Server> {
+  // --quiet unless the flags choose a log format: then the access log is what is measured.
+  const quiet = extraFlags.includes("--log-format") ? [] : ["--quiet"]
+  const flags = ["--port", "0", "--origin", originUrl, "--cache-dir", makeTempDir("cache"), ...quiet, ...extraFlags]
+  return startServer("proxy", [...command, ...flags])
 }
 
 /** Stops one server and waits for it, so the next phase has the CPU and the memory to itself. */
@@ -845,7 +849,6 @@ interface StartupTime {
 /** Writes `count` small entries, /entry/0 … /entry/N-1, as the proxy itself would store them. */
 async function fillCache(dir: string, originUrl: string, count: number): Promise<void> {
   const { FileStore, bunFiles } = await import("../cache/file-store.ts")
-  const { describeResponse, responseControl, targetList } = await import("../cache/policy.ts")
   const store = new FileStore({
     dir,
     maxBytes: Number.MAX_SAFE_INTEGER,
@@ -854,11 +857,7 @@ async function fillCache(dir: string, originUrl: string, count: number): Promise
   })
   await store.ready()
   const body = new TextEncoder().encode("x".repeat(512))
-  const now = Date.now()
-  // Described by the policy from a day-long max-age, as the proxy would describe the origin's answer.
-  const headers = new Headers({ "content-type": "text/plain", "cache-control": "max-age=86400" })
-  const policy = { defaultTtlMs: 0, forceTtlMs: 0, shareCookies: false, targetList: targetList([]), keepTagHeaders: false }
-  const meta = describeResponse(200, headers, responseControl(headers, policy.targetList), {}, now, now, policy)
+  const meta = await benchMeta()
   let next = 0
   const worker = async () => {
     for (let i = next++; i < count; i = next++) {
@@ -867,6 +866,15 @@ async function fillCache(dir: string, originUrl: string, count: number): Promise
   }
   await Promise.all(Array.from({ length: FILL_CONCURRENCY }, worker))
   await store.close()
+}
+
+/** An entry's meta, described by the policy from a day-long max-age, as the proxy would describe the origin's answer. */
+async function benchMeta() {
+  const { describeResponse, responseControl, targetList } = await import("../cache/policy.ts")
+  const now = Date.now()
+  const headers = new Headers({ "content-type": "text/plain", "cache-control": "max-age=86400" })
+  const policy = { defaultTtlMs: 0, forceTtlMs: 0, shareCookies: false, targetList: targetList([]), keepTagHeaders: false }
+  return describeResponse(200, headers, responseControl(headers, policy.targetList), {}, now, now, policy)
 }
 
 async function timeStartup(originUrl: string, cacheDir: string): Promise<StartupTime> {
@@ -889,6 +897,178 @@ async function timeStartup(originUrl: string, cacheDir: string): Promise<Startup
   } finally {
     await stopServer(server)
   }
+}
+
+// ───────────────────────────── the access log ─────────────────────────────
+
+/**
+ * What the access log costs a hit: HIT 1 KiB with the log on (text, then json) against --quiet,
+ * runs interleaved, under Bun and under Node (dist/cli.js, built first). The log goes to a pipe the
+ * driver drains, as a log shipper or journald reads it.
+ */
+async function benchLogCost(servers: Servers): Promise<void> {
+  const node = ["node", join(REPO_DIR, "dist", "cli.js")]
+  for (const [runtime, command] of [
+    ["Bun", config.proxyCommand],
+    ["Node", node],
+  ] as const) {
+    const measures = ["text", "json"].map((format) => `HIT 1 KiB throughput, access log (${format}) vs --quiet, ${runtime}`)
+    const started: Server[] = []
+    try {
+      if (runtime === "Node") await buildNodeBundle()
+      const quiet = await startProxy(servers.originUrl, [], command)
+      started.push(quiet)
+      await warmUntilHit(`${quiet.urls[0]}/1k`)
+      for (const [index, format] of ["text", "json"].entries()) {
+        const logged = await startProxy(servers.originUrl, ["--log-format", format], command)
+        started.push(logged)
+        await warmUntilHit(`${logged.urls[0]}/1k`)
+        const [on, off] = await compareWithWrk(`${logged.urls[0]}/1k`, `${quiet.urls[0]}/1k`, [logged.process.pid, quiet.process.pid])
+        assertRunning(logged)
+        report.raw.push(
+          { target: `proxy /1k (HIT), ${runtime}, ${format} log`, summary: on },
+          { target: `proxy /1k (HIT), ${runtime}, --quiet`, summary: off },
+        )
+        report.rows.push(ratioRow(measures[index]!, on.requestsPerSecond, off.requestsPerSecond, formatRate, "≥", 0.9))
+        await stopServer(logged)
+      }
+    } catch (error) {
+      report.rows.push(...errorRows(measures, error))
+    } finally {
+      for (const server of started) await stopServer(server)
+    }
+  }
+}
+
+async function buildNodeBundle(): Promise<void> {
+  const child = Bun.spawn(["npm", "run", "build:js"], { cwd: REPO_DIR, stdout: "ignore", stderr: "pipe" })
+  const [stderr, code] = await Promise.all([new Response(child.stderr).text(), child.exited])
+  if (code !== 0) throw new BenchError(`npm run build:js failed: ${stderr.trim().slice(-500)}`)
+}
+
+// ───────────────────────────── scrapes and listings at 100,000 entries ─────────────────────────────
+
+const LISTING_ENTRIES = 100_000
+/** Timed requests per figure; the median is reported. */
+const ADMIN_REQUESTS = 5
+
+/**
+ * A scrape (/metrics), /api/stats and a prefix listing that matches nothing, through the admin
+ * listener of a proxy whose store holds 100,000 entries: on the file store and on Redis. Each
+ * must read counters and an index, not the store (target: under 50 ms each).
+ */
+async function benchListing(servers: Servers): Promise<void> {
+  const { originUrl } = servers
+  const stores: [string, (dir: string) => Promise<{ flags: string[]; [Symbol.asyncDispose](): Promise<void> }>][] = [
+    [
+      "file store",
+      async (dir) => {
+        await fillCache(dir, originUrl, LISTING_ENTRIES)
+        return { flags: [], [Symbol.asyncDispose]: async () => {} }
+      },
+    ],
+    [
+      "Redis",
+      async () => {
+        const redis = await startRedis([], { spawn: (argv) => spawnChild(SERVER_CPU, argv) })
+        await fillRedis(redis.url, originUrl, LISTING_ENTRIES)
+        return { flags: ["--store", redis.url], [Symbol.asyncDispose]: () => redis[Symbol.asyncDispose]() }
+      },
+    ],
+  ]
+  for (const [name, fill] of stores) {
+    const measures = ["GET /metrics", "GET /api/stats", "GET /api/entries, a prefix matching nothing"].map(
+      (what) => `${name}, ${LISTING_ENTRIES.toLocaleString("en-US")} entries: ${what}`,
+    )
+    let proxy: Server | undefined
+    try {
+      const dir = makeTempDir("listing")
+      await using store = await fill(dir)
+      const started = performance.now()
+      proxy = await startServer("proxy", [
+        ...config.proxyCommand,
+        ...["--port", "0", "--origin", originUrl, "--cache-dir", dir, "--quiet", "--admin-port", "0", ...store.flags],
+      ])
+      const adminUrl = proxy.urls[1]
+      if (!adminUrl) throw new BenchError("the proxy's ready line names no admin address")
+      const countedMs = await waitForEntries(adminUrl, LISTING_ENTRIES, started)
+      const paths = ["/metrics", "/api/stats", `/api/entries?prefix=${encodeURIComponent("/nothing-here/")}`]
+      // The file store learns its keys in the background after its scan; listings walk the disk until then.
+      const listedMs = await waitForFastListing(adminUrl + paths[2], started)
+      report.notes.push(
+        `${name}: ${LISTING_ENTRIES.toLocaleString("en-US")} entries counted ${formatMs(countedMs)} after the start; an empty listing under 50 ms from ${formatMs(listedMs)}`,
+      )
+      for (const [index, path] of paths.entries()) {
+        const ms = median(await timedRequests(adminUrl + path, ADMIN_REQUESTS))
+        report.rows.push({
+          measure: measures[index]!,
+          proxy: formatMs(ms),
+          reference: "—",
+          ratio: "—",
+          target: "< 50 ms",
+          verdict: ms < 50 ? "PASS" : "FAIL",
+        })
+      }
+    } catch (error) {
+      report.rows.push(...errorRows(measures, error))
+    } finally {
+      if (proxy) await stopServer(proxy)
+    }
+  }
+}
+
+/** Polls /api/stats until the store's tier counts `count` entries (the file store's scan is done); ms since `started`. */
+async function waitForEntries(adminUrl: string, count: number, started: number): Promise<number> {
+  const deadline = Date.now() + DOWNLOAD_TIMEOUT_MS
+  while (Date.now() < deadline) {
+    const stats = JSON.parse((await get(`${adminUrl}/api/stats`)).body) as { tiers: { tier: string; entries: number }[] }
+    if (stats.tiers.some((tier) => tier.tier !== "memory" && tier.entries >= count)) return performance.now() - started
+    await Bun.sleep(250)
+  }
+  throw new BenchError(`the store did not count ${count} entries within ${DOWNLOAD_TIMEOUT_MS / 1000} s`)
+}
+
+/** Asks for `url` until it answers within 50 ms; ms since `started` when it first did. */
+async function waitForFastListing(url: string, started: number): Promise<number> {
+  const deadline = Date.now() + DOWNLOAD_TIMEOUT_MS
+  while (Date.now() < deadline) {
+    const [ms] = await timedRequests(url, 1)
+    if (ms! < 50) return performance.now() - started
+    await Bun.sleep(250)
+  }
+  throw new BenchError(`${url} took 50 ms or more for ${DOWNLOAD_TIMEOUT_MS / 1000} s`)
+}
+
+async function timedRequests(url: string, count: number): Promise<number[]> {
+  const times: number[] = []
+  for (let i = 0; i < count; i++) {
+    const started = performance.now()
+    const answer = await get(url)
+    if (answer.status !== 200) throw new BenchError(`${url} answered ${answer.status}`)
+    times.push(performance.now() - started)
+  }
+  return times
+}
+
+/** Writes `count` small entries to Redis, /entry/0 … /entry/N-1, as the proxy would store them. */
+async function fillRedis(url: string, originUrl: string, count: number): Promise<void> {
+  const { RedisStore } = await import("../cache/redis-store.ts")
+  const store = new RedisStore({
+    target: { single: url },
+    prefix: "caching-proxy",
+    warn: (kind, detail) => console.error(`bench: ${kind}: ${detail}`),
+  })
+  await store.ready()
+  const meta = await benchMeta()
+  const body = new TextEncoder().encode("x".repeat(512))
+  let next = 0
+  const worker = async () => {
+    for (let i = next++; i < count; i = next++) {
+      await store.put(`GET ${originUrl}/entry/${i}`, meta, new Response(body).body as ReadableStream<Uint8Array>)
+    }
+  }
+  await Promise.all(Array.from({ length: FILL_CONCURRENCY }, worker))
+  await store.close()
 }
 
 // ───────────────────────────── Redis ─────────────────────────────
@@ -1033,6 +1213,8 @@ const ONLY_PHASES = {
   big: ({ bigOriginUrl }: Servers) => benchBig(bigOriginUrl),
   metrics: benchMetricsOverhead,
   redis: ({ originUrl, bigOriginUrl, ceilingUrl }: Servers) => benchRedis(originUrl, bigOriginUrl, ceilingUrl),
+  log: benchLogCost,
+  listing: benchListing,
 }
 
 /** The request path's figures: hits of two sizes and a miss, each against its reference. */
@@ -1051,6 +1233,8 @@ async function allPhases(servers: Servers, ceiling: Server): Promise<void> {
   await benchHitPath(servers)
   announce("metrics on vs off")
   await benchMetricsOverhead(servers)
+  announce("access log on vs off")
+  await benchLogCost(servers)
   announce("coalescing")
   await benchCoalescing(servers)
   noteProxyStderr(proxy)
@@ -1063,6 +1247,8 @@ async function allPhases(servers: Servers, ceiling: Server): Promise<void> {
   await benchBig(bigOriginUrl)
   announce(`start-up with ${STARTUP_ENTRIES.toLocaleString("en-US")} entries`)
   await benchStartup(originUrl)
+  announce(`scrapes and listings at ${LISTING_ENTRIES.toLocaleString("en-US")} entries`)
+  await benchListing(servers)
 }
 
 /** Exit code: 1 when a phase could not run at all (FAILs are results, not errors). */
