@@ -184,6 +184,24 @@ describe("access log: one line per request, timed to its last byte, saying why a
     })
   })
 
+  test("a log reader that goes away (stdout closed) costs the log, never the proxy: it serves on and says so once", async () => {
+    await using origin = startOrigin(() => new Response("x", { headers: { "cache-control": "no-store" } }))
+    using dir = ownedDir()
+    const child = Bun.spawn([...CLI, "--port", "0", "--origin", origin.url, "--cache-dir", dir.path], { stdout: "pipe", stderr: "pipe" })
+    const reader = child.stdout.getReader()
+    const port = /:(\d+),/.exec(new TextDecoder().decode((await reader.read()).value))?.[1]
+    await reader.cancel()
+    // Past a flush (50 ms) and again: the first write fails, the rest are dropped unwritten.
+    for (const pause of [0, 200]) {
+      await Bun.sleep(pause)
+      for (let n = 0; n < 20; n++) expect((await get(`http://127.0.0.1:${port}/x`)).status).toBe(200)
+    }
+    child.kill("SIGTERM")
+    expect(await child.exited).toBe(0)
+    const stderr = await new Response(child.stderr).text()
+    expect(stderr).toMatch(/^\S+Z caching-proxy: log lines are dropped from now on: writing them failed \(EPIPE[^\n]*\)\n$/)
+  })
+
   test("warnings in text start with the time too", async () => {
     await using origin = await startBreakingOrigin("max-age=60")
     await using proxy = await startCliProxy(CLI, origin.url)

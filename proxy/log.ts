@@ -71,10 +71,13 @@ export class LineWriter {
   private pending = ""
   private timer: ReturnType<typeof setTimeout> | undefined
   private dropped = 0
+  /** Set once the output is gone (EPIPE: its reader left): lines are dropped from then on. */
+  private failed = false
 
   constructor(private readonly fd: number) {}
 
   write(line: string): void {
+    if (this.failed) return
     if (this.pending.length > MAX_PENDING_CHARS) {
       this.dropped++
       return
@@ -99,9 +102,15 @@ export class LineWriter {
       while (written < bytes.length) written += writeSync(this.fd, bytes, written)
       this.pending = ""
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== "EAGAIN") throw error
-      this.pending = bytes.subarray(written).toString()
-      this.timer = unref(setTimeout(() => this.flush(), FLUSH_EVERY_MS))
+      if ((error as NodeJS.ErrnoException).code === "EAGAIN") {
+        this.pending = bytes.subarray(written).toString()
+        this.timer = unref(setTimeout(() => this.flush(), FLUSH_EVERY_MS))
+        return
+      }
+      // The proxy keeps serving without its log: said once, where it can still be read.
+      this.failed = true
+      this.pending = ""
+      writeError(`${isoNow()} caching-proxy: log lines are dropped from now on: writing them failed (${(error as Error).message})`)
     }
   }
 }
@@ -113,7 +122,11 @@ function unref(timer: ReturnType<typeof setTimeout>): ReturnType<typeof setTimeo
 
 /** A line to standard error, written at once: warnings and errors are rare, and must not wait. */
 export function writeError(line: string): void {
-  writeSync(2, `${line}\n`)
+  try {
+    writeSync(2, `${line}\n`)
+  } catch {
+    // stderr is gone (its reader left): there is nowhere left to say so, and the proxy serves on.
+  }
 }
 
 // ───────────────────────────── lines ─────────────────────────────
