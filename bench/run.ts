@@ -989,7 +989,8 @@ async function benchListing(servers: Servers): Promise<void> {
         ...config.proxyCommand,
         ...["--port", "0", "--origin", originUrl, "--cache-dir", dir, "--quiet", "--admin-port", "0", ...store.flags],
       ])
-      const adminUrl = proxy.urls[1]
+      // The ready line names the proxy, the origin, then the admin listener.
+      const adminUrl = proxy.urls[2]
       if (!adminUrl) throw new BenchError("the proxy's ready line names no admin address")
       const countedMs = await waitForEntries(adminUrl, LISTING_ENTRIES, started)
       const paths = ["/metrics", "/api/stats", `/api/entries?prefix=${encodeURIComponent("/nothing-here/")}`]
