@@ -40,7 +40,6 @@ import {
   type MetaFile,
   metaFileText,
   parseMetaFile,
-  positionOf,
   SHARD_NAME,
   TAGS_DIR,
   TEMP_SUFFIX,
@@ -85,8 +84,6 @@ interface DiskVariant extends Omit<ListedEntry, "tiers"> {
 const GENERATION_POLL_MS = 1000
 const PERSIST_LRU_EVERY_MS = 60_000
 const DEFAULT_PAGE_KEYS = 100
-/** A cursor of the walk (`positionOf`), not a key. */
-const POSITION = /^[0-9a-f]{2}\/[0-9a-f]{64}$/
 /**
  * Bodies up to this size are read whole when found and checked against their digest: the memory
  * tier in front reads them whole anyway, so the check costs no second read. Larger ones are
@@ -127,7 +124,6 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   private scanDone = false
   /** Every stored key, for listings by prefix; complete once the start-up scan has read each meta's key. */
   private readonly keys = new SortedKeys()
-  private keysKnown = false
   /** Bumped by `clear` and by another process's clear: a scan from before must not index. */
   private epoch = 0
   /** Where each meta handed out lives, so an upper tier's hit can count as a read here. */
@@ -334,16 +330,12 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   }
 
   /**
-   * Pages in key order through the sorted keys, reading the metas of each page's keys only. Until
-   * the start-up scan has learnt every key (and for a page that began then), the key directories
-   * are walked instead.
+   * Pages in key order through the sorted keys, reading the metas of each page's keys only. A
+   * listing asked for during the start-up scan waits for it: the scan reads each meta's key once,
+   * which is what a walk over the directories would have done for this one listing.
    */
   async list({ prefix = "", cursor, limit = DEFAULT_PAGE_KEYS }: ListOptions = {}): Promise<Page> {
-    if (this.keysKnown && (cursor === undefined || !POSITION.test(cursor))) return this.listByKey(prefix, cursor, limit)
-    return this.walk(prefix, cursor, limit)
-  }
-
-  private async listByKey(prefix: string, cursor: string | undefined, limit: number): Promise<Page> {
+    await this.scanned
     const entries: ListedEntry[] = []
     let keys = 0
     for (let key = this.keys.next(prefix, cursor); key !== undefined; key = this.keys.next(prefix, key)) {
@@ -356,25 +348,6 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
       if (keys === limit) return { entries, cursor: (entries.at(-1) as ListedEntry).key }
       keys++
       entries.push(...variants.map(listed))
-    }
-    return { entries }
-  }
-
-  /** Pages in the order of the key directories' names, reading every key's metas. */
-  private async walk(prefix: string, cursor: string | undefined, limit: number): Promise<Page> {
-    const entries: ListedEntry[] = []
-    let keys = 0
-    for (const shard of await this.subdirectories(this.root, SHARD_NAME)) {
-      if (cursor !== undefined && shard < cursor.slice(0, 2)) continue
-      for (const keyDir of await this.subdirectories(join(this.root, shard), KEY_DIR_NAME)) {
-        const position = `${shard}/${keyDir}`
-        if (cursor !== undefined && position <= cursor) continue
-        const variants = (await this.readVariants(join(this.root, shard, keyDir))).filter((v) => v.key.startsWith(prefix))
-        if (variants.length === 0) continue
-        if (keys === limit) return { entries, cursor: positionOf((entries.at(-1) as ListedEntry).key) }
-        keys++
-        entries.push(...variants.map(listed))
-      }
     }
     return { entries }
   }
@@ -769,7 +742,6 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     this.usage.reset()
     this.verified.clear()
     this.keys.clear()
-    this.keysKnown = true
   }
 
   /** Removes leftovers, then least-recently-used variants, until the store is within its bound. */
@@ -880,8 +852,8 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   }
 
   /**
-   * Reads the key of each variant the scan found from its meta, for listings by prefix (they walk
-   * the disk until this is done). A meta found broken is reported and removed, as a read would.
+   * Reads the key of each variant the scan found from its meta, for listings by prefix (they wait
+   * for this). A meta found broken is reported and removed, as a read would.
    */
   private async learnKeys(found: ScannedMeta[], epoch: number): Promise<void> {
     for (const { metaPath } of found) {
@@ -895,7 +867,6 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
       const meta = await this.loadMetaFile(metaPath).catch((error: unknown) => this.discardBroken(metaPath, error))
       if (meta && epoch === this.epoch && this.usage.lru.has(metaPath)) this.index(metaPath, meta.file.key, entry.bytes)
     }
-    if (epoch === this.epoch) this.keysKnown = true
   }
 
   /**
