@@ -360,7 +360,7 @@ async function start(parsed: Args): Promise<number> {
   }
   if (options.store.kind === "file") checkCacheDir(options.cacheDir)
   // stdout in batches, written out as the process exits, whatever the path (a signal, an error).
-  const stdout = new LineWriter(1)
+  const stdout = new LineWriter(1, options.logFormat)
   process.on("exit", () => stdout.flush())
   const log = (line: string) => stdout.write(line)
   const logger = createLogger(options.logFormat, log)

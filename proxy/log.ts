@@ -74,7 +74,11 @@ export class LineWriter {
   /** Set once the output is gone (EPIPE: its reader left): lines are dropped from then on. */
   private failed = false
 
-  constructor(private readonly fd: number) {}
+  /** `format`: that of the lines it writes, for its own (lines dropped). */
+  constructor(
+    private readonly fd: number,
+    private readonly format: LogFormat,
+  ) {}
 
   write(line: string): void {
     if (this.failed) return
@@ -92,7 +96,8 @@ export class LineWriter {
     clearTimeout(this.timer)
     this.timer = undefined
     if (this.dropped > 0) {
-      this.pending += `${isoNow()} caching-proxy: ${this.dropped} log line(s) dropped: the output took none for a while\n`
+      const msg = `${this.dropped} log line(s) dropped: the output took none for a while`
+      this.pending += `${ownLine(this.format, "warn", msg, { dropped: this.dropped })}\n`
       this.dropped = 0
     }
     if (this.pending === "") return
@@ -110,7 +115,7 @@ export class LineWriter {
       // The proxy keeps serving without its log: said once, where it can still be read.
       this.failed = true
       this.pending = ""
-      writeError(`${isoNow()} caching-proxy: log lines are dropped from now on: writing them failed (${(error as Error).message})`)
+      writeError(ownLine(this.format, "error", `log lines are dropped from now on: writing them failed (${(error as Error).message})`, {}))
     }
   }
 }
@@ -139,10 +144,7 @@ type Fields = Record<string, string | number | boolean | undefined>
  * (`<time> caching-proxy: <kind>: <msg>` for a warning's kind), or one JSON object.
  */
 export function createLogger(format: LogFormat, out: (line: string) => void, err: (line: string) => void = writeError) {
-  const line = (level: Level, msg: string, fields: Fields) => {
-    if (format === "json") return JSON.stringify({ time: isoNow(), level, msg, ...fields })
-    return `${isoNow()} caching-proxy: ${fields.kind === undefined ? "" : `${fields.kind}: `}${msg}`
-  }
+  const line = (level: Level, msg: string, fields: Fields) => ownLine(format, level, msg, fields)
   return {
     info: (msg: string, fields: Fields = {}) => out(line("info", msg, fields)),
     warn: (msg: string, fields: Fields = {}) => err(line("warn", msg, fields)),
@@ -150,6 +152,12 @@ export function createLogger(format: LogFormat, out: (line: string) => void, err
   }
 }
 export type Logger = ReturnType<typeof createLogger>
+
+/** One of the proxy's own lines (not an access line), in the format asked for. */
+function ownLine(format: LogFormat, level: Level, msg: string, fields: Fields): string {
+  if (format === "json") return JSON.stringify({ time: isoNow(), level, msg, ...fields })
+  return `${isoNow()} caching-proxy: ${fields.kind === undefined ? "" : `${fields.kind}: `}${msg}`
+}
 
 /** Writes access lines in the chosen format. */
 export function createAccessLog(format: LogFormat, write: (line: string) => void): (access: Access) => void {
