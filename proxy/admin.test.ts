@@ -4,9 +4,7 @@
  * a real headless chromium.
  */
 import { afterEach, describe, expect, setSystemTime, test } from "bun:test"
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
-import { tmpdir } from "node:os"
-import { join } from "node:path"
+import { readFileSync, rmSync, writeFileSync } from "node:fs"
 import type { Browser, Page } from "playwright-core"
 import type { EntryView, TierStats, VariantView } from "../cache.ts"
 import {
@@ -20,6 +18,7 @@ import {
   RUNTIMES,
   runCli,
   startAdminProxy,
+  startCliProxy,
   startRedis,
   startOrigin as startSharedOrigin,
 } from "./test.fixture.ts"
@@ -42,33 +41,6 @@ function startFreshOrigin(headers: (path: string) => Record<string, string> = ()
     const path = new URL(req.url).pathname
     return new Response(`v${n}`, { headers: { "cache-control": "max-age=60", date: new Date().toUTCString(), ...headers(path) } })
   })
-}
-
-/** The CLI as a child process with its admin listener (token from the environment); resolves once it says where both listen. */
-async function startCli(command: string[], originUrl: string) {
-  const dir = mkdtempSync(join(tmpdir(), "caching-proxy-admin-test-"))
-  const child = Bun.spawn([...command, "--port", "0", "--quiet", "--origin", originUrl, "--cache-dir", dir], {
-    stdout: "pipe",
-    stderr: "pipe",
-    env: { ...process.env, CACHING_PROXY_ADMIN_PORT: "0", CACHING_PROXY_ADMIN_TOKEN: TOKEN },
-  })
-  const stop = async () => {
-    child.kill()
-    await child.exited
-    rmSync(dir, { recursive: true, force: true })
-  }
-  const reader = child.stdout.getReader()
-  let output = ""
-  while (!output.includes("\n")) {
-    const { done, value } = await reader.read()
-    if (done) {
-      await stop()
-      throw new Error(`the proxy exited: ${output}${await new Response(child.stderr).text()}`)
-    }
-    output += new TextDecoder().decode(value)
-  }
-  const [, port, adminPort] = /listening on http:\/\/127\.0\.0\.1:(\d+).*, admin on http:\/\/127\.0\.0\.1:(\d+)/.exec(output) ?? []
-  return { url: `http://127.0.0.1:${port}`, adminUrl: `http://127.0.0.1:${adminPort}`, [Symbol.asyncDispose]: stop }
 }
 
 /** What a client of the proxy got, its body read. */
@@ -124,20 +96,22 @@ describe("the admin listener", () => {
   test.each(RUNTIMES)("under %s, starts with the proxy on its own port, says where, and answers the API", async (_, command) => {
     if (command === NODE_BUNDLE) await buildNodeBundle()
     await using origin = startFreshOrigin()
-    await using proxy = await startCli(command, origin.url)
+    // The admin listener and its token from the environment.
+    const env = { CACHING_PROXY_ADMIN_PORT: "0", CACHING_PROXY_ADMIN_TOKEN: TOKEN }
+    await using proxy = await startCliProxy(command, origin.url, ["--quiet"], env)
     const admin = (path: string, init: RequestInit = {}) =>
       fetch(proxy.adminUrl + path, { ...init, headers: { authorization: `Bearer ${TOKEN}`, ...init.headers } })
     expect(proxy.adminUrl).not.toBe(proxy.url)
     expect(await text(admin("/healthz"))).toEqual({ status: 200, body: "ok\n" })
     // The proxy's port knows nothing of admin routes: they go to the origin like any path.
-    expect(await text(fetch(`${proxy.url}/healthz`))).toEqual({ status: 200, body: "v1" })
+    expect(await text(fetch(`${proxy.url}healthz`))).toEqual({ status: 200, body: "v1" })
     expect((await json<EntriesPage>(admin("/api/entries"))).entries.map((entry) => entry.path)).toEqual(["/healthz"])
     expect((await json<Entry>(admin("/api/entry?url=/healthz"))).variants).toHaveLength(1)
     expect((await fetch(`${proxy.adminUrl}/`)).headers.get("content-security-policy")).toContain("default-src 'none'")
     expect(
       await json(admin("/api/purge", { method: "POST", headers: { "content-type": "application/json" }, body: '{"url": "/healthz"}' })),
     ).toEqual({ purged: 1 })
-    expect(await text(fetch(`${proxy.url}/healthz`))).toEqual({ status: 200, body: "v2" })
+    expect(await text(fetch(`${proxy.url}healthz`))).toEqual({ status: 200, body: "v2" })
   })
 
   test("with a token, every request but the page and the probes needs it as a bearer token, else 401", async () => {

@@ -192,6 +192,7 @@ export async function startCli(command: string[], env: Record<string, string | u
     output += decoder.decode(value)
   }
   const port = Number(LISTENING.exec(output)?.[1])
+  const adminUrl = /admin on (http:\/\/[^\s",]+)/.exec(output)?.[1]
   const lines: string[] = output.split("\n")
   void (async () => {
     for (;;) {
@@ -202,6 +203,8 @@ export async function startCli(command: string[], env: Record<string, string | u
   })()
   return {
     url: `http://127.0.0.1:${port}/`,
+    /** The admin listener's URL, when the proxy started one. */
+    adminUrl,
     child,
     lines,
     [Symbol.asyncDispose]: async () => {
@@ -486,6 +489,7 @@ export async function startCliProxy(command: string[], originUrl: string, flags:
     const proxy = await startCli([...command, "--port", "0", "--origin", originUrl, "--cache-dir", dir.path, ...flags], env)
     return {
       url: proxy.url,
+      adminUrl: proxy.adminUrl,
       port: portOf(proxy.url),
       /** Stops the proxy and returns what it wrote on stderr. */
       stderr: async () => {
