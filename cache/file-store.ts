@@ -122,6 +122,8 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   /** Key directory → how many deletes of the key are under way. */
   private readonly deleting = new Map<string, number>()
   private scanDone = false
+  /** Metas being discarded as broken: reported once, whoever else finds them meanwhile. */
+  private readonly discarding = new Set<string>()
   /** Every stored key, for listings by prefix; complete once the start-up scan has read each meta's key. */
   private readonly keys = new SortedKeys()
   /** Bumped by `clear` and by another process's clear: a scan from before must not index. */
@@ -542,8 +544,15 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   /** Reports a broken entry and removes it: a miss. Anything but a broken entry is rethrown. */
   private async discardBroken(metaPath: string, error: unknown): Promise<undefined> {
     if (!(error instanceof Broken)) throw error
-    this.warn("broken-entry", `discarding ${metaPath}: ${error.message}`)
-    await this.removeVariant(metaPath)
+    // A request and the start-up key pass may find the same meta broken at once: one report.
+    if (this.discarding.has(metaPath)) return undefined
+    this.discarding.add(metaPath)
+    try {
+      this.warn("broken-entry", `discarding ${metaPath}: ${error.message}`)
+      await this.removeVariant(metaPath)
+    } finally {
+      this.discarding.delete(metaPath)
+    }
     return undefined
   }
 
