@@ -25,7 +25,7 @@ import { ARCHIVE_COMMANDS, NO_REDACT_WARNING } from "./proxy/archive.ts"
 import { forwardedHeaders, HIDDEN_DOT_DOT_REFUSED, type Hop, resolvedPath, rewriteLocations } from "./proxy/forwarding.ts"
 import { HarError, type Redaction, redaction } from "./proxy/har.ts"
 import { helpText } from "./proxy/help.ts"
-import { type Access, createAccessLog, createWarn } from "./proxy/log.ts"
+import { type Access, createAccessLog, createLogger, createWarn, LineWriter, type LogFormat, type Logger, writeError } from "./proxy/log.ts"
 import { ProxyMetrics } from "./proxy/metrics.ts"
 import {
   type Args,
@@ -77,8 +77,8 @@ function tiered(options: ProxyOptions, behind: Behind): TieredStore {
   return tieredStore(memory, behind, { memoryBodyLimit })
 }
 
-/** The origin's part in one request, for its access line. */
-interface OriginTrip {
+/** One request's facts for its access line: who asked, and the origin's part when it was asked. */
+interface OriginTrip extends Pick<Access, "client" | "forwardedFor"> {
   ms?: number
   failure?: OriginFailure
 }
@@ -140,7 +140,7 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
     const method = c.req.raw.method
     const requested = runtime.requestTarget(c)
     const path = resolvedPath(requested)
-    const trip: OriginTrip | undefined = record ? {} : undefined
+    const trip: OriginTrip | undefined = record ? asker(c) : undefined
     const response =
       path === undefined ? answer(400, HIDDEN_DOT_DOT_REFUSED, { kind: "pass", detail: "bad-request" }) : respond(c, method, path, trip)
     if (!trip && !options.rewriteLocation) return response
@@ -153,6 +153,14 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
       (error) => sent(c, failed(error, method, shown), method, shown, started, trip),
     )
   })
+
+  /** Who asked, for the access line: the connection's address, and the X-Forwarded-For chain where it is trusted. */
+  function asker(c: Context): OriginTrip {
+    if (!accessLog) return {}
+    const client = runtime.clientAddress(c)
+    if (!options.trustForwarded) return { client }
+    return { client, forwardedFor: c.req.raw.headers.get("x-forwarded-for") ?? undefined }
+  }
 
   /** The response on its way out: Location rewritten (--rewrite-location), recorded once sent. */
   function sent(
@@ -263,14 +271,16 @@ function timed(
   const { status, headers } = response
   const { kind: cache, wholeBytes, stored } = outcomeOf(response)
   const originError = trip.failure && (status === 502 || status === 504) ? trip.failure : undefined
-  const access: Access = { method, path, status, cache, ms: 0, bytes: 0, originMs: trip.ms, originError }
-  const finish = (bytes: number) => {
+  const { client, forwardedFor } = trip
+  const access: Access = { client, forwardedFor, method, path, status, cache, ms: 0, bytes: 0, originMs: trip.ms, originError }
+  const finish = (bytes: number, aborted: boolean) => {
     access.bytes = bytes
+    if (aborted) access.aborted = true
     access.ms = started === undefined ? 0 : performance.now() - started
     record(access)
   }
   if (wholeBytes !== undefined || isFromCache(cache)) {
-    finish(method === "HEAD" || status === 304 ? 0 : (wholeBytes ?? Number(headers.get("content-length") ?? 0)))
+    finish(method === "HEAD" || status === 304 ? 0 : (wholeBytes ?? Number(headers.get("content-length") ?? 0)), false)
     return response
   }
   const counted = runtime.counted(response, finish)
@@ -281,7 +291,7 @@ function timed(
     const unsendable = stored ? unrelayed() : unsent(error, warn)
     access.status = unsendable.status
     access.cache = outcomeOf(unsendable).kind
-    finish(outcomeOf(unsendable).wholeBytes ?? 0)
+    finish(outcomeOf(unsendable).wholeBytes ?? 0, false)
     return unsendable
   })
 }
@@ -349,34 +359,49 @@ async function start(parsed: Args): Promise<number> {
   const options = parseOptions(parsed)
   if (parsed["clear-cache"]) return clearCache(options)
   if (options.store.kind === "file") checkCacheDir(options.cacheDir)
+  // stdout in batches, written out as the process exits, whatever the path (a signal, an error).
+  const stdout = new LineWriter(1, options.logFormat)
+  process.on("exit", () => stdout.flush())
+  const log = (line: string) => stdout.write(line)
+  const logger = createLogger(options.logFormat, log)
   const warn = createWarn(options.logFormat)
-  if (options.redact === false && options.record) console.error(NO_REDACT_WARNING)
-  const { app, cache, admin, recorder } = await createProxy(options, { warn })
+  if (options.redact === false && options.record) logger.warn(NO_REDACT_WARNING)
+  const { app, cache, admin, recorder } = await createProxy(options, { warn, log })
   // A shared store is worth a moment's wait: until Redis answers, requests would go to the origin
   // uncoalesced. Past that moment the proxy starts anyway, uncached, and connects in the background.
   if (options.store.kind === "redis") await waitAtMost(cache.store.ready(), STORE_CONNECT_WAIT_MS)
-  const listener = await listenOrSay(app, options, "port", "--host", warn)
+  const listener = await listenOrSay(app, options, "port", "--host", warn, logger)
   const adminListener =
-    admin && options.admin ? await listenOrSay(admin, { ...options, ...options.admin }, "admin port", "--admin-host", warn) : null
+    admin && options.admin ? await listenOrSay(admin, { ...options, ...options.admin }, "admin port", "--admin-host", warn, logger) : null
   if (!listener || adminListener === undefined) {
     await Promise.all([listener?.stop(true), adminListener?.stop(true)])
     return 1
   }
-  const adminLine = adminListener ? `, admin on http://${urlHost(options.admin?.host ?? "")}:${adminListener.port}` : ""
-  console.log(
-    `caching-proxy listening on http://${urlHost(options.host)}:${listener.port}, forwarding to ${options.origin}, cache in ${whereEntriesLive(options)}${adminLine}`,
-  )
-  await shutdownSignal()
+  const url = `http://${urlHost(options.host)}:${listener.port}`
+  const adminUrl = adminListener ? `http://${urlHost(options.admin?.host ?? "")}:${adminListener.port}` : undefined
+  const cacheIn = whereEntriesLive(options)
+  logger.info(`listening on ${url}, forwarding to ${options.origin}, cache in ${cacheIn}${adminUrl ? `, admin on ${adminUrl}` : ""}`, {
+    url,
+    origin: options.origin,
+    cache: cacheIn,
+    admin: adminUrl,
+    version: versionLine(),
+  })
+  const signal = await shutdownSignal()
+  const stopping = performance.now()
   const stopped = Promise.all([listener.stop(), adminListener?.stop(true)]).then(() =>
     cache
       .close()
       .then(() => recorder?.close())
       .then(() => true),
   )
+  let cut = 0
   if (!(await waitAtMost(stopped, SHUTDOWN_GRACE_MS))) {
-    const cut = listener.inFlight()
-    if (cut > 0) console.error(`caching-proxy: ${SHUTDOWN_GRACE_MS / 1000} s after the signal, cutting ${cut} request(s) still in flight`)
+    cut = listener.inFlight()
+    if (cut > 0) logger.warn(`${SHUTDOWN_GRACE_MS / 1000} s after the signal, cutting ${cut} request(s) still in flight`, { cut })
   }
+  const ms = Math.round(performance.now() - stopping)
+  logger.info(`stopped on ${signal} in ${ms} ms, ${cut} request(s) cut`, { signal, ms, cut })
   return 0
 }
 
@@ -411,6 +436,7 @@ async function listenOrSay(
   name: string,
   hostFlag: string,
   warn: Warn,
+  logger: Logger,
 ): Promise<Listener | undefined> {
   try {
     return await serve(app, options, warn)
@@ -418,7 +444,7 @@ async function listenOrSay(
     const code = (error as NodeJS.ErrnoException).code
     if (code !== "EADDRINUSE") await refuseForeignHost(hostFlag, options.host, code)
     const reason = code === "EADDRINUSE" ? "is already in use" : `cannot be used (${(error as Error).message})`
-    console.error(`caching-proxy: ${name} ${options.port} on ${options.host} ${reason}`)
+    logger.error(`${name} ${options.port} on ${options.host} ${reason}`)
     return undefined
   }
 }
@@ -448,10 +474,11 @@ function waitAtMost<T>(promise: Promise<T>, ms: number): Promise<T | undefined> 
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
 }
 
-function shutdownSignal(): Promise<void> {
+/** Resolves with the signal's name. */
+function shutdownSignal(): Promise<NodeJS.Signals> {
   return new Promise((done) => {
-    process.once("SIGINT", () => done())
-    process.once("SIGTERM", () => done())
+    process.once("SIGINT", done)
+    process.once("SIGTERM", done)
   })
 }
 
@@ -463,15 +490,30 @@ function isEntryPoint(): boolean {
   return script !== undefined && realpathSync(script) === fileURLToPath(import.meta.url)
 }
 
+/**
+ * The --log-format asked for, read from the raw command line and environment: a usage error is
+ * found before the flags are parsed, and a log shipper still wants it as JSON.
+ */
+function askedLogFormat(commandLine: string[]): LogFormat {
+  const index = commandLine.findIndex((arg) => arg === "--log-format" || arg.startsWith("--log-format="))
+  const given = index < 0 ? process.env.CACHING_PROXY_LOG_FORMAT : (commandLine[index]?.split("=")[1] ?? commandLine[index + 1])
+  return given === "json" ? "json" : "text"
+}
+
 if (isEntryPoint()) {
-  run(process.argv.slice(2)).then(
+  const commandLine = process.argv.slice(2)
+  run(commandLine).then(
     (code) => process.exit(code),
     (error) => {
+      const format = askedLogFormat(commandLine)
+      const logger = createLogger(format, writeError)
+      // A usage error in text is what a command says to the person typing it: one line, no time.
       if (error instanceof UsageError) {
-        console.error(`caching-proxy: ${error.message}`)
+        if (format === "json") logger.error(error.message, { exitCode: 2 })
+        else writeError(`caching-proxy: ${error.message}`)
         process.exit(2)
       }
-      console.error(`caching-proxy: ${(error as Error).message}`)
+      logger.error((error as Error).message, { exitCode: 1 })
       process.exit(1)
     },
   )

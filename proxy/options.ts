@@ -157,7 +157,11 @@ export const args = {
     description: "Address of the admin listener (other than loopback only with --admin-token)",
     default: "127.0.0.1",
   },
-  "admin-token": { type: "string", valueHint: "TOKEN", description: "Bearer token every admin request must carry" },
+  "admin-token": {
+    type: "string",
+    valueHint: "TOKEN",
+    description: "Bearer token admin requests must carry (all but the page and probes)",
+  },
   "keep-tag-headers": { type: "boolean", description: "Pass Surrogate-Key and Cache-Tag on to clients (default: removed, as CDNs do)" },
   record: {
     type: "string",
