@@ -97,8 +97,9 @@ const UNINDEX = `local function unindex(keys)
       local held = redis.call("hget", KEYS[3], key)
       if held then
         local bytes, variants = string.match(held, "(%d+) (%d+)")
-        redis.call("hincrby", KEYS[4], "bytes", -tonumber(bytes))
-        redis.call("hincrby", KEYS[4], "variants", -tonumber(variants))
+        -- 0 - n, not -n: -0 would reach Redis as "-0", which HINCRBY refuses as no integer
+        redis.call("hincrby", KEYS[4], "bytes", 0 - tonumber(bytes))
+        redis.call("hincrby", KEYS[4], "variants", 0 - tonumber(variants))
         redis.call("hdel", KEYS[3], key)
       end
     end
