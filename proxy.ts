@@ -507,14 +507,13 @@ if (isEntryPoint()) {
     (error) => {
       const format = askedLogFormat(commandLine)
       const logger = createLogger(format, writeError)
-      // A usage error in text is what a command says to the person typing it: one line, no time.
-      if (error instanceof UsageError) {
-        if (format === "json") logger.error(error.message, { exitCode: 2 })
-        else writeError(`caching-proxy: ${error.message}`)
-        process.exit(2)
-      }
-      logger.error((error as Error).message, { exitCode: 1 })
-      process.exit(1)
+      const exitCode = error instanceof UsageError ? 2 : 1
+      // A usage error, or any from a one-off command (export, import), is said in text to the person
+      // typing it: one line, no time. The running proxy's own lines carry their time.
+      const toPerson = exitCode === 2 || ARCHIVE_COMMANDS[commandLine[0] ?? ""] !== undefined
+      if (format === "text" && toPerson) writeError(`caching-proxy: ${(error as Error).message}`)
+      else logger.error((error as Error).message, { exitCode })
+      process.exit(exitCode)
     },
   )
 }

@@ -137,23 +137,30 @@ describe("access log: one line per request, timed to its last byte, saying why a
     }
   })
 
-  test("a client that leaves mid-body is logged as aborted, with the bytes it got", async () => {
-    const events = { cancelled: false }
-    await using origin = startOrigin(
-      () => new Response(generatedBody(100, 64 * 1024, events, 20), { headers: { "cache-control": "no-store" } }),
-    )
-    await using proxy = await startProxy({ origin: origin.url, quiet: false })
-    const leaving = new AbortController()
-    const response = await fetch(`${proxy.url}long`, { signal: leaving.signal })
-    const reader = response.body!.getReader()
-    await reader.read()
-    leaving.abort()
-    await eventually(() => proxy.lines.length === 1)
-    const match = / GET \/long 200 pass \d+\.\dms (\d+)B aborted origin \d+\.\dms$/.exec(proxy.lines[0]!)
-    expect(match).not.toBeNull()
-    expect(Number(match![1])).toBeGreaterThan(0)
-    expect(Number(match![1])).toBeLessThan(100 * 64 * 1024)
-  })
+  // Under Node a body nothing stores is piped from the origin's message (Runtime.counted): left early, it is aborted too.
+  test.each(RUNTIMES)(
+    "%s: a client that leaves mid-body is logged as aborted, with the bytes it got",
+    async (_, command) => {
+      await buildNodeBundle()
+      const events = { cancelled: false }
+      await using origin = startOrigin(
+        () => new Response(generatedBody(100, 64 * 1024, events, 20), { headers: { "cache-control": "no-store" } }),
+      )
+      using dir = ownedDir()
+      await using proxy = await startCli([...command, "--port", "0", "--origin", origin.url, "--cache-dir", dir.path])
+      const leaving = new AbortController()
+      const response = await fetch(`${proxy.url}long`, { signal: leaving.signal })
+      const reader = response.body!.getReader()
+      await reader.read()
+      leaving.abort()
+      await eventually(() => proxy.lines.some((l) => l.includes("/long")))
+      const match = / GET \/long 200 pass \d+\.\dms (\d+)B aborted origin \d+\.\dms$/.exec(proxy.lines.find((l) => l.includes("/long"))!)
+      expect(match).not.toBeNull()
+      expect(Number(match![1])).toBeGreaterThan(0)
+      expect(Number(match![1])).toBeLessThan(100 * 64 * 1024)
+    },
+    60_000,
+  )
 
   test("a hit's line has no origin time: the origin was not asked", async () => {
     await using origin = startOrigin(() => new Response("x", { headers: { "cache-control": "max-age=60" } }))
