@@ -10,7 +10,7 @@
  */
 import { expect, setSystemTime } from "bun:test"
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs"
-import { createServer as createHttpServer, type ServerResponse } from "node:http"
+import { createServer as createHttpServer, request, type ServerResponse } from "node:http"
 import { connect, createServer, type Socket } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -122,6 +122,49 @@ export async function startProxy(options: Partial<ProxyOptions> & { origin: stri
   }
 }
 
+/**
+ * The real proxy and its admin app, in-process, each on a port 0 (the admin listener on
+ * 127.0.0.1 unless `options.admin` says otherwise), with a cache directory of their own. URLs
+ * without a trailing slash: the admin API names a URL as the origin plus the path.
+ */
+export async function startAdminProxy(options: Partial<ProxyOptions> & { origin: string }) {
+  const dir = ownedDir()
+  const full: ProxyOptions = {
+    ...TEST_OPTIONS,
+    admin: { port: 0, host: "127.0.0.1", token: undefined },
+    cacheDir: dir.path,
+    ...options,
+    origin: options.origin.replace(/\/+$/, ""),
+  }
+  const warnings: { kind: WarnKind; detail: string }[] = []
+  const warn = (kind: WarnKind, detail: string) => warnings.push({ kind, detail })
+  const lines: string[] = []
+  const { app, cache, admin } = await createProxy(full, { warn, log: (line) => lines.push(line) })
+  if (!admin) throw new Error("startAdminProxy needs options.admin (it is on by default)")
+  const listener = await serve(app, full, warn)
+  const adminListener = await serve(admin, { ...full, port: 0 }, warn)
+  await cache.store.ready()
+  const adminUrl = `http://127.0.0.1:${adminListener.port}`
+  const token = full.admin?.token
+  return {
+    url: `http://127.0.0.1:${listener.port}`,
+    cacheDir: full.cacheDir,
+    adminUrl,
+    adminPort: adminListener.port,
+    /** The access lines it wrote. */
+    lines,
+    warnings,
+    /** A request to the admin listener, with the token when there is one. */
+    admin: (path: string, init: RequestInit = {}) =>
+      fetch(adminUrl + path, { ...init, headers: { ...(token && { authorization: `Bearer ${token}` }), ...init.headers } }),
+    [Symbol.asyncDispose]: async () => {
+      await Promise.all([listener.stop(true), adminListener.stop(true)])
+      await cache.close()
+      dir[Symbol.dispose]()
+    },
+  }
+}
+
 // The start line's URL: a host name, an IPv4 address or a bracketed IPv6 one, then the port.
 const LISTENING = /listening on http:\/\/(?:\[[^\]]+\]|[^:]+):(\d+)/
 
@@ -138,6 +181,7 @@ export async function startCli(command: string[], env: Record<string, string | u
     output += decoder.decode(value)
   }
   const port = Number(LISTENING.exec(output)?.[1])
+  const adminUrl = /admin on (http:\/\/[^\s",]+)/.exec(output)?.[1]
   const lines: string[] = output.split("\n")
   void (async () => {
     for (;;) {
@@ -148,6 +192,8 @@ export async function startCli(command: string[], env: Record<string, string | u
   })()
   return {
     url: `http://127.0.0.1:${port}/`,
+    /** The admin listener's URL, when the proxy started one. */
+    adminUrl,
     child,
     lines,
     [Symbol.asyncDispose]: async () => {
@@ -170,6 +216,25 @@ export async function runCli(command: string[], cwd?: string, env: Record<string
   const child = Bun.spawn(command, { stdout: "pipe", stderr: "pipe", cwd, env: { ...process.env, ...env }, timeout: RUN_CLI_LIMIT_MS })
   const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited])
   return { stdout, stderr, code }
+}
+
+/** A request from node:http, which sends the Host header it is given (fetch sets its own). */
+export function httpRequest(
+  url: string,
+  init: { method?: string; headers?: Record<string, string>; body?: string } = {},
+): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { method: init.method ?? "GET", headers: init.headers }, (res) => {
+      let body = ""
+      res.setEncoding("utf8")
+      res.on("data", (chunk: string) => {
+        body += chunk
+      })
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }))
+    })
+    req.on("error", reject)
+    req.end(init.body)
+  })
 }
 
 /** Sends raw bytes on a socket and returns everything the server answered until it closed. */
@@ -417,6 +482,7 @@ export async function startCliProxy(command: string[], originUrl: string, flags:
     const proxy = await startCli([...command, "--port", "0", "--origin", originUrl, "--cache-dir", dir.path, ...flags], env)
     return {
       url: proxy.url,
+      adminUrl: proxy.adminUrl,
       port: portOf(proxy.url),
       /** Stops the proxy and returns what it wrote on stderr. */
       stderr: async () => {
@@ -517,9 +583,12 @@ export function nextTask(): Promise<void> {
 
 const CHROMIUM = "/usr/bin/chromium"
 
-/** Debian's headless chromium, driven by playwright-core. Missing, it fails the test: `npm test`'s pretest installs it. */
-export async function launchBrowser() {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing (apt-get install -y chromium); the inspector's test needs it`)
-  const browser = await chromium.launch({ executablePath: CHROMIUM })
+/**
+ * Debian's headless chromium, driven by playwright-core, with these command-line switches (such as
+ * `--host-resolver-rules`). Missing, it fails the test: `npm test`'s pretest installs it.
+ */
+export async function launchBrowser(args: string[] = []) {
+  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing (apt-get install -y chromium); the browser tests need it`)
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args })
   return { browser, [Symbol.asyncDispose]: () => browser.close() }
 }
