@@ -185,6 +185,26 @@ test("--log-format json: one start line and one shutdown line for the group, fro
   expect(logged.at(-1)?.msg).toMatch(/^stopped on SIGTERM in \d+ ms, 0 request\(s\) cut$/)
 })
 
+test("the group's shutdown line counts the requests its workers cut after their grace period", async () => {
+  await using origin = startOrigin(async () => {
+    await Bun.sleep(7000)
+    return new Response("too late")
+  })
+  await using proxy = await startWorkers(CLI, origin.url)
+  // fetch, not freshGet: that gives up after 5 s, as soon as the workers' grace period ends.
+  const cut = fetch(`${proxy.url}slow`)
+    .then((response) => response.text())
+    .catch(() => "cut")
+  await eventually(() => origin.requests.length === 1)
+  proxy.child.kill("SIGTERM")
+  expect(await cut).toBe("cut")
+  expect(await proxy.child.exited).toBe(0)
+  await eventually(() => proxy.lines.some((line) => line.includes("stopped on SIGTERM")))
+  expect(proxy.lines.filter((line) => line.includes("stopped on"))).toEqual([
+    expect.stringMatching(/^\S+Z caching-proxy: stopped on SIGTERM in \d+ ms, 1 request\(s\) cut$/),
+  ])
+}, 15_000)
+
 test("a worker that cannot listen stops the group: exit 1, saying why", async () => {
   await using origin = startOrigin(() => new Response("a"))
   using dir = ownedDir()
