@@ -41,14 +41,13 @@ import {
   metaFileText,
   parseMetaFile,
   SHARD_NAME,
-  TAGS_DIR,
   TEMP_SUFFIX,
-  tagsNamed,
   variantIdOf,
   variantOfBody,
   writeId,
 } from "./file-format.ts"
 import { blockBytesOf, hashFile, isMissing, READ_FLAGS, readSmallFile, readWhole, removeOwnFile, versionOf, writeAll } from "./file-io.ts"
+import { TagIndex, tagsOfMeta } from "./file-tags.ts"
 import { selectVariant } from "./policy.ts"
 import { SortedKeys } from "./sorted-keys.ts"
 import type {
@@ -121,6 +120,8 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   private readonly warn: Warn
   /** What the store takes on disk, in LRU order: what the bound applies to. */
   private readonly usage: DiskUsage
+  /** The purge-tag index on disk, beside the entries. */
+  private readonly tags: TagIndex
   /** Variants removed to stay within the bound, since start-up. */
   private evictions = 0
   /** Meta path → the version of its large body last found whole (see `verifyOnce`). */
@@ -164,6 +165,11 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     this.files = files
     this.warn = warn
     this.usage = new DiskUsage(blockBytesOf(dir))
+    this.tags = new TagIndex(this.root, this.usage, warn, {
+      makeOwnDir: (path) => this.makeOwnDir(path),
+      subdirectories: (path, name) => this.subdirectories(path, name),
+      ifMissing: (fallback, doing) => this.ifMissing(fallback, doing),
+    })
     this.member = member
     this.scanned = member ? Promise.resolve() : this.scan()
     this.generationTimer = setInterval(() => void this.checkGeneration(), GENERATION_POLL_MS)
@@ -330,12 +336,12 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     paths.sort((a, b) => Number(b.endsWith(META_SUFFIX)) - Number(a.endsWith(META_SUFFIX)))
     const tags = new Set<string>()
     for (const path of paths) {
-      if (META_NAME.test(basename(path))) for (const tag of await this.tagsOfMeta(path)) tags.add(tag)
+      if (META_NAME.test(basename(path))) for (const tag of await tagsOfMeta(path)) tags.add(tag)
       this.forget(path)
       await removeOwnFile(path)
     }
     await this.removeEmptyDir(dir)
-    await this.unindexTags(dir, tags)
+    await this.tags.unindexTags(dir, tags)
   }
 
   /**
@@ -388,25 +394,8 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   }
 
   /** The keys in the tag's index whose entries carry it still; the others are dropped from the index on the way. */
-  async tagged(tag: string): Promise<string[]> {
-    const dir = this.tagDir(tag)
-    // Only the store's own directories are read and pruned, never one reached through a link.
-    const isOwnDir = async (path: string) => (await fs.lstat(path).catch(this.ifMissing(undefined, "reading a tag index")))?.isDirectory()
-    if (!(await isOwnDir(dirname(dir))) || !(await isOwnDir(dir))) return []
-    const keys: string[] = []
-    for (const name of await fs.readdir(dir).catch(this.ifMissing([] as string[], "reading a tag index"))) {
-      if (!KEY_DIR_NAME.test(name)) continue
-      const variants = await this.readVariants(join(this.root, name.slice(0, 2), name))
-      const tagged = variants.find(({ meta }) => meta.tags?.includes(tag))
-      if (tagged) keys.push(tagged.key)
-      else await removeOwnFile(join(dir, name))
-    }
-    if (keys.length === 0) await this.removeEmptyTagDir(dir)
-    return keys
-  }
-
-  private tagDir(tag: string): string {
-    return join(this.root, TAGS_DIR, sha256(tag))
+  tagged(tag: string): Promise<string[]> {
+    return this.tags.tagged(tag, async (keyDir) => (await this.readVariants(keyDir)).find(({ meta }) => meta.tags?.includes(tag))?.key)
   }
 
   /**
@@ -706,7 +695,9 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     this.keys.add(key)
     if (version) this.verified.set(metaPath, version)
     // Reported, not thrown: the entry is stored; only a purge by its tag would miss it.
-    await this.indexTags(key, meta.tags ?? []).catch((error) => this.warn("store-write", `indexing the tags of ${key}: ${error.message}`))
+    await this.tags
+      .indexTags(key, meta.tags ?? [])
+      .catch((error) => this.warn("store-write", `indexing the tags of ${key}: ${error.message}`))
     await this.removeUnnamedBodies(dir, variantId)
     await this.evict()
   }
@@ -727,20 +718,6 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     }
   }
 
-  /** Names the key in each of its tags' directories: a purge by tag reads one directory, never every entry. */
-  private async indexTags(key: string, tags: string[]): Promise<void> {
-    const keyHash = sha256(key)
-    for (const tag of tags) {
-      const dir = this.tagDir(tag)
-      this.usage.tagDirs.add(dir)
-      await this.makeOwnDir(dir)
-      // "wx": already indexed (or a link in its place, never written through) is left as it is.
-      await fs.writeFile(join(dir, keyHash), "", { flag: "wx" }).catch((error: NodeJS.ErrnoException) => {
-        if (error.code !== "EEXIST") throw error
-      })
-    }
-  }
-
   /** Replaces the generation file by a rename: a link put in its place is replaced, never written through. */
   private async writeGeneration(generation: string): Promise<void> {
     const path = join(this.dir, GENERATION_FILE)
@@ -756,7 +733,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   // ───────────── removing ─────────────
 
   private async removeVariant(metaPath: string): Promise<void> {
-    const tags = await this.tagsOfMeta(metaPath)
+    const tags = await tagsOfMeta(metaPath)
     const key = this.usage.lru.get(metaPath)?.key
     this.forget(metaPath)
     await removeOwnFile(metaPath)
@@ -764,29 +741,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     await this.removeEmptyDir(dirname(metaPath))
     // Its key's last variant: the key leaves the listing's index too.
     if (key && !this.usage.knownDirs.has(dirname(metaPath))) this.keys.delete(key)
-    await this.unindexTags(dirname(metaPath), tags)
-  }
-
-  /** The tags a variant's meta names (read before it goes, for their index entries to go with it). */
-  private async tagsOfMeta(metaPath: string): Promise<string[]> {
-    // One that cannot be read (gone, a link, too large) was reported by whoever found it broken;
-    // what it indexed goes in the sweep at the next start.
-    const bytes = await readSmallFile(metaPath, MAX_META_BYTES).catch(() => undefined)
-    return bytes === undefined ? [] : tagsNamed(bytes.toString("utf8"))
-  }
-
-  /**
-   * Once a key's directory is gone, so are its entries in the index of each tag it carried, and
-   * a tag's directory once it indexes nothing: the index never outlives what it names. While the
-   * key still has variants, an entry stays; a purge by the tag drops it if none carries the tag.
-   */
-  private async unindexTags(dir: string, tags: Iterable<string>): Promise<void> {
-    if (this.usage.knownDirs.has(dir)) return
-    for (const tag of tags) {
-      const tagDir = this.tagDir(tag)
-      await removeOwnFile(join(tagDir, basename(dir)))
-      await this.removeEmptyTagDir(tagDir)
-    }
+    await this.tags.unindexTags(dirname(metaPath), tags)
   }
 
   /**
@@ -992,7 +947,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     for (const { metaPath, bytes, mtimeMs } of found) this.usage.account(metaPath, "", bytes, mtimeMs)
     for (const [metaPath, entry] of recent) this.usage.account(metaPath, entry.key, entry.bytes, entry.persistedAt)
     await this.evict()
-    await this.sweepTagIndex()
+    await this.tags.sweepTagIndex()
     await this.learnKeys(found, epoch)
   }
 
@@ -1011,43 +966,6 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
       }
       const meta = await this.loadMetaFile(metaPath).catch((error: unknown) => this.discardBroken(metaPath, error))
       if (meta && epoch === this.epoch && this.usage.lru.has(metaPath)) this.index(metaPath, meta.file.key, entry.bytes)
-    }
-  }
-
-  /**
-   * The tag index loses what names a key with nothing left on disk (deleted, evicted, an earlier
-   * run's): at start-up here, and when a purge by the tag meets it (`tagged`). Only names of the
-   * store's own making are removed.
-   */
-  private async sweepTagIndex(): Promise<void> {
-    const tagsRoot = join(this.root, TAGS_DIR)
-    for (const tagDir of await this.subdirectories(tagsRoot, KEY_DIR_NAME)) {
-      const dir = join(tagsRoot, tagDir)
-      for (const name of await fs.readdir(dir).catch(this.ifMissing([] as string[], "sweeping the tag index"))) {
-        if (KEY_DIR_NAME.test(name) && !this.usage.knownDirs.has(join(this.root, name.slice(0, 2), name)))
-          await removeOwnFile(join(dir, name))
-      }
-      await this.removeEmptyTagDir(dir)
-    }
-  }
-
-  /** Removes a tag's directory once it indexes nothing, and the index's own once no tag is left. */
-  private async removeEmptyTagDir(dir: string): Promise<void> {
-    this.usage.tagDirs.delete(dir)
-    if (!(await this.removeIfEmpty(dir))) this.usage.tagDirs.add(dir)
-    else if (this.usage.tagDirs.size === 0) await this.removeIfEmpty(dirname(dir))
-  }
-
-  /** Removes a directory if it is empty: true once it is gone. One that holds anything stays. */
-  private async removeIfEmpty(dir: string): Promise<boolean> {
-    try {
-      await fs.rmdir(dir)
-      return true
-    } catch (error) {
-      if (isMissing(error)) return true
-      const code = (error as NodeJS.ErrnoException).code
-      if (code !== "ENOTEMPTY" && code !== "EEXIST") this.warn("store-delete", `removing ${dir}: ${(error as Error).message}`)
-      return false
     }
   }
 
