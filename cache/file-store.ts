@@ -24,6 +24,7 @@ import { basename, dirname, join, relative } from "node:path"
 import { sha256 } from "./bytes.ts"
 import { DiskUsage, type IndexChange } from "./disk-usage.ts"
 import type { FileApi } from "./file-api.ts"
+import { type BodyFile, BodyReader, WHOLE_BODY_BYTES } from "./file-body.ts"
 import {
   type BodyRecord,
   Broken,
@@ -46,7 +47,7 @@ import {
   variantOfBody,
   writeId,
 } from "./file-format.ts"
-import { blockBytesOf, hashFile, isMissing, READ_FLAGS, readSmallFile, readWhole, removeOwnFile, versionOf, writeAll } from "./file-io.ts"
+import { blockBytesOf, isMissing, readSmallFile, removeOwnFile, versionOf, writeAll } from "./file-io.ts"
 import { TagIndex, tagsOfMeta } from "./file-tags.ts"
 import { selectVariant } from "./policy.ts"
 import { SortedKeys } from "./sorted-keys.ts"
@@ -65,7 +66,6 @@ import type {
   TierStats,
   Warn,
 } from "./store.ts"
-import { MEMORY_BODY_LIMIT_BYTES } from "./tiered-store.ts"
 import { DEFAULT_MAX_VARIANTS, selectionsOf, shapesOf } from "./variants.ts"
 
 // The runtime seam (Bun's or Node's file reads) is its own file; importers of the store find it here too.
@@ -74,10 +74,7 @@ export { bunFiles, type FileApi, nodeFiles } from "./file-api.ts"
 // ───────────────────────────── the store ─────────────────────────────
 
 /** A variant as found on disk. */
-interface DiskVariant extends Omit<ListedEntry, "tiers"> {
-  metaPath: string
-  bodyPath: string
-  sha256: string | undefined
+interface DiskVariant extends Omit<ListedEntry, "tiers">, BodyFile {
   /** Bytes on disk, meta and body, in whole blocks. */
   bytes: number
 }
@@ -85,12 +82,6 @@ interface DiskVariant extends Omit<ListedEntry, "tiers"> {
 const GENERATION_POLL_MS = 1000
 const PERSIST_LRU_EVERY_MS = 60_000
 const DEFAULT_PAGE_KEYS = 100
-/**
- * Bodies up to this size are read whole when found and checked against their digest: the memory
- * tier in front reads them whole anyway, so the check costs no second read. Larger ones are
- * served from their file (sendfile under Bun); see `verifyOnce`.
- */
-const WHOLE_BODY_BYTES = MEMORY_BODY_LIMIT_BYTES
 // Reads of a key whose variant keeps changing under them (puts, evictions) before it is a miss.
 const MAX_READS = 10
 export interface FileStoreOptions {
@@ -116,18 +107,15 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   private readonly root: string
   private readonly maxBytes: number
   private readonly maxVariants: number
-  private readonly files: FileApi
   private readonly warn: Warn
   /** What the store takes on disk, in LRU order: what the bound applies to. */
   private readonly usage: DiskUsage
+  /** Bodies read from disk, checked; it knows which large ones were found whole. */
+  private readonly bodies: BodyReader
   /** The purge-tag index on disk, beside the entries. */
   private readonly tags: TagIndex
   /** Variants removed to stay within the bound, since start-up. */
   private evictions = 0
-  /** Meta path → the version of its large body last found whole (see `verifyOnce`). */
-  private readonly verified = new Map<string, string>()
-  /** Hashes of large bodies under way, by body version: concurrent first hits share one. */
-  private readonly verifying = new Map<string, Promise<string>>()
   /** Files this process is writing that no meta names yet: no cleanup takes them. */
   private readonly writing = new Set<string>()
   /** Key directory → the puts and updates writing into it: a delete of the key calls them off. */
@@ -162,9 +150,9 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     this.root = join(dir, FORMAT_DIR)
     this.maxBytes = maxBytes
     this.maxVariants = maxVariants
-    this.files = files
     this.warn = warn
     this.usage = new DiskUsage(blockBytesOf(dir))
+    this.bodies = new BodyReader(files, this.usage)
     this.tags = new TagIndex(this.root, this.usage, warn, {
       makeOwnDir: (path) => this.makeOwnDir(path),
       subdirectories: (path, name) => this.subdirectories(path, name),
@@ -587,53 +575,11 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
    */
   private async openBody(variant: DiskVariant): Promise<Pick<Stored, "body" | "slice"> | undefined> {
     try {
-      return await this.readBody(variant)
+      return await this.bodies.readBody(variant)
     } catch (error) {
       const broken = error instanceof Broken ? error : new Broken(`reading its body: ${(error as Error).message}`)
       return this.discardBroken(variant.metaPath, broken)
     }
-  }
-
-  /** A small body read whole and checked against its digest; a large one checked (`verifyOnce`) and handed to the runtime. */
-  private async readBody(variant: DiskVariant): Promise<Pick<Stored, "body" | "slice"> | undefined> {
-    const handle = await fs.open(variant.bodyPath, READ_FLAGS).catch((error: unknown) => {
-      if (isMissing(error)) return undefined // removed since its meta was read: evicted or replaced
-      throw error
-    })
-    if (!handle) return undefined
-    let handedOver = false
-    try {
-      const stat = await handle.stat()
-      if (stat.nlink === 0) return undefined // removed since it was opened: evicted or replaced
-      const problem = bodyProblem(stat, variant.size)
-      if (problem) throw new Broken(problem)
-      if (variant.size <= WHOLE_BODY_BYTES) return { body: await readWhole(handle, variant) }
-      await this.verifyOnce(variant, handle, stat)
-      handedOver = true
-      return await this.files.responseBody(variant.bodyPath, handle, variant.size)
-    } finally {
-      if (!handedOver) await handle.close()
-    }
-  }
-
-  /**
-   * A large body is hashed before this process first serves it, and again only once its file has
-   * changed: a body's version is its path, inode and ctime, which a write in place moves and utimes
-   * cannot set back. A body this process wrote was hashed as it streamed in. Concurrent first hits
-   * share one pass. Without a digest in the meta (an older entry) the size is all there is to check.
-   */
-  private async verifyOnce(variant: DiskVariant, handle: fs.FileHandle, stat: Stats): Promise<void> {
-    if (variant.sha256 === undefined) return
-    const version = versionOf(variant.bodyPath, stat)
-    if (this.verified.get(variant.metaPath) === version) return
-    let pass = this.verifying.get(version)
-    if (!pass) {
-      pass = hashFile(handle, variant.size).finally(() => this.verifying.delete(version))
-      this.verifying.set(version, pass)
-    }
-    if ((await pass) !== variant.sha256) throw new Broken("its body does not match its digest")
-    // Not for a variant evicted while it was hashed: nothing would forget it.
-    if (this.usage.lru.has(variant.metaPath)) this.verified.set(variant.metaPath, version)
   }
 
   /** Reports a broken entry and removes it: a miss. Anything but a broken entry is rethrown. */
@@ -693,7 +639,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     if (shapes) this.shapes.set(dir, shapesOf([meta.vary], shapes))
     this.usage.account(metaPath, key, this.usage.inBlocks(Buffer.byteLength(text)) + this.usage.inBlocks(body.size))
     this.keys.add(key)
-    if (version) this.verified.set(metaPath, version)
+    if (version) this.bodies.verified.set(metaPath, version)
     // Reported, not thrown: the entry is stored; only a purge by its tag would miss it.
     await this.tags
       .indexTags(key, meta.tags ?? [])
@@ -832,14 +778,14 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   /** Stops counting a path that is gone: a variant's meta, or a leftover. */
   private forget(path: string): void {
     this.usage.forget(path)
-    this.verified.delete(path)
+    this.bodies.verified.delete(path)
   }
 
   /** Forgets everything: the store is empty (cleared, here or by another process). */
   private reset(): void {
     this.usage.reset()
     this.shapes.clear()
-    this.verified.clear()
+    this.bodies.verified.clear()
     this.keys.clear()
   }
 
