@@ -24,6 +24,7 @@ import { basename, dirname, join, relative } from "node:path"
 import { sha256 } from "./bytes.ts"
 import { DiskUsage, type IndexChange } from "./disk-usage.ts"
 import type { FileApi } from "./file-api.ts"
+import { type BodyFile, BodyReader, WHOLE_BODY_BYTES } from "./file-body.ts"
 import {
   type BodyRecord,
   Broken,
@@ -41,14 +42,13 @@ import {
   metaFileText,
   parseMetaFile,
   SHARD_NAME,
-  TAGS_DIR,
   TEMP_SUFFIX,
-  tagsNamed,
   variantIdOf,
   variantOfBody,
   writeId,
 } from "./file-format.ts"
-import { blockBytesOf, hashFile, isMissing, READ_FLAGS, readSmallFile, readWhole, removeOwnFile, versionOf, writeAll } from "./file-io.ts"
+import { blockBytesOf, isMissing, readSmallFile, removeOwnFile, versionOf, writeAll } from "./file-io.ts"
+import { TagIndex, tagsOfMeta } from "./file-tags.ts"
 import { selectVariant } from "./policy.ts"
 import { SortedKeys } from "./sorted-keys.ts"
 import type {
@@ -66,7 +66,6 @@ import type {
   TierStats,
   Warn,
 } from "./store.ts"
-import { MEMORY_BODY_LIMIT_BYTES } from "./tiered-store.ts"
 import { DEFAULT_MAX_VARIANTS, selectionsOf, shapesOf } from "./variants.ts"
 
 // The runtime seam (Bun's or Node's file reads) is its own file; importers of the store find it here too.
@@ -75,10 +74,7 @@ export { bunFiles, type FileApi, nodeFiles } from "./file-api.ts"
 // ───────────────────────────── the store ─────────────────────────────
 
 /** A variant as found on disk. */
-interface DiskVariant extends Omit<ListedEntry, "tiers"> {
-  metaPath: string
-  bodyPath: string
-  sha256: string | undefined
+interface DiskVariant extends Omit<ListedEntry, "tiers">, BodyFile {
   /** Bytes on disk, meta and body, in whole blocks. */
   bytes: number
 }
@@ -86,12 +82,6 @@ interface DiskVariant extends Omit<ListedEntry, "tiers"> {
 const GENERATION_POLL_MS = 1000
 const PERSIST_LRU_EVERY_MS = 60_000
 const DEFAULT_PAGE_KEYS = 100
-/**
- * Bodies up to this size are read whole when found and checked against their digest: the memory
- * tier in front reads them whole anyway, so the check costs no second read. Larger ones are
- * served from their file (sendfile under Bun); see `verifyOnce`.
- */
-const WHOLE_BODY_BYTES = MEMORY_BODY_LIMIT_BYTES
 // Reads of a key whose variant keeps changing under them (puts, evictions) before it is a miss.
 const MAX_READS = 10
 export interface FileStoreOptions {
@@ -117,16 +107,15 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   private readonly root: string
   private readonly maxBytes: number
   private readonly maxVariants: number
-  private readonly files: FileApi
   private readonly warn: Warn
   /** What the store takes on disk, in LRU order: what the bound applies to. */
   private readonly usage: DiskUsage
+  /** Bodies read from disk, checked; it knows which large ones were found whole. */
+  private readonly bodies: BodyReader
+  /** The purge-tag index on disk, beside the entries. */
+  private readonly tags: TagIndex
   /** Variants removed to stay within the bound, since start-up. */
   private evictions = 0
-  /** Meta path → the version of its large body last found whole (see `verifyOnce`). */
-  private readonly verified = new Map<string, string>()
-  /** Hashes of large bodies under way, by body version: concurrent first hits share one. */
-  private readonly verifying = new Map<string, Promise<string>>()
   /** Files this process is writing that no meta names yet: no cleanup takes them. */
   private readonly writing = new Set<string>()
   /** Key directory → the puts and updates writing into it: a delete of the key calls them off. */
@@ -161,9 +150,14 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     this.root = join(dir, FORMAT_DIR)
     this.maxBytes = maxBytes
     this.maxVariants = maxVariants
-    this.files = files
     this.warn = warn
     this.usage = new DiskUsage(blockBytesOf(dir))
+    this.bodies = new BodyReader(files, this.usage)
+    this.tags = new TagIndex(this.root, this.usage, warn, {
+      makeOwnDir: (path) => this.makeOwnDir(path),
+      subdirectories: (path, name) => this.subdirectories(path, name),
+      ifMissing: (fallback, doing) => this.ifMissing(fallback, doing),
+    })
     this.member = member
     this.scanned = member ? Promise.resolve() : this.scan()
     this.generationTimer = setInterval(() => void this.checkGeneration(), GENERATION_POLL_MS)
@@ -330,12 +324,12 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     paths.sort((a, b) => Number(b.endsWith(META_SUFFIX)) - Number(a.endsWith(META_SUFFIX)))
     const tags = new Set<string>()
     for (const path of paths) {
-      if (META_NAME.test(basename(path))) for (const tag of await this.tagsOfMeta(path)) tags.add(tag)
+      if (META_NAME.test(basename(path))) for (const tag of await tagsOfMeta(path)) tags.add(tag)
       this.forget(path)
       await removeOwnFile(path)
     }
     await this.removeEmptyDir(dir)
-    await this.unindexTags(dir, tags)
+    await this.tags.unindexTags(dir, tags)
   }
 
   /**
@@ -388,25 +382,8 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   }
 
   /** The keys in the tag's index whose entries carry it still; the others are dropped from the index on the way. */
-  async tagged(tag: string): Promise<string[]> {
-    const dir = this.tagDir(tag)
-    // Only the store's own directories are read and pruned, never one reached through a link.
-    const isOwnDir = async (path: string) => (await fs.lstat(path).catch(this.ifMissing(undefined, "reading a tag index")))?.isDirectory()
-    if (!(await isOwnDir(dirname(dir))) || !(await isOwnDir(dir))) return []
-    const keys: string[] = []
-    for (const name of await fs.readdir(dir).catch(this.ifMissing([] as string[], "reading a tag index"))) {
-      if (!KEY_DIR_NAME.test(name)) continue
-      const variants = await this.readVariants(join(this.root, name.slice(0, 2), name))
-      const tagged = variants.find(({ meta }) => meta.tags?.includes(tag))
-      if (tagged) keys.push(tagged.key)
-      else await removeOwnFile(join(dir, name))
-    }
-    if (keys.length === 0) await this.removeEmptyTagDir(dir)
-    return keys
-  }
-
-  private tagDir(tag: string): string {
-    return join(this.root, TAGS_DIR, sha256(tag))
+  tagged(tag: string): Promise<string[]> {
+    return this.tags.tagged(tag, async (keyDir) => (await this.readVariants(keyDir)).find(({ meta }) => meta.tags?.includes(tag))?.key)
   }
 
   /**
@@ -598,53 +575,11 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
    */
   private async openBody(variant: DiskVariant): Promise<Pick<Stored, "body" | "slice"> | undefined> {
     try {
-      return await this.readBody(variant)
+      return await this.bodies.readBody(variant)
     } catch (error) {
       const broken = error instanceof Broken ? error : new Broken(`reading its body: ${(error as Error).message}`)
       return this.discardBroken(variant.metaPath, broken)
     }
-  }
-
-  /** A small body read whole and checked against its digest; a large one checked (`verifyOnce`) and handed to the runtime. */
-  private async readBody(variant: DiskVariant): Promise<Pick<Stored, "body" | "slice"> | undefined> {
-    const handle = await fs.open(variant.bodyPath, READ_FLAGS).catch((error: unknown) => {
-      if (isMissing(error)) return undefined // removed since its meta was read: evicted or replaced
-      throw error
-    })
-    if (!handle) return undefined
-    let handedOver = false
-    try {
-      const stat = await handle.stat()
-      if (stat.nlink === 0) return undefined // removed since it was opened: evicted or replaced
-      const problem = bodyProblem(stat, variant.size)
-      if (problem) throw new Broken(problem)
-      if (variant.size <= WHOLE_BODY_BYTES) return { body: await readWhole(handle, variant) }
-      await this.verifyOnce(variant, handle, stat)
-      handedOver = true
-      return await this.files.responseBody(variant.bodyPath, handle, variant.size)
-    } finally {
-      if (!handedOver) await handle.close()
-    }
-  }
-
-  /**
-   * A large body is hashed before this process first serves it, and again only once its file has
-   * changed: a body's version is its path, inode and ctime, which a write in place moves and utimes
-   * cannot set back. A body this process wrote was hashed as it streamed in. Concurrent first hits
-   * share one pass. Without a digest in the meta (an older entry) the size is all there is to check.
-   */
-  private async verifyOnce(variant: DiskVariant, handle: fs.FileHandle, stat: Stats): Promise<void> {
-    if (variant.sha256 === undefined) return
-    const version = versionOf(variant.bodyPath, stat)
-    if (this.verified.get(variant.metaPath) === version) return
-    let pass = this.verifying.get(version)
-    if (!pass) {
-      pass = hashFile(handle, variant.size).finally(() => this.verifying.delete(version))
-      this.verifying.set(version, pass)
-    }
-    if ((await pass) !== variant.sha256) throw new Broken("its body does not match its digest")
-    // Not for a variant evicted while it was hashed: nothing would forget it.
-    if (this.usage.lru.has(variant.metaPath)) this.verified.set(variant.metaPath, version)
   }
 
   /** Reports a broken entry and removes it: a miss. Anything but a broken entry is rethrown. */
@@ -704,9 +639,11 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     if (shapes) this.shapes.set(dir, shapesOf([meta.vary], shapes))
     this.usage.account(metaPath, key, this.usage.inBlocks(Buffer.byteLength(text)) + this.usage.inBlocks(body.size))
     this.keys.add(key)
-    if (version) this.verified.set(metaPath, version)
+    if (version) this.bodies.verified.set(metaPath, version)
     // Reported, not thrown: the entry is stored; only a purge by its tag would miss it.
-    await this.indexTags(key, meta.tags ?? []).catch((error) => this.warn("store-write", `indexing the tags of ${key}: ${error.message}`))
+    await this.tags
+      .indexTags(key, meta.tags ?? [])
+      .catch((error) => this.warn("store-write", `indexing the tags of ${key}: ${error.message}`))
     await this.removeUnnamedBodies(dir, variantId)
     await this.evict()
   }
@@ -727,20 +664,6 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     }
   }
 
-  /** Names the key in each of its tags' directories: a purge by tag reads one directory, never every entry. */
-  private async indexTags(key: string, tags: string[]): Promise<void> {
-    const keyHash = sha256(key)
-    for (const tag of tags) {
-      const dir = this.tagDir(tag)
-      this.usage.tagDirs.add(dir)
-      await this.makeOwnDir(dir)
-      // "wx": already indexed (or a link in its place, never written through) is left as it is.
-      await fs.writeFile(join(dir, keyHash), "", { flag: "wx" }).catch((error: NodeJS.ErrnoException) => {
-        if (error.code !== "EEXIST") throw error
-      })
-    }
-  }
-
   /** Replaces the generation file by a rename: a link put in its place is replaced, never written through. */
   private async writeGeneration(generation: string): Promise<void> {
     const path = join(this.dir, GENERATION_FILE)
@@ -756,7 +679,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   // ───────────── removing ─────────────
 
   private async removeVariant(metaPath: string): Promise<void> {
-    const tags = await this.tagsOfMeta(metaPath)
+    const tags = await tagsOfMeta(metaPath)
     const key = this.usage.lru.get(metaPath)?.key
     this.forget(metaPath)
     await removeOwnFile(metaPath)
@@ -764,29 +687,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     await this.removeEmptyDir(dirname(metaPath))
     // Its key's last variant: the key leaves the listing's index too.
     if (key && !this.usage.knownDirs.has(dirname(metaPath))) this.keys.delete(key)
-    await this.unindexTags(dirname(metaPath), tags)
-  }
-
-  /** The tags a variant's meta names (read before it goes, for their index entries to go with it). */
-  private async tagsOfMeta(metaPath: string): Promise<string[]> {
-    // One that cannot be read (gone, a link, too large) was reported by whoever found it broken;
-    // what it indexed goes in the sweep at the next start.
-    const bytes = await readSmallFile(metaPath, MAX_META_BYTES).catch(() => undefined)
-    return bytes === undefined ? [] : tagsNamed(bytes.toString("utf8"))
-  }
-
-  /**
-   * Once a key's directory is gone, so are its entries in the index of each tag it carried, and
-   * a tag's directory once it indexes nothing: the index never outlives what it names. While the
-   * key still has variants, an entry stays; a purge by the tag drops it if none carries the tag.
-   */
-  private async unindexTags(dir: string, tags: Iterable<string>): Promise<void> {
-    if (this.usage.knownDirs.has(dir)) return
-    for (const tag of tags) {
-      const tagDir = this.tagDir(tag)
-      await removeOwnFile(join(tagDir, basename(dir)))
-      await this.removeEmptyTagDir(tagDir)
-    }
+    await this.tags.unindexTags(dirname(metaPath), tags)
   }
 
   /**
@@ -877,14 +778,14 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   /** Stops counting a path that is gone: a variant's meta, or a leftover. */
   private forget(path: string): void {
     this.usage.forget(path)
-    this.verified.delete(path)
+    this.bodies.verified.delete(path)
   }
 
   /** Forgets everything: the store is empty (cleared, here or by another process). */
   private reset(): void {
     this.usage.reset()
     this.shapes.clear()
-    this.verified.clear()
+    this.bodies.verified.clear()
     this.keys.clear()
   }
 
@@ -992,7 +893,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     for (const { metaPath, bytes, mtimeMs } of found) this.usage.account(metaPath, "", bytes, mtimeMs)
     for (const [metaPath, entry] of recent) this.usage.account(metaPath, entry.key, entry.bytes, entry.persistedAt)
     await this.evict()
-    await this.sweepTagIndex()
+    await this.tags.sweepTagIndex()
     await this.learnKeys(found, epoch)
   }
 
@@ -1011,43 +912,6 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
       }
       const meta = await this.loadMetaFile(metaPath).catch((error: unknown) => this.discardBroken(metaPath, error))
       if (meta && epoch === this.epoch && this.usage.lru.has(metaPath)) this.index(metaPath, meta.file.key, entry.bytes)
-    }
-  }
-
-  /**
-   * The tag index loses what names a key with nothing left on disk (deleted, evicted, an earlier
-   * run's): at start-up here, and when a purge by the tag meets it (`tagged`). Only names of the
-   * store's own making are removed.
-   */
-  private async sweepTagIndex(): Promise<void> {
-    const tagsRoot = join(this.root, TAGS_DIR)
-    for (const tagDir of await this.subdirectories(tagsRoot, KEY_DIR_NAME)) {
-      const dir = join(tagsRoot, tagDir)
-      for (const name of await fs.readdir(dir).catch(this.ifMissing([] as string[], "sweeping the tag index"))) {
-        if (KEY_DIR_NAME.test(name) && !this.usage.knownDirs.has(join(this.root, name.slice(0, 2), name)))
-          await removeOwnFile(join(dir, name))
-      }
-      await this.removeEmptyTagDir(dir)
-    }
-  }
-
-  /** Removes a tag's directory once it indexes nothing, and the index's own once no tag is left. */
-  private async removeEmptyTagDir(dir: string): Promise<void> {
-    this.usage.tagDirs.delete(dir)
-    if (!(await this.removeIfEmpty(dir))) this.usage.tagDirs.add(dir)
-    else if (this.usage.tagDirs.size === 0) await this.removeIfEmpty(dirname(dir))
-  }
-
-  /** Removes a directory if it is empty: true once it is gone. One that holds anything stays. */
-  private async removeIfEmpty(dir: string): Promise<boolean> {
-    try {
-      await fs.rmdir(dir)
-      return true
-    } catch (error) {
-      if (isMissing(error)) return true
-      const code = (error as NodeJS.ErrnoException).code
-      if (code !== "ENOTEMPTY" && code !== "EEXIST") this.warn("store-delete", `removing ${dir}: ${(error as Error).message}`)
-      return false
     }
   }
 
