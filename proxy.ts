@@ -58,6 +58,72 @@ import {
 export { type ProxyOptions, parseOptions, UsageError } from "./proxy/options.ts"
 export { serve } from "./proxy/runtime.ts"
 
+// ───────────────────────────── the command ─────────────────────────────
+
+// How long start-up waits for Redis before listening without it.
+const STORE_CONNECT_WAIT_MS = 2000
+// Requests in flight get this long to finish after SIGINT/SIGTERM.
+const SHUTDOWN_GRACE_MS = 5000
+
+const DESCRIPTION = `A caching HTTP reverse proxy for one origin.
+Subcommands: export, import (the cache as an HTTP Archive; each has --help).`
+
+// Set by `bun build --define` (.ci/build.ts) in the binary and the Node bundle; absent from source.
+declare const BUILD_VERSION: string | undefined
+declare const BUILD_COMMIT: string | undefined
+
+/** The command: flags from the command line, then from the environment for those it leaves out, then `start`. */
+async function run(commandLine: string[]): Promise<number> {
+  // A worker's options come from the primary, already checked.
+  const role = workerRole()
+  if (role) return serveProxy(role.options, stdoutLogger(role.options.logFormat), role)
+  const command = ARCHIVE_COMMANDS[commandLine[0] ?? ""]
+  if (command) return command(commandLine.slice(1), { openStore, version: packageJson.version })
+  checkRawArgs(commandLine)
+  const fromEnvironment = flagsFromEnvironment(commandLine, process.env)
+  const rawArgs = joinRepeated([...[...fromEnvironment.values()].map(({ arg }) => arg), ...commandLine])
+  return start(parseArgs<typeof args>(rawArgs, args)).catch((error) => Promise.reject(namingVariable(error, fromEnvironment)))
+}
+
+async function start(parsed: Args): Promise<number> {
+  if (parsed.help) {
+    console.log(helpText(`${versionLine()}\n${DESCRIPTION}`, args, isSetting))
+    return 0
+  }
+  if (parsed.version) {
+    console.log(versionLine())
+    return 0
+  }
+  const options = parseOptions(parsed)
+  if (parsed["clear-cache"]) return clearCache(options)
+  if (options.store.kind === "file") checkCacheDir(options.cacheDir)
+  const logger = stdoutLogger(options.logFormat)
+  // Workers share their primary's lock.
+  const unlock = options.store.kind === "file" ? lockCacheDir(options.cacheDir, logger) : undefined
+  try {
+    return options.workers > 1 ? await superviseWorkers(options, primaryParts(options, logger)) : await serveProxy(options, logger)
+  } finally {
+    unlock?.()
+  }
+}
+
+/** "caching-proxy 0.1.0 (commit 0123456789ab)": what was built, or from source what is checked out. */
+function versionLine(): string {
+  const version = typeof BUILD_VERSION === "string" ? BUILD_VERSION : packageJson.version
+  const commit = typeof BUILD_COMMIT === "string" ? BUILD_COMMIT : checkedOutCommit()
+  return `caching-proxy ${version} (commit ${commit})`
+}
+
+function checkedOutCommit(): string {
+  const cwd = dirname(fileURLToPath(import.meta.url))
+  try {
+    return execFileSync("git", ["rev-parse", "--short=12", "HEAD"], { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim()
+  } catch {
+    // Not a clone, or no git installed: the version line says the commit is unknown.
+    return "unknown"
+  }
+}
+
 // ───────────────────────────── the app ─────────────────────────────
 
 /** Where the proxy's messages go: tests and embedders pass their own. */
@@ -254,71 +320,7 @@ function loadReplay(path: string, origin: string, config: CacheConfig, redacted:
   })
 }
 
-// ───────────────────────────── the command ─────────────────────────────
-
-// How long start-up waits for Redis before listening without it.
-const STORE_CONNECT_WAIT_MS = 2000
-// Requests in flight get this long to finish after SIGINT/SIGTERM.
-const SHUTDOWN_GRACE_MS = 5000
-
-const DESCRIPTION = `A caching HTTP reverse proxy for one origin.
-Subcommands: export, import (the cache as an HTTP Archive; each has --help).`
-
-// Set by `bun build --define` (.ci/build.ts) in the binary and the Node bundle; absent from source.
-declare const BUILD_VERSION: string | undefined
-declare const BUILD_COMMIT: string | undefined
-
-/** "caching-proxy 0.1.0 (commit 0123456789ab)": what was built, or from source what is checked out. */
-function versionLine(): string {
-  const version = typeof BUILD_VERSION === "string" ? BUILD_VERSION : packageJson.version
-  const commit = typeof BUILD_COMMIT === "string" ? BUILD_COMMIT : checkedOutCommit()
-  return `caching-proxy ${version} (commit ${commit})`
-}
-
-function checkedOutCommit(): string {
-  const cwd = dirname(fileURLToPath(import.meta.url))
-  try {
-    return execFileSync("git", ["rev-parse", "--short=12", "HEAD"], { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim()
-  } catch {
-    // Not a clone, or no git installed: the version line says the commit is unknown.
-    return "unknown"
-  }
-}
-
-/** The command: flags from the command line, then from the environment for those it leaves out, then `start`. */
-async function run(commandLine: string[]): Promise<number> {
-  // A worker's options come from the primary, already checked.
-  const role = workerRole()
-  if (role) return serveProxy(role.options, stdoutLogger(role.options.logFormat), role)
-  const command = ARCHIVE_COMMANDS[commandLine[0] ?? ""]
-  if (command) return command(commandLine.slice(1), { openStore, version: packageJson.version })
-  checkRawArgs(commandLine)
-  const fromEnvironment = flagsFromEnvironment(commandLine, process.env)
-  const rawArgs = joinRepeated([...[...fromEnvironment.values()].map(({ arg }) => arg), ...commandLine])
-  return start(parseArgs<typeof args>(rawArgs, args)).catch((error) => Promise.reject(namingVariable(error, fromEnvironment)))
-}
-
-async function start(parsed: Args): Promise<number> {
-  if (parsed.help) {
-    console.log(helpText(`${versionLine()}\n${DESCRIPTION}`, args, isSetting))
-    return 0
-  }
-  if (parsed.version) {
-    console.log(versionLine())
-    return 0
-  }
-  const options = parseOptions(parsed)
-  if (parsed["clear-cache"]) return clearCache(options)
-  if (options.store.kind === "file") checkCacheDir(options.cacheDir)
-  const logger = stdoutLogger(options.logFormat)
-  // Workers share their primary's lock.
-  const unlock = options.store.kind === "file" ? lockCacheDir(options.cacheDir, logger) : undefined
-  try {
-    return options.workers > 1 ? await superviseWorkers(options, primaryParts(options, logger)) : await serveProxy(options, logger)
-  } finally {
-    unlock?.()
-  }
-}
+// ───────────────────────────── serving, and stopping ─────────────────────────────
 
 /**
  * The proxy's own lines (start, shutdown) and its access lines go to stdout in batches, written
