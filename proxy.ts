@@ -12,16 +12,13 @@ import { fileURLToPath } from "node:url"
 import { parseArgs } from "citty"
 import { type Context, Hono } from "hono"
 import { LinearRouter } from "hono/router/linear-router"
-import { withDeadline } from "./cache/deadline.ts"
-import { DirInUse, lockDir } from "./cache/dir-lock.ts"
 import { FileStore } from "./cache/file-store.ts"
-import { GroupMemberStore } from "./cache/group-store.ts"
 import { MemoryStore } from "./cache/memory-store.ts"
-import { isFromCache, outcomeOf } from "./cache/outcome.ts"
 import { targetList } from "./cache/policy.ts"
 import { type Behind, MEMORY_BODY_LIMIT_BYTES, type TieredStore, tieredStore } from "./cache/tiered-store.ts"
-import { answer, Cache, type CacheConfig, type Forward, OriginError, type OriginFailure, type Warn } from "./cache.ts"
+import { answer, Cache, type CacheConfig, type Forward, OriginError, type Warn } from "./cache.ts"
 import packageJson from "./package.json" with { type: "json" }
+import { type OriginTrip, timed } from "./proxy/access.ts"
 import { createAdmin } from "./proxy/admin.ts"
 import { ARCHIVE_COMMANDS, NO_REDACT_WARNING } from "./proxy/archive.ts"
 import { forwardedHeaders, HIDDEN_DOT_DOT_REFUSED, type Hop, resolvedPath, rewriteLocations } from "./proxy/forwarding.ts"
@@ -29,6 +26,7 @@ import { HarError, type Redaction, redaction } from "./proxy/har.ts"
 import { helpText } from "./proxy/help.ts"
 import { type Access, createAccessLog, createLogger, createWarn, LineWriter, type LogFormat, type Logger, writeError } from "./proxy/log.ts"
 import { ProxyMetrics } from "./proxy/metrics.ts"
+import { clearCache, lockCacheDir, openStore, whereEntriesLive } from "./proxy/open-store.ts"
 import {
   type Args,
   args,
@@ -43,13 +41,12 @@ import {
   UsageError,
 } from "./proxy/options.ts"
 import { Recorder, Replay } from "./proxy/record.ts"
-import { type Listener, type ListenOptions, runtime, serve, unrelayed, unsent } from "./proxy/runtime.ts"
+import { type Listener, type ListenOptions, runtime, serve } from "./proxy/runtime.ts"
 import {
   type AdminStarted,
   answerMetrics,
   type GroupSide,
   type PrimaryParts,
-  primaryChannel,
   reportListening,
   reportStopped,
   superviseWorkers,
@@ -60,6 +57,72 @@ import {
 // What tests and embedders import from the entry point.
 export { type ProxyOptions, parseOptions, UsageError } from "./proxy/options.ts"
 export { serve } from "./proxy/runtime.ts"
+
+// ───────────────────────────── the command ─────────────────────────────
+
+// How long start-up waits for Redis before listening without it.
+const STORE_CONNECT_WAIT_MS = 2000
+// Requests in flight get this long to finish after SIGINT/SIGTERM.
+const SHUTDOWN_GRACE_MS = 5000
+
+const DESCRIPTION = `A caching HTTP reverse proxy for one origin.
+Subcommands: export, import (the cache as an HTTP Archive; each has --help).`
+
+// Set by `bun build --define` (.ci/build.ts) in the binary and the Node bundle; absent from source.
+declare const BUILD_VERSION: string | undefined
+declare const BUILD_COMMIT: string | undefined
+
+/** The command: flags from the command line, then from the environment for those it leaves out, then `start`. */
+async function run(commandLine: string[]): Promise<number> {
+  // A worker's options come from the primary, already checked.
+  const role = workerRole()
+  if (role) return serveProxy(role.options, stdoutLogger(role.options.logFormat), role)
+  const command = ARCHIVE_COMMANDS[commandLine[0] ?? ""]
+  if (command) return command(commandLine.slice(1), { openStore, version: packageJson.version })
+  checkRawArgs(commandLine)
+  const fromEnvironment = flagsFromEnvironment(commandLine, process.env)
+  const rawArgs = joinRepeated([...[...fromEnvironment.values()].map(({ arg }) => arg), ...commandLine])
+  return start(parseArgs<typeof args>(rawArgs, args)).catch((error) => Promise.reject(namingVariable(error, fromEnvironment)))
+}
+
+async function start(parsed: Args): Promise<number> {
+  if (parsed.help) {
+    console.log(helpText(`${versionLine()}\n${DESCRIPTION}`, args, isSetting))
+    return 0
+  }
+  if (parsed.version) {
+    console.log(versionLine())
+    return 0
+  }
+  const options = parseOptions(parsed)
+  if (parsed["clear-cache"]) return clearCache(options)
+  if (options.store.kind === "file") checkCacheDir(options.cacheDir)
+  const logger = stdoutLogger(options.logFormat)
+  // Workers share their primary's lock.
+  const unlock = options.store.kind === "file" ? lockCacheDir(options.cacheDir, logger) : undefined
+  try {
+    return options.workers > 1 ? await superviseWorkers(options, primaryParts(options, logger)) : await serveProxy(options, logger)
+  } finally {
+    unlock?.()
+  }
+}
+
+/** "caching-proxy 0.1.0 (commit 0123456789ab)": what was built, or from source what is checked out. */
+function versionLine(): string {
+  const version = typeof BUILD_VERSION === "string" ? BUILD_VERSION : packageJson.version
+  const commit = typeof BUILD_COMMIT === "string" ? BUILD_COMMIT : checkedOutCommit()
+  return `caching-proxy ${version} (commit ${commit})`
+}
+
+function checkedOutCommit(): string {
+  const cwd = dirname(fileURLToPath(import.meta.url))
+  try {
+    return execFileSync("git", ["rev-parse", "--short=12", "HEAD"], { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim()
+  } catch {
+    // Not a clone, or no git installed: the version line says the commit is unknown.
+    return "unknown"
+  }
+}
 
 // ───────────────────────────── the app ─────────────────────────────
 
@@ -73,34 +136,11 @@ export interface ProxyOutput {
   worker: number | undefined
 }
 
-/** The store entries live in: the disk under --cache-dir, or Redis (its code loaded only then). */
-async function openStore(
-  options: Pick<ProxyOptions, "store" | "cacheDir" | "maxSize" | "storePrefix" | "maxVariants">,
-  warn: Warn,
-): Promise<Behind> {
-  if (options.store.kind === "file") {
-    // A worker's share of the directory its primary indexes (proxy/workers.ts).
-    const member = workerRole() !== undefined
-    const { cacheDir: dir, maxSize: maxBytes, maxVariants } = options
-    const files = new FileStore({ dir, maxBytes, maxVariants, files: runtime.files, warn, member })
-    return member ? new GroupMemberStore(files, primaryChannel()) : files
-  }
-  // A literal specifier: `bun build --compile` bundles it, and other runs never load ioredis.
-  const { RedisStore } = await import("./cache/redis-store.ts")
-  return new RedisStore({ target: options.store.target, prefix: options.storePrefix, maxVariants: options.maxVariants, warn })
-}
-
 /** What the cache holds: memory (--memory-size) in front of the store, per process. */
 function tiered(options: ProxyOptions, behind: Behind): TieredStore {
   const memory = new MemoryStore({ maxBytes: options.memorySize, maxVariants: options.maxVariants })
   const memoryBodyLimit = Math.min(MEMORY_BODY_LIMIT_BYTES, options.memorySize / 8)
   return tieredStore(memory, behind, { memoryBodyLimit })
-}
-
-/** One request's facts for its access line: who asked, and the origin's part when it was asked. */
-interface OriginTrip extends Pick<Access, "client" | "forwardedFor"> {
-  ms?: number
-  failure?: OriginFailure
 }
 
 /**
@@ -280,128 +320,7 @@ function loadReplay(path: string, origin: string, config: CacheConfig, redacted:
   })
 }
 
-/**
- * Records the request once its body's last byte is handed to the server. A body from the origin
- * streams, so it is timed as it ends. A body that is whole already is not touched: a hit's (bytes
- * from memory, or a file Bun sends by sendfile; reading `.body` turns Bun's bytes into a stream, a
- * fifth of the hit throughput, measured) and a MISS read ahead or a short answer of our own (bytes
- * that a counting stream would make Bun send chunked, without their length). Bun tells nothing when
- * it has sent a body: such a response is timed when handed over, and counted by its length.
- * `started` undefined: answered at once, and not timed (0 ms: a clock read costs about 0.17 µs on
- * a VM, two of them some 2 % of a hit).
- */
-function timed(
-  response: Response,
-  method: string,
-  path: string,
-  started: number | undefined,
-  trip: OriginTrip,
-  record: (access: Access) => void,
-  warn: Warn,
-): Response | Promise<Response> {
-  const { status, headers } = response
-  const { kind: cache, wholeBytes, stored } = outcomeOf(response)
-  const originError = trip.failure && (status === 502 || status === 504) ? trip.failure : undefined
-  const { client, forwardedFor } = trip
-  const access: Access = { client, forwardedFor, method, path, status, cache, ms: 0, bytes: 0, originMs: trip.ms, originError }
-  const finish = (bytes: number, aborted: boolean) => {
-    access.bytes = bytes
-    if (aborted) access.aborted = true
-    access.ms = started === undefined ? 0 : performance.now() - started
-    record(access)
-  }
-  if (wholeBytes !== undefined || isFromCache(cache)) {
-    finish(method === "HEAD" || status === 304 ? 0 : (wholeBytes ?? Number(headers.get("content-length") ?? 0)), false)
-    return response
-  }
-  const counted = runtime.counted(response, finish)
-  if (!(counted instanceof Promise)) return counted
-  // The body failed before its first byte: nothing has gone out, so a 502 can.
-  // A body being stored is reported by the cache when it fails: warned once, not twice.
-  return counted.catch((error: unknown) => {
-    const unsendable = stored ? unrelayed() : unsent(error, warn)
-    access.status = unsendable.status
-    access.cache = outcomeOf(unsendable).kind
-    finish(outcomeOf(unsendable).wholeBytes ?? 0, false)
-    return unsendable
-  })
-}
-
-// ───────────────────────────── the command ─────────────────────────────
-
-// How long start-up waits for Redis before listening without it.
-const STORE_CONNECT_WAIT_MS = 2000
-// How long --clear-cache waits for its store (Redis) to answer before it gives up.
-const CLEAR_WAIT_MS = 5000
-// Requests in flight get this long to finish after SIGINT/SIGTERM.
-const SHUTDOWN_GRACE_MS = 5000
-
-const DESCRIPTION = `A caching HTTP reverse proxy for one origin.
-Subcommands: export, import (the cache as an HTTP Archive; each has --help).`
-
-// Set by `bun build --define` (.ci/build.ts) in the binary and the Node bundle; absent from source.
-declare const BUILD_VERSION: string | undefined
-declare const BUILD_COMMIT: string | undefined
-
-/** "caching-proxy 0.1.0 (commit 0123456789ab)": what was built, or from source what is checked out. */
-function versionLine(): string {
-  const version = typeof BUILD_VERSION === "string" ? BUILD_VERSION : packageJson.version
-  const commit = typeof BUILD_COMMIT === "string" ? BUILD_COMMIT : checkedOutCommit()
-  return `caching-proxy ${version} (commit ${commit})`
-}
-
-function checkedOutCommit(): string {
-  const cwd = dirname(fileURLToPath(import.meta.url))
-  try {
-    return execFileSync("git", ["rev-parse", "--short=12", "HEAD"], { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim()
-  } catch {
-    // Not a clone, or no git installed: the version line says the commit is unknown.
-    return "unknown"
-  }
-}
-
-/** Where entries live, as the start line says it: a directory, or Redis with this cache's namespace. */
-function whereEntriesLive(options: ProxyOptions): string {
-  if (options.store.kind === "file") return options.cacheDir
-  const { target } = options.store
-  const where = "single" in target ? new URL(target.single).host : target.cluster.map(({ host, port }) => `${host}:${port}`).join(",")
-  return `Redis at ${where} (keys ${options.storePrefix}:*)`
-}
-
-/** The command: flags from the command line, then from the environment for those it leaves out, then `start`. */
-async function run(commandLine: string[]): Promise<number> {
-  // A worker's options come from the primary, already checked.
-  const role = workerRole()
-  if (role) return serveProxy(role.options, stdoutLogger(role.options.logFormat), role)
-  const command = ARCHIVE_COMMANDS[commandLine[0] ?? ""]
-  if (command) return command(commandLine.slice(1), { openStore, version: packageJson.version })
-  checkRawArgs(commandLine)
-  const fromEnvironment = flagsFromEnvironment(commandLine, process.env)
-  const rawArgs = joinRepeated([...[...fromEnvironment.values()].map(({ arg }) => arg), ...commandLine])
-  return start(parseArgs<typeof args>(rawArgs, args)).catch((error) => Promise.reject(namingVariable(error, fromEnvironment)))
-}
-
-async function start(parsed: Args): Promise<number> {
-  if (parsed.help) {
-    console.log(helpText(`${versionLine()}\n${DESCRIPTION}`, args, isSetting))
-    return 0
-  }
-  if (parsed.version) {
-    console.log(versionLine())
-    return 0
-  }
-  const options = parseOptions(parsed)
-  if (parsed["clear-cache"]) return clearCache(options)
-  if (options.store.kind === "file") checkCacheDir(options.cacheDir)
-  const logger = stdoutLogger(options.logFormat)
-  // Workers share their primary's lock.
-  const unlock = options.store.kind === "file" ? lockCacheDir(options.cacheDir, logger) : undefined
-  try {
-    return options.workers > 1 ? await superviseWorkers(options, primaryParts(options, logger)) : await serveProxy(options, logger)
-  } finally {
-    unlock?.()
-  }
-}
+// ───────────────────────────── serving, and stopping ─────────────────────────────
 
 /**
  * The proxy's own lines (start, shutdown) and its access lines go to stdout in batches, written
@@ -444,16 +363,6 @@ async function groupAdmin(options: ProxyOptions, group: GroupSide, warn: Warn, l
 /** The admin listener's URL, for the start line. */
 function adminUrl(options: ProxyOptions, listener: Listener): string {
   return `http://${urlHost(options.admin?.host ?? "")}:${listener.port}`
-}
-
-/** Takes the cache directory for this proxy alone (cache/dir-lock.ts); one in use by a running one is a usage error. */
-function lockCacheDir(dir: string, logger: Logger): () => void {
-  try {
-    return lockDir(dir, (msg) => logger.warn(msg))
-  } catch (error) {
-    if (error instanceof DirInUse) throw new UsageError(`--cache-dir ${error.message}`)
-    throw error
-  }
 }
 
 /** Serves the proxy until SIGINT or SIGTERM: alone, or as worker `role` of a group. */
@@ -499,30 +408,6 @@ async function serveProxy(options: ProxyOptions, logger: Logger & { log: (line: 
   // A worker's cut requests are its primary's to say, in the group's one shutdown line.
   if (role) await reportStopped(cut)
   else logger.info(`stopped on ${signal} in ${ms} ms, ${cut} request(s) cut`, { signal, ms, cut })
-  return 0
-}
-
-/**
- * --clear-cache: empties the store and says which, or gives up after CLEAR_WAIT_MS with one line
- * (exit 1), so a cron job or a deploy script never hangs on a Redis that cannot be used.
- */
-async function clearCache(options: ProxyOptions): Promise<number> {
-  let firstProblem: string | undefined
-  // The store's own warnings (Redis unreachable, …) end up in the one line said on failure.
-  const store = await openStore(options, (_kind, detail) => (firstProblem ??= detail))
-  const where = whereEntriesLive(options)
-  const cleared = store.ready().then(() => store.clear())
-  try {
-    await withDeadline(cleared, CLEAR_WAIT_MS, () => {
-      throw new Error(`it did not answer within ${CLEAR_WAIT_MS / 1000} s${firstProblem ? `: ${firstProblem}` : ""}`)
-    })
-  } catch (error) {
-    console.error(`caching-proxy: could not clear ${where}: ${(error as Error).message}`)
-    return 1
-  } finally {
-    await store.close()
-  }
-  console.log(`caching-proxy: cleared ${where}`)
   return 0
 }
 
