@@ -1,5 +1,5 @@
 /** The report the phases fill: its rows, raw wrk figures and notes, and how a figure becomes a row. */
-import { MIB, type WrkSummary } from "./harness.ts"
+import type { WrkSummary } from "./harness.ts"
 
 type Verdict = "PASS" | "FAIL" | "INFO" | "ERROR"
 
@@ -31,7 +31,6 @@ export const formatRate = (rps: number) => `${Math.round(rps).toLocaleString("en
 export const formatMs = (ms: number) => `${ms.toFixed(2)} ms`
 export const formatMicros = (us: number) => `${us.toFixed(1)} µs`
 export const formatSpeed = (mibPerSecond: number) => `${Math.round(mibPerSecond).toLocaleString("en-US")} MiB/s`
-export const formatMib = (bytes: number) => `${(bytes / MIB).toFixed(1)} MiB`
 
 /** A row comparing proxy/reference against a bound on their ratio. */
 export function ratioRow(

@@ -12,9 +12,11 @@ import {
   startProxy,
   stopServer,
 } from "../harness.ts"
-import { errorRows, formatMib, formatSpeed, type Row, ratioRow, report } from "../report.ts"
+import { errorRows, formatSpeed, type Row, ratioRow, report } from "../report.ts"
 
 const BIG_BYTES = 512 * MIB
+
+const formatMib = (bytes: number) => `${(bytes / MIB).toFixed(1)} MiB`
 /** Big enough to store /big, so the HIT run really is served from the cache. */
 export const BIG_PROXY_FLAGS = ["--max-entry-size", String(1024 * MIB), "--max-size", String(2048 * MIB)]
 const RSS_SAMPLE_MS = 50
