@@ -215,7 +215,15 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
   const admin =
     options.admin &&
     metrics &&
-    createAdmin({ cache, origin: options.origin, token: options.admin.token, clientAddress: runtime.clientAddress, metrics, warn })
+    createAdmin({
+      cache,
+      origin: options.origin,
+      token: options.admin.token,
+      clientAddress: runtime.clientAddress,
+      metrics,
+      version: packageVersion(),
+      warn,
+    })
   return { app, cache, metrics, admin }
 }
 
@@ -327,8 +335,13 @@ declare const BUILD_VERSION: string | undefined
 declare const BUILD_COMMIT: string | undefined
 
 /** "caching-proxy 0.1.0 (commit 0123456789ab)": what was built, or from source what is checked out. */
+/** What was built, or from source what package.json says. */
+function packageVersion(): string {
+  return typeof BUILD_VERSION === "string" ? BUILD_VERSION : packageJson.version
+}
+
 function versionLine(): string {
-  const version = typeof BUILD_VERSION === "string" ? BUILD_VERSION : packageJson.version
+  const version = packageVersion()
   const commit = typeof BUILD_COMMIT === "string" ? BUILD_COMMIT : checkedOutCommit()
   return `caching-proxy ${version} (commit ${commit})`
 }
