@@ -87,6 +87,7 @@ function askForToken(refused) {
   $("#app").hidden = true
   $("#login").hidden = false
   $("#login-title").textContent = refused ? "That token was refused" : "This admin listener needs its token"
+  $("#login-problem").hidden = !refused
   $("#login-problem").textContent = refused ? "The token given is not this proxy's --admin-token (or CACHING_PROXY_ADMIN_TOKEN). Enter it again." : ""
   $("#token").value = ""
   $("#token").focus()
@@ -98,8 +99,11 @@ async function api(path, init = {}) {
   if (token) headers.authorization = "Bearer " + token
   const res = await fetch(path, { ...init, headers })
   if (res.status === 401) {
-    sessionStorage.removeItem(TOKEN_KEY)
-    askForToken(Boolean(token))
+    // Refused failures are answered slowly: a late 401 for a token since replaced says nothing of the new one.
+    if (sessionStorage.getItem(TOKEN_KEY) === token) {
+      sessionStorage.removeItem(TOKEN_KEY)
+      askForToken(Boolean(token))
+    }
     throw new NeedsToken("")
   }
   if (!res.ok) throw new Error((await res.text()).trim())
