@@ -22,8 +22,9 @@ const STATUS_CLASSES = ["1xx", "2xx", "3xx", "4xx", "5xx"] as const
 const TRAFFIC_OUTCOMES = [...OUTCOME_KINDS, "error"] as const
 type TrafficOutcome = (typeof TRAFFIC_OUTCOMES)[number]
 /**
- * URLs ranked at most; past it, the half served least is forgotten. A client can ask for any
- * number of URLs, so the ranking is bounded; a URL served often is back in it at once.
+ * URLs ranked at most; past it, the half served least is forgotten (among equals, those known
+ * longest). A client can ask for any number of URLs, so the ranking is bounded; a URL served
+ * often is back in it at once.
  */
 const MAX_RANKED_URLS = 10_000
 /** The top URLs listed, by requests served from the cache and by bytes sent. */
