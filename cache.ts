@@ -85,6 +85,8 @@ export interface CacheConfig extends PolicyConfig {
   /** How long a request waits for another one's answer to the same key. @default the --timeout */
   coalesceWaitMs: number
   warn: Warn
+  /** Told of each response once it is stored whole (--record). @default undefined: nobody is */
+  onStored?: (key: string, meta: EntryMeta) => void
 }
 
 /** Why the origin gave no answer, as the access log and the metrics name it. */
@@ -243,7 +245,7 @@ export class Cache<S extends Store = Store> {
       return this.dropUnanswerable(lookup, stored).then(() => this.decide(lookup, undefined, forward))
     const now = Date.now()
     if (this.config.offline) {
-      return stored ? this.fromCache(stored, lookup, now, OFFLINE_HIT) : answer(504, "not in the cache (offline mode)\n", OFFLINE_MISS)
+      return stored ? this.fromCache(stored, lookup, now, OFFLINE_HIT) : offlineMiss(lookup.method, lookup.key)
     }
     if (stored) {
       const use = usability(stored.meta, lookup.directives, now)
@@ -277,7 +279,7 @@ export class Cache<S extends Store = Store> {
 
   /** Methods the cache does not answer: forwarded, and unsafe ones invalidate (RFC 9111 §4.4). */
   private async respondUncached(method: string, target: string, headers: Headers, forward: Forward): Promise<Response> {
-    if (this.config.offline) return answer(504, "not in the cache (offline mode)\n", OFFLINE_MISS)
+    if (this.config.offline) return offlineMiss(method, cacheKey(target, this.ignoreQuery))
     const response = finalResponse(await forward(headers))
     // RFC 9111 §4.4: a non-error response to an unsafe method invalidates the target URI and
     // the same-origin URIs in Location and Content-Location.
@@ -611,7 +613,10 @@ export class Cache<S extends Store = Store> {
     let size = 0
     const stored = this.track(
       this.store.put(key, meta, feed.readable).then(
-        (kept) => kept,
+        (kept) => {
+          if (kept) this.config.onStored?.(key, meta)
+          return kept
+        },
         (error) => {
           if (feeding) this.config.warn("store-write", `${key}: ${(error as Error).message}`)
           feeding = false
@@ -899,6 +904,11 @@ function relay(response: Response, outcome: Outcome, keepTagHeaders: boolean): R
   headers.set("x-cache", xCache(outcome))
   headers.set("cache-status", cacheStatus(outcome))
   return withOutcome(response, outcome)
+}
+
+/** --offline and nothing stored: the method and URL named, so a CI log says what to record. */
+function offlineMiss(method: string, key: string): Response {
+  return answer(504, `not in the cache (offline mode): ${method} ${key.slice("GET ".length)}\n`, OFFLINE_MISS)
 }
 
 /** A short answer of our own (errors, only-if-cached, offline), as bytes: sent whole, with its length. */

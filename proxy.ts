@@ -18,10 +18,12 @@ import { MemoryStore } from "./cache/memory-store.ts"
 import { isFromCache, outcomeOf } from "./cache/outcome.ts"
 import { targetList } from "./cache/policy.ts"
 import { type Behind, MEMORY_BODY_LIMIT_BYTES, type TieredStore, tieredStore } from "./cache/tiered-store.ts"
-import { answer, Cache, type Forward, OriginError, type OriginFailure, type Warn } from "./cache.ts"
+import { answer, Cache, type CacheConfig, type Forward, OriginError, type OriginFailure, type Warn } from "./cache.ts"
 import packageJson from "./package.json" with { type: "json" }
 import { createAdmin } from "./proxy/admin.ts"
+import { ARCHIVE_COMMANDS, NO_REDACT_WARNING } from "./proxy/archive.ts"
 import { forwardedHeaders, HIDDEN_DOT_DOT_REFUSED, type Hop, resolvedPath, rewriteLocations } from "./proxy/forwarding.ts"
+import { HarError, type Redaction, redaction } from "./proxy/har.ts"
 import { helpText } from "./proxy/help.ts"
 import { type Access, createAccessLog, createWarn } from "./proxy/log.ts"
 import { ProxyMetrics } from "./proxy/metrics.ts"
@@ -32,12 +34,14 @@ import {
   checkRawArgs,
   flagsFromEnvironment,
   isSetting,
+  joinRepeated,
   namingVariable,
   type ProxyOptions,
   parseOptions,
   UsageError,
 } from "./proxy/options.ts"
-import { type Listener, runtime, serve, unsent } from "./proxy/runtime.ts"
+import { Recorder, Replay } from "./proxy/record.ts"
+import { type Listener, runtime, serve, unrelayed, unsent } from "./proxy/runtime.ts"
 
 // What tests and embedders import from the entry point.
 export { type ProxyOptions, parseOptions, UsageError } from "./proxy/options.ts"
@@ -54,7 +58,10 @@ export interface ProxyOutput {
 }
 
 /** The store entries live in: the disk under --cache-dir, or Redis (its code loaded only then). */
-async function openStore(options: ProxyOptions, warn: Warn): Promise<Behind> {
+async function openStore(
+  options: Pick<ProxyOptions, "store" | "cacheDir" | "maxSize" | "storePrefix" | "maxVariants">,
+  warn: Warn,
+): Promise<Behind> {
   if (options.store.kind === "file") {
     return new FileStore({ dir: options.cacheDir, maxBytes: options.maxSize, maxVariants: options.maxVariants, files: runtime.files, warn })
   }
@@ -81,7 +88,9 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
   const { log = console.log, warn = createWarn(options.logFormat) } = output
   const behind = await openStore(options, warn)
   const store = tiered(options, behind)
-  const cache = new Cache(store, {
+  const redacted = redaction(options.redact)
+  const recorder = options.record ? await Recorder.open(options.record, packageJson.version, store, redacted, warn) : undefined
+  const config: CacheConfig = {
     maxEntryBytes: options.maxEntrySize,
     defaultTtlMs: options.ttlSeconds * 1000,
     forceTtlMs: options.forceTtlSeconds * 1000,
@@ -92,7 +101,10 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
     offline: options.offline,
     coalesceWaitMs: options.timeoutSeconds * 1000,
     warn,
-  })
+    onStored: recorder && ((key, meta) => recorder.record(key, meta)),
+  }
+  const cache = new Cache(store, config)
+  const replay = options.replay ? await loadReplay(options.replay, options.origin, config, redacted) : undefined
   const storeConnected = "isConnected" in behind ? () => (behind as { isConnected: boolean }).isConnected : undefined
   const metrics = options.metrics || options.admin ? new ProxyMetrics({ store, storeConnected, warn }) : undefined
   const accessLog = options.quiet ? undefined : createAccessLog(options.logFormat, log)
@@ -178,7 +190,10 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
       )
       return trip ? timedOrigin(sent, trip) : sent
     }
-    return cache.respond(method, request.headers, target, forward)
+    if (!replay) return cache.respond(method, request.headers, target, forward)
+    return replay
+      .respond(method, request.headers, target)
+      .then((replayed) => replayed ?? cache.respond(method, request.headers, target, forward))
   }
 
   /** Times one origin request into the trip and the metrics. */
@@ -224,7 +239,14 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
       version: packageVersion(),
       warn,
     })
-  return { app, cache, metrics, admin }
+  return { app, cache, metrics, admin, recorder }
+}
+
+/** --replay's HAR; one that cannot be used stops the start with its reason. */
+function loadReplay(path: string, origin: string, config: CacheConfig, redacted: Redaction): Promise<Replay> {
+  return Replay.load(path, origin, config, redacted).catch((error) => {
+    throw error instanceof HarError ? new UsageError(`--replay ${path} cannot be used: ${error.message}`) : error
+  })
 }
 
 /**
@@ -247,7 +269,7 @@ function timed(
   warn: Warn,
 ): Response | Promise<Response> {
   const { status, headers } = response
-  const { kind: cache, wholeBytes } = outcomeOf(response)
+  const { kind: cache, wholeBytes, stored } = outcomeOf(response)
   const originError = trip.failure && (status === 502 || status === 504) ? trip.failure : undefined
   const access: Access = { method, path, status, cache, ms: 0, bytes: 0, originMs: trip.ms, originError }
   const finish = (bytes: number) => {
@@ -259,64 +281,17 @@ function timed(
     finish(method === "HEAD" || status === 304 ? 0 : (wholeBytes ?? Number(headers.get("content-length") ?? 0)))
     return response
   }
-  if (!response.body) {
-    finish(0)
-    return response
-  }
-  return counted(response.body, finish).then(
-    (body) => new Response(body, response),
-    (error: unknown) => {
-      const unsendable = unsent(error, warn)
-      access.status = unsendable.status
-      access.cache = outcomeOf(unsendable).kind
-      finish(outcomeOf(unsendable).wholeBytes ?? 0)
-      return unsendable
-    },
-  )
-}
-
-/**
- * The body as it comes; `finish` gets the bytes sent once it ends, fails or is cancelled. A body
- * that has failed already, before its first byte, rejects instead: the runtime would have
- * answered it with a 502 (Bun does), where a stream failing once sent cuts the connection.
- */
-async function counted(body: ReadableStream<Uint8Array>, finish: (bytes: number) => void): Promise<ReadableStream<Uint8Array>> {
-  const reader = body.getReader()
-  let bytes = 0
-  let finished = false
-  const end = () => {
-    if (!finished) finish(bytes)
-    finished = true
-  }
-  let first: ReturnType<typeof reader.read> | undefined = reader.read()
-  // Waits no longer than the task at hand: a body still on its way is not held up.
-  await Promise.race([first, new Promise((resolve) => setImmediate(resolve))]).catch((error: unknown) => {
-    reader.cancel(error).catch(() => undefined) // failed already: nothing left to read
-    throw error
+  const counted = runtime.counted(response, finish)
+  if (!(counted instanceof Promise)) return counted
+  // The body failed before its first byte: nothing has gone out, so a 502 can.
+  // A body being stored is reported by the cache when it fails: warned once, not twice.
+  return counted.catch((error: unknown) => {
+    const unsendable = stored ? unrelayed() : unsent(error, warn)
+    access.status = unsendable.status
+    access.cache = outcomeOf(unsendable).kind
+    finish(outcomeOf(unsendable).wholeBytes ?? 0)
+    return unsendable
   })
-  return new ReadableStream<Uint8Array>(
-    {
-      async pull(controller) {
-        const read = first ?? reader.read()
-        first = undefined
-        const chunk = await read.catch((error: unknown) => {
-          end()
-          throw error
-        })
-        if (chunk.done) {
-          end()
-          return controller.close()
-        }
-        bytes += chunk.value.byteLength
-        controller.enqueue(chunk.value)
-      },
-      cancel(reason) {
-        end()
-        return reader.cancel(reason)
-      },
-    },
-    { highWaterMark: 0 },
-  )
 }
 
 // ───────────────────────────── the command ─────────────────────────────
@@ -328,7 +303,8 @@ const CLEAR_WAIT_MS = 5000
 // Requests in flight get this long to finish after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE_MS = 5000
 
-const DESCRIPTION = "A caching HTTP reverse proxy for one origin."
+const DESCRIPTION = `A caching HTTP reverse proxy for one origin.
+Subcommands: export, import (the cache as an HTTP Archive; each has --help).`
 
 // Set by `bun build --define` (.ci/build.ts) in the binary and the Node bundle; absent from source.
 declare const BUILD_VERSION: string | undefined
@@ -366,9 +342,11 @@ function whereEntriesLive(options: ProxyOptions): string {
 
 /** The command: flags from the command line, then from the environment for those it leaves out, then `start`. */
 async function run(commandLine: string[]): Promise<number> {
+  const command = ARCHIVE_COMMANDS[commandLine[0] ?? ""]
+  if (command) return command(commandLine.slice(1), { openStore, version: packageJson.version })
   checkRawArgs(commandLine)
   const fromEnvironment = flagsFromEnvironment(commandLine, process.env)
-  const rawArgs = [...[...fromEnvironment.values()].map(({ arg }) => arg), ...commandLine]
+  const rawArgs = joinRepeated([...[...fromEnvironment.values()].map(({ arg }) => arg), ...commandLine])
   return start(parseArgs<typeof args>(rawArgs, args)).catch((error) => Promise.reject(namingVariable(error, fromEnvironment)))
 }
 
@@ -385,7 +363,8 @@ async function start(parsed: Args): Promise<number> {
   if (parsed["clear-cache"]) return clearCache(options)
   if (options.store.kind === "file") checkCacheDir(options.cacheDir)
   const warn = createWarn(options.logFormat)
-  const { app, cache, admin } = await createProxy(options, { warn })
+  if (options.redact === false && options.record) console.error(NO_REDACT_WARNING)
+  const { app, cache, admin, recorder } = await createProxy(options, { warn })
   // A shared store is worth a moment's wait: until Redis answers, requests would go to the origin
   // uncoalesced. Past that moment the proxy starts anyway, uncached, and connects in the background.
   if (options.store.kind === "redis") await waitAtMost(cache.store.ready(), STORE_CONNECT_WAIT_MS)
@@ -401,7 +380,12 @@ async function start(parsed: Args): Promise<number> {
     `caching-proxy listening on http://${urlHost(options.host)}:${listener.port}, forwarding to ${options.origin}, cache in ${whereEntriesLive(options)}${adminLine}`,
   )
   await shutdownSignal()
-  const stopped = Promise.all([listener.stop(), adminListener?.stop(true)]).then(() => cache.close().then(() => true))
+  const stopped = Promise.all([listener.stop(), adminListener?.stop(true)]).then(() =>
+    cache
+      .close()
+      .then(() => recorder?.close())
+      .then(() => true),
+  )
   if (!(await waitAtMost(stopped, SHUTDOWN_GRACE_MS))) {
     const cut = listener.inFlight()
     if (cut > 0) console.error(`caching-proxy: ${SHUTDOWN_GRACE_MS / 1000} s after the signal, cutting ${cut} request(s) still in flight`)

@@ -9,8 +9,9 @@
  *   BENCH_DURATION   length of each wrk run, as wrk takes it (10s, 1m) or plain seconds. Default 10s.
  *   BENCH_REPEATS    wrk runs per figure; the median is reported. Default 3.
  *   BENCH_ONLY       run one phase only: "hit" (HIT 1 KiB, 64 KiB and MISS), "big" (512 MiB),
- *                    "metrics" (HIT 1 KiB with metrics on and off) or "redis" (the Redis store's
- *                    figures). Default: all.
+ *                    "metrics" (HIT 1 KiB with metrics on and off), "redis" (the Redis store's
+ *                    figures) or "node" (the Node build, dist/cli.js, against bare node:http
+ *                    servers). Default: all.
  *   BENCH_PROXY_CMD  command that starts the proxy; the proxy flags are appended. It must exec the
  *                    server itself (no wrapping shell): its pid is the one whose memory is sampled.
  *                    Default: `<this bun> <repo>/proxy.ts`.
@@ -188,9 +189,9 @@ function makeTempDir(prefix: string): string {
   return dir
 }
 
-async function startProxy(originUrl: string, extraFlags: string[] = []): Promise<Server> {
+async function startProxy(originUrl: string, extraFlags: string[] = [], command = config.proxyCommand): Promise<Server> {
   const flags = ["--port", "0", "--origin", originUrl, "--cache-dir", makeTempDir("cache"), "--quiet", ...extraFlags]
-  return startServer("proxy", [...config.proxyCommand, ...flags])
+  return startServer("proxy", [...command, ...flags])
 }
 
 /** Stops one server and waits for it, so the next phase has the CPU and the memory to itself. */
@@ -237,9 +238,9 @@ function installExitHandlers(): void {
 
 /** Bounds the run: wrk runs themselves, plus FIXED_BUDGET_SECONDS for everything else. */
 function startWatchdog(): void {
-  // Seven comparisons (HIT 1 KiB, HIT 64 KiB, MISS vs origin, MISS vs forwarder, the two Redis
-  // HITs, metrics on vs off), two targets each.
-  const wrkRuns = 14 * (config.repeats + 1)
+  // Ten comparisons (HIT 1 KiB, HIT 64 KiB, MISS vs origin, MISS vs forwarder, the two Redis
+  // HITs, metrics on vs off, the Node build's two HITs and MISS), two targets each.
+  const wrkRuns = 20 * (config.repeats + 1)
   const budgetSeconds = wrkRuns * (config.durationSeconds + 5) + FIXED_BUDGET_SECONDS
   setTimeout(() => {
     console.error(`bench: gave up after ${budgetSeconds} s (time budget exceeded); stopping servers`)
@@ -725,13 +726,16 @@ async function download(url: string, pid?: number): Promise<Download> {
   }
 }
 
-/** 512 MiB through a proxy allowed to store it: direct, then MISS, then HIT, with the proxy's memory watched. */
-async function benchBig(bigOriginUrl: string): Promise<void> {
+/**
+ * 512 MiB through a proxy allowed to store it: direct, then MISS, then HIT, with the proxy's memory
+ * watched. `command` starts another build of the proxy, whose measures are named after `label`.
+ */
+async function benchBig(bigOriginUrl: string, command = config.proxyCommand, label = ""): Promise<void> {
   const measures = [
-    "512 MiB MISS throughput vs direct origin",
-    "512 MiB HIT throughput vs direct origin",
-    "512 MiB MISS proxy RSS rise",
-    "512 MiB HIT proxy RSS rise",
+    `${label}512 MiB MISS throughput vs direct origin`,
+    `${label}512 MiB HIT throughput vs direct origin`,
+    `${label}512 MiB MISS proxy RSS rise`,
+    `${label}512 MiB HIT proxy RSS rise`,
   ]
   let proxy: Server | undefined
   try {
@@ -741,7 +745,7 @@ async function benchBig(bigOriginUrl: string): Promise<void> {
     const direct = await download(`${bigOriginUrl}/big`)
     if (direct.contentLength !== String(BIG_BYTES))
       report.notes.push(`origin /big came without Content-Length ${BIG_BYTES} (got ${direct.contentLength})`)
-    proxy = await startProxy(bigOriginUrl, BIG_PROXY_FLAGS)
+    proxy = await startProxy(bigOriginUrl, BIG_PROXY_FLAGS, command)
     const pid = proxy.process.pid
     const proxyUrl = `${proxy.urls[0]}/big`
     const miss = await download(proxyUrl, pid)
@@ -977,6 +981,99 @@ async function redisInfo(port: number, field: string): Promise<string> {
   return new RegExp(`^${field}:(.*)$`, "m").exec(info)?.[1]?.trim() ?? "unknown"
 }
 
+// ───────────────────────────── the Node build ─────────────────────────────
+
+/** The Node build, as npm installs it: `npm run build:js` writes it. */
+const NODE_BUNDLE = join(REPO_DIR, "dist", "cli.js")
+
+/**
+ * The Node build (`node dist/cli.js`) against bare node:http servers run beside it: one answering
+ * from memory for hits (bench/node-ceiling.ts), a keep-alive forwarder for the no-store MISS
+ * (bench/node-forwarder.ts); then 512 MiB through it, its memory watched.
+ */
+async function benchNode({ originUrl, bigOriginUrl }: Servers): Promise<void> {
+  const node = Bun.which("node")
+  const started: Server[] = []
+  try {
+    if (!node) throw new BenchError("node not found on PATH; the Node leg runs the Node build under it")
+    if (!existsSync(NODE_BUNDLE)) throw new BenchError(`${NODE_BUNDLE} does not exist; build it with npm run build:js`)
+    const [ceilingScript, forwarderScript] = await bundleForNode(["node-ceiling.ts", "node-forwarder.ts"])
+    const proxy = await startProxy(originUrl, [], [node, NODE_BUNDLE])
+    const ceiling = await startServer("node-ceiling", [node, ceilingScript!])
+    const forwarder = await startServer("node-forwarder", [node, forwarderScript!, originUrl])
+    started.push(proxy, ceiling, forwarder)
+    const proxyUrl = proxy.urls[0]!
+    const compare = { proxy, proxyUrl }
+    announce("Node: HIT 1 KiB")
+    await warmUntilHit(`${proxyUrl}/1k`)
+    await benchNodeAgainst(compare, "/1k", "HIT 1 KiB", ceiling, "bare node:http server", 0.8)
+    announce("Node: HIT 64 KiB")
+    await warmUntilHit(`${proxyUrl}/64k`)
+    await benchNodeAgainst(compare, "/64k", "HIT 64 KiB", ceiling, "bare node:http server")
+    announce("Node: MISS no-store")
+    await benchNodeAgainst(compare, "/nostore-1k", "MISS no-store 1 KiB", forwarder, "bare node:http forwarder", 0.8)
+  } catch (error) {
+    return void report.rows.push(...errorRows(["Node build"], error))
+  } finally {
+    for (const server of started) await stopServer(server)
+  }
+  announce("Node: 512 MiB body")
+  await benchBig(bigOriginUrl, [node, NODE_BUNDLE], "Node: ")
+}
+
+/**
+ * One path through the Node build against a reference, runs interleaved: throughput and p99, with
+ * the targets when `throughputFactor` is given (p99 then at most 1.5× the reference's), else for information.
+ */
+async function benchNodeAgainst(
+  { proxy, proxyUrl }: { proxy: Server; proxyUrl: string },
+  path: string,
+  label: string,
+  reference: Server,
+  referenceName: string,
+  throughputFactor?: number,
+): Promise<void> {
+  const referenceUrl = reference.urls[0]!
+  const pids: [number, number] = [proxy.process.pid, reference.process.pid]
+  const measures = [`Node: ${label} throughput vs ${referenceName}`, `Node: ${label} p99 latency vs ${referenceName}`]
+  try {
+    await checkSameBody(proxyUrl + path, referenceUrl + path)
+    const [proxied, bare] = await compareWithWrk(proxyUrl + path, referenceUrl + path, pids)
+    assertRunning(proxy)
+    report.raw.push({ target: `node proxy ${path}`, summary: proxied }, { target: `${referenceName} ${path}`, summary: bare })
+    noteWrkErrors(`node proxy ${path}`, proxied)
+    const throughput = ratioRow(measures[0]!, proxied.requestsPerSecond, bare.requestsPerSecond, formatRate, "≥", throughputFactor ?? 0)
+    const p99 = ratioRow(measures[1]!, proxied.p99Ms, bare.p99Ms, formatMs, "≤", 1.5)
+    const p50 = ratioRow(`Node: ${label} p50 latency vs ${referenceName}`, proxied.p50Ms, bare.p50Ms, formatMs, "≤", 1.5)
+    // Steadier than req/s on a busy machine: the CPU time each server spent per request.
+    const cpu = ratioRow(
+      `Node: ${label} CPU per request vs ${referenceName}`,
+      proxied.cpuUsPerRequest ?? Number.NaN,
+      bare.cpuUsPerRequest ?? Number.NaN,
+      formatMicros,
+      "≤",
+      1.25,
+    )
+    const targeted = throughputFactor === undefined ? [] : [throughput, p99]
+    report.rows.push(...[throughput, p99, p50, cpu].map((row) => (targeted.includes(row) ? row : informative(row))))
+  } catch (error) {
+    report.rows.push(...errorRows(measures, error))
+  }
+}
+
+/** A row reported for information, without a target. */
+function informative(row: Row): Row {
+  return { ...row, target: "(info)", verdict: "INFO" }
+}
+
+/** Bundles bench scripts for Node (which runs no TypeScript), as the proxy's own Node bundle is built; their paths, in order. */
+async function bundleForNode(scripts: string[]): Promise<string[]> {
+  const outdir = makeTempDir("node")
+  const built = await Bun.build({ entrypoints: scripts.map((script) => join(BENCH_DIR, script)), target: "node", outdir })
+  if (!built.success) throw new BenchError(`bundling ${scripts.join(", ")} for Node failed: ${built.logs.join("; ")}`)
+  return scripts.map((script) => join(outdir, script.replace(/\.ts$/, ".js")))
+}
+
 // ───────────────────────────── main ─────────────────────────────
 
 /** Progress on stderr; also where an interrupted run stops going through its phases. */
@@ -1033,6 +1130,7 @@ const ONLY_PHASES = {
   big: ({ bigOriginUrl }: Servers) => benchBig(bigOriginUrl),
   metrics: benchMetricsOverhead,
   redis: ({ originUrl, bigOriginUrl, ceilingUrl }: Servers) => benchRedis(originUrl, bigOriginUrl, ceilingUrl),
+  node: benchNode,
 }
 
 /** The request path's figures: hits of two sizes and a miss, each against its reference. */
@@ -1061,6 +1159,8 @@ async function allPhases(servers: Servers, ceiling: Server): Promise<void> {
   await stopServer(ceiling)
   announce("512 MiB body")
   await benchBig(bigOriginUrl)
+  announce("the Node build")
+  await benchNode(servers)
   announce(`start-up with ${STARTUP_ENTRIES.toLocaleString("en-US")} entries`)
   await benchStartup(originUrl)
 }

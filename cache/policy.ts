@@ -331,7 +331,7 @@ function validLastModified(headers: Headers, now: number): string | null {
 // How long a stale entry is kept: it can still be revalidated (a 304 instead of a body), serve
 // stale-if-error when the origin is down (RFC 9111 §4.2.4), a client's max-stale, or --offline.
 // Stores drop it after that even if their byte bound has room (Redis by its TTL).
-const STALE_RETENTION_MS = 7 * 24 * 3600 * 1000
+export const STALE_RETENTION_MS = 7 * 24 * 3600 * 1000
 
 /** When an entry stops being of any use: fresh, then stale for the longest window that may use it. */
 function deleteAt(

@@ -10,6 +10,7 @@ import {
   answer,
   buildNodeBundle,
   CLI,
+  eventually,
   FAST_RUN,
   get,
   KB,
@@ -347,6 +348,28 @@ describe("hardening: origin faults", () => {
     },
   )
 
+  test.each(RUNTIMES)(
+    "%s: a client that leaves before a not-stored answer comes: the origin's connection is closed, and the next client is answered",
+    async (_, command) => {
+      let originClosed: Promise<void> | undefined
+      await using origin = await startRawOrigin((socket, n) => {
+        if (n > 1) return void socket.end("HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        originClosed = new Promise((resolve) => socket.once("close", () => resolve()))
+        // The head and the start of a long body, once the client has gone.
+        setTimeout(() => socket.write("HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 1000000\r\n\r\nstart"), 500)
+      })
+      await using proxy = await startCliProxy(command, origin.url)
+      const client = await openConnection(proxy.port)
+      client.send("GET /left HTTP/1.1\r\nHost: x\r\n\r\n")
+      await eventually(() => origin.requests() === 1)
+      client[Symbol.dispose]()
+      await eventually(() => originClosed !== undefined)
+      await originClosed
+      expect(await (await get(`${proxy.url}next`)).text()).toBe("ok")
+      expect(await proxy.stderr()).not.toMatch(/^ {4}at /m)
+    },
+  )
+
   test("Bun: a body that breaks before its first byte (sent with the headers) is a 502 with one line, never Bun's error page", async () => {
     await using origin = await startRawOrigin((socket) =>
       socket.end("HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nTransfer-Encoding: chunked\r\n\r\nnot a chunk size\r\n"),
@@ -385,8 +408,8 @@ describe("hardening: pipelined requests", () => {
     expect(bodiesIn(await pipelined(proxy.port, "/p1", "/p2"))).toEqual(["/p1", "/p2"])
   })
 
-  // Known limit (README): Bun.serve closes the connection when a request arrives behind one still
-  // being answered (oven-sh/bun#38128). When this fails, Bun answers them: update the README.
+  // Known limit (docs/known-limits.md): Bun.serve closes the connection when a request arrives behind one still
+  // being answered (oven-sh/bun#38128). When this fails, Bun answers them: update docs/known-limits.md.
   test("Bun: requests pipelined behind one that needs the origin get no answer at all, and the connection closes", async () => {
     await using origin = startOrigin((req) => new Response(new URL(req.url).pathname, { headers: { "cache-control": "no-store" } }))
     await using proxy = await startProxy({ origin: origin.url })
@@ -514,9 +537,9 @@ describe("framing: what the origin's framing says reaches the client", () => {
     },
   )
 
-  // Known limit (README): Bun.serve frames a stream it cannot read to its end at once as chunked,
+  // Known limit (docs/known-limits.md): Bun.serve frames a stream it cannot read to its end at once as chunked,
   // whatever Content-Length says (oven-sh/bun#10507); bodies up to 1 MiB are read before they
-  // are sent, larger ones stream. When this fails, Bun keeps the length: update the README.
+  // are sent, larger ones stream. When this fails, Bun keeps the length: update docs/known-limits.md.
   // Known limit (docs/standards.md): Bun.serve gives a body of bytes or a file without Content-Type
   // one of its own, application/octet-stream (oven-sh/bun#21193). When this fails under Bun, Bun
   // has stopped: update the docs.
@@ -545,6 +568,42 @@ describe("framing: what the origin's framing says reaches the client", () => {
       expect(types).toEqual([`/small MISS ${added}`, `/small HIT ${added}`, "/large MISS null", `/large HIT ${added}`])
     },
   )
+
+  // Under Bun, Bun.serve holds a streamed body's head until its first byte: not tested there.
+  test("Node: a not-stored MISS's head reaches the client before its body's first byte", async () => {
+    // node:http: the head goes at once, the body 1.5 s later (an event stream's first event).
+    const server = createHttpServer((_, res) => {
+      res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-store" }).flushHeaders()
+      setTimeout(() => res.end("data: late\n\n"), 1500)
+    })
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+    await using origin = {
+      url: `http://127.0.0.1:${(server.address() as { port: number }).port}/`,
+      [Symbol.asyncDispose]: () => new Promise<void>((resolve) => server.close(() => resolve())),
+    }
+    await using proxy = await startCliProxy(NODE_BUNDLE, origin.url)
+    const asked = performance.now()
+    const response = await get(`${proxy.url}events`)
+    expect(performance.now() - asked).toBeLessThan(1000)
+    expect(await response.text()).toBe("data: late\n\n")
+  })
+
+  test("Node: a not-stored MISS, piped from the origin's message, keeps the origin's head: its Content-Length, no Content-Type added", async () => {
+    // node:http, which adds no Content-Type.
+    const server = createHttpServer((_, res) => res.writeHead(200, { "content-length": 5, "cache-control": "no-store" }).end("piped"))
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+    await using origin = {
+      url: `http://127.0.0.1:${(server.address() as { port: number }).port}/`,
+      [Symbol.asyncDispose]: () => new Promise<void>((resolve) => server.close(() => resolve())),
+    }
+    await using proxy = await startCliProxy(NODE_BUNDLE, origin.url)
+    const { head, body } = await rawGet(proxy.port, "/piped")
+    expect(head).toContain("x-cache: miss")
+    expect(head).toContain("content-length: 5")
+    expect(head).not.toContain("transfer-encoding")
+    expect(head).not.toContain("content-type")
+    expect(body).toBe("piped")
+  })
 
   test.each(RUNTIMES)(
     "%s: a stored body over 1 MiB streams; under Bun it is chunked on its MISS, under Node it keeps its length",
@@ -581,7 +640,7 @@ describe("framing: what the origin's framing says reaches the client", () => {
     },
   )
 
-  // Known limit (README): Bun's fetch refuses such a body; a safe method is asked again through
+  // Known limit (docs/known-limits.md): Bun's fetch refuses such a body; a safe method is asked again through
   // node:http, an unsafe one is not (the origin may have acted on it): a 502.
   test("Bun: a POST answered under an unknown transfer coding is a 502, sent to the origin once", async () => {
     await using origin = await startCodedOrigin()
@@ -606,8 +665,8 @@ describe("RFC 9110 §15.2 interim responses", () => {
     })
   }
 
-  // Under Node both go ahead of the final response. Under Bun neither can (Known limit, README):
-  // its fetch hides them and Bun.serve cannot send one. When Bun can, this fails: update the README.
+  // Under Node both go ahead of the final response. Under Bun neither can (docs/known-limits.md):
+  // its fetch hides them and Bun.serve cannot send one. When Bun can, this fails: update docs/known-limits.md.
   test.each(RUNTIMES)(
     "%s: 103 and 102 from the origin go ahead of the final response where the runtime can send them; never stored, never taken for the final one",
     async (runtime, command) => {

@@ -3,10 +3,12 @@
  */
 import { afterEach, describe, expect, setSystemTime, test } from "bun:test"
 import {
+  buildNodeBundle,
   CLI,
   eventually,
   get,
   ownedDir,
+  RUNTIMES,
   startBreakingOrigin,
   startCli,
   startCliProxy,
@@ -56,6 +58,67 @@ describe("access log: one line per request, timed to its last byte, saying why a
     expect(Number(match![1])).toBeGreaterThanOrEqual(400)
     expect(Number(match![2])).toBeLessThan(400)
   })
+
+  test.each(RUNTIMES)(
+    "%s: a body relayed as the origin streams it (not stored) is timed to its last byte, and its bytes counted",
+    async (_, command) => {
+      await buildNodeBundle()
+      await using origin = startOrigin(
+        () =>
+          new Response(
+            new ReadableStream({
+              async start(controller) {
+                controller.enqueue(new TextEncoder().encode("first "))
+                await Bun.sleep(400)
+                controller.enqueue(new TextEncoder().encode("last"))
+                controller.close()
+              },
+            }),
+            { headers: { "cache-control": "no-store" } },
+          ),
+      )
+      using dir = ownedDir()
+      await using proxy = await startCli([...command, "--port", "0", "--origin", origin.url, "--cache-dir", dir.path])
+      expect(await (await get(`${proxy.url}slow-body`)).text()).toBe("first last")
+      await eventually(() => proxy.lines.some((l) => l.includes("/slow-body")))
+      const match = /GET \/slow-body 200 pass (\d+\.\d)ms 10B origin (\d+\.\d)ms$/.exec(proxy.lines.find((l) => l.includes("/slow-body"))!)
+      expect(match).not.toBeNull()
+      expect(Number(match![1])).toBeGreaterThanOrEqual(400)
+      expect(Number(match![2])).toBeLessThan(400)
+    },
+    60_000,
+  )
+
+  test.each(RUNTIMES)(
+    "%s: an origin whose headers do not come within --timeout is a 504, logged as a timeout; a slow body after them is not cut",
+    async (_, command) => {
+      await buildNodeBundle()
+      const text = new TextEncoder()
+      await using origin = startOrigin(async (req) => {
+        if (new URL(req.url).pathname === "/late") {
+          await Bun.sleep(3000)
+          return new Response("late")
+        }
+        const trickle = new ReadableStream({
+          async start(controller) {
+            controller.enqueue(text.encode("a"))
+            await Bun.sleep(1500)
+            controller.enqueue(text.encode("b"))
+            controller.close()
+          },
+        })
+        return new Response(trickle, { headers: { "cache-control": "no-store" } })
+      })
+      using dir = ownedDir()
+      await using proxy = await startCli([...command, "--port", "0", "--origin", origin.url, "--cache-dir", dir.path, "--timeout", "1"])
+      const late = await get(`${proxy.url}late`)
+      expect([late.status, await late.text()]).toEqual([504, "the origin did not answer within 1 s\n"])
+      expect(await (await get(`${proxy.url}trickle`)).text()).toBe("ab")
+      await eventually(() => proxy.lines.some((l) => l.includes("/late")))
+      expect(proxy.lines.find((l) => l.includes("/late"))).toMatch(/ GET \/late 504 miss \d+\.\dms \d+B origin timeout after \d+\.\dms$/)
+    },
+    60_000,
+  )
 
   test("a 502 says why (refused, reset) and how long the origin took; a 504 says timeout", async () => {
     const closed = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response() })

@@ -60,6 +60,12 @@ export interface ProxyOptions {
   admin: AdminListenOptions | undefined
   /** Pass Surrogate-Key and Cache-Tag on to clients instead of removing them. @default false */
   keepTagHeaders: boolean
+  /** Write a HAR of every stored response here (proxy/record.ts). @default undefined: none */
+  record: string | undefined
+  /** Answer from this HAR before the origin. @default undefined: none */
+  replay: string | undefined
+  /** Header and query parameter names redacted in recordings and exports, besides the credential fields; false: none (--no-redact). @default [] */
+  redact: string[] | false
 }
 
 interface AdminListenOptions {
@@ -90,8 +96,7 @@ export const args = {
   },
   "rewrite-location": {
     type: "boolean",
-    description:
-      "Rewrite the origin's own absolute URLs in Location and Content-Location to the proxy's (--public-url, else the Host asked)",
+    description: "Rewrite the origin's own URLs in Location and Content-Location to the proxy's (--public-url, else the Host asked)",
   },
   origin: { type: "string", valueHint: "URL", description: "Origin URL to forward to, e.g. https://api.example.com/v2" },
   "cache-dir": {
@@ -132,8 +137,7 @@ export const args = {
   "targeted-cache-control": {
     type: "string",
     valueHint: "FIELDS",
-    description:
-      "Comma-separated response fields followed before CDN-Cache-Control (RFC 9213), most specific first, e.g. CachingProxy-Cache-Control",
+    description: "Comma-separated fields obeyed before CDN-Cache-Control (RFC 9213), most specific first, e.g. Edge-Cache-Control",
   },
   store: {
     type: "string",
@@ -155,6 +159,18 @@ export const args = {
   },
   "admin-token": { type: "string", valueHint: "TOKEN", description: "Bearer token every admin request must carry" },
   "keep-tag-headers": { type: "boolean", description: "Pass Surrogate-Key and Cache-Tag on to clients (default: removed, as CDNs do)" },
+  record: {
+    type: "string",
+    valueHint: "FILE",
+    description: "Write every stored response to FILE as an HTTP Archive (HAR), as it is stored",
+  },
+  replay: { type: "string", valueHint: "FILE", description: "Answer from the responses in this HAR before asking the origin" },
+  redact: {
+    type: "string",
+    valueHint: "NAME",
+    description: "A header or query parameter to record and export as [redacted], besides credentials (repeatable)",
+  },
+  "no-redact": { type: "boolean", description: "Record and export every value as it is, credentials included" },
   quiet: { type: "boolean", description: "Do not log each request" },
   "log-format": {
     type: "string",
@@ -203,7 +219,29 @@ export function parseOptions(parsed: Args): ProxyOptions {
     storePrefix: parsed["store-prefix"],
     admin: parseAdmin(parsed, port),
     keepTagHeaders: Boolean(parsed["keep-tag-headers"]),
+    ...parseArchives(parsed),
+    redact: parseRedact(parsed),
   }
+}
+
+/** --record and --replay: a recording starts by emptying its file, so it cannot be the one replayed. */
+function parseArchives(parsed: Args): Pick<ProxyOptions, "record" | "replay"> {
+  const record = parsed.record === undefined ? undefined : resolve(parsed.record)
+  const replay = parsed.replay === undefined ? undefined : resolve(parsed.replay)
+  if (record !== undefined && record === replay)
+    throw new UsageError(`--record and --replay must name different files (both are ${record})`)
+  return { record, replay }
+}
+
+/**
+ * --redact NAME (repeatable, or comma-separated) and --no-redact, which citty reads as redact=false.
+ */
+export function parseRedact(parsed: { redact?: string | boolean; "no-redact"?: boolean }): string[] | false {
+  if (parsed.redact === false || parsed["no-redact"]) return false
+  if (typeof parsed.redact !== "string") return []
+  const names = parsed.redact.split(",").map((name) => name.trim())
+  if (names.includes("")) throw new UsageError(`--redact needs a header or query parameter name each time (got "${parsed.redact}")`)
+  return names
 }
 
 const SIZE = /^(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?$/i
@@ -343,14 +381,23 @@ function defaultCacheDir(): string {
   return join(base, "caching-proxy")
 }
 
+type FlagTable = Record<string, { type: string; alias?: string }>
+
 /** Every spelling citty accepts for each flag: its name, its alias, and `--no-` for booleans. */
-const FLAG_TYPES = new Map<string, string>(
-  Object.entries(args).flatMap(([name, def]) => [
-    [name, def.type],
-    ...("alias" in def ? [[def.alias, def.type] as [string, string]] : []),
-    ...(def.type === "boolean" ? [[`no-${name}`, def.type] as [string, string]] : []),
-  ]),
-)
+function flagTypes(table: FlagTable): Map<string, string> {
+  return new Map<string, string>(
+    Object.entries(table).flatMap(([name, def]) => [
+      [name, def.type],
+      ...(def.alias ? [[def.alias, def.type] as [string, string]] : []),
+      ...(def.type === "boolean" ? [[`no-${name}`, def.type] as [string, string]] : []),
+    ]),
+  )
+}
+
+const FLAG_TYPES = flagTypes(args)
+
+// Flags that may be given more than once: their values are joined (`joinRepeated`).
+const REPEATABLE = new Set(["redact"])
 
 /** The flag an argument names ("--port=1" and "--no-quiet" included), or undefined for a value. */
 function flagName(arg: string): string | undefined {
@@ -395,25 +442,52 @@ export function namingVariable(error: unknown, fromEnvironment: Map<string, { va
   return source && flag ? new UsageError(source.variable + (error as Error).message.slice(flag.length + 2)) : error
 }
 
-/** Refuses what citty would let through: unknown flags, flags given twice, stray arguments. */
-export function checkRawArgs(rawArgs: string[]): void {
+/**
+ * Refuses what citty would let through: unknown flags, flags given twice (but the repeatable ones),
+ * stray arguments beyond the `positionals` a subcommand takes.
+ */
+export function checkRawArgs(rawArgs: string[], table: FlagTable = args, positionals = 0): void {
+  const types = table === args ? FLAG_TYPES : flagTypes(table)
   const seen = new Set<string>()
   let expectsValue = false
+  let stray = 0
   for (const arg of rawArgs) {
     if (expectsValue && !arg.startsWith("--")) {
       expectsValue = false
       continue
     }
+    if (!arg.startsWith("-") && stray++ < positionals) continue
     if (!arg.startsWith("-") || arg === "-" || arg === "--")
       throw new UsageError(`unexpected argument "${arg}" (flags start with --; see --help)`)
     const [name = "", value] = arg.replace(/^--?/, "").split(/=(.*)/s)
-    const type = FLAG_TYPES.get(name)
+    const type = types.get(name)
     if (!type) throw new UsageError(`unknown flag "${arg}" (see --help)`)
     const flag = flagName(arg) ?? name
-    if (seen.has(flag)) throw new UsageError(`--${flag} is given more than once`)
+    if (seen.has(flag) && !REPEATABLE.has(flag)) throw new UsageError(`--${flag} is given more than once`)
     seen.add(flag)
     expectsValue = type === "string" && value === undefined
   }
+}
+
+/** The arguments with each repeatable flag's values joined by commas into its last one, which citty keeps. */
+export function joinRepeated(rawArgs: string[]): string[] {
+  const values = new Map<string, string[]>()
+  const kept: string[] = []
+  for (let i = 0; i < rawArgs.length; i++) {
+    const arg = rawArgs[i] as string
+    const [name = "", inline] = arg.replace(/^--?/, "").split(/=(.*)/s)
+    if (!arg.startsWith("--") || !REPEATABLE.has(name)) {
+      kept.push(arg)
+      continue
+    }
+    // A flag right after it is no value: "" is refused by parseOptions as a missing value.
+    const next = rawArgs[i + 1]
+    const takesNext = inline === undefined && next !== undefined && !next.startsWith("--")
+    if (takesNext) i++
+    const value = (takesNext ? next : inline) ?? ""
+    values.set(name, [...(values.get(name) ?? []), value])
+  }
+  return [...kept, ...[...values].map(([name, all]) => `--${name}=${all.join(",")}`)]
 }
 
 /**
