@@ -13,7 +13,9 @@ import { parseArgs } from "citty"
 import { type Context, Hono } from "hono"
 import { LinearRouter } from "hono/router/linear-router"
 import { withDeadline } from "./cache/deadline.ts"
+import { DirInUse, lockDir } from "./cache/dir-lock.ts"
 import { FileStore } from "./cache/file-store.ts"
+import { GroupMemberStore } from "./cache/group-store.ts"
 import { MemoryStore } from "./cache/memory-store.ts"
 import { isFromCache, outcomeOf } from "./cache/outcome.ts"
 import { targetList } from "./cache/policy.ts"
@@ -41,7 +43,18 @@ import {
   UsageError,
 } from "./proxy/options.ts"
 import { Recorder, Replay } from "./proxy/record.ts"
-import { type Listener, runtime, serve, unrelayed, unsent } from "./proxy/runtime.ts"
+import { type Listener, type ListenOptions, runtime, serve, unrelayed, unsent } from "./proxy/runtime.ts"
+import {
+  type AdminStarted,
+  answerMetrics,
+  type GroupSide,
+  type PrimaryParts,
+  primaryChannel,
+  reportListening,
+  superviseWorkers,
+  type WorkerRole,
+  workerRole,
+} from "./proxy/workers.ts"
 
 // What tests and embedders import from the entry point.
 export { type ProxyOptions, parseOptions, UsageError } from "./proxy/options.ts"
@@ -55,6 +68,8 @@ export interface ProxyOutput {
   log: (line: string) => void
   /** Failures the proxy carries on after. @default each kind to stderr, at most once a minute */
   warn: Warn
+  /** Under --workers, the worker these are: each access line names it. @default undefined: a lone proxy */
+  worker: number | undefined
 }
 
 /** The store entries live in: the disk under --cache-dir, or Redis (its code loaded only then). */
@@ -63,7 +78,11 @@ async function openStore(
   warn: Warn,
 ): Promise<Behind> {
   if (options.store.kind === "file") {
-    return new FileStore({ dir: options.cacheDir, maxBytes: options.maxSize, maxVariants: options.maxVariants, files: runtime.files, warn })
+    // A worker's share of the directory its primary indexes (proxy/workers.ts).
+    const member = workerRole() !== undefined
+    const { cacheDir: dir, maxSize: maxBytes, maxVariants } = options
+    const files = new FileStore({ dir, maxBytes, maxVariants, files: runtime.files, warn, member })
+    return member ? new GroupMemberStore(files, primaryChannel()) : files
   }
   // A literal specifier: `bun build --compile` bundles it, and other runs never load ioredis.
   const { RedisStore } = await import("./cache/redis-store.ts")
@@ -83,10 +102,13 @@ interface OriginTrip {
   failure?: OriginFailure
 }
 
-/** Builds the proxy as a Hono app, and its admin app (tests and embedders serve them themselves). */
-export async function createProxy(options: ProxyOptions, output: Partial<ProxyOutput> = {}) {
-  const { log = console.log, warn = createWarn(options.logFormat) } = output
-  const behind = await openStore(options, warn)
+/**
+ * Builds the proxy as a Hono app, and its admin app (tests and embedders serve them themselves).
+ * `group`: the primary of --workers builds its admin app so, on the group's store and metrics.
+ */
+export async function createProxy(options: ProxyOptions, output: Partial<ProxyOutput> = {}, group?: GroupSide) {
+  const { log = console.log, warn = createWarn(options.logFormat), worker } = output
+  const behind = group?.store ?? (await openStore(options, warn))
   const store = tiered(options, behind)
   const redacted = redaction(options.redact)
   const recorder = options.record ? await Recorder.open(options.record, packageJson.version, store, redacted, warn) : undefined
@@ -107,7 +129,7 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
   const replay = options.replay ? await loadReplay(options.replay, options.origin, config, redacted) : undefined
   const storeConnected = "isConnected" in behind ? () => (behind as { isConnected: boolean }).isConnected : undefined
   const metrics = options.metrics || options.admin ? new ProxyMetrics({ store, storeConnected, warn }) : undefined
-  const accessLog = options.quiet ? undefined : createAccessLog(options.logFormat, log)
+  const accessLog = options.quiet ? undefined : createAccessLog(options.logFormat, log, worker)
   /** Where each answered request goes: the access log, the metrics, both or neither (then nothing is timed). */
   const record =
     metrics || accessLog
@@ -235,9 +257,10 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
       origin: options.origin,
       token: options.admin.token,
       clientAddress: runtime.clientAddress,
-      metrics,
+      metrics: group?.metrics(metrics) ?? metrics,
       version: packageVersion(),
       warn,
+      notReady: group?.notReady,
     })
   return { app, cache, metrics, admin, recorder }
 }
@@ -342,6 +365,9 @@ function whereEntriesLive(options: ProxyOptions): string {
 
 /** The command: flags from the command line, then from the environment for those it leaves out, then `start`. */
 async function run(commandLine: string[]): Promise<number> {
+  // A worker's options come from the primary, already checked.
+  const role = workerRole()
+  if (role) return serveProxy(role.options, role)
   const command = ARCHIVE_COMMANDS[commandLine[0] ?? ""]
   if (command) return command(commandLine.slice(1), { openStore, version: packageJson.version })
   checkRawArgs(commandLine)
@@ -362,23 +388,75 @@ async function start(parsed: Args): Promise<number> {
   const options = parseOptions(parsed)
   if (parsed["clear-cache"]) return clearCache(options)
   if (options.store.kind === "file") checkCacheDir(options.cacheDir)
+  // Workers share their primary's lock.
+  const unlock = options.store.kind === "file" ? lockCacheDir(options.cacheDir) : undefined
+  try {
+    return options.workers > 1 ? await superviseWorkers(options, primaryParts(options)) : await serveProxy(options)
+  } finally {
+    unlock?.()
+  }
+}
+
+/**
+ * Under --workers, what the primary has besides its workers: on the file store, its own, which
+ * indexes and bounds the directory they share; with --admin-port, the group's admin listener.
+ */
+function primaryParts(options: ProxyOptions): PrimaryParts {
+  const warn = createWarn(options.logFormat)
+  const index =
+    options.store.kind === "file"
+      ? new FileStore({ dir: options.cacheDir, maxBytes: options.maxSize, files: runtime.files, warn })
+      : undefined
+  const startAdmin = options.admin && (async (group: GroupSide) => groupAdmin(options, group, warn))
+  return { index, warn, startAdmin }
+}
+
+/** The group's one admin listener, in the primary: its cache is a member of the workers' (proxy/workers.ts). */
+async function groupAdmin(options: ProxyOptions, group: GroupSide, warn: Warn): Promise<AdminStarted | undefined> {
+  const { admin, cache } = await createProxy({ ...options, quiet: true }, { warn }, group)
+  const listener =
+    admin && options.admin && (await listenOrSay(admin, { ...options, ...options.admin }, "admin port", "--admin-host", warn))
+  if (!listener) {
+    await cache.close()
+    return undefined
+  }
+  return { line: adminLine(options, listener), stop: () => listener.stop(true).then(() => cache.close()) }
+}
+
+/** What the start line says of the admin listener. */
+function adminLine(options: ProxyOptions, listener: Listener | null): string {
+  return listener ? `, admin on http://${urlHost(options.admin?.host ?? "")}:${listener.port}` : ""
+}
+
+/** Takes the cache directory for this proxy alone (cache/dir-lock.ts); one in use by a running one is a usage error. */
+function lockCacheDir(dir: string): () => void {
+  try {
+    return lockDir(dir, (line) => console.error(line))
+  } catch (error) {
+    if (error instanceof DirInUse) throw new UsageError(`--cache-dir ${error.message}`)
+    throw error
+  }
+}
+
+/** Serves the proxy until SIGINT or SIGTERM: alone, or as worker `role` of a group. */
+async function serveProxy(options: ProxyOptions, role?: WorkerRole): Promise<number> {
   const warn = createWarn(options.logFormat)
   if (options.redact === false && options.record) console.error(NO_REDACT_WARNING)
-  const { app, cache, admin, recorder } = await createProxy(options, { warn })
+  const { app, cache, admin, metrics, recorder } = await createProxy(options, { warn, worker: role?.id })
+  if (role && metrics) answerMetrics(metrics, role.id)
   // A shared store is worth a moment's wait: until Redis answers, requests would go to the origin
   // uncoalesced. Past that moment the proxy starts anyway, uncached, and connects in the background.
   if (options.store.kind === "redis") await waitAtMost(cache.store.ready(), STORE_CONNECT_WAIT_MS)
-  const listener = await listenOrSay(app, options, "port", "--host", warn)
+  const listener = await listenOrSay(app, { ...options, reusePort: role !== undefined }, "port", "--host", warn)
   const adminListener =
     admin && options.admin ? await listenOrSay(admin, { ...options, ...options.admin }, "admin port", "--admin-host", warn) : null
   if (!listener || adminListener === undefined) {
     await Promise.all([listener?.stop(true), adminListener?.stop(true)])
     return 1
   }
-  const adminLine = adminListener ? `, admin on http://${urlHost(options.admin?.host ?? "")}:${adminListener.port}` : ""
-  console.log(
-    `caching-proxy listening on http://${urlHost(options.host)}:${listener.port}, forwarding to ${options.origin}, cache in ${whereEntriesLive(options)}${adminLine}`,
-  )
+  const line = `caching-proxy listening on http://${urlHost(options.host)}:${listener.port}, forwarding to ${options.origin}, cache in ${whereEntriesLive(options)}${adminLine(options, adminListener)}`
+  if (role) reportListening(listener.port, line)
+  else console.log(line)
   await shutdownSignal()
   const stopped = Promise.all([listener.stop(), adminListener?.stop(true)]).then(() =>
     cache
@@ -418,13 +496,7 @@ async function clearCache(options: ProxyOptions): Promise<number> {
 }
 
 /** Serves an app, or says on stderr why its port cannot be used (undefined then). */
-async function listenOrSay(
-  app: Hono,
-  options: Pick<ProxyOptions, "host" | "port" | "timeoutSeconds">,
-  name: string,
-  hostFlag: string,
-  warn: Warn,
-): Promise<Listener | undefined> {
+async function listenOrSay(app: Hono, options: ListenOptions, name: string, hostFlag: string, warn: Warn): Promise<Listener | undefined> {
   try {
     return await serve(app, options, warn)
   } catch (error) {

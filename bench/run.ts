@@ -10,14 +10,16 @@
  *   BENCH_REPEATS    wrk runs per figure; the median is reported. Default 3.
  *   BENCH_ONLY       run one phase only: "hit" (HIT 1 KiB, 64 KiB and MISS), "big" (512 MiB),
  *                    "metrics" (HIT 1 KiB with metrics on and off), "redis" (the Redis store's
- *                    figures) or "node" (the Node build, dist/cli.js, against bare node:http
- *                    servers). Default: all.
+ *                    figures), "node" (the Node build, dist/cli.js, against bare node:http
+ *                    servers) or "workers" (--workers 2 against 1, beside nginx's
+ *                    worker_processes 2 against 1). Default: all.
  *   BENCH_PROXY_CMD  command that starts the proxy; the proxy flags are appended. It must exec the
  *                    server itself (no wrapping shell): its pid is the one whose memory is sampled.
  *                    Default: `<this bun> <repo>/proxy.ts`.
  *
  * Servers run pinned to CPU 0, wrk and this driver to CPU 1 (when taskset exists and there are two
- * CPUs), so client and server do not steal each other's cycles and the figures repeat.
+ * CPUs), so client and server do not steal each other's cycles and the figures repeat. The workers
+ * phase pins nothing: its point is what a second process gains on the cores it shares with wrk.
  */
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { availableParallelism, cpus, tmpdir } from "node:os"
@@ -109,21 +111,22 @@ interface Server {
 
 let config: Config
 
-function pinned(cpu: string, argv: string[]): string[] {
-  return config.pin ? ["taskset", "-c", cpu, ...argv] : argv
+/** `cpu` undefined: left to the scheduler on every CPU (the workers phase). */
+function pinned(cpu: string | undefined, argv: string[]): string[] {
+  return config.pin && cpu !== undefined ? ["taskset", "-c", cpu, ...argv] : argv
 }
 
 /** Every child goes through here, so that none can start once cleanUp has taken its list. */
-function spawnChild(cpu: string, argv: string[]): Subprocess<"ignore", "pipe", "pipe"> {
+function spawnChild(cpu: string | undefined, argv: string[]): Subprocess<"ignore", "pipe", "pipe"> {
   if (stopping) throw new BenchError("stopping")
   const child = Bun.spawn(pinned(cpu, argv), { cwd: REPO_DIR, stdin: "ignore", stdout: "pipe", stderr: "pipe" })
   children.add(child)
   return child
 }
 
-/** Starts a server pinned to SERVER_CPU and waits for the stdout line naming its address(es). */
-async function startServer(name: string, argv: string[]): Promise<Server> {
-  const child = spawnChild(SERVER_CPU, argv)
+/** Starts a server pinned to `cpu` and waits for the stdout line naming its address(es). */
+async function startServer(name: string, argv: string[], cpu: string | undefined = SERVER_CPU): Promise<Server> {
+  const child = spawnChild(cpu, argv)
   const server: Server = { name, process: child, urls: [], stderrTail: keepTail(child.stderr) }
   void child.exited.then((code) => {
     children.delete(child)
@@ -189,9 +192,14 @@ function makeTempDir(prefix: string): string {
   return dir
 }
 
-async function startProxy(originUrl: string, extraFlags: string[] = [], command = config.proxyCommand): Promise<Server> {
+/** The proxy under test (or `command`), pinned to the server CPU unless `unpinned` (the workers phase). */
+async function startProxy(
+  originUrl: string,
+  extraFlags: string[] = [],
+  { command = config.proxyCommand, unpinned = false }: { command?: string[]; unpinned?: boolean } = {},
+): Promise<Server> {
   const flags = ["--port", "0", "--origin", originUrl, "--cache-dir", makeTempDir("cache"), "--quiet", ...extraFlags]
-  return startServer("proxy", [...command, ...flags])
+  return startServer("proxy", [...command, ...flags], unpinned ? undefined : SERVER_CPU)
 }
 
 /** Stops one server and waits for it, so the next phase has the CPU and the memory to itself. */
@@ -238,9 +246,10 @@ function installExitHandlers(): void {
 
 /** Bounds the run: wrk runs themselves, plus FIXED_BUDGET_SECONDS for everything else. */
 function startWatchdog(): void {
-  // Ten comparisons (HIT 1 KiB, HIT 64 KiB, MISS vs origin, MISS vs forwarder, the two Redis
-  // HITs, metrics on vs off, the Node build's two HITs and MISS), two targets each.
-  const wrkRuns = 20 * (config.repeats + 1)
+  // Thirteen comparisons (HIT 1 KiB, HIT 64 KiB, MISS vs origin, MISS vs forwarder, the two Redis
+  // HITs, metrics on vs off, the Node build's two HITs and MISS, the workers' HIT, MISS and
+  // nginx's HIT), two targets each.
+  const wrkRuns = 26 * (config.repeats + 1)
   const budgetSeconds = wrkRuns * (config.durationSeconds + 5) + FIXED_BUDGET_SECONDS
   setTimeout(() => {
     console.error(`bench: gave up after ${budgetSeconds} s (time budget exceeded); stopping servers`)
@@ -280,15 +289,24 @@ interface WrkOutput {
 // /proc/<pid>/stat counts CPU time in clock ticks: 100 a second on Linux (USER_HZ).
 const CLOCK_TICKS_PER_SECOND = 100
 
-/** CPU time (user + system) a process has used so far, µs: /proc/<pid>/stat fields 14 and 15. */
+/**
+ * CPU time (user + system) a server has used so far, µs: /proc/<pid>/stat fields 14 and 15, of the
+ * process and of its children, which are its workers (--workers, nginx's worker processes). A
+ * worker that exited meanwhile takes its time with it: none should during a run.
+ */
 function cpuMicros(pid: number): number {
   // Fields after the command name (which may hold spaces) start at field 3, the state.
   const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ").at(-1)?.split(" ") ?? []
-  return ((Number(fields[11]) + Number(fields[12])) * 1e6) / CLOCK_TICKS_PER_SECOND
+  const own = ((Number(fields[11]) + Number(fields[12])) * 1e6) / CLOCK_TICKS_PER_SECOND
+  const children = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim()
+  return children === "" ? own : children.split(" ").reduce((sum, child) => sum + cpuMicros(Number(child)), own)
 }
 
-/** One wrk run; with `serverPid`, also the CPU that server spent per request (steadier than req/s on a busy machine). */
-async function runWrk(url: string, seconds: number, serverPid?: number): Promise<WrkRun> {
+/**
+ * One wrk run, wrk pinned to `clientCpu`; with `serverPid`, also the CPU that server spent per
+ * request (steadier than req/s on a busy machine).
+ */
+async function runWrk(url: string, seconds: number, serverPid?: number, clientCpu: string | undefined = CLIENT_CPU): Promise<WrkRun> {
   const cpuBefore = serverPid === undefined ? 0 : cpuMicros(serverPid)
   const argv = [
     "wrk",
@@ -301,7 +319,7 @@ async function runWrk(url: string, seconds: number, serverPid?: number): Promise
     join(BENCH_DIR, "latency.lua"),
     url,
   ]
-  const child = spawnChild(CLIENT_CPU, argv)
+  const child = spawnChild(clientCpu, argv)
   const killer = setTimeout(() => child.kill("SIGKILL"), (seconds + 15) * 1000)
   const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited])
   clearTimeout(killer)
@@ -341,15 +359,20 @@ function summarize(runs: WrkRun[]): WrkSummary {
  * wrk against two URLs, runs interleaved (a, b, a, b, ...) so that drift in the machine's
  * speed during the run lands on both sides of the comparison alike.
  */
-async function compareWithWrk(proxyUrl: string, referenceUrl: string, pids: [number, number] | [] = []): Promise<[WrkSummary, WrkSummary]> {
+async function compareWithWrk(
+  proxyUrl: string,
+  referenceUrl: string,
+  pids: [number, number] | [] = [],
+  clientCpu: string | undefined = CLIENT_CPU,
+): Promise<[WrkSummary, WrkSummary]> {
   const [proxyPid, referencePid] = pids
-  await runWrk(proxyUrl, WARMUP_SECONDS)
-  await runWrk(referenceUrl, WARMUP_SECONDS)
+  await runWrk(proxyUrl, WARMUP_SECONDS, undefined, clientCpu)
+  await runWrk(referenceUrl, WARMUP_SECONDS, undefined, clientCpu)
   const proxyRuns: WrkRun[] = []
   const referenceRuns: WrkRun[] = []
   for (let run = 0; run < config.repeats; run++) {
-    proxyRuns.push(await runWrk(proxyUrl, config.durationSeconds, proxyPid))
-    referenceRuns.push(await runWrk(referenceUrl, config.durationSeconds, referencePid))
+    proxyRuns.push(await runWrk(proxyUrl, config.durationSeconds, proxyPid, clientCpu))
+    referenceRuns.push(await runWrk(referenceUrl, config.durationSeconds, referencePid, clientCpu))
   }
   return [summarize(proxyRuns), summarize(referenceRuns)]
 }
@@ -745,7 +768,7 @@ async function benchBig(bigOriginUrl: string, command = config.proxyCommand, lab
     const direct = await download(`${bigOriginUrl}/big`)
     if (direct.contentLength !== String(BIG_BYTES))
       report.notes.push(`origin /big came without Content-Length ${BIG_BYTES} (got ${direct.contentLength})`)
-    proxy = await startProxy(bigOriginUrl, BIG_PROXY_FLAGS, command)
+    proxy = await startProxy(bigOriginUrl, BIG_PROXY_FLAGS, { command })
     const pid = proxy.process.pid
     const proxyUrl = `${proxy.urls[0]}/big`
     const miss = await download(proxyUrl, pid)
@@ -895,6 +918,124 @@ async function timeStartup(originUrl: string, cacheDir: string): Promise<Startup
   }
 }
 
+// ───────────────────────────── workers ─────────────────────────────
+
+/**
+ * --workers 2 against --workers 1, nothing pinned, wrk beside them on this machine's cores:
+ * CPU per HIT and per MISS summed over every process of each proxy (coordination between workers
+ * should be nearly free: at most 1.1×), and the HIT throughput gained by a second worker, beside
+ * what nginx (a caching proxy_pass to the same origin) gains from worker_processes 1 to 2.
+ */
+async function benchWorkers({ originUrl }: Servers): Promise<void> {
+  const measures = [
+    "HIT 1 KiB proxy CPU per request (all processes), --workers 2 vs 1",
+    "MISS no-store 1 KiB proxy CPU per request (all processes), --workers 2 vs 1",
+    "HIT 1 KiB throughput gain from a second worker, against nginx's (worker_processes 2 vs 1)",
+  ]
+  const started: Server[] = []
+  try {
+    const one = await startProxy(originUrl, [], { unpinned: true })
+    started.push(one)
+    const two = await startProxy(originUrl, ["--workers", "2"], { unpinned: true })
+    started.push(two)
+    const [oneUrl, twoUrl] = [one.urls[0], two.urls[0]]
+    if (!oneUrl || !twoUrl) throw new BenchError("a proxy's ready line names no address")
+    for (const url of [oneUrl, twoUrl]) await warmUntilHit(`${url}/1k`)
+    const pids: [number, number] = [two.process.pid, one.process.pid]
+    const [hitTwo, hitOne] = await compareWithWrk(`${twoUrl}/1k`, `${oneUrl}/1k`, pids, undefined)
+    const [missTwo, missOne] = await compareWithWrk(`${twoUrl}/nostore-1k`, `${oneUrl}/nostore-1k`, pids, undefined)
+    for (const server of started) assertRunning(server)
+    const nginxOne = await startNginx(originUrl, 1)
+    started.push(nginxOne)
+    const nginxTwo = await startNginx(originUrl, 2)
+    started.push(nginxTwo)
+    const [nginxHitTwo, nginxHitOne] = await compareWithWrk(`${nginxTwo.urls[0]}/1k`, `${nginxOne.urls[0]}/1k`, [], undefined)
+    report.raw.push(
+      { target: "proxy --workers 2 /1k (HIT)", summary: hitTwo },
+      { target: "proxy --workers 1 /1k (HIT)", summary: hitOne },
+      { target: "proxy --workers 2 /nostore-1k (MISS)", summary: missTwo },
+      { target: "proxy --workers 1 /nostore-1k (MISS)", summary: missOne },
+      { target: "nginx worker_processes 2 /1k (HIT)", summary: nginxHitTwo },
+      { target: "nginx worker_processes 1 /1k (HIT)", summary: nginxHitOne },
+    )
+    const gain = hitTwo.requestsPerSecond / hitOne.requestsPerSecond
+    const nginxGain = nginxHitTwo.requestsPerSecond / nginxHitOne.requestsPerSecond
+    report.rows.push(
+      ratioRow(measures[0]!, hitTwo.cpuUsPerRequest ?? Number.NaN, hitOne.cpuUsPerRequest ?? Number.NaN, formatMicros, "≤", 1.1),
+      ratioRow(measures[1]!, missTwo.cpuUsPerRequest ?? Number.NaN, missOne.cpuUsPerRequest ?? Number.NaN, formatMicros, "≤", 1.1),
+      {
+        ...ratioRow(measures[2]!, gain, nginxGain, (factor) => `${factor.toFixed(2)}×`, "≥", 1),
+        target: "≥ nginx's gain",
+      },
+    )
+  } catch (error) {
+    report.rows.push(...errorRows(measures, error))
+  } finally {
+    for (const server of started) await stopServer(server)
+  }
+}
+
+/** nginx as a caching reverse proxy of the origin, with `workers` worker processes, in a directory of its own. */
+async function startNginx(originUrl: string, workers: number): Promise<Server> {
+  if (Bun.which("nginx") === null) throw new BenchError("nginx not found on PATH (apt-get install -y nginx)")
+  const dir = makeTempDir(`nginx-${workers}`)
+  const port = freePort()
+  const settings = `
+    worker_processes ${workers};
+    daemon off;
+    pid ${dir}/nginx.pid;
+    error_log ${dir}/error.log;
+    ${process.getuid?.() === 0 ? "user root;" : ""}
+    events { worker_connections 1024; }
+    http {
+      access_log off;
+      client_body_temp_path ${dir}/body;
+      proxy_temp_path ${dir}/proxy;
+      fastcgi_temp_path ${dir}/fastcgi;
+      uwsgi_temp_path ${dir}/uwsgi;
+      scgi_temp_path ${dir}/scgi;
+      proxy_cache_path ${dir}/cache keys_zone=bench:10m;
+      upstream origin { server ${new URL(originUrl).host}; keepalive 32; }
+      server {
+        listen 127.0.0.1:${port};
+        location / {
+          proxy_pass http://origin;
+          proxy_http_version 1.1;
+          proxy_set_header Connection "";
+          proxy_cache bench;
+        }
+      }
+    }`
+  writeFileSync(join(dir, "nginx.conf"), settings)
+  const child = spawnChild(undefined, ["nginx", "-e", join(dir, "error.log"), "-p", dir, "-c", join(dir, "nginx.conf")])
+  const server: Server = {
+    name: `nginx (${workers})`,
+    process: child,
+    urls: [`http://127.0.0.1:${port}`],
+    stderrTail: keepTail(child.stderr),
+  }
+  void drain(child.stdout.getReader())
+  const deadline = Date.now() + STARTUP_TIMEOUT_MS
+  while (
+    !(await get(`${server.urls[0]}/1k`).then(
+      (answer) => answer.status === 200,
+      () => false,
+    ))
+  ) {
+    if (child.exitCode !== null || Date.now() > deadline) throw new BenchError(`nginx did not start: ${server.stderrTail()}`)
+    await Bun.sleep(50)
+  }
+  return server
+}
+
+/** A port nothing listens on now (the kernel's choice for port 0, then released). */
+function freePort(): number {
+  const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } })
+  const { port } = probe
+  probe.stop(true)
+  return port
+}
+
 // ───────────────────────────── Redis ─────────────────────────────
 
 async function redisCli(port: number, ...args: string[]): Promise<string> {
@@ -998,7 +1139,7 @@ async function benchNode({ originUrl, bigOriginUrl }: Servers): Promise<void> {
     if (!node) throw new BenchError("node not found on PATH; the Node leg runs the Node build under it")
     if (!existsSync(NODE_BUNDLE)) throw new BenchError(`${NODE_BUNDLE} does not exist; build it with npm run build:js`)
     const [ceilingScript, forwarderScript] = await bundleForNode(["node-ceiling.ts", "node-forwarder.ts"])
-    const proxy = await startProxy(originUrl, [], [node, NODE_BUNDLE])
+    const proxy = await startProxy(originUrl, [], { command: [node, NODE_BUNDLE] })
     const ceiling = await startServer("node-ceiling", [node, ceilingScript!])
     const forwarder = await startServer("node-forwarder", [node, forwarderScript!, originUrl])
     started.push(proxy, ceiling, forwarder)
@@ -1131,6 +1272,7 @@ const ONLY_PHASES = {
   metrics: benchMetricsOverhead,
   redis: ({ originUrl, bigOriginUrl, ceilingUrl }: Servers) => benchRedis(originUrl, bigOriginUrl, ceilingUrl),
   node: benchNode,
+  workers: benchWorkers,
 }
 
 /** The request path's figures: hits of two sizes and a miss, each against its reference. */
@@ -1151,6 +1293,8 @@ async function allPhases(servers: Servers, ceiling: Server): Promise<void> {
   await benchMetricsOverhead(servers)
   announce("coalescing")
   await benchCoalescing(servers)
+  announce("workers")
+  await benchWorkers(servers)
   noteProxyStderr(proxy)
   // The 512 MiB part gets a proxy of its own (bigger limits, fresh cache, fresh RSS baseline).
   await stopServer(proxy)

@@ -4,6 +4,9 @@
  */
 import { dirname } from "node:path"
 
+/** A variant indexed (written, or read: it moves to the most recent end) or gone, as a group member tells its coordinator. */
+export type IndexChange = { metaPath: string; key: string; bytes: number } | { metaPath: string; gone: true }
+
 export class DiskUsage {
   /** meta path → bytes on disk (meta + body, in whole blocks), in least-recently-used order; `use` grows with each. */
   readonly lru = new Map<string, { bytes: number; key: string; persistedAt: number; use: number }>()
@@ -19,6 +22,8 @@ export class DiskUsage {
   mostRecent: string | undefined
   /** Bytes of `lru` and `leftovers`; with the directories', what the bound applies to (`occupiedBytes`). */
   private totalBytes = 0
+  /** Told of each variant indexed or gone (cache/group-store.ts: a worker's, for the one index). */
+  private readonly changeListeners: ((change: IndexChange) => void)[] = []
   /** Counts reads and writes: a variant's last `use` places it in the LRU order without walking it. */
   private uses = 0
 
@@ -30,6 +35,11 @@ export class DiskUsage {
     this.lru.set(metaPath, { bytes, key, persistedAt, use: ++this.uses })
     this.totalBytes += bytes
     this.mostRecent = metaPath
+    for (const listener of this.changeListeners) listener({ metaPath, key, bytes })
+  }
+
+  onChange(listener: (change: IndexChange) => void): void {
+    this.changeListeners.push(listener)
   }
 
   /** Takes a variant out of the LRU order and the byte count, to put it back or because it is gone. */
@@ -74,6 +84,7 @@ export class DiskUsage {
 
   /** Stops counting a path that is gone: a variant's meta, or a leftover. */
   forget(path: string): void {
+    if (this.lru.has(path)) for (const listener of this.changeListeners) listener({ metaPath: path, gone: true })
     this.unaccount(path)
     const leftover = this.leftovers.get(path)
     if (leftover === undefined) return

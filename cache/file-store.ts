@@ -20,7 +20,7 @@ import { constants, type Dirent, type Stats } from "node:fs"
 import * as fs from "node:fs/promises"
 import { basename, dirname, join, relative } from "node:path"
 import { sha256 } from "./bytes.ts"
-import { DiskUsage } from "./disk-usage.ts"
+import { DiskUsage, type IndexChange } from "./disk-usage.ts"
 import type { FileApi } from "./file-api.ts"
 import {
   type BodyRecord,
@@ -99,6 +99,13 @@ export interface FileStoreOptions {
   maxBytes: number
   files: FileApi
   warn: Warn
+  /**
+   * One of a group's workers (cache/group-store.ts): other processes write the directory too, and
+   * the group's coordinator scans it, bounds it and evicts, told of this store's index by
+   * `onIndexChange`. This store then never scans, never evicts, and never takes a key it has not
+   * seen for absent. @default false
+   */
+  member?: boolean
   /** Variants kept per key; the least recently used goes beyond it. @default 64 */
   maxVariants?: number
 }
@@ -130,6 +137,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   /** Where each meta handed out lives, so an upper tier's hit can count as a read here. */
   private readonly metaPaths = new WeakMap<EntryMeta, string>()
   private readonly dropListeners: ((key: string | null) => void)[] = []
+  private readonly member: boolean
   private readonly scanned: Promise<void>
   private generation: string | undefined
   private lastKeyDir = { key: "", dir: "" }
@@ -142,7 +150,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
    */
   private readonly shapes = new Map<string, string[][]>()
 
-  constructor({ dir, maxBytes, files, warn, maxVariants = DEFAULT_MAX_VARIANTS }: FileStoreOptions) {
+  constructor({ dir, maxBytes, files, warn, member = false, maxVariants = DEFAULT_MAX_VARIANTS }: FileStoreOptions) {
     this.dir = dir
     this.root = join(dir, FORMAT_DIR)
     this.maxBytes = maxBytes
@@ -150,7 +158,8 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     this.files = files
     this.warn = warn
     this.usage = new DiskUsage(blockBytesOf(dir))
-    this.scanned = this.scan()
+    this.member = member
+    this.scanned = member ? Promise.resolve() : this.scan()
     this.generationTimer = setInterval(() => void this.checkGeneration(), GENERATION_POLL_MS)
     this.generationTimer.unref?.()
     void this.checkGeneration()
@@ -443,6 +452,40 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
 
   onDrop(listener: (key: string | null) => void): void {
     this.dropListeners.push(listener)
+  }
+
+  /**
+   * Another process changed the key's entries (null: cleared everything): the Vary name lists
+   * known for it may be out of date, and are learnt again at its next lookup.
+   */
+  changedElsewhere(key: string | null): void {
+    if (key === null) this.shapes.clear()
+    else this.shapes.delete(this.keyDir(key))
+  }
+
+  /** A group member's index, change by change, for its coordinator. */
+  onIndexChange(listener: (change: IndexChange) => void): void {
+    this.usage.onChange(listener)
+  }
+
+  /** The coordinator's part: what the group's members indexed and removed joins this index, then the bound is held. */
+  async applyIndexChanges(changes: IndexChange[]): Promise<void> {
+    const left = new Set<string>() // key directories a variant left: gone too, if emptied
+    for (const change of changes) {
+      const dir = dirname(change.metaPath)
+      if ("gone" in change) {
+        this.forget(change.metaPath)
+        left.add(dir)
+      } else {
+        this.usage.knowKeyDir(dir)
+        this.usage.account(change.metaPath, change.key, change.bytes)
+      }
+    }
+    for (const dir of left) {
+      const stat = await fs.lstat(dir).catch(this.ifMissing(undefined, "indexing a worker's removal"))
+      if (!stat) this.usage.forgetKeyDir(dir)
+    }
+    await this.evict()
   }
 
   // ───────────── reading ─────────────
@@ -820,7 +863,8 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
 
   /** Removes leftovers, then least-recently-used variants, until the store is within its bound. */
   private async evict(): Promise<void> {
-    if (this.usage.occupiedBytes() <= this.maxBytes) return
+    // A group member's coordinator holds the bound for the whole directory.
+    if (this.member || this.usage.occupiedBytes() <= this.maxBytes) return
     for (const path of [...this.usage.leftovers.keys()]) {
       if (this.usage.occupiedBytes() <= this.maxBytes) return
       await this.removeLeftover(path)
@@ -972,7 +1016,8 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     if (this.generation !== undefined && generation !== this.generation) {
       this.epoch++
       this.reset()
-      this.scanDone = true // nothing is on disk but what is written from now on
+      // Nothing is on disk but what is written from now on; by this process alone unless a member.
+      this.scanDone = !this.member
       for (const listener of this.dropListeners) listener(null)
     }
     this.generation = generation

@@ -4,6 +4,7 @@
  * (RFC 9110 §12.5), and the development overrides.
  */
 import { afterEach, describe, expect, setSystemTime, test } from "bun:test"
+import { join } from "node:path"
 import {
   answer,
   CLI,
@@ -289,11 +290,14 @@ describe("RFC 9213 targeted cache control", () => {
       "mine-cache-control": "max-age=60",
     })
     using dir = ownedDir()
-    const flags = ["--port", "0", "--origin", origin.url, "--cache-dir", dir.path]
-    await using byFlag = await startCli([...CLI, ...flags, "--targeted-cache-control", "Mine-Cache-Control"])
+    // Two proxies at once: a cache directory each (one proxy per directory).
+    const flags = ["--port", "0", "--origin", origin.url]
+    const flag = ["--cache-dir", join(dir.path, "flag"), "--targeted-cache-control", "Mine-Cache-Control"]
+    await using byFlag = await startCli([...CLI, ...flags, ...flag])
     await answer(`${byFlag.url}flag`)
     expect((await answer(`${byFlag.url}flag`)).xCache).toBe("HIT")
-    await using byEnv = await startCli([...CLI, ...flags], { CACHING_PROXY_TARGETED_CACHE_CONTROL: "Mine-Cache-Control" })
+    const env = { CACHING_PROXY_TARGETED_CACHE_CONTROL: "Mine-Cache-Control" }
+    await using byEnv = await startCli([...CLI, ...flags, "--cache-dir", join(dir.path, "env")], env)
     await answer(`${byEnv.url}env`)
     expect((await answer(`${byEnv.url}env`)).xCache).toBe("HIT")
     for (const bad of ["Cache-Control", "Mine-Cache-Control,,Other", "bad field"]) {

@@ -12,6 +12,7 @@ import { setTimeout as sleep } from "node:timers/promises"
 import { type Context, Hono, type MiddlewareHandler } from "hono"
 import { bodyLimit } from "hono/body-limit"
 import { withDeadline } from "../cache/deadline.ts"
+import type { MaybePromise } from "../cache/store.ts"
 import type { Cache, PurgeTarget, TierStats, Warn } from "../cache.ts"
 import { entryTable, SORT_KEYS, type SortKey } from "./entry-table.ts"
 import { INSPECTOR_CSP, INSPECTOR_PAGE } from "./inspector.ts"
@@ -39,7 +40,7 @@ export interface AdminMetrics {
   contentType: string
   render(): Promise<string>
   /** The inspector's traffic figures over a window, and the URLs served most since the start. */
-  summary(window: WindowName): TrafficView
+  summary(window: WindowName): MaybePromise<TrafficView>
   /** When the process started, and the shared store's state (undefined without one). */
   state(): { startedAt: number; store: StoreState | undefined }
   /** Counts one purge and the URLs it removed or marked stale. */
@@ -66,13 +67,15 @@ export interface AdminConfig {
   /** The version the inspector shows. */
   version: string
   warn: Warn
+  /** Why the proxy is not ready, the store aside: under --workers, a worker not listening. @default none */
+  notReady?: () => string | undefined
 }
 
 /** A request the API cannot act on: 400 with this one line. */
 class BadRequest extends Error {}
 
 /** Builds the admin app; `serve` (proxy.ts) puts it on its own port. */
-export function createAdmin({ cache, origin, token, clientAddress, metrics, version, warn }: AdminConfig): Hono {
+export function createAdmin({ cache, origin, token, clientAddress, metrics, version, warn, notReady }: AdminConfig): Hono {
   const app = new Hono()
   // Without a token the listener is on loopback, and a page whose name the attacker's DNS turned to
   // 127.0.0.1 (DNS rebinding) is same-origin with it: only its Host header still gives it away.
@@ -100,7 +103,7 @@ export function createAdmin({ cache, origin, token, clientAddress, metrics, vers
   app.get("/healthz", (c) => c.text("ok\n"))
 
   app.get("/readyz", async (c) => {
-    const problem = await storeProblem(cache)
+    const problem = notReady?.() ?? (await storeProblem(cache))
     return problem === undefined ? c.text("ready\n") : c.text(`not ready: ${problem}\n`, 503)
   })
 
@@ -146,7 +149,7 @@ export function createAdmin({ cache, origin, token, clientAddress, metrics, vers
       uptimeSeconds: Math.floor((Date.now() - startedAt) / 1000),
       store: store ?? null,
       tiers: await metrics.tierStats(),
-      traffic: metrics.summary(window as WindowName),
+      traffic: await metrics.summary(window as WindowName),
     })
   })
 

@@ -28,16 +28,20 @@ export interface Access {
   originMs?: number
 }
 
-/** Writes access lines in the chosen format. */
-export function createAccessLog(format: LogFormat, write: (line: string) => void = console.log): (access: Access) => void {
+/**
+ * Writes access lines in the chosen format; under --workers each names the `worker` that answered
+ * (` worker 2` at the end of a text line, a `worker` field in JSON).
+ */
+export function createAccessLog(format: LogFormat, write: (line: string) => void = console.log, worker?: number): (access: Access) => void {
   if (format === "json") {
     return (access) => {
       const { ms, originMs } = access
       const times = { ms: tenths(ms), ...(originMs === undefined ? {} : { originMs: tenths(originMs) }) }
-      write(JSON.stringify({ time: new Date().toISOString(), ...access, ...times }))
+      write(JSON.stringify({ time: new Date().toISOString(), ...access, ...times, ...(worker === undefined ? {} : { worker }) }))
     }
   }
-  return (access) => write(`${new Date().toISOString()} ${accessText(access)}`)
+  const named = worker === undefined ? "" : ` worker ${worker}`
+  return (access) => write(`${new Date().toISOString()} ${accessText(access)}${named}`)
 }
 
 /** `GET /a 200 miss 15.2ms 1024B origin 12.1ms`; `GET /a 502 miss 3.1ms 52B origin refused after 2.9ms` */

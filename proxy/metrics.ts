@@ -6,12 +6,22 @@
  * a hit needs, measured; a 1 KiB hit takes about 19 µs, so that alone was 6 % of it. prom-client
  * reads the numbers when /metrics is scraped (`collect`), and renders them.
  */
-import { Counter, collectDefaultMetrics, Gauge, Histogram, type LabelValues, Registry } from "prom-client"
+import {
+  AggregatorRegistry,
+  Counter,
+  collectDefaultMetrics,
+  Gauge,
+  Histogram,
+  type LabelValues,
+  type MetricObjectWithValues,
+  type MetricValue,
+  Registry,
+} from "prom-client"
 import { isFromCache, OUTCOME_KINDS } from "../cache/outcome.ts"
 import type { Listing, OriginFailure, TierStats, Warn } from "../cache.ts"
 import type { AdminMetrics, StoreState } from "./admin.ts"
 import type { Access } from "./log.ts"
-import { Traffic, type TrafficView, type WindowName } from "./traffic.ts"
+import { Traffic, type TrafficExport, type TrafficView, type WindowName } from "./traffic.ts"
 
 const STATUS_CLASSES = ["1xx", "2xx", "3xx", "4xx", "5xx"] as const
 const ORIGIN_FAILURES: readonly OriginFailure[] = ["refused", "reset", "timeout", "dns", "other"]
@@ -255,13 +265,32 @@ export class ProxyMetrics implements AdminMetrics {
     return this.registry.metrics()
   }
 
-  /** Requests and hits per 10 s, oldest first, over the last 10 minutes (quiet ones as zeros). */
+  /**
+   * This process's metrics for a group's admin listener (`GroupMetrics`): those of the process
+   * itself (memory, CPU, event loop) labelled with the `worker` it is ("primary", "1", …), so that
+   * each stays apart where the rest are summed.
+   */
+  async snapshot(worker: string): Promise<MetricsSnapshot> {
+    const metrics = (await this.registry.getMetricsAsJSON()).map((metric) =>
+      PER_PROCESS.test(metric.name)
+        ? { ...metric, values: metric.values.map((value) => ({ ...value, labels: { ...value.labels, worker } })) }
+        : metric,
+    )
+    return { metrics, traffic: this.traffic.export(), tiers: await this.tierStats() }
+  }
+
+  /** Requests and hits per 10 s, oldest first, over the last 10 minutes (quiet ones as zeros): the inspector's chart. */
   recent(): { at: number; requests: number; hits: number }[] {
     return this.summary("10m").bars
   }
 
   summary(window: WindowName): TrafficView {
     return { ...this.traffic.summary(window, Date.now()), ...this.traffic.top() }
+  }
+
+  /** This process's traffic as plain data, for a group's primary. */
+  trafficExport(): TrafficExport {
+    return this.traffic.export()
   }
 
   /** When the process started, and the shared store's state (undefined without one). */
@@ -274,5 +303,81 @@ export class ProxyMetrics implements AdminMetrics {
     this.traffic.tick(now)
     const connected = this.options.storeConnected?.()
     if (this.storeState && connected !== undefined && connected !== this.storeState.connected) this.storeState = { connected, since: now }
+  }
+}
+
+// prom-client's default metrics: each process's own, never summed.
+const PER_PROCESS = /^(?:process_|nodejs_)/
+// The one tier each process has of its own; the others (file, Redis) are the same store seen from each.
+const MEMORY_TIER = "memory"
+// Metrics of the store behind the memory tier, and of the connection to it: the primary's stand for all.
+const STORE_WIDE = /^caching_proxy_(?:store_|redis_connected)/
+
+/** A worker's metric, less the values that are the whole store's rather than its own (non-memory tiers, Redis's connection). */
+function perProcessOnly(metric: MetricObjectWithValues<MetricValue<string>>): MetricObjectWithValues<MetricValue<string>> {
+  if (!STORE_WIDE.test(metric.name)) return metric
+  return { ...metric, values: metric.values.filter((value) => value.labels.tier === MEMORY_TIER) }
+}
+
+/** One process's metrics, as plain data that can cross a process boundary. */
+export interface MetricsSnapshot {
+  metrics: MetricObjectWithValues<MetricValue<string>>[]
+  traffic: TrafficExport
+  tiers: TierStats[]
+}
+
+/**
+ * The metrics of a group of workers (--workers), for the primary's admin listener: its own (purges,
+ * the whole directory's file tier) and every worker's (requests, origin, memory tiers), summed by
+ * prom-client's AggregatorRegistry; each process's own (memory, CPU, event loop) labelled with
+ * its `worker`.
+ */
+export class GroupMetrics implements AdminMetrics {
+  readonly contentType: string
+
+  constructor(
+    private readonly own: ProxyMetrics,
+    /** Every running worker's snapshot, asked for when needed. */
+    private readonly workers: () => Promise<MetricsSnapshot[]>,
+  ) {
+    this.contentType = own.contentType
+  }
+
+  async render(): Promise<string> {
+    const workers = (await this.workers()).map((snapshot) => snapshot.metrics.map(perProcessOnly))
+    return AggregatorRegistry.aggregate([(await this.own.snapshot("primary")).metrics, ...workers]).metrics()
+  }
+
+  /** The traffic of every process, summed: the primary's own and each worker's. */
+  async summary(window: WindowName): Promise<TrafficView> {
+    const traffic = Traffic.merged([this.own.trafficExport(), ...(await this.workers()).map((snapshot) => snapshot.traffic)])
+    return { ...traffic.summary(window, Date.now()), ...traffic.top() }
+  }
+
+  /** The primary's start, and its view of the shared store. */
+  state(): { startedAt: number; store: StoreState | undefined } {
+    return this.own.state()
+  }
+
+  purged(entries: number): void {
+    this.own.purged(entries)
+  }
+
+  /** Each tier summed over the processes: the memory tiers of all; the store behind, one for all, as the primary sees it. */
+  async tierStats(): Promise<TierStats[]> {
+    const workers = (await this.workers()).flatMap((snapshot) => snapshot.tiers.filter((stats) => stats.tier === MEMORY_TIER))
+    const all = [...(await this.own.tierStats()), ...workers]
+    const byTier = new Map<string, TierStats>()
+    for (const stats of all) {
+      const sum = byTier.get(stats.tier)
+      if (!sum) byTier.set(stats.tier, { ...stats })
+      else {
+        sum.entries += stats.entries
+        sum.bytes += stats.bytes
+        if (stats.evictions !== undefined) sum.evictions = (sum.evictions ?? 0) + stats.evictions
+        if (stats.maxBytes !== undefined) sum.maxBytes = (sum.maxBytes ?? 0) + stats.maxBytes
+      }
+    }
+    return [...byTier.values()]
   }
 }

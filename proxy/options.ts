@@ -5,7 +5,7 @@
  */
 
 import { existsSync, mkdirSync, rmSync, statSync, writeFileSync } from "node:fs"
-import { homedir } from "node:os"
+import { availableParallelism, homedir } from "node:os"
 import { dirname, join, resolve } from "node:path"
 import type { parseArgs } from "citty"
 import { FIELD_NAME } from "../cache/policy.ts"
@@ -66,6 +66,8 @@ export interface ProxyOptions {
   replay: string | undefined
   /** Header and query parameter names redacted in recordings and exports, besides the credential fields; false: none (--no-redact). @default [] */
   redact: string[] | false
+  /** Processes that answer on the port and share the cache (proxy/workers.ts). @default 1: this process alone */
+  workers: number
 }
 
 interface AdminListenOptions {
@@ -171,6 +173,12 @@ export const args = {
     description: "A header or query parameter to record and export as [redacted], besides credentials (repeatable)",
   },
   "no-redact": { type: "boolean", description: "Record and export every value as it is, credentials included" },
+  workers: {
+    type: "string",
+    valueHint: "N",
+    description: "Processes answering on the port, sharing the cache (auto: one per core)",
+    default: "1",
+  },
   quiet: { type: "boolean", description: "Do not log each request" },
   "log-format": {
     type: "string",
@@ -190,6 +198,9 @@ export function parseOptions(parsed: Args): ProxyOptions {
     if (def.type === "string" && parsed[name] === "") throw new UsageError(`--${name} needs a value`)
   }
   const port = parsePort(parsed.port)
+  const workers = parseWorkers(parsed.workers)
+  // One HAR file has one writer: workers would each append to it.
+  if (workers > 1 && parsed.record !== undefined) throw new UsageError("--record cannot be used with --workers (one process writes a HAR)")
   return {
     port,
     host: parsed.host,
@@ -221,6 +232,7 @@ export function parseOptions(parsed: Args): ProxyOptions {
     keepTagHeaders: Boolean(parsed["keep-tag-headers"]),
     ...parseArchives(parsed),
     redact: parseRedact(parsed),
+    workers,
   }
 }
 
@@ -286,6 +298,15 @@ function parsePort(value: string, name = "port"): number {
   const port = Number(value)
   if (!/^\d+$/.test(value.trim()) || port > 65535) throw new UsageError(`--${name} must be 0-65535 (got "${value}")`)
   return port
+}
+
+/** --workers: a count, or auto for as many as the cores this process may use. */
+function parseWorkers(value: string): number {
+  if (value === "auto") return availableParallelism()
+  const count = Number(value)
+  if (!/^\d+$/.test(value.trim()) || count < 1)
+    throw new UsageError(`--workers must be a number of processes, 1 or more, or auto (got "${value}")`)
+  return count
 }
 
 /** --admin-port, --admin-host, --admin-token: none without a port; a token wherever others can reach it. */

@@ -47,8 +47,11 @@ interface Runtime {
   ): Promise<Response>
   /** Where this request's interim responses go ahead of its final one; undefined where the server cannot send them. */
   interimTo(c: Context, warn: Warn): Interim | undefined
-  /** Serves the app; what fails outside it (`warn`ed) is answered by `unsent`, never by the runtime. */
-  listen(app: Hono, host: string, port: number, idleTimeoutSeconds: number, warn: Warn): Promise<Listener>
+  /**
+   * Serves the app; what fails outside it (`warn`ed) is answered by `unsent`, never by the runtime.
+   * `reusePort`: other processes (workers) listen on the port too.
+   */
+  listen(app: Hono, host: string, port: number, idleTimeoutSeconds: number, warn: Warn, reusePort: boolean): Promise<Listener>
   /** The client's address, for X-Forwarded-For. */
   clientAddress(c: Context): string | undefined
   /** The port the request came in on: the one listened on. */
@@ -160,7 +163,7 @@ const bunRuntime: Runtime = {
         },
       ),
     ),
-  async listen(app, host, port, idleTimeoutSeconds, warn) {
+  async listen(app, host, port, idleTimeoutSeconds, warn, reusePort) {
     // Hits whose file Bun is about to open by its path, each with its request: the request, or
     // null when several share the file and a failure could not be told whose. Kept until the
     // next turn of the event loop: Bun opens the file as it takes the response, before that.
@@ -175,6 +178,7 @@ const bunRuntime: Runtime = {
     const server: Bun.Server<undefined> = Bun.serve({
       hostname: host,
       port,
+      reusePort,
       fetch: (request, bunServer) => {
         const response = app.fetch(request, bunServer)
         return response instanceof Promise ? response.then((ready) => watched(ready, request)) : response
@@ -545,6 +549,7 @@ const nodeRuntime: Runtime = {
     nodeFetch(target, method, headers, body, interim, { timeoutMs }).catch((error: unknown) => {
       throw unreachable(error)
     }),
+  // Workers share the port through node:cluster, which hands them connections: no reusePort here.
   async listen(app, host, port, _idleTimeoutSeconds, warn) {
     const [{ getRequestListener, RequestError }, { RESPONSE_ALREADY_SENT }] = await Promise.all([
       import("@hono/node-server"),
@@ -609,12 +614,11 @@ const nodeRuntime: Runtime = {
 export const runtime: Runtime = typeof Bun !== "undefined" ? bunRuntime : nodeRuntime
 
 /** Serves the app on the current runtime; what fails outside the app is reported to `warn`. */
-export function serve(
-  app: Hono,
-  options: Pick<ProxyOptions, "host" | "port" | "timeoutSeconds">,
-  warn: Warn = createWarn(),
-): Promise<Listener> {
+export function serve(app: Hono, options: ListenOptions, warn: Warn = createWarn()): Promise<Listener> {
   // Bun closes idle connections after 10 s by default: wait at least as long as the origin may.
   const idleTimeoutSeconds = Math.min(255, Math.ceil(options.timeoutSeconds) + 10)
-  return runtime.listen(app, options.host, options.port, idleTimeoutSeconds, warn)
+  return runtime.listen(app, options.host, options.port, idleTimeoutSeconds, warn, options.reusePort ?? false)
 }
+
+/** Where and how to listen; `reusePort`: the port is shared with other workers. @default reusePort false */
+export type ListenOptions = Pick<ProxyOptions, "host" | "port" | "timeoutSeconds"> & { reusePort?: boolean }

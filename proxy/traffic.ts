@@ -29,6 +29,11 @@ type TrafficOutcome = (typeof TRAFFIC_OUTCOMES)[number]
 const MAX_RANKED_URLS = 10_000
 /** The top URLs listed, by requests served from the cache and by bytes sent. */
 const TOP_URLS = 10
+/**
+ * The top URLs a worker hands the primary (--workers), by each measure: a URL ranked just below
+ * in one worker and high in another may be counted short, but not one among a worker's first 100.
+ */
+const EXPORTED_URLS = 100
 
 // One bucket's figures, in one array: outcomes, status classes, then these, then the latency histogram.
 const STATUS_AT = TRAFFIC_OUTCOMES.length
@@ -72,10 +77,54 @@ export interface RankedUrl {
   bytes: number
 }
 
+/** One process's traffic as plain data, to cross to the primary of a group of workers. */
+export interface TrafficExport {
+  buckets: { at: number; figures: number[] }[]
+  urls: RankedUrl[]
+}
+
 export class Traffic {
   private current = { at: bucketStart(Date.now()), figures: new Float64Array(FIGURES) }
   private readonly buckets = [this.current]
   private readonly ranked = new Map<string, RankedUrl>()
+
+  /** The traffic of several processes (a group of workers) as one: buckets and URLs summed. */
+  static merged(parts: TrafficExport[]): Traffic {
+    const traffic = new Traffic()
+    const byStart = new Map<number, Float64Array<ArrayBuffer>>()
+    for (const { buckets, urls } of parts) {
+      for (const { at, figures } of buckets) {
+        const sum = byStart.get(at) ?? new Float64Array(FIGURES)
+        figures.forEach((value, index) => {
+          ;(sum[index] as number) += value
+        })
+        byStart.set(at, sum)
+      }
+      for (const url of urls) {
+        const known = traffic.ranked.get(url.path)
+        if (known === undefined) traffic.ranked.set(url.path, { ...url })
+        else {
+          known.requests += url.requests
+          known.hits += url.hits
+          known.bytes += url.bytes
+        }
+      }
+    }
+    traffic.buckets.length = 0
+    for (const at of [...byStart.keys()].sort((a, b) => a - b))
+      traffic.buckets.push({ at, figures: byStart.get(at) as Float64Array<ArrayBuffer> })
+    return traffic
+  }
+
+  /** This process's traffic as plain data: every bucket kept, and its first URLs by hits and by bytes. */
+  export(): TrafficExport {
+    const urls = [...this.ranked.values()]
+    const first = (by: (url: RankedUrl) => number) => [...urls].sort((a, b) => by(b) - by(a)).slice(0, EXPORTED_URLS)
+    return {
+      buckets: this.buckets.map(({ at, figures }) => ({ at, figures: [...figures] })),
+      urls: [...new Set([...first((url) => url.hits), ...first((url) => url.bytes)])],
+    }
+  }
 
   /** Counts one answered request. */
   record(access: Access): void {
