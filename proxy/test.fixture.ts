@@ -122,6 +122,49 @@ export async function startProxy(options: Partial<ProxyOptions> & { origin: stri
   }
 }
 
+/**
+ * The real proxy and its admin app, in-process, each on a port 0 (the admin listener on
+ * 127.0.0.1 unless `options.admin` says otherwise), with a cache directory of their own. URLs
+ * without a trailing slash: the admin API names a URL as the origin plus the path.
+ */
+export async function startAdminProxy(options: Partial<ProxyOptions> & { origin: string }) {
+  const dir = ownedDir()
+  const full: ProxyOptions = {
+    ...TEST_OPTIONS,
+    admin: { port: 0, host: "127.0.0.1", token: undefined },
+    cacheDir: dir.path,
+    ...options,
+    origin: options.origin.replace(/\/+$/, ""),
+  }
+  const warnings: { kind: WarnKind; detail: string }[] = []
+  const warn = (kind: WarnKind, detail: string) => warnings.push({ kind, detail })
+  const lines: string[] = []
+  const { app, cache, admin } = await createProxy(full, { warn, log: (line) => lines.push(line) })
+  if (!admin) throw new Error("startAdminProxy needs options.admin (it is on by default)")
+  const listener = await serve(app, full, warn)
+  const adminListener = await serve(admin, { ...full, port: 0 }, warn)
+  await cache.store.ready()
+  const adminUrl = `http://127.0.0.1:${adminListener.port}`
+  const token = full.admin?.token
+  return {
+    url: `http://127.0.0.1:${listener.port}`,
+    cacheDir: full.cacheDir,
+    adminUrl,
+    adminPort: adminListener.port,
+    /** The access lines it wrote. */
+    lines,
+    warnings,
+    /** A request to the admin listener, with the token when there is one. */
+    admin: (path: string, init: RequestInit = {}) =>
+      fetch(adminUrl + path, { ...init, headers: { ...(token && { authorization: `Bearer ${token}` }), ...init.headers } }),
+    [Symbol.asyncDispose]: async () => {
+      await Promise.all([listener.stop(true), adminListener.stop(true)])
+      await cache.close()
+      dir[Symbol.dispose]()
+    },
+  }
+}
+
 // The start line's URL: a host name, an IPv4 address or a bracketed IPv6 one, then the port.
 const LISTENING = /listening on http:\/\/(?:\[[^\]]+\]|[^:]+):(\d+)/
 
