@@ -14,7 +14,7 @@ import { bodyLimit } from "hono/body-limit"
 import { withDeadline } from "../cache/deadline.ts"
 import type { MaybePromise } from "../cache/store.ts"
 import type { Cache, PurgeTarget, TierStats, Warn } from "../cache.ts"
-import { entryTable, SORT_KEYS, type SortKey } from "./entry-table.ts"
+import { EntryTables, SORT_KEYS, type SortKey } from "./entry-table.ts"
 import { INSPECTOR_CSP, INSPECTOR_PAGE } from "./inspector.ts"
 import { type TrafficView, WINDOWS, type WindowName } from "./traffic.ts"
 
@@ -121,13 +121,14 @@ export function createAdmin({ cache, origin, token, clientAddress, metrics, vers
   }
   /** The URL relative to the origin, as clients of the proxy ask for it. */
   const pathOf = (url: string) => (url.startsWith(origin) ? url.slice(origin.length) || "/" : url)
+  const tables = new EntryTables(cache, pathOf)
 
   app.get("/api/entries", async (c) => {
     const prefix = fullUrl("prefix", c.req.query("prefix") || "/")
     // Sorted, filtered or by offset: the inspector's table, over the whole prefix (proxy/entry-table.ts).
     if (["sort", "order", "filter", "offset"].some((name) => c.req.query(name) !== undefined)) {
       const query = { prefix, limit: pageSize(c.req.query("limit")), ...tableQuery(c.req.query()) }
-      return c.json({ ...(await entryTable(cache, query, pathOf)), cursor: null })
+      return c.json({ ...(await tables.table(query)), cursor: null })
     }
     const page = await cache.entries({ prefix, limit: pageSize(c.req.query("limit")), cursor: c.req.query("cursor") || undefined })
     return c.json({ entries: page.entries.map((entry) => ({ ...entry, path: pathOf(entry.url) })), cursor: page.cursor ?? null })
@@ -158,6 +159,7 @@ export function createAdmin({ cache, origin, token, clientAddress, metrics, vers
     const resolved: PurgeTarget =
       "url" in target ? { url: fullUrl("url", target.url) } : "prefix" in target ? { prefix: fullUrl("prefix", target.prefix) } : target
     const purged = await cache.purge(resolved, soft)
+    tables.forget()
     metrics.purged(purged)
     return c.json({ purged })
   })
