@@ -267,6 +267,8 @@ function drawChart(t) {
 async function loadEntries() {
   const query = "?limit=" + PAGE_SIZE + "&offset=" + state.offset + "&sort=" + state.sort + "&order=" + (state.descending ? "desc" : "asc") +
     "&prefix=" + encodeURIComponent(state.prefix) + "&filter=" + encodeURIComponent(state.filter)
+  // A first read of a large prefix takes seconds (every entry's metadata is read): say so meanwhile.
+  $("#count").textContent = "reading the cache…"
   const table = await api("/api/entries" + query)
   state.rows = table.entries
   state.total = table.total
