@@ -20,9 +20,12 @@ const LISTING_PAGE = 1000
 /** How long one read of a prefix serves further pages, sorts and filters. */
 const TABLE_REUSE_MS = 10_000
 
+/** A listed URL, with its path as clients ask for it. */
+type Row = EntryView & { path: string }
+
 /** The columns the table sorts by, and each one's value. */
 const SORT_VALUES = {
-  path: (entry: EntryView & { path: string }) => entry.path,
+  path: (entry: Row) => entry.path,
   status: (entry: EntryView) => entry.status,
   size: (entry: EntryView) => entry.bytes,
   hits: (entry: EntryView) => entry.hits,
@@ -44,16 +47,14 @@ export interface TableQuery {
 }
 
 export interface Table {
-  entries: (EntryView & { path: string })[]
+  entries: Row[]
   /** URLs that pass the filter, among those read. */
   total: number
   /** URLs read under the prefix (at most MAX_SORTED_URLS). */
   read: number
-  /** Whether every URL under the prefix was read (else the first MAX_SORTED_URLS by key were). */
+  /** Whether every URL under the prefix was read (else the first MAX_SORTED_URLS the listing gave). */
   complete: boolean
 }
-
-type Row = EntryView & { path: string }
 
 /** The tables of one admin listener: the last prefix read is kept a while, for the next page or sort. */
 export class EntryTables {
