@@ -27,7 +27,7 @@ import { ARCHIVE_COMMANDS, NO_REDACT_WARNING } from "./proxy/archive.ts"
 import { forwardedHeaders, HIDDEN_DOT_DOT_REFUSED, type Hop, resolvedPath, rewriteLocations } from "./proxy/forwarding.ts"
 import { HarError, type Redaction, redaction } from "./proxy/har.ts"
 import { helpText } from "./proxy/help.ts"
-import { type Access, createAccessLog, createWarn } from "./proxy/log.ts"
+import { type Access, createAccessLog, createLogger, createWarn, LineWriter, type LogFormat, type Logger, writeError } from "./proxy/log.ts"
 import { ProxyMetrics } from "./proxy/metrics.ts"
 import {
   type Args,
@@ -51,6 +51,7 @@ import {
   type PrimaryParts,
   primaryChannel,
   reportListening,
+  reportStopped,
   superviseWorkers,
   type WorkerRole,
   workerRole,
@@ -96,8 +97,8 @@ function tiered(options: ProxyOptions, behind: Behind): TieredStore {
   return tieredStore(memory, behind, { memoryBodyLimit })
 }
 
-/** The origin's part in one request, for its access line. */
-interface OriginTrip {
+/** One request's facts for its access line: who asked, and the origin's part when it was asked. */
+interface OriginTrip extends Pick<Access, "client" | "forwardedFor"> {
   ms?: number
   failure?: OriginFailure
 }
@@ -162,7 +163,7 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
     const method = c.req.raw.method
     const requested = runtime.requestTarget(c)
     const path = resolvedPath(requested)
-    const trip: OriginTrip | undefined = record ? {} : undefined
+    const trip: OriginTrip | undefined = record ? asker(c) : undefined
     const response =
       path === undefined ? answer(400, HIDDEN_DOT_DOT_REFUSED, { kind: "pass", detail: "bad-request" }) : respond(c, method, path, trip)
     if (!trip && !options.rewriteLocation) return response
@@ -175,6 +176,14 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
       (error) => sent(c, failed(error, method, shown), method, shown, started, trip),
     )
   })
+
+  /** Who asked, for the access line: the connection's address, and the X-Forwarded-For chain where it is trusted. */
+  function asker(c: Context): OriginTrip {
+    if (!accessLog) return {}
+    const client = runtime.clientAddress(c)
+    if (!options.trustForwarded) return { client }
+    return { client, forwardedFor: c.req.raw.headers.get("x-forwarded-for") ?? undefined }
+  }
 
   /** The response on its way out: Location rewritten (--rewrite-location), recorded once sent. */
   function sent(
@@ -294,14 +303,16 @@ function timed(
   const { status, headers } = response
   const { kind: cache, wholeBytes, stored } = outcomeOf(response)
   const originError = trip.failure && (status === 502 || status === 504) ? trip.failure : undefined
-  const access: Access = { method, path, status, cache, ms: 0, bytes: 0, originMs: trip.ms, originError }
-  const finish = (bytes: number) => {
+  const { client, forwardedFor } = trip
+  const access: Access = { client, forwardedFor, method, path, status, cache, ms: 0, bytes: 0, originMs: trip.ms, originError }
+  const finish = (bytes: number, aborted: boolean) => {
     access.bytes = bytes
+    if (aborted) access.aborted = true
     access.ms = started === undefined ? 0 : performance.now() - started
     record(access)
   }
   if (wholeBytes !== undefined || isFromCache(cache)) {
-    finish(method === "HEAD" || status === 304 ? 0 : (wholeBytes ?? Number(headers.get("content-length") ?? 0)))
+    finish(method === "HEAD" || status === 304 ? 0 : (wholeBytes ?? Number(headers.get("content-length") ?? 0)), false)
     return response
   }
   const counted = runtime.counted(response, finish)
@@ -312,7 +323,7 @@ function timed(
     const unsendable = stored ? unrelayed() : unsent(error, warn)
     access.status = unsendable.status
     access.cache = outcomeOf(unsendable).kind
-    finish(outcomeOf(unsendable).wholeBytes ?? 0)
+    finish(outcomeOf(unsendable).wholeBytes ?? 0, false)
     return unsendable
   })
 }
@@ -367,7 +378,7 @@ function whereEntriesLive(options: ProxyOptions): string {
 async function run(commandLine: string[]): Promise<number> {
   // A worker's options come from the primary, already checked.
   const role = workerRole()
-  if (role) return serveProxy(role.options, role)
+  if (role) return serveProxy(role.options, stdoutLogger(role.options.logFormat), role)
   const command = ARCHIVE_COMMANDS[commandLine[0] ?? ""]
   if (command) return command(commandLine.slice(1), { openStore, version: packageJson.version })
   checkRawArgs(commandLine)
@@ -388,50 +399,63 @@ async function start(parsed: Args): Promise<number> {
   const options = parseOptions(parsed)
   if (parsed["clear-cache"]) return clearCache(options)
   if (options.store.kind === "file") checkCacheDir(options.cacheDir)
+  const logger = stdoutLogger(options.logFormat)
   // Workers share their primary's lock.
-  const unlock = options.store.kind === "file" ? lockCacheDir(options.cacheDir) : undefined
+  const unlock = options.store.kind === "file" ? lockCacheDir(options.cacheDir, logger) : undefined
   try {
-    return options.workers > 1 ? await superviseWorkers(options, primaryParts(options)) : await serveProxy(options)
+    return options.workers > 1 ? await superviseWorkers(options, primaryParts(options, logger)) : await serveProxy(options, logger)
   } finally {
     unlock?.()
   }
 }
 
 /**
- * Under --workers, what the primary has besides its workers: on the file store, its own, which
- * indexes and bounds the directory they share; with --admin-port, the group's admin listener.
+ * The proxy's own lines (start, shutdown) and its access lines go to stdout in batches, written
+ * out as the process exits, whatever the path (a signal, an error): each process its own writer.
  */
-function primaryParts(options: ProxyOptions): PrimaryParts {
+function stdoutLogger(format: LogFormat): Logger & { log: (line: string) => void } {
+  const stdout = new LineWriter(1, format)
+  process.on("exit", () => stdout.flush())
+  const log = (line: string) => stdout.write(line)
+  return { ...createLogger(format, log), log }
+}
+
+/**
+ * Under --workers, what the primary has besides its workers: on the file store, its own, which
+ * indexes and bounds the directory they share; with --admin-port, the group's admin listener;
+ * the logger that says the group's start and shutdown.
+ */
+function primaryParts(options: ProxyOptions, logger: Logger): PrimaryParts {
   const warn = createWarn(options.logFormat)
   const index =
     options.store.kind === "file"
       ? new FileStore({ dir: options.cacheDir, maxBytes: options.maxSize, files: runtime.files, warn })
       : undefined
-  const startAdmin = options.admin && (async (group: GroupSide) => groupAdmin(options, group, warn))
-  return { index, warn, startAdmin }
+  const startAdmin = options.admin && (async (group: GroupSide) => groupAdmin(options, group, warn, logger))
+  return { index, warn, logger, startAdmin }
 }
 
 /** The group's one admin listener, in the primary: its cache is a member of the workers' (proxy/workers.ts). */
-async function groupAdmin(options: ProxyOptions, group: GroupSide, warn: Warn): Promise<AdminStarted | undefined> {
+async function groupAdmin(options: ProxyOptions, group: GroupSide, warn: Warn, logger: Logger): Promise<AdminStarted | undefined> {
   const { admin, cache } = await createProxy({ ...options, quiet: true }, { warn }, group)
   const listener =
-    admin && options.admin && (await listenOrSay(admin, { ...options, ...options.admin }, "admin port", "--admin-host", warn))
+    admin && options.admin && (await listenOrSay(admin, { ...options, ...options.admin }, "admin port", "--admin-host", warn, logger))
   if (!listener) {
     await cache.close()
     return undefined
   }
-  return { line: adminLine(options, listener), stop: () => listener.stop(true).then(() => cache.close()) }
+  return { url: adminUrl(options, listener), stop: () => listener.stop(true).then(() => cache.close()) }
 }
 
-/** What the start line says of the admin listener. */
-function adminLine(options: ProxyOptions, listener: Listener | null): string {
-  return listener ? `, admin on http://${urlHost(options.admin?.host ?? "")}:${listener.port}` : ""
+/** The admin listener's URL, for the start line. */
+function adminUrl(options: ProxyOptions, listener: Listener): string {
+  return `http://${urlHost(options.admin?.host ?? "")}:${listener.port}`
 }
 
 /** Takes the cache directory for this proxy alone (cache/dir-lock.ts); one in use by a running one is a usage error. */
-function lockCacheDir(dir: string): () => void {
+function lockCacheDir(dir: string, logger: Logger): () => void {
   try {
-    return lockDir(dir, (line) => console.error(line))
+    return lockDir(dir, (msg) => logger.warn(msg))
   } catch (error) {
     if (error instanceof DirInUse) throw new UsageError(`--cache-dir ${error.message}`)
     throw error
@@ -439,35 +463,48 @@ function lockCacheDir(dir: string): () => void {
 }
 
 /** Serves the proxy until SIGINT or SIGTERM: alone, or as worker `role` of a group. */
-async function serveProxy(options: ProxyOptions, role?: WorkerRole): Promise<number> {
+async function serveProxy(options: ProxyOptions, logger: Logger & { log: (line: string) => void }, role?: WorkerRole): Promise<number> {
   const warn = createWarn(options.logFormat)
-  if (options.redact === false && options.record) console.error(NO_REDACT_WARNING)
-  const { app, cache, admin, metrics, recorder } = await createProxy(options, { warn, worker: role?.id })
+  if (options.redact === false && options.record) logger.warn(NO_REDACT_WARNING)
+  const { app, cache, admin, metrics, recorder } = await createProxy(options, { warn, log: logger.log, worker: role?.id })
   if (role && metrics) answerMetrics(metrics, role.id)
   // A shared store is worth a moment's wait: until Redis answers, requests would go to the origin
   // uncoalesced. Past that moment the proxy starts anyway, uncached, and connects in the background.
   if (options.store.kind === "redis") await waitAtMost(cache.store.ready(), STORE_CONNECT_WAIT_MS)
-  const listener = await listenOrSay(app, { ...options, reusePort: role !== undefined }, "port", "--host", warn)
+  const listener = await listenOrSay(app, { ...options, reusePort: role !== undefined }, "port", "--host", warn, logger)
   const adminListener =
-    admin && options.admin ? await listenOrSay(admin, { ...options, ...options.admin }, "admin port", "--admin-host", warn) : null
+    admin && options.admin ? await listenOrSay(admin, { ...options, ...options.admin }, "admin port", "--admin-host", warn, logger) : null
   if (!listener || adminListener === undefined) {
     await Promise.all([listener?.stop(true), adminListener?.stop(true)])
     return 1
   }
-  const line = `caching-proxy listening on http://${urlHost(options.host)}:${listener.port}, forwarding to ${options.origin}, cache in ${whereEntriesLive(options)}${adminLine(options, adminListener)}`
-  if (role) reportListening(listener.port, line)
-  else console.log(line)
-  await shutdownSignal()
+  const url = `http://${urlHost(options.host)}:${listener.port}`
+  const admins = adminListener ? adminUrl(options, adminListener) : undefined
+  const cacheIn = whereEntriesLive(options)
+  const started = {
+    msg: `listening on ${url}, forwarding to ${options.origin}, cache in ${cacheIn}${admins ? `, admin on ${admins}` : ""}`,
+    fields: { url, origin: options.origin, cache: cacheIn, admin: admins, version: versionLine() },
+  }
+  // A worker's start is said by its primary, once for the group.
+  if (role) reportListening(listener.port, started)
+  else logger.info(started.msg, started.fields)
+  const signal = await shutdownSignal()
+  const stopping = performance.now()
   const stopped = Promise.all([listener.stop(), adminListener?.stop(true)]).then(() =>
     cache
       .close()
       .then(() => recorder?.close())
       .then(() => true),
   )
+  let cut = 0
   if (!(await waitAtMost(stopped, SHUTDOWN_GRACE_MS))) {
-    const cut = listener.inFlight()
-    if (cut > 0) console.error(`caching-proxy: ${SHUTDOWN_GRACE_MS / 1000} s after the signal, cutting ${cut} request(s) still in flight`)
+    cut = listener.inFlight()
+    if (cut > 0) logger.warn(`${SHUTDOWN_GRACE_MS / 1000} s after the signal, cutting ${cut} request(s) still in flight`, { cut })
   }
+  const ms = Math.round(performance.now() - stopping)
+  // A worker's cut requests are its primary's to say, in the group's one shutdown line.
+  if (role) await reportStopped(cut)
+  else logger.info(`stopped on ${signal} in ${ms} ms, ${cut} request(s) cut`, { signal, ms, cut })
   return 0
 }
 
@@ -496,14 +533,21 @@ async function clearCache(options: ProxyOptions): Promise<number> {
 }
 
 /** Serves an app, or says on stderr why its port cannot be used (undefined then). */
-async function listenOrSay(app: Hono, options: ListenOptions, name: string, hostFlag: string, warn: Warn): Promise<Listener | undefined> {
+async function listenOrSay(
+  app: Hono,
+  options: ListenOptions,
+  name: string,
+  hostFlag: string,
+  warn: Warn,
+  logger: Logger,
+): Promise<Listener | undefined> {
   try {
     return await serve(app, options, warn)
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code
     if (code !== "EADDRINUSE") await refuseForeignHost(hostFlag, options.host, code)
     const reason = code === "EADDRINUSE" ? "is already in use" : `cannot be used (${(error as Error).message})`
-    console.error(`caching-proxy: ${name} ${options.port} on ${options.host} ${reason}`)
+    logger.error(`${name} ${options.port} on ${options.host} ${reason}`)
     return undefined
   }
 }
@@ -533,10 +577,11 @@ function waitAtMost<T>(promise: Promise<T>, ms: number): Promise<T | undefined> 
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
 }
 
-function shutdownSignal(): Promise<void> {
+/** Resolves with the signal's name. */
+function shutdownSignal(): Promise<NodeJS.Signals> {
   return new Promise((done) => {
-    process.once("SIGINT", () => done())
-    process.once("SIGTERM", () => done())
+    process.once("SIGINT", done)
+    process.once("SIGTERM", done)
   })
 }
 
@@ -548,16 +593,30 @@ function isEntryPoint(): boolean {
   return script !== undefined && realpathSync(script) === fileURLToPath(import.meta.url)
 }
 
+/**
+ * The --log-format asked for, read from the raw command line and environment: a usage error is
+ * found before the flags are parsed, and a log shipper still wants it as JSON.
+ */
+function askedLogFormat(commandLine: string[]): LogFormat {
+  const index = commandLine.findIndex((arg) => arg === "--log-format" || arg.startsWith("--log-format="))
+  const given = index < 0 ? process.env.CACHING_PROXY_LOG_FORMAT : (commandLine[index]?.split("=")[1] ?? commandLine[index + 1])
+  return given === "json" ? "json" : "text"
+}
+
 if (isEntryPoint()) {
-  run(process.argv.slice(2)).then(
+  const commandLine = process.argv.slice(2)
+  run(commandLine).then(
     (code) => process.exit(code),
     (error) => {
-      if (error instanceof UsageError) {
-        console.error(`caching-proxy: ${error.message}`)
-        process.exit(2)
-      }
-      console.error(`caching-proxy: ${(error as Error).message}`)
-      process.exit(1)
+      const format = askedLogFormat(commandLine)
+      const logger = createLogger(format, writeError)
+      const exitCode = error instanceof UsageError ? 2 : 1
+      // A usage error, or any from a one-off command (export, import), is said in text to the person
+      // typing it: one line, no time. The running proxy's own lines carry their time.
+      const toPerson = exitCode === 2 || ARCHIVE_COMMANDS[commandLine[0] ?? ""] !== undefined
+      if (format === "text" && toPerson) writeError(`caching-proxy: ${(error as Error).message}`)
+      else logger.error((error as Error).message, { exitCode })
+      process.exit(exitCode)
     },
   )
 }

@@ -11,8 +11,10 @@
  *   BENCH_ONLY       run one phase only: "hit" (HIT 1 KiB, 64 KiB and MISS), "big" (512 MiB),
  *                    "metrics" (HIT 1 KiB with metrics on and off), "redis" (the Redis store's
  *                    figures), "node" (the Node build, dist/cli.js, against bare node:http
- *                    servers) or "workers" (--workers 2 against 1, beside nginx's
- *                    worker_processes 2 against 1). Default: all.
+ *                    servers), "log" (HIT 1 KiB with the access log on and off, text and json,
+ *                    Bun and Node), "listing" (a scrape and an empty prefix listing at 100,000
+ *                    entries, file store and Redis) or "workers" (--workers 2 against 1, beside
+ *                    nginx's worker_processes 2 against 1). Default: all.
  *   BENCH_PROXY_CMD  command that starts the proxy; the proxy flags are appended. It must exec the
  *                    server itself (no wrapping shell): its pid is the one whose memory is sampled.
  *                    Default: `<this bun> <repo>/proxy.ts`.
@@ -192,13 +194,17 @@ function makeTempDir(prefix: string): string {
   return dir
 }
 
-/** The proxy under test (or `command`), pinned to the server CPU unless `unpinned` (the workers phase). */
+/**
+ * The proxy under test (or `command`), pinned to the server CPU unless `unpinned` (the workers
+ * phase); --quiet unless the flags choose a log format: then the access log is what is measured.
+ */
 async function startProxy(
   originUrl: string,
   extraFlags: string[] = [],
   { command = config.proxyCommand, unpinned = false }: { command?: string[]; unpinned?: boolean } = {},
 ): Promise<Server> {
-  const flags = ["--port", "0", "--origin", originUrl, "--cache-dir", makeTempDir("cache"), "--quiet", ...extraFlags]
+  const quiet = extraFlags.includes("--log-format") ? [] : ["--quiet"]
+  const flags = ["--port", "0", "--origin", originUrl, "--cache-dir", makeTempDir("cache"), ...quiet, ...extraFlags]
   return startServer("proxy", [...command, ...flags], unpinned ? undefined : SERVER_CPU)
 }
 
@@ -872,7 +878,6 @@ interface StartupTime {
 /** Writes `count` small entries, /entry/0 … /entry/N-1, as the proxy itself would store them. */
 async function fillCache(dir: string, originUrl: string, count: number): Promise<void> {
   const { FileStore, bunFiles } = await import("../cache/file-store.ts")
-  const { describeResponse, responseControl, targetList } = await import("../cache/policy.ts")
   const store = new FileStore({
     dir,
     maxBytes: Number.MAX_SAFE_INTEGER,
@@ -881,11 +886,7 @@ async function fillCache(dir: string, originUrl: string, count: number): Promise
   })
   await store.ready()
   const body = new TextEncoder().encode("x".repeat(512))
-  const now = Date.now()
-  // Described by the policy from a day-long max-age, as the proxy would describe the origin's answer.
-  const headers = new Headers({ "content-type": "text/plain", "cache-control": "max-age=86400" })
-  const policy = { defaultTtlMs: 0, forceTtlMs: 0, shareCookies: false, targetList: targetList([]), keepTagHeaders: false }
-  const meta = describeResponse(200, headers, responseControl(headers, policy.targetList), {}, now, now, policy)
+  const meta = await benchMeta()
   let next = 0
   const worker = async () => {
     for (let i = next++; i < count; i = next++) {
@@ -894,6 +895,15 @@ async function fillCache(dir: string, originUrl: string, count: number): Promise
   }
   await Promise.all(Array.from({ length: FILL_CONCURRENCY }, worker))
   await store.close()
+}
+
+/** An entry's meta, described by the policy from a day-long max-age, as the proxy would describe the origin's answer. */
+async function benchMeta() {
+  const { describeResponse, responseControl, targetList } = await import("../cache/policy.ts")
+  const now = Date.now()
+  const headers = new Headers({ "content-type": "text/plain", "cache-control": "max-age=86400" })
+  const policy = { defaultTtlMs: 0, forceTtlMs: 0, shareCookies: false, targetList: targetList([]), keepTagHeaders: false }
+  return describeResponse(200, headers, responseControl(headers, policy.targetList), {}, now, now, policy)
 }
 
 async function timeStartup(originUrl: string, cacheDir: string): Promise<StartupTime> {
@@ -1034,6 +1044,196 @@ function freePort(): number {
   const { port } = probe
   probe.stop(true)
   return port
+}
+
+// ───────────────────────────── the access log ─────────────────────────────
+
+/**
+ * What the access log costs a hit: HIT 1 KiB with the log on (text, then json) against --quiet,
+ * runs interleaved, under Bun and under Node (dist/cli.js, built first). The log goes to /dev/null,
+ * as in the issue's measurement: a pipe drained by this driver would take CPU from wrk beside it.
+ */
+async function benchLogCost(servers: Servers): Promise<void> {
+  const node = ["node", join(REPO_DIR, "dist", "cli.js")]
+  for (const [runtime, command] of [
+    ["Bun", config.proxyCommand],
+    ["Node", node],
+  ] as const) {
+    const measures = ["text", "json"].map((format) => `HIT 1 KiB throughput, access log (${format}) vs --quiet, ${runtime}`)
+    const started: Server[] = []
+    try {
+      if (runtime === "Node") await buildNodeBundle()
+      const quiet = await startProxy(servers.originUrl, [], { command })
+      started.push(quiet)
+      await warmUntilHit(`${quiet.urls[0]}/1k`)
+      for (const [index, format] of ["text", "json"].entries()) {
+        const logged = await startLoggingToNull(servers.originUrl, ["--log-format", format], command)
+        await warmUntilHit(`${logged.url}/1k`)
+        const [on, off] = await compareWithWrk(`${logged.url}/1k`, `${quiet.urls[0]}/1k`, [logged.process.pid, quiet.process.pid])
+        report.raw.push(
+          { target: `proxy /1k (HIT), ${runtime}, ${format} log`, summary: on },
+          { target: `proxy /1k (HIT), ${runtime}, --quiet`, summary: off },
+        )
+        report.rows.push(ratioRow(measures[index]!, on.requestsPerSecond, off.requestsPerSecond, formatRate, "≥", 0.9))
+        await stopProcesses([logged.process])
+      }
+    } catch (error) {
+      report.rows.push(...errorRows(measures, error))
+    } finally {
+      for (const server of started) await stopServer(server)
+    }
+  }
+}
+
+/** A proxy whose stdout (its log) goes to /dev/null, on a port found free: ready once it answers. */
+async function startLoggingToNull(originUrl: string, flags: string[], command: string[]) {
+  const port = freePort()
+  const argv = [...command, "--port", String(port), "--origin", originUrl, "--cache-dir", makeTempDir("cache"), ...flags]
+  const child = Bun.spawn(pinned(SERVER_CPU, argv), { cwd: REPO_DIR, stdin: "ignore", stdout: "ignore", stderr: "ignore" })
+  children.add(child)
+  const url = `http://127.0.0.1:${port}`
+  const deadline = Date.now() + STARTUP_TIMEOUT_MS
+  for (;;) {
+    if (
+      await fetch(`${url}/1k`).then(
+        () => true,
+        () => false,
+      )
+    )
+      return { url, process: child }
+    if (Date.now() > deadline) throw new BenchError(`the proxy on port ${port} did not answer within ${STARTUP_TIMEOUT_MS / 1000} s`)
+    await Bun.sleep(100)
+  }
+}
+
+async function buildNodeBundle(): Promise<void> {
+  const child = Bun.spawn(["npm", "run", "build:js"], { cwd: REPO_DIR, stdout: "ignore", stderr: "pipe" })
+  const [stderr, code] = await Promise.all([new Response(child.stderr).text(), child.exited])
+  if (code !== 0) throw new BenchError(`npm run build:js failed: ${stderr.trim().slice(-500)}`)
+}
+
+// ───────────────────────────── scrapes and listings at 100,000 entries ─────────────────────────────
+
+const LISTING_ENTRIES = 100_000
+/** Timed requests per figure; the median is reported. */
+const ADMIN_REQUESTS = 5
+
+/**
+ * A scrape (/metrics), /api/stats and a prefix listing that matches nothing, through the admin
+ * listener of a proxy whose store holds 100,000 entries: on the file store and on Redis. Each
+ * must read counters and an index, not the store (target: under 50 ms each).
+ */
+async function benchListing(servers: Servers): Promise<void> {
+  const { originUrl } = servers
+  const stores: [string, (dir: string) => Promise<{ flags: string[]; [Symbol.asyncDispose](): Promise<void> }>][] = [
+    [
+      "file store",
+      async (dir) => {
+        await fillCache(dir, originUrl, LISTING_ENTRIES)
+        // Room for them all: the default bound (1 GiB) holds fewer than 100,000 entries of 3 blocks each.
+        return { flags: ["--max-size", String(4096 * MIB)], [Symbol.asyncDispose]: async () => {} }
+      },
+    ],
+    [
+      "Redis",
+      async () => {
+        const redis = await startRedis([], { spawn: (argv) => spawnChild(SERVER_CPU, argv) })
+        await fillRedis(redis.url, originUrl, LISTING_ENTRIES)
+        return { flags: ["--store", redis.url], [Symbol.asyncDispose]: () => redis[Symbol.asyncDispose]() }
+      },
+    ],
+  ]
+  for (const [name, fill] of stores) {
+    const measures = ["GET /metrics", "GET /api/stats", "GET /api/entries, a prefix matching nothing"].map(
+      (what) => `${name}, ${LISTING_ENTRIES.toLocaleString("en-US")} entries: ${what}`,
+    )
+    let proxy: Server | undefined
+    try {
+      const dir = makeTempDir("listing")
+      await using store = await fill(dir)
+      const started = performance.now()
+      proxy = await startServer("proxy", [
+        ...config.proxyCommand,
+        ...["--port", "0", "--origin", originUrl, "--cache-dir", dir, "--quiet", "--admin-port", "0", ...store.flags],
+      ])
+      // The ready line names the proxy, the origin, then the admin listener.
+      const adminUrl = proxy.urls[2]
+      if (!adminUrl) throw new BenchError("the proxy's ready line names no admin address")
+      const countedMs = await waitForEntries(adminUrl, LISTING_ENTRIES, started)
+      const paths = ["/metrics", "/api/stats", `/api/entries?prefix=${encodeURIComponent("/nothing-here/")}`]
+      // The file store learns its keys in the background after its scan; a listing waits for that.
+      const listedMs = await firstAnswer(adminUrl + paths[2], started)
+      report.notes.push(
+        `${name}: ${LISTING_ENTRIES.toLocaleString("en-US")} entries counted ${formatMs(countedMs)} after the start; the first listing answered ${formatMs(listedMs)} after the start`,
+      )
+      for (const [index, path] of paths.entries()) {
+        const ms = median(await timedRequests(adminUrl + path, ADMIN_REQUESTS))
+        report.rows.push({
+          measure: measures[index]!,
+          proxy: formatMs(ms),
+          reference: "—",
+          ratio: "—",
+          target: "< 50 ms",
+          verdict: ms < 50 ? "PASS" : "FAIL",
+        })
+      }
+    } catch (error) {
+      report.rows.push(...errorRows(measures, error))
+    } finally {
+      if (proxy) await stopServer(proxy)
+    }
+  }
+}
+
+/** Polls /api/stats until the store's tier counts `count` entries (the file store's scan is done); ms since `started`. */
+async function waitForEntries(adminUrl: string, count: number, started: number): Promise<number> {
+  const deadline = Date.now() + DOWNLOAD_TIMEOUT_MS
+  while (Date.now() < deadline) {
+    const stats = JSON.parse((await get(`${adminUrl}/api/stats`)).body) as { tiers: { tier: string; entries: number }[] }
+    if (stats.tiers.some((tier) => tier.tier !== "memory" && tier.entries >= count)) return performance.now() - started
+    await Bun.sleep(250)
+  }
+  throw new BenchError(`the store did not count ${count} entries within ${DOWNLOAD_TIMEOUT_MS / 1000} s`)
+}
+
+/** Asks for `url` once, waiting as long as a download may take: ms since `started` when it answered. */
+async function firstAnswer(url: string, started: number): Promise<number> {
+  const res = await fetch(url, { signal: AbortSignal.timeout(DOWNLOAD_TIMEOUT_MS) })
+  await res.arrayBuffer()
+  if (res.status !== 200) throw new BenchError(`${url} answered ${res.status}`)
+  return performance.now() - started
+}
+
+async function timedRequests(url: string, count: number): Promise<number[]> {
+  const times: number[] = []
+  for (let i = 0; i < count; i++) {
+    const started = performance.now()
+    const answer = await get(url)
+    if (answer.status !== 200) throw new BenchError(`${url} answered ${answer.status}`)
+    times.push(performance.now() - started)
+  }
+  return times
+}
+
+/** Writes `count` small entries to Redis, /entry/0 … /entry/N-1, as the proxy would store them. */
+async function fillRedis(url: string, originUrl: string, count: number): Promise<void> {
+  const { RedisStore } = await import("../cache/redis-store.ts")
+  const store = new RedisStore({
+    target: { single: url },
+    prefix: "caching-proxy",
+    warn: (kind, detail) => console.error(`bench: ${kind}: ${detail}`),
+  })
+  await store.ready()
+  const meta = await benchMeta()
+  const body = new TextEncoder().encode("x".repeat(512))
+  let next = 0
+  const worker = async () => {
+    for (let i = next++; i < count; i = next++) {
+      await store.put(`GET ${originUrl}/entry/${i}`, meta, new Response(body).body as ReadableStream<Uint8Array>)
+    }
+  }
+  await Promise.all(Array.from({ length: FILL_CONCURRENCY }, worker))
+  await store.close()
 }
 
 // ───────────────────────────── Redis ─────────────────────────────
@@ -1273,6 +1473,8 @@ const ONLY_PHASES = {
   redis: ({ originUrl, bigOriginUrl, ceilingUrl }: Servers) => benchRedis(originUrl, bigOriginUrl, ceilingUrl),
   node: benchNode,
   workers: benchWorkers,
+  log: benchLogCost,
+  listing: benchListing,
 }
 
 /** The request path's figures: hits of two sizes and a miss, each against its reference. */
@@ -1291,6 +1493,8 @@ async function allPhases(servers: Servers, ceiling: Server): Promise<void> {
   await benchHitPath(servers)
   announce("metrics on vs off")
   await benchMetricsOverhead(servers)
+  announce("access log on vs off")
+  await benchLogCost(servers)
   announce("coalescing")
   await benchCoalescing(servers)
   announce("workers")
@@ -1307,6 +1511,8 @@ async function allPhases(servers: Servers, ceiling: Server): Promise<void> {
   await benchNode(servers)
   announce(`start-up with ${STARTUP_ENTRIES.toLocaleString("en-US")} entries`)
   await benchStartup(originUrl)
+  announce(`scrapes and listings at ${LISTING_ENTRIES.toLocaleString("en-US")} entries`)
+  await benchListing(servers)
 }
 
 /** Exit code: 1 when a phase could not run at all (FAILs are results, not errors). */

@@ -33,7 +33,8 @@ export class DirInUse extends Error {
 }
 
 /**
- * Takes the directory's lock for this process; `said` is told of a stale lock taken over.
+ * Takes the directory's lock for this process; `said` is told of a stale lock taken over (a warning
+ * without the log line's prefix).
  * Returns what gives it back (the lock file removed, if it still names this process).
  * Throws `DirInUse` when a running process holds it.
  */
@@ -46,9 +47,7 @@ export function lockDir(dir: string, said: (line: string) => void): () => void {
     if (holder !== undefined && holder !== process.pid && isRunning(holder)) throw new DirInUse(dir, holder)
     if (attempt === MAX_ATTEMPTS) throw new Error(`${path} keeps being taken by another process starting on ${dir}`)
     if (takeAway(path, holder))
-      said(
-        `caching-proxy: took over ${path} from ${holder === undefined ? "no process (it named none)" : `process ${holder}, which is gone`}`,
-      )
+      said(`took over ${path} from ${holder === undefined ? "no process (it named none)" : `process ${holder}, which is gone`}`)
   }
   return () => {
     if (holderOf(path) === process.pid) rmSync(path, { force: true })

@@ -15,7 +15,6 @@ import {
   META_SUFFIX,
   metaFileText,
   parseMetaFile,
-  positionOf,
   SHARD_NAME,
   variantIdOf,
   variantOfBody,
@@ -61,11 +60,10 @@ function metaText(overrides: Record<string, unknown> = {}, entry = meta()): stri
 }
 
 describe("names", () => {
-  test("a key's directory is its sha256 under a shard of its first two hex digits; the list cursor names both", () => {
+  test("a key's directory is its sha256 under a shard of its first two hex digits", () => {
     const hash = sha256(KEY)
     expect(hash).toMatch(KEY_DIR_NAME)
     expect(hash.slice(0, 2)).toMatch(SHARD_NAME)
-    expect(positionOf(KEY)).toBe(`${hash.slice(0, 2)}/${hash}`)
   })
 
   test("a variant id depends on the key and the Vary selection; a body's name leads back to it", () => {

@@ -200,9 +200,3 @@ export function variantIdOf(key: string, vary: EntryMeta["vary"]): string {
 export function writeId(): string {
   return randomBytes(6).toString("hex")
 }
-
-/** Where a key's directory stands in the listing order: the list cursor after it. */
-export function positionOf(key: string): string {
-  const hash = sha256(key)
-  return `${hash.slice(0, 2)}/${hash}`
-}

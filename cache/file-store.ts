@@ -8,6 +8,8 @@
  * A write goes body first, then meta, each under a temporary name renamed when whole, so a reader
  * sees a complete entry or none. Sizes are indexed in memory in LRU order by a scan that runs
  * after start-up (it stats files, never reads bodies); the order survives restarts through mtime.
+ * The keys, read from the metas after the scan and kept as entries come and go, are sorted in
+ * memory (`SortedKeys`): a listing by prefix reads the metas of the keys it returns, no others.
  *
  * Nothing on disk is trusted: whoever can write the directory must not make the proxy serve, or
  * delete, a file it was not given. Every field of a meta is checked; a body's name is the one its
@@ -38,7 +40,6 @@ import {
   type MetaFile,
   metaFileText,
   parseMetaFile,
-  positionOf,
   SHARD_NAME,
   TAGS_DIR,
   TEMP_SUFFIX,
@@ -49,6 +50,7 @@ import {
 } from "./file-format.ts"
 import { blockBytesOf, hashFile, isMissing, READ_FLAGS, readSmallFile, readWhole, removeOwnFile, versionOf, writeAll } from "./file-io.ts"
 import { selectVariant } from "./policy.ts"
+import { SortedKeys } from "./sorted-keys.ts"
 import type {
   Drops,
   EntryMeta,
@@ -132,6 +134,10 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   /** Key directory → how many deletes of the key are under way. */
   private readonly deleting = new Map<string, number>()
   private scanDone = false
+  /** Metas being discarded as broken: reported once, whoever else finds them meanwhile. */
+  private readonly discarding = new Set<string>()
+  /** Every stored key, for listings by prefix; complete once the start-up scan has read each meta's key. */
+  private readonly keys = new SortedKeys()
   /** Bumped by `clear` and by another process's clear: a scan from before must not index. */
   private epoch = 0
   /** Where each meta handed out lives, so an upper tier's hit can count as a read here. */
@@ -301,6 +307,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     this.deleting.set(dir, (this.deleting.get(dir) ?? 0) + 1)
     try {
       await this.removeKeyDir(dir)
+      if (!this.usage.knownDirs.has(dir)) this.keys.delete(key)
     } finally {
       const left = (this.deleting.get(dir) ?? 1) - 1
       if (left > 0) this.deleting.set(dir, left)
@@ -351,21 +358,25 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     await fs.rm(trash, { recursive: true, force: true })
   }
 
-  /** Pages in the order of the key directories' names; reads the metas of each page's keys. */
+  /**
+   * Pages in key order through the sorted keys, reading the metas of each page's keys only. A
+   * listing asked for during the start-up scan waits for it: the scan reads each meta's key once,
+   * which is what a walk over the directories would have done for this one listing.
+   */
   async list({ prefix = "", cursor, limit = DEFAULT_PAGE_KEYS }: ListOptions = {}): Promise<Page> {
+    await this.scanned
     const entries: ListedEntry[] = []
     let keys = 0
-    for (const shard of await this.subdirectories(this.root, SHARD_NAME)) {
-      if (cursor !== undefined && shard < cursor.slice(0, 2)) continue
-      for (const keyDir of await this.subdirectories(join(this.root, shard), KEY_DIR_NAME)) {
-        const position = `${shard}/${keyDir}`
-        if (cursor !== undefined && position <= cursor) continue
-        const variants = (await this.readVariants(join(this.root, shard, keyDir))).filter((v) => v.key.startsWith(prefix))
-        if (variants.length === 0) continue
-        if (keys === limit) return { entries, cursor: positionOf((entries.at(-1) as ListedEntry).key) }
-        keys++
-        entries.push(...variants.map(listed))
+    for (let key = this.keys.next(prefix, cursor); key !== undefined; key = this.keys.next(prefix, key)) {
+      const variants = await this.readVariants(this.keyDir(key))
+      if (variants.length === 0) {
+        // Its last variant expired or went without a word to the index (a read found it gone).
+        this.keys.delete(key)
+        continue
       }
+      if (keys === limit) return { entries, cursor: (entries.at(-1) as ListedEntry).key }
+      keys++
+      entries.push(...variants.map(listed))
     }
     return { entries }
   }
@@ -479,6 +490,8 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
       } else {
         this.usage.knowKeyDir(dir)
         this.usage.account(change.metaPath, change.key, change.bytes)
+        // A worker's entry is listed by the group's admin listener like one of this store's own.
+        this.keys.add(change.key)
       }
     }
     for (const dir of left) {
@@ -637,8 +650,15 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
   /** Reports a broken entry and removes it: a miss. Anything but a broken entry is rethrown. */
   private async discardBroken(metaPath: string, error: unknown): Promise<undefined> {
     if (!(error instanceof Broken)) throw error
-    this.warn("broken-entry", `discarding ${metaPath}: ${error.message}`)
-    await this.removeVariant(metaPath)
+    // A request and the start-up key pass may find the same meta broken at once: one report.
+    if (this.discarding.has(metaPath)) return undefined
+    this.discarding.add(metaPath)
+    try {
+      this.warn("broken-entry", `discarding ${metaPath}: ${error.message}`)
+      await this.removeVariant(metaPath)
+    } finally {
+      this.discarding.delete(metaPath)
+    }
     return undefined
   }
 
@@ -683,6 +703,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     const shapes = this.shapes.get(dir)
     if (shapes) this.shapes.set(dir, shapesOf([meta.vary], shapes))
     this.usage.account(metaPath, key, this.usage.inBlocks(Buffer.byteLength(text)) + this.usage.inBlocks(body.size))
+    this.keys.add(key)
     if (version) this.verified.set(metaPath, version)
     // Reported, not thrown: the entry is stored; only a purge by its tag would miss it.
     await this.indexTags(key, meta.tags ?? []).catch((error) => this.warn("store-write", `indexing the tags of ${key}: ${error.message}`))
@@ -736,10 +757,13 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
 
   private async removeVariant(metaPath: string): Promise<void> {
     const tags = await this.tagsOfMeta(metaPath)
+    const key = this.usage.lru.get(metaPath)?.key
     this.forget(metaPath)
     await removeOwnFile(metaPath)
     await this.removeUnnamedBodies(dirname(metaPath), basename(metaPath, META_SUFFIX))
     await this.removeEmptyDir(dirname(metaPath))
+    // Its key's last variant: the key leaves the listing's index too.
+    if (key && !this.usage.knownDirs.has(dirname(metaPath))) this.keys.delete(key)
     await this.unindexTags(dirname(metaPath), tags)
   }
 
@@ -830,6 +854,7 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
    * front. A variant another process wrote since the scan is indexed as new.
    */
   private index(metaPath: string, key: string, bytes: number): void {
+    this.keys.add(key)
     const entry = this.usage.lru.get(metaPath)
     if (entry) entry.key = key
     else this.usage.account(metaPath, key, bytes)
@@ -855,10 +880,12 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     this.verified.delete(path)
   }
 
+  /** Forgets everything: the store is empty (cleared, here or by another process). */
   private reset(): void {
     this.usage.reset()
     this.shapes.clear()
     this.verified.clear()
+    this.keys.clear()
   }
 
   /** Removes leftovers, then least-recently-used variants, until the store is within its bound. */
@@ -966,6 +993,25 @@ export class FileStore implements Store, Listing, Drops, ReadNotices, Lifecycle 
     for (const [metaPath, entry] of recent) this.usage.account(metaPath, entry.key, entry.bytes, entry.persistedAt)
     await this.evict()
     await this.sweepTagIndex()
+    await this.learnKeys(found, epoch)
+  }
+
+  /**
+   * Reads the key of each variant the scan found from its meta, for listings by prefix (they wait
+   * for this). A meta found broken is reported and removed, as a read would.
+   */
+  private async learnKeys(found: ScannedMeta[], epoch: number): Promise<void> {
+    for (const { metaPath } of found) {
+      if (epoch !== this.epoch) return // cleared meanwhile: the keys known are those written since
+      const entry = this.usage.lru.get(metaPath)
+      if (!entry) continue // evicted or removed since
+      if (entry.key) {
+        this.keys.add(entry.key)
+        continue
+      }
+      const meta = await this.loadMetaFile(metaPath).catch((error: unknown) => this.discardBroken(metaPath, error))
+      if (meta && epoch === this.epoch && this.usage.lru.has(metaPath)) this.index(metaPath, meta.file.key, entry.bytes)
+    }
   }
 
   /**

@@ -13,7 +13,8 @@
  * `<h>` hashes the cache key: the braces make every key of one entry hash to one Cluster slot.
  * A sorted set `<prefix>:<generation>:{index}:keys` lists keys in order, for `list`, and
  * `…:{index}:expiry` the same keys by delete time, so each write drops the keys whose time has
- * come; a set per purge tag, `<prefix>:<generation>:tag:{<tag hash>}`, names the keys tagged with
+ * come, and `…:{index}:sizes`/`:totals` each key's bytes and variants and their totals, for
+ * `stats`; a set per purge tag, `<prefix>:<generation>:tag:{<tag hash>}`, names the keys tagged with
  * it. Every key carries the policy's delete time as its expiry (a chunk of a write under way a short
  * one, renewed as it goes: see IN_PROGRESS_CHUNK_MS), so Redis drops dead entries itself
  * and `maxmemory-policy allkeys-lru` is safe: a chunk found missing makes the read a miss.
@@ -87,20 +88,51 @@ const TAG_SCRIPT = `redis.call("sadd", KEYS[1], ARGV[1])
 local ttl = redis.call("pttl", KEYS[1])
 if ttl < tonumber(ARGV[2]) then redis.call("pexpire", KEYS[1], ARGV[2]) end
 return 1`
-// Lists a key in the index until its delete time (ARGV[2]), drops up to ARGV[5] keys whose time has
-// come (ARGV[3] is now), and makes both sets live at least as long as the entry (ARGV[4], ms): the
-// index never outgrows what is stored, whether or not anyone lists it.
-const INDEX_SCRIPT = `redis.call("zadd", KEYS[1], 0, ARGV[1])
-redis.call("zadd", KEYS[2], ARGV[2], ARGV[1])
-local gone = redis.call("zrangebyscore", KEYS[2], "-inf", ARGV[3], "LIMIT", 0, ARGV[5])
-if #gone > 0 then
-  redis.call("zrem", KEYS[1], unpack(gone))
-  redis.call("zrem", KEYS[2], unpack(gone))
+// Takes keys out of the index (names, expiry, "<bytes> <variants>" per key) and their figures out
+// of the totals (KEYS[4]): a Lua function the scripts below share.
+const UNINDEX = `local function unindex(keys)
+  for _, key in ipairs(keys) do
+    if redis.call("zrem", KEYS[1], key) == 1 then
+      redis.call("zrem", KEYS[2], key)
+      local held = redis.call("hget", KEYS[3], key)
+      if held then
+        local bytes, variants = string.match(held, "(%d+) (%d+)")
+        -- 0 - n, not -n: -0 would reach Redis as "-0", which HINCRBY refuses as no integer
+        redis.call("hincrby", KEYS[4], "bytes", 0 - tonumber(bytes))
+        redis.call("hincrby", KEYS[4], "variants", 0 - tonumber(variants))
+        redis.call("hdel", KEYS[3], key)
+      end
+    end
+  end
 end
+`
+// Lists a key in the index until its delete time (ARGV[2]) with its bytes and variants (ARGV[6],
+// ARGV[7]) added to the totals, drops up to ARGV[5] keys whose time has come (ARGV[3] is now), and makes the index live at
+// least as long as the entry (ARGV[4], ms): the index never outgrows what is stored, whether or not
+// anyone lists it, and /metrics reads the count and the total without walking it.
+const INDEX_SCRIPT = `${UNINDEX}
+unindex({ARGV[1]})
+redis.call("zadd", KEYS[1], 0, ARGV[1])
+redis.call("zadd", KEYS[2], ARGV[2], ARGV[1])
+redis.call("hset", KEYS[3], ARGV[1], ARGV[6] .. " " .. ARGV[7])
+redis.call("hincrby", KEYS[4], "bytes", ARGV[6])
+redis.call("hincrby", KEYS[4], "variants", ARGV[7])
+local gone = redis.call("zrangebyscore", KEYS[2], "-inf", ARGV[3], "LIMIT", 0, ARGV[5])
+unindex(gone)
 for _, key in ipairs(KEYS) do
   if redis.call("pttl", key) < tonumber(ARGV[4]) then redis.call("pexpire", key, ARGV[4]) end
 end
 return #gone`
+const UNINDEX_SCRIPT = `${UNINDEX}unindex(ARGV)`
+// Sets a listed key's bytes and variants (ARGV[2], ARGV[3]) after some of its variants went,
+// moving the totals by the difference; a key no longer listed is left out.
+const RESIZE_SCRIPT = `local held = redis.call("hget", KEYS[3], ARGV[1])
+if not held then return 0 end
+local bytes, variants = string.match(held, "(%d+) (%d+)")
+redis.call("hincrby", KEYS[4], "bytes", tonumber(ARGV[2]) - tonumber(bytes))
+redis.call("hincrby", KEYS[4], "variants", tonumber(ARGV[3]) - tonumber(variants))
+redis.call("hset", KEYS[3], ARGV[1], ARGV[2] .. " " .. ARGV[3])
+return 1`
 /** Keys whose time has come that one write drops from the index: writes outnumber expiries on average. */
 const INDEX_PRUNE_BATCH = 100
 // Compare-and-extend: a claim is renewed only by its holder (ARGV[2]: the new lease, ms).
@@ -192,7 +224,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     this.subscriber.on("message", (_channel: string, message: string) => this.onEvent(message))
     const subscribed = this.subscriber.subscribe(this.channel).then(
       () => undefined,
-      (error: Error) => this.warn("store-connection", `subscribing: ${error.message}`),
+      (error: Error) => this.warn("store-connection", `subscribing: ${inOurWords(error).message}`),
     )
     const answered = Promise.all([generationKnown, subscribed]).then(() => nodesConnected(this.redis))
     const refused = "single" in target ? this.misusesOf(target.single) : []
@@ -266,7 +298,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
       this.namespace()
       await this.redis.ping()
     } catch (error) {
-      throw new Error(`Redis is unreachable (${(error as Error).message})`)
+      throw new Error(`Redis is unreachable (${inOurWords(error as Error).message})`)
     }
   }
 
@@ -321,7 +353,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
       },
       (error: Error) => {
         if (isTimeout(error)) this.stall(key)
-        throw error
+        throw inOurWords(error)
       },
     )
   }
@@ -332,13 +364,13 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     this.stalledKeys.set(key, this.stalledUntil)
     if (this.stalled) return
     this.stalled = true
-    this.warn("store-connection", `Redis did not answer within ${COMMAND_TIMEOUT_MS} ms; requests go to the origin until it does`)
+    this.warn("store-state", `Redis did not answer within ${COMMAND_TIMEOUT_MS} ms; requests go to the origin until it does`)
   }
 
   private answering(): void {
     this.stalled = false
     this.stalledUntil = 0
-    this.warn("store-connection", "Redis answers again; caching resumes")
+    this.warn("store-state", "Redis answers again; caching resumes")
   }
 
   /** A hit with a small body costs one round trip once the key's Vary lists are known: HMGET brings the record with its inline body. */
@@ -405,7 +437,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   private countRead(record: VariantRecord): void {
     this.redis
       .zadd(this.entryKeys(record.key).used, "XX", Date.now(), variantId(record.meta.vary))
-      .catch((error: Error) => this.warn("store-write", `recording a read of ${record.key}: ${error.message}`))
+      .catch((error: Error) => this.warn("store-write", `recording a read of ${record.key}: ${inOurWords(error).message}`))
   }
 
   /** Whether the key's hash is there: one EXISTS, not its variants (a miss asks, and a key may hold --max-variants). */
@@ -544,7 +576,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
       if (!body.locked) await body.cancel(error).catch(() => undefined) // the body itself failed: nothing left to cancel
       const written = this.chunkKeys(record)
       if (written.length)
-        await this.redis.del(...written).catch((delError: Error) => this.warn("store-write", `${key}: ${delError.message}`))
+        await this.redis.del(...written).catch((delError: Error) => this.warn("store-write", `${key}: ${inOurWords(delError).message}`))
       throw error
     } finally {
       clearInterval(renewal)
@@ -555,7 +587,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   private async renewChunks(record: VariantRecord): Promise<void> {
     const pipeline = this.redis.pipeline()
     for (const chunkKey of this.chunkKeys(record)) pipeline.pexpire(chunkKey, IN_PROGRESS_CHUNK_MS)
-    await pipeline.exec().catch((error: Error) => this.warn("store-write", `${record.key}: ${error.message}`)) // the commit finds what lapsed
+    await pipeline.exec().catch((error: Error) => this.warn("store-write", `${record.key}: ${inOurWords(error).message}`)) // the commit finds what lapsed
   }
 
   /** At the commit, the chunks live as long as the entry; one gone meanwhile (evicted) fails the write. */
@@ -646,8 +678,19 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
       .pexpireat(used, deleteAt)
       .exec()
     const now = Date.now()
-    const { names, expiry } = this.indexKeys()
-    await this.redis.eval(INDEX_SCRIPT, 2, names, expiry, record.key, deleteAt, now, Math.max(1, deleteAt - now), INDEX_PRUNE_BATCH)
+    const bytes = record.size + others.reduce((sum, other) => sum + other.size, 0)
+    await this.redis.eval(
+      INDEX_SCRIPT,
+      4,
+      ...this.indexKeyList(),
+      record.key,
+      deleteAt,
+      now,
+      Math.max(1, deleteAt - now),
+      INDEX_PRUNE_BATCH,
+      bytes,
+      others.length + 1,
+    )
   }
 
   /** The key's live variants: the one with variant id `id`, if stored, and the others. */
@@ -701,8 +744,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     const chunkKeys = records.flatMap((record) => this.chunkKeys(record))
     const { variants, vary, used } = this.entryKeys(key)
     await this.redis.del(variants, vary, used, ...chunkKeys)
-    const { names, expiry } = this.indexKeys()
-    await this.redis.multi().zrem(names, key).zrem(expiry, key).exec()
+    await this.unindex(key)
     await this.unindexTags(key, records, [])
     await this.publish({ type: "changed", key })
   }
@@ -723,6 +765,9 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
       .exec()
     const chunkKeys = gone.flatMap((record) => this.chunkKeys(record))
     if (chunkKeys.length) await this.redis.del(...chunkKeys)
+    // The totals follow at once: a key held at --max-variants would otherwise count one too many.
+    const bytes = kept.reduce((sum, record) => sum + record.size, 0)
+    await this.redis.eval(RESIZE_SCRIPT, 4, ...this.indexKeyList(), key, bytes, kept.length)
     await this.unindexTags(key, gone, kept)
     await this.publish({ type: "changed", key })
   }
@@ -737,10 +782,10 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
 
   /** O(1): every key moves to a new generation; the old ones expire on their own. */
   async clear(): Promise<void> {
-    const { names, expiry } = this.indexKeys()
+    const index = this.indexKeyList()
     this.generation = newGeneration()
     await this.redis.set(this.generationKey, this.generation)
-    await this.redis.del(names, expiry)
+    await this.redis.del(...index)
     await this.publish({ type: "clear" })
   }
 
@@ -757,7 +802,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
       for (const key of batch) {
         const records = await this.records(key)
         if (records.length === 0) {
-          await this.redis.zrem(indexKey, key)
+          await this.unindex(key)
           continue
         }
         if (keys === limit) return { entries, cursor: entries.at(-1)?.key }
@@ -785,18 +830,13 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     return keys
   }
 
-  /** Walks the whole index: O(entries), for the inspector and metrics, not for requests. */
+  /**
+   * One read, whatever Redis holds: the totals the index keeps. Keys past their time count until a
+   * write or a listing drops them (both prune).
+   */
   async stats(): Promise<TierStats[]> {
-    let entries = 0
-    let bytes = 0
-    let cursor: string | undefined
-    do {
-      const page = await this.list({ cursor, limit: 1000 })
-      entries += page.entries.length
-      for (const entry of page.entries) bytes += entry.size
-      cursor = page.cursor
-    } while (cursor !== undefined)
-    return [{ tier: "redis", entries, bytes }]
+    const [bytes, variants] = await this.redis.hmget(this.indexKeys().totals, "bytes", "variants")
+    return [{ tier: "redis", entries: Number(variants ?? 0), bytes: Number(bytes ?? 0) }]
   }
 
   onDrop(listener: (dropped: string | null | KeyMatch) => void): void {
@@ -823,7 +863,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     const renewal = setInterval(() => {
       if (Date.now() >= until) return clearInterval(renewal)
       this.redis.eval(RENEW_SCRIPT, 1, lockKey, token, CLAIM_LEASE_MS).catch((error: Error) => {
-        this.warn("store-write", `renewing the claim on ${key}: ${error.message}`) // it lapses: another proxy may fetch too
+        this.warn("store-write", `renewing the claim on ${key}: ${inOurWords(error).message}`) // it lapses: another proxy may fetch too
       })
     }, CLAIM_RENEW_MS)
     renewal.unref?.()
@@ -838,7 +878,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
       await this.redis.eval(RELEASE_SCRIPT, 1, lockKey, token)
       await this.publish({ type: "released", key })
     } catch (error) {
-      this.warn("store-write", `releasing the claim on ${key}: ${(error as Error).message}`) // it expires on its own
+      this.warn("store-write", `releasing the claim on ${key}: ${inOurWords(error as Error).message}`) // it expires on its own
     }
   }
 
@@ -927,15 +967,15 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     const lost = (why: string) => {
       if (!this.up || this.closing) return
       this.up = false
-      this.warn("store-connection", `Redis is unreachable (${why}); requests go to the origin until it is back`)
+      this.warn("store-state", `Redis is unreachable (${why}); requests go to the origin until it is back`)
     }
-    connection.on("error", (error: Error) => lost(error.message))
+    connection.on("error", (error: Error) => lost(inOurWords(error).message))
     connection.on("close", () => lost("the connection closed"))
     connection.on("ready", () => {
       void this.readGeneration()
       if (this.up) return
       this.up = true
-      this.warn("store-connection", "Redis is reachable again; caching resumes")
+      this.warn("store-state", "Redis is reachable again; caching resumes")
     })
   }
 
@@ -956,10 +996,24 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     return `${this.prefix}:${this.generation}`
   }
 
-  /** The key index: names in order (score 0, for `list`), and the same names by delete time (for pruning). One slot. */
-  private indexKeys(): { names: string; expiry: string } {
+  /**
+   * The key index, in one slot: names in order (score 0, for `list`), the same names by delete time
+   * (for pruning), each key's bytes and variants, and their totals (for `stats`).
+   */
+  private indexKeys(): { names: string; expiry: string; sizes: string; totals: string } {
     const base = `${this.namespace()}:{index}`
-    return { names: `${base}:keys`, expiry: `${base}:expiry` }
+    return { names: `${base}:keys`, expiry: `${base}:expiry`, sizes: `${base}:sizes`, totals: `${base}:totals` }
+  }
+
+  /** The index's keys in the order its scripts take them. */
+  private indexKeyList(): [string, string, string, string] {
+    const { names, expiry, sizes, totals } = this.indexKeys()
+    return [names, expiry, sizes, totals]
+  }
+
+  /** Takes a key out of the index, its bytes out of the total. */
+  private async unindex(key: string): Promise<void> {
+    await this.redis.eval(UNINDEX_SCRIPT, 4, ...this.indexKeyList(), key)
   }
 
   private tagKey(tag: string): string {
@@ -1110,6 +1164,28 @@ function parseEvent(message: string): Event | undefined {
 class DeadlineError extends Error {}
 
 /** Whether a command failed by taking too long (ioredis's command timeout, or `bounded`'s deadline). */
+/** What ioredis and the socket say, and how we say it to the operator. */
+const OUR_WORDS: [RegExp, (match: RegExpExecArray) => string][] = [
+  [/^Stream isn't writeable|^Reached the max retries per request/, () => "Redis is unreachable"],
+  [/^Connection is closed/, () => "the connection to Redis is closed"],
+  [/^Command timed out/, () => `Redis did not answer within ${COMMAND_TIMEOUT_MS} ms`],
+  [/^connect ECONNREFUSED (\S+)/, ([, at]) => `Redis at ${at} refused the connection`],
+  [/^(?:connect )?ETIMEDOUT/, () => "connecting to Redis timed out"],
+  [/^read ECONNRESET/, () => "Redis reset the connection"],
+  [/^getaddrinfo (?:ENOTFOUND|EAI_AGAIN) (\S+)/, ([, host]) => `Redis's host name ${host} cannot be resolved`],
+  [/^None of startup nodes is available|^Failed to refresh slots cache/, () => "no node of the Redis Cluster answers"],
+  [/^CLUSTERDOWN/, () => "the Redis Cluster is down (a slot has no node)"],
+]
+
+/** The error in our words: a library's message (ioredis's "Stream isn't writeable…") tells an operator little. */
+function inOurWords(error: Error): Error {
+  for (const [pattern, say] of OUR_WORDS) {
+    const match = pattern.exec(error.message)
+    if (match) return new Error(say(match))
+  }
+  return error
+}
+
 function isTimeout(error: Error): boolean {
   return error instanceof DeadlineError || error.message === "Command timed out"
 }

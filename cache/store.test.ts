@@ -948,6 +948,9 @@ function storeContract(
         expect(tier.entries).toBe(3)
         expect(tier.bytes).toBeGreaterThan(0)
       }
+      // Counted as they change, not by walking the store: a delete takes its variants out at once.
+      await store.delete("GET https://example.test/stats/b")
+      for (const tier of await store.stats()) expect(tier.entries).toBe(1)
       expect(fixture.warnings).toEqual([])
     })
   })

@@ -192,6 +192,8 @@ export type WarnKind =
   | "tags"
   | "refresh"
   | "store-connection"
+  /** Redis lost or back: each change reported once by the store, never held back by a rate limit. */
+  | "store-state"
   | "proxy"
   | "admin"
 

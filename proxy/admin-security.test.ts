@@ -4,19 +4,18 @@
  * chromium, and raw requests from node:http where a header (Host) must be set by hand.
  */
 import { describe, expect, test } from "bun:test"
-import { existsSync, mkdtempSync, rmSync } from "node:fs"
 import { request } from "node:http"
-import { tmpdir } from "node:os"
-import { join } from "node:path"
-import { chromium } from "playwright-core"
-import { createProxy, type ProxyOptions, serve } from "../proxy.ts"
-import { TEST_OPTIONS } from "./test.fixture.ts"
+import {
+  CLI,
+  httpRequest,
+  launchBrowser as launchSharedBrowser,
+  runCli,
+  startAdminProxy,
+  startOrigin as startSharedOrigin,
+} from "./test.fixture.ts"
 
 // ───────────────────────────── helpers ─────────────────────────────
-// startOrigin, startProxy, launchBrowser and runCli are copies of proxy/admin.test.ts's, for the
-// shared fixture module to take over.
 
-const CLI = [process.execPath, join(import.meta.dir, "..", "proxy.ts")]
 const TOKEN = "a-token-of-24-characters"
 /** The attacker's names: chromium resolves them to this machine, as the attacker's DNS would. */
 const EVIL_SITE = "evil.test"
@@ -24,55 +23,28 @@ const REBOUND_NAME = "rebind.attacker.test"
 
 /** A real origin on port 0 answering every path, fresh for a minute. */
 function startOrigin() {
-  const server = Bun.serve({
-    hostname: "127.0.0.1",
-    port: 0,
-    fetch: (req) => new Response(`body of ${new URL(req.url).pathname}`, { headers: { "cache-control": "max-age=60" } }),
-  })
-  return { url: server.url.href.replace(/\/$/, ""), [Symbol.asyncDispose]: () => server.stop(true) }
+  return startSharedOrigin((req) => new Response(`body of ${new URL(req.url).pathname}`, { headers: { "cache-control": "max-age=60" } }))
 }
 
-/** The real proxy and its admin app, in-process, each on a port 0, with a cache directory of their own. */
+/** The proxy with its admin listener (on loopback, with this token or none), as the attacks find it. */
 async function startProxy(origin: string, token?: string) {
-  const cacheDir = mkdtempSync(join(tmpdir(), "caching-proxy-admin-security-test-"))
-  const full: ProxyOptions = { ...TEST_OPTIONS, origin, cacheDir, admin: { port: 0, host: "127.0.0.1", token } }
-  const { app, cache, admin } = await createProxy(full, { warn: () => {} })
-  const listener = await serve(app, full)
-  const adminListener = await serve(admin!, { ...full, port: 0 })
-  await cache.store.ready()
-  const url = `http://127.0.0.1:${listener.port}`
-  const adminUrl = `http://127.0.0.1:${adminListener.port}`
-  return {
-    adminPort: adminListener.port,
-    adminUrl,
+  const proxy = await startAdminProxy({ origin, admin: { port: 0, host: "127.0.0.1", token } })
+  return Object.assign(proxy, {
     /** Stores these paths through the proxy. */
     store: async (...paths: string[]) => {
-      for (const path of paths) await (await fetch(url + path)).text()
+      for (const path of paths) await (await fetch(proxy.url + path)).text()
     },
     /** The paths the cache holds, as the admin API lists them. */
     stored: async (): Promise<string[]> => {
-      const res = await fetch(`${adminUrl}/api/entries`, { headers: token ? { authorization: `Bearer ${token}` } : {} })
-      const { entries } = (await res.json()) as { entries: { path: string }[] }
+      const { entries } = (await (await proxy.admin("/api/entries")).json()) as { entries: { path: string }[] }
       return entries.map((entry) => entry.path).sort()
     },
-    [Symbol.asyncDispose]: async () => {
-      await Promise.all([listener.stop(true), adminListener.stop(true)])
-      await cache.close()
-      rmSync(cacheDir, { recursive: true, force: true })
-    },
-  }
+  })
 }
 
-const CHROMIUM = "/usr/bin/chromium"
-
-/** Debian's headless chromium, with the attacker's names resolving to this machine. */
-async function launchBrowser() {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing (apt-get install -y chromium); the browser attacks need it`)
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: [`--host-resolver-rules=MAP ${EVIL_SITE} 127.0.0.1, MAP ${REBOUND_NAME} 127.0.0.1`],
-  })
-  return { browser, [Symbol.asyncDispose]: () => browser.close() }
+/** Chromium with the attacker's names resolving to this machine. */
+function launchBrowser() {
+  return launchSharedBrowser([`--host-resolver-rules=MAP ${EVIL_SITE} 127.0.0.1, MAP ${REBOUND_NAME} 127.0.0.1`])
 }
 
 /** The attacker's site: one page on port 0 of this machine, reached in the browser as http://evil.test:PORT. */
@@ -83,32 +55,6 @@ function startAttackerSite(html: string) {
     fetch: () => new Response(html, { headers: { "content-type": "text/html" } }),
   })
   return { url: `http://${EVIL_SITE}:${server.port}/`, [Symbol.asyncDispose]: () => server.stop(true) }
-}
-
-/** A raw request from node:http, which sends the Host header it is given (fetch sets its own). */
-function rawRequest(
-  url: string,
-  init: { method?: string; headers?: Record<string, string>; body?: string } = {},
-): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request(url, { method: init.method ?? "GET", headers: init.headers }, (res) => {
-      let body = ""
-      res.setEncoding("utf8")
-      res.on("data", (chunk: string) => {
-        body += chunk
-      })
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }))
-    })
-    req.on("error", reject)
-    req.end(init.body)
-  })
-}
-
-/** Runs the CLI to completion. */
-async function runCli(args: string[]) {
-  const child = Bun.spawn([...CLI, ...args], { stdout: "pipe", stderr: "pipe" })
-  const [stderr, code] = await Promise.all([new Response(child.stderr).text(), child.exited])
-  return { stderr, code }
 }
 
 // ───────────────────────────── cross-site requests ─────────────────────────────
@@ -213,7 +159,7 @@ describe("without a token, only a Host naming this machine is answered", () => {
     await using proxy = await startProxy(origin.url)
     await proxy.store("/a")
     const host = `${REBOUND_NAME}:${proxy.adminPort}`
-    const res = await rawRequest(proxy.adminUrl + path, {
+    const res = await httpRequest(proxy.adminUrl + path, {
       method,
       headers: { host, "content-type": "application/json" },
       body: method === "POST" ? '{"prefix":"/"}' : undefined,
@@ -226,13 +172,13 @@ describe("without a token, only a Host naming this machine is answered", () => {
     await using origin = startOrigin()
     await using proxy = await startProxy(origin.url)
     for (const host of ["127.0.0.1", `127.0.0.1:${proxy.adminPort}`, "LOCALHOST:9999", "127.1.2.3:80", "[::1]:9090"])
-      expect(await rawRequest(`${proxy.adminUrl}/healthz`, { headers: { host } })).toEqual({ status: 200, body: "ok\n" })
+      expect(await httpRequest(`${proxy.adminUrl}/healthz`, { headers: { host } })).toEqual({ status: 200, body: "ok\n" })
   })
 
   test("with a token, any Host is answered (a listener others reach has many names)", async () => {
     await using origin = startOrigin()
     await using proxy = await startProxy(origin.url, TOKEN)
-    const res = await rawRequest(`${proxy.adminUrl}/healthz`, { headers: { host: "admin.example.com", authorization: `Bearer ${TOKEN}` } })
+    const res = await httpRequest(`${proxy.adminUrl}/healthz`, { headers: { host: "admin.example.com", authorization: `Bearer ${TOKEN}` } })
     expect(res).toEqual({ status: 200, body: "ok\n" })
   })
 })
@@ -282,6 +228,7 @@ describe("admin request bodies are bounded", () => {
 describe("the token where other machines can ask", () => {
   test("--admin-token shorter than 16 characters on a non-loopback --admin-host: one line, exit code 2", async () => {
     const { stderr, code } = await runCli([
+      ...CLI,
       "--origin",
       "http://127.0.0.1:1",
       "--admin-port",
@@ -302,7 +249,7 @@ describe("the token where other machines can ask", () => {
     await using proxy = await startProxy(origin.url, TOKEN)
     const timed = async (authorization: string) => {
       const started = performance.now()
-      const res = await fetch(`${proxy.adminUrl}/healthz`, { headers: { authorization } })
+      const res = await fetch(`${proxy.adminUrl}/api/stats`, { headers: { authorization } })
       await res.text()
       return { status: res.status, ms: performance.now() - started }
     }

@@ -4,20 +4,21 @@
  * a real headless chromium, is tested in proxy/inspector.test.ts.
  */
 import { afterEach, describe, expect, setSystemTime, test } from "bun:test"
-import { mkdtempSync, rmSync } from "node:fs"
-import { tmpdir } from "node:os"
-import { join } from "node:path"
-import type { EntryView, TierStats, VariantView, WarnKind } from "../cache.ts"
-import { createProxy, type ProxyOptions, serve } from "../proxy.ts"
+import { readFileSync, rmSync, writeFileSync } from "node:fs"
+import type { EntryView, TierStats, VariantView } from "../cache.ts"
 import {
   buildNodeBundle,
   CLI,
   FAST_RUN,
+  metaFiles,
   NODE_BUNDLE,
+  ownedDir,
   RUNTIMES,
+  runCli,
+  startAdminProxy,
+  startCliProxy,
   startRedis,
   startOrigin as startSharedOrigin,
-  TEST_OPTIONS,
 } from "./test.fixture.ts"
 
 // ───────────────────────────── helpers ─────────────────────────────
@@ -38,71 +39,6 @@ function startFreshOrigin(headers: (path: string) => Record<string, string> = ()
     const path = new URL(req.url).pathname
     return new Response(`v${n}`, { headers: { "cache-control": "max-age=60", date: new Date().toUTCString(), ...headers(path) } })
   })
-}
-
-/** The real proxy and its admin app, in-process, each on a port 0, with a cache directory of their own. */
-async function startProxy(options: Partial<ProxyOptions> & { origin: string }) {
-  const cacheDir = mkdtempSync(join(tmpdir(), "caching-proxy-admin-test-"))
-  const full: ProxyOptions = { ...TEST_OPTIONS, admin: { port: 0, host: "127.0.0.1", token: undefined }, cacheDir, ...options }
-  const warnings: { kind: WarnKind; detail: string }[] = []
-  const warn = (kind: WarnKind, detail: string) => warnings.push({ kind, detail })
-  const lines: string[] = []
-  const { app, cache, admin } = await createProxy(full, { warn, log: (line) => lines.push(line) })
-  const listener = await serve(app, full, warn)
-  const adminListener = await serve(admin!, { ...full, port: 0 }, warn)
-  await cache.store.ready()
-  const adminUrl = `http://127.0.0.1:${adminListener.port}`
-  const token = full.admin?.token
-  return {
-    url: `http://127.0.0.1:${listener.port}`,
-    cacheDir,
-    adminUrl,
-    /** The access lines it wrote. */
-    lines,
-    warnings,
-    /** A request to the admin listener, with the token when there is one. */
-    admin: (path: string, init: RequestInit = {}) =>
-      fetch(adminUrl + path, { ...init, headers: { ...(token && { authorization: `Bearer ${token}` }), ...init.headers } }),
-    [Symbol.asyncDispose]: async () => {
-      await Promise.all([listener.stop(true), adminListener.stop(true)])
-      await cache.close()
-      rmSync(cacheDir, { recursive: true, force: true })
-    },
-  }
-}
-
-/** The CLI as a child process with its admin listener (token from the environment); resolves once it says where both listen. */
-async function startCli(command: string[], originUrl: string) {
-  const dir = mkdtempSync(join(tmpdir(), "caching-proxy-admin-test-"))
-  const child = Bun.spawn([...command, "--port", "0", "--quiet", "--origin", originUrl, "--cache-dir", dir], {
-    stdout: "pipe",
-    stderr: "pipe",
-    env: { ...process.env, CACHING_PROXY_ADMIN_PORT: "0", CACHING_PROXY_ADMIN_TOKEN: TOKEN },
-  })
-  const stop = async () => {
-    child.kill()
-    await child.exited
-    rmSync(dir, { recursive: true, force: true })
-  }
-  const reader = child.stdout.getReader()
-  let output = ""
-  while (!output.includes("\n")) {
-    const { done, value } = await reader.read()
-    if (done) {
-      await stop()
-      throw new Error(`the proxy exited: ${output}${await new Response(child.stderr).text()}`)
-    }
-    output += new TextDecoder().decode(value)
-  }
-  const [, port, adminPort] = /listening on http:\/\/127\.0\.0\.1:(\d+).*, admin on http:\/\/127\.0\.0\.1:(\d+)/.exec(output) ?? []
-  return { url: `http://127.0.0.1:${port}`, adminUrl: `http://127.0.0.1:${adminPort}`, [Symbol.asyncDispose]: stop }
-}
-
-/** Runs the CLI to completion. */
-async function runCli(args: string[], env: Record<string, string> = {}) {
-  const child = Bun.spawn([...CLI, ...args], { stdout: "pipe", stderr: "pipe", env: { ...process.env, ...env } })
-  const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited])
-  return { stdout, stderr, code }
 }
 
 /** What a client of the proxy got, its body read. */
@@ -149,7 +85,7 @@ describe("the admin listener", () => {
     [["--admin-token", TOKEN], {}, "--admin-token is given without --admin-port"],
     [["--admin-port", "0", "--admin-token", "two words"], {}, "--admin-token must be printable ASCII without spaces"],
   ])("%j %j: one line, exit code 2", async (args, env, message) => {
-    const { stderr, code } = await runCli(["--origin", "http://127.0.0.1:1", ...args], env)
+    const { stderr, code } = await runCli([...CLI, "--origin", "http://127.0.0.1:1", ...args], undefined, env)
     expect(code).toBe(2)
     expect(stderr.trim().split("\n")).toHaveLength(1)
     expect(stderr).toContain(message)
@@ -158,37 +94,68 @@ describe("the admin listener", () => {
   test.each(RUNTIMES)("under %s, starts with the proxy on its own port, says where, and answers the API", async (_, command) => {
     if (command === NODE_BUNDLE) await buildNodeBundle()
     await using origin = startFreshOrigin()
-    await using proxy = await startCli(command, origin.url)
+    // The admin listener and its token from the environment.
+    const env = { CACHING_PROXY_ADMIN_PORT: "0", CACHING_PROXY_ADMIN_TOKEN: TOKEN }
+    await using proxy = await startCliProxy(command, origin.url, ["--quiet"], env)
     const admin = (path: string, init: RequestInit = {}) =>
       fetch(proxy.adminUrl + path, { ...init, headers: { authorization: `Bearer ${TOKEN}`, ...init.headers } })
     expect(proxy.adminUrl).not.toBe(proxy.url)
     expect(await text(admin("/healthz"))).toEqual({ status: 200, body: "ok\n" })
     // The proxy's port knows nothing of admin routes: they go to the origin like any path.
-    expect(await text(fetch(`${proxy.url}/healthz`))).toEqual({ status: 200, body: "v1" })
+    expect(await text(fetch(`${proxy.url}healthz`))).toEqual({ status: 200, body: "v1" })
     expect((await json<EntriesPage>(admin("/api/entries"))).entries.map((entry) => entry.path)).toEqual(["/healthz"])
     expect((await json<Entry>(admin("/api/entry?url=/healthz"))).variants).toHaveLength(1)
     expect((await fetch(`${proxy.adminUrl}/`)).headers.get("content-security-policy")).toContain("default-src 'none'")
     expect(
       await json(admin("/api/purge", { method: "POST", headers: { "content-type": "application/json" }, body: '{"url": "/healthz"}' })),
     ).toEqual({ purged: 1 })
-    expect(await text(fetch(`${proxy.url}/healthz`))).toEqual({ status: 200, body: "v2" })
+    expect(await text(fetch(`${proxy.url}healthz`))).toEqual({ status: 200, body: "v2" })
   })
 
-  test("with a token, every request needs it as a bearer token, else 401", async () => {
+  test("with a token, every request but the page and the probes needs it as a bearer token, else 401", async () => {
     await using origin = startFreshOrigin()
-    await using proxy = await startProxy({ origin: origin.url, admin: { port: 0, host: "127.0.0.1", token: TOKEN } })
-    expect(await text(proxy.admin("/healthz"))).toEqual({ status: 200, body: "ok\n" })
+    await using proxy = await startAdminProxy({ origin: origin.url, admin: { port: 0, host: "127.0.0.1", token: TOKEN } })
+    expect(await text(proxy.admin("/api/stats"))).toMatchObject({ status: 200 })
     for (const authorization of [undefined, "Bearer wrong", `Bearer ${TOKEN}x`, `Basic ${btoa(`u:${TOKEN}`)}`, TOKEN]) {
-      const res = await fetch(`${proxy.adminUrl}/healthz`, { headers: authorization ? { authorization } : {} })
+      const res = await fetch(`${proxy.adminUrl}/api/stats`, { headers: authorization ? { authorization } : {} })
       expect(res.status).toBe(401)
       expect(res.headers.get("www-authenticate")).toStartWith("Bearer")
       expect(await res.text()).toBe("this admin listener needs Authorization: Bearer <its --admin-token>\n")
     }
   })
 
+  test("with a token, a plain HTTP probe gets /healthz and /readyz without it; every other route still asks for it", async () => {
+    await using origin = startFreshOrigin()
+    await using proxy = await startAdminProxy({ origin: origin.url, admin: { port: 0, host: "0.0.0.0", token: TOKEN } })
+    expect(await text(fetch(`${proxy.adminUrl}/healthz`))).toEqual({ status: 200, body: "ok\n" })
+    expect(await text(fetch(`${proxy.adminUrl}/readyz`))).toEqual({ status: 200, body: "ready\n" })
+    for (const path of ["/metrics", "/api/entries", "/api/entry?url=/a", "/api/stats"]) {
+      expect((await fetch(proxy.adminUrl + path)).status).toBe(401)
+    }
+    const purge = await fetch(`${proxy.adminUrl}/api/purge`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: '{"url": "/a"}',
+    })
+    expect(purge.status).toBe(401)
+  })
+
+  test("a route asked with a method it does not answer gets 405 and Allow", async () => {
+    await using origin = startFreshOrigin()
+    await using proxy = await startAdminProxy({ origin: origin.url, admin: { port: 0, host: "127.0.0.1", token: TOKEN } })
+    const purge = await proxy.admin("/api/purge")
+    expect(purge.status).toBe(405)
+    expect(purge.headers.get("allow")).toBe("POST")
+    expect(await purge.text()).toBe("/api/purge answers POST only\n")
+    for (const path of ["/", "/healthz", "/readyz", "/metrics", "/api/entries", "/api/entry", "/api/stats"]) {
+      const res = await proxy.admin(path, { method: path === "/healthz" ? "DELETE" : "POST" })
+      expect([path, res.status, res.headers.get("allow")]).toEqual([path, 405, "GET, HEAD"])
+    }
+  })
+
   test("without a token (loopback), requests need none", async () => {
     await using origin = startFreshOrigin()
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     expect(await text(fetch(`${proxy.adminUrl}/healthz`))).toEqual({ status: 200, body: "ok\n" })
     expect((await fetch(`${proxy.adminUrl}/nothing-here`)).status).toBe(404)
   })
@@ -197,7 +164,7 @@ describe("the admin listener", () => {
 describe("readiness", () => {
   test("ready while the cache directory can be written", async () => {
     await using origin = startFreshOrigin()
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     expect(await text(proxy.admin("/readyz"))).toEqual({ status: 200, body: "ready\n" })
     rmSync(proxy.cacheDir, { recursive: true })
     const gone = await text(proxy.admin("/readyz"))
@@ -207,7 +174,7 @@ describe("readiness", () => {
   test.skipIf(FAST_RUN)("503 with the reason while Redis is down, ready again once it is back", async () => {
     await using redis = await startRedis()
     await using origin = startFreshOrigin()
-    await using proxy = await startProxy({ origin: origin.url, store: { kind: "redis", target: { single: redis.url } } })
+    await using proxy = await startAdminProxy({ origin: origin.url, store: { kind: "redis", target: { single: redis.url } } })
     expect(await text(proxy.admin("/readyz"))).toEqual({ status: 200, body: "ready\n" })
     await redis.kill()
     const down = await text(proxy.admin("/readyz"))
@@ -227,7 +194,7 @@ describe("readiness", () => {
 describe("the JSON API", () => {
   test("entries: what is stored, each URL with its variants summed up, page by page", async () => {
     await using origin = startFreshOrigin((path): Record<string, string> => (path === "/b" ? { vary: "accept-language" } : {}))
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     for (const path of ["/a", "/a", "/a", "/c", "/d"]) await through(proxy.url + path)
     await through(`${proxy.url}/b`, { "accept-language": "en" })
     await through(`${proxy.url}/b`, { "accept-language": "fr" })
@@ -261,9 +228,28 @@ describe("the JSON API", () => {
     expect((await proxy.admin("/api/entries?prefix=http://elsewhere.example/")).status).toBe(400)
   })
 
+  test("entries by prefix on the file store read only the entries under it, on a fresh start and after a restart", async () => {
+    await using origin = startFreshOrigin()
+    using dir = ownedDir()
+    const cacheDir = dir.path
+    for (const run of ["first", "restarted"]) {
+      await using proxy = await startAdminProxy({ origin: origin.url, cacheDir })
+      for (const path of [`/a/${run}`, `/b/${run}`]) await through(proxy.url + path)
+      // Every meta but those under /a/ is made unreadable: a listing that read them would find them broken.
+      const underB = metaFiles(cacheDir).filter((file) => !readFileSync(file.path, "utf8").includes("/a/"))
+      for (const file of underB) writeFileSync(file.path, "not json")
+      const listed = await json<EntriesPage>(proxy.admin("/api/entries?prefix=/a/"))
+      expect(listed.entries.map((entry) => entry.path).sort()).toEqual(run === "first" ? ["/a/first"] : ["/a/first", "/a/restarted"])
+      expect(proxy.warnings).toEqual([])
+      expect(metaFiles(cacheDir).filter((file) => readFileSync(file.path, "utf8") === "not json")).toHaveLength(underB.length)
+      // Removed, as a reader finding them broken would: the next start-up has nothing to report.
+      for (const file of underB) rmSync(file.path)
+    }
+  })
+
   test("entry: one URL with each variant's stored headers", async () => {
     await using origin = startFreshOrigin(() => ({ vary: "accept-language", "x-origin-note": "kept" }))
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     await through(`${proxy.url}/page?x=1`, { "accept-language": "en" })
     await through(`${proxy.url}/page?x=1`, { "accept-language": "fr" })
 
@@ -284,7 +270,7 @@ describe("the JSON API", () => {
 
   test("stats: entries and bytes per tier, with each tier's bound", async () => {
     await using origin = startFreshOrigin()
-    await using proxy = await startProxy({ origin: origin.url, memorySize: 1 << 20, maxSize: 8 << 20 })
+    await using proxy = await startAdminProxy({ origin: origin.url, memorySize: 1 << 20, maxSize: 8 << 20 })
     await through(`${proxy.url}/one`)
     const { tiers } = await json<Stats>(proxy.admin("/api/stats"))
     expect(tiers).toMatchObject([
@@ -295,9 +281,20 @@ describe("the JSON API", () => {
 })
 
 describe("traffic", () => {
+  test("/metrics scraped at once after the start shows no NaN (a gauge with no sample yet is left out)", async () => {
+    await using origin = startFreshOrigin()
+    await using proxy = await startAdminProxy({ origin: origin.url })
+    const scrape = await text(proxy.admin("/metrics"))
+    expect(scrape.status).toBe(200)
+    expect(scrape.body).toContain("process_resident_memory_bytes")
+    expect(scrape.body.split("\n").filter((line) => /\bNaN$/i.test(line))).toEqual([])
+    // Left out: under Bun they walk the heap, a scrape's cost growing with what the cache holds.
+    expect(scrape.body).not.toContain("nodejs_heap_space_size")
+  })
+
   test("/metrics counts requests by cache outcome, and purges; the chart's buckets hold the requests", async () => {
     await using origin = startFreshOrigin()
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     for (const path of ["/x", "/x", "/x", "/y", "/y"]) await through(proxy.url + path)
     await purge(proxy, { prefix: "/" })
     const res = await proxy.admin("/metrics")
@@ -320,7 +317,7 @@ describe("traffic", () => {
 describe("purge", () => {
   test("by URL: every variant goes, and the next request asks the origin", async () => {
     await using origin = startFreshOrigin(() => ({ vary: "accept-language" }))
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     for (const language of ["en", "fr"]) await through(`${proxy.url}/p`, { "accept-language": language })
     await through(`${proxy.url}/other`)
     expect(await purge(proxy, { url: "/p" })).toEqual({ status: 200, body: { purged: 1 } })
@@ -332,7 +329,7 @@ describe("purge", () => {
 
   test("by prefix: the URLs under it go, others stay", async () => {
     await using origin = startFreshOrigin()
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     for (const path of ["/users/1", "/users/2", "/users", "/teams/1"]) await through(proxy.url + path)
     expect(await purge(proxy, { prefix: "/users/" })).toEqual({ status: 200, body: { purged: 2 } })
     expect((await through(`${proxy.url}/users/1`)).xCache).toBe("MISS")
@@ -343,7 +340,7 @@ describe("purge", () => {
 
   test("by prefix, over more URLs than one listing page holds: every one goes", async () => {
     await using origin = startFreshOrigin()
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     const paths = Array.from({ length: 250 }, (_, i) => `/bulk/${i}`)
     for (const path of paths) await through(proxy.url + path)
     expect(await purge(proxy, { prefix: "/bulk/" })).toEqual({ status: 200, body: { purged: 250 } })
@@ -356,7 +353,7 @@ describe("purge", () => {
         ? new Response(null, { status: 304, headers: { etag: '"v1"', "cache-control": "max-age=60" } })
         : new Response("the body", { headers: { etag: '"v1"', "cache-control": "max-age=60" } }),
     )
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     await through(`${proxy.url}/doc`)
     expect(await purge(proxy, { url: "/doc", soft: true })).toEqual({ status: 200, body: { purged: 1 } })
     const listed = await json<Entry>(proxy.admin("/api/entry?url=/doc"))
@@ -377,7 +374,7 @@ describe("purge", () => {
         ? new Response(null, { status: 304, headers: { etag: '"v1"', "cache-control": "max-age=60" } })
         : new Response("the body", { headers: { etag: '"v1"', "cache-control": "max-age=60" } }),
     )
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     await through(`${proxy.url}/doc`)
     expect(await purge(proxy, { url: "/doc", soft: true })).toEqual({ status: 200, body: { purged: 1 } })
     const after = await through(`${proxy.url}/doc`, { "cache-control": "max-stale=3600" })
@@ -392,7 +389,7 @@ describe("purge", () => {
     await using origin = startOrigin(
       (_, n) => new Response(`v${n}`, { headers: { "cache-control": "max-age=60, stale-while-revalidate=30" } }),
     )
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     await through(`${proxy.url}/feed`)
     expect(await purge(proxy, { prefix: "/feed", soft: true })).toEqual({ status: 200, body: { purged: 1 } })
     const served = await through(`${proxy.url}/feed`)
@@ -415,7 +412,7 @@ describe("purge", () => {
     [{ url: "https://elsewhere.example/a" }, "url must be a path (/…) or a URL under http://127.0.0.1:"],
   ])("a bad request %j: 400 with one line", async (body, reason) => {
     await using origin = startFreshOrigin()
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     const answer = await purge(proxy, body)
     expect(answer.status).toBe(400)
     expect(String(answer.body)).toStartWith(reason)
@@ -433,7 +430,7 @@ describe("tags", () => {
 
   test("Surrogate-Key and Cache-Tag give an entry's tags; purge by tag removes those entries only", async () => {
     await using origin = startFreshOrigin((path) => TAGGED[path] ?? {})
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     for (const path of Object.keys(TAGGED)) await through(proxy.url + path)
     const { tags } = await json<Entry>(proxy.admin("/api/entry?url=/p/1"))
     expect(tags.sort()).toEqual(["all-products", "page", "product-1"])
@@ -449,14 +446,14 @@ describe("tags", () => {
 
   test("the tag fields are kept from clients, on a miss and on a hit, unless --keep-tag-headers", async () => {
     await using origin = startFreshOrigin((path) => TAGGED[path] ?? {})
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     for (const xCache of ["MISS", "HIT"]) {
       const got = await through(`${proxy.url}/p/1`)
       expect(got.xCache).toBe(xCache)
       expect(got.headers.has("surrogate-key")).toBe(false)
       expect(got.headers.has("cache-tag")).toBe(false)
     }
-    await using keeping = await startProxy({ origin: origin.url, keepTagHeaders: true })
+    await using keeping = await startAdminProxy({ origin: origin.url, keepTagHeaders: true })
     for (const xCache of ["MISS", "HIT"]) {
       const got = await through(`${keeping.url}/p/1`)
       expect(got.xCache).toBe(xCache)
@@ -471,7 +468,7 @@ describe("tags", () => {
         ? new Response(null, { status: 304, headers: { etag: '"1"', "cache-control": "max-age=60" } })
         : new Response("x", { headers: { etag: '"1"', "cache-control": "max-age=60", "surrogate-key": "kept" } }),
     )
-    await using proxy = await startProxy({ origin: origin.url })
+    await using proxy = await startAdminProxy({ origin: origin.url })
     await through(`${proxy.url}/t`)
     await purge(proxy, { url: "/t", soft: true })
     await through(`${proxy.url}/t`)
@@ -486,8 +483,8 @@ describe("purge on a shared Redis store", () => {
     await using redis = await startRedis()
     await using origin = startFreshOrigin((path): Record<string, string> => (path === "/tagged" ? { "surrogate-key": "t" } : {}))
     const store = { kind: "redis" as const, target: { single: redis.url } }
-    await using a = await startProxy({ origin: origin.url, store })
-    await using b = await startProxy({ origin: origin.url, store })
+    await using a = await startAdminProxy({ origin: origin.url, store })
+    await using b = await startAdminProxy({ origin: origin.url, store })
     for (const path of ["/plain", "/tagged"]) {
       await through(a.url + path)
       expect((await through(b.url + path)).xCache).toBe("HIT") // now in b's memory tier too
@@ -520,8 +517,8 @@ describe("purge on a shared Redis store", () => {
     await using redis = await startRedis()
     await using origin = startFreshOrigin((path): Record<string, string> => (path === "/tagged" ? { "surrogate-key": "t" } : {}))
     const store = { kind: "redis" as const, target: { single: redis.url } }
-    await using a = await startProxy({ origin: origin.url, store })
-    await using b = await startProxy({ origin: origin.url, store })
+    await using a = await startAdminProxy({ origin: origin.url, store })
+    await using b = await startAdminProxy({ origin: origin.url, store })
     const paths = ["/plain", "/p/x", "/tagged"]
     for (const path of paths) {
       await through(a.url + path)
@@ -551,8 +548,8 @@ describe("purge on a shared Redis store", () => {
       await using redis = await startRedis()
       await using origin = startFreshOrigin()
       const store = { kind: "redis" as const, target: { single: redis.url } }
-      await using v = await startProxy({ origin: `${origin.url}/v`, store })
-      await using v2 = await startProxy({ origin: `${origin.url}/v2`, store })
+      await using v = await startAdminProxy({ origin: `${origin.url}/v`, store })
+      await using v2 = await startAdminProxy({ origin: `${origin.url}/v2`, store })
       await through(`${v.url}/a`)
       await through(`${v2.url}/a`)
       expect(await purge(v, { prefix: `${origin.url}/v` })).toEqual({ status: 200, body: { purged: 1 } })

@@ -1,7 +1,8 @@
 /**
  * The admin listener: a second, small Hono app on its own port (--admin-port), never the proxy's.
  * Health and readiness for orchestrators, Prometheus metrics, a JSON API over the cache's entries
- * and purges, and the cache inspector page (proxy/inspector.ts) that uses that API. With --admin-token every request must carry `Authorization: Bearer <token>`.
+ * and purges, and the cache inspector page (proxy/inspector.ts) that uses that API. With --admin-token every request but the page and the probes must carry
+ * `Authorization: Bearer <token>`.
  *
  * A web page in the operator's browser can reach a loopback port too, so the listener refuses what
  * a browser sends on another site's behalf: changes come only as JSON from the listener's own page
@@ -30,6 +31,18 @@ const MAX_BODY_BYTES = 64 << 10
 const MIN_REMOTE_TOKEN_LENGTH = 16
 // RFC 9110 §9.2.1: these methods change nothing; every other one may, and is refused cross-site.
 const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS", "TRACE"])
+const READ = ["GET", "HEAD"] // Hono answers HEAD with the GET route
+/** Every admin route and the methods it answers: any other method gets 405 with Allow (RFC 9110 §15.5.6). */
+const ROUTE_METHODS: Record<string, string[]> = {
+  "/": READ,
+  "/healthz": READ,
+  "/readyz": READ,
+  "/metrics": READ,
+  "/api/entries": READ,
+  "/api/entry": READ,
+  "/api/stats": READ,
+  "/api/purge": ["POST"],
+}
 
 /**
  * What the admin listener shows of the proxy's traffic: Prometheus text, and the inspector's chart;
@@ -45,7 +58,7 @@ export interface AdminMetrics {
   state(): { startedAt: number; store: StoreState | undefined }
   /** Counts one purge and the URLs it removed or marked stale. */
   purged(entries: number): void
-  /** The store's stats per tier, read at most every few seconds (Redis's walk its whole index). */
+  /** The store's stats per tier: totals it keeps as it changes, read at most every few seconds. */
   tierStats(): Promise<TierStats[]>
 }
 
@@ -80,6 +93,7 @@ export function createAdmin({ cache, origin, token, clientAddress, metrics, vers
   // Without a token the listener is on loopback, and a page whose name the attacker's DNS turned to
   // 127.0.0.1 (DNS rebinding) is same-origin with it: only its Host header still gives it away.
   if (token === undefined) app.use(requireLoopbackHost)
+  app.use(refuseOtherMethods)
   app.use(refuseCrossSite)
   app.use(
     bodyLimit({
@@ -89,8 +103,9 @@ export function createAdmin({ cache, origin, token, clientAddress, metrics, vers
     }),
   )
   // The inspector page holds no data (it asks for the token and sends it with every API call), and
-  // a browser cannot send a bearer token when it navigates: it is the one route served without it.
-  // Registered before the token check, so it answers first.
+  // a browser cannot send a bearer token when it navigates; a load balancer's or the kubelet's probe
+  // sends plain requests, and the probes tell nothing but "up" and "ready". These routes are served
+  // without the token: registered before its check, they answer first.
   app.get("/", (c) =>
     c.html(INSPECTOR_PAGE, 200, {
       "content-security-policy": INSPECTOR_CSP,
@@ -98,14 +113,14 @@ export function createAdmin({ cache, origin, token, clientAddress, metrics, vers
       "cache-control": "no-store",
     }),
   )
-  if (token !== undefined) app.use(requireToken(token, clientAddress))
-
   app.get("/healthz", (c) => c.text("ok\n"))
 
   app.get("/readyz", async (c) => {
     const problem = notReady?.() ?? (await storeProblem(cache))
     return problem === undefined ? c.text("ready\n") : c.text(`not ready: ${problem}\n`, 503)
   })
+
+  if (token !== undefined) app.use(requireToken(token, clientAddress))
 
   app.get("/metrics", async (c) => c.body(await metrics.render(), 200, { "content-type": metrics.contentType }))
 
@@ -309,6 +324,16 @@ const refuseCrossSite: MiddlewareHandler = async (c, next) => {
     return c.text("changes are taken only from this listener's own page, or from clients outside a browser\n", 403)
   const mediaType = c.req.header("content-type")?.split(";")[0]?.trim().toLowerCase()
   if (mediaType !== "application/json") return c.text("send the body as Content-Type: application/json\n", 415)
+  await next()
+}
+
+/** A known route asked with a method it does not answer: 405, and the methods it does (RFC 9110 §15.5.6). */
+const refuseOtherMethods: MiddlewareHandler = async (c, next) => {
+  const allowed = ROUTE_METHODS[c.req.path]
+  if (allowed !== undefined && !allowed.includes(c.req.method)) {
+    const allow = allowed.join(", ")
+    return c.text(`${c.req.path} answers ${allow} only\n`, 405, { allow })
+  }
   await next()
 }
 

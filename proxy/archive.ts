@@ -34,7 +34,7 @@ interface CommandContext {
 
 /** Said on stderr whenever secrets are about to be written as they are. */
 export const NO_REDACT_WARNING =
-  "caching-proxy: warning: --no-redact: Authorization, Cookie, Set-Cookie and every value are written as they are; do not commit or share this HAR"
+  "--no-redact: Authorization, Cookie, Set-Cookie and every value are written as they are; do not commit or share this HAR"
 
 // The flags the commands share with the proxy: where the store is, and what is redacted.
 const STORE_FLAGS = { "cache-dir": args["cache-dir"], store: args.store, "store-prefix": args["store-prefix"] }
@@ -120,7 +120,7 @@ async function exportCommand(argv: string[], context: CommandContext): Promise<n
   }
   const options = storeOptions(parsed)
   const names = parseRedact(parsed as Parameters<typeof parseRedact>[0])
-  if (names === false) console.error(NO_REDACT_WARNING)
+  if (names === false) console.error(`caching-proxy: warning: ${NO_REDACT_WARNING}`)
   const redacted = redaction(names)
   const prefix = parsed.prefix ?? ""
   if (parsed.output === "") throw new UsageError("--output needs a value")

@@ -1,20 +1,27 @@
 /**
  * The access log and warnings, as the proxy writes them: one line per request, text or JSON.
  */
+
 import { afterEach, describe, expect, setSystemTime, test } from "bun:test"
+import type { Socket } from "node:net"
 import {
+  answer,
   buildNodeBundle,
   CLI,
   eventually,
+  FAST_RUN,
+  generatedBody,
   get,
   ownedDir,
   RUNTIMES,
+  runCli,
   startBreakingOrigin,
   startCli,
   startCliProxy,
   startOrigin,
   startProxy,
   startRawOrigin,
+  startRedis,
 } from "./test.fixture.ts"
 
 // Every test starts on the real clock, whatever the one before did with it.
@@ -119,6 +126,50 @@ describe("access log: one line per request, timed to its last byte, saying why a
     },
     60_000,
   )
+  test("the client's address leads the line; under --trust-forwarded, with the X-Forwarded-For chain it came through", async () => {
+    await using origin = startOrigin(() => new Response("x", { headers: { "cache-control": "no-store" } }))
+    for (const trustForwarded of [false, true]) {
+      await using proxy = await startProxy({ origin: origin.url, quiet: false, trustForwarded })
+      await (await get(`${proxy.url}who`, { "x-forwarded-for": "203.0.113.7, 10.0.0.1" })).text()
+      await eventually(() => proxy.lines.length === 1)
+      const from = trustForwarded ? "127.0.0.1 \\(for 203\\.0\\.113\\.7, 10\\.0\\.0\\.1\\)" : "127.0.0.1"
+      expect(proxy.lines[0]).toMatch(new RegExp(`Z ${from} GET /who 200 pass `))
+    }
+  })
+
+  // Under Node a body nothing stores is piped from the origin's message (Runtime.counted): left early, it is aborted too.
+  test.each(RUNTIMES)(
+    "%s: a client that leaves mid-body is logged as aborted, with the bytes it got",
+    async (_, command) => {
+      await buildNodeBundle()
+      const events = { cancelled: false }
+      await using origin = startOrigin(
+        () => new Response(generatedBody(100, 64 * 1024, events, 20), { headers: { "cache-control": "no-store" } }),
+      )
+      using dir = ownedDir()
+      await using proxy = await startCli([...command, "--port", "0", "--origin", origin.url, "--cache-dir", dir.path])
+      const leaving = new AbortController()
+      const response = await fetch(`${proxy.url}long`, { signal: leaving.signal })
+      const reader = response.body!.getReader()
+      await reader.read()
+      leaving.abort()
+      await eventually(() => proxy.lines.some((l) => l.includes("/long")))
+      const match = / GET \/long 200 pass \d+\.\dms (\d+)B aborted origin \d+\.\dms$/.exec(proxy.lines.find((l) => l.includes("/long"))!)
+      expect(match).not.toBeNull()
+      expect(Number(match![1])).toBeGreaterThan(0)
+      expect(Number(match![1])).toBeLessThan(100 * 64 * 1024)
+    },
+    60_000,
+  )
+
+  test("a hit's line has no origin time: the origin was not asked", async () => {
+    await using origin = startOrigin(() => new Response("x", { headers: { "cache-control": "max-age=60" } }))
+    await using proxy = await startProxy({ origin: origin.url, quiet: false })
+    for (let n = 0; n < 2; n++) await (await get(`${proxy.url}once`)).text()
+    await eventually(() => proxy.lines.length === 2)
+    expect(proxy.lines[0]).toMatch(/ GET \/once 200 miss [\d.]+ms 1B origin [\d.]+ms$/)
+    expect(proxy.lines[1]).toMatch(/ GET \/once 200 hit [\d.]+ms 1B$/)
+  })
 
   test("a 502 says why (refused, reset) and how long the origin took; a 504 says timeout", async () => {
     const closed = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response() })
@@ -143,25 +194,81 @@ describe("access log: one line per request, timed to its last byte, saying why a
     expect(reset.lines[0]).toMatch(/ GET \/cut 502 miss \d+\.\dms \d+B origin reset after \d+\.\dms$/)
   })
 
-  test("--log-format json (CACHING_PROXY_LOG_FORMAT): one object per line, warnings too, each with an ISO-8601 time", async () => {
-    await using origin = await startBreakingOrigin("max-age=60")
+  test("--log-format json (CACHING_PROXY_LOG_FORMAT): every line from start to shutdown is one object with time, level and msg", async () => {
+    // The first request's body breaks (a warning); the second gets no answer (a 504, an error).
+    const cut: Socket[] = []
+    await using origin = await startRawOrigin((socket, n) => {
+      if (n > 1) return
+      socket.write("HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+      cut.push(socket)
+    })
     using dir = ownedDir()
-    const proxy = await startCli([...CLI, "--port", "0", "--origin", origin.url, "--cache-dir", dir.path], {
+    // --timeout 0.3: a request the origin never answers is a 504, logged as an error.
+    const proxy = await startCli([...CLI, "--port", "0", "--origin", origin.url, "--cache-dir", dir.path, "--timeout", "0.3"], {
       CACHING_PROXY_LOG_FORMAT: "json",
     })
-    try {
-      await brokenBody(`${proxy.url}broken`, origin)
-      await eventually(() => proxy.lines.some((l) => l.includes("/broken")))
-    } finally {
-      await proxy[Symbol.asyncDispose]()
+    await brokenBody(`${proxy.url}broken`, { breakBody: () => cut.pop()?.end("not a chunk size\r\n") })
+    expect((await get(`${proxy.url}hangs`)).status).toBe(504)
+    await eventually(() => proxy.lines.some((l) => l.includes("/broken")))
+    process.kill(-proxy.child.pid, "SIGTERM")
+    expect(await proxy.child.exited).toBe(0)
+    const stdout = proxy.lines.filter((line) => line !== "").map((line) => JSON.parse(line))
+    const stderr = (await new Response(proxy.child.stderr).text())
+      .split("\n")
+      .filter((line) => line !== "")
+      .map((line) => JSON.parse(line))
+    for (const line of [...stdout, ...stderr]) {
+      expect([line.time, line.level, typeof line.msg]).toEqual([
+        expect.stringMatching(TIME_ONLY),
+        expect.stringMatching(/^(info|warn|error)$/),
+        "string",
+      ])
     }
-    const access = JSON.parse(proxy.lines.find((l) => l.includes("/broken"))!)
-    expect(access).toMatchObject({ method: "GET", path: "/broken", status: 200, cache: "miss", bytes: 5 })
-    expect(new Date(access.time).toISOString()).toBe(access.time)
-    expect(access.ms).toBeGreaterThanOrEqual(0)
-    const warnings = (await new Response(proxy.child.stderr).text()).trim().split("\n")
-    expect(warnings.length).toBeGreaterThan(0)
-    for (const line of warnings) expect(JSON.parse(line)).toMatchObject({ time: expect.stringMatching(TIME_ONLY), level: "warn" })
+    expect(stdout[0]).toMatchObject({ level: "info", url: proxy.url.slice(0, -1), origin: origin.url.replace(/\/$/, ""), cache: dir.path })
+    expect(stdout[0].msg).toStartWith(`listening on ${proxy.url.slice(0, -1)}`)
+    const access = stdout.find((line) => line.path === "/broken")
+    expect(access).toMatchObject({ level: "info", msg: "access", client: "127.0.0.1", method: "GET", status: 200, cache: "miss", bytes: 5 })
+    expect(stderr).toContainEqual(expect.objectContaining({ level: "warn", kind: "origin-body" }))
+    expect(stdout).toContainEqual(expect.objectContaining({ level: "error", path: "/hangs", status: 504, originError: "timeout" }))
+    expect(stdout.at(-1)).toMatchObject({ level: "info", signal: "SIGTERM", cut: 0, ms: expect.any(Number) })
+    expect(stdout.at(-1).msg).toMatch(/^stopped on SIGTERM in \d+ ms, 0 request\(s\) cut$/)
+  })
+
+  test("--log-format json: a 5xx is logged at level error, and a usage error is one JSON object too", async () => {
+    await using origin = startOrigin(async () => {
+      await Bun.sleep(2000)
+      return new Response("late")
+    })
+    await using proxy = await startProxy({ origin: origin.url, quiet: false, logFormat: "json", timeoutSeconds: 0.2 })
+    await (await get(`${proxy.url}slow`)).text()
+    await eventually(() => proxy.lines.length === 1)
+    expect(JSON.parse(proxy.lines[0]!)).toMatchObject({ level: "error", status: 504, originError: "timeout" })
+    const { code, stderr } = await runCli([...CLI, "--log-format", "json", "--origin", origin.url, "--port", "nope"])
+    expect(code).toBe(2)
+    expect(JSON.parse(stderr)).toMatchObject({
+      time: expect.stringMatching(TIME_ONLY),
+      level: "error",
+      msg: '--port must be 0-65535 (got "nope")',
+      exitCode: 2,
+    })
+  })
+
+  test("a log reader that goes away (stdout closed) costs the log, never the proxy: it serves on and says so once", async () => {
+    await using origin = startOrigin(() => new Response("x", { headers: { "cache-control": "no-store" } }))
+    using dir = ownedDir()
+    const child = Bun.spawn([...CLI, "--port", "0", "--origin", origin.url, "--cache-dir", dir.path], { stdout: "pipe", stderr: "pipe" })
+    const reader = child.stdout.getReader()
+    const port = /:(\d+),/.exec(new TextDecoder().decode((await reader.read()).value))?.[1]
+    await reader.cancel()
+    // Past a flush (50 ms) and again: the first write fails, the rest are dropped unwritten.
+    for (const pause of [0, 200]) {
+      await Bun.sleep(pause)
+      for (let n = 0; n < 20; n++) expect((await get(`http://127.0.0.1:${port}/x`)).status).toBe(200)
+    }
+    child.kill("SIGTERM")
+    expect(await child.exited).toBe(0)
+    const stderr = await new Response(child.stderr).text()
+    expect(stderr).toMatch(/^\S+Z caching-proxy: log lines are dropped from now on: writing them failed \(EPIPE[^\n]*\)\n$/)
   })
 
   test("warnings in text start with the time too", async () => {
@@ -171,4 +278,28 @@ describe("access log: one line per request, timed to its last byte, saying why a
     const stderr = (await proxy.stderr()).trim()
     expect(stderr).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z caching-proxy: origin-body: /)
   })
+
+  test.skipIf(FAST_RUN)(
+    "Redis lost for 5 s and back: 'unreachable' and 'reachable again' are each logged once, in our words",
+    async () => {
+      await using redis = await startRedis()
+      await using origin = startOrigin(() => new Response("x", { headers: { "cache-control": "max-age=60" } }))
+      await using proxy = await startCliProxy(CLI, origin.url, ["--store", redis.url, "--memory-size", "1"])
+      await redis.kill()
+      // Requests go on through the outage (each would ask Redis, and fail).
+      for (const started = Date.now(); Date.now() - started < 5000; await Bun.sleep(250)) {
+        expect((await get(`${proxy.url}during`)).status).toBe(200)
+      }
+      await redis.start()
+      await eventually(async () => (await answer(`${proxy.url}after`)).xCache === "HIT", 10_000)
+      const stderr = await proxy.stderr()
+      const states = stderr.split("\n").filter((line) => line.includes(" store-state: "))
+      expect(states).toEqual([
+        expect.stringMatching(/^\S+Z caching-proxy: store-state: Redis is unreachable \(.*\); requests go to the origin until it is back$/),
+        expect.stringMatching(/^\S+Z caching-proxy: store-state: Redis is reachable again; caching resumes$/),
+      ])
+      expect(stderr).not.toMatch(/isn't writeable|enableOfflineQueue|ECONNREFUSED|Connection is closed/)
+    },
+    30_000,
+  )
 })

@@ -90,15 +90,15 @@ export const args = {
   "public-url": {
     type: "string",
     valueHint: "URL",
-    description: "How clients reach the proxy, e.g. https://cdn.example.com, as the origin is told (default: http://<host>:<port>)",
+    description: "The proxy's URL as clients reach it, told to the origin (default: http://<host>:<port>)",
   },
   "trust-forwarded": {
     type: "boolean",
-    description: "Pass on the X-Forwarded-*, Forwarded and X-Real-IP fields clients send: only behind a proxy that sets them itself",
+    description: "Pass on X-Forwarded-*, Forwarded and X-Real-IP from clients: only behind a proxy that sets them",
   },
   "rewrite-location": {
     type: "boolean",
-    description: "Rewrite the origin's own URLs in Location and Content-Location to the proxy's (--public-url, else the Host asked)",
+    description: "Rewrite the origin's URLs in Location and Content-Location to the proxy's (--public-url, else Host)",
   },
   origin: { type: "string", valueHint: "URL", description: "Origin URL to forward to, e.g. https://api.example.com/v2" },
   "cache-dir": {
@@ -139,7 +139,7 @@ export const args = {
   "targeted-cache-control": {
     type: "string",
     valueHint: "FIELDS",
-    description: "Comma-separated fields obeyed before CDN-Cache-Control (RFC 9213), most specific first, e.g. Edge-Cache-Control",
+    description: "Fields obeyed before CDN-Cache-Control (RFC 9213), comma-separated, most specific first",
   },
   store: {
     type: "string",
@@ -159,7 +159,11 @@ export const args = {
     description: "Address of the admin listener (other than loopback only with --admin-token)",
     default: "127.0.0.1",
   },
-  "admin-token": { type: "string", valueHint: "TOKEN", description: "Bearer token every admin request must carry" },
+  "admin-token": {
+    type: "string",
+    valueHint: "TOKEN",
+    description: "Bearer token admin requests must carry (all but the page and probes)",
+  },
   "keep-tag-headers": { type: "boolean", description: "Pass Surrogate-Key and Cache-Tag on to clients (default: removed, as CDNs do)" },
   record: {
     type: "string",

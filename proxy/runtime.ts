@@ -60,11 +60,11 @@ interface Runtime {
   requestTarget(c: Context): string
   /**
    * The response, its body counted: `finish` gets the bytes handed to the server once it ends,
-   * fails or is cancelled (0 for none). A body that has failed already, before its first byte,
+   * fails or is cancelled (0 for none), and whether the client left before the end (aborted). A body that has failed already, before its first byte,
    * rejects instead (`finish` not called): nothing has gone out, so the caller answers a 502,
    * where a body failing once sent cuts the connection.
    */
-  counted(response: Response, finish: (bytes: number) => void): Response | Promise<Response>
+  counted(response: Response, finish: Finish): Response | Promise<Response>
   /** How the file store reads bodies. */
   files: FileApi
 }
@@ -210,24 +210,28 @@ const bunRuntime: Runtime = {
   files: bunFiles,
 }
 
+/** Where a counted response's bytes go once it is over, and whether the client left before its end. */
+type Finish = (bytes: number, aborted: boolean) => void
+
 /** The response with its body passed on through a counting stream (`Runtime.counted`). */
-function countedResponse(response: Response, finish: (bytes: number) => void): Response | Promise<Response> {
+function countedResponse(response: Response, finish: Finish): Response | Promise<Response> {
   if (response.body) return countedBody(response.body, finish).then((body) => new Response(body, response))
-  finish(0)
+  finish(0, false)
   return response
 }
 
 /**
- * The body as it comes; `finish` gets the bytes sent once it ends, fails or is cancelled. A body
+ * The body as it comes; `finish` gets the bytes sent once it ends, fails or is cancelled (the
+ * client left: aborted). A body
  * that has failed already, before its first byte, rejects instead: the runtime would have
  * answered it with a 502 (Bun does), where a stream failing once sent cuts the connection.
  */
-async function countedBody(body: ReadableStream<Uint8Array>, finish: (bytes: number) => void): Promise<ReadableStream<Uint8Array>> {
+async function countedBody(body: ReadableStream<Uint8Array>, finish: Finish): Promise<ReadableStream<Uint8Array>> {
   const reader = body.getReader()
   let bytes = 0
   let finished = false
-  const end = () => {
-    if (!finished) finish(bytes)
+  const end = (aborted = false) => {
+    if (!finished) finish(bytes, aborted)
     finished = true
   }
   let first: ReturnType<typeof reader.read> | undefined = reader.read()
@@ -253,7 +257,7 @@ async function countedBody(body: ReadableStream<Uint8Array>, finish: (bytes: num
         controller.enqueue(chunk.value)
       },
       cancel(reason) {
-        end()
+        end(true)
         return reader.cancel(reason)
       },
     },
@@ -355,7 +359,7 @@ interface Unread {
   /** Its Web stream, once asked for. */
   body?: ReadableStream<Uint8Array>
   /** Where the bytes sent go once the response is over (`Runtime.counted`). */
-  finish?: (bytes: number) => void
+  finish?: Finish
   /** How the message failed, if it did. */
   failed?: Error
 }
@@ -449,14 +453,16 @@ function sendOrigin(
   // The client went away while the origin answered: nothing will read the origin's body.
   if (outgoing.destroyed) {
     incoming.destroy()
-    finish?.(0)
+    finish?.(0, true)
     return alreadySent
   }
   outgoing.writeHead(response.status, outgoingHeaders(response.headers))
   // node:http sends the head with the body's first bytes: when none are in yet, it goes now, as the
   // adapter sends it (an event stream's first event may be minutes away).
   if (incoming.readableLength === 0 && !incoming.complete) outgoing.flushHeaders()
+  let originFailed = false
   incoming.once("error", (error) => {
+    originFailed = true
     warn("origin-body", `the origin's body failed (${error.message})`)
     outgoing.destroy()
   })
@@ -469,7 +475,8 @@ function sendOrigin(
     incoming.on("data", (chunk: Buffer) => {
       bytes += chunk.byteLength
     })
-    outgoing.once("close", () => finish(bytes))
+    // Closed before the end, and not by the origin's failure: the client left.
+    outgoing.once("close", () => finish(bytes, !outgoing.writableFinished && !originFailed))
   }
   return alreadySent
 }

@@ -10,7 +10,7 @@
  */
 import { expect, setSystemTime } from "bun:test"
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs"
-import { createServer as createHttpServer, type ServerResponse } from "node:http"
+import { createServer as createHttpServer, request, type ServerResponse } from "node:http"
 import { connect, createServer, type Socket } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -181,6 +181,7 @@ export async function startCli(command: string[], env: Record<string, string | u
     output += decoder.decode(value)
   }
   const port = Number(LISTENING.exec(output)?.[1])
+  const adminUrl = /admin on (http:\/\/[^\s",]+)/.exec(output)?.[1]
   const lines: string[] = output.split("\n")
   void (async () => {
     for (;;) {
@@ -191,6 +192,8 @@ export async function startCli(command: string[], env: Record<string, string | u
   })()
   return {
     url: `http://127.0.0.1:${port}/`,
+    /** The admin listener's URL, when the proxy started one. */
+    adminUrl,
     child,
     lines,
     [Symbol.asyncDispose]: async () => {
@@ -213,6 +216,25 @@ export async function runCli(command: string[], cwd?: string, env: Record<string
   const child = Bun.spawn(command, { stdout: "pipe", stderr: "pipe", cwd, env: { ...process.env, ...env }, timeout: RUN_CLI_LIMIT_MS })
   const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited])
   return { stdout, stderr, code }
+}
+
+/** A request from node:http, which sends the Host header it is given (fetch sets its own). */
+export function httpRequest(
+  url: string,
+  init: { method?: string; headers?: Record<string, string>; body?: string } = {},
+): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { method: init.method ?? "GET", headers: init.headers }, (res) => {
+      let body = ""
+      res.setEncoding("utf8")
+      res.on("data", (chunk: string) => {
+        body += chunk
+      })
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }))
+    })
+    req.on("error", reject)
+    req.end(init.body)
+  })
 }
 
 /** Sends raw bytes on a socket and returns everything the server answered until it closed. */
@@ -460,6 +482,7 @@ export async function startCliProxy(command: string[], originUrl: string, flags:
     const proxy = await startCli([...command, "--port", "0", "--origin", originUrl, "--cache-dir", dir.path, ...flags], env)
     return {
       url: proxy.url,
+      adminUrl: proxy.adminUrl,
       port: portOf(proxy.url),
       /** Stops the proxy and returns what it wrote on stderr. */
       stderr: async () => {
@@ -560,9 +583,12 @@ export function nextTask(): Promise<void> {
 
 const CHROMIUM = "/usr/bin/chromium"
 
-/** Debian's headless chromium, driven by playwright-core. Missing, it fails the test: `npm test`'s pretest installs it. */
-export async function launchBrowser() {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing (apt-get install -y chromium); the inspector's test needs it`)
-  const browser = await chromium.launch({ executablePath: CHROMIUM })
+/**
+ * Debian's headless chromium, driven by playwright-core, with these command-line switches (such as
+ * `--host-resolver-rules`). Missing, it fails the test: `npm test`'s pretest installs it.
+ */
+export async function launchBrowser(args: string[] = []) {
+  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing (apt-get install -y chromium); the browser tests need it`)
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args })
   return { browser, [Symbol.asyncDispose]: () => browser.close() }
 }

@@ -25,7 +25,7 @@ const RUNTIMES: [string, string[]][] = [
   ["Node", NODE_BUNDLE],
   ["the executable", [join(ROOT, "dist", "caching-proxy")]],
 ]
-const LISTENING = /listening on http:\/\/127\.0\.0\.1:(\d+).*, 2 workers$/m
+const LISTENING = /listening on http:\/\/127\.0\.0\.1:(\d+)[^"\n]*, 2 workers/
 
 // The bundle npm ships, for Node, and the executable for this machine.
 beforeAll(async () => {
@@ -163,6 +163,48 @@ describe.each(RUNTIMES)("--workers 2 under %s", (_, cli) => {
   })
 })
 
+test("--log-format json: one start line and one shutdown line for the group, from the primary; each access line names its client and worker, none lost at exit", async () => {
+  await using origin = startOrigin(() => new Response("a", { headers: { "cache-control": "max-age=60" } }))
+  await using proxy = await startWorkers(CLI, origin.url, ["--log-format", "json"])
+  for (let i = 0; i < 30; i++) expect((await freshGet(`${proxy.url}a`)).status).toBe(200)
+  proxy.child.kill("SIGTERM")
+  expect(await proxy.child.exited).toBe(0)
+  await eventually(() => proxy.lines.some((line) => line.includes("stopped on SIGTERM")))
+  const logged = proxy.lines.filter((line) => line !== "").map((line) => JSON.parse(line) as Record<string, unknown>)
+  for (const line of logged) expect(line.time).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/)
+  expect(logged.filter(({ msg }) => String(msg).startsWith("listening on"))).toEqual([
+    expect.objectContaining({ level: "info", workers: 2, url: proxy.url.slice(0, -1) }),
+  ])
+  const access = logged.filter(({ msg }) => msg === "access")
+  expect(access).toHaveLength(30)
+  expect(access[0]).toMatchObject({ method: "GET", path: "/a", client: expect.stringMatching(/127\.0\.0\.1/) })
+  expect(new Set(access.map(({ worker }) => worker))).toEqual(new Set([1, 2]))
+  expect(logged.filter(({ msg }) => String(msg).startsWith("stopped on"))).toEqual([
+    expect.objectContaining({ level: "info", signal: "SIGTERM", cut: 0 }),
+  ])
+  expect(logged.at(-1)?.msg).toMatch(/^stopped on SIGTERM in \d+ ms, 0 request\(s\) cut$/)
+})
+
+test("the group's shutdown line counts the requests its workers cut after their grace period", async () => {
+  await using origin = startOrigin(async () => {
+    await Bun.sleep(7000)
+    return new Response("too late")
+  })
+  await using proxy = await startWorkers(CLI, origin.url)
+  // fetch, not freshGet: that gives up after 5 s, as soon as the workers' grace period ends.
+  const cut = fetch(`${proxy.url}slow`)
+    .then((response) => response.text())
+    .catch(() => "cut")
+  await eventually(() => origin.requests.length === 1)
+  proxy.child.kill("SIGTERM")
+  expect(await cut).toBe("cut")
+  expect(await proxy.child.exited).toBe(0)
+  await eventually(() => proxy.lines.some((line) => line.includes("stopped on SIGTERM")))
+  expect(proxy.lines.filter((line) => line.includes("stopped on"))).toEqual([
+    expect.stringMatching(/^\S+Z caching-proxy: stopped on SIGTERM in \d+ ms, 1 request\(s\) cut$/),
+  ])
+}, 15_000)
+
 test("a worker that cannot listen stops the group: exit 1, saying why", async () => {
   await using origin = startOrigin(() => new Response("a"))
   using dir = ownedDir()
@@ -231,7 +273,7 @@ describe("one cache directory, one owner", () => {
     await gone.exited
     writeFileSync(join(cacheDir, "lock"), `${gone.pid}\n`)
     await using proxy = await startWorkers(CLI, origin.url, ["--cache-dir", cacheDir])
-    expect(proxy.errors).toContain(`caching-proxy: took over ${join(cacheDir, "lock")} from process ${gone.pid}, which is gone`)
+    expect(proxy.errors.join("\n")).toContain(`caching-proxy: took over ${join(cacheDir, "lock")} from process ${gone.pid}, which is gone`)
     expect(readFileSync(join(cacheDir, "lock"), "utf8")).toBe(`${proxy.child.pid}\n`)
   })
 })

@@ -41,6 +41,7 @@ import type { FileStore } from "../cache/file-store.ts"
 import { type Channel, GroupCoordinator, type GroupMemberStore, type GroupMessage } from "../cache/group-store.ts"
 import type { Warn } from "../cache.ts"
 import type { AdminMetrics } from "./admin.ts"
+import type { Fields, Logger } from "./log.ts"
 import { GroupMetrics, type MetricsSnapshot, type ProxyMetrics } from "./metrics.ts"
 import type { ProxyOptions } from "./options.ts"
 
@@ -67,8 +68,18 @@ export interface WorkerRole {
 }
 
 /** What a worker tells the primary about itself, and the primary asks it; the cache's messages go as `group`. */
-type Listening = { type: "listening"; port: number; line: string }
-type WorkerMessage = Listening | { type: "metrics?"; seq: number } | { type: "metrics"; seq: number; snapshot: MetricsSnapshot }
+type Listening = { type: "listening"; port: number } & StartLine
+type WorkerMessage =
+  | Listening
+  | { type: "metrics?"; seq: number }
+  | { type: "metrics"; seq: number; snapshot: MetricsSnapshot }
+  | { type: "stopped"; cut: number }
+
+/** A start line as a lone proxy would log it: its words and its fields (proxy/log.ts). */
+export interface StartLine {
+  msg: string
+  fields: Fields
+}
 
 /** Everything sent either way is one of these: cluster's own messages on the same channel are none. */
 type Envelope = { cachingProxy: WorkerMessage } | { cachingProxy: { type: "group"; message: GroupMessage } }
@@ -84,10 +95,21 @@ export function workerRole(): WorkerRole | undefined {
   return JSON.parse(handed) as WorkerRole
 }
 
-/** Tells the primary this worker listens on `port`; `line` is the start line a lone proxy would print. */
-export function reportListening(port: number, line: string): void {
-  const envelope: Envelope = { cachingProxy: { type: "listening", port, line } }
+/** Tells the primary this worker listens on `port`; `line` is the start line a lone proxy would log. */
+export function reportListening(port: number, line: StartLine): void {
+  const envelope: Envelope = { cachingProxy: { type: "listening", port, ...line } }
   process.send?.(envelope)
+}
+
+/**
+ * Tells the primary this worker has stopped, having cut `cut` requests, for the group's shutdown
+ * line; resolves once sent (the worker exits next, which would lose a message still queued).
+ */
+export function reportStopped(cut: number): Promise<void> {
+  const envelope: Envelope = { cachingProxy: { type: "stopped", cut } }
+  return new Promise((resolve) => {
+    if (!process.send?.(envelope, undefined, {}, () => resolve())) resolve()
+  })
 }
 
 /** Worker `id` answers its primary's asking for its metrics (the primary's admin listener sums them). */
@@ -133,6 +155,8 @@ export interface PrimaryParts {
   /** The file store the workers share: the primary's own, which indexes and bounds the directory. Redis: none. */
   index: FileStore | undefined
   warn: Warn
+  /** Says the group's start and shutdown, and what becomes of its workers. */
+  logger: Logger
   /** Starts the group's admin listener (with --admin-port): the start line's part about it, or undefined when it cannot listen. */
   startAdmin: ((group: GroupSide) => Promise<AdminStarted | undefined>) | undefined
 }
@@ -148,8 +172,8 @@ export interface GroupSide {
 }
 
 export interface AdminStarted {
-  /** ", admin on http://…": what the start line says of it. */
-  line: string
+  /** Its URL, for the start line. */
+  url: string
   stop(): Promise<void>
 }
 
@@ -163,6 +187,10 @@ class Supervisor {
   private startingUp = true
   private stopping = false
   private exitCode = 0
+  /** The signal that stopped the group, and when: for its shutdown line. */
+  private stoppedBy: { signal: NodeJS.Signals; at: number } | undefined
+  /** Requests the workers cut as they stopped. */
+  private cut = 0
   private settle: (code: number) => void = () => {}
   private readonly done = new Promise<number>((resolve) => {
     this.settle = resolve
@@ -184,7 +212,10 @@ class Supervisor {
   }
 
   async run(): Promise<number> {
-    const stop = () => void this.stop(0)
+    const stop = (signal: NodeJS.Signals) => {
+      this.stoppedBy ??= { signal, at: performance.now() }
+      void this.stop(0)
+    }
     process.once("SIGINT", stop)
     process.once("SIGTERM", stop)
     let admin: AdminStarted | undefined
@@ -201,8 +232,18 @@ class Supervisor {
       this.startingUp = false
       admin = await this.primary.startAdmin?.(this.groupSide())
       if (this.primary.startAdmin && !admin) void this.stop(1)
-      else console.log(`${first.line}${admin?.line ?? ""}, ${this.options.workers} workers`)
-      return await this.done
+      else {
+        const { workers } = this.options
+        const adminPart = admin ? `, admin on ${admin.url}` : ""
+        this.primary.logger.info(`${first.msg}${adminPart}, ${workers} workers`, { ...first.fields, admin: admin?.url, workers })
+      }
+      const code = await this.done
+      if (this.stoppedBy) {
+        const { signal, at } = this.stoppedBy
+        const ms = Math.round(performance.now() - at)
+        this.primary.logger.info(`stopped on ${signal} in ${ms} ms, ${this.cut} request(s) cut`, { signal, ms, cut: this.cut })
+      }
+      return code
     } finally {
       process.off("SIGINT", stop)
       process.off("SIGTERM", stop)
@@ -267,6 +308,7 @@ class Supervisor {
         if (!isEnvelope(message)) return
         const said = message.cachingProxy
         if (said.type === "metrics") this.metricsAsked.get(said.seq)?.(said.snapshot)
+        if (said.type === "stopped") this.cut += said.cut
         if (said.type !== "listening") return
         listened = true
         this.listening.add(id)
@@ -290,19 +332,19 @@ class Supervisor {
     }
     const pid = worker.process.pid
     if (!listened && this.startingUp) {
-      console.error(`caching-proxy: worker ${id} (pid ${pid}) exited (${how}) before listening: stopping`)
+      this.primary.logger.error(`worker ${id} (pid ${pid}) exited (${how}) before listening: stopping`, { worker: id, pid })
       void this.stop(1)
       return
     }
     const now = Date.now()
     this.deaths = [...this.deaths.filter((at) => now - at < DEATH_WINDOW_MS), now]
     if (this.deaths.length > MAX_DEATHS_PER_MINUTE) {
-      console.error(`caching-proxy: workers keep dying (${this.deaths.length} in the last minute, the last ${how}): stopping`)
+      this.primary.logger.error(`workers keep dying (${this.deaths.length} in the last minute, the last ${how}): stopping`)
       void this.stop(1)
       return
     }
     const delayMs = Math.min(MAX_RESTART_DELAY_MS, FIRST_RESTART_DELAY_MS * 2 ** (this.deaths.length - 1))
-    console.error(`caching-proxy: worker ${id} (pid ${pid}) exited (${how}); starting another in ${delayMs / 1000} s`)
+    this.primary.logger.warn(`worker ${id} (pid ${pid}) exited (${how}); starting another in ${delayMs / 1000} s`, { worker: id, pid })
     setTimeout(() => {
       if (!this.stopping) void this.start(id)
     }, delayMs)
