@@ -7,7 +7,7 @@
  * every entry under the prefix: on the file store one small `.meta` file per URL, on Redis one hash
  * per URL (in pages of a thousand). That is bounded here: at most MAX_SORTED_URLS are read, in the
  * listing's own order (by key), and the answer says when the prefix held more (`complete: false`),
- * so the page can ask for a narrower prefix. Reading 10,000 entries on the file store took 2.5-6 s
+ * so the page can ask for a narrower prefix. Reading 10,000 entries on the file store took 3-6 s
  * (measured on a shared 2-core VM), so what was read is kept for TABLE_REUSE_MS: the next page, or
  * another sort or filter, costs no second read. A purge through the API forgets it.
  */
@@ -58,7 +58,8 @@ export interface Table {
 
 /** The tables of one admin listener: the last prefix read is kept a while, for the next page or sort. */
 export class EntryTables {
-  private last: { prefix: string; readAt: number; rows: Row[]; complete: boolean } | undefined
+  /** The last prefix read: ages are as of its start, and it is reused for a while after its end. */
+  private last: { prefix: string; startedAt: number; doneAt: number; rows: Row[]; complete: boolean } | undefined
 
   constructor(
     private readonly cache: Cache,
@@ -68,11 +69,10 @@ export class EntryTables {
 
   /** One page of the sorted, filtered table. */
   async table(query: TableQuery): Promise<Table> {
-    const now = Date.now()
     const last =
-      this.last?.prefix === query.prefix && now - this.last.readAt < TABLE_REUSE_MS ? this.last : await this.read(query.prefix, now)
+      this.last?.prefix === query.prefix && Date.now() - this.last.doneAt < TABLE_REUSE_MS ? this.last : await this.read(query.prefix)
     // Entries read a few seconds ago have aged since: their age and time to live move with the clock.
-    const elapsed = Math.floor((now - last.readAt) / 1000)
+    const elapsed = Math.floor((Date.now() - last.startedAt) / 1000)
     const filter = query.filter.toLowerCase()
     const matching = last.rows
       .filter(
@@ -96,7 +96,8 @@ export class EntryTables {
     this.last = undefined
   }
 
-  private async read(prefix: string, now: number) {
+  private async read(prefix: string) {
+    const startedAt = Date.now()
     const rows: Row[] = []
     let cursor: string | undefined
     do {
@@ -104,7 +105,8 @@ export class EntryTables {
       cursor = page.cursor
       for (const entry of page.entries) rows.push({ ...entry, path: this.pathOf(entry.url) })
     } while (cursor !== undefined && rows.length < MAX_SORTED_URLS)
-    this.last = { prefix, readAt: now, rows, complete: cursor === undefined }
+    // Reused from the read's end: a read that took longer than the reuse still serves the next page.
+    this.last = { prefix, startedAt, doneAt: Date.now(), rows, complete: cursor === undefined }
     return this.last
   }
 }
