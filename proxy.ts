@@ -107,9 +107,14 @@ async function start(parsed: Args): Promise<number> {
   }
 }
 
+/** What was built, or from source what package.json says. */
+function packageVersion(): string {
+  return typeof BUILD_VERSION === "string" ? BUILD_VERSION : packageJson.version
+}
+
 /** "caching-proxy 0.1.0 (commit 0123456789ab)": what was built, or from source what is checked out. */
 function versionLine(): string {
-  const version = typeof BUILD_VERSION === "string" ? BUILD_VERSION : packageJson.version
+  const version = packageVersion()
   const commit = typeof BUILD_COMMIT === "string" ? BUILD_COMMIT : checkedOutCommit()
   return `caching-proxy ${version} (commit ${commit})`
 }
@@ -307,6 +312,7 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
       token: options.admin.token,
       clientAddress: runtime.clientAddress,
       metrics: group?.metrics(metrics) ?? metrics,
+      version: packageVersion(),
       warn,
       notReady: group?.notReady,
     })

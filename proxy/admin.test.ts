@@ -1,17 +1,15 @@
 /**
  * The admin listener, through real HTTP: a real origin on port 0, the real proxy and its admin
- * app each on a port 0 of their own; the command line as a child process; the inspector page in
- * a real headless chromium.
+ * app each on a port 0 of their own; the command line as a child process. The inspector page, in
+ * a real headless chromium, is tested in proxy/inspector.test.ts.
  */
 import { afterEach, describe, expect, setSystemTime, test } from "bun:test"
 import { readFileSync, rmSync, writeFileSync } from "node:fs"
-import type { Browser, Page } from "playwright-core"
 import type { EntryView, TierStats, VariantView } from "../cache.ts"
 import {
   buildNodeBundle,
   CLI,
   FAST_RUN,
-  launchBrowser,
   metaFiles,
   NODE_BUNDLE,
   ownedDir,
@@ -306,11 +304,13 @@ describe("traffic", () => {
     expect(metrics).toContain('caching_proxy_requests_total{cache="miss",status="2xx"} 2\n')
     expect(metrics).toContain("caching_proxy_purges_total 1\n")
     expect(metrics).toContain("caching_proxy_purged_entries_total 2\n")
-    const { recent } = await json<Stats & { recent: { at: number; requests: number; hits: number }[] }>(proxy.admin("/api/stats"))
-    expect(recent).toHaveLength(60)
-    expect(recent.reduce((sum, bucket) => sum + bucket.requests, 0)).toBe(5)
-    expect(recent.reduce((sum, bucket) => sum + bucket.hits, 0)).toBe(3)
-    expect(recent.at(-1)!.at).toBeLessThanOrEqual(Date.now())
+    const { traffic } = await json<Stats & { traffic: { bars: { at: number; requests: number; hits: number }[] } }>(
+      proxy.admin("/api/stats"),
+    )
+    expect(traffic.bars).toHaveLength(60)
+    expect(traffic.bars.reduce((sum, bar) => sum + bar.requests, 0)).toBe(5)
+    expect(traffic.bars.reduce((sum, bar) => sum + bar.hits, 0)).toBe(3)
+    expect(traffic.bars.at(-1)!.at).toBeLessThanOrEqual(Date.now())
   })
 })
 
@@ -557,172 +557,4 @@ describe("purge on a shared Redis store", () => {
       expect((await through(`${v.url}/a`)).xCache).toBe("MISS")
     },
   )
-})
-
-// ───────────────────────────── the inspector page ─────────────────────────────
-
-/** A page that records what it asked for and what went wrong in it (script errors, CSP violations). */
-async function openInspector(browser: Browser, adminUrl: string) {
-  const page = await browser.newPage()
-  const requested: string[] = []
-  const problems: string[] = []
-  page.on("request", (request) => requested.push(request.url()))
-  page.on("pageerror", (error) => problems.push(error.message))
-  page.on("console", (message) => {
-    if (message.type() === "error") problems.push(message.text())
-  })
-  await page.goto(`${adminUrl}/`)
-  return { page, requested, problems }
-}
-
-/** The paths the entries table shows, in its order. */
-function tablePaths(page: Page): Promise<string[]> {
-  return page.locator("#entries tbody tr").evaluateAll((rows) => rows.map((row) => row.getAttribute("data-path") ?? ""))
-}
-
-/** Waits until the entries table passes `check`: it is redrawn when the page's request is answered. */
-async function untilTable(page: Page, check: (paths: string[]) => boolean): Promise<void> {
-  while (!check(await tablePaths(page))) await Bun.sleep(50)
-}
-
-describe.skipIf(FAST_RUN)("the inspector, in a real browser", () => {
-  test("shows known traffic, searches, opens an entry's headers, and purges one through its button", async () => {
-    await using origin = startFreshOrigin(
-      (path): Record<string, string> => ({
-        "x-origin-note": `note for ${path}`,
-        ...(path === "/products/1" ? { "surrogate-key": "sale" } : {}),
-      }),
-    )
-    await using proxy = await startAdminProxy({ origin: origin.url })
-    for (const path of ["/products/1", "/products/2", "/about", "/about"]) await through(proxy.url + path)
-    await using chrome = await launchBrowser()
-    const { page, requested, problems } = await openInspector(chrome.browser, proxy.adminUrl)
-
-    await page.locator('#entries tbody tr[data-path="/about"]').waitFor()
-    expect((await tablePaths(page)).sort()).toEqual(["/about", "/products/1", "/products/2"])
-    const about = page.locator('#entries tbody tr[data-path="/about"] td')
-    const [path, status, size, age, ttl, ...rest] = await about.allTextContents()
-    expect([path, status, size, ...rest]).toEqual(["/about", "200", "2 B", "1", "", "Purge"])
-    // Age and time to live in whole seconds: they add up to the minute the entry is fresh for.
-    expect(Number(age?.replace(/ s$/, "")) + Number(ttl?.replace(/ s$/, ""))).toBeWithin(59, 62)
-    expect(await page.locator('#entries tbody tr[data-path="/products/1"] td').nth(6).textContent()).toBe("sale")
-    // The traffic so far: four requests, one hit; two tiers, three entries each.
-    expect(await page.locator("#hit-ratio").textContent()).toBe("25 %")
-    expect(await page.locator("#chart rect").count()).toBe(60)
-    expect(await page.locator('#fill [data-tier="file"]').textContent()).toContain("3 entries")
-
-    // Search filters the page by path or tag; sorting by a column orders it.
-    await page.fill("#filter", "products")
-    expect((await tablePaths(page)).sort()).toEqual(["/products/1", "/products/2"])
-    await page.fill("#filter", "sale")
-    expect(await tablePaths(page)).toEqual(["/products/1"])
-    await page.fill("#filter", "")
-    expect(await tablePaths(page)).toEqual(["/about", "/products/1", "/products/2"])
-    await page.click('th[data-sort="path"]') // the column sorted by: the other way round
-    expect(await tablePaths(page)).toEqual(["/products/2", "/products/1", "/about"])
-    await page.click('th[data-sort="hits"]') // another column: ascending
-    expect((await tablePaths(page)).at(-1)).toBe("/about")
-
-    // An entry's stored headers, on click.
-    await page.click('#entries tbody tr[data-path="/products/2"] td.url')
-    await page.locator("#detail table.headers").waitFor()
-    expect(await page.locator("#detail").textContent()).toContain("note for /products/2")
-
-    // Purged through its button, once the confirmation is accepted: the origin is asked again.
-    const confirmations: string[] = []
-    page.on("dialog", (dialog) => {
-      confirmations.push(dialog.message())
-      void dialog.accept()
-    })
-    await page.click('#entries tbody tr[data-path="/products/2"] button.purge')
-    await page.locator("#message", { hasText: "purged: 1 URL" }).waitFor()
-    expect(confirmations).toEqual(["Remove every entry with url /products/2?"])
-    await page.locator('#entries tbody tr[data-path="/products/2"]').waitFor({ state: "detached" })
-    expect((await through(`${proxy.url}/products/2`)).xCache).toBe("MISS")
-    expect(origin.count("/products/2")).toBe(2)
-    expect((await through(`${proxy.url}/about`)).xCache).toBe("HIT")
-
-    // Everything came from the admin listener: no other host, no script error, no CSP violation.
-    expect(requested.filter((url) => !url.startsWith(`${proxy.adminUrl}/`))).toEqual([])
-    expect(problems).toEqual([])
-  })
-
-  test("pages through a large cache 100 URLs at a time, and lists by URL prefix", async () => {
-    await using origin = startFreshOrigin()
-    await using proxy = await startAdminProxy({ origin: origin.url })
-    const paths = Array.from({ length: 130 }, (_, i) => `/items/${String(i).padStart(3, "0")}`)
-    for (const path of [...paths, "/other"]) await through(proxy.url + path)
-    await using chrome = await launchBrowser()
-    const { page } = await openInspector(chrome.browser, proxy.adminUrl)
-    await page.locator("#entries tbody tr").first().waitFor()
-    const first = await tablePaths(page)
-    expect(first).toHaveLength(100)
-    await page.click("#next")
-    await page.locator("#page", { hasText: "page 2" }).waitFor()
-    const second = await tablePaths(page)
-    expect(second).toHaveLength(31)
-    expect(new Set([...first, ...second])).toEqual(new Set([...paths, "/other"]))
-    expect(await page.locator("#next").isDisabled()).toBe(true)
-    await page.click("#previous")
-    await page.locator("#page", { hasText: "page 1" }).waitFor()
-    expect(await tablePaths(page)).toEqual(first)
-
-    await page.fill("#prefix", "/items/12")
-    await page.click("#search button")
-    // The listing's order is the store's (by hash), so no one row is sure to be on the first page:
-    // wait until the table holds the search's answer, not until some row goes.
-    await untilTable(page, (paths) => paths.length > 0 && paths.every((path) => path.startsWith("/items/12")))
-    expect(await tablePaths(page)).toEqual([
-      "/items/120",
-      "/items/121",
-      "/items/122",
-      "/items/123",
-      "/items/124",
-      "/items/125",
-      "/items/126",
-      "/items/127",
-      "/items/128",
-      "/items/129",
-    ])
-  })
-
-  test("with a token, asks for it, keeps it for the tab, and sends it with every request", async () => {
-    await using origin = startFreshOrigin()
-    await using proxy = await startAdminProxy({ origin: origin.url, admin: { port: 0, host: "127.0.0.1", token: TOKEN } })
-    await through(`${proxy.url}/private`)
-    await using chrome = await launchBrowser()
-    const { page } = await openInspector(chrome.browser, proxy.adminUrl)
-    await page.locator("#login").waitFor()
-    expect(await tablePaths(page)).toEqual([])
-    await page.fill("#token", TOKEN)
-    await page.click("#login button")
-    await page.locator('#entries tbody tr[data-path="/private"]').waitFor()
-    expect(await page.evaluate('sessionStorage.getItem("caching-proxy-admin-token")')).toBe(TOKEN)
-    await page.reload()
-    await page.locator('#entries tbody tr[data-path="/private"]').waitFor()
-    expect(await page.locator("#login").isHidden()).toBe(true)
-
-    // A soft purge through the form: the entry stays, stale.
-    page.on("dialog", (dialog) => void dialog.accept())
-    await page.check("#soft")
-    await page.selectOption("#purge-kind", "prefix")
-    await page.fill("#purge-value", "/priv")
-    await page.click("#purge-form button")
-    await page.locator("#message", { hasText: "marked stale: 1 URL" }).waitFor()
-    expect((await json<Entry>(proxy.admin("/api/entry?url=/private"))).fresh).toBe(false)
-  })
-
-  test("the page is one self-contained document, with a policy that allows nothing from elsewhere", async () => {
-    await using origin = startFreshOrigin()
-    await using proxy = await startAdminProxy({ origin: origin.url, admin: { port: 0, host: "127.0.0.1", token: TOKEN } })
-    // The page holds no data: it is served without the token; the API it calls is not.
-    const res = await fetch(`${proxy.adminUrl}/`)
-    expect(res.status).toBe(200)
-    expect(res.headers.get("content-type")?.toLowerCase()).toBe("text/html; charset=utf-8")
-    expect(res.headers.get("content-security-policy")).toContain("default-src 'none'")
-    expect(res.headers.get("content-security-policy")).toContain("frame-ancestors 'none'")
-    const html = await res.text()
-    expect(html).not.toMatch(/<(script|link|img)[^>]+(src|href)="(?!data:)/i)
-    expect((await fetch(`${proxy.adminUrl}/api/entries`)).status).toBe(401)
-  })
 })

@@ -15,12 +15,16 @@ import { bodyLimit } from "hono/body-limit"
 import { withDeadline } from "../cache/deadline.ts"
 import type { MaybePromise } from "../cache/store.ts"
 import type { Cache, PurgeTarget, TierStats, Warn } from "../cache.ts"
+import { EntryTables, SORT_KEYS, type SortKey } from "./entry-table.ts"
 import { INSPECTOR_CSP, INSPECTOR_PAGE } from "./inspector.ts"
+import { type TrafficView, WINDOWS, type WindowName } from "./traffic.ts"
 
 /** How long a readiness probe waits for the store before calling it unready. */
 const PING_TIMEOUT_MS = 2000
 const DEFAULT_PAGE_SIZE = 100
 const MAX_PAGE_SIZE = 1000
+/** A table filter is a path or tag fragment: a longer one is refused. */
+const MAX_FILTER_LENGTH = 1024
 /** A purge is a few hundred bytes: a longer admin request body is refused (413) and not read on. */
 const MAX_BODY_BYTES = 64 << 10
 /** The shortest --admin-token where other machines can ask: 16 printable characters are past guessing. */
@@ -48,12 +52,20 @@ export interface AdminMetrics {
   /** The Content-Type of `render`'s text. */
   contentType: string
   render(): Promise<string>
-  /** Requests and hits per 10-second bucket over the last 10 minutes, oldest first. */
-  recent(): MaybePromise<{ at: number; requests: number; hits: number }[]>
+  /** The inspector's traffic figures over a window, and the URLs served most since the start. */
+  summary(window: WindowName): MaybePromise<TrafficView>
+  /** When the process started, and the shared store's state (undefined without one). */
+  state(): { startedAt: number; store: StoreState | undefined }
   /** Counts one purge and the URLs it removed or marked stale. */
   purged(entries: number): void
   /** The store's stats per tier: totals it keeps as it changes, read at most every few seconds. */
   tierStats(): Promise<TierStats[]>
+}
+
+/** Whether the shared store (Redis) is connected, and since when (ms since epoch). */
+export interface StoreState {
+  connected: boolean
+  since: number
 }
 
 export interface AdminConfig {
@@ -65,6 +77,8 @@ export interface AdminConfig {
   /** The address a request came from (the runtime knows it): failed token attempts are slowed per address. */
   clientAddress: (c: Context) => string | undefined
   metrics: AdminMetrics
+  /** The version the inspector shows. */
+  version: string
   warn: Warn
   /** Why the proxy is not ready, the store aside: under --workers, a worker not listening. @default none */
   notReady?: () => string | undefined
@@ -74,7 +88,7 @@ export interface AdminConfig {
 class BadRequest extends Error {}
 
 /** Builds the admin app; `serve` (proxy.ts) puts it on its own port. */
-export function createAdmin({ cache, origin, token, clientAddress, metrics, warn, notReady }: AdminConfig): Hono {
+export function createAdmin({ cache, origin, token, clientAddress, metrics, version, warn, notReady }: AdminConfig): Hono {
   const app = new Hono()
   // Without a token the listener is on loopback, and a page whose name the attacker's DNS turned to
   // 127.0.0.1 (DNS rebinding) is same-origin with it: only its Host header still gives it away.
@@ -122,9 +136,15 @@ export function createAdmin({ cache, origin, token, clientAddress, metrics, warn
   }
   /** The URL relative to the origin, as clients of the proxy ask for it. */
   const pathOf = (url: string) => (url.startsWith(origin) ? url.slice(origin.length) || "/" : url)
+  const tables = new EntryTables(cache, pathOf)
 
   app.get("/api/entries", async (c) => {
     const prefix = fullUrl("prefix", c.req.query("prefix") || "/")
+    // Sorted, filtered or by offset: the inspector's table, over the whole prefix (proxy/entry-table.ts).
+    if (["sort", "order", "filter", "offset"].some((name) => c.req.query(name) !== undefined)) {
+      const query = { prefix, limit: pageSize(c.req.query("limit")), ...tableQuery(c.req.query()) }
+      return c.json({ ...(await tables.table(query)), cursor: null })
+    }
     const page = await cache.entries({ prefix, limit: pageSize(c.req.query("limit")), cursor: c.req.query("cursor") || undefined })
     return c.json({ entries: page.entries.map((entry) => ({ ...entry, path: pathOf(entry.url) })), cursor: page.cursor ?? null })
   })
@@ -135,13 +155,26 @@ export function createAdmin({ cache, origin, token, clientAddress, metrics, warn
     return c.json({ ...found.entry, path: pathOf(found.entry.url), variants: found.variants })
   })
 
-  app.get("/api/stats", async (c) => c.json({ origin, tiers: await metrics.tierStats(), recent: await metrics.recent() }))
+  app.get("/api/stats", async (c) => {
+    const window = c.req.query("window") ?? "10m"
+    if (!(window in WINDOWS)) throw new BadRequest(`window must be ${Object.keys(WINDOWS).join(" or ")} (got "${window}")`)
+    const { startedAt, store } = metrics.state()
+    return c.json({
+      origin,
+      version,
+      uptimeSeconds: Math.floor((Date.now() - startedAt) / 1000),
+      store: store ?? null,
+      tiers: await metrics.tierStats(),
+      traffic: await metrics.summary(window as WindowName),
+    })
+  })
 
   app.post("/api/purge", async (c) => {
     const { target, soft } = parsePurge(await c.req.text())
     const resolved: PurgeTarget =
       "url" in target ? { url: fullUrl("url", target.url) } : "prefix" in target ? { prefix: fullUrl("prefix", target.prefix) } : target
     const purged = await cache.purge(resolved, soft)
+    tables.forget()
     metrics.purged(purged)
     return c.json({ purged })
   })
@@ -164,6 +197,17 @@ function pageSize(value: string | undefined): number {
   if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE_SIZE)
     throw new BadRequest(`limit must be a whole number from 1 to ${MAX_PAGE_SIZE} (got "${value}")`)
   return limit
+}
+
+/** The table's sort column, order, filter and offset; absent ones by URL, ascending, all, from the first. */
+function tableQuery(query: Record<string, string>): { sort: SortKey; descending: boolean; filter: string; offset: number } {
+  const { sort = "path", order = "asc", filter = "", offset = "0" } = query
+  if (!SORT_KEYS.includes(sort as SortKey)) throw new BadRequest(`sort must be one of ${SORT_KEYS.join(", ")} (got "${sort}")`)
+  if (order !== "asc" && order !== "desc") throw new BadRequest(`order must be asc or desc (got "${order}")`)
+  const start = Number(offset)
+  if (!Number.isInteger(start) || start < 0) throw new BadRequest(`offset must be a whole number from 0 (got "${offset}")`)
+  if (filter.length > MAX_FILTER_LENGTH) throw new BadRequest(`filter is at most ${MAX_FILTER_LENGTH} characters (got ${filter.length})`)
+  return { sort: sort as SortKey, descending: order === "desc", filter, offset: start }
 }
 
 const PURGE_FIELDS = new Set(["url", "prefix", "tag", "soft"])

@@ -9,35 +9,63 @@ import { createHash } from "node:crypto"
 
 const STYLE = `
 :root { color-scheme: light dark; --line: #8884; --muted: #888; --accent: #2a7ae2; --bad: #c0392b; }
-body { font: 14px/1.4 system-ui, sans-serif; margin: 0 1.5rem 2rem; }
-h1 { font-size: 1.2rem; margin: 1rem 0 .5rem; }
+* { box-sizing: border-box; }
+body { font: 14px/1.4 system-ui, sans-serif; margin: 0 auto; padding: 0 1rem 2rem; max-width: 80rem; }
+h1 { font-size: 1.2rem; margin: 1rem 0 .25rem; }
 h2 { font-size: 1rem; margin: 1.2rem 0 .4rem; }
-.row { display: flex; flex-wrap: wrap; gap: 1.5rem; align-items: flex-start; }
-.figure { font-size: 1.4rem; font-weight: 600; }
+h3 { font-size: .9rem; margin: .2rem 0 .3rem; }
+.row { display: flex; flex-wrap: wrap; gap: .75rem 1.5rem; align-items: flex-end; }
+.panels { display: grid; grid-template-columns: repeat(auto-fill, minmax(16rem, 1fr)); gap: 1rem; }
+.panel { border: 1px solid var(--line); border-radius: 4px; padding: .5rem .75rem; min-width: 0; }
+.panel.wide { grid-column: 1 / -1; }
+.figure { font-size: 1.3rem; font-weight: 600; }
 .muted { color: var(--muted); }
-.bar { width: 12rem; height: .5rem; border: 1px solid var(--line); }
+dl { display: grid; grid-template-columns: auto 1fr; gap: .1rem .75rem; margin: 0; }
+dt { color: var(--muted); }
+dd { margin: 0; font-variant-numeric: tabular-nums; overflow-wrap: anywhere; }
+ol { margin: 0; padding-left: 1.4rem; }
+ol li { overflow-wrap: anywhere; }
+.bar { width: 100%; max-width: 12rem; height: .5rem; border: 1px solid var(--line); }
 .bar > div { height: 100%; background: var(--accent); }
+.legend { display: flex; flex-wrap: wrap; gap: .2rem .9rem; margin: .3rem 0 0; padding: 0; list-style: none; }
+.swatch { display: inline-block; width: .7rem; height: .7rem; margin-right: .3rem; vertical-align: -1px; }
+#chart-box { width: 100%; }
+#chart { display: block; max-width: 100%; }
+#chart text { font-size: 11px; fill: currentColor; }
+#chart .grid { stroke: #8883; }
+#chart .axis { stroke: var(--muted); }
+.scroll { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: .25rem .5rem; border-bottom: 1px solid var(--line); white-space: nowrap; }
-td.url { white-space: normal; word-break: break-all; }
+td.url { white-space: normal; word-break: break-all; min-width: 10rem; }
 th[data-sort] { cursor: pointer; user-select: none; }
+th[aria-sort="ascending"]::after { content: " ▲"; }
+th[aria-sort="descending"]::after { content: " ▼"; }
 tbody tr { cursor: pointer; }
 tbody tr:hover { background: #8881; }
 .stale { color: var(--bad); }
 input, select, button { font: inherit; }
-#message { min-height: 1.4em; }
+#message { min-height: 1.4em; margin: .3rem 0; }
 #message.error { color: var(--bad); }
-#detail { border: 1px solid var(--line); padding: .5rem 1rem; margin-top: 1rem; }
+#login { border: 1px solid var(--line); border-radius: 4px; padding: 1rem; max-width: 30rem; margin: 2rem 0; }
+#login p { margin: .2rem 0 .6rem; }
+#login-problem { color: var(--bad); font-weight: 600; }
+#detail { width: min(52rem, calc(100vw - 1rem)); max-height: calc(100vh - 2rem); overflow: auto; padding: .5rem 1rem 1rem; border: 1px solid var(--line); }
+#detail::backdrop { background: #0006; }
+#detail header { display: flex; justify-content: space-between; align-items: flex-start; gap: 1rem; position: sticky; top: -.5rem; background: Canvas; padding-top: .5rem; }
+#detail h2 { margin: 0; word-break: break-all; }
 #detail table td { white-space: normal; word-break: break-all; }
-svg { border: 1px solid var(--line); }
+#detail table td:first-child { white-space: nowrap; word-break: normal; vertical-align: top; }
 `
 
 const SCRIPT = `
 "use strict"
 const PAGE_SIZE = 100
 const TOKEN_KEY = "caching-proxy-admin-token"
+const OUTCOMES = ["hit", "coalesced", "revalidated", "stale", "miss", "pass", "error"]
+const COLOURS = { hit: "#27ae60", coalesced: "#7dcea0", revalidated: "#16a085", stale: "#f39c12", miss: "#2a7ae2", pass: "#8e44ad", error: "#c0392b" }
 const $ = (selector) => document.querySelector(selector)
-const state = { prefix: "/", cursors: [null], page: 0, next: null, rows: [], loadedAt: 0, sort: "path", descending: false }
+const state = { prefix: "/", filter: "", sort: "path", descending: false, offset: 0, total: 0, rows: [], loadedAt: 0, window: "10m" }
 
 /** An element with its text (never HTML) and attributes. */
 function el(tag, text, attributes = {}) {
@@ -54,21 +82,35 @@ function say(text, isError = false) {
 
 class NeedsToken extends Error {}
 
+/** Asks for the token: for the first time, or again after the one given was refused. */
+function askForToken(refused) {
+  $("#app").hidden = true
+  $("#login").hidden = false
+  $("#login-title").textContent = refused ? "That token was refused" : "This admin listener needs its token"
+  $("#login-problem").hidden = !refused
+  $("#login-problem").textContent = refused ? "The token given is not this proxy's --admin-token (or CACHING_PROXY_ADMIN_TOKEN). Enter it again." : ""
+  $("#token").value = ""
+  $("#token").focus()
+}
+
 async function api(path, init = {}) {
   const token = sessionStorage.getItem(TOKEN_KEY)
   const headers = { ...init.headers }
   if (token) headers.authorization = "Bearer " + token
   const res = await fetch(path, { ...init, headers })
   if (res.status === 401) {
-    $("#login").hidden = false
-    throw new NeedsToken("this admin listener needs its token")
+    // Refused failures are answered slowly: a late 401 for a token since replaced says nothing of the new one.
+    if (sessionStorage.getItem(TOKEN_KEY) === token) {
+      sessionStorage.removeItem(TOKEN_KEY)
+      askForToken(Boolean(token))
+    }
+    throw new NeedsToken("")
   }
   if (!res.ok) throw new Error((await res.text()).trim())
   return res.json()
 }
 
 function bytes(n) {
-  if (n === undefined) return "no bound"
   const units = ["B", "KiB", "MiB", "GiB", "TiB"]
   let i = 0
   while (n >= 1024 && i < units.length - 1) { n /= 1024; i++ }
@@ -81,24 +123,57 @@ function duration(seconds) {
   return seconds < 0 ? "stale " + text : text
 }
 
-// ───── traffic and store fill ─────
+function milliseconds(ms) {
+  return ms === null ? "none yet" : ms + " ms"
+}
+
+function clock(ms, withSeconds) {
+  return new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: withSeconds ? "2-digit" : undefined })
+}
+
+/** A definition list of [label, value, figure name] rows; the name lets a test find the figure. */
+function figures(rows) {
+  const list = el("dl")
+  for (const [label, value, name] of rows) list.append(el("dt", label), el("dd", value, { "data-figure": name }))
+  return list
+}
+
+// ───── traffic, the store and the process ─────
 
 async function loadStats() {
-  const stats = await api("/api/stats")
+  const stats = await api("/api/stats?window=" + state.window)
+  const t = stats.traffic
   $("#origin").textContent = stats.origin
-  const requests = stats.recent.reduce((sum, b) => sum + b.requests, 0)
-  const hits = stats.recent.reduce((sum, b) => sum + b.hits, 0)
-  const lastMinute = stats.recent.slice(-6).reduce((sum, b) => sum + b.requests, 0)
-  $("#hit-ratio").textContent = requests ? Math.round((100 * hits) / requests) + " %" : "no requests"
-  $("#rate").textContent = (lastMinute / 60).toFixed(1) + " req/s"
-  drawChart(stats.recent)
+  $("#version").textContent = stats.version
+  $("#uptime").textContent = duration(stats.uptimeSeconds)
+  $("#about").hidden = false
+  const windowName = state.window === "1h" ? "last hour" : "last 10 min"
+  for (const node of document.querySelectorAll(".window-name")) node.textContent = windowName
+  const hits = t.bars.reduce((sum, bar) => sum + bar.hits, 0)
+  $("#overview").replaceChildren(figures([
+    ["requests", t.requests, "requests"],
+    ["from the cache", t.requests ? Math.round((100 * hits) / t.requests) + " %" : "no requests", "hit-ratio"],
+  ]))
+  drawChart(t)
+  $("#status-classes").replaceChildren(figures(Object.entries(t.statusClasses).map(([name, count]) => [name, count, "status-" + name])))
+  $("#bytes").replaceChildren(figures([["from the cache", bytes(t.bytes.cache), "bytes-cache"], ["from the origin", bytes(t.bytes.origin), "bytes-origin"]]))
+  $("#origin-figures").replaceChildren(figures([
+    ["requests", t.origin.requests, "origin-requests"],
+    ["errors", t.origin.errors, "origin-errors"],
+    ["latency p50", milliseconds(t.origin.p50Ms), "origin-p50"],
+    ["latency p99", milliseconds(t.origin.p99Ms), "origin-p99"],
+  ]))
+  topList("#top-hits", t.byHits, (url) => url.hits + (url.hits === 1 ? " hit" : " hits"))
+  topList("#top-bytes", t.byBytes, (url) => bytes(url.bytes))
   const fill = $("#fill")
   fill.replaceChildren()
   for (const tier of stats.tiers) {
     const box = el("div", null, { class: "tier", "data-tier": tier.tier })
-    box.append(el("div", tier.tier, { class: "muted" }))
-    box.append(el("div", tier.entries + " entries", { class: "figure" }))
-    box.append(el("div", bytes(tier.bytes) + " of " + bytes(tier.maxBytes)))
+    box.append(el("h3", tier.tier))
+    const rows = [["entries", tier.entries, "entries-" + tier.tier], ["size", bytes(tier.bytes), "bytes-" + tier.tier]]
+    if (tier.maxBytes !== undefined) rows.push(["bound", bytes(tier.maxBytes), "bound-" + tier.tier])
+    else rows.push(["bound", "the server's own (maxmemory)", "bound-" + tier.tier])
+    box.append(figures(rows))
     if (tier.maxBytes) {
       const bar = el("div", null, { class: "bar" })
       const used = el("div")
@@ -108,60 +183,101 @@ async function loadStats() {
     }
     fill.append(box)
   }
+  if (stats.store) {
+    const box = el("div", null, { class: "tier", "data-tier": "state" })
+    box.append(el("h3", "shared store"))
+    box.append(figures([[stats.store.connected ? "connected" : "not connected", "since " + new Date(stats.store.since).toLocaleString(), "store-state"]]))
+    fill.append(box)
+  }
 }
 
-/** Requests per second as bars, the hit ratio as a line, per 10-second bucket. */
-function drawChart(buckets) {
-  const svg = $("#chart")
-  const width = 600, height = 120, step = width / buckets.length
-  const peak = Math.max(1, ...buckets.map((b) => b.requests))
-  const ns = "http://www.w3.org/2000/svg"
-  svg.replaceChildren()
-  const points = []
-  buckets.forEach((b, i) => {
-    const bar = document.createElementNS(ns, "rect")
-    const h = (b.requests / peak) * (height - 10)
-    bar.setAttribute("x", String(i * step + 1))
-    bar.setAttribute("y", String(height - h))
-    bar.setAttribute("width", String(step - 2))
-    bar.setAttribute("height", String(h))
-    bar.setAttribute("fill", "#2a7ae266")
-    const title = document.createElementNS(ns, "title")
-    title.textContent = new Date(b.at).toLocaleTimeString() + ": " + (b.requests / 10).toFixed(1) + " req/s, " + (b.requests ? Math.round((100 * b.hits) / b.requests) + " % hits" : "no requests")
-    bar.append(title)
-    svg.append(bar)
-    if (!b.requests) return
-    const x = i * step + step / 2, y = height - (b.hits / b.requests) * (height - 10)
-    points.push(x.toFixed(1) + "," + y.toFixed(1))
-    // A dot per bucket: a line needs two buckets with requests, a dot shows one.
-    const dot = document.createElementNS(ns, "circle")
-    dot.setAttribute("cx", x.toFixed(1))
-    dot.setAttribute("cy", y.toFixed(1))
-    dot.setAttribute("r", "2.5")
-    dot.setAttribute("fill", "#27ae60")
-    svg.append(dot)
+function topList(selector, urls, figure) {
+  const list = $(selector)
+  list.replaceChildren()
+  if (urls.length === 0) list.append(el("li", "none yet", { class: "muted" }))
+  for (const url of urls) {
+    const item = el("li", null, { "data-path": url.path })
+    item.append(el("span", url.path), el("span", " " + figure(url), { class: "muted" }))
+    list.append(item)
+  }
+}
+
+const SVG = "http://www.w3.org/2000/svg"
+function svg(tag, attributes, text) {
+  const node = document.createElementNS(SVG, tag)
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, String(value))
+  if (text !== undefined) node.textContent = text
+  return node
+}
+
+/** Requests per bar, stacked by outcome, with a labelled count axis and time axis; as wide as its box. */
+function drawChart(t) {
+  const chart = $("#chart")
+  const width = Math.max(240, Math.min(1200, $("#chart-box").clientWidth)), height = 180
+  const left = 44, right = 8, top = 8, bottom = 34
+  const plotWidth = width - left - right, plotHeight = height - top - bottom
+  chart.setAttribute("width", width)
+  chart.setAttribute("height", height)
+  chart.setAttribute("viewBox", "0 0 " + width + " " + height)
+  chart.replaceChildren()
+  const peak = Math.max(1, ...t.bars.map((bar) => bar.requests))
+  // A round top for the count axis: 1, 2 or 5 times a power of ten.
+  const magnitude = 10 ** Math.floor(Math.log10(peak))
+  const axisTop = [1, 2, 5, 10].map((m) => m * magnitude).find((value) => value >= peak)
+  const y = (count) => top + plotHeight - (count / axisTop) * plotHeight
+  for (const tick of [0, axisTop / 2, axisTop]) {
+    chart.append(svg("line", { class: "grid", x1: left, x2: width - right, y1: y(tick), y2: y(tick) }))
+    chart.append(svg("text", { x: left - 4, y: y(tick) + 4, "text-anchor": "end" }, String(tick)))
+  }
+  const step = plotWidth / t.bars.length
+  t.bars.forEach((bar, i) => {
+    let base = 0
+    for (const outcome of OUTCOMES) {
+      const count = bar.outcomes[outcome]
+      if (!count) continue
+      const rect = svg("rect", { x: left + i * step + 0.5, y: y(base + count), width: Math.max(1, step - 1), height: y(base) - y(base + count), fill: COLOURS[outcome] })
+      rect.append(svg("title", {}, clock(bar.at, true) + ": " + count + " " + outcome))
+      chart.append(rect)
+      base += count
+    }
   })
-  const line = document.createElementNS(ns, "polyline")
-  line.setAttribute("points", points.join(" "))
-  line.setAttribute("fill", "none")
-  line.setAttribute("stroke", "#27ae60")
-  line.setAttribute("stroke-width", "2")
-  svg.append(line)
-  $("#peak").textContent = (peak / 10).toFixed(1) + " req/s"
+  chart.append(svg("line", { class: "axis", x1: left, x2: width - right, y1: y(0), y2: y(0) }))
+  chart.append(svg("line", { class: "axis", x1: left, x2: left, y1: top, y2: y(0) }))
+  // Time labels at the start, the middle and the end of the window.
+  for (const [i, anchor] of [[0, "start"], [t.bars.length / 2, "middle"], [t.bars.length, "end"]]) {
+    const at = t.bars[0].at + i * t.barSeconds * 1000
+    chart.append(svg("text", { class: "time", x: left + i * step, y: y(0) + 14, "text-anchor": anchor }, clock(at, t.barSeconds < 60)))
+  }
+  chart.append(svg("text", { x: left + plotWidth / 2, y: height - 2, "text-anchor": "middle", class: "muted" }, "time (each bar " + (t.barSeconds < 60 ? t.barSeconds + " s" : t.barSeconds / 60 + " min") + ")"))
+  const middle = top + plotHeight / 2
+  chart.append(svg("text", { x: 10, y: middle, transform: "rotate(-90 10 " + middle + ")", "text-anchor": "middle" }, "requests"))
+  const legend = $("#legend")
+  legend.replaceChildren()
+  for (const outcome of OUTCOMES) {
+    const item = el("li")
+    const swatch = el("span", null, { class: "swatch" })
+    swatch.style.background = COLOURS[outcome]
+    item.append(swatch, el("span", outcome + " "), el("strong", t.outcomes[outcome], { "data-figure": "outcome-" + outcome }))
+    legend.append(item)
+  }
 }
 
 // ───── entries ─────
 
 async function loadEntries() {
-  const cursor = state.cursors[state.page]
-  const query = "?limit=" + PAGE_SIZE + "&prefix=" + encodeURIComponent(state.prefix) + (cursor ? "&cursor=" + encodeURIComponent(cursor) : "")
-  const page = await api("/api/entries" + query)
-  state.rows = page.entries
-  state.next = page.cursor
+  const query = "?limit=" + PAGE_SIZE + "&offset=" + state.offset + "&sort=" + state.sort + "&order=" + (state.descending ? "desc" : "asc") +
+    "&prefix=" + encodeURIComponent(state.prefix) + "&filter=" + encodeURIComponent(state.filter)
+  // A first read of a large prefix takes seconds (every entry's metadata is read): say so meanwhile.
+  $("#count").textContent = "reading the cache…"
+  const table = await api("/api/entries" + query)
+  state.rows = table.entries
+  state.total = table.total
   state.loadedAt = Date.now()
-  $("#page").textContent = "page " + (state.page + 1)
-  $("#previous").disabled = state.page === 0
-  $("#next").disabled = !state.next
+  const last = state.offset + table.entries.length
+  $("#count").textContent = table.total === 0 ? "no URLs" + (state.filter ? " match" : " under " + state.prefix)
+    : (state.offset + 1) + "–" + last + " of " + table.total + (table.total === 1 ? " URL" : " URLs") + (table.complete ? "" : " (the first " + table.read + " under this prefix were read: narrow it to see the rest)")
+  $("#previous").disabled = state.offset === 0
+  $("#next").disabled = last >= table.total
   renderEntries()
 }
 
@@ -169,44 +285,33 @@ function elapsed() {
   return (Date.now() - state.loadedAt) / 1000
 }
 
-function sortValue(row, key) {
-  if (key === "age") return row.ageSeconds
-  if (key === "ttl") return row.ttlSeconds
-  if (key === "tags") return row.tags.join(" ")
-  return row[key]
-}
-
 function renderEntries() {
-  const filter = $("#filter").value.trim().toLowerCase()
-  const rows = state.rows.filter((row) => !filter || row.path.toLowerCase().includes(filter) || row.tags.some((tag) => tag.toLowerCase().includes(filter)))
-  const direction = state.descending ? -1 : 1
-  rows.sort((a, b) => {
-    const x = sortValue(a, state.sort), y = sortValue(b, state.sort)
-    return (x < y ? -1 : x > y ? 1 : 0) * direction
-  })
   for (const th of document.querySelectorAll("th[data-sort]")) {
     th.setAttribute("aria-sort", th.dataset.sort === state.sort ? (state.descending ? "descending" : "ascending") : "none")
   }
+  $("#sort").value = state.sort
+  $("#order").value = state.descending ? "desc" : "asc"
   const body = $("#entries tbody")
   body.replaceChildren()
-  for (const row of rows) {
+  for (const row of state.rows) {
     const tr = el("tr", null, { "data-path": row.path })
-    tr.append(el("td", row.path, { class: "url" }), el("td", row.status), el("td", bytes(row.bytes)))
+    tr.append(el("td", row.path, { class: "url" }), el("td", row.status), el("td", bytes(row.bytes), { class: "size" }))
     tr.append(el("td", duration(row.ageSeconds), { class: "age" }), el("td", duration(row.ttlSeconds), { class: "ttl" }))
     tr.append(el("td", row.hits), el("td", row.tags.join(" ")))
     const actions = el("td")
-    const button = el("button", "Purge", { class: "purge", type: "button" })
-    button.addEventListener("click", (event) => {
-      event.stopPropagation()
-      purge({ url: row.path })
-    })
-    actions.append(button)
+    for (const [label, soft] of [["Hard purge", false], ["Soft purge", true]]) {
+      const button = el("button", label, { class: soft ? "soft-purge" : "purge", type: "button", title: soft ? "mark stale: the next request revalidates" : "remove: the next request goes to the origin" })
+      button.addEventListener("click", (event) => {
+        event.stopPropagation()
+        purge({ url: row.path }, soft)
+      })
+      actions.append(button, " ")
+    }
     tr.append(actions)
-    tr.addEventListener("click", () => showEntry(row.path))
+    tr.addEventListener("click", () => showEntry(row.path).catch(report))
     tr.row = row
     body.append(tr)
   }
-  $("#count").textContent = rows.length + " of " + state.rows.length + " on this page"
   tick()
 }
 
@@ -221,13 +326,16 @@ function tick() {
   }
 }
 
+/** The entry's stored headers, in a dialog over the page where the user is looking. */
 async function showEntry(path) {
   const entry = await api("/api/entry?url=" + encodeURIComponent(path))
   const detail = $("#detail")
   detail.replaceChildren()
-  const close = el("button", "Close", { type: "button" })
-  close.addEventListener("click", () => (detail.hidden = true))
-  detail.append(el("h2", entry.path), close)
+  const header = el("header")
+  const close = el("button", "Close", { type: "button", class: "close" })
+  close.addEventListener("click", () => detail.close())
+  header.append(el("h2", entry.path), close)
+  detail.append(header)
   for (const variant of entry.variants) {
     const vary = Object.entries(variant.vary).map(([name, value]) => name + ": " + (value ?? "(absent)")).join(", ")
     detail.append(el("h3", "Variant" + (vary ? " for " + vary : "")))
@@ -240,13 +348,13 @@ async function showEntry(path) {
     }
     detail.append(table)
   }
-  detail.hidden = false
+  if (!detail.open) detail.showModal()
+  close.focus()
 }
 
 // ───── purging ─────
 
-async function purge(target) {
-  const soft = $("#soft").checked
+async function purge(target, soft) {
   const [[kind, value]] = Object.entries(target)
   const what = (soft ? "Mark stale" : "Remove") + " every entry with " + kind + " " + value + "?"
   if (!confirm(what)) return
@@ -262,12 +370,14 @@ async function purge(target) {
 // ───── wiring ─────
 
 function report(error) {
-  say(error.message, !(error instanceof NeedsToken))
+  if (!(error instanceof NeedsToken)) say(error.message, true)
 }
 
 async function refresh() {
   try {
     await Promise.all([loadStats(), loadEntries()])
+    $("#login").hidden = true
+    $("#app").hidden = false
   } catch (error) {
     report(error)
   }
@@ -276,84 +386,112 @@ async function refresh() {
 $("#login").addEventListener("submit", (event) => {
   event.preventDefault()
   sessionStorage.setItem(TOKEN_KEY, $("#token").value)
-  $("#login").hidden = true
   say("")
   refresh()
 })
 $("#search").addEventListener("submit", (event) => {
   event.preventDefault()
   state.prefix = $("#prefix").value.trim() || "/"
-  state.cursors = [null]
-  state.page = 0
+  state.filter = $("#filter").value.trim()
+  state.sort = $("#sort").value
+  state.descending = $("#order").value === "desc"
+  state.offset = 0
   loadEntries().catch(report)
 })
-$("#filter").addEventListener("input", renderEntries)
 $("#previous").addEventListener("click", () => {
-  state.page--
+  state.offset = Math.max(0, state.offset - PAGE_SIZE)
   loadEntries().catch(report)
 })
 $("#next").addEventListener("click", () => {
-  state.cursors[state.page + 1] = state.next
-  state.page++
+  state.offset += PAGE_SIZE
   loadEntries().catch(report)
 })
 $("#reload").addEventListener("click", refresh)
+$("#window").addEventListener("change", () => {
+  state.window = $("#window").value
+  loadStats().catch(report)
+})
 for (const th of document.querySelectorAll("th[data-sort]")) {
   th.addEventListener("click", () => {
-    state.descending = state.sort === th.dataset.sort ? !state.descending : false
+    // Size, hits, age and TTL: the largest first; URL and status: in order.
+    const largestFirst = ["size", "hits", "age", "ttl"].includes(th.dataset.sort)
+    state.descending = state.sort === th.dataset.sort ? !state.descending : largestFirst
     state.sort = th.dataset.sort
-    renderEntries()
+    state.offset = 0
+    loadEntries().catch(report)
   })
 }
 $("#purge-form").addEventListener("submit", (event) => {
   event.preventDefault()
   const value = $("#purge-value").value.trim()
-  if (value) purge({ [$("#purge-kind").value]: value })
+  if (value) purge({ [$("#purge-kind").value]: value }, $("#purge-mode").value === "soft")
 })
+addEventListener("resize", () => loadStats().catch(report))
 setInterval(tick, 1000)
-setInterval(() => loadStats().catch(report), 10000)
+setInterval(() => {
+  if (!$("#app").hidden) loadStats().catch(report)
+}, 10000)
 refresh()
 `
 
 const BODY = `
-<h1>caching-proxy <span class="muted">for <span id="origin"></span></span></h1>
+<h1>caching-proxy inspector</h1>
+<p class="muted" id="about" hidden>for <span id="origin"></span> · version <span id="version"></span> · up <span id="uptime"></span></p>
 <form id="login" hidden>
+  <h2 id="login-title"></h2>
+  <p id="login-problem" role="alert"></p>
   <label>Admin token <input id="token" type="password" autocomplete="current-password" required></label>
-  <button>Use it</button> <span class="muted">kept for this tab only</span>
+  <button>Use it</button>
+  <p class="muted">Kept for this tab only.</p>
 </form>
 <p id="message" role="status"></p>
+<main id="app" hidden>
 <div class="row">
-  <div><div class="muted">hit ratio, last 10 min</div><div class="figure" id="hit-ratio"></div></div>
-  <div><div class="muted">requests, last minute</div><div class="figure" id="rate"></div></div>
-  <div>
-    <svg id="chart" width="600" height="120" viewBox="0 0 600 120" role="img" aria-label="requests per 10 s (bars) and hit ratio (line), last 10 minutes"></svg>
-    <div class="muted">bars: requests per 10 s (peak <span id="peak"></span>); line: hit ratio</div>
-  </div>
-</div>
-<h2>Store</h2>
-<div class="row" id="fill"></div>
-<h2>Entries</h2>
-<div class="row">
-  <form id="search"><label>URL prefix <input id="prefix" value="/" size="30"></label> <button>List</button></form>
-  <label>Filter this page <input id="filter" type="search" placeholder="path or tag"></label>
-  <span><button id="previous" type="button">Previous</button> <span id="page"></span> <button id="next" type="button">Next</button></span>
+  <label>Window <select id="window"><option value="10m">last 10 minutes</option><option value="1h">last hour</option></select></label>
   <button id="reload" type="button">Reload</button>
 </div>
+<h2>Traffic, <span class="window-name"></span></h2>
+<div class="panels">
+  <section class="panel"><h3>Requests</h3><div id="overview"></div></section>
+  <section class="panel wide">
+    <h3>Outcomes over time</h3>
+    <div id="chart-box"><svg id="chart" role="img" aria-label="requests per bar over the window, stacked by outcome"></svg></div>
+    <ul class="legend" id="legend"></ul>
+  </section>
+  <section class="panel"><h3>Status classes</h3><div id="status-classes"></div></section>
+  <section class="panel"><h3>Bytes sent</h3><div id="bytes"></div></section>
+  <section class="panel"><h3>Origin</h3><div id="origin-figures"></div></section>
+  <section class="panel"><h3>Top URLs by hits <span class="muted">since start</span></h3><ol id="top-hits"></ol></section>
+  <section class="panel"><h3>Top URLs by bytes <span class="muted">since start</span></h3><ol id="top-bytes"></ol></section>
+</div>
+<h2>Store</h2>
+<div class="panels" id="fill"></div>
+<h2>Entries</h2>
+<form id="search" class="row">
+  <label>URL prefix <input id="prefix" value="/" size="16"></label>
+  <label>Path or tag holds <input id="filter" type="search" size="12"></label>
+  <label>Sort by <select id="sort"><option value="path">URL</option><option value="status">status</option><option value="size">size</option><option value="hits">hits</option><option value="age">age</option><option value="ttl">TTL</option></select></label>
+  <select id="order" aria-label="order"><option value="asc">ascending</option><option value="desc">descending</option></select>
+  <button>List</button>
+</form>
 <form id="purge-form" class="row">
   <label>Purge by <select id="purge-kind"><option value="url">URL</option><option value="prefix">prefix</option><option value="tag">tag</option></select></label>
-  <input id="purge-value" placeholder="/users/1, /users/ or a tag" size="30">
-  <label><input id="soft" type="checkbox"> soft (mark stale, revalidate on next use)</label>
+  <input id="purge-value" placeholder="/users/1, /users/ or a tag" size="20" aria-label="what to purge">
+  <select id="purge-mode" aria-label="purge mode"><option value="hard">hard: remove</option><option value="soft">soft: mark stale</option></select>
   <button>Purge</button>
 </form>
-<p class="muted" id="count"></p>
+<p class="row"><span class="muted" id="count"></span> <span><button id="previous" type="button">Previous</button> <button id="next" type="button">Next</button></span></p>
+<div class="scroll">
 <table id="entries">
   <thead><tr>
-    <th data-sort="path">URL</th><th data-sort="status">Status</th><th data-sort="bytes">Size</th><th data-sort="age">Age</th>
-    <th data-sort="ttl">TTL</th><th data-sort="hits">Hits</th><th data-sort="tags">Tags</th><th></th>
+    <th data-sort="path">URL</th><th data-sort="status">Status</th><th data-sort="size">Size</th><th data-sort="age">Age</th>
+    <th data-sort="ttl">TTL</th><th data-sort="hits">Hits</th><th>Tags</th><th></th>
   </tr></thead>
   <tbody></tbody>
 </table>
-<section id="detail" hidden></section>
+</div>
+</main>
+<dialog id="detail" aria-label="entry detail"></dialog>
 `
 
 /** The inspector page, whole. */

@@ -19,8 +19,9 @@ import {
 } from "prom-client"
 import { isFromCache, OUTCOME_KINDS } from "../cache/outcome.ts"
 import type { Listing, OriginFailure, TierStats, Warn } from "../cache.ts"
-import type { AdminMetrics } from "./admin.ts"
+import type { AdminMetrics, StoreState } from "./admin.ts"
 import type { Access } from "./log.ts"
+import { Traffic, type TrafficExport, type TrafficView, type WindowName } from "./traffic.ts"
 
 const STATUS_CLASSES = ["1xx", "2xx", "3xx", "4xx", "5xx"] as const
 const ORIGIN_FAILURES: readonly OriginFailure[] = ["refused", "reset", "timeout", "dns", "other"]
@@ -28,8 +29,6 @@ const ORIGIN_FAILURES: readonly OriginFailure[] = ["refused", "reset", "timeout"
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 // Scrapes and /api/stats within this long share one read of the store's totals (a Redis round trip).
 const STATS_TTL_MS = 5000
-const RECENT_BUCKET_MS = 10_000
-const RECENT_BUCKETS = 60 // ten minutes
 // A timer moves to the next bucket, so a request reads no clock for it (a clock read costs about
 // 0.17 µs on a VM's kvm-clock, some 1 % of a hit): a request may land up to this late in one.
 const RECENT_TICK_MS = 1000
@@ -139,9 +138,11 @@ export class ProxyMetrics implements AdminMetrics {
   private readonly clientLatency: ((seconds: number) => void)[]
   private readonly originLatency: (seconds: number) => void
   private stats: { at: number; tiers: Promise<TierStats[]> } | undefined
-  /** Requests and hits per RECENT_BUCKET_MS, oldest first, the current one last. */
-  private current = { at: bucketStart(Date.now()), requests: 0, hits: 0 }
-  private readonly recentBuckets = [this.current]
+  /** The inspector's figures: recent traffic by 10-second bucket, and the URLs served most. */
+  private readonly traffic = new Traffic()
+  private readonly startedAt = Date.now()
+  /** Whether the shared store was connected when last looked at, and since when. */
+  private storeState: { connected: boolean; since: number } | undefined
 
   constructor(private readonly options: MetricsOptions) {
     const registers = [this.registry]
@@ -193,7 +194,8 @@ export class ProxyMetrics implements AdminMetrics {
     // Per heap space sizes: under Bun, reading them walks the heap, 87 ms a scrape with 300,000
     // objects live (a file store's index of 100,000 entries): a scrape must not cost what the cache holds.
     for (const name of HEAP_SPACE_METRICS) this.registry.removeSingleMetric(name)
-    setInterval(() => this.nextBucket(), RECENT_TICK_MS).unref?.()
+    if (storeConnected) this.storeState = { connected: storeConnected(), since: this.startedAt }
+    setInterval(() => this.tick(), RECENT_TICK_MS).unref?.()
   }
 
   /** Entries, bytes and evictions per store tier, read from `store.stats()` when scraped. */
@@ -248,13 +250,13 @@ export class ProxyMetrics implements AdminMetrics {
     const fromCache = isFromCache(access.cache)
     if (fromCache) this.servedBytes.cache += access.bytes
     else this.servedBytes.origin += access.bytes
-    this.current.requests++
-    if (fromCache) this.current.hits++
+    this.traffic.record(access)
   }
 
   /** Counts one request to the origin: its answer's status, or why there was none. */
   recordOrigin(ms: number, outcome: { status: number } | { failure: OriginFailure }): void {
     this.originLatency(ms / 1000)
+    this.traffic.recordOrigin(ms, "status" in outcome)
     if ("status" in outcome) (this.originAnswers[Math.floor(outcome.status / 100) - 1] as number)++
     else (this.originFailures[ORIGIN_FAILURES.indexOf(outcome.failure)] as number)++
   }
@@ -284,26 +286,33 @@ export class ProxyMetrics implements AdminMetrics {
         ? { ...metric, values: metric.values.map((value) => ({ ...value, labels: { ...value.labels, worker } })) }
         : metric,
     )
-    return { metrics, recent: this.recent(), tiers: await this.tierStats() }
+    return { metrics, traffic: this.traffic.export(), tiers: await this.tierStats() }
   }
 
   /** Requests and hits per 10 s, oldest first, over the last 10 minutes (quiet ones as zeros): the inspector's chart. */
   recent(): { at: number; requests: number; hits: number }[] {
-    const current = bucketStart(Date.now())
-    const byStart = new Map(this.recentBuckets.map((bucket) => [bucket.at, bucket]))
-    return Array.from({ length: RECENT_BUCKETS }, (_, index) => {
-      const at = current - (RECENT_BUCKETS - 1 - index) * RECENT_BUCKET_MS
-      const bucket = byStart.get(at)
-      return { at, requests: bucket?.requests ?? 0, hits: bucket?.hits ?? 0 }
-    })
+    return this.summary("10m").bars
   }
 
-  private nextBucket(): void {
-    const at = bucketStart(Date.now())
-    if (at === this.current.at) return
-    this.current = { at, requests: 0, hits: 0 }
-    this.recentBuckets.push(this.current)
-    if (this.recentBuckets.length > RECENT_BUCKETS) this.recentBuckets.shift()
+  summary(window: WindowName): TrafficView {
+    return { ...this.traffic.summary(window, Date.now()), ...this.traffic.top() }
+  }
+
+  /** This process's traffic as plain data, for a group's primary. */
+  trafficExport(): TrafficExport {
+    return this.traffic.export()
+  }
+
+  /** When the process started, and the shared store's state (undefined without one). */
+  state(): { startedAt: number; store: StoreState | undefined } {
+    return { startedAt: this.startedAt, store: this.storeState && { ...this.storeState } }
+  }
+
+  private tick(): void {
+    const now = Date.now()
+    this.traffic.tick(now)
+    const connected = this.options.storeConnected?.()
+    if (this.storeState && connected !== undefined && connected !== this.storeState.connected) this.storeState = { connected, since: now }
   }
 }
 
@@ -323,7 +332,7 @@ function perProcessOnly(metric: MetricObjectWithValues<MetricValue<string>>): Me
 /** One process's metrics, as plain data that can cross a process boundary. */
 export interface MetricsSnapshot {
   metrics: MetricObjectWithValues<MetricValue<string>>[]
-  recent: { at: number; requests: number; hits: number }[]
+  traffic: TrafficExport
   tiers: TierStats[]
 }
 
@@ -349,17 +358,15 @@ export class GroupMetrics implements AdminMetrics {
     return AggregatorRegistry.aggregate([(await this.own.snapshot("primary")).metrics, ...workers]).metrics()
   }
 
-  async recent(): Promise<{ at: number; requests: number; hits: number }[]> {
-    const own = this.own.recent()
-    const workers = await this.workers()
-    return own.map((bucket, index) => {
-      const same = workers.map((snapshot) => snapshot.recent[index]).filter((other) => other?.at === bucket.at)
-      return {
-        at: bucket.at,
-        requests: same.reduce((sum, other) => sum + (other?.requests ?? 0), bucket.requests),
-        hits: same.reduce((sum, other) => sum + (other?.hits ?? 0), bucket.hits),
-      }
-    })
+  /** The traffic of every process, summed: the primary's own and each worker's. */
+  async summary(window: WindowName): Promise<TrafficView> {
+    const traffic = Traffic.merged([this.own.trafficExport(), ...(await this.workers()).map((snapshot) => snapshot.traffic)])
+    return { ...traffic.summary(window, Date.now()), ...traffic.top() }
+  }
+
+  /** The primary's start, and its view of the shared store. */
+  state(): { startedAt: number; store: StoreState | undefined } {
+    return this.own.state()
   }
 
   purged(entries: number): void {
@@ -383,8 +390,4 @@ export class GroupMetrics implements AdminMetrics {
     }
     return [...byTier.values()]
   }
-}
-
-function bucketStart(ms: number): number {
-  return ms - (ms % RECENT_BUCKET_MS)
 }

@@ -395,6 +395,13 @@ describe("one admin listener for the group", () => {
     const counted = [...metrics.matchAll(/^caching_proxy_requests_total\{[^}]*\} (\d+)$/gm)].reduce((sum, [, n]) => sum + Number(n), 0)
     expect(counted).toBe(30)
     expect(metrics).toMatch(/^caching_proxy_store_entries\{tier="file"\} 1$/m)
+    // The inspector's figures sum them too: requests over time and per URL.
+    const { traffic } = (await (await fetch(`${admin}api/stats`)).json()) as {
+      traffic: { requests: number; bars: { requests: number }[]; byBytes: { path: string; requests: number }[] }
+    }
+    expect(traffic.requests).toBe(30)
+    expect(traffic.bars.reduce((sum, bar) => sum + bar.requests, 0)).toBe(30)
+    expect(traffic.byBytes[0]).toMatchObject({ path: "/counted", requests: 30 })
     // Each process's own figures stay apart, labelled.
     for (const worker of ["primary", "1", "2"])
       expect(metrics).toMatch(new RegExp(`^process_resident_memory_bytes\\{worker="${worker}"\\} \\d+$`, "m"))
