@@ -14,7 +14,8 @@ import { Redis } from "ioredis"
 import { FAST_RUN, meta, nextTask, startRedis, startRedisCluster } from "../proxy/test.fixture.ts"
 import { bunFiles, type FileApi, FileStore, nodeFiles } from "./file-store.ts"
 import { MemoryStore } from "./memory-store.ts"
-import { RedisStore, type RedisTarget } from "./redis-store.ts"
+import type { RedisTarget } from "./redis-connection.ts"
+import { RedisStore } from "./redis-store.ts"
 import {
   type EntryMeta,
   hasDrops,
