@@ -23,11 +23,31 @@
  * changed key, and wakes requests waiting for it.
  */
 import { randomBytes } from "node:crypto"
-import { createConnection } from "node:net"
-import { Cluster, Redis } from "ioredis"
-import { sha256 } from "./bytes.ts"
-import { withDeadline } from "./deadline.ts"
+import type { Cluster, Redis } from "ioredis"
 import { selectVariant } from "./policy.ts"
+import {
+  bounded,
+  connect,
+  inOurWords,
+  nodesConnected,
+  type RedisTarget,
+  refuseClusterNode,
+  refusePlainServer,
+  Stalls,
+  skipped,
+} from "./redis-connection.ts"
+import { type Event, parseEvent } from "./redis-events.ts"
+import { CHUNK_BYTES, encode, listed, parseShapes, RecordDecoder, type VariantRecord, variantId } from "./redis-format.ts"
+import { KEY_HASHES_KEPT, RedisKeys } from "./redis-keys.ts"
+import {
+  INDEX_PRUNE_BATCH,
+  INDEX_SCRIPT,
+  RELEASE_SCRIPT,
+  RENEW_SCRIPT,
+  RESIZE_SCRIPT,
+  TAG_SCRIPT,
+  UNINDEX_SCRIPT,
+} from "./redis-scripts.ts"
 import type {
   Claims,
   Drops,
@@ -49,17 +69,8 @@ import { DEFAULT_MAX_VARIANTS, selectionsOf, shapesOf } from "./variants.ts"
 
 addTracingChannelHasSubscribers()
 
-const CHUNK_BYTES = 256 * 1024
-/** Redis's port when a URL names none. */
-const DEFAULT_PORT = 6379
 /** Bodies up to this size are read whole before `get` answers; larger ones stream chunk by chunk. */
 const WHOLE_READ_BYTES = 1 << 20
-/** A slow Redis holds no request longer than this: the request is then a miss. */
-const COMMAND_TIMEOUT_MS = 1000
-/** How long requests skip a Redis that let a command time out, before one tries it again. */
-const STALL_SKIP_MS = 1000
-/** Keys remembered as stalled (see `isKeyStalled`): a bound on what a stuck Cluster node can make it hold. */
-const STALLED_KEYS_KEPT = 10_000
 /** A replaced body's chunks stay this long for readers still streaming it. */
 const REPLACED_BODY_GRACE_MS = 60_000
 /** How often a request waiting on another process's claim looks whether it ended. */
@@ -79,93 +90,6 @@ const CLAIM_RENEW_MS = 300
 const IN_PROGRESS_CHUNK_MS = 60_000
 const GENERATION_POLL_MS = 5000
 const DEFAULT_PAGE_KEYS = 100
-const KEY_HASHES_KEPT = 10_000
-/** Keys whose parsed records are remembered; a record is about 1 KB of JSON: a few MB (bytes and parsed) at most. */
-const RECORDS_KEPT = 1000
-const VARIANTS_KEPT = 4
-// Adds a key to a tag's set, and makes the set live at least as long as the entry (ARGV[2], ms).
-const TAG_SCRIPT = `redis.call("sadd", KEYS[1], ARGV[1])
-local ttl = redis.call("pttl", KEYS[1])
-if ttl < tonumber(ARGV[2]) then redis.call("pexpire", KEYS[1], ARGV[2]) end
-return 1`
-// Takes keys out of the index (names, expiry, "<bytes> <variants>" per key) and their figures out
-// of the totals (KEYS[4]): a Lua function the scripts below share.
-const UNINDEX = `local function unindex(keys)
-  for _, key in ipairs(keys) do
-    if redis.call("zrem", KEYS[1], key) == 1 then
-      redis.call("zrem", KEYS[2], key)
-      local held = redis.call("hget", KEYS[3], key)
-      if held then
-        local bytes, variants = string.match(held, "(%d+) (%d+)")
-        -- 0 - n, not -n: -0 would reach Redis as "-0", which HINCRBY refuses as no integer
-        redis.call("hincrby", KEYS[4], "bytes", 0 - tonumber(bytes))
-        redis.call("hincrby", KEYS[4], "variants", 0 - tonumber(variants))
-        redis.call("hdel", KEYS[3], key)
-      end
-    end
-  end
-end
-`
-// Lists a key in the index until its delete time (ARGV[2]) with its bytes and variants (ARGV[6],
-// ARGV[7]) added to the totals, drops up to ARGV[5] keys whose time has come (ARGV[3] is now), and makes the index live at
-// least as long as the entry (ARGV[4], ms): the index never outgrows what is stored, whether or not
-// anyone lists it, and /metrics reads the count and the total without walking it.
-const INDEX_SCRIPT = `${UNINDEX}
-unindex({ARGV[1]})
-redis.call("zadd", KEYS[1], 0, ARGV[1])
-redis.call("zadd", KEYS[2], ARGV[2], ARGV[1])
-redis.call("hset", KEYS[3], ARGV[1], ARGV[6] .. " " .. ARGV[7])
-redis.call("hincrby", KEYS[4], "bytes", ARGV[6])
-redis.call("hincrby", KEYS[4], "variants", ARGV[7])
-local gone = redis.call("zrangebyscore", KEYS[2], "-inf", ARGV[3], "LIMIT", 0, ARGV[5])
-unindex(gone)
-for _, key in ipairs(KEYS) do
-  if redis.call("pttl", key) < tonumber(ARGV[4]) then redis.call("pexpire", key, ARGV[4]) end
-end
-return #gone`
-const UNINDEX_SCRIPT = `${UNINDEX}unindex(ARGV)`
-// Sets a listed key's bytes and variants (ARGV[2], ARGV[3]) after some of its variants went,
-// moving the totals by the difference; a key no longer listed is left out.
-const RESIZE_SCRIPT = `local held = redis.call("hget", KEYS[3], ARGV[1])
-if not held then return 0 end
-local bytes, variants = string.match(held, "(%d+) (%d+)")
-redis.call("hincrby", KEYS[4], "bytes", tonumber(ARGV[2]) - tonumber(bytes))
-redis.call("hincrby", KEYS[4], "variants", tonumber(ARGV[3]) - tonumber(variants))
-redis.call("hset", KEYS[3], ARGV[1], ARGV[2] .. " " .. ARGV[3])
-return 1`
-/** Keys whose time has come that one write drops from the index: writes outnumber expiries on average. */
-const INDEX_PRUNE_BATCH = 100
-// Compare-and-extend: a claim is renewed only by its holder (ARGV[2]: the new lease, ms).
-const RENEW_SCRIPT = `if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) end return 0`
-// Compare-and-delete: a claim is released only by its holder.
-const RELEASE_SCRIPT = `if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0`
-
-/** What the hash keeps for one variant. */
-interface VariantRecord {
-  key: string
-  meta: EntryMeta
-  size: number
-  /** The body's id, naming its chunks. */
-  body: string
-  /** How many chunks; 0 for a body kept inline, in the variant's value after its record. */
-  chunks: number
-  /** A small body, stored and read with the record: one round trip for a hit. Not in the JSON. */
-  inline?: Uint8Array
-}
-
-/** A variant's record and the stored JSON it was parsed from. */
-interface ParsedRecord {
-  json: Buffer
-  record: VariantRecord
-}
-
-/** A variant's value starts with its record's length in bytes (see `encode`). */
-const RECORD_LENGTH_BYTES = 4
-
-type Event = { type: "changed"; key: string } | { type: "released"; key: string } | { type: "clear" } | { type: "purged"; match: KeyMatch }
-
-/** Where Redis is: one server by its URL (`redis://`, `rediss://`), or a Cluster's seed nodes. */
-export type RedisTarget = { single: string } | { cluster: { host: string; port: number }[] }
 
 export interface RedisStoreOptions {
   target: RedisTarget
@@ -195,16 +119,11 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   private readonly generationTimer: ReturnType<typeof setInterval>
   /** Bounds a request's wait on Redis (see `bounded`); one server's commands are bounded by ioredis already. */
   private readonly bound: <T>(work: Promise<T>, what: string, key: string) => Promise<T>
-  /** Cache keys' hashes, remembered: a hit from Redis spends no time hashing its key again. */
-  private readonly keyHashes = new Map<string, string>()
-  /** By cache key: its variants' records as last parsed (see `decode`). */
-  private readonly parsedRecords = new Map<string, ParsedRecord[]>()
+  private readonly keys: RedisKeys
+  private readonly decoder: RecordDecoder
+  /** Which requests skip Redis for now (see `timely`). */
+  private readonly stalls: Stalls
   private up = true
-  /** Until when requests skip Redis: it let a command time out (see `timely`). */
-  private stalledUntil = 0
-  /** Keys whose command timed out, until when requests on them skip Redis (see `isKeyStalled`). */
-  private readonly stalledKeys = new Map<string, number>()
-  private stalled = false
   private closing = false
   /** Why this store can never be used as configured (`redis://` naming a Cluster node, `rediss://` a plain-text server). */
   private misuse: Error | undefined
@@ -214,6 +133,9 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   constructor({ target, prefix, warn, maxVariants = DEFAULT_MAX_VARIANTS }: RedisStoreOptions) {
     this.prefix = prefix
     this.warn = warn
+    this.keys = new RedisKeys(prefix, () => this.namespace())
+    this.stalls = new Stalls(warn)
+    this.decoder = new RecordDecoder(warn)
     this.maxVariants = maxVariants
     this.redis = connect(target, { queueWhileAway: false })
     this.bound = "cluster" in target ? bounded : (work) => work
@@ -222,7 +144,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     const generationKnown = new Promise<void>((resolve) => (this.onGeneration = resolve))
     this.watchConnection(this.redis)
     this.subscriber.on("message", (_channel: string, message: string) => this.onEvent(message))
-    const subscribed = this.subscriber.subscribe(this.channel).then(
+    const subscribed = this.subscriber.subscribe(this.keys.channel).then(
       () => undefined,
       (error: Error) => this.warn("store-connection", `subscribing: ${inOurWords(error).message}`),
     )
@@ -242,47 +164,14 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
 
   /** Checks that reject when the server cannot be used as the URL says (the store then stays unusable). */
   private misusesOf(url: string): Promise<never>[] {
-    const checks = [this.refuseClusterNode(url)]
-    if (url.startsWith("rediss:")) checks.push(this.refusePlainServer(url))
-    return checks
-  }
-
-  /**
-   * `rediss://` aimed at a server without TLS never gets past the handshake (the server waits for
-   * the end of a line, the client for an answer), and would just time out: a PING in plain text,
-   * answered in Redis's own protocol, tells. A TLS server answers it with an alert, or not at all.
-   */
-  private refusePlainServer(url: string): Promise<never> {
-    return new Promise((_, reject) => {
-      const { hostname, port, host } = new URL(url)
-      const socket = createConnection({ host: hostname.replace(/^\[|\]$/g, ""), port: Number(port || DEFAULT_PORT) })
-      socket.setTimeout(COMMAND_TIMEOUT_MS * 3)
-      socket.once("connect", () => socket.write("PING\r\n"))
-      socket.once("data", (data: Buffer) => {
-        socket.destroy()
-        if (!/^[+-]/.test(data.toString("latin1"))) return
-        this.misuse = new Error(`Redis at ${host} does not speak TLS: use --store redis://${host}, or the server's TLS port`)
-        reject(this.misuse)
-      })
-      // Unreachable or silent: the connection itself reports that.
-      for (const end of ["timeout", "error"]) socket.once(end, () => socket.destroy())
-    })
-  }
-
-  /**
-   * `redis://` aimed at a Cluster node would never cache (every key of another node's slots answers
-   * MOVED): once the server answers, rejects when it says it is one, and the store stays unusable.
-   */
-  private refuseClusterNode(url: string): Promise<never> {
-    return new Promise((_, reject) => {
-      this.redis.once("ready", async () => {
-        const info = await this.redis.info("cluster").catch(() => "") // unanswered: the connection's state says why
-        if (!/^cluster_enabled:1\b/m.test(info)) return
-        const { host } = new URL(url)
-        this.misuse = new Error(`Redis at ${host} is a Cluster node: use --store redis-cluster://${host}`)
-        reject(this.misuse)
-      })
-    })
+    const checks = [refuseClusterNode(this.redis, url)]
+    if (url.startsWith("rediss:")) checks.push(refusePlainServer(url))
+    return checks.map((check) =>
+      check.catch((error: Error) => {
+        this.misuse = error
+        throw error
+      }),
+    )
   }
 
   /** Whether Redis answers now, as far as the connection knows (for /metrics). */
@@ -321,56 +210,8 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
    * when Redis answers again.
    */
   private timely<T>(what: string, key: string, work: () => Promise<T>): Promise<T> {
-    if (this.skipping(key)) return Promise.reject(skipped(what, key))
-    return this.observed(this.bound(work(), what, key), key)
-  }
-
-  /** Reads no clock while Redis answers (every hit asks). */
-  private skipping(key: string): boolean {
-    if (this.stalledKeys.size > 0 && this.isKeyStalled(key)) return true
-    return this.stalledUntil !== 0 && this.stalledUntil > Date.now()
-  }
-
-  /**
-   * Whether a command on this key let Redis time out within STALL_SKIP_MS. On a Cluster one node
-   * may be stuck while the others answer (and end the stall for everyone): a request on a key of
-   * the stuck node still waits on it once at most, not once per command (a read, a claim, a write).
-   */
-  private isKeyStalled(key: string): boolean {
-    const until = this.stalledKeys.get(key)
-    if (until === undefined) return false
-    if (until > Date.now()) return true
-    this.stalledKeys.delete(key)
-    return false
-  }
-
-  /** Notes whether Redis answered the work in time (see `timely`). */
-  private observed<T>(work: Promise<T>, key: string): Promise<T> {
-    return work.then(
-      (value) => {
-        if (this.stalled) this.answering()
-        return value
-      },
-      (error: Error) => {
-        if (isTimeout(error)) this.stall(key)
-        throw inOurWords(error)
-      },
-    )
-  }
-
-  private stall(key: string): void {
-    this.stalledUntil = Date.now() + STALL_SKIP_MS
-    if (this.stalledKeys.size >= STALLED_KEYS_KEPT) this.stalledKeys.clear() // a bound: forgetting one costs one more wait
-    this.stalledKeys.set(key, this.stalledUntil)
-    if (this.stalled) return
-    this.stalled = true
-    this.warn("store-state", `Redis did not answer within ${COMMAND_TIMEOUT_MS} ms; requests go to the origin until it does`)
-  }
-
-  private answering(): void {
-    this.stalled = false
-    this.stalledUntil = 0
-    this.warn("store-state", "Redis answers again; caching resumes")
+    if (this.stalls.skipping(key)) return Promise.reject(skipped(what, key))
+    return this.stalls.observed(this.bound(work(), what, key), key)
   }
 
   /** A hit with a small body costs one round trip once the key's Vary lists are known: HMGET brings the record with its inline body. */
@@ -388,7 +229,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
       const body = await this.readWhole(record)
       return body ? { meta, size, body } : undefined
     }
-    const chunkKeys = this.chunkKeys(record)
+    const chunkKeys = this.keys.chunkKeys(record)
     const present = chunkKeys.length === 0 ? 0 : await this.redis.exists(...chunkKeys)
     if (present !== record.chunks) return this.dropBroken(record, `${record.chunks - present} chunks missing`)
     return {
@@ -405,7 +246,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
    * variants; only when they changed since this process last read them does a second read follow.
    */
   private async selected(key: string, request: Headers): Promise<VariantRecord[]> {
-    const { variants, vary } = this.entryKeys(key)
+    const { variants, vary } = this.keys.entryKeys(key)
     const known = this.knownShapes.get(key)
     const ids = known ? selectionsOf(known.shapes, request).map(variantId) : []
     const [json, values] = await Promise.all([
@@ -436,19 +277,19 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   /** Counts a hit for the key's LRU order of variants; XX: a set gone (expired, deleted) is not made again. */
   private countRead(record: VariantRecord): void {
     this.redis
-      .zadd(this.entryKeys(record.key).used, "XX", Date.now(), variantId(record.meta.vary))
+      .zadd(this.keys.entryKeys(record.key).used, "XX", Date.now(), variantId(record.meta.vary))
       .catch((error: Error) => this.warn("store-write", `recording a read of ${record.key}: ${inOurWords(error).message}`))
   }
 
   /** Whether the key's hash is there: one EXISTS, not its variants (a miss asks, and a key may hold --max-variants). */
   has(key: string): Promise<boolean> {
     // Async: a namespace not known yet (Redis has not answered) rejects, as every read does.
-    return this.timely("looking up", key, async () => (await this.redis.exists(this.variantsKey(key))) > 0)
+    return this.timely("looking up", key, async () => (await this.redis.exists(this.keys.variantsKey(key))) > 0)
   }
 
   /** The key's live variants, each with its body when that is kept inline. */
   private async records(key: string): Promise<VariantRecord[]> {
-    return this.live(key, await this.redis.hvalsBuffer(this.variantsKey(key)))
+    return this.live(key, await this.redis.hvalsBuffer(this.keys.variantsKey(key)))
   }
 
   /** The variants in the values of a key's hash that have not reached their delete time. */
@@ -456,53 +297,14 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     const now = Date.now()
     const records: VariantRecord[] = []
     for (const value of values) {
-      const record = this.decode(key, value)
+      const record = this.decoder.decode(key, value)
       if (record && record.meta.deleteAt > now) records.push(record)
     }
     return records
   }
 
-  /**
-   * A variant from its stored value (see `encode`). Its record is parsed once per process while
-   * its bytes stay the same: a hit from Redis compares bytes instead of parsing JSON, and the cache
-   * recognises the same meta object, so it reuses the hit's headers built for it last time.
-   * Records are never changed once parsed (a change is new bytes).
-   */
-  private decode(key: string, value: Buffer): VariantRecord | undefined {
-    const end = RECORD_LENGTH_BYTES + (value.byteLength >= RECORD_LENGTH_BYTES ? value.readUInt32BE(0) : 0)
-    if (end <= RECORD_LENGTH_BYTES || end > value.byteLength) {
-      this.warn("broken-entry", `${key}: ignoring a stored variant that is not in this version's format`)
-      return undefined
-    }
-    const record = this.knownRecord(key, value, end) ?? this.parseRecord(key, value.subarray(RECORD_LENGTH_BYTES, end))
-    if (record.chunks > 0) return record
-    // The body as a view of the reply, as ioredis hands out every reply (the memory tier copies
-    // what it keeps); a record of a fixed shape, not a spread: this is every Redis hit's path.
-    const { meta, size, body } = record
-    return { key, meta, size, body, chunks: 0, inline: value.subarray(end) }
-  }
-
-  /** The record parsed before from the same JSON (bytes RECORD_LENGTH_BYTES up to `end` of `value`). */
-  private knownRecord(key: string, value: Buffer, end: number): VariantRecord | undefined {
-    for (const { json, record } of this.parsedRecords.get(key) ?? []) {
-      if (json.byteLength === end - RECORD_LENGTH_BYTES && value.compare(json, 0, json.byteLength, RECORD_LENGTH_BYTES, end) === 0)
-        return record
-    }
-    return undefined
-  }
-
-  private parseRecord(key: string, json: Buffer): VariantRecord {
-    const record = JSON.parse(json.toString()) as VariantRecord
-    const known = this.parsedRecords.get(key)
-    if (!known && this.parsedRecords.size >= RECORDS_KEPT) this.parsedRecords.clear()
-    // A key's variants are few; the oldest one remembered goes first. Bytes of its own: a reply's
-    // buffer may be a slice of a much larger read.
-    this.parsedRecords.set(key, [...(known ?? []).slice(1 - VARIANTS_KEPT), { json: Buffer.from(json), record }])
-    return record
-  }
-
   private async readWhole(record: VariantRecord): Promise<Uint8Array | undefined> {
-    const chunks = await this.redis.mgetBuffer(...this.chunkKeys(record))
+    const chunks = await this.redis.mgetBuffer(...this.keys.chunkKeys(record))
     if (chunks.some((chunk) => chunk === null)) return this.dropBroken(record, "a chunk is missing")
     return Buffer.concat(chunks as Buffer[])
   }
@@ -550,11 +352,11 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
 
   /** No deadline on the whole (a large body takes its time); each command has its own. */
   async put(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<boolean> {
-    if (this.skipping(key)) {
+    if (this.stalls.skipping(key)) {
       await body.cancel()
       throw skipped("storing", key)
     }
-    return this.observed(this.write(key, meta, body), key)
+    return this.stalls.observed(this.write(key, meta, body), key)
   }
 
   private async write(key: string, meta: EntryMeta, body: ReadableStream<Uint8Array>): Promise<boolean> {
@@ -574,7 +376,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
       return true
     } catch (error) {
       if (!body.locked) await body.cancel(error).catch(() => undefined) // the body itself failed: nothing left to cancel
-      const written = this.chunkKeys(record)
+      const written = this.keys.chunkKeys(record)
       if (written.length)
         await this.redis.del(...written).catch((delError: Error) => this.warn("store-write", `${key}: ${inOurWords(delError).message}`))
       throw error
@@ -586,13 +388,13 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   /** A write still under way keeps the chunks it wrote for another IN_PROGRESS_CHUNK_MS. */
   private async renewChunks(record: VariantRecord): Promise<void> {
     const pipeline = this.redis.pipeline()
-    for (const chunkKey of this.chunkKeys(record)) pipeline.pexpire(chunkKey, IN_PROGRESS_CHUNK_MS)
+    for (const chunkKey of this.keys.chunkKeys(record)) pipeline.pexpire(chunkKey, IN_PROGRESS_CHUNK_MS)
     await pipeline.exec().catch((error: Error) => this.warn("store-write", `${record.key}: ${inOurWords(error).message}`)) // the commit finds what lapsed
   }
 
   /** At the commit, the chunks live as long as the entry; one gone meanwhile (evicted) fails the write. */
   private async keepChunks(record: VariantRecord): Promise<void> {
-    const keys = this.chunkKeys(record)
+    const keys = this.keys.chunkKeys(record)
     if (keys.length === 0) return
     const pipeline = this.redis.pipeline()
     for (const chunkKey of keys) pipeline.pexpireat(chunkKey, record.meta.deleteAt)
@@ -606,7 +408,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
    * body smaller than one chunk is handed back, to be kept inline with its record.
    */
   private async writeChunks(record: VariantRecord, body: ReadableStream<Uint8Array>): Promise<Uint8Array | undefined> {
-    const { chunk: chunkKey } = this.entryKeys(record.key)
+    const { chunk: chunkKey } = this.keys.entryKeys(record.key)
     // One buffer, refilled: Redis has a chunk's bytes once it has answered its SET, so the buffer
     // is free again then, and a large body leaves no trail of chunk-sized garbage behind it.
     const buffer = Buffer.allocUnsafe(CHUNK_BYTES)
@@ -653,7 +455,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     const excess = others.length + 1 - this.maxVariants
     if (excess <= 0) return
     const ids = others.map((other) => variantId(other.meta.vary))
-    const scores = await this.redis.zmscore(this.entryKeys(record.key).used, ...ids)
+    const scores = await this.redis.zmscore(this.keys.entryKeys(record.key).used, ...ids)
     const lastUse = (n: number) => Number(scores[n] ?? others[n]?.meta.responseTime ?? 0)
     const order = others.map((_, n) => n).sort((a, b) => lastUse(a) - lastUse(b))
     const victims = order.slice(0, excess).map((n) => others[n] as VariantRecord)
@@ -667,7 +469,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
    */
   private async writeVariant(record: VariantRecord, id: string, others: VariantRecord[]): Promise<void> {
     const deleteAt = Math.max(record.meta.deleteAt, ...others.map((other) => other.meta.deleteAt))
-    const { variants: variantsKey, vary, used } = this.entryKeys(record.key)
+    const { variants: variantsKey, vary, used } = this.keys.entryKeys(record.key)
     const shapes = shapesOf([record, ...others].map(({ meta }) => meta.vary))
     await this.redis
       .multi()
@@ -682,7 +484,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     await this.redis.eval(
       INDEX_SCRIPT,
       4,
-      ...this.indexKeyList(),
+      ...this.keys.indexKeyList(),
       record.key,
       deleteAt,
       now,
@@ -707,7 +509,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   /** A replaced body's chunks go after a grace period: a reader may still be streaming them. */
   private async retire(record: VariantRecord): Promise<void> {
     const pipeline = this.redis.pipeline()
-    for (const chunkKey of this.chunkKeys(record)) pipeline.pexpire(chunkKey, REPLACED_BODY_GRACE_MS)
+    for (const chunkKey of this.keys.chunkKeys(record)) pipeline.pexpire(chunkKey, REPLACED_BODY_GRACE_MS)
     await pipeline.exec()
   }
 
@@ -721,7 +523,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     if (!found) return false
     const record: VariantRecord = { ...found, meta }
     const pipeline = this.redis.pipeline()
-    for (const chunkKey of this.chunkKeys(record)) pipeline.pexpireat(chunkKey, meta.deleteAt)
+    for (const chunkKey of this.keys.chunkKeys(record)) pipeline.pexpireat(chunkKey, meta.deleteAt)
     await pipeline.exec()
     await this.writeVariant(record, id, others)
     await this.indexTags(key, meta)
@@ -732,7 +534,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   /** Names the key in each of its tags' sets: a purge by tag reads one set, never every entry. */
   private async indexTags(key: string, meta: EntryMeta): Promise<void> {
     const ttlMs = Math.max(1, Math.ceil(meta.deleteAt - Date.now()))
-    for (const tag of meta.tags ?? []) await this.redis.eval(TAG_SCRIPT, 1, this.tagKey(tag), key, ttlMs)
+    for (const tag of meta.tags ?? []) await this.redis.eval(TAG_SCRIPT, 1, this.keys.tagKey(tag), key, ttlMs)
   }
 
   delete(key: string): Promise<void> {
@@ -741,8 +543,8 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
 
   private async remove(key: string): Promise<void> {
     const records = await this.records(key)
-    const chunkKeys = records.flatMap((record) => this.chunkKeys(record))
-    const { variants, vary, used } = this.entryKeys(key)
+    const chunkKeys = records.flatMap((record) => this.keys.chunkKeys(record))
+    const { variants, vary, used } = this.keys.entryKeys(key)
     await this.redis.del(variants, vary, used, ...chunkKeys)
     await this.unindex(key)
     await this.unindexTags(key, records, [])
@@ -757,17 +559,17 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   /** Removes some of a key's variants, their chunks, their place in its LRU order, and their tags' references to it that no `kept` variant carries. */
   private async dropVariants(key: string, gone: VariantRecord[], kept: VariantRecord[]): Promise<void> {
     const ids = gone.map((record) => variantId(record.meta.vary))
-    const { variants, used } = this.entryKeys(key)
+    const { variants, used } = this.keys.entryKeys(key)
     await this.redis
       .multi()
       .hdel(variants, ...ids)
       .zrem(used, ...ids)
       .exec()
-    const chunkKeys = gone.flatMap((record) => this.chunkKeys(record))
+    const chunkKeys = gone.flatMap((record) => this.keys.chunkKeys(record))
     if (chunkKeys.length) await this.redis.del(...chunkKeys)
     // The totals follow at once: a key held at --max-variants would otherwise count one too many.
     const bytes = kept.reduce((sum, record) => sum + record.size, 0)
-    await this.redis.eval(RESIZE_SCRIPT, 4, ...this.indexKeyList(), key, bytes, kept.length)
+    await this.redis.eval(RESIZE_SCRIPT, 4, ...this.keys.indexKeyList(), key, bytes, kept.length)
     await this.unindexTags(key, gone, kept)
     await this.publish({ type: "changed", key })
   }
@@ -777,14 +579,14 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     const still = new Set(kept.flatMap(({ meta }) => meta.tags ?? []))
     const tags = new Set(gone.flatMap(({ meta }) => meta.tags ?? []).filter((tag) => !still.has(tag)))
     // One command each, not one pipeline: on a Cluster the tags' sets lie in other slots.
-    await Promise.all([...tags].map((tag) => this.redis.srem(this.tagKey(tag), key)))
+    await Promise.all([...tags].map((tag) => this.redis.srem(this.keys.tagKey(tag), key)))
   }
 
   /** O(1): every key moves to a new generation; the old ones expire on their own. */
   async clear(): Promise<void> {
-    const index = this.indexKeyList()
+    const index = this.keys.indexKeyList()
     this.generation = newGeneration()
-    await this.redis.set(this.generationKey, this.generation)
+    await this.redis.set(this.keys.generationKey, this.generation)
     await this.redis.del(...index)
     await this.publish({ type: "clear" })
   }
@@ -793,7 +595,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
 
   /** Pages through the sorted key index; keys whose entries expired are dropped from it on the way. */
   async list({ prefix = "", cursor, limit = DEFAULT_PAGE_KEYS }: ListOptions = {}): Promise<Page> {
-    const { names: indexKey } = this.indexKeys()
+    const { names: indexKey } = this.keys.indexKeys()
     const entries: ListedEntry[] = []
     let from = cursor === undefined ? `[${prefix}` : `(${cursor}`
     let keys = 0
@@ -820,7 +622,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
 
   /** The tag's set, less the keys whose entries went or no longer carry the tag (dropped from it on the way). */
   async tagged(tag: string): Promise<string[]> {
-    const tagKey = this.tagKey(tag)
+    const tagKey = this.keys.tagKey(tag)
     const keys: string[] = []
     for (const key of await this.redis.smembers(tagKey)) {
       const records = await this.records(key)
@@ -835,7 +637,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
    * write or a listing drops them (both prune).
    */
   async stats(): Promise<TierStats[]> {
-    const [bytes, variants] = await this.redis.hmget(this.indexKeys().totals, "bytes", "variants")
+    const [bytes, variants] = await this.redis.hmget(this.keys.indexKeys().totals, "bytes", "variants")
     return [{ tier: "redis", entries: Number(variants ?? 0), bytes: Number(bytes ?? 0) }]
   }
 
@@ -854,7 +656,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   }
 
   private async takeClaim(key: string, ttlMs: number): Promise<Release | undefined> {
-    const { lock: lockKey } = this.entryKeys(key)
+    const { lock: lockKey } = this.keys.entryKeys(key)
     const token = randomBytes(8).toString("hex")
     const granted = await this.redis.set(lockKey, token, "PX", CLAIM_LEASE_MS, "NX")
     if (granted !== "OK") return undefined
@@ -903,7 +705,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   /** Whether a claim on the key stands; Redis away counts as no: waiting on it is over. */
   private async claimHeld(key: string): Promise<boolean> {
     try {
-      return (await this.redis.exists(this.entryKeys(key).lock)) > 0
+      return (await this.redis.exists(this.keys.entryKeys(key).lock)) > 0
     } catch {
       return false
     }
@@ -912,7 +714,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   // ───────────── events and connection ─────────────
 
   private async publish(event: Event): Promise<void> {
-    await this.redis.publish(this.channel, JSON.stringify(event))
+    await this.redis.publish(this.keys.channel, JSON.stringify(event))
   }
 
   private onEvent(message: string): void {
@@ -922,7 +724,7 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
       if (!this.strangeEventSeen)
         this.warn(
           "store-connection",
-          `ignoring a message on ${this.channel} that is not this proxy's: ${JSON.stringify(message.slice(0, 80))}`,
+          `ignoring a message on ${this.keys.channel} that is not this proxy's: ${JSON.stringify(message.slice(0, 80))}`,
         )
       this.strangeEventSeen = true
       return
@@ -956,10 +758,10 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
    * random, not counted: a count restarting from 0 would name entries from before a clear again.
    */
   private async currentGeneration(): Promise<string> {
-    const known = await this.redis.get(this.generationKey)
+    const known = await this.redis.get(this.keys.generationKey)
     if (known !== null) return known
-    await this.redis.set(this.generationKey, newGeneration(), "NX") // of proxies finding it gone at once, one wins
-    return (await this.redis.get(this.generationKey)) ?? newGeneration()
+    await this.redis.set(this.keys.generationKey, newGeneration(), "NX") // of proxies finding it gone at once, one wins
+    return (await this.redis.get(this.keys.generationKey)) ?? newGeneration()
   }
 
   /** Reports losing Redis and getting it back once each, not once per request. */
@@ -981,14 +783,6 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
 
   // ───────────── key names ─────────────
 
-  private get channel(): string {
-    return `${this.prefix}:events`
-  }
-
-  private get generationKey(): string {
-    return `${this.prefix}:generation`
-  }
-
   /** Fails at once until Redis has answered: a request never waits for a connection. */
   private namespace(): string {
     if (this.misuse) throw this.misuse
@@ -996,200 +790,13 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
     return `${this.prefix}:${this.generation}`
   }
 
-  /**
-   * The key index, in one slot: names in order (score 0, for `list`), the same names by delete time
-   * (for pruning), each key's bytes and variants, and their totals (for `stats`).
-   */
-  private indexKeys(): { names: string; expiry: string; sizes: string; totals: string } {
-    const base = `${this.namespace()}:{index}`
-    return { names: `${base}:keys`, expiry: `${base}:expiry`, sizes: `${base}:sizes`, totals: `${base}:totals` }
-  }
-
-  /** The index's keys in the order its scripts take them. */
-  private indexKeyList(): [string, string, string, string] {
-    const { names, expiry, sizes, totals } = this.indexKeys()
-    return [names, expiry, sizes, totals]
-  }
-
   /** Takes a key out of the index, its bytes out of the total. */
   private async unindex(key: string): Promise<void> {
-    await this.redis.eval(UNINDEX_SCRIPT, 4, ...this.indexKeyList(), key)
-  }
-
-  private tagKey(tag: string): string {
-    return `${this.namespace()}:tag:{${sha256(tag).slice(0, 32)}}`
-  }
-
-  /** A cache key's hash, remembered: it names the entry's keys, and each hit would hash it again. */
-  private keyHash(key: string): string {
-    let hash = this.keyHashes.get(key)
-    if (hash === undefined) {
-      if (this.keyHashes.size >= KEY_HASHES_KEPT) this.keyHashes.clear()
-      hash = sha256(key).slice(0, 32)
-      this.keyHashes.set(key, hash)
-    }
-    return hash
-  }
-
-  /** What the names of one entry's keys start with: all in one Cluster slot, by the hash tag in braces. */
-  private entryBase(key: string): string {
-    return `${this.namespace()}:{${this.keyHash(key)}}`
-  }
-
-  /** The key of the hash of one entry's variants: every hit reads it, so it is built alone. */
-  private variantsKey(key: string): string {
-    return `${this.entryBase(key)}:e`
-  }
-
-  private entryKeys(key: string) {
-    const base = this.entryBase(key)
-    return {
-      variants: this.variantsKey(key),
-      vary: `${base}:vary`,
-      used: `${base}:used`,
-      lock: `${base}:lock`,
-      chunk: (body: string, n: number) => `${base}:c:${body}:${n}`,
-    }
-  }
-
-  private chunkKeys(record: VariantRecord): string[] {
-    const { chunk } = this.entryKeys(record.key)
-    return Array.from({ length: record.chunks }, (_, n) => chunk(record.body, n))
-  }
-}
-
-/**
- * One connection, reconnecting in the background. Without `queueWhileAway` its commands fail at
- * once while Redis is away (no queue, no retries): a request then goes on as a miss.
- */
-function connect(target: RedisTarget, { queueWhileAway }: { queueWhileAway: boolean }): Redis | Cluster {
-  const options = {
-    enableOfflineQueue: queueWhileAway,
-    maxRetriesPerRequest: queueWhileAway ? null : 0,
-    commandTimeout: COMMAND_TIMEOUT_MS,
-    retryStrategy: (attempt: number) => Math.min(attempt * 100, 2000),
-    // Commands of concurrent requests issued in one tick go out in one write.
-    enableAutoPipelining: true,
-  }
-  if ("single" in target) return new Redis(target.single, options)
-  return new Cluster(target.cluster, {
-    enableOfflineQueue: queueWhileAway,
-    enableAutoPipelining: true,
-    redisOptions: options,
-    clusterRetryStrategy: options.retryStrategy,
-    // A command for a node that is down fails at once (a miss) instead of being retried over
-    // slot refreshes for seconds; the periodic slot refresh finds a promoted replica.
-    retryDelayOnFailover: 0,
-  })
-}
-
-/**
- * A Cluster client is ready once it knows the slots, but it opens a connection to a node only at
- * its first command, and without an offline queue a command that meets a connection still opening
- * fails (a miss). Open them all before the store says it is ready.
- */
-async function nodesConnected(connection: Redis | Cluster): Promise<void> {
-  if (!(connection instanceof Cluster)) return
-  await Promise.all(connection.nodes("master").map((node) => node.ping().catch(() => undefined))) // a node down is a miss later
-}
-
-/**
- * A request waits on Redis at most COMMAND_TIMEOUT_MS, then goes on as a miss. ioredis bounds each
- * command, but a Cluster whose node is down retries a command over slot refreshes for seconds.
- */
-function bounded<T>(work: Promise<T>, what: string, key: string): Promise<T> {
-  return withDeadline(work, COMMAND_TIMEOUT_MS, () => {
-    throw new DeadlineError(`Redis did not answer ${what} ${key} within ${COMMAND_TIMEOUT_MS} ms`)
-  })
-}
-
-/** The Vary name lists stored for a key, if they are what this version writes. */
-function parseShapes(json: string): string[][] | undefined {
-  try {
-    const shapes: unknown = JSON.parse(json)
-    const isNameList = (names: unknown) => Array.isArray(names) && names.every((name) => typeof name === "string")
-    return Array.isArray(shapes) && shapes.every(isNameList) ? (shapes as string[][]) : undefined
-  } catch {
-    return undefined // reported by the caller, as any value not in this version's format
+    await this.redis.eval(UNINDEX_SCRIPT, 4, ...this.keys.indexKeyList(), key)
   }
 }
 
 /** A generation's name: random, so one that was lost is never named again. */
 function newGeneration(): string {
   return randomBytes(6).toString("hex")
-}
-
-function listed({ key, meta, size }: VariantRecord): ListedEntry {
-  return { key, meta, size, tiers: ["redis"] }
-}
-
-function variantId(vary: EntryMeta["vary"]): string {
-  return sha256(JSON.stringify(vary)).slice(0, 32)
-}
-
-/**
- * A variant's value in the entry's hash: its record's JSON, after the JSON's length (4 bytes, big
- * endian), then its body when kept inline. One value per variant: a hit is one HVALS of one
- * bulk string, and a record never lands without its body.
- */
-function encode({ inline, ...record }: VariantRecord): Buffer {
-  const json = Buffer.from(JSON.stringify(record))
-  const length = Buffer.allocUnsafe(RECORD_LENGTH_BYTES)
-  length.writeUInt32BE(json.byteLength)
-  return Buffer.concat([length, json, inline ?? new Uint8Array(0)])
-}
-
-/** An event as published by `publish`, or undefined for anything else on the channel. */
-function parseEvent(message: string): Event | undefined {
-  let value: unknown
-  try {
-    value = JSON.parse(message)
-  } catch {
-    return undefined // not JSON: the caller reports it
-  }
-  if (typeof value !== "object" || value === null) return undefined
-  const { type, key, match } = value as Record<string, unknown>
-  if (type === "clear") return { type }
-  if (type === "purged" && typeof match === "object" && match !== null) {
-    const { prefix, tag } = match as Record<string, unknown>
-    if (typeof prefix === "string") return { type, match: { prefix } }
-    if (typeof tag === "string") return { type, match: { tag } }
-    return undefined
-  }
-  if ((type === "changed" || type === "released") && typeof key === "string") return { type, key }
-  return undefined
-}
-
-/** `bounded`'s deadline passed. */
-class DeadlineError extends Error {}
-
-/** Whether a command failed by taking too long (ioredis's command timeout, or `bounded`'s deadline). */
-/** What ioredis and the socket say, and how we say it to the operator. */
-const OUR_WORDS: [RegExp, (match: RegExpExecArray) => string][] = [
-  [/^Stream isn't writeable|^Reached the max retries per request/, () => "Redis is unreachable"],
-  [/^Connection is closed/, () => "the connection to Redis is closed"],
-  [/^Command timed out/, () => `Redis did not answer within ${COMMAND_TIMEOUT_MS} ms`],
-  [/^connect ECONNREFUSED (\S+)/, ([, at]) => `Redis at ${at} refused the connection`],
-  [/^(?:connect )?ETIMEDOUT/, () => "connecting to Redis timed out"],
-  [/^read ECONNRESET/, () => "Redis reset the connection"],
-  [/^getaddrinfo (?:ENOTFOUND|EAI_AGAIN) (\S+)/, ([, host]) => `Redis's host name ${host} cannot be resolved`],
-  [/^None of startup nodes is available|^Failed to refresh slots cache/, () => "no node of the Redis Cluster answers"],
-  [/^CLUSTERDOWN/, () => "the Redis Cluster is down (a slot has no node)"],
-]
-
-/** The error in our words: a library's message (ioredis's "Stream isn't writeable…") tells an operator little. */
-function inOurWords(error: Error): Error {
-  for (const [pattern, say] of OUR_WORDS) {
-    const match = pattern.exec(error.message)
-    if (match) return new Error(say(match))
-  }
-  return error
-}
-
-function isTimeout(error: Error): boolean {
-  return error instanceof DeadlineError || error.message === "Command timed out"
-}
-
-function skipped(what: string, key: string): Error {
-  return new Error(`Redis is not answering: ${what} ${key} skipped`)
 }
