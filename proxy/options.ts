@@ -90,27 +90,27 @@ export const args = {
   "public-url": {
     type: "string",
     valueHint: "URL",
-    description: "The proxy's URL as clients reach it, told to the origin (default: http://<host>:<port>)",
+    description: "URL clients reach the proxy at, told to the origin (default: its own address)",
   },
   "trust-forwarded": {
     type: "boolean",
-    description: "Pass on X-Forwarded-*, Forwarded and X-Real-IP from clients: only behind a proxy that sets them",
+    description: "Pass on clients' X-Forwarded-*, Forwarded, X-Real-IP (only behind a proxy)",
   },
   "rewrite-location": {
     type: "boolean",
-    description: "Rewrite the origin's URLs in Location and Content-Location to the proxy's (--public-url, else Host)",
+    description: "Rewrite the origin's own URLs in Location and Content-Location to the proxy's",
   },
   origin: { type: "string", valueHint: "URL", description: "Origin URL to forward to, e.g. https://api.example.com/v2" },
   "cache-dir": {
     type: "string",
     valueHint: "DIR",
-    description: "Cache directory (default: $XDG_CACHE_HOME/caching-proxy or ~/.cache/caching-proxy)",
+    description: "Cache directory (default: ~/.cache/caching-proxy, or in $XDG_CACHE_HOME)",
   },
   "clear-cache": { type: "boolean", description: "Empty the cache (directory or Redis prefix) and exit" },
   ttl: {
     type: "string",
     valueHint: "SECONDS",
-    description: "Seconds to keep responses that carry no freshness information; a 404, 405, 414 or 501 at most 10 (0: do not)",
+    description: "Seconds to keep responses with no freshness information (0: do not store them)",
     default: "300",
   },
   timeout: { type: "string", valueHint: "SECONDS", description: "Seconds to wait for the origin's response headers", default: "30" },
@@ -126,7 +126,7 @@ export const args = {
   "force-ttl": {
     type: "string",
     valueHint: "SECONDS",
-    description: "Development: store every cacheable-status GET for this many seconds, whatever its headers say",
+    description: "Development: store each cacheable GET this long, whatever its headers say",
     default: "0",
   },
   "ignore-query": {
@@ -139,19 +139,19 @@ export const args = {
   "targeted-cache-control": {
     type: "string",
     valueHint: "FIELDS",
-    description: "Fields obeyed before CDN-Cache-Control (RFC 9213), comma-separated, most specific first",
+    description: "Fields obeyed before CDN-Cache-Control (RFC 9213), most specific first",
   },
   store: {
     type: "string",
     valueHint: "WHERE",
-    description: "Where entries live: file (--cache-dir), redis://host:port[/db], rediss://… or redis-cluster://host:port,…",
+    description: "Where entries live: file (--cache-dir), redis://…, rediss://… or redis-cluster://…",
     default: "file",
   },
   "store-prefix": { type: "string", valueHint: "NAME", description: "Namespace of this cache's keys in Redis", default: "caching-proxy" },
   "admin-port": {
     type: "string",
     valueHint: "N",
-    description: "Port of the admin listener: health, JSON API, purge, metrics, inspector (default: none)",
+    description: "Admin listener's port: health, API, purge, metrics, inspector (default: none)",
   },
   "admin-host": {
     type: "string",
@@ -174,7 +174,7 @@ export const args = {
   redact: {
     type: "string",
     valueHint: "NAME",
-    description: "A header or query parameter to record and export as [redacted], besides credentials (repeatable)",
+    description: "Header or query parameter to record and export as [redacted] (repeatable)",
   },
   "no-redact": { type: "boolean", description: "Record and export every value as it is, credentials included" },
   workers: {
