@@ -2,7 +2,7 @@
  * Coalescing, through real HTTP: concurrent requests for one key reach the origin once.
  */
 import { afterEach, describe, expect, setSystemTime, test } from "bun:test"
-import { get, startOrigin, startProxy } from "./proxy/test.fixture.ts"
+import { get, startOrigin, startProxy } from "../proxy/test.fixture.ts"
 
 // Every test starts on the real clock, whatever the one before did with it.
 afterEach(() => setSystemTime())
