@@ -34,26 +34,31 @@ async function brokenBody(url: string, origin: { breakBody: () => void }): Promi
   await response.text().catch(() => "cut short, as it should be")
 }
 
+/** An origin whose no-store body sends "first " at once and "last" 400 ms later. */
+function startSlowBodyOrigin() {
+  return startOrigin(
+    () =>
+      new Response(
+        new ReadableStream({
+          async start(controller) {
+            controller.enqueue(new TextEncoder().encode("first "))
+            await Bun.sleep(400)
+            controller.enqueue(new TextEncoder().encode("last"))
+            controller.close()
+          },
+        }),
+        { headers: { "cache-control": "no-store" } },
+      ),
+  )
+}
+
 const TIME_ONLY = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/
 
 describe("access log: one line per request, timed to its last byte, saying why an origin failed; warnings alike", () => {
   const TIME = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z /
 
   test("a streamed body is timed to its last byte, and its bytes counted", async () => {
-    await using origin = startOrigin(
-      () =>
-        new Response(
-          new ReadableStream({
-            async start(controller) {
-              controller.enqueue(new TextEncoder().encode("first "))
-              await Bun.sleep(400)
-              controller.enqueue(new TextEncoder().encode("last"))
-              controller.close()
-            },
-          }),
-          { headers: { "cache-control": "no-store" } },
-        ),
-    )
+    await using origin = startSlowBodyOrigin()
     await using proxy = await startProxy({ origin: origin.url, quiet: false })
     expect(await (await get(`${proxy.url}slow-body`)).text()).toBe("first last")
     await eventually(() => proxy.lines.length === 1)
@@ -70,20 +75,7 @@ describe("access log: one line per request, timed to its last byte, saying why a
     "%s: a body relayed as the origin streams it (not stored) is timed to its last byte, and its bytes counted",
     async (_, command) => {
       await buildNodeBundle()
-      await using origin = startOrigin(
-        () =>
-          new Response(
-            new ReadableStream({
-              async start(controller) {
-                controller.enqueue(new TextEncoder().encode("first "))
-                await Bun.sleep(400)
-                controller.enqueue(new TextEncoder().encode("last"))
-                controller.close()
-              },
-            }),
-            { headers: { "cache-control": "no-store" } },
-          ),
-      )
+      await using origin = startSlowBodyOrigin()
       using dir = ownedDir()
       await using proxy = await startCli([...command, "--port", "0", "--origin", origin.url, "--cache-dir", dir.path])
       expect(await (await get(`${proxy.url}slow-body`)).text()).toBe("first last")
