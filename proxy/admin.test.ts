@@ -15,10 +15,11 @@ import {
   ownedDir,
   RUNTIMES,
   runCli,
+  startAdminOrigin,
   startAdminProxy,
   startCliProxy,
+  startFreshOrigin,
   startRedis,
-  startOrigin as startSharedOrigin,
 } from "./test.fixture.ts"
 
 // ───────────────────────────── helpers ─────────────────────────────
@@ -26,20 +27,6 @@ import {
 const TOKEN = "s3cret-token"
 
 afterEach(() => setSystemTime())
-
-/** The shared origin, its URL without the trailing slash: the admin API reports a URL as the origin plus the path. */
-function startOrigin(respond: (req: Request, n: number) => Response | Promise<Response>) {
-  const origin = startSharedOrigin(respond)
-  return { ...origin, url: origin.url.replace(/\/$/, "") }
-}
-
-/** An origin answering `v<n>` (its n-th request), fresh for a minute, with these extra headers per path. */
-function startFreshOrigin(headers: (path: string) => Record<string, string> = () => ({})) {
-  return startOrigin((req, n) => {
-    const path = new URL(req.url).pathname
-    return new Response(`v${n}`, { headers: { "cache-control": "max-age=60", date: new Date().toUTCString(), ...headers(path) } })
-  })
-}
 
 /** What a client of the proxy got, its body read. */
 async function through(url: string, headers: Record<string, string> = {}) {
@@ -348,7 +335,7 @@ describe("purge", () => {
   })
 
   test("soft: the entry turns stale and the next request revalidates it (a 304 keeps the stored body)", async () => {
-    await using origin = startOrigin((req) =>
+    await using origin = startAdminOrigin((req) =>
       req.headers.get("if-none-match") === '"v1"'
         ? new Response(null, { status: 304, headers: { etag: '"v1"', "cache-control": "max-age=60" } })
         : new Response("the body", { headers: { etag: '"v1"', "cache-control": "max-age=60" } }),
@@ -369,7 +356,7 @@ describe("purge", () => {
   })
 
   test("soft: a client's max-stale does not take the purged entry before it is revalidated", async () => {
-    await using origin = startOrigin((req) =>
+    await using origin = startAdminOrigin((req) =>
       req.headers.get("if-none-match") === '"v1"'
         ? new Response(null, { status: 304, headers: { etag: '"v1"', "cache-control": "max-age=60" } })
         : new Response("the body", { headers: { etag: '"v1"', "cache-control": "max-age=60" } }),
@@ -386,7 +373,7 @@ describe("purge", () => {
   })
 
   test("soft, under stale-while-revalidate: the stale entry answers at once while it is refreshed", async () => {
-    await using origin = startOrigin(
+    await using origin = startAdminOrigin(
       (_, n) => new Response(`v${n}`, { headers: { "cache-control": "max-age=60, stale-while-revalidate=30" } }),
     )
     await using proxy = await startAdminProxy({ origin: origin.url })
@@ -463,7 +450,7 @@ describe("tags", () => {
   })
 
   test("a 304 without tag fields keeps the entry's tags", async () => {
-    await using origin = startOrigin((req) =>
+    await using origin = startAdminOrigin((req) =>
       req.headers.has("if-none-match")
         ? new Response(null, { status: 304, headers: { etag: '"1"', "cache-control": "max-age=60" } })
         : new Response("x", { headers: { etag: '"1"', "cache-control": "max-age=60", "surrogate-key": "kept" } }),

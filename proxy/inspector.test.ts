@@ -7,30 +7,16 @@ import { describe, expect, test } from "bun:test"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import type { Browser, Page } from "playwright-core"
-import { FAST_RUN, launchBrowser, startAdminProxy, startRedis, startOrigin as startSharedOrigin } from "./test.fixture.ts"
+import { FAST_RUN, launchBrowser, startAdminOrigin, startAdminProxy, startFreshOrigin, startRedis } from "./test.fixture.ts"
 
 // ───────────────────────────── helpers ─────────────────────────────
 
 const TOKEN = "s3cret-token"
 const WIDTHS = [1280, 390] as const
 
-/** The shared origin, its URL without the trailing slash: the admin API reports a URL as the origin plus the path. */
-function startOrigin(respond: (req: Request, n: number) => Response | Promise<Response>) {
-  const origin = startSharedOrigin(respond)
-  return { ...origin, url: origin.url.replace(/\/$/, "") }
-}
-
-/** An origin answering `v<n>` (its n-th request), fresh for a minute, with these extra headers per path. */
-function startFreshOrigin(headers: (path: string) => Record<string, string> = () => ({})) {
-  return startOrigin((req, n) => {
-    const path = new URL(req.url).pathname
-    return new Response(`v${n}`, { headers: { "cache-control": "max-age=60", date: new Date().toUTCString(), ...headers(path) } })
-  })
-}
-
 /** A body of `n` bytes, fresh for a minute: entries whose sizes are known. */
 function startSizedOrigin(size: (path: string) => number) {
-  return startOrigin((req) => {
+  return startAdminOrigin((req) => {
     const path = new URL(req.url).pathname
     return new Response("x".repeat(size(path)), { headers: { "cache-control": "max-age=60" } })
   })
@@ -215,7 +201,7 @@ describe.skipIf(FAST_RUN)("the inspector, in a real browser at 1280 px and 390 p
 
   test("every panel's figure is what /api/stats says, over 10 minutes and over an hour; the Redis tier has no made-up bound", async () => {
     await using redis = await startRedis()
-    await using origin = startOrigin(async (req) => {
+    await using origin = startAdminOrigin(async (req) => {
       const path = new URL(req.url).pathname
       if (path === "/slow") await Bun.sleep(1500) // past the proxy's timeout: an origin error
       if (path === "/private") return new Response("mine", { headers: { "cache-control": "private" } })
@@ -370,7 +356,7 @@ describe("the inspector's API", () => {
   })
 
   test("the top URLs are bounded: past 10,000 URLs the least requested are forgotten, and a URL seen later is still ranked", async () => {
-    await using origin = startOrigin((req) => {
+    await using origin = startAdminOrigin((req) => {
       const path = new URL(req.url).pathname
       if (path === "/hot") return new Response("hot", { headers: { "cache-control": "max-age=60" } })
       // The first of the URLs asked once is a byte larger than the others: ranked by bytes while it is known.

@@ -85,6 +85,20 @@ export function startOrigin(respond: (req: Request, n: number) => Response | Pro
   }
 }
 
+/** The shared origin, its URL without the trailing slash: the admin API reports a URL as the origin plus the path. */
+export function startAdminOrigin(respond: (req: Request, n: number) => Response | Promise<Response>) {
+  const origin = startOrigin(respond)
+  return { ...origin, url: origin.url.replace(/\/$/, "") }
+}
+
+/** An origin answering `v<n>` (its n-th request), fresh for a minute, with these extra headers per path. */
+export function startFreshOrigin(headers: (path: string) => Record<string, string> = () => ({})) {
+  return startAdminOrigin((req, n) => {
+    const path = new URL(req.url).pathname
+    return new Response(`v${n}`, { headers: { "cache-control": "max-age=60", date: new Date().toUTCString(), ...headers(path) } })
+  })
+}
+
 /** An origin answering `v<n>` (its n-th request) with these headers plus an exact Date. */
 export function startDatedOrigin(headers: Record<string, string> = {}, status = 200) {
   return startOrigin((_, n) => new Response(`v${n}`, { status, headers: { date: new Date().toUTCString(), ...headers } }))
