@@ -129,6 +129,15 @@ describe("access log: one line per request, timed to its last byte, saying why a
     }
   })
 
+  test("--log-format json escapes what a client sends (quotes, backslashes) and keeps the line one valid object", async () => {
+    await using origin = startOrigin(() => new Response("x", { headers: { "cache-control": "no-store" } }))
+    await using proxy = await startProxy({ origin: origin.url, quiet: false, trustForwarded: true, logFormat: "json" })
+    const chain = '"quoted" \\back\\slash, 10.0.0.1'
+    await (await get(`${proxy.url}who?q=%22`, { "x-forwarded-for": chain })).text()
+    await eventually(() => proxy.lines.length === 1)
+    expect(JSON.parse(proxy.lines[0]!)).toMatchObject({ client: "127.0.0.1", forwardedFor: chain, path: "/who?q=%22", status: 200 })
+  })
+
   // Under Node a body nothing stores is piped from the origin's message (Runtime.counted): left early, it is aborted too.
   test.each(RUNTIMES)(
     "%s: a client that leaves mid-body is logged as aborted, with the bytes it got",

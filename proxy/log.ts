@@ -179,31 +179,42 @@ export function createAccessLog(format: LogFormat, write: (line: string) => void
  */
 function accessText({ client, forwardedFor, method, path, status, cache, ms, bytes, aborted, originError, originMs }: Access): string {
   const from = forwardedFor === undefined ? (client ?? "-") : `${client ?? "-"} (for ${forwardedFor})`
-  const line = `${from} ${method} ${path} ${status} ${cache} ${ms.toFixed(1)}ms ${bytes}B${aborted ? " aborted" : ""}`
+  const line = `${from} ${method} ${path} ${status} ${cache} ${tenths(ms)}ms ${bytes}B${aborted ? " aborted" : ""}`
   if (originMs === undefined) return line
-  return `${line} origin ${originError === undefined ? "" : `${originError} after `}${originMs.toFixed(1)}ms`
+  return `${line} origin ${originError === undefined ? "" : `${originError} after `}${tenths(originMs)}ms`
 }
 
 /**
  * The same as one JSON object, built by hand (JSON.stringify of a whole object costs more per
- * request), left open for the worker's field: the caller closes it.
+ * request), left open for the worker's field: the caller closes it. `cache`, `originError` and
+ * the numbers are our own words and digits, never escaped.
  */
 function accessJson(access: Access): string {
   const { client, forwardedFor, method, path, status, cache, ms, bytes, aborted, originError, originMs } = access
   // A 5xx is an error to a shipper's alerting, whatever caused it.
   const level = status >= 500 ? "error" : "info"
-  let line = `{"time":"${isoNow()}","level":"${level}","msg":"access","client":${JSON.stringify(client ?? null)}`
-  if (forwardedFor !== undefined) line += `,"forwardedFor":${JSON.stringify(forwardedFor)}`
-  line += `,"method":${JSON.stringify(method)},"path":${JSON.stringify(path)},"status":${status},"cache":"${cache}","ms":${tenths(ms)},"bytes":${bytes}`
+  let line = `{"time":"${isoNow()}","level":"${level}","msg":"access","client":${client === undefined ? "null" : jsonString(client)}`
+  if (forwardedFor !== undefined) line += `,"forwardedFor":${jsonString(forwardedFor)}`
+  line += `,"method":${jsonString(method)},"path":${jsonString(path)},"status":${status},"cache":"${cache}","ms":${tenths(ms)},"bytes":${bytes}`
   if (aborted) line += `,"aborted":true`
   if (originError !== undefined) line += `,"originError":"${originError}"`
   if (originMs !== undefined) line += `,"originMs":${tenths(originMs)}`
   return line
 }
 
-/** Milliseconds to a tenth: what a log line needs. */
-function tenths(ms: number): number {
-  return Math.round(ms * 10) / 10
+/** Milliseconds to a tenth, as `12.3`: what a log line needs (a third of `toFixed(1)`'s cost). */
+function tenths(ms: number): string {
+  const count = Math.round(ms * 10)
+  return `${Math.floor(count / 10)}.${count % 10}`
+}
+
+// What a JSON string must escape (RFC 8259 §7), and lone surrogates, which JSON.stringify escapes.
+// biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what JSON escapes.
+const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/
+
+/** `s` as a JSON string: quoted as it is when nothing in it needs escaping (most paths), else by JSON.stringify. */
+function jsonString(s: string): string {
+  return NEEDS_ESCAPE.test(s) ? JSON.stringify(s) : `"${s}"`
 }
 
 // ───────────────────────────── warnings ─────────────────────────────
