@@ -696,33 +696,33 @@ export class Cache<S extends Store = Store> {
 
   // ───────────── answers ─────────────
 
-  /** A response from a stored entry, RFC 9111 §4 (Age per §5.1, conditionals per §4.3.2). */
+  /**
+   * A response from a stored entry, RFC 9111 §4 (Age per §5.1, conditionals per §4.3.2). Its outcome
+   * says how many body bytes it sends (the access log reads them there, not from its headers: a
+   * Response's `headers` built anew cost a hit more than the log line itself).
+   */
   private fromCache(stored: Stored, lookup: Lookup, now: number, outcome: Outcome): Response {
-    const response = this.cachedAnswer(stored, lookup, now, outcome)
-    // A file Bun opens as it sends (Bun.file names its path): the runtime needs to know which.
-    const file = stored.body instanceof Blob ? (stored.body as Blob & { name?: unknown }).name : undefined
-    return withOutcome(response, typeof file === "string" ? { ...outcome, file } : outcome)
-  }
-
-  private cachedAnswer(stored: Stored, lookup: Lookup, now: number, outcome: Outcome): Response {
     const { meta } = stored
     this.hitCounts.count(lookup.key)
     const headers = this.hitHeaders(stored, now, outcome)
+    // A file Bun opens as it sends (Bun.file names its path): the runtime needs to know which.
+    const name = stored.body instanceof Blob ? (stored.body as Blob & { name?: unknown }).name : undefined
+    const file = typeof name === "string" ? name : undefined
     if (meta.status === 200 && isNotModified(lookup.headers, meta, now)) {
       discard(stored)
       const notModified = new Headers(headers)
       for (const name of NOT_IN_304) notModified.delete(name)
-      return new Response(null, { status: 304, headers: notModified })
+      return sending(new Response(null, { status: 304, headers: notModified }), outcome, 0, file)
     }
     // RFC 9110 §14.2: Range applies to GET only. One header lookup is all a plain hit pays.
     const range = lookup.method === "GET" ? lookup.headers.get("range") : null
     if (range !== null) {
       const partial = this.partial(stored, lookup, headers, range, now)
-      if (partial) return partial
+      if (partial) return sending(partial.response, outcome, partial.bytes, file)
     }
     const hasBody = lookup.method !== "HEAD" && stored.size > 0 && !NULL_BODY_STATUS.has(meta.status)
     if (!hasBody) discard(stored)
-    return new Response(hasBody ? stored.body : null, { status: meta.status, headers })
+    return sending(new Response(hasBody ? stored.body : null, { status: meta.status, headers }), outcome, hasBody ? stored.size : 0, file)
   }
 
   /**
@@ -730,7 +730,13 @@ export class Cache<S extends Store = Store> {
    * it exists; undefined when the whole response is the answer (If-Range failed, several ranges,
    * a status other than 200, a body that cannot be sliced).
    */
-  private partial(stored: Stored, lookup: Lookup, hitHeaders: Headers, range: string, now: number): Response | undefined {
+  private partial(
+    stored: Stored,
+    lookup: Lookup,
+    hitHeaders: Headers,
+    range: string,
+    now: number,
+  ): { response: Response; bytes: number } | undefined {
     const part = rangeAnswer(range, lookup.headers.get("if-range"), stored.meta, stored.size, now)
     if (part === "whole") return undefined
     if (part === "unsatisfiable") {
@@ -738,7 +744,8 @@ export class Cache<S extends Store = Store> {
       // RFC 9110 §15.5.17: a 416 says the representation's length in Content-Range.
       const headers = new Headers({ "content-type": "text/plain; charset=utf-8", "content-range": `bytes */${stored.size}` })
       for (const name of ["via", "age", "x-cache", "cache-status"]) headers.set(name, hitHeaders.get(name) as string)
-      return new Response(`the range is outside the ${stored.size} bytes of this response\n`, { status: 416, headers })
+      const text = `the range is outside the ${stored.size} bytes of this response\n`
+      return { response: new Response(text, { status: 416, headers }), bytes: text.length }
     }
     const body = sliceOf(stored, part)
     if (!body) return undefined
@@ -746,7 +753,7 @@ export class Cache<S extends Store = Store> {
     const headers = new Headers(hitHeaders)
     headers.set("content-range", contentRange(part, stored.size))
     headers.set("content-length", String(part.end - part.start))
-    return new Response(body, { status: 206, headers })
+    return { response: new Response(body, { status: 206, headers }), bytes: part.end - part.start }
   }
 
   /**
@@ -890,6 +897,11 @@ async function readAhead(body: ReadableStream<Uint8Array>): Promise<Uint8Array |
 /** A stored body that will not be sent: a stream (a file under Node) is closed, not left open. */
 function discard(stored: Stored | undefined): void {
   if (stored?.body instanceof ReadableStream) stored.body.cancel().catch(() => undefined) // nothing was read: nothing to lose
+}
+
+/** An answer from the cache with its outcome: the body bytes it sends, and the file they come from (Bun.file). */
+function sending(response: Response, outcome: Outcome, wholeBytes: number, file: string | undefined): Response {
+  return withOutcome(response, file === undefined ? { ...outcome, wholeBytes } : { ...outcome, wholeBytes, file })
 }
 
 /** The origin's response for the client, hop-by-hop (and tag) fields dropped, with our two status fields. */

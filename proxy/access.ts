@@ -3,7 +3,7 @@
  * the origin's part), and the moment it is recorded, once its body has been handed to the server.
  */
 
-import { isFromCache, outcomeOf } from "../cache/outcome.ts"
+import { outcomeOf } from "../cache/outcome.ts"
 import type { OriginFailure, Warn } from "../cache.ts"
 import type { Access } from "./log.ts"
 import { runtime, unrelayed, unsent } from "./runtime.ts"
@@ -48,9 +48,9 @@ export function timed(
     originMs: trip.ms,
     originError,
   }
-  if (wholeBytes !== undefined || isFromCache(cache)) {
-    // A whole body is sent with its length: a hit's Content-Length is the stored body's.
-    if (method !== "HEAD" && status !== 304) access.bytes = wholeBytes ?? Number(response.headers.get("content-length") ?? 0)
+  if (wholeBytes !== undefined) {
+    // Counted by its outcome: reading a Response's `headers` builds them anew, more than the line costs.
+    if (method !== "HEAD" && status !== 304) access.bytes = wholeBytes
     if (started !== undefined) access.ms = performance.now() - started
     record(access)
     return response
