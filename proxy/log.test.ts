@@ -175,11 +175,30 @@ describe("access log: one line per request, timed to its last byte, saying why a
   test("an answer from the cache logs the body bytes it sent: whole, a range's part, none for a 304 or a HEAD, a 416's own", async () => {
     await using origin = startOrigin(() => new Response("0123456789", { headers: { "cache-control": "max-age=60", etag: '"v1"' } }))
     await using proxy = await startProxy({ origin: origin.url, quiet: false })
-    const asks: [Record<string, string>, string?][] = [[{}], [{}], [{ range: "bytes=2-5" }], [{ "if-none-match": '"v1"' }], [{}, "HEAD"], [{ range: "bytes=50-60" }]]
+    const asks: [Record<string, string>, string?][] = [
+      [{}],
+      [{}],
+      [{ range: "bytes=2-5" }],
+      [{ "if-none-match": '"v1"' }],
+      [{}, "HEAD"],
+      [{ range: "bytes=50-60" }],
+    ]
     for (const [headers, method] of asks) await (await fetch(`${proxy.url}sized`, { method, headers })).arrayBuffer()
     await eventually(() => proxy.lines.length === asks.length)
-    const sent = proxy.lines.map((line) => line.match(/ (\d{3}) (\w+) [\d.]+ms (\d+)B/)?.slice(1).join(" "))
-    expect(sent).toEqual(["200 miss 10", "200 hit 10", "206 hit 4", "304 hit 0", "200 hit 0", `416 hit ${"the range is outside the 10 bytes of this response\n".length}`])
+    const sent = proxy.lines.map((line) =>
+      line
+        .match(/ (\d{3}) (\w+) [\d.]+ms (\d+)B/)
+        ?.slice(1)
+        .join(" "),
+    )
+    expect(sent).toEqual([
+      "200 miss 10",
+      "200 hit 10",
+      "206 hit 4",
+      "304 hit 0",
+      "200 hit 0",
+      `416 hit ${"the range is outside the 10 bytes of this response\n".length}`,
+    ])
   })
 
   test("a 502 says why (refused, reset) and how long the origin took; a 504 says timeout", async () => {
