@@ -157,6 +157,8 @@ interface HitHeaders {
   ttl: number
   outcome: Outcome
   headers: Headers
+  /** The outcome of the whole answer with these headers: its body's length, and the file it is sent from. */
+  whole: Outcome
 }
 
 /**
@@ -704,25 +706,23 @@ export class Cache<S extends Store = Store> {
   private fromCache(stored: Stored, lookup: Lookup, now: number, outcome: Outcome): Response {
     const { meta } = stored
     this.hitCounts.count(lookup.key)
-    const headers = this.hitHeaders(stored, now, outcome)
-    // A file Bun opens as it sends (Bun.file names its path): the runtime needs to know which.
-    const name = stored.body instanceof Blob ? (stored.body as Blob & { name?: unknown }).name : undefined
-    const file = typeof name === "string" ? name : undefined
+    const { headers, whole } = this.hitHeaders(stored, now, outcome)
     if (meta.status === 200 && isNotModified(lookup.headers, meta, now)) {
       discard(stored)
       const notModified = new Headers(headers)
       for (const name of NOT_IN_304) notModified.delete(name)
-      return sending(new Response(null, { status: 304, headers: notModified }), outcome, 0, file)
+      return withOutcome(new Response(null, { status: 304, headers: notModified }), { ...whole, wholeBytes: 0 })
     }
     // RFC 9110 §14.2: Range applies to GET only. One header lookup is all a plain hit pays.
     const range = lookup.method === "GET" ? lookup.headers.get("range") : null
     if (range !== null) {
       const partial = this.partial(stored, lookup, headers, range, now)
-      if (partial) return sending(partial.response, outcome, partial.bytes, file)
+      if (partial) return withOutcome(partial.response, { ...whole, wholeBytes: partial.bytes })
     }
     const hasBody = lookup.method !== "HEAD" && stored.size > 0 && !NULL_BODY_STATUS.has(meta.status)
     if (!hasBody) discard(stored)
-    return sending(new Response(hasBody ? stored.body : null, { status: meta.status, headers }), outcome, hasBody ? stored.size : 0, file)
+    const response = new Response(hasBody ? stored.body : null, { status: meta.status, headers })
+    return withOutcome(response, hasBody ? whole : { ...whole, wholeBytes: 0 })
   }
 
   /**
@@ -758,13 +758,16 @@ export class Cache<S extends Store = Store> {
 
   /**
    * A hit's headers: the stored fields plus Age (RFC 9111 §5.1), X-Cache and Cache-Status
-   * (RFC 9211). Both numbers change once a second, so most hits reuse the last ones built.
+   * (RFC 9211), and the whole answer's outcome. Both numbers change once a second, so most hits
+   * reuse the last ones built, and allocate nothing for them.
    */
-  private hitHeaders({ meta, size }: Stored, now: number, outcome: Outcome): Headers {
+  private hitHeaders({ meta, size, body }: Stored, now: number, outcome: Outcome): HitHeaders {
     const age = Math.floor(currentAgeMs(meta, now) / 1000)
     const ttl = Math.round(ttlMs(meta, now) / 1000)
+    // A file Bun opens as it sends (Bun.file names its path): the runtime needs to know which.
+    const file = body instanceof Blob ? fileName(body) : undefined
     const last = this.lastHitHeaders.get(meta)
-    if (last && last.age === age && last.ttl === ttl && last.outcome === outcome) return last.headers
+    if (last && last.age === age && last.ttl === ttl && last.outcome === outcome && last.whole.file === file) return last
     const headers = new Headers(meta.headers)
     headers.append("via", VIA)
     headers.set("age", String(age))
@@ -773,9 +776,13 @@ export class Cache<S extends Store = Store> {
     // The stored body is whole: its length is known even when the origin sent it chunked (and
     // the access log and metrics count a hit's bytes by it, never touching the body). RFC 9110
     // §8.6: never on a status that has no content.
-    if (!NULL_BODY_STATUS.has(meta.status)) headers.set("content-length", String(size))
-    this.lastHitHeaders.set(meta, { age, ttl, outcome, headers })
-    return headers
+    const hasContent = !NULL_BODY_STATUS.has(meta.status)
+    if (hasContent) headers.set("content-length", String(size))
+    const wholeBytes = hasContent ? size : 0
+    const whole = file === undefined ? { ...outcome, wholeBytes } : { ...outcome, wholeBytes, file }
+    const built = { age, ttl, outcome, headers, whole }
+    this.lastHitHeaders.set(meta, built)
+    return built
   }
 }
 
@@ -899,9 +906,10 @@ function discard(stored: Stored | undefined): void {
   if (stored?.body instanceof ReadableStream) stored.body.cancel().catch(() => undefined) // nothing was read: nothing to lose
 }
 
-/** An answer from the cache with its outcome: the body bytes it sends, and the file they come from (Bun.file). */
-function sending(response: Response, outcome: Outcome, wholeBytes: number, file: string | undefined): Response {
-  return withOutcome(response, file === undefined ? { ...outcome, wholeBytes } : { ...outcome, wholeBytes, file })
+/** The path of a body Bun reads from a file (Bun.file), which names it. */
+function fileName(body: Blob): string | undefined {
+  const { name } = body as Blob & { name?: unknown }
+  return typeof name === "string" ? name : undefined
 }
 
 /** The origin's response for the client, hop-by-hop (and tag) fields dropped, with our two status fields. */
