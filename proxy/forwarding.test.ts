@@ -272,6 +272,59 @@ describe("hardening: forwarding", () => {
     },
   )
 
+  test.each(RUNTIMES)(
+    "%s: the origin gets the client's fields, repeated ones as one list (Cookie joined by ;), less hop-by-hop ones, plus ours",
+    async (_, command) => {
+      await using origin = await startRecordingOrigin()
+      await using proxy = await startCliProxy(command, origin.url)
+      const sent = await rawRequest(
+        proxy.port,
+        "GET /fields HTTP/1.1\r\nHost: client.example\r\nX-List: a\r\nCookie: a=1\r\nX-Client-Hop: 1\r\nX-List: b\r\n" +
+          "Cookie: b=2\r\nTE: trailers\r\nKeep-Alive: timeout=5\r\nVia: 1.0 front\r\nAccept: text/plain\r\nUser-Agent: client/1\r\n" +
+          "X-Forwarded-Host: forged.example\r\nConnection: close, x-client-hop\r\n\r\n",
+      )
+      expect(sent).toStartWith("HTTP/1.1 200 OK")
+      const [requestLine, ...lines] = origin.bytes().split("\r\n\r\n", 1)[0]!.split("\r\n")
+      expect(requestLine).toBe("GET /fields HTTP/1.1")
+      const fields = lines.map((line) => line.toLowerCase()).filter((line) => !/^(host|connection):/.test(line))
+      const ours = `127.0.0.1:${proxy.port}`
+      expect(fields.toSorted()).toEqual([
+        "accept: text/plain",
+        "cookie: a=1; b=2",
+        `forwarded: for=127.0.0.1;host="${ours}";proto=http`,
+        "user-agent: client/1",
+        "via: 1.0 front, 1.1 caching-proxy",
+        "x-forwarded-for: 127.0.0.1",
+        `x-forwarded-host: ${ours}`,
+        "x-forwarded-proto: http",
+        "x-list: a, b",
+      ])
+    },
+  )
+
+  test.each(RUNTIMES)(
+    "%s: the client gets the origin's fields, several Set-Cookie still several, less hop-by-hop ones, plus ours",
+    async (_, command) => {
+      await using origin = await startRawOrigin((socket) =>
+        socket.write(
+          "HTTP/1.1 200 OK\r\nSet-Cookie: a=1; Path=/\r\nConnection: x-origin-hop\r\nX-Origin-Hop: 1\r\nSet-Cookie: b=2\r\n" +
+            "Keep-Alive: timeout=5\r\nCache-Control: no-store\r\nContent-Type: text/plain\r\nX-End-To-End: 1\r\nContent-Length: 2\r\n\r\nok",
+        ),
+      )
+      await using proxy = await startCliProxy(command, origin.url)
+      const raw = await rawRequest(proxy.port, "GET /fields HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+      const [head = "", body] = raw.split("\r\n\r\n")
+      const fields = head.toLowerCase().split("\r\n").slice(1)
+      expect(body).toBe("ok")
+      expect(fields.filter((line) => line.startsWith("set-cookie:"))).toEqual(["set-cookie: a=1; path=/", "set-cookie: b=2"])
+      expect(fields).toContain("x-end-to-end: 1")
+      expect(fields).toContain("content-length: 2")
+      expect(fields).toContain("via: 1.1 caching-proxy")
+      expect(fields).toContain("x-cache: miss")
+      expect(fields.filter((line) => /^(x-origin-hop|keep-alive: timeout)/.test(line))).toEqual([])
+    },
+  )
+
   test.each(RUNTIMES)("%s: dot segments, percent-encoded or not, never climb above the origin's base path", async (_, command) => {
     await using origin = startOrigin((req) => new Response(new URL(req.url).pathname, { headers: { "cache-control": "no-store" } }))
     await using proxy = await startCliProxy(command, `${origin.url}base`)

@@ -66,26 +66,43 @@ export interface Hop {
   hasBody: boolean
 }
 
-/** The headers sent to the origin: the client's, less hop-by-hop and forwarding fields, plus ours. */
-export function forwardedHeaders(incoming: Headers, hop: Hop): Headers {
+/**
+ * The fields sent to the origin, one pair per name (lowercase, as `incoming` iterates them): the
+ * client's, less hop-by-hop and forwarding fields, plus ours. Pairs are a HeadersInit that Bun's
+ * fetch and node:http (as an object) both take as they are: no second `Headers`, whose every
+ * append undici validates again, is built per request (measured under Node).
+ */
+export function forwardedHeaders(incoming: Headers, hop: Hop): [string, string][] {
   const isHopByHop = hopByHopFilter(incoming)
-  const headers = new Headers()
-  for (const [name, value] of incoming) {
-    // Host is the origin's, set from the target URL.
-    if (isHopByHop(name) || name === "host" || (!hop.trustForwarded && isForwardingField(name))) continue
-    headers.append(name, value)
+  const fields: [string, string][] = []
+  for (const field of incoming) {
+    const name = field[0]
+    // Host is the origin's, set from the target URL. RFC 9112 §6.3: a Content-Length with no body
+    // sent would have the origin read the start of the next request on the connection as this
+    // one's body (request smuggling).
+    if (isHopByHop(name) || name === "host" || (name === "content-length" && !hop.hasBody)) continue
+    if (!hop.trustForwarded && isForwardingField(name)) continue
+    fields.push(field)
   }
-  // RFC 9112 §6.3: a Content-Length with no body sent would have the origin read the start of
-  // the next request on the connection as this one's body (request smuggling).
-  if (!hop.hasBody) headers.delete("content-length")
   // A client's fields are still here only under --trust-forwarded: ours then extend their lists
   // (RFC 7239 §4), and the host and scheme the proxy in front was reached by stay.
-  if (hop.client) headers.append("x-forwarded-for", hop.client)
-  headers.append("forwarded", forwardedElement(hop))
-  if (!headers.has("x-forwarded-host")) headers.set("x-forwarded-host", hop.host)
-  if (!headers.has("x-forwarded-proto")) headers.set("x-forwarded-proto", hop.proto)
-  headers.append("via", VIA)
-  return headers
+  if (hop.client) extend(fields, "x-forwarded-for", hop.client)
+  extend(fields, "forwarded", forwardedElement(hop))
+  if (!hasField(fields, "x-forwarded-host")) fields.push(["x-forwarded-host", hop.host])
+  if (!hasField(fields, "x-forwarded-proto")) fields.push(["x-forwarded-proto", hop.proto])
+  extend(fields, "via", VIA)
+  return fields
+}
+
+function hasField(fields: [string, string][], name: string): boolean {
+  return fields.some((field) => field[0] === name)
+}
+
+/** Adds `value` to the list field `name` (RFC 9110 §5.3: one field line, its members comma-separated). */
+function extend(fields: [string, string][], name: string, value: string): void {
+  const field = fields.find((pair) => pair[0] === name)
+  if (field) field[1] = `${field[1]}, ${value}`
+  else fields.push([name, value])
 }
 
 /** Our element of Forwarded (RFC 7239 §4): who connected to us, and how clients reach us. */

@@ -40,7 +40,7 @@ interface Runtime {
   fetch(
     target: string,
     method: string,
-    headers: Headers,
+    headers: RequestFields,
     body: ReadableStream<Uint8Array> | null,
     timeoutMs: number,
     interim?: Interim,
@@ -68,6 +68,9 @@ interface Runtime {
   /** How the file store reads bodies. */
   files: FileApi
 }
+
+/** The fields of a request to the origin: one pair per name, lowercase (`forwardedHeaders`). */
+type RequestFields = [string, string][]
 
 /** Takes an interim (1xx) response from the origin: its status and its header pairs as received. */
 type Interim = (status: number, rawHeaders: string[]) => void
@@ -276,7 +279,7 @@ const agents = { "http:": new HttpAgent(keepAlive), "https:": new HttpsAgent(kee
 function nodeFetch(
   target: string,
   method: string,
-  headers: Headers,
+  headers: RequestFields,
   body: ReadableStream<Uint8Array> | null,
   interim: Interim | undefined,
   cancel: { signal: AbortSignal } | { timeoutMs: number },
