@@ -421,10 +421,15 @@ function storableHeaderPairs(headers: Headers, keepTagHeaders: boolean, response
  * Surrogate-Key (Fastly, Varnish xkey) by spaces, Cache-Tag (Cloudflare, Akamai) by commas. Like
  * those CDNs, the cache keeps them as the entry's tags and does not pass them on.
  */
-const TAG_HEADERS: Record<string, RegExp> = { "surrogate-key": / +/, "cache-tag": / *, */ }
+const TAG_HEADERS = new Map([
+  ["surrogate-key", / +/],
+  ["cache-tag", / *, */],
+])
 
+// A Map, not an object's keys: `in` would find "constructor" and "__proto__" too (and is the
+// slower lookup, asked once per field of every response).
 export function isTagHeader(name: string): boolean {
-  return name in TAG_HEADERS
+  return TAG_HEADERS.has(name)
 }
 
 /**
@@ -440,7 +445,7 @@ export function responseTags(headers: Headers): { tags: string[]; dropped: numbe
   const tags = new Set<string>()
   let bytes = 0
   let dropped = 0
-  for (const [name, separator] of Object.entries(TAG_HEADERS)) {
+  for (const [name, separator] of TAG_HEADERS) {
     for (const tag of (headers.get(name) ?? "").trim().split(separator)) {
       if (!tag || tags.has(tag)) continue
       if (tags.size < MAX_TAGS && bytes + tag.length <= MAX_TAG_BYTES) {

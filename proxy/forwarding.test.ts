@@ -129,6 +129,24 @@ describe("forwarding (RFC 9110 §7.6)", () => {
     }
   })
 
+  test("a field named as a member of every JavaScript object (constructor, __proto__) is the origin's like any other, on a miss and a hit", async () => {
+    const fields = [
+      ["cache-control", "max-age=60"],
+      ["constructor", "c"],
+      ["__proto__", "p"],
+      ["surrogate-key", "tag"],
+    ]
+    await using origin = startOrigin(() => new Response("ok", { headers: fields as [string, string][] }))
+    await using proxy = await startProxy({ origin: origin.url })
+    for (const expected of ["MISS", "HIT"]) {
+      const response = await fetch(`${proxy.url}named`)
+      expect(response.headers.get("x-cache")).toBe(expected)
+      expect([response.headers.get("constructor"), response.headers.get("__proto__")]).toEqual(["c", "p"])
+      expect(response.headers.get("surrogate-key")).toBeNull() // a tag field: the cache's, not passed on
+      expect(await response.text()).toBe("ok")
+    }
+  })
+
   test("a client that did not ask for compression gets the origin's bytes and encoding, never a false length", async () => {
     const gzipped = gzipSync("x".repeat(5000))
     await using origin = startOrigin(() => new Response(gzipped, { headers: { "content-encoding": "gzip" } }))
