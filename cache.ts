@@ -546,14 +546,17 @@ export class Cache<S extends Store = Store> {
     })
   }
 
-  /** Relays an origin response; when it may be stored, writes it to the store as it streams. */
-  private async storeWhileRelaying(
+  /**
+   * Relays an origin response; when it may be stored, writes it to the store as it streams. One
+   * not stored is relayed at once: no promise of its own on the MISS's way to the client.
+   */
+  private storeWhileRelaying(
     lookup: Lookup,
     response: Response,
     requestTime: number,
     responseTime: number,
     fwd: string,
-  ): Promise<Exchange> {
+  ): MaybePromise<Exchange> {
     const asked = { fwd, fwdStatus: response.status }
     const control = responseControl(response.headers, this.config.targetList)
     const reason =
@@ -574,10 +577,12 @@ export class Cache<S extends Store = Store> {
       return notStored(relay(response, { kind: "pass", ...asked, detail: "stale-on-arrival" }, this.config.keepTagHeaders))
     const { body, stored } = this.teeIntoStore(lookup.key, response, meta)
     const length = Number(response.headers.get("content-length") ?? Infinity)
-    const framed = body && length <= READ_AHEAD_BYTES ? await readAhead(body) : body
-    const wholeBytes = framed instanceof Uint8Array ? framed.byteLength : undefined
-    const outcome: Outcome = { kind: "miss", ...asked, stored: true, wholeBytes }
-    return { response: relay(new Response(framed, response), outcome, this.config.keepTagHeaders), stored }
+    const relayed = (framed: Uint8Array | ReadableStream<Uint8Array> | null): Exchange => {
+      const wholeBytes = framed instanceof Uint8Array ? framed.byteLength : undefined
+      const outcome: Outcome = { kind: "miss", ...asked, stored: true, wholeBytes }
+      return { response: relay(new Response(framed, response), outcome, this.config.keepTagHeaders), stored }
+    }
+    return body && length <= READ_AHEAD_BYTES ? readAhead(body).then(relayed) : relayed(body)
   }
 
   /** Says once (the log holds a kind to once a minute) that a response carried more tags than are kept (`MAX_TAGS`). */
