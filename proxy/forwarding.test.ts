@@ -343,6 +343,22 @@ describe("hardening: forwarding", () => {
     },
   )
 
+  test.each(RUNTIMES)(
+    "%s: --timeout bounds the wait for the origin's head, never its body: a silent origin is a 504, a body streaming past it arrives whole",
+    async (_, command) => {
+      await using origin = await startRawOrigin((socket, n) => {
+        if (n === 1) return // the head never comes
+        socket.write("HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 4\r\n\r\nab")
+        setTimeout(() => socket.write("cd"), 1500)
+      })
+      await using proxy = await startCliProxy(command, origin.url, ["--timeout", "1"])
+      const silent = await get(`${proxy.url}silent`)
+      expect([silent.status, await silent.text()]).toEqual([504, "the origin did not answer within 1 s\n"])
+      const streaming = await get(`${proxy.url}streaming`)
+      expect([streaming.status, await streaming.text()]).toEqual([200, "abcd"])
+    },
+  )
+
   test.each(RUNTIMES)("%s: dot segments, percent-encoded or not, never climb above the origin's base path", async (_, command) => {
     await using origin = startOrigin((req) => new Response(new URL(req.url).pathname, { headers: { "cache-control": "no-store" } }))
     await using proxy = await startCliProxy(command, `${origin.url}base`)
