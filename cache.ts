@@ -151,12 +151,19 @@ interface Exchange {
   stored: Promise<boolean>
 }
 
-/** The headers of a variant's last hit: `new Response` copies them, so hits in the same second share them. */
+/**
+ * A variant's last hit, as its hits in the same second share it: the headers (`new Response`
+ * copies them under Bun; under Node they are only read), and the outcomes the response carries,
+ * with what the runtime needs of the body: `sent` for any answer from this variant, `whole` for
+ * the whole body (with its bytes when in memory). Built once a second, no hit allocates them.
+ */
 interface HitHeaders {
   age: number
   ttl: number
   outcome: Outcome
   headers: Headers
+  sent: Outcome
+  whole: Outcome
 }
 
 /**
@@ -698,31 +705,24 @@ export class Cache<S extends Store = Store> {
 
   /** A response from a stored entry, RFC 9111 §4 (Age per §5.1, conditionals per §4.3.2). */
   private fromCache(stored: Stored, lookup: Lookup, now: number, outcome: Outcome): Response {
-    const response = this.cachedAnswer(stored, lookup, now, outcome)
-    // A file Bun opens as it sends (Bun.file names its path): the runtime needs to know which.
-    const file = stored.body instanceof Blob ? (stored.body as Blob & { name?: unknown }).name : undefined
-    return withOutcome(response, typeof file === "string" ? { ...outcome, file } : outcome)
-  }
-
-  private cachedAnswer(stored: Stored, lookup: Lookup, now: number, outcome: Outcome): Response {
     const { meta } = stored
     this.hitCounts.count(lookup.key)
-    const headers = this.hitHeaders(stored, now, outcome)
+    const { headers, sent, whole } = this.hitHeaders(stored, now, outcome)
     if (meta.status === 200 && isNotModified(lookup.headers, meta, now)) {
       discard(stored)
       const notModified = new Headers(headers)
       for (const name of NOT_IN_304) notModified.delete(name)
-      return new Response(null, { status: 304, headers: notModified })
+      return withOutcome(new Response(null, { status: 304, headers: notModified }), sent)
     }
     // RFC 9110 §14.2: Range applies to GET only. One header lookup is all a plain hit pays.
     const range = lookup.method === "GET" ? lookup.headers.get("range") : null
     if (range !== null) {
       const partial = this.partial(stored, lookup, headers, range, now)
-      if (partial) return partial
+      if (partial) return withOutcome(partial, sent)
     }
     const hasBody = lookup.method !== "HEAD" && stored.size > 0 && !NULL_BODY_STATUS.has(meta.status)
     if (!hasBody) discard(stored)
-    return new Response(hasBody ? stored.body : null, { status: meta.status, headers })
+    return withOutcome(new Response(hasBody ? stored.body : null, { status: meta.status, headers }), hasBody ? whole : sent)
   }
 
   /**
@@ -753,11 +753,11 @@ export class Cache<S extends Store = Store> {
    * A hit's headers: the stored fields plus Age (RFC 9111 §5.1), X-Cache and Cache-Status
    * (RFC 9211). Both numbers change once a second, so most hits reuse the last ones built.
    */
-  private hitHeaders({ meta, size }: Stored, now: number, outcome: Outcome): Headers {
+  private hitHeaders({ meta, size, body }: Stored, now: number, outcome: Outcome): HitHeaders {
     const age = Math.floor(currentAgeMs(meta, now) / 1000)
     const ttl = Math.round(ttlMs(meta, now) / 1000)
     const last = this.lastHitHeaders.get(meta)
-    if (last && last.age === age && last.ttl === ttl && last.outcome === outcome) return last.headers
+    if (last && last.age === age && last.ttl === ttl && last.outcome === outcome && last.whole.bytes === bytesOf(body)) return last
     const headers = new Headers(meta.headers)
     headers.append("via", VIA)
     headers.set("age", String(age))
@@ -767,8 +767,14 @@ export class Cache<S extends Store = Store> {
     // the access log and metrics count a hit's bytes by it, never touching the body). RFC 9110
     // §8.6: never on a status that has no content.
     if (!NULL_BODY_STATUS.has(meta.status)) headers.set("content-length", String(size))
-    this.lastHitHeaders.set(meta, { age, ttl, outcome, headers })
-    return headers
+    // A file Bun opens as it sends (Bun.file names its path): the runtime needs to know which.
+    const file = body instanceof Blob ? (body as Blob & { name?: unknown }).name : undefined
+    const sent = typeof file === "string" ? { ...outcome, file } : outcome
+    const bytes = bytesOf(body)
+    const whole = bytes ? { ...sent, bytes, wholeBytes: bytes.byteLength } : sent
+    const hit = { age, ttl, outcome, headers, sent, whole }
+    this.lastHitHeaders.set(meta, hit)
+    return hit
   }
 }
 
@@ -847,6 +853,11 @@ function notStored(response: Response): Exchange {
 
 function responseOf(exchange: Exchange): Response {
   return exchange.response
+}
+
+/** A stored body that is bytes in memory, else undefined. */
+function bytesOf(body: Stored["body"]): Uint8Array | undefined {
+  return body instanceof Uint8Array ? body : undefined
 }
 
 /** Bytes [start, end) of a stored body, read without the rest; undefined when the store gave no way to. */

@@ -30,6 +30,11 @@ export interface Outcome {
    */
   wholeBytes?: number
   /**
+   * Not rendered: the whole body, bytes in memory (a hit from memory), as the response carries
+   * them. The Node runtime hands them to node:http itself (proxy/runtime.ts, `sentWhole`).
+   */
+  bytes?: Uint8Array
+  /**
    * Not rendered: the body is this file, which the runtime opens by its path only as it sends it
    * (Bun.file). Gone by then (another process cleared the cache, an eviction), the request is asked again.
    */
