@@ -600,9 +600,12 @@ const nodeRuntime: Runtime = {
       },
     )
     let inFlight = 0
+    // One function for every response, added with `on`: `once` wraps a new closure per request,
+    // and removing it cost a HIT under Node about 1 % more (the response goes once closed anyway).
+    const answered = () => inFlight--
     const server = createServer((request, response) => {
       inFlight++
-      response.once("close", () => inFlight--)
+      response.on("close", answered)
       return handle(request, response)
     })
     return new Promise((resolvePromise, reject) => {
