@@ -151,19 +151,16 @@ interface Exchange {
   stored: Promise<boolean>
 }
 
-/**
- * A variant's last hit, as its hits in the same second share it: the headers (`new Response`
- * copies them under Bun; under Node they are only read), and the outcomes the response carries,
- * with what the runtime needs of the body: `sent` for any answer from this variant, `whole` for
- * the whole body (with its bytes when in memory). Built once a second, no hit allocates them.
- */
+/** The headers of a variant's last hit: `new Response` copies them, so hits in the same second share them. */
 interface HitHeaders {
   age: number
   ttl: number
   outcome: Outcome
   headers: Headers
-  sent: Outcome
+  /** The outcome of the whole answer with these headers: its body's length, and the file it is sent from. */
   whole: Outcome
+  /** The same, with the body's bytes when they are in memory (for the runtime: `Outcome.bytes`); only a response that sends them carries it. */
+  wholeWithBytes: Outcome
 }
 
 /**
@@ -703,26 +700,31 @@ export class Cache<S extends Store = Store> {
 
   // ───────────── answers ─────────────
 
-  /** A response from a stored entry, RFC 9111 §4 (Age per §5.1, conditionals per §4.3.2). */
+  /**
+   * A response from a stored entry, RFC 9111 §4 (Age per §5.1, conditionals per §4.3.2). Its outcome
+   * says how many body bytes it sends (the access log reads them there, not from its headers: a
+   * Response's `headers` built anew cost a hit more than the log line itself).
+   */
   private fromCache(stored: Stored, lookup: Lookup, now: number, outcome: Outcome): Response {
     const { meta } = stored
     this.hitCounts.count(lookup.key)
-    const { headers, sent, whole } = this.hitHeaders(stored, now, outcome)
+    const { headers, whole, wholeWithBytes } = this.hitHeaders(stored, now, outcome)
     if (meta.status === 200 && isNotModified(lookup.headers, meta, now)) {
       discard(stored)
       const notModified = new Headers(headers)
       for (const name of NOT_IN_304) notModified.delete(name)
-      return withOutcome(new Response(null, { status: 304, headers: notModified }), sent)
+      return withOutcome(new Response(null, { status: 304, headers: notModified }), { ...whole, wholeBytes: 0 })
     }
     // RFC 9110 §14.2: Range applies to GET only. One header lookup is all a plain hit pays.
     const range = lookup.method === "GET" ? lookup.headers.get("range") : null
     if (range !== null) {
       const partial = this.partial(stored, lookup, headers, range, now)
-      if (partial) return withOutcome(partial, sent)
+      if (partial) return withOutcome(partial.response, { ...whole, wholeBytes: partial.bytes })
     }
     const hasBody = lookup.method !== "HEAD" && stored.size > 0 && !NULL_BODY_STATUS.has(meta.status)
     if (!hasBody) discard(stored)
-    return withOutcome(new Response(hasBody ? stored.body : null, { status: meta.status, headers }), hasBody ? whole : sent)
+    const response = new Response(hasBody ? stored.body : null, { status: meta.status, headers })
+    return withOutcome(response, hasBody ? wholeWithBytes : { ...whole, wholeBytes: 0 })
   }
 
   /**
@@ -730,7 +732,13 @@ export class Cache<S extends Store = Store> {
    * it exists; undefined when the whole response is the answer (If-Range failed, several ranges,
    * a status other than 200, a body that cannot be sliced).
    */
-  private partial(stored: Stored, lookup: Lookup, hitHeaders: Headers, range: string, now: number): Response | undefined {
+  private partial(
+    stored: Stored,
+    lookup: Lookup,
+    hitHeaders: Headers,
+    range: string,
+    now: number,
+  ): { response: Response; bytes: number } | undefined {
     const part = rangeAnswer(range, lookup.headers.get("if-range"), stored.meta, stored.size, now)
     if (part === "whole") return undefined
     if (part === "unsatisfiable") {
@@ -738,7 +746,8 @@ export class Cache<S extends Store = Store> {
       // RFC 9110 §15.5.17: a 416 says the representation's length in Content-Range.
       const headers = new Headers({ "content-type": "text/plain; charset=utf-8", "content-range": `bytes */${stored.size}` })
       for (const name of ["via", "age", "x-cache", "cache-status"]) headers.set(name, hitHeaders.get(name) as string)
-      return new Response(`the range is outside the ${stored.size} bytes of this response\n`, { status: 416, headers })
+      const text = `the range is outside the ${stored.size} bytes of this response\n`
+      return { response: new Response(text, { status: 416, headers }), bytes: text.length }
     }
     const body = sliceOf(stored, part)
     if (!body) return undefined
@@ -746,18 +755,30 @@ export class Cache<S extends Store = Store> {
     const headers = new Headers(hitHeaders)
     headers.set("content-range", contentRange(part, stored.size))
     headers.set("content-length", String(part.end - part.start))
-    return new Response(body, { status: 206, headers })
+    return { response: new Response(body, { status: 206, headers }), bytes: part.end - part.start }
   }
 
   /**
    * A hit's headers: the stored fields plus Age (RFC 9111 §5.1), X-Cache and Cache-Status
-   * (RFC 9211). Both numbers change once a second, so most hits reuse the last ones built.
+   * (RFC 9211), and the whole answer's outcome. Both numbers change once a second, so most hits
+   * reuse the last ones built, and allocate nothing for them.
    */
   private hitHeaders({ meta, size, body }: Stored, now: number, outcome: Outcome): HitHeaders {
     const age = Math.floor(currentAgeMs(meta, now) / 1000)
     const ttl = Math.round(ttlMs(meta, now) / 1000)
+    // A file Bun opens as it sends (Bun.file names its path): the runtime needs to know which.
+    const file = body instanceof Blob ? fileName(body) : undefined
     const last = this.lastHitHeaders.get(meta)
-    if (last && last.age === age && last.ttl === ttl && last.outcome === outcome && last.whole.bytes === bytesOf(body)) return last
+    const bytes = body instanceof Uint8Array ? body : undefined
+    if (
+      last &&
+      last.age === age &&
+      last.ttl === ttl &&
+      last.outcome === outcome &&
+      last.whole.file === file &&
+      last.wholeWithBytes.bytes === bytes
+    )
+      return last
     const headers = new Headers(meta.headers)
     headers.append("via", VIA)
     headers.set("age", String(age))
@@ -766,15 +787,14 @@ export class Cache<S extends Store = Store> {
     // The stored body is whole: its length is known even when the origin sent it chunked (and
     // the access log and metrics count a hit's bytes by it, never touching the body). RFC 9110
     // §8.6: never on a status that has no content.
-    if (!NULL_BODY_STATUS.has(meta.status)) headers.set("content-length", String(size))
-    // A file Bun opens as it sends (Bun.file names its path): the runtime needs to know which.
-    const file = body instanceof Blob ? (body as Blob & { name?: unknown }).name : undefined
-    const sent = typeof file === "string" ? { ...outcome, file } : outcome
-    const bytes = bytesOf(body)
-    const whole = bytes ? { ...sent, bytes, wholeBytes: bytes.byteLength } : sent
-    const hit = { age, ttl, outcome, headers, sent, whole }
-    this.lastHitHeaders.set(meta, hit)
-    return hit
+    const hasContent = !NULL_BODY_STATUS.has(meta.status)
+    if (hasContent) headers.set("content-length", String(size))
+    const wholeBytes = hasContent ? size : 0
+    const whole = file === undefined ? { ...outcome, wholeBytes } : { ...outcome, wholeBytes, file }
+    const wholeWithBytes = bytes === undefined ? whole : { ...whole, bytes }
+    const built = { age, ttl, outcome, headers, whole, wholeWithBytes }
+    this.lastHitHeaders.set(meta, built)
+    return built
   }
 }
 
@@ -855,11 +875,6 @@ function responseOf(exchange: Exchange): Response {
   return exchange.response
 }
 
-/** A stored body that is bytes in memory, else undefined. */
-function bytesOf(body: Stored["body"]): Uint8Array | undefined {
-  return body instanceof Uint8Array ? body : undefined
-}
-
 /** Bytes [start, end) of a stored body, read without the rest; undefined when the store gave no way to. */
 function sliceOf(stored: Stored, { start, end }: ByteRange): Stored["body"] | undefined {
   const { body } = stored
@@ -901,6 +916,12 @@ async function readAhead(body: ReadableStream<Uint8Array>): Promise<Uint8Array |
 /** A stored body that will not be sent: a stream (a file under Node) is closed, not left open. */
 function discard(stored: Stored | undefined): void {
   if (stored?.body instanceof ReadableStream) stored.body.cancel().catch(() => undefined) // nothing was read: nothing to lose
+}
+
+/** The path of a body Bun reads from a file (Bun.file), which names it. */
+function fileName(body: Blob): string | undefined {
+  const { name } = body as Blob & { name?: unknown }
+  return typeof name === "string" ? name : undefined
 }
 
 /** The origin's response for the client, hop-by-hop (and tag) fields dropped, with our two status fields. */

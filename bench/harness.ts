@@ -307,15 +307,30 @@ export async function compareWithWrk(
   clientCpu: string | undefined = CLIENT_CPU,
 ): Promise<[WrkSummary, WrkSummary]> {
   const [proxyPid, referencePid] = pids
-  await runWrk(proxyUrl, WARMUP_SECONDS, undefined, clientCpu)
-  await runWrk(referenceUrl, WARMUP_SECONDS, undefined, clientCpu)
-  const proxyRuns: WrkRun[] = []
-  const referenceRuns: WrkRun[] = []
-  for (let run = 0; run < config.repeats; run++) {
-    proxyRuns.push(await runWrk(proxyUrl, config.durationSeconds, proxyPid, clientCpu))
-    referenceRuns.push(await runWrk(referenceUrl, config.durationSeconds, referencePid, clientCpu))
-  }
-  return [summarize(proxyRuns), summarize(referenceRuns)]
+  const [proxy, reference] = await wrkInterleaved(
+    [
+      { url: proxyUrl, pid: proxyPid },
+      { url: referenceUrl, pid: referencePid },
+    ],
+    clientCpu,
+  )
+  return [proxy!, reference!]
+}
+
+/**
+ * wrk against each target in turn, `config.repeats` rounds of them all (a, b, c, a, b, c, ...),
+ * after a warm-up of each: one summary per target, in their order. With `pid`, the CPU that
+ * target's processes spent per request.
+ */
+export async function wrkInterleaved(
+  targets: { url: string; pid?: number }[],
+  clientCpu: string | undefined = CLIENT_CPU,
+): Promise<WrkSummary[]> {
+  for (const { url } of targets) await runWrk(url, WARMUP_SECONDS, undefined, clientCpu)
+  const runs = targets.map((): WrkRun[] => [])
+  for (let round = 0; round < config.repeats; round++)
+    for (const [index, { url, pid }] of targets.entries()) runs[index]!.push(await runWrk(url, config.durationSeconds, pid, clientCpu))
+  return runs.map(summarize)
 }
 
 // ───────────────────────────── HTTP helpers ─────────────────────────────

@@ -25,8 +25,9 @@ export interface Outcome {
   /** RFC 9211 §2.8 detail: what else there is to say (a reason not to store, a stale answer's licence). */
   detail?: string
   /**
-   * Not rendered: the body is bytes in memory, whole, of this length (a short answer of our own, a
-   * MISS read ahead). It goes out with its length as it is: nothing need count or watch it stream.
+   * Not rendered: the body is whole, of this length: bytes in memory (a short answer of our own, a
+   * MISS read ahead) or an answer from the cache (its stored body, or the part a Range asked for).
+   * It goes out with its length as it is: nothing need count or watch it stream.
    */
   wholeBytes?: number
   /**

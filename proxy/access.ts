@@ -3,7 +3,7 @@
  * the origin's part), and the moment it is recorded, once its body has been handed to the server.
  */
 
-import { isFromCache, outcomeOf } from "../cache/outcome.ts"
+import { outcomeOf } from "../cache/outcome.ts"
 import type { OriginFailure, Warn } from "../cache.ts"
 import type { Access } from "./log.ts"
 import { runtime, unrelayed, unsent } from "./runtime.ts"
@@ -22,7 +22,7 @@ export interface OriginTrip extends Pick<Access, "client" | "forwardedFor"> {
  * that a counting stream would make Bun send chunked, without their length). Bun tells nothing when
  * it has sent a body: such a response is timed when handed over, and counted by its length.
  * `started` undefined: answered at once, and not timed (0 ms: a clock read costs about 0.17 µs on
- * a VM, two of them some 2 % of a hit).
+ * a VM, two of them some 2 % of a hit); a body that then streams is timed from its hand-over.
  */
 export function timed(
   response: Response,
@@ -33,20 +33,34 @@ export function timed(
   record: (access: Access) => void,
   warn: Warn,
 ): Response | Promise<Response> {
-  const { status, headers } = response
+  const status = response.status
   const { kind: cache, wholeBytes, stored } = outcomeOf(response)
   const originError = trip.failure && (status === 502 || status === 504) ? trip.failure : undefined
-  const { client, forwardedFor } = trip
-  const access: Access = { client, forwardedFor, method, path, status, cache, ms: 0, bytes: 0, originMs: trip.ms, originError }
+  const access: Access = {
+    client: trip.client,
+    forwardedFor: trip.forwardedFor,
+    method,
+    path,
+    status,
+    cache,
+    ms: 0,
+    bytes: 0,
+    originMs: trip.ms,
+    originError,
+  }
+  if (wholeBytes !== undefined) {
+    // Counted by its outcome: reading a Response's `headers` builds them anew, more than the line costs.
+    if (method !== "HEAD" && status !== 304) access.bytes = wholeBytes
+    if (started !== undefined) access.ms = performance.now() - started
+    record(access)
+    return response
+  }
+  const since = started ?? performance.now()
   const finish = (bytes: number, aborted: boolean) => {
     access.bytes = bytes
     if (aborted) access.aborted = true
-    access.ms = started === undefined ? 0 : performance.now() - started
+    access.ms = performance.now() - since
     record(access)
-  }
-  if (wholeBytes !== undefined || isFromCache(cache)) {
-    finish(method === "HEAD" || status === 304 ? 0 : (wholeBytes ?? Number(headers.get("content-length") ?? 0)), false)
-    return response
   }
   const counted = runtime.counted(response, finish)
   if (!(counted instanceof Promise)) return counted

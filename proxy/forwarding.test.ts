@@ -381,6 +381,37 @@ describe("hardening: origin faults", () => {
   })
 })
 
+describe("kept-alive connections to the origin", () => {
+  beforeAll(buildNodeBundle, 60_000)
+
+  test.each(RUNTIMES)("%s: ten not-stored misses in turn reach the origin over one connection", async (_, command) => {
+    await using origin = await startRecordingOrigin()
+    await using proxy = await startCliProxy(command, origin.url)
+    for (let i = 0; i < 10; i++) expect(await (await get(`${proxy.url}n${i}`)).text()).toBe(`GET /n${i} HTTP/1.1`)
+    expect(origin.connections()).toBe(1)
+  })
+
+  test.each(RUNTIMES)(
+    "%s: a client that leaves in the middle of a not-stored body: the origin's connection is closed, not left to send for no one",
+    async (_, command) => {
+      let originClosed: Promise<void> | undefined
+      await using origin = await startRawOrigin((socket, n) => {
+        if (n > 1) return void socket.end("HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        originClosed = new Promise((resolve) => socket.once("close", () => resolve()))
+        socket.write("HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 1000000\r\n\r\nstart")
+      })
+      await using proxy = await startCliProxy(command, origin.url)
+      const client = await openConnection(proxy.port)
+      client.send("GET /mid-body HTTP/1.1\r\nHost: x\r\n\r\n")
+      await client.until((received) => received.includes("start"))
+      client[Symbol.dispose]()
+      await originClosed
+      expect(await (await get(`${proxy.url}next`)).text()).toBe("ok")
+      expect(await proxy.stderr()).not.toMatch(/^ {4}at /m)
+    },
+  )
+})
+
 describe("hardening: pipelined requests", () => {
   beforeAll(buildNodeBundle, 60_000)
 

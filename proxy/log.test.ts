@@ -129,6 +129,15 @@ describe("access log: one line per request, timed to its last byte, saying why a
     }
   })
 
+  test("--log-format json escapes what a client sends (quotes, backslashes) and keeps the line one valid object", async () => {
+    await using origin = startOrigin(() => new Response("x", { headers: { "cache-control": "no-store" } }))
+    await using proxy = await startProxy({ origin: origin.url, quiet: false, trustForwarded: true, logFormat: "json" })
+    const chain = '"quoted" \\back\\slash, 10.0.0.1'
+    await (await get(`${proxy.url}who?q=%22`, { "x-forwarded-for": chain })).text()
+    await eventually(() => proxy.lines.length === 1)
+    expect(JSON.parse(proxy.lines[0]!)).toMatchObject({ client: "127.0.0.1", forwardedFor: chain, path: "/who?q=%22", status: 200 })
+  })
+
   // Under Node a body nothing stores is piped from the origin's message (Runtime.counted): left early, it is aborted too.
   test.each(RUNTIMES)(
     "%s: a client that leaves mid-body is logged as aborted, with the bytes it got",
@@ -161,6 +170,35 @@ describe("access log: one line per request, timed to its last byte, saying why a
     await eventually(() => proxy.lines.length === 2)
     expect(proxy.lines[0]).toMatch(/ GET \/once 200 miss [\d.]+ms 1B origin [\d.]+ms$/)
     expect(proxy.lines[1]).toMatch(/ GET \/once 200 hit [\d.]+ms 1B$/)
+  })
+
+  test("an answer from the cache logs the body bytes it sent: whole, a range's part, none for a 304 or a HEAD, a 416's own", async () => {
+    await using origin = startOrigin(() => new Response("0123456789", { headers: { "cache-control": "max-age=60", etag: '"v1"' } }))
+    await using proxy = await startProxy({ origin: origin.url, quiet: false })
+    const asks: [Record<string, string>, string?][] = [
+      [{}],
+      [{}],
+      [{ range: "bytes=2-5" }],
+      [{ "if-none-match": '"v1"' }],
+      [{}, "HEAD"],
+      [{ range: "bytes=50-60" }],
+    ]
+    for (const [headers, method] of asks) await (await fetch(`${proxy.url}sized`, { method, headers })).arrayBuffer()
+    await eventually(() => proxy.lines.length === asks.length)
+    const sent = proxy.lines.map((line) =>
+      line
+        .match(/ (\d{3}) (\w+) [\d.]+ms (\d+)B/)
+        ?.slice(1)
+        .join(" "),
+    )
+    expect(sent).toEqual([
+      "200 miss 10",
+      "200 hit 10",
+      "206 hit 4",
+      "304 hit 0",
+      "200 hit 0",
+      `416 hit ${"the range is outside the 10 bytes of this response\n".length}`,
+    ])
   })
 
   test("a 502 says why (refused, reset) and how long the origin took; a 504 says timeout", async () => {

@@ -451,6 +451,8 @@ export async function startRecordingOrigin() {
     url: `http://127.0.0.1:${port}/`,
     /** Every byte the origin got, connection after connection. */
     bytes: () => connections.join(""),
+    /** How many connections the proxy opened to it. */
+    connections: () => connections.length,
     [Symbol.asyncDispose]: () => new Promise<void>((resolve) => server.close(() => resolve())),
   }
 }
