@@ -159,6 +159,8 @@ interface HitHeaders {
   headers: Headers
   /** The outcome of the whole answer with these headers: its body's length, and the file it is sent from. */
   whole: Outcome
+  /** The same, with the body's bytes when they are in memory (for the runtime: `Outcome.bytes`); only a response that sends them carries it. */
+  wholeWithBytes: Outcome
 }
 
 /**
@@ -711,7 +713,7 @@ export class Cache<S extends Store = Store> {
   private fromCache(stored: Stored, lookup: Lookup, now: number, outcome: Outcome): Response {
     const { meta } = stored
     this.hitCounts.count(lookup.key)
-    const { headers, whole } = this.hitHeaders(stored, now, outcome)
+    const { headers, whole, wholeWithBytes } = this.hitHeaders(stored, now, outcome)
     if (meta.status === 200 && isNotModified(lookup.headers, meta, now)) {
       discard(stored)
       const notModified = new Headers(headers)
@@ -727,7 +729,7 @@ export class Cache<S extends Store = Store> {
     const hasBody = lookup.method !== "HEAD" && stored.size > 0 && !NULL_BODY_STATUS.has(meta.status)
     if (!hasBody) discard(stored)
     const response = new Response(hasBody ? stored.body : null, { status: meta.status, headers })
-    return withOutcome(response, hasBody ? whole : { ...whole, wholeBytes: 0 })
+    return withOutcome(response, hasBody ? wholeWithBytes : { ...whole, wholeBytes: 0 })
   }
 
   /**
@@ -772,7 +774,16 @@ export class Cache<S extends Store = Store> {
     // A file Bun opens as it sends (Bun.file names its path): the runtime needs to know which.
     const file = body instanceof Blob ? fileName(body) : undefined
     const last = this.lastHitHeaders.get(meta)
-    if (last && last.age === age && last.ttl === ttl && last.outcome === outcome && last.whole.file === file) return last
+    const bytes = body instanceof Uint8Array ? body : undefined
+    if (
+      last &&
+      last.age === age &&
+      last.ttl === ttl &&
+      last.outcome === outcome &&
+      last.whole.file === file &&
+      last.wholeWithBytes.bytes === bytes
+    )
+      return last
     const headers = new Headers(meta.headers)
     headers.append("via", VIA)
     headers.set("age", String(age))
@@ -785,7 +796,8 @@ export class Cache<S extends Store = Store> {
     if (hasContent) headers.set("content-length", String(size))
     const wholeBytes = hasContent ? size : 0
     const whole = file === undefined ? { ...outcome, wholeBytes } : { ...outcome, wholeBytes, file }
-    const built = { age, ttl, outcome, headers, whole }
+    const wholeWithBytes = bytes === undefined ? whole : { ...whole, bytes }
+    const built = { age, ttl, outcome, headers, whole, wholeWithBytes }
     this.lastHitHeaders.set(meta, built)
     return built
   }

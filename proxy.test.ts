@@ -25,6 +25,7 @@ import {
   portOf,
   ROOT,
   RUNTIMES,
+  rawRequest,
   runCli,
   startCli,
   startCliProxy,
@@ -398,6 +399,59 @@ describe("runtime hygiene: the same answers, no warnings, under Bun and Node", (
   beforeAll(buildNodeBundle, 60_000)
 
   const ODD_STATUSES = RUNTIMES.flatMap(([runtime, command]) => ["099", "600", "999"].map((status) => [runtime, status, command] as const))
+
+  /** A response's head as it came on the wire, less the fields each server writes itself; Age and ttl as "N". */
+  async function hitHead(port: number, method: string, path: string, extra = ""): Promise<string[]> {
+    const raw = await rawRequest(port, `${method} ${path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n${extra}\r\n`)
+    const [statusLine = "", ...fields] = (raw.split("\r\n\r\n")[0] ?? "").split("\r\n")
+    const own = /^(date|connection|keep-alive):/i
+    const named = fields.filter((field) => !own.test(field)).map((field) => field.replace(/^[^:]+/, (name) => name.toLowerCase()))
+    // Sorted by name, each name's lines kept in the order they came.
+    const sorted = named
+      .map((field, i) => [field, i] as const)
+      .sort(([a, i], [b, j]) => a.split(":")[0]!.localeCompare(b.split(":")[0]!) || i - j)
+    return [statusLine, ...sorted.map(([field]) => field.replace(/^(age: )\d+/, "$1N").replace(/ttl=\d+/, "ttl=N"))]
+  }
+
+  test("a hit's head from memory is the same under Node as under Bun: two Set-Cookie, Age, Cache-Status, Content-Length, HEAD and Range", async () => {
+    // No Content-Type: node:http's adapter would add its own to a body that has none.
+    const fields = [
+      "Cache-Control: max-age=60",
+      "Link: </a.css>; rel=preload",
+      "Link: </b.js>; rel=preload",
+      "Set-Cookie: a=1",
+      "Set-Cookie: b=2",
+    ]
+    await using origin = await startRawOrigin((socket) =>
+      socket.end(`HTTP/1.1 200 OK\r\n${fields.join("\r\n")}\r\nContent-Length: 1000\r\n\r\n${"x".repeat(1000)}`),
+    )
+    const heads: Record<string, string[][]> = {}
+    for (const [runtime, command] of RUNTIMES) {
+      await using proxy = await startCliProxy(command, origin.url, ["--share-cookies"])
+      await (await get(`${proxy.url}h`)).arrayBuffer()
+      heads[runtime] = [
+        await hitHead(proxy.port, "GET", "/h"),
+        await hitHead(proxy.port, "HEAD", "/h"),
+        await hitHead(proxy.port, "GET", "/h", "Range: bytes=0-9\r\n"),
+      ]
+    }
+    // Bun.serve writes "Content-Type: application/octet-stream" for bytes that have none (a known
+    // difference, docs/known-limits.md); every other line is the same.
+    const withoutType = (head: string[]) => head.filter((field) => !field.startsWith("content-type:"))
+    expect(heads.Node).toEqual(heads.Bun!.map(withoutType))
+    expect(heads.Node?.[0]).toEqual([
+      "HTTP/1.1 200 OK",
+      "age: N",
+      "cache-control: max-age=60",
+      "cache-status: caching-proxy; hit; ttl=N",
+      "content-length: 1000",
+      "link: </a.css>; rel=preload, </b.js>; rel=preload",
+      "set-cookie: a=1",
+      "set-cookie: b=2",
+      "via: 1.1 caching-proxy",
+      "x-cache: HIT",
+    ])
+  })
 
   test.each(ODD_STATUSES)(
     "%s: RFC 9110 §15: a status %s, outside 100-599, is a 502 with one line, and nothing on stderr",

@@ -239,8 +239,8 @@ export async function createProxy(options: ProxyOptions, output: Partial<ProxyOu
     started: number | undefined,
     trip: OriginTrip | undefined,
   ): Response | Promise<Response> {
-    if (options.rewriteLocation) rewriteLocations(ready.headers, originUrl, proxyBase(c))
-    return record && trip ? timed(ready, method, path, started, trip, record, warn) : ready
+    const answered = options.rewriteLocation ? rewriteLocations(ready, originUrl, proxyBase(c)) : ready
+    return record && trip ? timed(answered, method, path, started, trip, record, warn) : answered
   }
 
   /** How this request reached the proxy, scheme and authority: --public-url, else the Host it asked for. */

@@ -536,6 +536,8 @@ describe("hardening: pipelined requests", () => {
 })
 
 describe("--rewrite-location: Location and Content-Location naming the origin point at the proxy instead; other URLs pass unchanged", () => {
+  beforeAll(buildNodeBundle, 60_000)
+
   /** An origin whose answers name URLs: its own (under `base`), another host's, and a relative one. */
   function startRedirectingOrigin(base = "") {
     const origin = startOrigin((req) => {
@@ -597,6 +599,18 @@ describe("--rewrite-location: Location and Content-Location naming the origin po
       contentLocation: "https://cdn.example.com/old",
     })
     expect((await locations(`${proxy.url}outside`)).location).toBe(`${origin.url}other/z`)
+  })
+
+  test.each(RUNTIMES)("%s: hits in the same second each name the Host their own request asked for", async (_, command) => {
+    await using origin = startRedirectingOrigin()
+    await using proxy = await startCliProxy(command, origin.url, ["--rewrite-location"])
+    await locations(`${proxy.url}moved`) // stored
+    for (const host of ["a.example:8080", "b.example:8080", "a.example:8080"])
+      expect(await locations(`${proxy.url}moved`, { host })).toEqual({
+        location: `http://${host}/new/place?q=a%2Fb`,
+        contentLocation: `http://${host}/old`,
+        xCache: "HIT",
+      })
   })
 
   test("CACHING_PROXY_REWRITE_LOCATION=1 turns it on", async () => {

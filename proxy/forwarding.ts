@@ -4,6 +4,7 @@
  * response names (--rewrite-location).
  */
 
+import { outcomeOf, withOutcome } from "../cache/outcome.ts"
 import { hopByHopFilter } from "../cache/policy.ts"
 import { VIA } from "../cache.ts"
 
@@ -128,15 +129,25 @@ const LOCATION_FIELDS = ["location", "content-location"]
  * base URL becomes the same path under the proxy's, so the client is not sent past the proxy.
  * Relative URLs point at the proxy already; other hosts, and the origin's paths outside its base
  * (which no proxy path reaches), stay as sent. The path and query are kept byte for byte.
+ * Returns the response itself when nothing is rewritten, else a response of its own: a hit's
+ * headers are shared by the hits of the same second (cache.ts), and under Node the response
+ * keeps the very `Headers` it was given, so editing them would rewrite the next hits too.
  */
-export function rewriteLocations(headers: Headers, origin: URL, proxyBase: string): void {
+export function rewriteLocations(response: Response, origin: URL, proxyBase: string): Response {
   const basePath = origin.pathname === "/" ? "" : origin.pathname
+  let rewritten: Headers | undefined
   for (const name of LOCATION_FIELDS) {
-    const value = headers.get(name)
+    const value = response.headers.get(name)
     if (value === null || !URL.canParse(value) || new URL(value).origin !== origin.origin) continue
     const path = pathAndQuery(value)
     const rest = path.slice(basePath.length)
     if (!path.startsWith(basePath) || !/^(?:$|[/?#])/.test(rest)) continue
-    headers.set(name, proxyBase + (rest.startsWith("/") ? rest : `/${rest}`))
+    rewritten ??= new Headers(response.headers)
+    rewritten.set(name, proxyBase + (rest.startsWith("/") ? rest : `/${rest}`))
   }
+  if (!rewritten) return response
+  const outcome = outcomeOf(response)
+  // A hit's bytes as they are: reading `.body` would make a stream of them.
+  const body = outcome.bytes ?? response.body
+  return withOutcome(new Response(body, { status: response.status, statusText: response.statusText, headers: rewritten }), outcome)
 }
