@@ -775,15 +775,11 @@ export class Cache<S extends Store = Store> {
     const file = body instanceof Blob ? fileName(body) : undefined
     const last = this.lastHitHeaders.get(meta)
     const bytes = body instanceof Uint8Array ? body : undefined
-    if (
-      last &&
-      last.age === age &&
-      last.ttl === ttl &&
-      last.outcome === outcome &&
-      last.whole.file === file &&
-      last.wholeWithBytes.bytes === bytes
-    )
+    if (last && last.age === age && last.ttl === ttl && last.outcome === outcome && last.whole.file === file) {
+      // Bytes read anew for each hit (a view of a Redis reply) change the outcome, never the headers.
+      if (last.wholeWithBytes.bytes !== bytes) last.wholeWithBytes = bytes === undefined ? last.whole : { ...last.whole, bytes }
       return last
+    }
     const headers = new Headers(meta.headers)
     headers.append("via", VIA)
     headers.set("age", String(age))
