@@ -63,6 +63,15 @@ async function text(response: Response | Promise<Response>) {
 
 // ───────────────────────────── the listener ─────────────────────────────
 
+/** An origin whose answer "the body" (ETag "v1", fresh 60 s) a conditional request revalidates with a 304. */
+function startRevalidatingOrigin() {
+  return startAdminOrigin((req) =>
+    req.headers.get("if-none-match") === '"v1"'
+      ? new Response(null, { status: 304, headers: { etag: '"v1"', "cache-control": "max-age=60" } })
+      : new Response("the body", { headers: { etag: '"v1"', "cache-control": "max-age=60" } }),
+  )
+}
+
 describe("the admin listener", () => {
   test.each([
     [["--admin-port", "abc"], {}, '--admin-port must be 0-65535 (got "abc")'],
@@ -335,11 +344,7 @@ describe("purge", () => {
   })
 
   test("soft: the entry turns stale and the next request revalidates it (a 304 keeps the stored body)", async () => {
-    await using origin = startAdminOrigin((req) =>
-      req.headers.get("if-none-match") === '"v1"'
-        ? new Response(null, { status: 304, headers: { etag: '"v1"', "cache-control": "max-age=60" } })
-        : new Response("the body", { headers: { etag: '"v1"', "cache-control": "max-age=60" } }),
-    )
+    await using origin = startRevalidatingOrigin()
     await using proxy = await startAdminProxy({ origin: origin.url })
     await through(`${proxy.url}/doc`)
     expect(await purge(proxy, { url: "/doc", soft: true })).toEqual({ status: 200, body: { purged: 1 } })
@@ -356,11 +361,7 @@ describe("purge", () => {
   })
 
   test("soft: a client's max-stale does not take the purged entry before it is revalidated", async () => {
-    await using origin = startAdminOrigin((req) =>
-      req.headers.get("if-none-match") === '"v1"'
-        ? new Response(null, { status: 304, headers: { etag: '"v1"', "cache-control": "max-age=60" } })
-        : new Response("the body", { headers: { etag: '"v1"', "cache-control": "max-age=60" } }),
-    )
+    await using origin = startRevalidatingOrigin()
     await using proxy = await startAdminProxy({ origin: origin.url })
     await through(`${proxy.url}/doc`)
     expect(await purge(proxy, { url: "/doc", soft: true })).toEqual({ status: 200, body: { purged: 1 } })
