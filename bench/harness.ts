@@ -4,7 +4,7 @@
  * the server's CPU read from /proc, and the HTTP helpers that check what a figure measures.
  */
 import { mkdtempSync, readFileSync, rmSync } from "node:fs"
-import { tmpdir } from "node:os"
+import { cpus, tmpdir } from "node:os"
 import { join } from "node:path"
 import type { Subprocess } from "bun"
 import { report } from "./report.ts"
@@ -22,6 +22,21 @@ export const WRK_CONNECTIONS = 50
 const WARMUP_SECONDS = 1
 export const SERVER_CPU = "0"
 export const CLIENT_CPU = "1"
+/**
+ * Every CPU, named: a child inherits the driver's own pinning to CLIENT_CPU, so one left "to the
+ * scheduler" must be given the whole machine explicitly (the workers phase).
+ */
+export const EVERY_CPU = `0-${cpus().length - 1}`
+
+/** Where wrk runs, and on how many threads. */
+export interface Load {
+  cpu: string | undefined
+  threads: number
+}
+/** Beside servers pinned to SERVER_CPU: one thread on the other CPU. */
+const PINNED_LOAD: Load = { cpu: CLIENT_CPU, threads: WRK_THREADS }
+/** Beside servers left to the scheduler: a thread per CPU, so the load may use the cores they may. */
+export const MACHINE_LOAD: Load = { cpu: EVERY_CPU, threads: cpus().length }
 
 export const COALESCE_CLIENTS = 200
 
@@ -66,7 +81,7 @@ export function useConfig(chosen: Config): void {
   config = chosen
 }
 
-/** `cpu` undefined: left to the scheduler on every CPU (the workers phase). */
+/** `cpu` undefined: the CPUs of the driver (CLIENT_CPU once it has pinned itself). */
 export function pinned(cpu: string | undefined, argv: string[]): string[] {
   return config.pin && cpu !== undefined ? ["taskset", "-c", cpu, ...argv] : argv
 }
@@ -148,7 +163,7 @@ export function makeTempDir(prefix: string): string {
 }
 
 /**
- * The proxy under test (or `command`), pinned to the server CPU unless `unpinned` (the workers
+ * The proxy under test (or `command`), pinned to the server CPU unless `unpinned`: every CPU (the workers
  * phase); --quiet unless the flags choose a log format: then the access log is what is measured.
  */
 export async function startProxy(
@@ -158,7 +173,7 @@ export async function startProxy(
 ): Promise<Server> {
   const quiet = extraFlags.includes("--log-format") ? [] : ["--quiet"]
   const flags = ["--port", "0", "--origin", originUrl, "--cache-dir", makeTempDir("cache"), ...quiet, ...extraFlags]
-  return startServer("proxy", [...command, ...flags], unpinned ? undefined : SERVER_CPU)
+  return startServer("proxy", [...command, ...flags], unpinned ? EVERY_CPU : SERVER_CPU)
 }
 
 /** Stops one server and waits for it, so the next phase has the CPU and the memory to itself. */
@@ -244,14 +259,14 @@ function cpuMicros(pid: number): number {
 }
 
 /**
- * One wrk run, wrk pinned to `clientCpu`; with `serverPid`, also the CPU that server spent per
+ * One wrk run, under `load`; with `serverPid`, also the CPU that server spent per
  * request (steadier than req/s on a busy machine).
  */
-async function runWrk(url: string, seconds: number, serverPid?: number, clientCpu: string | undefined = CLIENT_CPU): Promise<WrkRun> {
+async function runWrk(url: string, seconds: number, serverPid?: number, load: Load = PINNED_LOAD): Promise<WrkRun> {
   const cpuBefore = serverPid === undefined ? 0 : cpuMicros(serverPid)
   const argv = [
     "wrk",
-    `-t${WRK_THREADS}`,
+    `-t${load.threads}`,
     `-c${WRK_CONNECTIONS}`,
     `-d${seconds}s`,
     "--timeout",
@@ -260,7 +275,7 @@ async function runWrk(url: string, seconds: number, serverPid?: number, clientCp
     join(BENCH_DIR, "latency.lua"),
     url,
   ]
-  const child = spawnChild(clientCpu, argv)
+  const child = spawnChild(load.cpu, argv)
   const killer = setTimeout(() => child.kill("SIGKILL"), (seconds + 15) * 1000)
   const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited])
   clearTimeout(killer)
@@ -304,7 +319,7 @@ export async function compareWithWrk(
   proxyUrl: string,
   referenceUrl: string,
   pids: [number, number] | [] = [],
-  clientCpu: string | undefined = CLIENT_CPU,
+  load: Load = PINNED_LOAD,
 ): Promise<[WrkSummary, WrkSummary]> {
   const [proxyPid, referencePid] = pids
   const [proxy, reference] = await wrkInterleaved(
@@ -312,7 +327,7 @@ export async function compareWithWrk(
       { url: proxyUrl, pid: proxyPid },
       { url: referenceUrl, pid: referencePid },
     ],
-    clientCpu,
+    load,
   )
   return [proxy!, reference!]
 }
@@ -322,14 +337,11 @@ export async function compareWithWrk(
  * after a warm-up of each: one summary per target, in their order. With `pid`, the CPU that
  * target's processes spent per request.
  */
-export async function wrkInterleaved(
-  targets: { url: string; pid?: number }[],
-  clientCpu: string | undefined = CLIENT_CPU,
-): Promise<WrkSummary[]> {
-  for (const { url } of targets) await runWrk(url, WARMUP_SECONDS, undefined, clientCpu)
+export async function wrkInterleaved(targets: { url: string; pid?: number }[], load: Load = PINNED_LOAD): Promise<WrkSummary[]> {
+  for (const { url } of targets) await runWrk(url, WARMUP_SECONDS, undefined, load)
   const runs = targets.map((): WrkRun[] => [])
   for (let round = 0; round < config.repeats; round++)
-    for (const [index, { url, pid }] of targets.entries()) runs[index]!.push(await runWrk(url, config.durationSeconds, pid, clientCpu))
+    for (const [index, { url, pid }] of targets.entries()) runs[index]!.push(await runWrk(url, config.durationSeconds, pid, load))
   return runs.map(summarize)
 }
 

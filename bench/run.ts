@@ -39,6 +39,7 @@ import {
   cleanUp,
   config,
   installExitHandlers,
+  MACHINE_LOAD,
   noteProxyStderr,
   REPO_DIR,
   SERVER_CPU,
@@ -137,7 +138,7 @@ function renderReport(): string {
     ]),
   )
   const notes = report.notes.length ? `\n\nNotes:\n\n${report.notes.map((note) => `- ${note}`).join("\n")}` : ""
-  return `${main}\n\nwrk figures (median of each target's runs; -t${WRK_THREADS} -c${WRK_CONNECTIONS} -d${config.durationSeconds}s):\n\n${raw}${notes}\n`
+  return `${main}\n\nwrk figures (median of each target's runs; -t${WRK_THREADS} -c${WRK_CONNECTIONS} -d${config.durationSeconds}s; the workers phase -t${MACHINE_LOAD.threads}, nothing pinned):\n\n${raw}${notes}\n`
 }
 
 /** How to repeat this run: the BENCH_* variables that were set, then the command. */

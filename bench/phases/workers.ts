@@ -6,9 +6,11 @@ import {
   BenchError,
   compareWithWrk,
   drain,
+  EVERY_CPU,
   freePort,
   get,
   keepTail,
+  MACHINE_LOAD,
   makeTempDir,
   type Server,
   type Servers,
@@ -23,7 +25,7 @@ import {
 import { errorRows, formatMicros, informative, ratioRow, report } from "../report.ts"
 
 /**
- * --workers 2 against --workers 1, nothing pinned, wrk beside them on this machine's cores:
+ * --workers 2 against --workers 1, nothing pinned, wrk beside them on every core (a thread each):
  * CPU per HIT and per MISS summed over every process of each proxy (coordination between workers
  * should be nearly free: at most 1.1×), and the HIT throughput gained by a second worker, beside
  * what nginx (a caching proxy_pass to the same origin) gains from worker_processes 1 to 2.
@@ -56,13 +58,13 @@ export async function benchWorkers({ originUrl }: Servers): Promise<void> {
         { url: `${nginxTwo.urls[0]}/1k`, pid: nginxTwo.process.pid },
         { url: `${nginxOne.urls[0]}/1k`, pid: nginxOne.process.pid },
       ],
-      undefined,
+      MACHINE_LOAD,
     )
     const [missTwo, missOne] = await compareWithWrk(
       `${twoUrl}/nostore-1k`,
       `${oneUrl}/nostore-1k`,
       [two.process.pid, one.process.pid],
-      undefined,
+      MACHINE_LOAD,
     )
     for (const server of started) assertRunning(server)
     report.raw.push(
@@ -125,7 +127,7 @@ async function startNginx(originUrl: string, workers: number): Promise<Server> {
       }
     }`
   writeFileSync(join(dir, "nginx.conf"), settings)
-  const child = spawnChild(undefined, ["nginx", "-e", join(dir, "error.log"), "-p", dir, "-c", join(dir, "nginx.conf")])
+  const child = spawnChild(EVERY_CPU, ["nginx", "-e", join(dir, "error.log"), "-p", dir, "-c", join(dir, "nginx.conf")])
   const server: Server = {
     name: `nginx (${workers})`,
     process: child,
