@@ -64,6 +64,8 @@ export { serve } from "./proxy/runtime.ts"
 const STORE_CONNECT_WAIT_MS = 2000
 // Requests in flight get this long to finish after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE_MS = 5000
+// After the shutdown, stdout gets this long to take the log's last lines: a reader that stalls must not hold the exit.
+const LOG_DRAIN_MS = 1000
 
 const DESCRIPTION = `A caching HTTP reverse proxy for one origin.
 Subcommands: export, import (the cache as an HTTP Archive; each has --help).`
@@ -328,15 +330,26 @@ function loadReplay(path: string, origin: string, config: CacheConfig, redacted:
 
 // ───────────────────────────── serving, and stopping ─────────────────────────────
 
+/** This process's stdout, once it logs there (each process its own writer). */
+let stdout: LineWriter | undefined
+
 /**
- * The proxy's own lines (start, shutdown) and its access lines go to stdout in batches, written
- * out as the process exits, whatever the path (a signal, an error): each process its own writer.
+ * The proxy's own lines (start, shutdown) and its access lines go to stdout in batches: waited
+ * for before the CLI exits (`exitOnceLogged`), and what is left written as the process exits
+ * whatever the path.
  */
 function stdoutLogger(format: LogFormat): Logger & { log: (line: string) => void } {
-  const stdout = new LineWriter(1, format)
-  process.on("exit", () => stdout.flush())
-  const log = (line: string) => stdout.write(line)
+  const writer = new LineWriter(1, format)
+  stdout = writer
+  process.on("exit", () => writer.flushAtExit())
+  const log = (line: string) => writer.write(line)
   return { ...createLogger(format, log), log }
+}
+
+/** Exits once stdout has taken the log's last lines, or LOG_DRAIN_MS later: a stalled reader must not hold the exit. */
+async function exitOnceLogged(code: number): Promise<never> {
+  if (stdout) await waitAtMost(stdout.drained(), LOG_DRAIN_MS)
+  process.exit(code)
 }
 
 /**
@@ -491,7 +504,7 @@ function askedLogFormat(commandLine: string[]): LogFormat {
 if (isEntryPoint()) {
   const commandLine = process.argv.slice(2)
   run(commandLine).then(
-    (code) => process.exit(code),
+    (code) => exitOnceLogged(code),
     (error) => {
       const format = askedLogFormat(commandLine)
       const logger = createLogger(format, writeError)
@@ -501,7 +514,7 @@ if (isEntryPoint()) {
       const toPerson = exitCode === 2 || ARCHIVE_COMMANDS[commandLine[0] ?? ""] !== undefined
       if (format === "text" && toPerson) writeError(`caching-proxy: ${(error as Error).message}`)
       else logger.error((error as Error).message, { exitCode })
-      process.exit(exitCode)
+      return exitOnceLogged(exitCode)
     },
   )
 }

@@ -3,7 +3,9 @@
  */
 
 import { afterEach, describe, expect, setSystemTime, test } from "bun:test"
+import { closeSync, constants, openSync, readSync } from "node:fs"
 import type { Socket } from "node:net"
+import { join } from "node:path"
 import {
   answer,
   buildNodeBundle,
@@ -26,6 +28,23 @@ import {
 
 // Every test starts on the real clock, whatever the one before did with it.
 afterEach(() => setSystemTime())
+
+/** What the pipe holds now (none: ""), read without blocking. */
+async function readWaiting(fd: number): Promise<string> {
+  const buffer = Buffer.alloc(1 << 16)
+  let text = ""
+  for (;;) {
+    try {
+      const read = readSync(fd, buffer)
+      if (read === 0) return text
+      text += buffer.toString("utf8", 0, read)
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EAGAIN") throw error
+      if (text !== "") return text
+      await Bun.sleep(10)
+    }
+  }
+}
 
 /** Asks for `url`, breaks the origin's body once the answer has begun, and reads what is left of it. */
 async function brokenBody(url: string, origin: { breakBody: () => void }): Promise<void> {
@@ -300,6 +319,42 @@ describe("access log: one line per request, timed to its last byte, saying why a
     const stderr = await new Response(child.stderr).text()
     expect(stderr).toMatch(/^\S+Z caching-proxy: log lines are dropped from now on: writing them failed \(EPIPE[^\n]*\)\n$/)
   })
+
+  for (const [runtime, command] of RUNTIMES)
+    test(`${runtime}: a log reader that stalls (a full pipe) never stalls the proxy, and gets every line once it reads again`, async () => {
+      if (runtime === "Node") await buildNodeBundle()
+      await using origin = startOrigin(() => new Response("x", { headers: { "cache-control": "no-store" } }))
+      using dir = ownedDir()
+      // Its stdout a pipe the shell opens, which blocks its writer once full (64 KiB; these lines
+      // are about three times that), as `caching-proxy | shipper` with the shipper stuck. Read up
+      // to the ready line, then not until every request is answered. (The pipes Bun.spawn makes
+      // answer EAGAIN instead, and Bun reads them ahead.)
+      const fifo = join(dir.path, "stdout")
+      Bun.spawnSync(["mkfifo", fifo])
+      const log = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK)
+      const argv = [...command, "--port", "0", "--origin", origin.url, "--cache-dir", join(dir.path, "cache")]
+      const child = Bun.spawn(["sh", "-c", 'exec "$@" > "$0"', fifo, ...argv], { stdout: "ignore", stderr: "pipe" })
+      try {
+        let output = ""
+        while (!output.includes("\n")) output += await readWaiting(log)
+        const port = /:(\d+),/.exec(output)?.[1]
+        const requests = 1500
+        for (let sent = 0; sent < requests; sent += 50)
+          await Promise.all(
+            Array.from({ length: 50 }, async (_, n) => {
+              const response = await fetch(`http://127.0.0.1:${port}/stalled-${sent + n}`, { signal: AbortSignal.timeout(5000) })
+              expect(response.status).toBe(200)
+            }),
+          )
+        await eventually(async () => {
+          output += await readWaiting(log)
+          return output.match(/GET \/stalled-\d+ 200/g)?.length === requests
+        })
+      } finally {
+        child.kill("SIGKILL")
+        closeSync(log)
+      }
+    })
 
   test("warnings in text start with the time too", async () => {
     await using origin = await startBreakingOrigin("max-age=60")

@@ -8,7 +8,7 @@
  * at most once a millisecond, and written in batches (`LineWriter`), one write for many requests.
  */
 
-import { writeSync } from "node:fs"
+import { write, writeSync } from "node:fs"
 import type { OutcomeKind } from "../cache/outcome.ts"
 import type { OriginFailure, Warn, WarnKind } from "../cache.ts"
 
@@ -65,7 +65,10 @@ const MAX_PENDING_CHARS = 8 << 20
 /**
  * Lines gathered in memory and written together, a few times a second: one `write` for many
  * requests, where `console.log` made one per line (the access log halved a 1 KiB hit's throughput).
- * `flush` writes what waits at once; the CLI calls it at exit, so no line is lost on SIGTERM.
+ * A batch is written off the event loop (`fs.write`), one at a time: a reader that stalls (a full
+ * pipe, as a shell's blocks its writer) holds that batch, never a request, while lines wait in
+ * memory up to a bound and are dropped, and counted, past it. `drained` waits for what is out (the
+ * CLI, before it exits); `flushAtExit` writes what is left when nothing else can run.
  */
 export class LineWriter {
   private pending = ""
@@ -73,6 +76,9 @@ export class LineWriter {
   private dropped = 0
   /** Set once the output is gone (EPIPE: its reader left): lines are dropped from then on. */
   private failed = false
+  /** The batch the output is taking, while it takes it. */
+  private writing: Buffer | undefined
+  private onDrained: (() => void)[] = []
 
   /** `format`: that of the lines it writes, for its own (lines dropped). */
   constructor(
@@ -91,32 +97,78 @@ export class LineWriter {
     else this.timer ??= unref(setTimeout(() => this.flush(), FLUSH_EVERY_MS))
   }
 
-  /** Writes what waits; what the output does not take now (EAGAIN) waits for the next flush. */
+  /** Hands what waits to the output, unless it is still taking a batch: that batch's end sends it. */
   flush(): void {
     clearTimeout(this.timer)
     this.timer = undefined
+    if (this.writing || this.failed) return
+    const batch = this.batch()
+    if (batch.length === 0) {
+      this.settle()
+      return
+    }
+    this.writing = batch
+    this.writeFrom(0)
+  }
+
+  /** Resolves once every line written so far is out (or the output has failed). */
+  drained(): Promise<void> {
+    this.flush()
+    if (!this.writing) return Promise.resolve()
+    return new Promise((resolve) => this.onDrained.push(resolve))
+  }
+
+  /**
+   * At exit, with no event loop left to wait on: what waits, written at once. Not while a batch is
+   * still out: its reader is stalled, and a write now would hold the exit with it.
+   */
+  flushAtExit(): void {
+    if (this.writing || this.failed) return
+    const batch = this.batch()
+    try {
+      for (let written = 0; written < batch.length; ) written += writeSync(this.fd, batch, written)
+    } catch {
+      // The output is full (EAGAIN) or gone: at exit there is no later to wait for.
+    }
+  }
+
+  /** What waits, and a line saying how many were dropped since the last batch. */
+  private batch(): Buffer {
     if (this.dropped > 0) {
       const msg = `${this.dropped} log line(s) dropped: the output took none for a while`
       this.pending += `${ownLine(this.format, "warn", msg, { dropped: this.dropped })}\n`
       this.dropped = 0
     }
-    if (this.pending === "") return
-    const bytes = Buffer.from(this.pending)
-    let written = 0
-    try {
-      while (written < bytes.length) written += writeSync(this.fd, bytes, written)
-      this.pending = ""
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === "EAGAIN") {
-        this.pending = bytes.subarray(written).toString()
-        this.timer = unref(setTimeout(() => this.flush(), FLUSH_EVERY_MS))
-        return
+    const batch = Buffer.from(this.pending)
+    this.pending = ""
+    return batch
+  }
+
+  private writeFrom(offset: number): void {
+    const batch = this.writing as Buffer
+    write(this.fd, batch, offset, batch.length - offset, null, (error, written) => {
+      // A pipe its reader made non-blocking (Node does) answers EAGAIN when full: again, later.
+      if (error?.code === "EAGAIN") unref(setTimeout(() => this.writeFrom(offset), FLUSH_EVERY_MS))
+      else if (error) this.fail(error)
+      else if (offset + written < batch.length) this.writeFrom(offset + written)
+      else {
+        this.writing = undefined
+        this.flush()
       }
-      // The proxy keeps serving without its log: said once, where it can still be read.
-      this.failed = true
-      this.pending = ""
-      writeError(ownLine(this.format, "error", `log lines are dropped from now on: writing them failed (${(error as Error).message})`, {}))
-    }
+    })
+  }
+
+  /** The proxy keeps serving without its log: said once, where it can still be read. */
+  private fail(error: Error): void {
+    this.failed = true
+    this.pending = ""
+    this.writing = undefined
+    writeError(ownLine(this.format, "error", `log lines are dropped from now on: writing them failed (${error.message})`, {}))
+    this.settle()
+  }
+
+  private settle(): void {
+    for (const resolve of this.onDrained.splice(0)) resolve()
   }
 }
 
