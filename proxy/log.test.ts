@@ -29,21 +29,67 @@ import {
 // Every test starts on the real clock, whatever the one before did with it.
 afterEach(() => setSystemTime())
 
-/** What the pipe holds now (none: ""), read without blocking. */
+/** What the pipe gives until it has stayed empty for 20 ms, read without blocking. */
 async function readWaiting(fd: number): Promise<string> {
   const buffer = Buffer.alloc(1 << 16)
   let text = ""
-  for (;;) {
+  for (let emptyMs = 0; emptyMs < 20; ) {
     try {
       const read = readSync(fd, buffer)
       if (read === 0) return text
       text += buffer.toString("utf8", 0, read)
+      emptyMs = 0
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== "EAGAIN") throw error
-      if (text !== "") return text
-      await Bun.sleep(10)
+      await Bun.sleep(2)
+      emptyMs += 2
     }
   }
+  return text
+}
+
+/**
+ * The CLI with its stdout a pipe the shell opens, which blocks its writer once full (64 KiB), as
+ * `caching-proxy | shipper` with the shipper stuck: read up to the ready line, then only when the
+ * test calls `read` (all that came since the start). The pipes Bun.spawn makes answer EAGAIN
+ * instead, and Bun reads them ahead.
+ */
+async function startStalledLogProxy(command: string[]) {
+  const origin = startOrigin(() => new Response("x", { headers: { "cache-control": "no-store" } }))
+  const dir = ownedDir()
+  const fifo = join(dir.path, "stdout")
+  Bun.spawnSync(["mkfifo", fifo])
+  const log = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK)
+  const argv = [...command, "--port", "0", "--origin", origin.url, "--cache-dir", join(dir.path, "cache")]
+  const child = Bun.spawn(["sh", "-c", 'exec "$@" > "$0"', fifo, ...argv], { stdout: "ignore", stderr: "pipe" })
+  let output = ""
+  while (!output.includes("\n")) output += await readWaiting(log)
+  return {
+    url: `http://127.0.0.1:${/:(\d+),/.exec(output)?.[1]}/`,
+    read: async () => {
+      output += await readWaiting(log)
+      return output
+    },
+    [Symbol.asyncDispose]: async () => {
+      child.kill("SIGKILL")
+      await child.exited
+      closeSync(log)
+      dir[Symbol.dispose]()
+      await origin[Symbol.asyncDispose]()
+    },
+  }
+}
+
+/** Asks for `count` URLs, fifty at a time; each must be answered 200 within 5 s. */
+async function askInBursts(count: number, url: (n: number) => string): Promise<void> {
+  for (let sent = 0; sent < count; sent += 50)
+    await Promise.all(
+      Array.from({ length: Math.min(50, count - sent) }, async (_, n) => {
+        const response = await fetch(url(sent + n), { signal: AbortSignal.timeout(5000) })
+        expect(response.status).toBe(200)
+        await response.arrayBuffer()
+      }),
+    )
 }
 
 /** Asks for `url`, breaks the origin's body once the answer has begun, and reads what is left of it. */
@@ -320,41 +366,33 @@ describe("access log: one line per request, timed to its last byte, saying why a
     expect(stderr).toMatch(/^\S+Z caching-proxy: log lines are dropped from now on: writing them failed \(EPIPE[^\n]*\)\n$/)
   })
 
-  for (const [runtime, command] of RUNTIMES)
+  for (const [runtime, command] of RUNTIMES) {
     test(`${runtime}: a log reader that stalls (a full pipe) never stalls the proxy, and gets every line once it reads again`, async () => {
       if (runtime === "Node") await buildNodeBundle()
-      await using origin = startOrigin(() => new Response("x", { headers: { "cache-control": "no-store" } }))
-      using dir = ownedDir()
-      // Its stdout a pipe the shell opens, which blocks its writer once full (64 KiB; these lines
-      // are about three times that), as `caching-proxy | shipper` with the shipper stuck. Read up
-      // to the ready line, then not until every request is answered. (The pipes Bun.spawn makes
-      // answer EAGAIN instead, and Bun reads them ahead.)
-      const fifo = join(dir.path, "stdout")
-      Bun.spawnSync(["mkfifo", fifo])
-      const log = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK)
-      const argv = [...command, "--port", "0", "--origin", origin.url, "--cache-dir", join(dir.path, "cache")]
-      const child = Bun.spawn(["sh", "-c", 'exec "$@" > "$0"', fifo, ...argv], { stdout: "ignore", stderr: "pipe" })
-      try {
-        let output = ""
-        while (!output.includes("\n")) output += await readWaiting(log)
-        const port = /:(\d+),/.exec(output)?.[1]
-        const requests = 1500
-        for (let sent = 0; sent < requests; sent += 50)
-          await Promise.all(
-            Array.from({ length: 50 }, async (_, n) => {
-              const response = await fetch(`http://127.0.0.1:${port}/stalled-${sent + n}`, { signal: AbortSignal.timeout(5000) })
-              expect(response.status).toBe(200)
-            }),
-          )
-        await eventually(async () => {
-          output += await readWaiting(log)
-          return output.match(/GET \/stalled-\d+ 200/g)?.length === requests
-        })
-      } finally {
-        child.kill("SIGKILL")
-        closeSync(log)
-      }
+      await using proxy = await startStalledLogProxy(command)
+      const requests = 1500 // about three times what the pipe holds
+      await askInBursts(requests, (n) => `${proxy.url}stalled-${n}`)
+      await eventually(async () => (await proxy.read()).match(/GET \/stalled-\d+ 200/g)?.length === requests)
     })
+
+    test(`${runtime}: lines a stalled reader leaves waiting are capped at 8 MiB; past it they are dropped and counted`, async () => {
+      if (runtime === "Node") await buildNodeBundle()
+      await using proxy = await startStalledLogProxy(command)
+      // About 12 MiB of lines, a client's long paths making them so.
+      const requests = 4000
+      const padding = "p".repeat(3000)
+      await askInBursts(requests, (n) => `${proxy.url}${padding}/${n}`)
+      let logged = 0
+      let dropped = 0
+      await eventually(async () => {
+        const output = await proxy.read()
+        logged = output.match(/GET \/p+\/\d+ 200/g)?.length ?? 0
+        dropped = Number(/ (\d+) log line\(s\) dropped: the output took none for a while/.exec(output)?.[1] ?? 0)
+        return dropped > 0 && logged + dropped === requests
+      }, 10_000)
+      expect(logged * (padding.length + 40)).toBeLessThan(8.5 * 2 ** 20 + 64 * 2 ** 10)
+    })
+  }
 
   test("warnings in text start with the time too", async () => {
     await using origin = await startBreakingOrigin("max-age=60")

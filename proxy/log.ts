@@ -79,6 +79,8 @@ export class LineWriter {
   /** The batch the output is taking, while it takes it. */
   private writing: Buffer | undefined
   private onDrained: (() => void)[] = []
+  /** How long a write the output refused (EAGAIN) waits before it is tried again. */
+  private retryMs = 1
 
   /** `format`: that of the lines it writes, for its own (lines dropped). */
   constructor(
@@ -147,9 +149,15 @@ export class LineWriter {
   private writeFrom(offset: number): void {
     const batch = this.writing as Buffer
     write(this.fd, batch, offset, batch.length - offset, null, (error, written) => {
-      // A pipe its reader made non-blocking (Node does) answers EAGAIN when full: again, later.
-      if (error?.code === "EAGAIN") unref(setTimeout(() => this.writeFrom(offset), FLUSH_EVERY_MS))
-      else if (error) this.fail(error)
+      // A non-blocking pipe (Node makes stdout's so) answers EAGAIN when full: again soon, then
+      // less often while it stays full. Every 50 ms alone would drain at most 64 KiB per 50 ms.
+      if (error?.code === "EAGAIN") {
+        unref(setTimeout(() => this.writeFrom(offset), this.retryMs))
+        this.retryMs = Math.min(2 * this.retryMs, FLUSH_EVERY_MS)
+        return
+      }
+      this.retryMs = 1
+      if (error) this.fail(error)
       else if (offset + written < batch.length) this.writeFrom(offset + written)
       else {
         this.writing = undefined
