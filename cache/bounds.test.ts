@@ -3,12 +3,12 @@
  * the variants of one URL (`--max-variants`) and the tags of a response, whose index must go with
  * the entries it names.
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test"
+import { afterAll, describe, expect, test } from "bun:test"
 import { randomUUID } from "node:crypto"
 import { existsSync, statfsSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { answer, FAST_RUN, type RedisServer, runCli, startOrigin, startProxy, startRedis } from "../proxy/test.fixture.ts"
+import { answer, FAST_RUN, runCli, startForFile, startOrigin, startProxy, startRedis } from "../proxy/test.fixture.ts"
 import type { ProxyOptions } from "../proxy.ts"
 import { MAX_TAGS } from "./policy.ts"
 
@@ -110,15 +110,13 @@ function boundsOver(name: string, storeOptions: () => Partial<ProxyOptions>) {
 
 boundsOver("on disk", () => ON_DISK)
 
-describe.skipIf(FAST_RUN)("on Redis", () => {
-  let redis: RedisServer
-  beforeAll(async () => {
-    redis = await startRedis()
-  }, 20_000)
-  afterAll(() => redis?.[Symbol.asyncDispose]())
+// The file's Redis outlives a test that times out (see startForFile).
+const redis = await startForFile(startRedis)
+afterAll(() => redis?.[Symbol.asyncDispose]())
 
+describe.skipIf(FAST_RUN)("on Redis", () => {
   const onRedis = (storePrefix = `test-${randomUUID()}`): Partial<ProxyOptions> => ({
-    store: { kind: "redis", target: { single: redis.url } },
+    store: { kind: "redis", target: { single: redis!.url } },
     storePrefix,
   })
   boundsOver("the rules", () => onRedis())
@@ -128,7 +126,7 @@ describe.skipIf(FAST_RUN)("on Redis", () => {
     await using origin = startTaggingOrigin((path) => [...tagsOf(path, 50), "shared"])
     await using proxy = await startReadyProxy({ origin: origin.url, ...onRedis(storePrefix) })
     const tagSets = async () =>
-      (await runCli(["redis-cli", "-p", String(redis.port), "--scan", "--pattern", `${storePrefix}:*:tag:*`])).stdout.trim()
+      (await runCli(["redis-cli", "-p", String(redis!.port), "--scan", "--pattern", `${storePrefix}:*:tag:*`])).stdout.trim()
     for (const path of ["/a", "/b", "/c", "/d"]) expect(await answer(proxy.url + path.slice(1))).toMatchObject({ xCache: "MISS" })
     expect((await tagSets()).split("\n")).toHaveLength(4 * 50 + 1)
     expect(await admin(proxy, "/api/purge", { tag: "a-0" })).toEqual({ purged: 1 })

@@ -652,7 +652,18 @@ export class RedisStore implements Store, Listing, Claims, Drops, Lifecycle {
   // ───────────── cross-process coalescing ─────────────
 
   claim(key: string, ttlMs: number): Promise<Release | undefined> {
-    return this.timely("claiming", key, () => this.takeClaim(key, ttlMs))
+    let taking: Promise<Release | undefined> | undefined
+    return this.timely("claiming", key, () => (taking = this.takeClaim(key, ttlMs))).catch((error: Error) => {
+      // The caller gave up (the deadline passed), but the SET may still be granted: ioredis sends
+      // a node's auto-pipeline only once the one before it has answered, so a claim queued behind a
+      // slow one (a Cluster node just restarted) starts its own command timeout late. Unreleased,
+      // it would be renewed for ttlMs and every request on the key would wait on it that long.
+      void taking?.then(
+        (release) => release?.(),
+        () => undefined, // not granted: nothing to release
+      )
+      throw error
+    })
   }
 
   private async takeClaim(key: string, ttlMs: number): Promise<Release | undefined> {

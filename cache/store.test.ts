@@ -4,14 +4,14 @@
  * of the contract, checked only through the `Store` interface and the capabilities the store has
  * (each member of each of them), so any new store can join the list.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, setSystemTime, test } from "bun:test"
+import { afterAll, afterEach, describe, expect, setSystemTime, test } from "bun:test"
 import { randomUUID } from "node:crypto"
 import { tracingChannel } from "node:diagnostics_channel"
 import { existsSync, mkdtempSync, rmSync, statfsSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Redis } from "ioredis"
-import { FAST_RUN, meta, startRedis, startRedisCluster } from "../proxy/test.fixture.ts"
+import { FAST_RUN, meta, startForFile, startRedis, startRedisCluster } from "../proxy/test.fixture.ts"
 import { bunFiles, type FileApi, FileStore, nodeFiles } from "./file-store.ts"
 import { MemoryStore } from "./memory-store.ts"
 import type { RedisTarget } from "./redis-connection.ts"
@@ -89,8 +89,12 @@ const tiered: MakeStore = (maxBytes, maxVariants) => {
   }
 }
 
-let redis: Awaited<ReturnType<typeof startRedis>>
-let cluster: Awaited<ReturnType<typeof startRedisCluster>>
+// Real servers, started once for both Redis suites (and only for them), as the file loads: they
+// outlive a test that times out (see startForFile). The fast loop starts none.
+const [redis, cluster] = await Promise.all([startForFile(startRedis), startForFile(startRedisCluster)])
+afterAll(async () => {
+  await Promise.all([redis?.[Symbol.asyncDispose](), cluster?.[Symbol.asyncDispose]()])
+})
 
 /** A Redis store in a namespace of its own: the fixtures share one server, never their keys. */
 function redisStore(target: () => RedisTarget): MakeStore {
@@ -128,31 +132,22 @@ storeContract("FileStore (node:fs)", fileStore(nodeFiles), { capabilities: FILE_
 storeContract("TieredStore (memory in front of files)", tiered, { capabilities: ["drops", "lifecycle"], entryBytes: onDisk })
 // Redis keeps its own LRU order: it needs no notice of reads served in front.
 const REDIS_CAPABILITIES: Capability[] = ["claims", "drops", "lifecycle"]
-// Real servers, started once for both Redis suites (and only for them); the fast loop starts none.
 describe.skipIf(FAST_RUN)("on Redis", () => {
-  beforeAll(async () => {
-    ;[redis, cluster] = await Promise.all([startRedis(), startRedisCluster()])
-  }, 30_000)
-
-  afterAll(async () => {
-    await Promise.all([redis?.[Symbol.asyncDispose](), cluster?.[Symbol.asyncDispose]()])
-  })
-
   storeContract(
     "RedisStore (one server)",
-    redisStore(() => ({ single: redis.url })),
+    redisStore(() => ({ single: redis!.url })),
     { capabilities: REDIS_CAPABILITIES, boundedBy: "server" },
   )
   storeContract(
     "RedisStore (a three-node Cluster)",
-    redisStore(() => ({ cluster: cluster.nodes })),
+    redisStore(() => ({ cluster: cluster!.nodes })),
     { capabilities: REDIS_CAPABILITIES, boundedBy: "server" },
   )
 
   test("the key index drops keys whose entries expired as later entries are written, and expires itself", async () => {
     const prefix = `test-${randomUUID()}`
-    const store = new RedisStore({ target: { single: redis.url }, prefix, warn: () => {} })
-    const raw = new Redis(redis.url)
+    const store = new RedisStore({ target: { single: redis!.url }, prefix, warn: () => {} })
+    const raw = new Redis(redis!.url)
     try {
       await store.ready()
       await store.put("GET https://example.test/brief", meta({ deleteAt: Date.now() + 200 }), streamOf(text("brief")))
@@ -175,7 +170,7 @@ describe.skipIf(FAST_RUN)("on Redis", () => {
   // Bun's TracingChannel lacks hasSubscribers (oven-sh/bun#27805): the store adds it, so ioredis
   // stops tracing commands no one listens to, and still traces them for a tracer that subscribes.
   test("ioredis traces commands only while a tracer listens", async () => {
-    await using fixture = redisStore(() => ({ single: redis.url }))(AMPLE_BYTES)
+    await using fixture = redisStore(() => ({ single: redis!.url }))(AMPLE_BYTES)
     await (fixture.store as RedisStore).ready()
     const commands = tracingChannel("ioredis:command")
     expect(commands.hasSubscribers).toBe(false)

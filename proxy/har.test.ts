@@ -3,7 +3,7 @@
  * --replay, redaction, and what real consumers and producers of HAR (the HAR JSON Schema,
  * Playwright in Chromium) make of it. Everything runs the real CLI, as a user would.
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test"
+import { beforeAll, describe, expect, test } from "bun:test"
 import { readFileSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { gzipSync } from "node:zlib"
@@ -16,7 +16,6 @@ import {
   metaFiles,
   NODE_BUNDLE,
   ownedDir,
-  type RedisServer,
   runCli,
   startCli,
   startOrigin,
@@ -202,14 +201,10 @@ describe("record, export, import and replay", () => {
   })
 
   describe.skipIf(FAST_RUN)("into Redis", () => {
-    let redis: RedisServer | undefined
-    beforeAll(async () => {
-      redis = await startRedis()
-    }, 30_000)
-    afterAll(() => redis?.[Symbol.asyncDispose]())
-
     test("a recording imported into Redis answers offline byte for byte", async () => {
-      const store = (redis as RedisServer).url
+      // Its own Redis: one started in a hook dies with any test of the file that times out (see startForFile).
+      await using redis = await startRedis()
+      const store = redis.url
       const imported = await cli("import", recording, "--store", store)
       expect(imported.code).toBe(0)
       const offline = await proxy(originUrl, "--store", store, "--offline")

@@ -20,7 +20,7 @@ import type { EntryMeta, WarnKind } from "../cache/store.ts"
 import { createProxy, type ProxyOptions, parseOptions, serve } from "../proxy.ts"
 import { args } from "./options.ts"
 
-export { type RedisServer, startRedis, startRedisCluster } from "../cache/redis-server.fixture.ts"
+export { startRedis, startRedisCluster } from "../cache/redis-server.fixture.ts"
 
 /** The checkout's root: the CLI's entry, package.json and dist/ are found from here. */
 export const ROOT = join(import.meta.dir, "..")
@@ -30,6 +30,17 @@ export const ROOT = join(import.meta.dir, "..")
  * a real timer of 5 s or more (one no clock can move), are left out (`test.skipIf(FAST_RUN)`).
  */
 export const FAST_RUN = process.env.CACHING_PROXY_TEST_FAST === "1"
+
+/**
+ * A server a whole test file shares (a Redis), started as the file loads, by an `await` at its top
+ * level, not in `beforeAll`: when one test times out, bun test (1.4.5) kills every process the
+ * file's hooks and tests have spawned, a `beforeAll`'s too (oven-sh/bun#39657), and the file's
+ * later tests all fail with it; what the module spawns as it loads is not tracked (without
+ * `--isolate`). None in the fast run. The file stops it in an `afterAll`.
+ */
+export function startForFile<T>(start: () => Promise<T>): Promise<T | undefined> {
+  return FAST_RUN ? Promise.resolve(undefined) : start()
+}
 
 /**
  * The proxy's options for tests and benchmarks that run it in-process: the CLI's own defaults
