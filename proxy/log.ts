@@ -159,11 +159,19 @@ export class LineWriter {
       this.retryMs = 1
       if (error) this.fail(error)
       else if (offset + written < batch.length) this.writeFrom(offset + written)
-      else {
-        this.writing = undefined
-        this.flush()
-      }
+      else this.written()
     })
+  }
+
+  /**
+   * A batch is out: the next goes at the usual pace (a full batch, or FLUSH_EVERY_MS), not at once,
+   * which made batches of a few lines, one write each, as fast as the writes came back; at once
+   * only for someone waiting on `drained`.
+   */
+  private written(): void {
+    this.writing = undefined
+    if (this.onDrained.length > 0 || this.pending.length >= FLUSH_AT_CHARS) this.flush()
+    else if (this.pending !== "" || this.dropped > 0) this.timer ??= unref(setTimeout(() => this.flush(), FLUSH_EVERY_MS))
   }
 
   /** The proxy keeps serving without its log: said once, where it can still be read. */
