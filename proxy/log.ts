@@ -122,7 +122,7 @@ export class LineWriter {
 
   /**
    * At exit, with no event loop left to wait on: what waits, written at once. Not while a batch is
-   * still out: its reader is stalled, and a write now would hold the exit with it.
+   * still out: its reader may be stalled, and a write now would hold the exit with it.
    */
   flushAtExit(): void {
     if (this.writing || this.failed) return
