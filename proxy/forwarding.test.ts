@@ -438,20 +438,14 @@ describe("hardening: origin faults", () => {
   test.each(RUNTIMES)(
     "%s: a client that leaves before a not-stored answer comes: the origin's connection is closed, and the next client is answered",
     async (_, command) => {
-      let originClosed: Promise<void> | undefined
-      await using origin = await startRawOrigin((socket, n) => {
-        if (n > 1) return void socket.end("HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-        originClosed = new Promise((resolve) => socket.once("close", () => resolve()))
-        // The head and the start of a long body, once the client has gone.
-        setTimeout(() => socket.write("HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 1000000\r\n\r\nstart"), 500)
-      })
+      // The head and the start of a long body come once the client has gone.
+      await using origin = await startAbandonedOrigin(500)
       await using proxy = await startCliProxy(command, origin.url)
       const client = await openConnection(proxy.port)
       client.send("GET /left HTTP/1.1\r\nHost: x\r\n\r\n")
       await eventually(() => origin.requests() === 1)
       client[Symbol.dispose]()
-      await eventually(() => originClosed !== undefined)
-      await originClosed
+      await origin.firstClosed()
       expect(await (await get(`${proxy.url}next`)).text()).toBe("ok")
       expect(await proxy.stderr()).not.toMatch(/^ {4}at /m)
     },
@@ -468,6 +462,26 @@ describe("hardening: origin faults", () => {
   })
 })
 
+/**
+ * An origin whose first answer is the head and start of a not-stored 1 MB body, `delayMs` after
+ * the request (the rest never comes); later requests get "ok". `firstClosed` resolves once the
+ * first request's connection closes: the proxy let go of an answer its client left.
+ */
+async function startAbandonedOrigin(delayMs: number) {
+  let closed: Promise<void> | undefined
+  const origin = await startRawOrigin((socket, n) => {
+    if (n > 1) return void socket.end("HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    closed = new Promise((resolve) => socket.once("close", () => resolve()))
+    setTimeout(() => socket.write("HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 1000000\r\n\r\nstart"), delayMs)
+  })
+  return Object.assign(origin, {
+    firstClosed: async () => {
+      await eventually(() => closed !== undefined)
+      await closed
+    },
+  })
+}
+
 describe("kept-alive connections to the origin", () => {
   beforeAll(buildNodeBundle, 60_000)
 
@@ -481,18 +495,13 @@ describe("kept-alive connections to the origin", () => {
   test.each(RUNTIMES)(
     "%s: a client that leaves in the middle of a not-stored body: the origin's connection is closed, not left to send for no one",
     async (_, command) => {
-      let originClosed: Promise<void> | undefined
-      await using origin = await startRawOrigin((socket, n) => {
-        if (n > 1) return void socket.end("HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-        originClosed = new Promise((resolve) => socket.once("close", () => resolve()))
-        socket.write("HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 1000000\r\n\r\nstart")
-      })
+      await using origin = await startAbandonedOrigin(0)
       await using proxy = await startCliProxy(command, origin.url)
       const client = await openConnection(proxy.port)
       client.send("GET /mid-body HTTP/1.1\r\nHost: x\r\n\r\n")
       await client.until((received) => received.includes("start"))
       client[Symbol.dispose]()
-      await originClosed
+      await origin.firstClosed()
       expect(await (await get(`${proxy.url}next`)).text()).toBe("ok")
       expect(await proxy.stderr()).not.toMatch(/^ {4}at /m)
     },
